@@ -1,0 +1,149 @@
+/**
+ * What one worker does with the shared training memory: the row pass over some rows of the batch, the
+ * weight pass (gradient reduction plus Adam) over some output units, and evaluation of some test rows.
+ * The same code runs in the coordinator's process (--threads 1) and in every worker thread.
+ */
+import { createEngine, type Engine, type EngineOptions } from '../engine/engine.js';
+import { paramLayout, type ParamLayout } from '../model/spec.js';
+import { adamKernel, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
+import { OptimizerMemory } from '../optim/optimizer_memory.js';
+import type { Range } from '../train/plan.js';
+import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
+
+export type Task =
+  | { kind: 'rows'; step: number; generation: number; batch: number; range: Range }
+  | { kind: 'weights'; step: number; generation: number; batch: number; units: Range[] }
+  | { kind: 'eval'; step: number; generation: number; range: Range };
+
+export interface TaskResult {
+  /** Layers whose gradient (in this task's units) had a NaN or an infinity; the step must not be committed. */
+  nonFiniteLayers: number[];
+}
+
+export interface WorkerInit {
+  memory: TrainingMemory;
+  engine: EngineOptions;
+  adam: AdamOptions;
+}
+
+/** Test rows per engine call: bounds the scratch memory an evaluation needs. */
+const EVAL_CHUNK = 2048;
+
+export class StepWorker {
+  private readonly layout: ParamLayout;
+  private readonly optimizer: OptimizerMemory;
+  private readonly adam: AdamKernel;
+  private loadedParams = '';
+
+  private constructor(
+    private readonly init: WorkerInit,
+    private readonly engine: Engine,
+  ) {
+    this.layout = paramLayout(init.memory.spec);
+    this.optimizer = optimizerMemoryOf(init.memory);
+    this.adam = adamKernel(init.memory.optimizer);
+  }
+
+  static async create(init: WorkerInit): Promise<StepWorker> {
+    return new StepWorker(init, await createEngine(init.memory.spec, init.engine));
+  }
+
+  get backend(): string {
+    return this.engine.backend;
+  }
+
+  async run(task: Task): Promise<TaskResult> {
+    switch (task.kind) {
+      case 'rows':
+        await this.rows(task.step, task.generation, task.batch, task.range);
+        return { nonFiniteLayers: [] };
+      case 'weights':
+        return { nonFiniteLayers: await this.weights(task.step, task.generation, task.batch, task.units) };
+      case 'eval':
+        await this.evaluate(task.step, task.generation, task.range);
+        return { nonFiniteLayers: [] };
+    }
+  }
+
+  private useParams(step: number, generation: number): void {
+    const key = `${step}/${generation}`;
+    if (this.loadedParams === key) return;
+    this.engine.setParams(this.optimizer.paramsOf(generation));
+    this.loadedParams = key;
+  }
+
+  private async rows(step: number, generation: number, batch: number, [r0, r1]: Range): Promise<void> {
+    if (r0 === r1) return;
+    this.useParams(step, generation);
+    const { batch: b, train, spec } = this.init.memory;
+    const features = spec.sizes[0];
+    const classes = spec.sizes[spec.sizes.length - 1];
+    for (let r = r0; r < r1; r++) {
+      const i = b.index[r];
+      b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
+      b.target.set(train.targets.subarray(i * classes, (i + 1) * classes), r * classes);
+    }
+    const rowsOf = (a: Float32Array, width: number) => a.subarray(r0 * width, r1 * width);
+    await this.engine.rowPass(rowsOf(b.x, features), rowsOf(b.target, classes), r1 - r0, 1 / batch, {
+      rowLoss: b.rowLoss.subarray(r0, r1),
+      hidden: b.hidden.map((h, l) => rowsOf(h, spec.sizes[l + 1])),
+      deltas: b.deltas.map((d, l) => rowsOf(d, spec.sizes[l + 1])),
+    });
+  }
+
+  private async weights(step: number, generation: number, batch: number, units: Range[]): Promise<number[]> {
+    const { batch: b } = this.init.memory;
+    const grad = this.optimizer.grad;
+    const bad: number[] = [];
+    const s = adamScalars(this.init.adam, step + 1);
+    const { generations, grad: gradBase } = this.optimizer.layout;
+    const from = generations[generation & 1];
+    const to = generations[(generation + 1) & 1];
+    const update = (offset: number, length: number) => {
+      const at = offset * 4;
+      return this.adam(
+        from.params + at, from.m + at, from.v + at, gradBase + at,
+        to.params + at, to.m + at, to.v + at, length,
+        s.c1, s.b2, s.c2, s.negStep, s.bc2sqrt, s.eps,
+      );
+    };
+    for (let l = 0; l < units.length; l++) {
+      const [u0, u1] = units[l];
+      if (u0 === u1) continue;
+      const { fanIn, fanOut, weightOffset, biasOffset } = this.layout.layers[l];
+      const input = l === 0 ? b.x : b.hidden[l - 1];
+      const wAt = weightOffset + u0 * fanIn;
+      const wLength = (u1 - u0) * fanIn;
+      await this.engine.weightPass(
+        l,
+        input.subarray(0, batch * fanIn),
+        b.deltas[l].subarray(0, batch * fanOut),
+        batch,
+        units[l],
+        grad.subarray(wAt, wAt + wLength),
+        grad.subarray(biasOffset + u0, biasOffset + u1),
+      );
+      if (update(wAt, wLength) | update(biasOffset + u0, u1 - u0)) bad.push(l);
+    }
+    return bad;
+  }
+
+  private async evaluate(step: number, generation: number, [r0, r1]: Range): Promise<void> {
+    if (r0 === r1) return;
+    this.useParams(step, generation);
+    const { test, evalLoss, evalPredicted, spec } = this.init.memory;
+    const features = spec.sizes[0];
+    const classes = spec.sizes[spec.sizes.length - 1];
+    for (let a = r0; a < r1; a += EVAL_CHUNK) {
+      const e = Math.min(r1, a + EVAL_CHUNK);
+      await this.engine.evaluate(test.images.subarray(a * features, e * features), test.targets.subarray(a * classes, e * classes), e - a, {
+        rowLoss: evalLoss.subarray(a, e),
+        predicted: evalPredicted.subarray(a, e),
+      });
+    }
+  }
+
+  async dispose(): Promise<void> {
+    await this.engine.dispose();
+  }
+}

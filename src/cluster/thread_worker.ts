@@ -1,0 +1,15 @@
+/**
+ * The entry point of each piscina worker thread: builds its StepWorker from the shared memory handed over
+ * in workerData (once), then runs the tasks it is sent. A task carries only step numbers and ranges.
+ */
+import { workerData } from 'node:worker_threads';
+import { StepWorker, type Task, type TaskResult, type WorkerInit } from './step_worker.js';
+
+let worker: Promise<StepWorker> | undefined;
+
+export default async function runTask(task: Task | { kind: 'describe' }): Promise<TaskResult | string> {
+  worker ??= StepWorker.create(workerData as WorkerInit);
+  const w = await worker;
+  if (task.kind === 'describe') return w.backend;
+  return w.run(task);
+}

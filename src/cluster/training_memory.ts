@@ -1,0 +1,64 @@
+/**
+ * Everything workers share with the coordinator, allocated once per run: the optimizer memory, the batch
+ * buffers the two passes of a step exchange through, the datasets and the evaluation outputs. It is plain
+ * typed arrays over SharedArrayBuffers (and one shared wasm memory), so it can be handed to worker threads
+ * as is: nothing in it is ever serialised.
+ */
+import type { Dataset } from '../data/datasets.js';
+import { hiddenSizes, paramLayout, type ModelSpec } from '../model/spec.js';
+import { OptimizerMemory } from '../optim/optimizer_memory.js';
+
+export interface BatchBuffers {
+  /** Dataset row of each batch row. */
+  index: Int32Array;
+  x: Float32Array;
+  target: Float32Array;
+  rowLoss: Float32Array;
+  hidden: Float32Array[];
+  deltas: Float32Array[];
+}
+
+export interface SplitBuffers {
+  count: number;
+  images: Float32Array;
+  targets: Float32Array;
+}
+
+export interface TrainingMemory {
+  spec: ModelSpec;
+  batchSize: number;
+  optimizer: WebAssembly.Memory;
+  batch: BatchBuffers;
+  train: SplitBuffers;
+  test: SplitBuffers;
+  evalLoss: Float32Array;
+  evalPredicted: Int32Array;
+}
+
+const sharedF32 = (n: number) => new Float32Array(new SharedArrayBuffer(4 * n));
+
+export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSize: number): TrainingMemory {
+  const features = spec.sizes[0];
+  const classes = spec.sizes[spec.sizes.length - 1];
+  return {
+    spec,
+    batchSize,
+    optimizer: new OptimizerMemory(paramLayout(spec).total).memory,
+    batch: {
+      index: new Int32Array(new SharedArrayBuffer(4 * batchSize)),
+      x: sharedF32(batchSize * features),
+      target: sharedF32(batchSize * classes),
+      rowLoss: sharedF32(batchSize),
+      hidden: hiddenSizes(spec).map((n) => sharedF32(batchSize * n)),
+      deltas: spec.sizes.slice(1).map((n) => sharedF32(batchSize * n)),
+    },
+    train: { count: dataset.train.count, images: dataset.train.images, targets: dataset.train.targets },
+    test: { count: dataset.test.count, images: dataset.test.images, targets: dataset.test.targets },
+    evalLoss: sharedF32(dataset.test.count),
+    evalPredicted: new Int32Array(new SharedArrayBuffer(4 * dataset.test.count)),
+  };
+}
+
+export function optimizerMemoryOf(memory: TrainingMemory): OptimizerMemory {
+  return new OptimizerMemory(paramLayout(memory.spec).total, memory.optimizer);
+}

@@ -1,0 +1,173 @@
+/**
+ * The options of a training run, declared once: each entry gives the config-file key, its CLI flag, its
+ * type, default and help. The CLI builds its flags from this table and cluster.config.json is validated
+ * against it, so a key means the same thing in both places. Defaults are spread under user options.
+ */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { configUnreadable, invalidConfigValue, invalidOption, unknownConfigKey } from './errors.js';
+
+type Kind =
+  | { type: 'int'; min: number }
+  | { type: 'number'; min: number; max?: number }
+  | { type: 'string' }
+  | { type: 'bool' }
+  | { type: 'enum'; choices: readonly string[] }
+  | { type: 'intList'; min: number };
+
+export interface OptionSpec {
+  key: keyof TrainConfig;
+  flag: string;
+  description: string;
+  kind: Kind;
+}
+
+export interface TrainConfig {
+  data: string | null;
+  trainSamples: number;
+  testSamples: number;
+  hidden: number[];
+  activation: 'sigmoid' | 'relu' | 'tanh';
+  seed: number;
+  engine: 'onnx' | 'tfjs';
+  device: 'cpu' | 'cuda' | 'gpu';
+  threads: number;
+  epochs: number;
+  steps: number;
+  batchSize: number;
+  microBatch: number;
+  lr: number;
+  shuffle: boolean;
+  logEvery: number;
+  out: string | null;
+}
+
+export const DEFAULTS: TrainConfig = {
+  data: null,
+  trainSamples: 0,
+  testSamples: 0,
+  hidden: [512, 256, 128, 64],
+  activation: 'sigmoid',
+  seed: 0,
+  engine: 'onnx',
+  device: 'cpu',
+  threads: availableParallelism(),
+  epochs: 26,
+  steps: 0,
+  batchSize: 64,
+  microBatch: 16,
+  lr: 0.001,
+  shuffle: false,
+  logEvery: 400,
+  out: null,
+};
+
+export const TRAIN_OPTIONS: readonly OptionSpec[] = [
+  { key: 'data', flag: '--data <dir>', description: 'IDX dataset directory (MNIST file names, plain or .gz); default: the embedded MNIST', kind: { type: 'string' } },
+  { key: 'trainSamples', flag: '--train-samples <n>', description: 'use only the first n training samples (0 = all)', kind: { type: 'int', min: 0 } },
+  { key: 'testSamples', flag: '--test-samples <n>', description: 'use only the first n test samples (0 = all)', kind: { type: 'int', min: 0 } },
+  { key: 'hidden', flag: '--hidden <sizes>', description: 'hidden layer widths, comma-separated', kind: { type: 'intList', min: 1 } },
+  { key: 'activation', flag: '--activation <name>', description: 'activation after each hidden layer', kind: { type: 'enum', choices: ['sigmoid', 'relu', 'tanh'] } },
+  { key: 'seed', flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
+  { key: 'engine', flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ['onnx', 'tfjs'] } },
+  { key: 'device', flag: '--device <name>', description: 'where the engine computes (cuda/gpu need a GPU build installed)', kind: { type: 'enum', choices: ['cpu', 'cuda', 'gpu'] } },
+  { key: 'threads', flag: '--threads <n>', description: 'local worker threads (1 = compute in this process)', kind: { type: 'int', min: 1 } },
+  { key: 'epochs', flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
+  { key: 'steps', flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
+  { key: 'batchSize', flag: '--batch-size <n>', description: 'samples per optimizer step', kind: { type: 'int', min: 1 } },
+  { key: 'microBatch', flag: '--micro-batch <n>', description: 'rows per micro-shard, the unit of work a worker gets', kind: { type: 'int', min: 1 } },
+  { key: 'lr', flag: '--lr <rate>', description: 'Adam learning rate', kind: { type: 'number', min: 0 } },
+  { key: 'shuffle', flag: '--shuffle', description: 'visit the training set in a seeded random order each epoch', kind: { type: 'bool' } },
+  { key: 'logEvery', flag: '--log-every <n>', description: 'print the training loss every n batches', kind: { type: 'int', min: 1 } },
+  { key: 'out', flag: '--out <dir>', description: 'where summary.json goes (default runs/<timestamp>)', kind: { type: 'string' } },
+];
+
+const OPTION_BY_KEY = new Map(TRAIN_OPTIONS.map((o) => [o.key, o]));
+
+function expected(kind: Kind): string {
+  switch (kind.type) {
+    case 'int':
+      return kind.min === 0 ? 'a non-negative integer' : `an integer of at least ${kind.min}`;
+    case 'number':
+      return kind.min === 0 ? 'a positive number' : `a number of at least ${kind.min}`;
+    case 'string':
+      return 'a string';
+    case 'bool':
+      return 'true or false';
+    case 'enum':
+      return `one of ${kind.choices.join(', ')}`;
+    case 'intList':
+      return 'a list of positive integers';
+  }
+}
+
+/** Checks an already-typed value (from JSON or code); returns it or undefined if it does not fit. */
+function check(kind: Kind, value: unknown): unknown {
+  switch (kind.type) {
+    case 'int':
+      return Number.isInteger(value) && (value as number) >= kind.min ? value : undefined;
+    case 'number':
+      return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined;
+    case 'string':
+      return typeof value === 'string' && value.length > 0 ? value : undefined;
+    case 'bool':
+      return typeof value === 'boolean' ? value : undefined;
+    case 'enum':
+      return typeof value === 'string' && kind.choices.includes(value) ? value : undefined;
+    case 'intList':
+      return Array.isArray(value) && value.every((v) => Number.isInteger(v) && v >= kind.min) ? value : undefined;
+  }
+}
+
+/** Parses a CLI string for an option (commander hands flags over as strings). */
+export function parseOptionValue(option: OptionSpec, raw: string): unknown {
+  const kind = option.kind;
+  let value: unknown = raw;
+  if (kind.type === 'int' || kind.type === 'number') value = raw.trim() === '' ? NaN : Number(raw);
+  if (kind.type === 'intList') value = raw.split(',').map((s) => (s.trim() === '' ? NaN : Number(s)));
+  const ok = check(kind, value);
+  if (ok === undefined) throw invalidOption(option.key, expected(kind), raw);
+  return ok;
+}
+
+/** Validates options given in code (the programmatic API): unknown keys and ill-typed values throw. */
+export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
+  for (const [key, value] of Object.entries(user)) {
+    if (value === undefined) continue;
+    const option = OPTION_BY_KEY.get(key as keyof TrainConfig);
+    if (!option) throw new TypeError(`unknown option "${key}" (known options: ${[...OPTION_BY_KEY.keys()].join(', ')})`);
+    if (value === null && (option.kind.type === 'string')) continue;
+    if (check(option.kind, value) === undefined) throw invalidOption(key, expected(option.kind), value);
+  }
+  const config = { ...DEFAULTS, ...stripUndefined(user) };
+  if (config.microBatch > config.batchSize) {
+    throw new TypeError(`option "microBatch" (${config.microBatch}) must not exceed "batchSize" (${config.batchSize})`);
+  }
+  return config;
+}
+
+/** Reads cluster.config.json (or another file): a flat object of the same keys as the options. */
+export function readConfigFile(file: string): Partial<TrainConfig> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw configUnreadable(file, (e as Error).message);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw configUnreadable(file, 'expected a JSON object of option keys');
+  }
+  const known = [...OPTION_BY_KEY.keys()];
+  for (const [key, value] of Object.entries(parsed)) {
+    if (key === '$comment') continue;
+    const option = OPTION_BY_KEY.get(key as keyof TrainConfig);
+    if (!option) throw unknownConfigKey(file, key, known);
+    if (value !== null && check(option.kind, value) === undefined) throw invalidConfigValue(file, key, expected(option.kind), value);
+  }
+  const { $comment: _, ...rest } = parsed as Record<string, unknown>;
+  return rest as Partial<TrainConfig>;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

@@ -1,0 +1,65 @@
+/**
+ * The one interface behind which a worker computes. A training step is split in two passes so that the
+ * result does not depend on how the batch is spread over workers (see train/plan.ts):
+ *
+ * - rowPass:    for some rows of the batch, the forward activations, the per-row loss and the backward
+ *               deltas. Row-local: the same numbers for a row whichever call computes it.
+ * - weightPass: for one layer and a range of its output units, the weight and bias gradient summed over
+ *               the whole batch in one fixed reduction.
+ *
+ * Arrays passed in may live in SharedArrayBuffers; an engine copies what its runtime cannot read in place.
+ */
+import type { ModelSpec } from '../model/spec.js';
+
+export const ENGINES = ['onnx', 'tfjs'] as const;
+export type EngineName = (typeof ENGINES)[number];
+export const DEVICES = ['cpu', 'cuda', 'gpu'] as const;
+export type Device = (typeof DEVICES)[number];
+
+export interface RowOutputs {
+  /** rows: each row's cross-entropy loss. */
+  rowLoss: Float32Array;
+  /** For each hidden layer, rows × width activations. */
+  hidden: Float32Array[];
+  /** For each layer, rows × fanOut gradients of the batch-mean loss with respect to the layer's output. */
+  deltas: Float32Array[];
+}
+
+export interface EvalOutputs {
+  rowLoss: Float32Array;
+  predicted: Int32Array;
+}
+
+export interface Engine {
+  readonly name: EngineName;
+  /** What actually runs, e.g. "onnxruntime-node 1.30.0 (cpu)" or "tfjs 4.22.0 (wasm)". */
+  readonly backend: string;
+  /** Parameters for the next rowPass and evaluate calls (the engine keeps its own copy). */
+  setParams(params: Float32Array): void;
+  rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
+  weightPass(
+    layer: number,
+    input: Float32Array,
+    delta: Float32Array,
+    batch: number,
+    units: readonly [number, number],
+    outWeight: Float32Array,
+    outBias: Float32Array,
+  ): Promise<void>;
+  evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+export interface EngineOptions {
+  engine: EngineName;
+  device: Device;
+}
+
+export async function createEngine(spec: ModelSpec, options: EngineOptions): Promise<Engine> {
+  if (options.engine === 'onnx') {
+    const { createOnnxEngine } = await import('./onnx/engine.js');
+    return createOnnxEngine(spec, options.device);
+  }
+  const { createTfjsEngine } = await import('./tfjs/engine.js');
+  return createTfjsEngine(spec, options.device);
+}

@@ -1,0 +1,195 @@
+/**
+ * Builds, in memory, the ONNX models the onnx engine runs for an MLP spec. Three small graphs, all with
+ * dynamic row counts and the parameters fed as inputs (so one session serves every step):
+ *
+ * - rows:   forward and backward deltas for some rows of a batch. Every output row depends on its own
+ *           input row only, so any split of a batch into calls gives bitwise the same numbers.
+ * - weight: one layer's weight and bias gradient for a range of its output units, summed over the whole
+ *           batch in a single fixed-shape reduction. Splitting the output units is row-local again, so the
+ *           gradient is the same whichever thread computes which range.
+ * - eval:   forward only, per-row loss and predicted class.
+ */
+import onnxProto from 'onnx-proto';
+import type { ModelSpec } from '../../model/spec.js';
+
+const { onnx } = onnxProto;
+type INodeProto = onnxProto.onnx.INodeProto;
+type IValueInfoProto = onnxProto.onnx.IValueInfoProto;
+type ITensorProto = onnxProto.onnx.ITensorProto;
+
+const FLOAT = onnx.TensorProto.DataType.FLOAT;
+const INT64 = onnx.TensorProto.DataType.INT64;
+const OPSET = 17;
+
+class GraphBuilder {
+  readonly nodes: INodeProto[] = [];
+  readonly inputs: IValueInfoProto[] = [];
+  readonly outputs: IValueInfoProto[] = [];
+  readonly initializers: ITensorProto[] = [];
+  private counter = 0;
+
+  input(name: string, dims: (number | string)[], type: number = FLOAT): string {
+    this.inputs.push(valueInfo(name, dims, type));
+    return name;
+  }
+
+  output(name: string, dims: (number | string)[], type: number = FLOAT): void {
+    this.outputs.push(valueInfo(name, dims, type));
+  }
+
+  constInt64(values: number[]): string {
+    const name = `const${this.counter++}`;
+    this.initializers.push({ name, dataType: INT64, dims: [values.length], int64Data: values });
+    return name;
+  }
+
+  constFloat(value: number): string {
+    const name = `const${this.counter++}`;
+    this.initializers.push({ name, dataType: FLOAT, dims: [], floatData: [value] });
+    return name;
+  }
+
+  op(opType: string, inputs: string[], attrs: Record<string, number | number[]> = {}, outName?: string): string {
+    const out = outName ?? `${opType.toLowerCase()}${this.counter++}`;
+    const attribute = Object.entries(attrs).map(([name, v]) =>
+      Array.isArray(v)
+        ? { name, type: onnx.AttributeProto.AttributeType.INTS, ints: v }
+        : { name, type: onnx.AttributeProto.AttributeType.INT, i: v },
+    );
+    this.nodes.push({ opType, input: inputs, output: [out], name: `n${this.counter++}`, attribute });
+    return out;
+  }
+
+  build(name: string): Uint8Array {
+    const model = onnx.ModelProto.create({
+      irVersion: 8,
+      producerName: 'dtrain',
+      opsetImport: [{ domain: '', version: OPSET }],
+      graph: {
+        name,
+        node: this.nodes,
+        input: this.inputs,
+        output: this.outputs,
+        initializer: this.initializers,
+      },
+    });
+    return onnx.ModelProto.encode(model).finish();
+  }
+}
+
+function valueInfo(name: string, dims: (number | string)[], elemType: number): IValueInfoProto {
+  return {
+    name,
+    type: {
+      tensorType: {
+        elemType,
+        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  };
+}
+
+export const weightName = (l: number) => `W${l}`;
+export const biasName = (l: number) => `b${l}`;
+export const hiddenName = (l: number) => `h${l + 1}`;
+export const deltaName = (l: number) => `d${l}`;
+
+/** Adds the parameter inputs and the forward pass; returns the hidden activations and the logits. */
+function forward(g: GraphBuilder, spec: ModelSpec, x: string): { hidden: string[]; logits: string } {
+  const layers = spec.sizes.length - 1;
+  const hidden: string[] = [];
+  let h = x;
+  for (let l = 0; l < layers; l++) {
+    const W = g.input(weightName(l), [spec.sizes[l + 1], spec.sizes[l]]);
+    const b = g.input(biasName(l), [spec.sizes[l + 1]]);
+    const z = g.op('Gemm', [h, W, b], { transB: 1 });
+    if (l + 1 === layers) return { hidden, logits: z };
+    h = activate(g, spec, z, l);
+    hidden.push(h);
+  }
+  throw new Error('unreachable');
+}
+
+function activate(g: GraphBuilder, spec: ModelSpec, z: string, l: number): string {
+  const name = hiddenName(l);
+  switch (spec.activation) {
+    case 'sigmoid':
+      return g.op('Sigmoid', [z], {}, name);
+    case 'relu':
+      return g.op('Relu', [z], {}, name);
+    case 'tanh':
+      return g.op('Tanh', [z], {}, name);
+  }
+}
+
+/** The activation's derivative, written in terms of its output h (all three allow that). */
+function activationGrad(g: GraphBuilder, spec: ModelSpec, dh: string, h: string, out: string): string {
+  switch (spec.activation) {
+    case 'sigmoid': {
+      const oneMinus = g.op('Sub', [g.constFloat(1), h]);
+      return g.op('Mul', [dh, g.op('Mul', [h, oneMinus])], {}, out);
+    }
+    case 'relu':
+      return g.op('Mul', [dh, g.op('Sign', [h])], {}, out);
+    case 'tanh': {
+      const oneMinusSq = g.op('Sub', [g.constFloat(1), g.op('Mul', [h, h])]);
+      return g.op('Mul', [dh, oneMinusSq], {}, out);
+    }
+  }
+}
+
+/** Per-row softmax cross-entropy of the logits against a one-hot target; returns [rowLoss, logSoftmax]. */
+function crossEntropy(g: GraphBuilder, logits: string, target: string, lossName: string): [string, string] {
+  const logp = g.op('LogSoftmax', [logits], { axis: 1 });
+  const picked = g.op('ReduceSum', [g.op('Mul', [target, logp]), g.constInt64([1])], { keepdims: 0 });
+  return [g.op('Neg', [picked], {}, lossName), logp];
+}
+
+export function buildRowGraph(spec: ModelSpec): Uint8Array {
+  const g = new GraphBuilder();
+  const classes = spec.sizes[spec.sizes.length - 1];
+  const x = g.input('x', ['rows', spec.sizes[0]]);
+  const target = g.input('target', ['rows', classes]);
+  // 1/batch: the mean's weight, so that rows computed in separate calls still add up to the batch mean.
+  const scale = g.input('scale', [1]);
+  const { hidden, logits } = forward(g, spec, x);
+  const [, logp] = crossEntropy(g, logits, target, 'rowLoss');
+  g.output('rowLoss', ['rows']);
+  const layers = spec.sizes.length - 1;
+  let delta = g.op('Mul', [g.op('Sub', [g.op('Exp', [logp]), target]), scale], {}, deltaName(layers - 1));
+  for (let l = layers - 2; l >= 0; l--) {
+    const dh = g.op('MatMul', [delta, weightName(l + 1)]);
+    delta = activationGrad(g, spec, dh, hidden[l], deltaName(l));
+  }
+  hidden.forEach((h, l) => g.output(h, ['rows', spec.sizes[l + 1]]));
+  for (let l = 0; l < layers; l++) g.output(deltaName(l), ['rows', spec.sizes[l + 1]]);
+  return g.build('dtrain_rows');
+}
+
+/** One layer's gradient for output units [start, end): gW = d[:, start:end]ᵀ · a, gb = Σ_rows d[:, start:end]. */
+export function buildWeightGraph(): Uint8Array {
+  const g = new GraphBuilder();
+  const a = g.input('a', ['batch', 'in']);
+  const d = g.input('d', ['batch', 'out']);
+  const start = g.input('start', [1], INT64);
+  const end = g.input('end', [1], INT64);
+  const part = g.op('Slice', [d, start, end, g.constInt64([1])]);
+  g.op('Gemm', [part, a], { transA: 1 }, 'gW');
+  g.op('ReduceSum', [part, g.constInt64([0])], { keepdims: 0 }, 'gb');
+  g.output('gW', ['units', 'in']);
+  g.output('gb', ['units']);
+  return g.build('dtrain_weight');
+}
+
+export function buildEvalGraph(spec: ModelSpec): Uint8Array {
+  const g = new GraphBuilder();
+  const classes = spec.sizes[spec.sizes.length - 1];
+  const x = g.input('x', ['rows', spec.sizes[0]]);
+  const target = g.input('target', ['rows', classes]);
+  const { logits } = forward(g, spec, x);
+  crossEntropy(g, logits, target, 'rowLoss');
+  g.op('ArgMax', [logits], { axis: 1, keepdims: 0 }, 'predicted');
+  g.output('rowLoss', ['rows']);
+  g.output('predicted', ['rows'], INT64);
+  return g.build('dtrain_eval');
+}

@@ -1,0 +1,72 @@
+/**
+ * Every user-facing error message lives here, as a named factory (piscina style), so that the wording is
+ * pinned by one test and the rest of the code says what went wrong, not how to phrase it.
+ * Each message is one line that names the thing and what was expected.
+ */
+
+export class DtrainError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+    this.name = 'DtrainError';
+  }
+}
+
+const fail = (code: string, message: string) => new DtrainError(message, code);
+
+export function invalidOption(name: string, expected: string, got: unknown): TypeError {
+  return new TypeError(`option "${name}" must be ${expected}, got ${show(got)}`);
+}
+
+export function unknownConfigKey(file: string, key: string, known: readonly string[]): TypeError {
+  return new TypeError(`${file}: unknown key "${key}" (known keys: ${known.join(', ')})`);
+}
+
+export function invalidConfigValue(file: string, key: string, expected: string, got: unknown): TypeError {
+  return new TypeError(`${file}: key "${key}" must be ${expected}, got ${show(got)}`);
+}
+
+export function configUnreadable(file: string, reason: string): DtrainError {
+  return fail('ERR_CONFIG', `${file}: cannot read the configuration: ${reason}`);
+}
+
+export function idxInvalid(file: string, problem: string): DtrainError {
+  return fail('ERR_IDX', `${file}: not a valid IDX file: ${problem}`);
+}
+
+export function datasetMismatch(dir: string, problem: string): DtrainError {
+  return fail('ERR_DATASET', `${dir}: ${problem}`);
+}
+
+export function datasetMissing(dir: string, stem: string): DtrainError {
+  return fail('ERR_DATASET', `${dir}: missing ${stem} (or ${stem}.gz)`);
+}
+
+export function engineUnavailable(engine: string, reason: string): DtrainError {
+  return fail('ERR_ENGINE', `engine "${engine}" is not available: ${reason}`);
+}
+
+export function nonFiniteGradient(step: number, where: string): DtrainError {
+  return fail('ERR_NONFINITE', `step ${step}: non-finite gradient in ${where}; training stopped with the last good parameters kept`);
+}
+
+export function nonFiniteLoss(step: number, where: string): DtrainError {
+  return fail('ERR_NONFINITE', `step ${step}: non-finite loss in ${where}; training stopped with the last good parameters kept`);
+}
+
+export function noWorkersLeft(step: number, lastError: string): DtrainError {
+  return fail('ERR_NO_WORKERS', `step ${step}: no worker thread is left to compute it (last failure: ${lastError})`);
+}
+
+export function show(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(show).join(', ')}]`;
+  if (value === null || typeof value !== 'object') return String(value);
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * Adam with PyTorch's semantics (torch.optim.Adam, no weight decay, no amsgrad) over ranges of the flat
+ * parameter vector, so that threads can each update their own range. The arithmetic runs in a small
+ * wasm SIMD kernel (adam.wat) over the shared optimizer memory (optimizer_memory.ts).
+ */
+import { ADAM_WASM_BASE64 } from './adam_wasm.js';
+
+export interface AdamOptions {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+}
+
+export const ADAM_DEFAULTS: AdamOptions = { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+
+let compiled: WebAssembly.Module | undefined;
+
+function adamModule(): WebAssembly.Module {
+  compiled ??= new WebAssembly.Module(Buffer.from(ADAM_WASM_BASE64, 'base64'));
+  return compiled;
+}
+
+export type AdamKernel = (
+  pIn: number, mIn: number, vIn: number, g: number,
+  pOut: number, mOut: number, vOut: number, n: number,
+  c1: number, b2: number, c2: number, negStep: number, bc2sqrt: number, eps: number,
+) => number;
+
+/** The kernel bound to one shared memory; every thread instantiates its own over the same memory. */
+export function adamKernel(memory: WebAssembly.Memory): AdamKernel {
+  const instance = new WebAssembly.Instance(adamModule(), { env: { memory } });
+  return instance.exports.adam as AdamKernel;
+}
+
+/** The per-step scalars, computed in double precision as PyTorch's Python-side code does. */
+export function adamScalars(options: AdamOptions, step: number) {
+  const bc1 = 1 - options.beta1 ** step;
+  const bc2 = 1 - options.beta2 ** step;
+  return {
+    c1: 1 - options.beta1,
+    b2: options.beta2,
+    c2: 1 - options.beta2,
+    negStep: -options.lr / bc1,
+    bc2sqrt: Math.sqrt(bc2),
+    eps: options.eps,
+  };
+}

@@ -1,0 +1,47 @@
+/** summary.json, the record of a run, and paramsSha256, the fingerprint runs are compared by. */
+import { createHash } from 'node:crypto';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { endianness } from 'node:os';
+import { join } from 'node:path';
+
+/** SHA-256 of the parameters as little-endian float32 in layer order (W then b of each layer). */
+export function paramsSha256(params: Float32Array): string {
+  const bytes = new Uint8Array(params.buffer, params.byteOffset, params.byteLength).slice();
+  if (endianness() === 'BE') {
+    for (let i = 0; i < bytes.length; i += 4) bytes.subarray(i, i + 4).reverse();
+  }
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+export interface EpochResult {
+  epoch: number;
+  steps: number;
+  testAccuracy: number;
+  testAvgLoss: number;
+  trainLoss: number;
+  seconds: number;
+  samplesPerSecond: number;
+}
+
+export interface RunSummary {
+  dataset: { name: string; sha256: string; trainSamples: number; testSamples: number };
+  model: { sizes: number[]; activation: string; parameters: number };
+  engine: string;
+  workers: string;
+  config: Record<string, unknown>;
+  epochs: EpochResult[];
+  steps: number;
+  samplesPerSecond: number;
+  msPerStep: number;
+  paramsSha256: string;
+  outDir: string | null;
+}
+
+/** Writes summary.json atomically (temporary file, then rename). */
+export function writeSummary(dir: string, summary: RunSummary): string {
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'summary.json');
+  writeFileSync(`${file}.tmp`, `${JSON.stringify(summary, null, 2)}\n`);
+  renameSync(`${file}.tmp`, file);
+  return file;
+}

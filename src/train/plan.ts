@@ -1,0 +1,63 @@
+/**
+ * How a batch is cut up, and who computes what. The numbers a step produces never depend on this plan:
+ *
+ * - Rows are split into fixed micro-shards (--micro-batch rows each); a worker gets a contiguous run of
+ *   whole micro-shards. The row pass is row-local, so any grouping gives the same bits.
+ * - Every weight gradient is one reduction over all rows of the batch in row order (K = batch size in a
+ *   single call), split only along the layer's output units, which is row-local again. So the sum is formed
+ *   the same way for 1 worker or 16, without the cost of per-micro-shard weight gradients (a 16-row dW of
+ *   784×512 is memory-bound: 1.4 ms against 1.0 ms for all 64 rows in one call).
+ */
+export type Range = readonly [number, number];
+
+export function batchCount(samples: number, batchSize: number): number {
+  return Math.ceil(samples / batchSize);
+}
+
+export function batchRows(samples: number, batchSize: number, batch: number): number {
+  return Math.min(batchSize, samples - batch * batchSize);
+}
+
+/** The fixed micro-shards of a batch of `rows` rows. */
+export function microShards(rows: number, microBatch: number): Range[] {
+  const shards: Range[] = [];
+  for (let start = 0; start < rows; start += microBatch) shards.push([start, Math.min(rows, start + microBatch)]);
+  return shards;
+}
+
+/** Splits n items into `parts` contiguous, nearly equal ranges (the first ones one larger); some may be empty. */
+export function evenSplit(n: number, parts: number): Range[] {
+  const ranges: Range[] = [];
+  const base = Math.floor(n / parts);
+  const extra = n % parts;
+  let start = 0;
+  for (let p = 0; p < parts; p++) {
+    const size = base + (p < extra ? 1 : 0);
+    ranges.push([start, start + size]);
+    start += size;
+  }
+  return ranges;
+}
+
+/** Row ranges for each worker: contiguous runs of whole micro-shards, balanced by count. */
+export function rowAssignment(rows: number, microBatch: number, workers: number): Range[] {
+  const shards = microShards(rows, microBatch);
+  return evenSplit(shards.length, workers).map(([a, b]) => (a === b ? [0, 0] : [shards[a][0], shards[b - 1][1]]) as Range);
+}
+
+/** For each worker, the range of output units it reduces in each layer. */
+export function unitAssignment(fanOuts: number[], workers: number): Range[][] {
+  const perLayer = fanOuts.map((n) => evenSplit(n, workers));
+  return Array.from({ length: workers }, (_, w) => perLayer.map((ranges) => ranges[w]));
+}
+
+/** The order in which an epoch visits the training samples. */
+export function epochOrder(samples: number, shuffled: Uint32Array | undefined, batch: number, batchSize: number): Int32Array {
+  const rows = batchRows(samples, batchSize, batch);
+  const index = new Int32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    const position = batch * batchSize + r;
+    index[r] = shuffled ? shuffled[position] : position;
+  }
+  return index;
+}
