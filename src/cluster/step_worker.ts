@@ -104,7 +104,7 @@ export class StepWorker {
       return this.adam(
         from.params + at, from.m + at, from.v + at, gradBase + at,
         to.params + at, to.m + at, to.v + at, length,
-        s.c1, s.b2, s.c2, s.negStep, s.bc2sqrt, s.eps,
+        s.c1, s.b2, s.c2, s.negStep, s.invBc2sqrt, s.eps,
       );
     };
     for (let l = 0; l < units.length; l++) {

@@ -24,6 +24,8 @@ export interface ThreadOptions {
 
 export class ThreadWorkers implements WorkerSet {
   private backend = '';
+  /** Tasks run again after their thread threw or died. */
+  retries = 0;
 
   private constructor(
     private readonly pool: Piscina,
@@ -64,6 +66,7 @@ export class ThreadWorkers implements WorkerSet {
         return (await this.pool.run(task)) as TaskResult;
       } catch (e) {
         lastError = e;
+        this.retries++;
       }
     }
     throw noWorkersLeft('step' in task ? task.step : -1, (lastError as Error)?.message ?? String(lastError));

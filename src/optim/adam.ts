@@ -24,7 +24,7 @@ function adamModule(): WebAssembly.Module {
 export type AdamKernel = (
   pIn: number, mIn: number, vIn: number, g: number,
   pOut: number, mOut: number, vOut: number, n: number,
-  c1: number, b2: number, c2: number, negStep: number, bc2sqrt: number, eps: number,
+  c1: number, b2: number, c2: number, negStep: number, invBc2sqrt: number, eps: number,
 ) => number;
 
 /** The kernel bound to one shared memory; every thread instantiates its own over the same memory. */
@@ -42,7 +42,7 @@ export function adamScalars(options: AdamOptions, step: number) {
     b2: options.beta2,
     c2: 1 - options.beta2,
     negStep: -options.lr / bc1,
-    bc2sqrt: Math.sqrt(bc2),
+    invBc2sqrt: 1 / Math.sqrt(bc2),
     eps: options.eps,
   };
 }

@@ -35,6 +35,8 @@ export interface RunSummary {
   msPerStep: number;
   paramsSha256: string;
   outDir: string | null;
+  /** Set when the run failed; the parameters above are then the last good ones. */
+  error?: string;
 }
 
 /** Writes summary.json atomically (temporary file, then rename). */

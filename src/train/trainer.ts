@@ -169,6 +169,7 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
   const shuffleRng = new Rng(config.seed ^ 0x5eed5eed);
   let trainSeconds = 0;
   let samplesSeen = 0;
+  let failure: Error | undefined;
   try {
     for (let epoch = 1; epoch <= config.epochs; epoch++) {
       const order = config.shuffle ? permutation(dataset.train.count, shuffleRng) : undefined;
@@ -211,6 +212,9 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
       emit({ type: 'epoch', result });
       if (stopped) break;
     }
+  } catch (e) {
+    // The committed generation still holds the last good state; record it before failing.
+    failure = e as Error;
   } finally {
     await workers.close();
   }
@@ -227,8 +231,10 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
     msPerStep: (1000 * trainSeconds) / Math.max(1, trainer.step),
     paramsSha256: paramsSha256(trainer.params),
     outDir,
+    ...(failure ? { error: failure.message } : {}),
   };
   writeSummary(outDir, summary);
+  if (failure) throw failure;
   emit({ type: 'done', summary });
   return summary;
 }

@@ -1,0 +1,10 @@
+/** The programmatic API: everything the CLI does can be done from code. */
+export { train, Trainer, type TrainEvent, type TrainOptions, type EvalResult } from './train/trainer.js';
+export { resolveConfig, readConfigFile, DEFAULTS, TRAIN_OPTIONS, type TrainConfig } from './config.js';
+export { loadDataset, embeddedMnistDir, toSplit, type Dataset, type Split } from './data/datasets.js';
+export { readIdxFile, parseIdx } from './data/idx.js';
+export { makeSpec, paramLayout, type ModelSpec } from './model/spec.js';
+export { initParams } from './model/init.js';
+export { createEngine, type Engine } from './engine/engine.js';
+export { paramsSha256, type RunSummary } from './report/summary.js';
+export { DtrainError } from './errors.js';

@@ -1,0 +1,56 @@
+/**
+ * Turns training events into what a person reads: the tutorial's lines (loss every --log-every batches,
+ * "Test result: Accuracy: X%, Avg loss: Y" after each epoch) and, on a terminal, a progress bar.
+ */
+import type { TrainEvent } from '../train/trainer.js';
+
+export interface ConsoleSink {
+  line(text: string): void;
+  /** Overwrites the current terminal line (only called when it is a TTY). */
+  status?(text: string): void;
+}
+
+export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void {
+  let lastDraw = 0;
+  const clear = () => sink.status?.('');
+  return (event) => {
+    switch (event.type) {
+      case 'start':
+        sink.line(`dtrain: ${event.spec}, ${event.parameters.toLocaleString('en-US')} parameters`);
+        sink.line(`data: ${event.dataset}, ${event.trainSamples} train / ${event.testSamples} test samples`);
+        sink.line(`workers: ${event.workers}`);
+        break;
+      case 'step': {
+        if (!sink.status) break;
+        const now = performance.now();
+        if (now - lastDraw < 100 && event.batch !== event.batches) break;
+        lastDraw = now;
+        const width = 30;
+        const done = Math.round((width * event.batch) / event.batches);
+        sink.status(
+          `epoch ${event.epoch} [${'='.repeat(done)}${' '.repeat(width - done)}] ${event.batch}/${event.batches} loss ${event.loss.toFixed(4)}`,
+        );
+        break;
+      }
+      case 'log':
+        clear();
+        if (event.current <= 64) sink.line(`Epoch ${event.epoch}\n-------------------------------`);
+        sink.line(`loss: ${event.loss.toFixed(6).padStart(9)}  [${String(event.current).padStart(5)}/${String(event.size).padStart(5)}]`);
+        break;
+      case 'epoch': {
+        clear();
+        const r = event.result;
+        sink.line(
+          `Test result: Accuracy: ${r.testAccuracy.toFixed(2)}%, Avg loss: ${r.testAvgLoss.toFixed(6)}  ` +
+            `(epoch ${r.epoch}: ${r.seconds.toFixed(2)} s, ${Math.round(r.samplesPerSecond)} samples/s)\n`,
+        );
+        break;
+      }
+      case 'done':
+        clear();
+        sink.line(`paramsSha256: ${event.summary.paramsSha256}`);
+        sink.line(`summary: ${event.summary.outDir}/summary.json`);
+        break;
+    }
+  };
+}

@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { createEngine } from '../src/engine/engine.js';
+import { makeSpec } from '../src/model/spec.js';
+import { adamKernel, adamScalars, ADAM_DEFAULTS } from '../src/optim/adam.js';
+import { ADAM_WASM_BASE64 } from '../src/optim/adam_wasm.js';
+import { OptimizerMemory } from '../src/optim/optimizer_memory.js';
+import { engineGradient } from './helpers.js';
+// @ts-expect-error plain JS build script
+import { assembleAdam } from '../scripts/build-wasm.mjs';
+
+const golden = JSON.parse(readFileSync(new URL('./fixtures/golden.json', import.meta.url), 'utf8'));
+
+/** One Adam step over the whole vector: generation g -> g + 1. */
+function adamStep(memory: OptimizerMemory, generation: number, step: number, lr: number): number {
+  const kernel = adamKernel(memory.memory);
+  const s = adamScalars({ ...ADAM_DEFAULTS, lr }, step);
+  const from = memory.layout.generations[generation & 1];
+  const to = memory.layout.generations[(generation + 1) & 1];
+  return kernel(from.params, from.m, from.v, memory.layout.grad, to.params, to.m, to.v, memory.params, s.c1, s.b2, s.c2, s.negStep, s.invBc2sqrt, s.eps);
+}
+
+describe('Adam', () => {
+  it.each(golden.cases.map((c: { activation: string }) => [c.activation, c]))(
+    'follows torch.optim.Adam for 3 steps on the golden batch (%s)',
+    async (_, c) => {
+      const spec = makeSpec(c.sizes[0], c.sizes.slice(1, -1), c.sizes[c.sizes.length - 1], c.activation);
+      const engine = await createEngine(spec, { engine: 'onnx', device: 'cpu' });
+      const memory = new OptimizerMemory(c.params.length);
+      memory.paramsOf(0).set(c.params);
+      for (let step = 0; step < 3; step++) {
+        const { grad } = await engineGradient(engine, spec, memory.paramsOf(step), Float32Array.from(c.x), c.labels);
+        memory.grad.set(grad);
+        expect(adamStep(memory, step, step + 1, c.adamLr)).toBe(0);
+        const expected: number[] = c.paramsAfterAdamSteps[step];
+        const actual = memory.paramsOf(step + 1);
+        for (let i = 0; i < expected.length; i++) expect(Math.abs(actual[i] - expected[i])).toBeLessThan(2e-6);
+      }
+      await engine.dispose();
+    },
+  );
+
+  it('handles lengths that are not a multiple of 4 and reports non-finite gradients without touching the old state', () => {
+    const n = 11;
+    const memory = new OptimizerMemory(n);
+    memory.paramsOf(0).set(Array.from({ length: n }, (_, i) => i / 10));
+    memory.grad.set(Array.from({ length: n }, (_, i) => (i % 3) - 1));
+    expect(adamStep(memory, 0, 1, 0.1)).toBe(0);
+    // The first Adam step moves every parameter with a non-zero gradient by lr against its sign.
+    for (let i = 0; i < n; i++) expect(memory.paramsOf(1)[i]).toBeCloseTo(i / 10 - 0.1 * Math.sign((i % 3) - 1), 6);
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      for (const at of [2, 9]) {
+        const before = Float32Array.from(memory.paramsOf(1));
+        memory.grad.fill(0.5);
+        memory.grad[at] = bad;
+        expect(adamStep(memory, 1, 2, 0.1)).toBe(1);
+        expect(memory.paramsOf(1)).toEqual(before);
+      }
+    }
+  });
+
+  it('runs the kernel assembled from adam.wat as committed', async () => {
+    expect(await assembleAdam()).toBe(ADAM_WASM_BASE64);
+  });
+});

@@ -1,0 +1,59 @@
+import { describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
+const dir = mkdtempSync(join(tmpdir(), 'dtrain-cli-'));
+const dtrain = async (...args: string[]) => {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cli, ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    const err = e as { code: number; stdout: string; stderr: string };
+    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
+  }
+};
+
+describe('dtrain CLI', () => {
+  it('lists every option with its default', async () => {
+    const stdout = (await dtrain('coordinator', '--help')).stdout.replace(/\s+/g, ' ');
+    for (const flag of ['--threads', '--micro-batch', '--hidden', '--engine', '--config', '--steps']) expect(stdout).toContain(flag);
+    expect(stdout).toContain('(default: 512,256,128,64)');
+    expect(stdout).toContain('(default: 0.001)');
+  });
+
+  it('trains, prints the tutorial lines and writes summary.json', async () => {
+    const out = join(dir, 'run');
+    const r = await dtrain('coordinator', '--steps', '5', '--train-samples', '640', '--test-samples', '300', '--threads', '2', '--log-every', '2', '--out', out);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^loss: +2\.\d{6} +\[ +64\/ +640\]$/m);
+    expect(r.stdout).toMatch(/^Test result: Accuracy: \d+\.\d\d%, Avg loss: \d+\.\d{6} /m);
+    const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
+    expect(summary.steps).toBe(5);
+    expect(summary.model.sizes).toEqual([784, 512, 256, 128, 64, 10]);
+    expect(summary.paramsSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(r.stdout).toContain(`paramsSha256: ${summary.paramsSha256}`);
+  });
+
+  it('takes options from a config file, flags overriding it', async () => {
+    const config = join(dir, 'cluster.config.json');
+    writeFileSync(config, JSON.stringify({ hidden: [16], threads: 3, steps: 2, trainSamples: 256, testSamples: 100 }));
+    const out = join(dir, 'fromfile');
+    const r = await dtrain('coordinator', '--config', config, '--threads', '1', '--out', out);
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
+    expect(summary.model.sizes).toEqual([784, 16, 10]);
+    expect(summary.config.threads).toBe(1);
+  });
+
+  it('fails with one error line and exit code 1 on a bad config key', async () => {
+    const config = join(dir, 'bad.json');
+    writeFileSync(config, JSON.stringify({ threads: 2, epoch: 3 }));
+    const r = await dtrain('coordinator', '--config', config);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^dtrain: error: .*bad\.json: unknown key "epoch" \(known keys: /)]);
+  });
+});

@@ -1,0 +1,109 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULTS, parseOptionValue, readConfigFile, resolveConfig, TRAIN_OPTIONS } from '../src/config.js';
+import { initParams, Rng, permutation } from '../src/model/init.js';
+import { makeSpec, paramLayout } from '../src/model/spec.js';
+
+const option = (key: string) => TRAIN_OPTIONS.find((o) => o.key === key)!;
+const dir = mkdtempSync(join(tmpdir(), 'dtrain-config-'));
+const configFile = (content: unknown) => {
+  const path = join(dir, `c${Math.random().toString(36).slice(2)}.json`);
+  writeFileSync(path, typeof content === 'string' ? content : JSON.stringify(content));
+  return path;
+};
+
+describe('options', () => {
+  it('has the tutorial as defaults', () => {
+    expect(DEFAULTS).toMatchObject({ hidden: [512, 256, 128, 64], activation: 'sigmoid', lr: 0.001, batchSize: 64, epochs: 26, logEvery: 400, shuffle: false, engine: 'onnx' });
+  });
+
+  it.each([
+    ['threads', '0', 'option "threads" must be an integer of at least 1, got "0"'],
+    ['threads', '1.5', 'option "threads" must be an integer of at least 1, got "1.5"'],
+    ['steps', '-1', 'option "steps" must be a non-negative integer, got "-1"'],
+    ['lr', 'fast', 'option "lr" must be a positive number, got "fast"'],
+    ['hidden', '512,,64', 'option "hidden" must be a list of positive integers, got "512,,64"'],
+    ['activation', 'gelu', 'option "activation" must be one of sigmoid, relu, tanh, got "gelu"'],
+    ['engine', 'torch', 'option "engine" must be one of onnx, tfjs, got "torch"'],
+  ])('refuses --%s %s with an exact message', (key, raw, message) => {
+    expect(() => parseOptionValue(option(key), raw)).toThrow(new TypeError(message));
+  });
+
+  it('parses flags into typed values', () => {
+    expect(parseOptionValue(option('hidden'), '32, 16')).toEqual([32, 16]);
+    expect(parseOptionValue(option('lr'), '0.01')).toBe(0.01);
+  });
+
+  it('spreads defaults under user options and validates them', () => {
+    expect(resolveConfig({ threads: 3 }).threads).toBe(3);
+    expect(resolveConfig({}).microBatch).toBe(16);
+    expect(() => resolveConfig({ threds: 3 } as never)).toThrow(/^unknown option "threds" \(known options: data, /);
+    expect(() => resolveConfig({ epochs: 0 })).toThrow(new TypeError('option "epochs" must be an integer of at least 1, got 0'));
+    expect(() => resolveConfig({ microBatch: 128 })).toThrow(new TypeError('option "microBatch" (128) must not exceed "batchSize" (64)'));
+  });
+});
+
+describe('config file', () => {
+  it('reads known keys', () => {
+    expect(readConfigFile(configFile({ threads: 2, hidden: [8], $comment: 'x' }))).toEqual({ threads: 2, hidden: [8] });
+  });
+
+  it('names an unknown key and the keys it knows', () => {
+    const path = configFile({ thread: 2 });
+    expect(() => readConfigFile(path)).toThrow(new RegExp(`^${path}: unknown key "thread" \\(known keys: data, trainSamples, `));
+  });
+
+  it('names an ill-typed key with what was expected', () => {
+    const path = configFile({ threads: '2' });
+    expect(() => readConfigFile(path)).toThrow(new TypeError(`${path}: key "threads" must be an integer of at least 1, got "2"`));
+  });
+
+  it('refuses a file that is not a JSON object', () => {
+    const path = configFile('[1, 2');
+    expect(() => readConfigFile(path)).toThrow(new RegExp(`^${path}: cannot read the configuration: `));
+    const arrayPath = configFile([1]);
+    expect(() => readConfigFile(arrayPath)).toThrow(`${arrayPath}: cannot read the configuration: expected a JSON object of option keys`);
+  });
+
+  it('accepts the cluster.config.json shipped with the project', () => {
+    const config = readConfigFile(new URL('../cluster.config.json', import.meta.url).pathname);
+    expect(() => resolveConfig(config)).not.toThrow();
+  });
+});
+
+describe('model', () => {
+  it('lays parameters out as W then b per layer', () => {
+    const layout = paramLayout(makeSpec(784, [512, 256, 128, 64], 10, 'sigmoid'));
+    expect(layout.total).toBe(575050);
+    expect(layout.layers[1]).toEqual({ fanIn: 512, fanOut: 256, weightOffset: 784 * 512 + 512, biasOffset: 784 * 512 + 512 + 512 * 256 });
+  });
+
+  it('refuses a bad spec', () => {
+    expect(() => makeSpec(784, [0], 10, 'sigmoid')).toThrow('option "hidden" must be a comma-separated list of positive integers, got "0"');
+  });
+
+  it('initialises like nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), seeded', () => {
+    const spec = makeSpec(100, [50], 10, 'relu');
+    const a = initParams(spec, 0);
+    expect(initParams(spec, 0)).toEqual(a);
+    expect(initParams(spec, 1)).not.toEqual(a);
+    for (const layer of paramLayout(spec).layers) {
+      const bound = 1 / Math.sqrt(layer.fanIn);
+      const values = a.subarray(layer.weightOffset, layer.biasOffset + layer.fanOut);
+      const max = values.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      expect(max).toBeLessThanOrEqual(bound);
+      expect(max).toBeGreaterThan(0.95 * bound);
+      const mean = values.reduce((s, v) => s + v, 0) / values.length;
+      expect(Math.abs(mean)).toBeLessThan(0.05 * bound);
+    }
+  });
+
+  it('shuffles with a seeded permutation', () => {
+    const p = permutation(1000, new Rng(5));
+    expect([...p].sort((x, y) => x - y)).toEqual([...Array(1000).keys()]);
+    expect(permutation(1000, new Rng(5))).toEqual(p);
+    expect(permutation(1000, new Rng(6))).not.toEqual(p);
+  });
+});

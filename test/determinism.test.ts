@@ -1,0 +1,80 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { train, type TrainConfig } from '../src/index.js';
+import type { ThreadWorkers } from '../src/cluster/threads.js';
+import { syntheticDataset } from './helpers.js';
+
+const out = mkdtempSync(join(tmpdir(), 'dtrain-det-'));
+let runs = 0;
+// 145 = 2 full batches + 17 rows: the short last batch has a 1-row micro-shard.
+const BASE: Partial<TrainConfig> = { trainSamples: 145, testSamples: 200, epochs: 2, logEvery: 1000 };
+const run = (config: Partial<TrainConfig>, options = {}) => train({ ...BASE, out: join(out, String(runs++)), ...config }, options);
+
+describe('data-parallel determinism (tutorial MLP on MNIST)', () => {
+  it('gives the same parameters for 1, 2, 3 and 4 threads, and for two runs in a row', async () => {
+    const hashes = [];
+    for (const threads of [1, 2, 3, 4, 2]) hashes.push((await run({ threads })).paramsSha256);
+    expect(new Set(hashes).size).toBe(1);
+  });
+
+  it('is independent of the micro-batch size: --micro-batch 64 --threads 1 equals 16 on 3 threads and 5 on 2', async () => {
+    const a = await run({ threads: 1, microBatch: 64 });
+    const b = await run({ threads: 3, microBatch: 16 });
+    const c = await run({ threads: 2, microBatch: 5 });
+    expect(b.paramsSha256).toBe(a.paramsSha256);
+    expect(c.paramsSha256).toBe(a.paramsSha256);
+    expect(b.epochs.map((e) => e.testAccuracy)).toEqual(a.epochs.map((e) => e.testAccuracy));
+  });
+
+  it('gives different parameters for a different seed, and the same for a shuffled run on any thread count', async () => {
+    const seed0 = await run({ threads: 1 });
+    const seed1 = await run({ threads: 1, seed: 1 });
+    expect(seed1.paramsSha256).not.toBe(seed0.paramsSha256);
+    const shuffled1 = await run({ threads: 1, shuffle: true });
+    const shuffled3 = await run({ threads: 3, shuffle: true });
+    expect(shuffled1.paramsSha256).not.toBe(seed0.paramsSha256);
+    expect(shuffled3.paramsSha256).toBe(shuffled1.paramsSha256);
+  });
+
+  it('finishes with the same parameters when a worker thread is killed mid-step', async () => {
+    const reference = await run({ threads: 2 });
+    let killed = 0;
+    let pool: ThreadWorkers | undefined;
+    const summary = await run(
+      { threads: 2 },
+      {
+        onWorkers: (workers: ThreadWorkers) => {
+          pool = workers;
+          const runTask = workers.run.bind(workers);
+          workers.run = (task) => {
+            const pending = runTask(task);
+            if (task.kind === 'weights' && task.step === 2 && killed === 0) {
+              killed++;
+              void workers.threads[0].terminate();
+            }
+            return pending;
+          };
+        },
+      },
+    );
+    expect(killed).toBe(1);
+    expect(pool!.retries).toBeGreaterThanOrEqual(1);
+    expect(summary.paramsSha256).toBe(reference.paramsSha256);
+  });
+
+  it('stops on a non-finite loss naming the step and micro-shard, and keeps the last good parameters', async () => {
+    const dataset = syntheticDataset(96, 16);
+    dataset.train.images[(64 + 20) * dataset.features + 3] = NaN;
+    const config = { threads: 2, epochs: 1, hidden: [8], trainSamples: 0, testSamples: 0 };
+    const good = await run({ ...config, steps: 1 }, { dataset });
+    const dir = join(out, 'nan');
+    await expect(train({ ...config, out: dir }, { dataset })).rejects.toThrow(
+      'step 1: non-finite loss in micro-shard 1 (batch rows 16–31, first at dataset sample 84); training stopped with the last good parameters kept',
+    );
+    const summary = JSON.parse(readFileSync(join(dir, 'summary.json'), 'utf8'));
+    expect(summary.error).toMatch(/^step 1: non-finite loss/);
+    expect(summary.paramsSha256).toBe(good.paramsSha256);
+  });
+});

@@ -1,0 +1,100 @@
+import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { createEngine, type EngineName } from '../src/engine/engine.js';
+import { makeSpec, paramLayout } from '../src/model/spec.js';
+import { initParams } from '../src/model/init.js';
+import { engineGradient, oneHot, referenceLoss } from './helpers.js';
+
+const golden = JSON.parse(readFileSync(new URL('./fixtures/golden.json', import.meta.url), 'utf8'));
+const ENGINES: EngineName[] = ['onnx', 'tfjs'];
+
+function closeTo(actual: ArrayLike<number>, expected: ArrayLike<number>, rtol: number, atol: number) {
+  expect(actual.length).toBe(expected.length);
+  let worst = 0;
+  for (let i = 0; i < expected.length; i++) {
+    const err = Math.abs(actual[i] - expected[i]) - rtol * Math.abs(expected[i]);
+    worst = Math.max(worst, err);
+  }
+  expect(worst).toBeLessThanOrEqual(atol);
+}
+
+describe.each(ENGINES)('%s engine', (name) => {
+  describe.each(golden.cases.map((c: { activation: string }) => [c.activation, c]))('against PyTorch golden values (%s)', (_, c) => {
+    it('gives the loss and every gradient of the batch mean', async () => {
+      const spec = makeSpec(c.sizes[0], c.sizes.slice(1, -1), c.sizes[c.sizes.length - 1], c.activation);
+      const engine = await createEngine(spec, { engine: name, device: 'cpu' });
+      const { loss, grad } = await engineGradient(engine, spec, Float32Array.from(c.params), Float32Array.from(c.x), c.labels);
+      expect(loss).toBeCloseTo(c.loss, 6);
+      closeTo(grad, c.grad, 1e-4, 1e-7);
+      await engine.dispose();
+    });
+  });
+
+  it.each(['sigmoid', 'relu', 'tanh'] as const)('matches central finite differences of a float64 loss (%s)', async (activation) => {
+    const spec = makeSpec(5, [4, 3], 3, activation);
+    const params = initParams(spec, 7);
+    // Biases away from 0 keep ReLU off its kink, where a finite difference is meaningless.
+    for (const layer of paramLayout(spec).layers) params.fill(0.05, layer.biasOffset, layer.biasOffset + layer.fanOut);
+    const x = Float32Array.from({ length: 6 * 5 }, (_, i) => ((i * 37) % 11) / 11);
+    const labels = [0, 1, 2, 1, 0, 2];
+    const engine = await createEngine(spec, { engine: name, device: 'cpu' });
+    const { loss, grad } = await engineGradient(engine, spec, params, x, labels);
+    const p64 = Float64Array.from(params);
+    expect(loss).toBeCloseTo(referenceLoss(spec, p64, x, labels), 6);
+    const h = 1e-5;
+    for (let i = 0; i < p64.length; i++) {
+      const keep = p64[i];
+      p64[i] = keep + h;
+      const up = referenceLoss(spec, p64, x, labels);
+      p64[i] = keep - h;
+      const down = referenceLoss(spec, p64, x, labels);
+      p64[i] = keep;
+      expect(Math.abs(grad[i] - (up - down) / (2 * h))).toBeLessThan(2e-6 + 1e-3 * Math.abs(grad[i]));
+    }
+    await engine.dispose();
+  });
+
+  it('evaluates the per-row loss and predicted class', async () => {
+    const spec = makeSpec(5, [4], 3, 'tanh');
+    const params = initParams(spec, 3);
+    const x = Float32Array.from({ length: 4 * 5 }, (_, i) => (i % 7) / 7);
+    const labels = [2, 0, 1, 1];
+    const engine = await createEngine(spec, { engine: name, device: 'cpu' });
+    engine.setParams(params);
+    const out = { rowLoss: new Float32Array(4), predicted: new Int32Array(4) };
+    await engine.evaluate(x, oneHot(labels, 3), 4, out);
+    for (let r = 0; r < 4; r++) {
+      expect(out.rowLoss[r]).toBeCloseTo(referenceLoss(spec, params, x.subarray(r * 5, r * 5 + 5), [labels[r]]), 5);
+      // The predicted class is the one with the smallest loss when taken as the label.
+      const losses = [0, 1, 2].map((k) => referenceLoss(spec, params, x.subarray(r * 5, r * 5 + 5), [k]));
+      expect(out.predicted[r]).toBe(losses.indexOf(Math.min(...losses)));
+    }
+    await engine.dispose();
+  });
+});
+
+describe('onnx engine row locality', () => {
+  it('gives a row bitwise the same numbers whatever call computes it, one-row calls included', async () => {
+    const spec = makeSpec(784, [512, 256, 128, 64], 10, 'sigmoid');
+    const params = initParams(spec, 0);
+    const rows = 64;
+    const x = Float32Array.from({ length: rows * 784 }, (_, i) => ((i * 7919) % 256) / 255);
+    const labels = Array.from({ length: rows }, (_, i) => i % 10);
+    const engine = await createEngine(spec, { engine: 'onnx', device: 'cpu' });
+    const whole = await engineGradient(engine, spec, params, x, labels);
+    const target = oneHot(labels, 10);
+    for (const [a, b] of [[0, 1], [5, 12], [16, 32], [63, 64], [3, 40]]) {
+      const n = b - a;
+      const out = {
+        rowLoss: new Float32Array(n),
+        hidden: spec.sizes.slice(1, -1).map((w) => new Float32Array(n * w)),
+        deltas: spec.sizes.slice(1).map((w) => new Float32Array(n * w)),
+      };
+      await engine.rowPass(x.subarray(a * 784, b * 784), target.subarray(a * 10, b * 10), n, 1 / rows, out);
+      expect(out.rowLoss).toEqual(whole.out.rowLoss.subarray(a, b));
+      out.hidden.forEach((h, l) => expect(h).toEqual(whole.out.hidden[l].subarray(a * spec.sizes[l + 1], b * spec.sizes[l + 1])));
+      out.deltas.forEach((d, l) => expect(d).toEqual(whole.out.deltas[l].subarray(a * spec.sizes[l + 1], b * spec.sizes[l + 1])));
+    }
+    await engine.dispose();
+  });
+});

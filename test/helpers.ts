@@ -1,0 +1,74 @@
+/** Shared test helpers: whole-batch gradients through an engine, and an independent float64 reference. */
+import type { Engine } from '../src/engine/engine.js';
+import { toSplit, type Dataset } from '../src/data/datasets.js';
+import { paramLayout, type ModelSpec } from '../src/model/spec.js';
+
+export function oneHot(labels: ArrayLike<number>, classes: number): Float32Array {
+  const t = new Float32Array(labels.length * classes);
+  for (let i = 0; i < labels.length; i++) t[i * classes + labels[i]] = 1;
+  return t;
+}
+
+/** Loss and full gradient of the batch mean, through the engine's two passes over the whole batch. */
+export async function engineGradient(engine: Engine, spec: ModelSpec, params: Float32Array, x: Float32Array, labels: number[]) {
+  const rows = labels.length;
+  const layout = paramLayout(spec);
+  const target = oneHot(labels, spec.sizes[spec.sizes.length - 1]);
+  engine.setParams(params);
+  const out = {
+    rowLoss: new Float32Array(rows),
+    hidden: spec.sizes.slice(1, -1).map((n) => new Float32Array(rows * n)),
+    deltas: spec.sizes.slice(1).map((n) => new Float32Array(rows * n)),
+  };
+  await engine.rowPass(x, target, rows, 1 / rows, out);
+  const grad = new Float32Array(layout.total);
+  for (let l = 0; l < layout.layers.length; l++) {
+    const { fanIn, fanOut, weightOffset, biasOffset } = layout.layers[l];
+    await engine.weightPass(
+      l,
+      l === 0 ? x : out.hidden[l - 1],
+      out.deltas[l],
+      rows,
+      [0, fanOut],
+      grad.subarray(weightOffset, biasOffset),
+      grad.subarray(biasOffset, biasOffset + fanOut),
+    );
+  }
+  const loss = out.rowLoss.reduce((a, b) => a + b, 0) / rows;
+  return { loss, grad, out };
+}
+
+/** Batch-mean softmax cross-entropy in float64, written independently of both engines. */
+export function referenceLoss(spec: ModelSpec, params: ArrayLike<number>, x: ArrayLike<number>, labels: number[]): number {
+  const layout = paramLayout(spec);
+  const act = { sigmoid: (z: number) => 1 / (1 + Math.exp(-z)), relu: (z: number) => Math.max(0, z), tanh: Math.tanh }[spec.activation];
+  let total = 0;
+  for (let r = 0; r < labels.length; r++) {
+    let h = Array.from({ length: spec.sizes[0] }, (_, i) => x[r * spec.sizes[0] + i]);
+    layout.layers.forEach((layer, l) => {
+      const z = new Array<number>(layer.fanOut);
+      for (let o = 0; o < layer.fanOut; o++) {
+        let s = params[layer.biasOffset + o];
+        for (let i = 0; i < layer.fanIn; i++) s += params[layer.weightOffset + o * layer.fanIn + i] * h[i];
+        z[o] = s;
+      }
+      h = l + 1 < layout.layers.length ? z.map(act) : z;
+    });
+    const max = Math.max(...h);
+    const logSum = max + Math.log(h.reduce((a, z) => a + Math.exp(z - max), 0));
+    total += logSum - h[labels[r]];
+  }
+  return total / labels.length;
+}
+
+/** A small dataset of random pixels, for tests that need data of a given shape. */
+export function syntheticDataset(train: number, test: number, features = 20, classes = 4, seed = 1): Dataset {
+  let s = seed;
+  const next = () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) >>> 8) & 0xff;
+  const split = (count: number) => {
+    const pixels = new Uint8Array(count * features).map(() => next());
+    const labels = new Uint8Array(count).map((_, i) => i % classes);
+    return toSplit(pixels, labels, count, features, classes);
+  };
+  return { name: 'synthetic', dir: '', features, classes, train: split(train), test: split(test), sha256: 'synthetic' };
+}
