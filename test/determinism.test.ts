@@ -47,10 +47,10 @@ describe('data-parallel determinism (tutorial MLP on MNIST)', () => {
       {
         onWorkers: (workers: ThreadWorkers) => {
           pool = workers;
-          const runTask = workers.run.bind(workers);
-          workers.run = (task) => {
-            const pending = runTask(task);
-            if (task.kind === 'weights' && task.step === 2 && killed === 0) {
+          const runPass = workers.runPass.bind(workers);
+          workers.runPass = (tasks) => {
+            const pending = runPass(tasks);
+            if (tasks[0].kind === 'weights' && tasks[0].step === 2 && killed === 0) {
               killed++;
               void workers.threads[0].terminate();
             }

@@ -1,6 +1,7 @@
 /**
- * What the trainer sees of the machines that compute: a set of workers that each run tasks on the shared
- * training memory. The trainer plans one task per worker slot and never cares how a slot is implemented.
+ * What the trainer sees of the machines that compute: a set of worker slots that each run one task of a
+ * pass on the shared training memory. The trainer plans one task per slot and never cares how a slot is
+ * implemented (this process, a worker thread, or a remote machine).
  */
 import type { StepWorker, Task, TaskResult, WorkerInit } from './step_worker.js';
 
@@ -9,30 +10,57 @@ export interface WorkerSet {
   readonly size: number;
   /** What computes, e.g. "2 threads × onnxruntime-node 1.30.0 (cpu)". */
   readonly description: string;
-  run(task: Task): Promise<TaskResult>;
+  /** Runs task i on slot i, all at once; resolves when every task is done (re-run elsewhere if a slot failed). */
+  runPass(tasks: Task[]): Promise<TaskResult[]>;
   close(): Promise<void>;
 }
 
-/** --threads 1: the coordinator's own process computes everything, with no thread hop. */
-export class InProcessWorkers implements WorkerSet {
-  readonly size = 1;
+/**
+ * The coordinator's own process as a worker. Calls are serialised: a slot's engine keeps scratch buffers
+ * and cached parameters that two interleaved tasks must not share.
+ */
+export class LocalWorker {
+  private queue: Promise<unknown> = Promise.resolve();
 
-  private constructor(private readonly worker: StepWorker) {}
+  private constructor(readonly worker: StepWorker) {}
 
-  static async create(init: WorkerInit): Promise<InProcessWorkers> {
+  static async create(init: WorkerInit): Promise<LocalWorker> {
     const { StepWorker } = await import('./step_worker.js');
-    return new InProcessWorkers(await StepWorker.create(init));
-  }
-
-  get description(): string {
-    return `this process × ${this.worker.backend}`;
+    return new LocalWorker(await StepWorker.create(init));
   }
 
   run(task: Task): Promise<TaskResult> {
-    return this.worker.run(task);
+    const result = this.queue.then(() => this.worker.run(task));
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  dispose(): Promise<void> {
+    return this.worker.dispose();
+  }
+}
+
+/** --threads 1: everything is computed in the coordinator's process, with no thread hop. */
+export class InProcessWorkers implements WorkerSet {
+  readonly size = 1;
+
+  private constructor(private readonly local: LocalWorker) {}
+
+  static async create(init: WorkerInit): Promise<InProcessWorkers> {
+    return new InProcessWorkers(await LocalWorker.create(init));
+  }
+
+  get description(): string {
+    return `this process × ${this.local.worker.backend}`;
+  }
+
+  async runPass(tasks: Task[]): Promise<TaskResult[]> {
+    const results: TaskResult[] = [];
+    for (const task of tasks) results.push(await this.local.run(task));
+    return results;
   }
 
   async close(): Promise<void> {
-    await this.worker.dispose();
+    await this.local.dispose();
   }
 }

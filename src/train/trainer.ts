@@ -71,11 +71,11 @@ export class Trainer {
     batch.index.set(index);
     const base = { step: this.step, generation: this.generation, batch: rows };
     const rowRanges = rowAssignment(rows, this.config.microBatch, this.workers.size);
-    await Promise.all(rowRanges.map((range) => this.workers.run({ kind: 'rows', ...base, range } as Task)));
+    await this.workers.runPass(rowRanges.map((range) => ({ kind: 'rows', ...base, range }) as Task));
     let lossSum = 0;
     for (let r = 0; r < rows; r++) lossSum += batch.rowLoss[r];
     if (!Number.isFinite(lossSum)) throw nonFiniteLoss(this.step, this.locateNonFinite([batch.rowLoss], [1], rows));
-    const results = await Promise.all(this.units.map((units) => this.workers.run({ kind: 'weights', ...base, units })));
+    const results = await this.workers.runPass(this.units.map((units) => ({ kind: 'weights', ...base, units }) as Task));
     const bad = [...new Set(results.flatMap((r) => r.nonFiniteLayers))].sort((a, b) => a - b);
     if (bad.length > 0) {
       const l = bad[0];
@@ -107,7 +107,7 @@ export class Trainer {
   async evaluate(): Promise<EvalResult> {
     const { test, evalLoss, evalPredicted } = this.memory;
     const ranges = evenSplit(test.count, this.workers.size);
-    await Promise.all(ranges.map((range) => this.workers.run({ kind: 'eval', step: this.step, generation: this.generation, range })));
+    await this.workers.runPass(ranges.map((range) => ({ kind: 'eval', step: this.step, generation: this.generation, range }) as Task));
     const labels = this.dataset.test.labels;
     let correct = 0;
     let lossOfBatches = 0;

@@ -1,0 +1,77 @@
+/**
+ * Step-time benchmark: dtrain's engines and thread counts side by side with the PyTorch reference
+ * (../shared/reference), in interleaved rounds so that the machine's drift hits every row alike.
+ * Prints a Markdown table of median ms/step and s/epoch, and ratios against PyTorch on 1 thread.
+ *
+ *   npm run bench -- [--steps 300] [--rounds 3] [--configs onnx:1,onnx:2,tfjs:1,torch:1,torch:2]
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { embeddedMnistDir } from '../src/data/datasets.js';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const cli = join(root, 'dist/src/cli.js');
+const referenceDir = resolve(root, '../shared/reference');
+const STEPS_PER_EPOCH = 938;
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+const steps = Number(arg('steps', '300'));
+const rounds = Number(arg('rounds', '3'));
+const configs = arg('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1').split(',');
+
+let torchPython: string | undefined;
+function torch(): string {
+  if (!torchPython) {
+    if (!existsSync(join(referenceDir, 'setup-torch.sh'))) throw new Error(`${referenceDir}/setup-torch.sh not found`);
+    torchPython = execFileSync('bash', [join(referenceDir, 'setup-torch.sh')], { encoding: 'utf8' }).trim();
+  }
+  return torchPython;
+}
+
+/** One run; returns its ms per optimizer step (training only: no start-up, no evaluation). */
+function measure(config: string): number {
+  const [engine, threads] = config.split(':');
+  if (engine === 'torch') {
+    const out = execFileSync(
+      torch(),
+      [join(referenceDir, 'torch_mlp.py'), '--data', embeddedMnistDir(), '--threads', threads, '--steps', String(steps)],
+      { encoding: 'utf8' },
+    );
+    return JSON.parse(out.trim().split('\n').pop()!).ms_per_step;
+  }
+  const outDir = mkdtempSync(join(tmpdir(), 'dtrain-bench-'));
+  execFileSync(
+    process.execPath,
+    [cli, 'coordinator', '--engine', engine, '--threads', threads, '--steps', String(steps), '--test-samples', '1000', '--out', outDir],
+    { encoding: 'utf8' },
+  );
+  return JSON.parse(readFileSync(join(outDir, 'summary.json'), 'utf8')).msPerStep;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const samples = new Map<string, number[]>(configs.map((c) => [c, []]));
+for (let r = 0; r < rounds; r++) {
+  for (const config of configs) {
+    const ms = measure(config);
+    samples.get(config)!.push(ms);
+    process.stderr.write(`round ${r + 1}/${rounds} ${config}: ${ms.toFixed(3)} ms/step\n`);
+  }
+}
+const base = samples.has('torch:1') ? median(samples.get('torch:1')!) : undefined;
+const names: Record<string, string> = { torch: 'PyTorch reference', onnx: 'dtrain onnx', tfjs: 'dtrain tfjs' };
+console.log(`\n${steps} steps of batch 64 per run, median of ${rounds} interleaved rounds\n`);
+console.log('| run | threads | ms/step | s/epoch (938 steps) | × PyTorch 1 thread |');
+console.log('|---|---|---|---|---|');
+for (const [config, xs] of samples) {
+  const [engine, threads] = config.split(':');
+  const ms = median(xs);
+  const ratio = base ? (ms / base).toFixed(2) : '–';
+  console.log(`| ${names[engine] ?? engine} | ${threads} | ${ms.toFixed(2)} | ${((ms * STEPS_PER_EPOCH) / 1000).toFixed(2)} | ${ratio} |`);
+}
