@@ -28,6 +28,8 @@ async function coordinator(flags: Record<string, unknown>): Promise<void> {
   for (const spec of TRAIN_OPTIONS) {
     if (flags[spec.key] !== undefined) (fromFlags as Record<string, unknown>)[spec.key] = flags[spec.key];
   }
+  // A token in the environment keeps it out of the process list.
+  if (fromFlags.token === undefined && fromFile.token === undefined && process.env.DTRAIN_TOKEN) fromFlags.token = process.env.DTRAIN_TOKEN;
   const tty = process.stderr.isTTY;
   const report = consoleReporter({
     line: (text) => console.log(text),
@@ -47,6 +49,57 @@ async function coordinator(flags: Record<string, unknown>): Promise<void> {
   }
 }
 
+async function worker(flags: Record<string, unknown>): Promise<void> {
+  const { runWorker } = await import('./cluster/remote/client.js');
+  const abort = new AbortController();
+  const onSigint = () => {
+    if (abort.signal.aborted) process.exit(130);
+    abort.abort();
+  };
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigint);
+  let dataset;
+  if (typeof flags.data === 'string') {
+    const { loadDataset } = await import('./data/datasets.js');
+    dataset = loadDataset(flags.data === 'embedded' ? undefined : flags.data);
+  }
+  const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${text}`);
+  try {
+    await runWorker({
+      connect: flags.connect as string,
+      token: (flags.token as string | undefined) ?? process.env.DTRAIN_TOKEN,
+      ca: flags.ca as string | undefined,
+      threads: (flags.threads as number | undefined) ?? 1,
+      engine: (flags.engine as 'onnx' | 'tfjs' | undefined) ?? 'onnx',
+      device: (flags.device as 'cpu' | 'cuda' | 'gpu' | undefined) ?? 'cpu',
+      maxRetries: (flags.maxRetries as number | undefined) ?? 0,
+      dataset,
+      signal: abort.signal,
+      onEvent: (e) => {
+        if (e.type === 'connected') log(`connected to ${e.url} as worker ${e.workerId}`);
+        else if (e.type === 'synced') log(`synchronised at step ${e.step} (${e.parameters.toLocaleString('en-US')} parameters)`);
+        else if (e.type === 'disconnected') log(`disconnected: ${e.reason}; reconnecting in ${(e.retryInMs / 1000).toFixed(1)} s`);
+        else if (e.type === 'error') log(`error: ${e.message}`);
+        else if (e.type === 'finished') log('the coordinator finished the run');
+      },
+    });
+  } finally {
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigint);
+  }
+}
+
+const WORKER_OPTIONS: readonly OptionSpec[] = [
+  { key: 'connect' as never, flag: '--connect <url>', description: 'the coordinator, ws://HOST:PORT or wss://HOST:PORT', kind: { type: 'string' } },
+  { key: 'token' as never, flag: '--token <secret>', description: 'the shared secret of the run (or env DTRAIN_TOKEN)', kind: { type: 'string' } },
+  { key: 'ca' as never, flag: '--ca <file>', description: 'PEM certificate of a private CA that signed the coordinator\'s TLS certificate', kind: { type: 'string' } },
+  { key: 'threads' as never, flag: '--threads <n>', description: 'compute threads on this machine', kind: { type: 'int', min: 1 } },
+  { key: 'engine' as never, flag: '--engine <name>', description: 'compute engine (must match the coordinator\'s)', kind: { type: 'enum', choices: ['onnx', 'tfjs'] } },
+  { key: 'device' as never, flag: '--device <name>', description: 'where the engine computes', kind: { type: 'enum', choices: ['cpu', 'cuda', 'gpu'] } },
+  { key: 'data' as never, flag: '--data <dir>', description: 'a local copy of the dataset ("embedded" for the built-in MNIST); used only if its checksum matches the coordinator\'s', kind: { type: 'string' } },
+  { key: 'maxRetries' as never, flag: '--max-retries <n>', description: 'give up after n failed connection attempts in a row (0 = keep trying)', kind: { type: 'int', min: 0 } },
+];
+
 export function buildProgram(): Command {
   const program = new Command('dtrain')
     .description('Distributed data-parallel MLP trainer: coordinator, local worker threads and remote workers')
@@ -57,6 +110,11 @@ export function buildProgram(): Command {
     .description('train (by default: the tutorial MLP on the embedded MNIST, on all cores)')
     .option('--config <file>', 'read options from a JSON file such as cluster.config.json (flags override it)');
   addOptions(coord, TRAIN_OPTIONS, DEFAULTS as unknown as Record<string, unknown>).action((flags) => coordinator(flags));
+  const work = program.command('worker').description('join a coordinator\'s run as a remote worker');
+  addOptions(work, WORKER_OPTIONS, { threads: 1, engine: 'onnx', device: 'cpu', maxRetries: 0 }).action((flags) => {
+    if (typeof flags.connect !== 'string') throw new TypeError('dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)');
+    return worker(flags);
+  });
   return program;
 }
 

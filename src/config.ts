@@ -40,6 +40,12 @@ export interface TrainConfig {
   shuffle: boolean;
   logEvery: number;
   out: string | null;
+  listen: string | null;
+  token: string | null;
+  tlsCert: string | null;
+  tlsKey: string | null;
+  heartbeatMs: number;
+  stepTimeoutMs: number;
 }
 
 export const DEFAULTS: TrainConfig = {
@@ -60,6 +66,12 @@ export const DEFAULTS: TrainConfig = {
   shuffle: false,
   logEvery: 400,
   out: null,
+  listen: null,
+  token: null,
+  tlsCert: null,
+  tlsKey: null,
+  heartbeatMs: 5000,
+  stepTimeoutMs: 30000,
 };
 
 export const TRAIN_OPTIONS: readonly OptionSpec[] = [
@@ -71,7 +83,7 @@ export const TRAIN_OPTIONS: readonly OptionSpec[] = [
   { key: 'seed', flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
   { key: 'engine', flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ['onnx', 'tfjs'] } },
   { key: 'device', flag: '--device <name>', description: 'where the engine computes (cuda/gpu need a GPU build installed)', kind: { type: 'enum', choices: ['cpu', 'cuda', 'gpu'] } },
-  { key: 'threads', flag: '--threads <n>', description: 'local worker threads (1 = compute in this process)', kind: { type: 'int', min: 1 } },
+  { key: 'threads', flag: '--threads <n>', description: 'local compute threads, this one included (0: only remote workers compute rows)', kind: { type: 'int', min: 0 } },
   { key: 'epochs', flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
   { key: 'steps', flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
   { key: 'batchSize', flag: '--batch-size <n>', description: 'samples per optimizer step', kind: { type: 'int', min: 1 } },
@@ -80,6 +92,12 @@ export const TRAIN_OPTIONS: readonly OptionSpec[] = [
   { key: 'shuffle', flag: '--shuffle', description: 'visit the training set in a seeded random order each epoch', kind: { type: 'bool' } },
   { key: 'logEvery', flag: '--log-every <n>', description: 'print the training loss every n batches', kind: { type: 'int', min: 1 } },
   { key: 'out', flag: '--out <dir>', description: 'where summary.json goes (default runs/<timestamp>)', kind: { type: 'string' } },
+  { key: 'listen', flag: '--listen <host:port>', description: 'accept remote workers (dtrain worker --connect) on this address', kind: { type: 'string' } },
+  { key: 'token', flag: '--token <secret>', description: 'shared secret remote workers must prove they know (or env DTRAIN_TOKEN); required beyond loopback', kind: { type: 'string' } },
+  { key: 'tlsCert', flag: '--tls-cert <file>', description: 'PEM certificate: serve wss:// instead of ws://', kind: { type: 'string' } },
+  { key: 'tlsKey', flag: '--tls-key <file>', description: 'PEM private key of --tls-cert', kind: { type: 'string' } },
+  { key: 'heartbeatMs', flag: '--heartbeat-ms <ms>', description: 'ping remote workers this often; one that misses a pong is dropped', kind: { type: 'int', min: 100 } },
+  { key: 'stepTimeoutMs', flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone', kind: { type: 'int', min: 100 } },
 ];
 
 const OPTION_BY_KEY = new Map(TRAIN_OPTIONS.map((o) => [o.key, o]));
@@ -143,7 +161,21 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
   if (config.microBatch > config.batchSize) {
     throw new TypeError(`option "microBatch" (${config.microBatch}) must not exceed "batchSize" (${config.batchSize})`);
   }
+  if (config.threads === 0 && !config.listen) {
+    throw new TypeError('option "threads" may be 0 only with "listen": then remote workers compute; give --listen HOST:PORT or at least 1 thread');
+  }
+  if ((config.tlsCert === null) !== (config.tlsKey === null)) {
+    throw new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither');
+  }
+  if (config.listen && !config.token && !isLoopback(config.listen)) {
+    throw new TypeError(`option "listen" (${config.listen}) reaches beyond loopback, so a "token" is required: give --token or set DTRAIN_TOKEN`);
+  }
   return config;
+}
+
+function isLoopback(listen: string): boolean {
+  const host = listen.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
 /** Reads cluster.config.json (or another file): a flat object of the same keys as the options. */

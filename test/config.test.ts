@@ -20,8 +20,8 @@ describe('options', () => {
   });
 
   it.each([
-    ['threads', '0', 'option "threads" must be an integer of at least 1, got "0"'],
-    ['threads', '1.5', 'option "threads" must be an integer of at least 1, got "1.5"'],
+    ['threads', '-1', 'option "threads" must be a non-negative integer, got "-1"'],
+    ['threads', '1.5', 'option "threads" must be a non-negative integer, got "1.5"'],
     ['steps', '-1', 'option "steps" must be a non-negative integer, got "-1"'],
     ['lr', 'fast', 'option "lr" must be a positive number, got "fast"'],
     ['hidden', '512,,64', 'option "hidden" must be a list of positive integers, got "512,,64"'],
@@ -43,6 +43,19 @@ describe('options', () => {
     expect(() => resolveConfig({ epochs: 0 })).toThrow(new TypeError('option "epochs" must be an integer of at least 1, got 0'));
     expect(() => resolveConfig({ microBatch: 128 })).toThrow(new TypeError('option "microBatch" (128) must not exceed "batchSize" (64)'));
   });
+
+  it('refuses invalid combinations with a sentence a user can act on', () => {
+    expect(() => resolveConfig({ threads: 0 })).toThrow(
+      new TypeError('option "threads" may be 0 only with "listen": then remote workers compute; give --listen HOST:PORT or at least 1 thread'),
+    );
+    expect(() => resolveConfig({ listen: '0.0.0.0:7000' })).toThrow(
+      new TypeError('option "listen" (0.0.0.0:7000) reaches beyond loopback, so a "token" is required: give --token or set DTRAIN_TOKEN'),
+    );
+    expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 0 })).not.toThrow();
+    expect(() => resolveConfig({ listen: '[::1]:7000' })).not.toThrow();
+    expect(() => resolveConfig({ listen: '10.0.0.5:7000', token: 's3cret' })).not.toThrow();
+    expect(() => resolveConfig({ tlsCert: 'cert.pem' })).toThrow(new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither'));
+  });
 });
 
 describe('config file', () => {
@@ -57,7 +70,7 @@ describe('config file', () => {
 
   it('names an ill-typed key with what was expected', () => {
     const path = configFile({ threads: '2' });
-    expect(() => readConfigFile(path)).toThrow(new TypeError(`${path}: key "threads" must be an integer of at least 1, got "2"`));
+    expect(() => readConfigFile(path)).toThrow(new TypeError(`${path}: key "threads" must be a non-negative integer, got "2"`));
   });
 
   it('refuses a file that is not a JSON object', () => {
@@ -105,5 +118,16 @@ describe('model', () => {
     expect([...p].sort((x, y) => x - y)).toEqual([...Array(1000).keys()]);
     expect(permutation(1000, new Rng(5))).toEqual(p);
     expect(permutation(1000, new Rng(6))).not.toEqual(p);
+  });
+});
+
+describe('scheduling', () => {
+  it('apportions work by speed, giving everyone at least one item when it can', async () => {
+    const { apportion } = await import('../src/cluster/cluster.js');
+    expect(apportion(4, [1, 1])).toEqual([2, 2]);
+    expect(apportion(4, [30, 1])).toEqual([3, 1]);
+    expect(apportion(10, [3, 1])).toEqual([7, 3]);
+    expect(apportion(1, [1, 5])).toEqual([0, 1]);
+    expect(apportion(0, [1, 1])).toEqual([0, 0]);
   });
 });

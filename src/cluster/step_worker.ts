@@ -11,7 +11,8 @@ import type { Range } from '../train/plan.js';
 import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 
 export type Task =
-  | { kind: 'rows'; step: number; generation: number; batch: number; range: Range }
+  /** gather: copy the rows' samples from the training set first (false when the caller already filled them). */
+  | { kind: 'rows'; step: number; generation: number; batch: number; range: Range; gather?: boolean }
   | { kind: 'weights'; step: number; generation: number; batch: number; units: Range[] }
   | { kind: 'eval'; step: number; generation: number; range: Range };
 
@@ -24,6 +25,11 @@ export interface WorkerInit {
   memory: TrainingMemory;
   engine: EngineOptions;
   adam: AdamOptions;
+  /**
+   * Fault injection for tests of fault tolerance: [step, times]. A pool thread that receives the weights
+   * task of that step exits in the middle of it, as a crashed thread would, until `times` is used up.
+   */
+  faults?: Int32Array;
 }
 
 /** Test rows per engine call: bounds the scratch memory an evaluation needs. */
@@ -55,7 +61,7 @@ export class StepWorker {
   async run(task: Task): Promise<TaskResult> {
     switch (task.kind) {
       case 'rows':
-        await this.rows(task.step, task.generation, task.batch, task.range);
+        await this.rows(task.step, task.generation, task.batch, task.range, task.gather ?? true);
         return { nonFiniteLayers: [] };
       case 'weights':
         return { nonFiniteLayers: await this.weights(task.step, task.generation, task.batch, task.units) };
@@ -72,13 +78,13 @@ export class StepWorker {
     this.loadedParams = key;
   }
 
-  private async rows(step: number, generation: number, batch: number, [r0, r1]: Range): Promise<void> {
+  private async rows(step: number, generation: number, batch: number, [r0, r1]: Range, gather: boolean): Promise<void> {
     if (r0 === r1) return;
     this.useParams(step, generation);
     const { batch: b, train, spec } = this.init.memory;
     const features = spec.sizes[0];
     const classes = spec.sizes[spec.sizes.length - 1];
-    for (let r = r0; r < r1; r++) {
+    for (let r = r0; gather && r < r1; r++) {
       const i = b.index[r];
       b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
       b.target.set(train.targets.subarray(i * classes, (i + 1) * classes), r * classes);

@@ -11,5 +11,10 @@ export default async function runTask(task: Task | { kind: 'describe' }): Promis
   worker ??= StepWorker.create(workerData as WorkerInit);
   const w = await worker;
   if (task.kind === 'describe') return w.backend;
+  const faults = (workerData as WorkerInit).faults;
+  if (faults && task.kind === 'weights' && task.step === faults[0] && Atomics.sub(faults, 1, 1) > 0) {
+    // Die between two engine calls, in JavaScript, the way an uncaught error would end the thread.
+    setTimeout(() => process.exit(70), 0);
+  }
   return w.run(task);
 }

@@ -64,3 +64,10 @@ export class InProcessWorkers implements WorkerSet {
     await this.local.dispose();
   }
 }
+
+/** N compute threads: this process alone for 1 (or 0: it still applies the optimizer), else main + piscina. */
+export async function createWorkers(init: WorkerInit, threads: number): Promise<WorkerSet> {
+  if (threads <= 1) return InProcessWorkers.create(init);
+  const { ThreadWorkers } = await import('./threads.js');
+  return ThreadWorkers.create(init, { threads });
+}

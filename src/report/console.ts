@@ -19,7 +19,19 @@ export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void 
         sink.line(`dtrain: ${event.spec}, ${event.parameters.toLocaleString('en-US')} parameters`);
         sink.line(`data: ${event.dataset}, ${event.trainSamples} train / ${event.testSamples} test samples`);
         sink.line(`workers: ${event.workers}`);
+        if (event.listening) sink.line(`listening for remote workers on ${event.listening}`);
         break;
+      case 'cluster': {
+        clear();
+        const e = event.event;
+        if (e.type === 'joined') sink.line(`+ ${e.worker} joined (${e.backend}, ${e.threads} thread${e.threads === 1 ? '' : 's'})`);
+        else if (e.type === 'left') sink.line(`- ${e.worker} left: ${e.reason}`);
+        else if (e.type === 'rejected') sink.line(`! ${e.peer} rejected: ${e.reason}`);
+        else if (e.type === 'waiting') sink.line(`… ${e.reason}`);
+        else if (e.type === 'redo') sink.line(`↻ rows ${e.rows[0]}–${e.rows[1] - 1} redone elsewhere: ${e.reason}`);
+        else if (e.type === 'diverged') sink.line(`! replicas of ${e.workers.join(', ')} differ from the coordinator's parameters: resynchronising`);
+        break;
+      }
       case 'step': {
         if (!sink.status) break;
         const now = performance.now();
@@ -42,8 +54,14 @@ export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void 
         const r = event.result;
         sink.line(
           `Test result: Accuracy: ${r.testAccuracy.toFixed(2)}%, Avg loss: ${r.testAvgLoss.toFixed(6)}  ` +
-            `(epoch ${r.epoch}: ${r.seconds.toFixed(2)} s, ${Math.round(r.samplesPerSecond)} samples/s)\n`,
+            `(epoch ${r.epoch}: ${r.seconds.toFixed(2)} s, ${Math.round(r.samplesPerSecond)} samples/s)`,
         );
+        const total = Object.values(event.shares.rows).reduce((a, b) => a + b, 0);
+        if (Object.keys(event.shares.rows).length > 1 || event.shares.networkWaitSeconds > 0) {
+          const parts = Object.entries(event.shares.rows).map(([name, rows]) => `${name} ${((100 * rows) / total).toFixed(0)}%`);
+          sink.line(`work shares: ${parts.join(', ')}; waited on the network ${event.shares.networkWaitSeconds.toFixed(2)} s`);
+        }
+        sink.line('');
         break;
       }
       case 'done':

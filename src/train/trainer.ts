@@ -1,7 +1,7 @@
 /**
- * The training loop: for every batch, the row pass on all workers, the loss, the weight pass (gradient
- * reduction and Adam) on all workers, then commit; after every epoch, evaluation on the test set.
- * Knows workers only through WorkerSet, and reports through events: it never prints.
+ * The training loop: for every batch, the row pass on all participants, the loss, the weight pass
+ * (gradient reduction and Adam) on the local slots, then commit; after every epoch, evaluation on the test
+ * set. Knows compute only through Cluster, and reports through events: it never prints.
  */
 import { join } from 'node:path';
 import { resolveConfig, type TrainConfig } from '../config.js';
@@ -9,19 +9,20 @@ import { loadDataset, type Dataset } from '../data/datasets.js';
 import { nonFiniteGradient, nonFiniteLoss } from '../errors.js';
 import { initParams, permutation, Rng } from '../model/init.js';
 import { describeSpec, makeSpec, paramLayout, type ModelSpec } from '../model/spec.js';
-import { ADAM_DEFAULTS } from '../optim/adam.js';
+import { ADAM_DEFAULTS, type AdamOptions } from '../optim/adam.js';
 import type { OptimizerMemory } from '../optim/optimizer_memory.js';
 import { paramsSha256, writeSummary, type EpochResult, type RunSummary } from '../report/summary.js';
+import { Cluster, type ClusterEvent, type WorkShares } from '../cluster/cluster.js';
 import { createTrainingMemory, optimizerMemoryOf, type TrainingMemory } from '../cluster/training_memory.js';
-import type { Task, WorkerInit } from '../cluster/step_worker.js';
-import type { WorkerSet } from '../cluster/workers.js';
-import { batchCount, batchRows, evenSplit, microShards, rowAssignment, unitAssignment, type Range } from './plan.js';
+import { createWorkers, type WorkerSet } from '../cluster/workers.js';
+import { batchCount, batchRows, evenSplit, microShards } from './plan.js';
 
 export type TrainEvent =
-  | { type: 'start'; spec: string; parameters: number; dataset: string; trainSamples: number; testSamples: number; workers: string }
+  | { type: 'start'; spec: string; parameters: number; dataset: string; trainSamples: number; testSamples: number; workers: string; listening?: string }
   | { type: 'step'; step: number; epoch: number; batch: number; batches: number; loss: number }
   | { type: 'log'; epoch: number; loss: number; current: number; size: number }
-  | { type: 'epoch'; result: EpochResult }
+  | { type: 'epoch'; result: EpochResult; shares: WorkShares }
+  | { type: 'cluster'; event: ClusterEvent | { type: 'diverged'; workers: string[] } }
   | { type: 'done'; summary: RunSummary };
 
 export interface TrainOptions {
@@ -30,8 +31,14 @@ export interface TrainOptions {
   signal?: AbortSignal;
   /** A dataset already in memory (tests); otherwise config.data or the embedded MNIST is loaded. */
   dataset?: Dataset;
-  /** Called once the workers are up, with the set (tests use it to inject faults). */
+  /** Called once the local workers are up, with the set (tests use it to inject faults). */
   onWorkers?: (workers: WorkerSet) => void;
+  /** Called once the coordinator listens, with its address (tests connect workers to it). */
+  onListening?: (address: { host: string; port: number }) => void;
+  /** Awaited before every step, with the step about to run (to pace or coordinate a run from outside). */
+  beforeStep?: (step: number) => Promise<void> | void;
+  /** Fault injection (tests): pool threads die in the middle of this step's weight pass, `times` times. */
+  faults?: { threadExitAtStep: number; times: number };
 }
 
 export interface EvalResult {
@@ -41,41 +48,54 @@ export interface EvalResult {
 
 export class Trainer {
   readonly spec: ModelSpec;
-  readonly memory: TrainingMemory;
   readonly optimizer: OptimizerMemory;
   /** The generation (0 or 1) of the optimizer memory that holds the committed state. */
   generation = 0;
   step = 0;
-  private readonly units: Range[][];
 
   constructor(
     readonly config: TrainConfig,
     readonly dataset: Dataset,
-    readonly workers: WorkerSet,
-    memory: TrainingMemory,
+    readonly cluster: Cluster,
+    readonly memory: TrainingMemory,
+    readonly adam: AdamOptions,
   ) {
     this.spec = memory.spec;
-    this.memory = memory;
     this.optimizer = optimizerMemoryOf(memory);
-    this.units = unitAssignment(this.spec.sizes.slice(1), workers.size);
   }
 
   get params(): Float32Array {
     return this.optimizer.paramsOf(this.generation);
   }
 
-  /** One optimizer step on the given dataset rows; returns the batch-mean loss. */
-  async trainStep(index: Int32Array): Promise<number> {
+  /** The committed state, as sent to a remote worker that joins. */
+  snapshot() {
+    return {
+      spec: this.spec,
+      batchSize: this.config.batchSize,
+      adam: this.adam,
+      step: this.step,
+      generation: this.generation,
+      params: this.optimizer.paramsOf(this.generation),
+      m: this.optimizer.firstMomentOf(this.generation),
+      v: this.optimizer.secondMomentOf(this.generation),
+    };
+  }
+
+  /**
+   * One optimizer step on the given dataset rows; returns the batch-mean loss. `next`, the following
+   * step's rows when known, lets remote workers start on them while this step's weight pass runs.
+   */
+  async trainStep(index: Int32Array, next?: Int32Array): Promise<number> {
     const rows = index.length;
     const { batch } = this.memory;
     batch.index.set(index);
-    const base = { step: this.step, generation: this.generation, batch: rows };
-    const rowRanges = rowAssignment(rows, this.config.microBatch, this.workers.size);
-    await this.workers.runPass(rowRanges.map((range) => ({ kind: 'rows', ...base, range }) as Task));
+    await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, () => this.snapshot());
+    if (next) this.cluster.prefetch(this.step + 1, next, this.config.microBatch);
     let lossSum = 0;
     for (let r = 0; r < rows; r++) lossSum += batch.rowLoss[r];
     if (!Number.isFinite(lossSum)) throw nonFiniteLoss(this.step, this.locateNonFinite([batch.rowLoss], [1], rows));
-    const results = await this.workers.runPass(this.units.map((units) => ({ kind: 'weights', ...base, units }) as Task));
+    const results = await this.cluster.weightPass(this.step, this.generation, rows);
     const bad = [...new Set(results.flatMap((r) => r.nonFiniteLayers))].sort((a, b) => a - b);
     if (bad.length > 0) {
       const l = bad[0];
@@ -106,8 +126,7 @@ export class Trainer {
   /** Accuracy and the tutorial's average loss (the mean of per-batch mean losses) on the test set. */
   async evaluate(): Promise<EvalResult> {
     const { test, evalLoss, evalPredicted } = this.memory;
-    const ranges = evenSplit(test.count, this.workers.size);
-    await this.workers.runPass(ranges.map((range) => ({ kind: 'eval', step: this.step, generation: this.generation, range }) as Task));
+    await this.cluster.evalPass(this.step, this.generation, evenSplit(test.count, this.cluster.local.size));
     const labels = this.dataset.test.labels;
     let correct = 0;
     let lossOfBatches = 0;
@@ -125,13 +144,60 @@ export class Trainer {
   }
 }
 
-export async function createWorkers(init: WorkerInit, threads: number): Promise<WorkerSet> {
-  if (threads <= 1) {
-    const { InProcessWorkers } = await import('../cluster/workers.js');
-    return InProcessWorkers.create(init);
+async function createCluster(config: TrainConfig, dataset: Dataset, memory: TrainingMemory, adam: AdamOptions, options: TrainOptions) {
+  const emit = options.onEvent ?? (() => {});
+  let faults: Int32Array | undefined;
+  if (options.faults) {
+    faults = new Int32Array(new SharedArrayBuffer(8));
+    faults.set([options.faults.threadExitAtStep, options.faults.times]);
   }
-  const { ThreadWorkers } = await import('../cluster/threads.js');
-  return ThreadWorkers.create(init, { threads });
+  const local = await createWorkers(
+    {
+      memory,
+      engine: { engine: config.engine, device: config.device },
+      adam,
+      faults,
+    },
+    Math.max(1, config.threads),
+  );
+  options.onWorkers?.(local);
+  let hub;
+  let listening: string | undefined;
+  if (config.listen) {
+    const { RemoteHub } = await import('../cluster/remote/server.js');
+    const [host, port] = splitHostPort(config.listen);
+    hub = new RemoteHub(
+      {
+        host,
+        port,
+        token: config.token ?? undefined,
+        tlsCert: config.tlsCert ?? undefined,
+        tlsKey: config.tlsKey ?? undefined,
+        engine: config.engine,
+        datasetSha256: dataset.sha256,
+        heartbeatMs: config.heartbeatMs,
+        stepTimeoutMs: config.stepTimeoutMs,
+        authTimeoutMs: 5000,
+      },
+      memory,
+      (event) => emit({ type: 'cluster', event }),
+    );
+    try {
+      const address = await hub.start();
+      listening = `${config.tlsCert ? 'wss' : 'ws'}://${address.address.includes(':') ? `[${address.address}]` : address.address}:${address.port}`;
+      options.onListening?.({ host: address.address, port: address.port });
+    } catch (e) {
+      await local.close();
+      throw e;
+    }
+  }
+  return { cluster: new Cluster(memory, local, config.threads > 0, hub, (event) => emit({ type: 'cluster', event })), listening };
+}
+
+export function splitHostPort(listen: string): [string, number] {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
+  if (!match) throw new TypeError(`option "listen" must be HOST:PORT, got ${JSON.stringify(listen)}`);
+  return [match[1] ?? match[2], Number(match[3])];
 }
 
 /** Runs a whole training as configured; the programmatic form of `dtrain coordinator`. */
@@ -148,12 +214,9 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
   const memory = createTrainingMemory(spec, dataset, config.batchSize);
   const optimizer = optimizerMemoryOf(memory);
   initParams(spec, config.seed, optimizer.paramsOf(0));
-  const workers = await createWorkers(
-    { memory, engine: { engine: config.engine, device: config.device }, adam: { ...ADAM_DEFAULTS, lr: config.lr } },
-    config.threads,
-  );
-  options.onWorkers?.(workers);
-  const trainer = new Trainer(config, dataset, workers, memory);
+  const adam = { ...ADAM_DEFAULTS, lr: config.lr };
+  const { cluster, listening } = await createCluster(config, dataset, memory, adam, options);
+  const trainer = new Trainer(config, dataset, cluster, memory, adam);
   const layout = paramLayout(spec);
   emit({
     type: 'start',
@@ -162,7 +225,8 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
     dataset: dataset.name,
     trainSamples: dataset.train.count,
     testSamples: dataset.test.count,
-    workers: workers.description,
+    workers: cluster.description,
+    listening,
   });
   const epochs: EpochResult[] = [];
   const batches = batchCount(dataset.train.count, config.batchSize);
@@ -178,11 +242,17 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
       let lossSum = 0;
       let stepsThisEpoch = 0;
       let stopped = false;
-      for (let b = 0; b < batches; b++) {
+      const indexOf = (b: number) => {
         const rows = batchRows(dataset.train.count, config.batchSize, b);
         const index = new Int32Array(rows);
         for (let r = 0; r < rows; r++) index[r] = order ? order[b * config.batchSize + r] : b * config.batchSize + r;
-        const loss = await trainer.trainStep(index);
+        return index;
+      };
+      for (let b = 0; b < batches; b++) {
+        const rows = batchRows(dataset.train.count, config.batchSize, b);
+        const last = b + 1 === batches || (config.steps > 0 && trainer.step + 1 >= config.steps);
+        await options.beforeStep?.(trainer.step);
+        const loss = await trainer.trainStep(indexOf(b), last ? undefined : indexOf(b + 1));
         epochSamples += rows;
         lossSum += loss;
         stepsThisEpoch++;
@@ -199,6 +269,8 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
       trainSeconds += seconds;
       samplesSeen += epochSamples;
       const { accuracy, avgLoss } = await trainer.evaluate();
+      const diverged = await cluster.verifyReplicas(trainer.step, paramsSha256(trainer.params));
+      if (diverged.length > 0) emit({ type: 'cluster', event: { type: 'diverged', workers: diverged } });
       const result: EpochResult = {
         epoch,
         steps: trainer.step,
@@ -209,22 +281,22 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
         samplesPerSecond: epochSamples / seconds,
       };
       epochs.push(result);
-      emit({ type: 'epoch', result });
+      emit({ type: 'epoch', result, shares: cluster.takeShares() });
       if (stopped) break;
     }
   } catch (e) {
     // The committed generation still holds the last good state; record it before failing.
     failure = e as Error;
   } finally {
-    await workers.close();
+    await cluster.close();
   }
   const outDir = config.out ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-'));
   const summary: RunSummary = {
     dataset: { name: dataset.name, sha256: dataset.sha256, trainSamples: dataset.train.count, testSamples: dataset.test.count },
     model: { sizes: spec.sizes, activation: spec.activation, parameters: layout.total },
     engine: config.engine,
-    workers: workers.description,
-    config: { ...config },
+    workers: cluster.description,
+    config: { ...config, token: config.token ? '(set)' : null },
     epochs,
     steps: trainer.step,
     samplesPerSecond: samplesSeen / trainSeconds,

@@ -1,0 +1,246 @@
+/**
+ * The scheduler the trainer talks to: local worker slots (this process and its threads) and remote
+ * workers, behind one row pass, one weight pass and one evaluation. Row work is handed out in whole
+ * micro-shards, in proportion to each participant's measured speed; whoever fails or times out has its
+ * rows redone by the others. The result never depends on who computed what (see train/plan.ts).
+ */
+import type { Range } from '../train/plan.js';
+import { microShards, unitAssignment } from '../train/plan.js';
+import type { RemoteHub, RemoteWorker, HubEvent } from './remote/server.js';
+import type { RowsDone, StateMessage } from './remote/protocol.js';
+import type { Task, TaskResult } from './step_worker.js';
+import type { TrainingMemory } from './training_memory.js';
+import type { WorkerSet } from './workers.js';
+
+type Snapshot = Omit<StateMessage, 't' | 'useLocalData'>;
+
+interface RemoteJob {
+  worker: RemoteWorker;
+  rows: Range;
+  shardRange: Range;
+  sent: number;
+  /** Never rejects: a failure arrives as the Error, so the rows can be redone. */
+  result: Promise<RowsDone | Error>;
+}
+
+/** Who computes which micro-shards of one step. */
+interface Plan {
+  step: number;
+  batch: number;
+  local?: Range[];
+  remote: RemoteJob[];
+}
+
+export type ClusterEvent = HubEvent | { type: 'waiting'; reason: string } | { type: 'redo'; rows: Range; reason: string };
+
+/** Rows each participant computed and the time the coordinator waited on the network, per epoch. */
+export interface WorkShares {
+  rows: Record<string, number>;
+  networkWaitSeconds: number;
+}
+
+const LOCAL = 'local';
+
+export class Cluster {
+  /** Rows per millisecond of the local slots together, smoothed. */
+  private localSpeed = 0;
+  private shares = new Map<string, number>();
+  private prefetched?: Plan;
+  private networkWaitMs = 0;
+
+  constructor(
+    private readonly memory: TrainingMemory,
+    readonly local: WorkerSet,
+    /** False with --threads 0: local slots then only apply the optimizer and evaluate. */
+    private readonly localRows: boolean,
+    private readonly hub: RemoteHub | undefined,
+    private readonly onEvent: (event: ClusterEvent) => void,
+  ) {}
+
+  get description(): string {
+    const remote = this.hub ? `, remote workers via ${this.hub.ready().length ? `${this.hub.ready().length} connected` : 'none yet'}` : '';
+    return `${this.localRows ? this.local.description : 'no local row work (optimizer and evaluation only)'}${remote}`;
+  }
+
+  /**
+   * Forward and backward rows of the batch on all participants; on return the batch buffers hold every
+   * row's loss, activations and deltas. `snapshot` gives the committed state for workers that just joined.
+   */
+  async rowPass(step: number, generation: number, batch: number, microBatch: number, snapshot: () => Snapshot): Promise<void> {
+    const shards = microShards(batch, microBatch);
+    const index = this.memory.batch.index.slice(0, batch);
+    let plans: Plan[] = [];
+    let todo: Range[] = [[0, shards.length]];
+    if (this.prefetched?.step === step) {
+      plans = [this.prefetched];
+      todo = [];
+    }
+    this.prefetched = undefined;
+    const computedBy = new Map<RemoteWorker, Range>();
+    while (plans.length > 0 || todo.length > 0) {
+      this.hub?.admit(snapshot);
+      if (todo.length > 0 && !this.localRows && (this.hub?.ready().length ?? 0) === 0) {
+        this.onEvent({ type: 'waiting', reason: `step ${step}: no worker is connected; waiting for one` });
+        await this.hub!.waitForWorker();
+        continue;
+      }
+      plans.push(...todo.map((r) => this.plan(step, batch, shards, r, index)));
+      todo = [];
+      const failed = await Promise.all(plans.map((plan) => this.execute(plan, generation, computedBy)));
+      todo = failed.flat();
+      plans = [];
+    }
+    this.hub?.broadcastUpdate(step, batch, computedBy);
+  }
+
+  /**
+   * Sends the next step's row requests to the remote workers now, so that they compute them right after
+   * applying this step, while the coordinator is still busy with its own weight pass. Their answers are
+   * only copied into the batch buffers when that step's row pass begins.
+   */
+  prefetch(step: number, index: Int32Array, microBatch: number): void {
+    if (!this.hub || this.hub.ready().length === 0) return;
+    const shards = microShards(index.length, microBatch);
+    this.prefetched = this.plan(step, index.length, shards, [0, shards.length], index);
+  }
+
+  /** Assigns micro-shards [s0, s1) to the participants by speed, and sends the remote requests at once. */
+  private plan(step: number, batch: number, shards: Range[], [s0, s1]: Range, index: Int32Array): Plan {
+    const remotes = this.hub?.ready() ?? [];
+    // A newcomer is assumed as fast as the average so far: it gets work at once, and a measured speed.
+    const known = [...(this.localSpeed ? [this.localSpeed] : []), ...remotes.filter((w) => w.speed).map((w) => w.speed)];
+    const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
+    const weights = [...(this.localRows ? [this.localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
+    const counts = apportion(s1 - s0, weights);
+    const plan: Plan = { step, batch, remote: [] };
+    let next = s0;
+    if (this.localRows) {
+      if (counts[0] > 0) plan.local = shards.slice(next, next + counts[0]);
+      next += counts.shift()!;
+    }
+    remotes.forEach((worker, i) => {
+      if (counts[i] === 0) return;
+      const shardRange: Range = [next, next + counts[i]];
+      next += counts[i];
+      const rows: Range = [shards[shardRange[0]][0], shards[shardRange[1] - 1][1]];
+      const sent = performance.now();
+      const result = this.hub!.requestRows(worker, step, batch, rows, index.subarray(rows[0], rows[1])).catch((e: Error) => e);
+      plan.remote.push({ worker, rows, shardRange, sent, result });
+    });
+    return plan;
+  }
+
+  /** Computes a plan's local part and collects its remote answers; returns the shard ranges to redo. */
+  private async execute(plan: Plan, generation: number, computedBy: Map<RemoteWorker, Range>): Promise<Range[]> {
+    const started = performance.now();
+    let localDone = started;
+    if (plan.local) {
+      const count = plan.local[plan.local.length - 1][1] - plan.local[0][0];
+      await this.runLocalRows(plan.step, generation, plan.batch, plan.local);
+      localDone = performance.now();
+      this.localSpeed = smooth(this.localSpeed, count / Math.max(0.01, localDone - started));
+      this.credit(LOCAL, count);
+    }
+    const failed: Range[] = [];
+    for (const job of plan.remote) {
+      const done = await job.result;
+      if (done instanceof Error) {
+        this.onEvent({ type: 'redo', rows: job.rows, reason: done.message });
+        failed.push(job.shardRange);
+        continue;
+      }
+      const count = job.rows[1] - job.rows[0];
+      this.copyRows(done.range, done.rowLoss, done.hidden, done.deltas);
+      job.worker.speed = smooth(job.worker.speed, count / Math.max(0.01, performance.now() - job.sent));
+      if (!computedBy.has(job.worker)) computedBy.set(job.worker, job.rows);
+      this.credit(job.worker.name, count);
+    }
+    if (plan.remote.length > 0) this.networkWaitMs += Math.max(0, performance.now() - localDone);
+    return failed;
+  }
+
+  private async runLocalRows(step: number, generation: number, batch: number, shards: Range[]): Promise<void> {
+    const slots = this.local.size;
+    const groups = apportion(shards.length, Array(slots).fill(1));
+    let next = 0;
+    const tasks = groups.map((n) => {
+      const range: Range = n === 0 ? [0, 0] : [shards[next][0], shards[next + n - 1][1]];
+      next += n;
+      return { kind: 'rows', step, generation, batch, range } as Task;
+    });
+    await this.local.runPass(tasks);
+  }
+
+  private copyRows([r0, r1]: Range, rowLoss: Float32Array, hidden: Float32Array[], deltas: Float32Array[]): void {
+    const { batch: b, spec } = this.memory;
+    b.rowLoss.set(rowLoss, r0);
+    hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
+    deltas.forEach((d, l) => b.deltas[l].set(d, r0 * spec.sizes[l + 1]));
+    // The weight pass reads the batch's pixels too; a remote worker's rows were never gathered locally.
+    const features = spec.sizes[0];
+    const { train } = this.memory;
+    for (let r = r0; r < r1; r++) {
+      const i = b.index[r];
+      b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
+    }
+  }
+
+  private credit(name: string, rows: number): void {
+    this.shares.set(name, (this.shares.get(name) ?? 0) + rows);
+  }
+
+  /** Reduction of every weight gradient and the Adam step, on the local slots. */
+  weightPass(step: number, generation: number, batch: number): Promise<TaskResult[]> {
+    const units = unitAssignment(this.memory.spec.sizes.slice(1), this.local.size);
+    return this.local.runPass(units.map((u) => ({ kind: 'weights', step, generation, batch, units: u }) as Task));
+  }
+
+  evalPass(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {
+    return this.local.runPass(ranges.map((range) => ({ kind: 'eval', step, generation, range }) as Task));
+  }
+
+  /** Compares every remote replica with the coordinator's parameters; a diverged one is resynchronised. */
+  async verifyReplicas(step: number, sha256: string): Promise<string[]> {
+    if (!this.hub) return [];
+    const diverged: string[] = [];
+    for (const [worker, sha] of await this.hub.checksumsAt(step, 5000)) {
+      if (sha !== sha256) {
+        diverged.push(worker.name);
+        this.hub.resync(worker);
+      }
+    }
+    return diverged;
+  }
+
+  /** Shares of the rows computed since the last call, and the time spent waiting on the network. */
+  takeShares(): WorkShares {
+    const result = { rows: Object.fromEntries(this.shares), networkWaitSeconds: this.networkWaitMs / 1000 };
+    this.shares.clear();
+    this.networkWaitMs = 0;
+    return result;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.local.close(), this.hub?.close()]);
+  }
+}
+
+function smooth(previous: number, sample: number): number {
+  return previous === 0 ? sample : 0.7 * previous + 0.3 * sample;
+}
+
+/**
+ * Splits n items in proportion to weights (largest remainder), deterministically. While there are at
+ * least as many items as weights, everyone gets one: a slow participant gets less work, never none, so
+ * its speed keeps being measured.
+ */
+export function apportion(n: number, weights: number[]): number[] {
+  const floor = n >= weights.length ? 1 : 0;
+  const total = weights.reduce((a, b) => a + b, 0);
+  const exact = weights.map((w) => floor + ((n - floor * weights.length) * w) / total);
+  const counts = exact.map(Math.floor);
+  let left = n - counts.reduce((a, b) => a + b, 0);
+  const order = exact.map((e, i) => [e - Math.floor(e), i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+  for (let k = 0; left > 0; k++, left--) counts[order[k % order.length][1]]++;
+  return counts;
+}

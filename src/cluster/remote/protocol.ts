@@ -1,0 +1,355 @@
+/**
+ * The coordinator ↔ remote-worker protocol: message types, msgpackr encoding with float arrays as raw
+ * little-endian bytes, and validation of everything received. Nothing a peer sends is trusted: every
+ * decoded message is checked for its type, fields, sizes and shapes before anyone reads it, and a message
+ * that fails is reported with a one-line reason (the connection is then closed by the caller).
+ *
+ * The protocol (version in PROTOCOL_VERSION):
+ *   coordinator → worker  challenge {nonce}                       on connect
+ *   worker → coordinator  hello {mac, nonce, engine, backend, threads, dataSha256}
+ *   coordinator → worker  welcome {proof, workerId}               proves the coordinator knows the token too
+ *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
+ *   coordinator → worker  rows {step, range, batch, x | index, labels}        compute these rows
+ *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
+ *   coordinator → worker  update {step, batch, parts}             the rows others computed: apply the step
+ *   coordinator → worker  check {step}  → worker  checksum {step, sha256}      replica verification
+ *   either → other        error {message}
+ */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { Packr } from 'msgpackr';
+import type { ModelSpec } from '../../model/spec.js';
+import type { AdamOptions } from '../../optim/adam.js';
+import type { Range } from '../../train/plan.js';
+
+export const PROTOCOL_VERSION = 1;
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+export interface Challenge { t: 'challenge'; protocol: number; nonce: Uint8Array }
+export interface Hello {
+  t: 'hello';
+  protocol: number;
+  /** HMAC-SHA256(token, "dtrain-worker" ‖ challenge nonce); empty when no token is set. */
+  mac: Uint8Array;
+  /** The worker's own nonce, which the coordinator answers with its proof. */
+  nonce: Uint8Array;
+  engine: string;
+  backend: string;
+  threads: number;
+  /** SHA-256 of the worker's local dataset copy, or '' when it has none. */
+  dataSha256: string;
+}
+export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number }
+export interface StateMessage {
+  t: 'state';
+  spec: ModelSpec;
+  batchSize: number;
+  adam: AdamOptions;
+  step: number;
+  generation: number;
+  params: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+  /** True when the coordinator accepted the worker's local dataset copy: rows then come as indices. */
+  useLocalData: boolean;
+}
+export interface RowsMessage {
+  t: 'rows';
+  step: number;
+  batch: number;
+  range: Range;
+  /** rows × features pixels, or (with a local data copy) the dataset index of each row. */
+  x?: Float32Array;
+  index?: Int32Array;
+  labels: Uint8Array;
+}
+export interface RowsDone {
+  t: 'rowsDone';
+  step: number;
+  range: Range;
+  rowLoss: Float32Array;
+  hidden: Float32Array[];
+  deltas: Float32Array[];
+  ms: number;
+}
+export interface UpdatePart {
+  range: Range;
+  x: Float32Array;
+  hidden: Float32Array[];
+  deltas: Float32Array[];
+}
+export interface UpdateMessage { t: 'update'; step: number; batch: number; parts: UpdatePart[] }
+export interface CheckMessage { t: 'check'; step: number }
+export interface ChecksumMessage { t: 'checksum'; step: number; sha256: string }
+export interface ErrorMessage { t: 'error'; message: string }
+
+export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | UpdateMessage | CheckMessage | ErrorMessage;
+export type ToCoordinator = Hello | RowsDone | ChecksumMessage | ErrorMessage;
+
+/** Thrown for anything a peer sent that is not a valid message; the text names what was wrong. */
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+}
+
+// ---------------------------------------------------------------- encoding
+
+function bytesOf(a: Float32Array | Int32Array | Uint8Array): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+function encodeValue(value: unknown): unknown {
+  if (value instanceof Float32Array || value instanceof Int32Array) return bytesOf(value);
+  if (Array.isArray(value)) return value.map(encodeValue);
+  if (value && typeof value === 'object' && !(value instanceof Uint8Array)) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, encodeValue(v)]));
+  }
+  return value;
+}
+
+export function encode(message: ToWorker | ToCoordinator): Buffer {
+  return packr.pack(encodeValue(message));
+}
+
+export function decodeRaw(data: Buffer | ArrayBuffer | Buffer[]): Record<string, unknown> {
+  const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+  let value: unknown;
+  try {
+    value = packr.unpack(buf);
+  } catch (e) {
+    throw new ProtocolError(`undecodable frame (${(e as Error).message})`);
+  }
+  if (!value || typeof value !== 'object' || Array.isArray(value)) throw new ProtocolError('a message must be a msgpack map');
+  const t = (value as { t?: unknown }).t;
+  if (typeof t !== 'string') throw new ProtocolError('a message needs a string field "t"');
+  return value as Record<string, unknown>;
+}
+
+// ---------------------------------------------------------------- validation helpers
+
+function field(m: Record<string, unknown>, name: string): unknown {
+  if (!(name in m)) throw new ProtocolError(`${m.t}: missing field "${name}"`);
+  return m[name];
+}
+
+function int(m: Record<string, unknown>, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const v = field(m, name);
+  if (!Number.isInteger(v) || (v as number) < min || (v as number) > max) {
+    throw new ProtocolError(`${m.t}: field "${name}" must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+  }
+  return v as number;
+}
+
+function str(m: Record<string, unknown>, name: string, maxLength = 256): string {
+  const v = field(m, name);
+  if (typeof v !== 'string' || v.length > maxLength) throw new ProtocolError(`${m.t}: field "${name}" must be a string of at most ${maxLength} characters`);
+  return v;
+}
+
+function bytes(m: Record<string, unknown>, name: string, length?: number): Uint8Array {
+  const v = field(m, name);
+  if (!(v instanceof Uint8Array)) throw new ProtocolError(`${m.t}: field "${name}" must be binary`);
+  if (length !== undefined && v.length !== length) throw new ProtocolError(`${m.t}: field "${name}" must be ${length} bytes, got ${v.length}`);
+  return v;
+}
+
+/** A float32 array of exactly `count` elements, all finite (copied if the bytes are not 4-aligned). */
+function floats(label: string, v: unknown, count: number): Float32Array {
+  if (!(v instanceof Uint8Array)) throw new ProtocolError(`${label} must be binary float32 data`);
+  if (v.byteLength !== count * 4) throw new ProtocolError(`${label} must hold ${count} float32 values (${count * 4} bytes), got ${v.byteLength} bytes`);
+  // msgpackr hands out Buffers that may start at any byte; copy (new Uint8Array copies, Buffer#slice would not).
+  const out = v.byteOffset % 4 === 0 ? new Float32Array(v.buffer, v.byteOffset, count) : new Float32Array(new Uint8Array(v).buffer);
+  for (let i = 0; i < count; i++) {
+    if (!Number.isFinite(out[i])) throw new ProtocolError(`${label} contains a non-finite value at index ${i}`);
+  }
+  return out;
+}
+
+function floatList(m: Record<string, unknown>, name: string, counts: number[]): Float32Array[] {
+  const v = field(m, name);
+  if (!Array.isArray(v) || v.length !== counts.length) throw new ProtocolError(`${m.t}: field "${name}" must be a list of ${counts.length} arrays`);
+  return v.map((x, i) => floats(`${m.t}: ${name}[${i}]`, x, counts[i]));
+}
+
+function range(m: Record<string, unknown>, name: string, max: number): Range {
+  const v = field(m, name);
+  if (!Array.isArray(v) || v.length !== 2 || !v.every(Number.isInteger) || v[0] < 0 || v[0] >= v[1] || v[1] > max) {
+    throw new ProtocolError(`${m.t}: field "${name}" must be a non-empty row range within [0, ${max}], got ${JSON.stringify(v)}`);
+  }
+  return [v[0], v[1]];
+}
+
+// ---------------------------------------------------------------- what each side accepts
+
+/** What the coordinator knows when it validates a worker's message. */
+export interface CoordinatorView {
+  spec: ModelSpec;
+  batchSize: number;
+  /** The step whose rows this worker owes, or undefined when it owes none. */
+  pendingStep: number | undefined;
+  pendingRange: Range | undefined;
+}
+
+export function validateFromWorker(raw: Record<string, unknown>, view: CoordinatorView | undefined): ToCoordinator {
+  switch (raw.t) {
+    case 'hello': {
+      const protocol = int(raw, 'protocol');
+      if (protocol !== PROTOCOL_VERSION) throw new ProtocolError(`hello: protocol version ${protocol} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
+      return {
+        t: 'hello',
+        protocol,
+        mac: bytes(raw, 'mac'),
+        nonce: bytes(raw, 'nonce', 32),
+        engine: str(raw, 'engine', 16),
+        backend: str(raw, 'backend'),
+        threads: int(raw, 'threads', 1, 1024),
+        dataSha256: str(raw, 'dataSha256', 64),
+      };
+    }
+    case 'rowsDone': {
+      if (!view) throw new ProtocolError('rowsDone: sent before the worker was set up');
+      const step = int(raw, 'step');
+      if (view.pendingStep === undefined || step !== view.pendingStep) {
+        throw new ProtocolError(`rowsDone: step ${step} was not asked for (expected ${view.pendingStep ?? 'none'}): stale or replayed`);
+      }
+      const r = range(raw, 'range', view.batchSize);
+      if (!view.pendingRange || r[0] !== view.pendingRange[0] || r[1] !== view.pendingRange[1]) {
+        throw new ProtocolError(`rowsDone: rows ${r[0]}–${r[1]} were not asked for`);
+      }
+      const rows = r[1] - r[0];
+      const sizes = view.spec.sizes;
+      return {
+        t: 'rowsDone',
+        step,
+        range: r,
+        rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows),
+        hidden: floatList(raw, 'hidden', sizes.slice(1, -1).map((n) => rows * n)),
+        deltas: floatList(raw, 'deltas', sizes.slice(1).map((n) => rows * n)),
+        ms: Math.max(0, Number(field(raw, 'ms')) || 0),
+      };
+    }
+    case 'checksum':
+      return { t: 'checksum', step: int(raw, 'step'), sha256: str(raw, 'sha256', 64) };
+    case 'error':
+      return { t: 'error', message: str(raw, 'message', 2000) };
+    default:
+      throw new ProtocolError(`unknown message type ${JSON.stringify(raw.t)}`);
+  }
+}
+
+function specOf(raw: Record<string, unknown>): ModelSpec {
+  const spec = field(raw, 'spec') as ModelSpec;
+  if (
+    !spec || !Array.isArray(spec.sizes) || spec.sizes.length < 2 || spec.sizes.length > 64 ||
+    !spec.sizes.every((n) => Number.isInteger(n) && n > 0 && n <= 1 << 20) ||
+    !['sigmoid', 'relu', 'tanh'].includes(spec.activation)
+  ) {
+    throw new ProtocolError('state: field "spec" is not a valid model spec');
+  }
+  return { sizes: spec.sizes, activation: spec.activation };
+}
+
+/** What a worker knows when it validates the coordinator's message. */
+export interface WorkerView {
+  spec: ModelSpec | undefined;
+  batchSize: number;
+  params: number;
+  features: number;
+}
+
+export function validateFromCoordinator(raw: Record<string, unknown>, view: WorkerView): ToWorker {
+  switch (raw.t) {
+    case 'challenge':
+      return { t: 'challenge', protocol: int(raw, 'protocol'), nonce: bytes(raw, 'nonce', 32) };
+    case 'welcome':
+      return { t: 'welcome', proof: bytes(raw, 'proof'), workerId: int(raw, 'workerId') };
+    case 'state': {
+      const spec = specOf(raw);
+      let total = 0;
+      for (let l = 0; l + 1 < spec.sizes.length; l++) total += spec.sizes[l] * spec.sizes[l + 1] + spec.sizes[l + 1];
+      const adam = field(raw, 'adam') as AdamOptions;
+      if (!adam || ![adam.lr, adam.beta1, adam.beta2, adam.eps].every((x) => typeof x === 'number' && Number.isFinite(x))) {
+        throw new ProtocolError('state: field "adam" is not valid');
+      }
+      return {
+        t: 'state',
+        spec,
+        batchSize: int(raw, 'batchSize', 1, 1 << 16),
+        adam: { lr: adam.lr, beta1: adam.beta1, beta2: adam.beta2, eps: adam.eps },
+        step: int(raw, 'step'),
+        generation: int(raw, 'generation', 0, 1),
+        params: floats('state: params', field(raw, 'params'), total),
+        m: floats('state: m', field(raw, 'm'), total),
+        v: floats('state: v', field(raw, 'v'), total),
+        useLocalData: field(raw, 'useLocalData') === true,
+      };
+    }
+    case 'rows': {
+      if (!view.spec) throw new ProtocolError('rows: sent before the state');
+      const r = range(raw, 'range', view.batchSize);
+      const rows = r[1] - r[0];
+      const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch: int(raw, 'batch', 1, view.batchSize), range: r, labels: bytes(raw, 'labels', rows) };
+      if (r[1] > message.batch) throw new ProtocolError(`rows: range ${r[0]}–${r[1]} exceeds the batch of ${message.batch}`);
+      if (raw.x !== undefined) message.x = floats('rows: x', raw.x, rows * view.features);
+      else {
+        const index = bytes(raw, 'index', rows * 4);
+        message.index = new Int32Array(new Uint8Array(index).buffer);
+      }
+      const classes = view.spec.sizes[view.spec.sizes.length - 1];
+      if (message.labels.some((l) => l >= classes)) throw new ProtocolError(`rows: a label is not below ${classes}`);
+      return message;
+    }
+    case 'update': {
+      if (!view.spec) throw new ProtocolError('update: sent before the state');
+      const batch = int(raw, 'batch', 1, view.batchSize);
+      const parts = field(raw, 'parts');
+      if (!Array.isArray(parts) || parts.length > batch) throw new ProtocolError('update: field "parts" must be a list');
+      const sizes = view.spec.sizes;
+      return {
+        t: 'update',
+        step: int(raw, 'step'),
+        batch,
+        parts: parts.map((p: Record<string, unknown>) => {
+          const part = { ...p, t: 'update part' };
+          const r = range(part, 'range', batch);
+          const rows = r[1] - r[0];
+          return {
+            range: r,
+            x: floats('update: x', field(part, 'x'), rows * sizes[0]),
+            hidden: floatList(part, 'hidden', sizes.slice(1, -1).map((n) => rows * n)),
+            deltas: floatList(part, 'deltas', sizes.slice(1).map((n) => rows * n)),
+          };
+        }),
+      };
+    }
+    case 'check':
+      return { t: 'check', step: int(raw, 'step') };
+    case 'error':
+      return { t: 'error', message: str(raw, 'message', 2000) };
+    default:
+      throw new ProtocolError(`unknown message type ${JSON.stringify(raw.t)}`);
+  }
+}
+
+// ---------------------------------------------------------------- authentication
+
+export function newNonce(): Uint8Array {
+  return randomBytes(32);
+}
+
+/** HMAC-SHA256 of a role and a nonce under the shared token: the token itself never crosses the wire. */
+export function proof(token: string, role: 'worker' | 'coordinator', nonce: Uint8Array): Uint8Array {
+  return createHmac('sha256', token).update(`dtrain-${role}`).update(nonce).digest();
+}
+
+export function proofMatches(token: string, role: 'worker' | 'coordinator', nonce: Uint8Array, mac: Uint8Array): boolean {
+  const expected = proof(token, role, nonce);
+  return mac.length === expected.length && timingSafeEqual(expected, mac);
+}
+
+/** The largest frame either side accepts for a model: a full state snapshot plus room for the rest. */
+export function maxFrameBytes(spec: ModelSpec, batchSize: number): number {
+  let params = 0;
+  for (let l = 0; l + 1 < spec.sizes.length; l++) params += spec.sizes[l] * spec.sizes[l + 1] + spec.sizes[l + 1];
+  const rowWidth = spec.sizes.reduce((a, b) => a + b, 0) * 2;
+  return 3 * 4 * params + 4 * batchSize * rowWidth + (1 << 20);
+}

@@ -1,0 +1,328 @@
+/**
+ * The coordinator's WebSocket endpoint: authenticates workers (HMAC challenge–response), validates every
+ * message, keeps them alive with ping/pong heartbeats (ws's isAlive pattern), hands out row work with a
+ * deadline, and sends each worker what it needs to keep its replica of the training state in step.
+ * A misbehaving peer is disconnected with a reason; nothing a peer sends can throw out of this module.
+ */
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { TrainingMemory } from '../training_memory.js';
+import type { Range } from '../../train/plan.js';
+import {
+  decodeRaw,
+  encode,
+  maxFrameBytes,
+  newNonce,
+  proof,
+  proofMatches,
+  ProtocolError,
+  validateFromWorker,
+  type CoordinatorView,
+  type Hello,
+  type RowsDone,
+  type StateMessage,
+  type ToWorker,
+  type UpdatePart,
+  PROTOCOL_VERSION,
+} from './protocol.js';
+
+/** Close code that tells a worker the run is over (it exits instead of reconnecting). */
+export const RUN_FINISHED = 4000;
+
+export interface HubOptions {
+  host: string;
+  port: number;
+  token?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  engine: string;
+  datasetSha256: string;
+  heartbeatMs: number;
+  /** How long a worker may take to answer a rows request before it is dropped and its rows redone. */
+  stepTimeoutMs: number;
+  /** How long a new connection may take to authenticate. */
+  authTimeoutMs: number;
+}
+
+export type HubEvent =
+  | { type: 'joined'; worker: string; backend: string; threads: number }
+  | { type: 'left'; worker: string; reason: string }
+  | { type: 'rejected'; peer: string; reason: string };
+
+type Status = 'authenticating' | 'joining' | 'ready' | 'closed';
+
+export class RemoteWorker {
+  status: Status = 'authenticating';
+  isAlive = true;
+  hello?: Hello;
+  readonly challenge = newNonce();
+  pending?: { step: number; range: Range; resolve: (r: RowsDone) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
+  /** Rows per millisecond, smoothed; the scheduler gives work in proportion to it. */
+  speed = 0;
+  rowsComputed = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+  authTimer?: NodeJS.Timeout;
+
+  constructor(
+    readonly id: number,
+    readonly ws: WebSocket,
+    readonly address: string,
+  ) {}
+
+  get name(): string {
+    return `worker ${this.id} (${this.address})`;
+  }
+}
+
+export class RemoteHub {
+  private server?: Server;
+  private wss?: WebSocketServer;
+  private heartbeat?: NodeJS.Timeout;
+  private nextId = 1;
+  readonly workers = new Map<number, RemoteWorker>();
+  private readonly view: Omit<CoordinatorView, 'pendingStep' | 'pendingRange'>;
+  private waiters: (() => void)[] = [];
+
+  constructor(
+    private readonly options: HubOptions,
+    private readonly memory: TrainingMemory,
+    private readonly onEvent: (event: HubEvent) => void,
+  ) {
+    this.view = { spec: memory.spec, batchSize: memory.batchSize };
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  async start(): Promise<AddressInfo> {
+    const { tlsCert, tlsKey } = this.options;
+    this.server = tlsCert && tlsKey ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }) : createHttpServer();
+    // Workers send rows and small control messages only: anything larger is refused by ws itself.
+    const rowsFrame = 4 * this.memory.batchSize * (this.memory.spec.sizes.reduce((a, b) => a + b, 0) * 2);
+    this.wss = new WebSocketServer({ server: this.server, maxPayload: Math.min(rowsFrame + 65536, maxFrameBytes(this.memory.spec, this.memory.batchSize)) });
+    this.wss.on('connection', (ws, req) => this.accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+    this.heartbeat = setInterval(() => this.beat(), this.options.heartbeatMs);
+    this.heartbeat.unref();
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(this.options.port, this.options.host, () => resolve());
+    });
+    return this.server.address() as AddressInfo;
+  }
+
+  private accept(ws: WebSocket, address: string): void {
+    const worker = new RemoteWorker(this.nextId++, ws, address);
+    this.workers.set(worker.id, worker);
+    ws.on('pong', () => (worker.isAlive = true));
+    ws.on('message', (data, isBinary) => this.receive(worker, data as Buffer | Buffer[], isBinary));
+    ws.on('close', (code, reason) => this.drop(worker, `connection closed (${code}${reason.length ? ` ${reason}` : ''})`));
+    ws.on('error', (e) => this.drop(worker, `connection error: ${e.message}`));
+    worker.authTimer = setTimeout(() => this.reject(worker, `did not authenticate within ${this.options.authTimeoutMs} ms`), this.options.authTimeoutMs);
+    this.send(worker, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: worker.challenge });
+  }
+
+  private send(worker: RemoteWorker, message: ToWorker): void {
+    if (worker.ws.readyState !== worker.ws.OPEN) return;
+    const frame = encode(message);
+    worker.bytesOut += frame.length;
+    worker.ws.send(frame);
+  }
+
+  private receive(worker: RemoteWorker, data: Buffer | Buffer[], isBinary: boolean): void {
+    if (worker.status === 'closed') return;
+    try {
+      if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
+      const size = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.length;
+      worker.bytesIn += size;
+      const message = validateFromWorker(decodeRaw(data), worker.status === 'authenticating' ? undefined : {
+        ...this.view,
+        pendingStep: worker.pending?.step,
+        pendingRange: worker.pending?.range,
+      });
+      if (worker.status === 'authenticating') {
+        if (message.t !== 'hello') throw new ProtocolError(`expected hello, got ${message.t}`);
+        this.authenticate(worker, message);
+        return;
+      }
+      switch (message.t) {
+        case 'hello':
+          throw new ProtocolError('hello sent twice');
+        case 'rowsDone': {
+          const pending = worker.pending!;
+          worker.pending = undefined;
+          clearTimeout(pending.timer);
+          pending.resolve(message);
+          return;
+        }
+        case 'checksum':
+          this.checksums.get(worker.id)?.(message.sha256);
+          return;
+        case 'error':
+          this.drop(worker, `worker reported: ${message.message}`);
+          worker.ws.close(1011, 'worker error');
+          return;
+      }
+    } catch (e) {
+      this.reject(worker, e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`);
+    }
+  }
+
+  private authenticate(worker: RemoteWorker, hello: Hello): void {
+    const token = this.options.token;
+    if (token && !proofMatches(token, 'worker', worker.challenge, hello.mac)) throw new ProtocolError('authentication failed: wrong or missing token');
+    if (hello.engine !== this.options.engine) {
+      throw new ProtocolError(`engine mismatch: the run uses "${this.options.engine}", the worker runs "${hello.engine}"`);
+    }
+    clearTimeout(worker.authTimer);
+    worker.hello = hello;
+    worker.status = 'joining';
+    this.send(worker, { t: 'welcome', proof: token ? proof(token, 'coordinator', hello.nonce) : new Uint8Array(0), workerId: worker.id });
+    this.onEvent({ type: 'joined', worker: worker.name, backend: hello.backend, threads: hello.threads });
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  private reject(worker: RemoteWorker, reason: string): void {
+    if (worker.status === 'closed') return;
+    this.onEvent({ type: 'rejected', peer: worker.name, reason });
+    try {
+      this.send(worker, { t: 'error', message: reason });
+    } catch {
+      // the socket may already be gone
+    }
+    worker.ws.close(1008, reason.slice(0, 120));
+    this.drop(worker, reason);
+  }
+
+  private drop(worker: RemoteWorker, reason: string): void {
+    if (worker.status === 'closed') return;
+    const wasMember = worker.status !== 'authenticating';
+    worker.status = 'closed';
+    clearTimeout(worker.authTimer);
+    this.workers.delete(worker.id);
+    if (worker.pending) {
+      clearTimeout(worker.pending.timer);
+      worker.pending.reject(new Error(`${worker.name} left: ${reason}`));
+      worker.pending = undefined;
+    }
+    if (worker.ws.readyState === worker.ws.OPEN) worker.ws.terminate();
+    if (wasMember) this.onEvent({ type: 'left', worker: worker.name, reason });
+  }
+
+  private beat(): void {
+    for (const worker of this.workers.values()) {
+      if (!worker.isAlive) {
+        this.drop(worker, `no heartbeat for ${this.options.heartbeatMs} ms`);
+        continue;
+      }
+      worker.isAlive = false;
+      worker.ws.ping();
+    }
+  }
+
+  /** Workers that can take rows now. */
+  ready(): RemoteWorker[] {
+    return [...this.workers.values()].filter((w) => w.status === 'ready');
+  }
+
+  /** Sends the committed state to workers that joined since the last step, which makes them ready. */
+  admit(state: () => Omit<StateMessage, 't' | 'useLocalData'>): void {
+    const joining = [...this.workers.values()].filter((w) => w.status === 'joining');
+    if (joining.length === 0) return;
+    const snapshot = state();
+    for (const worker of joining) {
+      this.send(worker, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(worker) });
+      worker.status = 'ready';
+    }
+  }
+
+  private usesLocalData(worker: RemoteWorker): boolean {
+    return !!worker.hello?.dataSha256 && worker.hello.dataSha256 === this.options.datasetSha256;
+  }
+
+  /** Resolves when some worker has authenticated (used when there is nobody to compute). */
+  waitForWorker(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Asks a worker for the rows pass over `range`; resolves with its validated answer. */
+  requestRows(worker: RemoteWorker, step: number, batch: number, range: Range, samples: Int32Array): Promise<RowsDone> {
+    const { x, index, labels } = this.rowsInput(worker, samples);
+    return new Promise<RowsDone>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.reject(worker, `did not answer step ${step} within ${this.options.stepTimeoutMs} ms`);
+      }, this.options.stepTimeoutMs);
+      worker.pending = { step, range, resolve, reject, timer };
+      this.send(worker, { t: 'rows', step, batch, range, labels, ...(x ? { x } : { index }) });
+    });
+  }
+
+  /** The rows' samples (dataset indices given): pixels, or just the indices when the worker has the data. */
+  private rowsInput(worker: RemoteWorker, samples: Int32Array) {
+    const { train, spec } = this.memory;
+    const features = spec.sizes[0];
+    const classes = spec.sizes[spec.sizes.length - 1];
+    const labels = new Uint8Array(samples.length);
+    samples.forEach((i, r) => (labels[r] = train.targets.subarray(i * classes, (i + 1) * classes).indexOf(1)));
+    if (this.usesLocalData(worker)) return { index: samples.slice(), labels };
+    const x = new Float32Array(samples.length * features);
+    samples.forEach((i, r) => x.set(train.images.subarray(i * features, (i + 1) * features), r * features));
+    return { x, labels };
+  }
+
+  /** Sends every ready worker the rows it did not compute itself, so it can apply step `step` too. */
+  broadcastUpdate(step: number, batch: number, computedBy: Map<RemoteWorker, Range>): void {
+    const { batch: b, spec } = this.memory;
+    const sizes = spec.sizes;
+    const partOf = ([r0, r1]: Range): UpdatePart => ({
+      range: [r0, r1],
+      x: b.x.slice(r0 * sizes[0], r1 * sizes[0]),
+      hidden: b.hidden.map((h, l) => h.slice(r0 * sizes[l + 1], r1 * sizes[l + 1])),
+      deltas: b.deltas.map((d, l) => d.slice(r0 * sizes[l + 1], r1 * sizes[l + 1])),
+    });
+    for (const worker of this.ready()) {
+      const own = computedBy.get(worker);
+      const missing: Range[] = own ? [[0, own[0]] as Range, [own[1], batch] as Range].filter(([a, c]) => c > a) : [[0, batch]];
+      this.send(worker, { t: 'update', step, batch, parts: missing.map(partOf) });
+    }
+  }
+
+  private checksums = new Map<number, (sha: string) => void>();
+
+  /** Asks every ready worker for the SHA-256 of its parameters; resolves with the answers that came. */
+  async checksumsAt(step: number, timeoutMs: number): Promise<Map<RemoteWorker, string>> {
+    const answers = new Map<RemoteWorker, string>();
+    await Promise.all(
+      this.ready().map(
+        (worker) =>
+          new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, timeoutMs);
+            this.checksums.set(worker.id, (sha) => {
+              clearTimeout(timer);
+              answers.set(worker, sha);
+              resolve();
+            });
+            this.send(worker, { t: 'check', step });
+          }),
+      ),
+    );
+    this.checksums.clear();
+    return answers;
+  }
+
+  /** Makes a worker whose replica diverged fetch a fresh snapshot before its next step. */
+  resync(worker: RemoteWorker): void {
+    if (worker.status === 'ready') worker.status = 'joining';
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.heartbeat);
+    for (const worker of this.workers.values()) {
+      worker.ws.close(RUN_FINISHED, 'run finished');
+      this.drop(worker, 'coordinator finished');
+    }
+    await new Promise<void>((resolve) => (this.wss ? this.wss.close(() => resolve()) : resolve()));
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+}

@@ -1,0 +1,268 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import WebSocket from 'ws';
+import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
+import { runWorker } from '../src/cluster/remote/client.js';
+import { decodeRaw, encode, newNonce, proof, PROTOCOL_VERSION } from '../src/cluster/remote/protocol.js';
+
+const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
+const out = mkdtempSync(join(tmpdir(), 'dtrain-remote-'));
+let runs = 0;
+// 145 samples: 2 full batches and a short one with a 1-row micro-shard, twice.
+const BASE: Partial<TrainConfig> = { trainSamples: 145, testSamples: 100, epochs: 2, logEvery: 1000, heartbeatMs: 500 };
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) c.kill('SIGKILL');
+});
+
+function workerProcess(url: string, ...args: string[]): ChildProcess {
+  const child = fork(cli, ['worker', '--connect', url, '--max-retries', '3', ...args], { stdio: 'ignore' });
+  children.push(child);
+  return child;
+}
+
+/** A coordinator run; `onReady` gets the ws:// URL once it listens, `onEvent` every event. */
+async function coordinator(
+  config: Partial<TrainConfig>,
+  onReady: (url: string) => void,
+  onEvent: (e: TrainEvent) => void = () => {},
+  beforeStep?: (step: number) => Promise<void> | void,
+) {
+  return train(
+    { ...BASE, listen: '127.0.0.1:0', out: join(out, String(runs++)), ...config },
+    { onListening: ({ port }) => onReady(`ws://127.0.0.1:${port}`), onEvent, beforeStep },
+  );
+}
+
+const reference = (() => {
+  let hash: Promise<string> | undefined;
+  return () => (hash ??= train({ ...BASE, threads: 2, out: join(out, 'reference') }).then((s) => s.paramsSha256));
+})();
+
+describe('remote workers on loopback', () => {
+  it('two remote workers and no local threads end with the same parameters as 2 local threads', async () => {
+    const joined: string[] = [];
+    const summary = await coordinator(
+      { threads: 0 },
+      (url) => {
+        workerProcess(url);
+        workerProcess(url);
+      },
+      (e) => e.type === 'cluster' && e.event.type === 'joined' && joined.push(e.event.worker),
+    );
+    expect(joined.length).toBeGreaterThanOrEqual(1);
+    expect(summary.paramsSha256).toBe(await reference());
+  });
+
+  it('keeps the result when a worker is SIGKILLed mid-run and another joins mid-run', async () => {
+    const workers: ChildProcess[] = [];
+    let url = '';
+    const events: string[] = [];
+    let joined = 0;
+    let onJoin = () => {};
+    const shares: Record<string, number>[] = [];
+    const summary = await coordinator(
+      { threads: 0, epochs: 3 },
+      (u) => {
+        url = u;
+        workers.push(workerProcess(url), workerProcess(url));
+      },
+      (e) => {
+        if (e.type === 'epoch') shares.push(e.shares.rows);
+        if (e.type !== 'cluster') return;
+        events.push(e.event.type);
+        if (e.event.type === 'joined') (joined++, onJoin());
+      },
+      async (step) => {
+        if (step === 2) workers[0].kill('SIGKILL');
+        if (step === 4) {
+          // Hold the run until the newcomer has joined, so that it really gets work from the next step.
+          const third = new Promise<void>((resolve) => (onJoin = () => joined >= 3 && resolve()));
+          workers.push(workerProcess(url));
+          await third;
+        }
+      },
+    );
+    expect(events).toContain('left');
+    expect(joined).toBeGreaterThanOrEqual(3);
+    // In the last epoch the survivor and the newcomer shared the rows.
+    expect(Object.keys(shares[shares.length - 1]).length).toBe(2);
+    const threads2 = await train({ ...BASE, epochs: 3, threads: 2, out: join(out, 'ref3') });
+    expect(summary.paramsSha256).toBe(threads2.paramsSha256);
+  });
+
+  it('mixes local threads and an in-process remote worker with the same result, and waits for a worker with --threads 0', async () => {
+    const abort = new AbortController();
+    const mixed = await coordinator({ threads: 1 }, (url) => void runWorker({ connect: url, signal: abort.signal }));
+    abort.abort();
+    expect(mixed.paramsSha256).toBe(await reference());
+    const waits: string[] = [];
+    const late = new AbortController();
+    const waited = await coordinator(
+      { threads: 0 },
+      (url) => setTimeout(() => void runWorker({ connect: url, signal: late.signal }), 300),
+      (e) => e.type === 'cluster' && e.event.type === 'waiting' && waits.push(e.event.reason),
+    );
+    late.abort();
+    expect(waits[0]).toBe('step 0: no worker is connected; waiting for one');
+    expect(waited.paramsSha256).toBe(await reference());
+  });
+});
+
+/** A hand-written peer: authenticates (or not) and then does whatever the test wants. */
+function rawPeer(url: string, token: string | undefined, onMessage: (m: Record<string, unknown>, ws: WebSocket) => void): WebSocket {
+  const ws = new WebSocket(url);
+  ws.on('message', (data) => {
+    const m = decodeRaw(data as Buffer);
+    if (m.t === 'challenge') {
+      ws.send(
+        encode({
+          t: 'hello',
+          protocol: PROTOCOL_VERSION,
+          mac: token ? proof(token, 'worker', m.nonce as Uint8Array) : new Uint8Array(0),
+          nonce: newNonce(),
+          engine: 'onnx',
+          backend: 'test peer',
+          threads: 1,
+          dataSha256: '',
+        }),
+      );
+      return;
+    }
+    onMessage(m, ws);
+  });
+  ws.on('error', () => {});
+  return ws;
+}
+
+describe('hostile peers', () => {
+  const TOKEN = 'correct horse battery staple';
+
+  /** Runs a coordinator with one honest in-process worker and the given hostile peer; returns rejections. */
+  async function withHostile(hostile: (url: string) => void, config: Partial<TrainConfig> = {}) {
+    const rejections: string[] = [];
+    const abort = new AbortController();
+    const summary = await coordinator(
+      { threads: 1, token: TOKEN, ...config },
+      (url) => {
+        hostile(url);
+        setTimeout(() => void runWorker({ connect: url, token: TOKEN, signal: abort.signal }), 50);
+      },
+      (e) => e.type === 'cluster' && e.event.type === 'rejected' && rejections.push(e.event.reason),
+    );
+    abort.abort();
+    return { summary, rejections };
+  }
+
+  it.each([
+    ['a wrong token', (url: string) => void rawPeer(url, 'wrong', () => {}), 'authentication failed: wrong or missing token'],
+    ['no token', (url: string) => void rawPeer(url, undefined, () => {}), 'authentication failed: wrong or missing token'],
+    [
+      'random bytes',
+      (url: string) => {
+        const ws = new WebSocket(url);
+        ws.on('open', () => ws.send(Buffer.from([0xc1, 0xff, 0x00, 0x13, 0x37])));
+        ws.on('error', () => {});
+      },
+      /^undecodable frame|^a message must be a msgpack map/,
+    ],
+    [
+      'a text frame',
+      (url: string) => {
+        const ws = new WebSocket(url);
+        ws.on('open', () => ws.send('hello'));
+        ws.on('error', () => {});
+      },
+      'text frames are not part of the protocol',
+    ],
+  ])('rejects %s with a reason and trains on unharmed', async (_, hostile, reason) => {
+    const { summary, rejections } = await withHostile(hostile);
+    expect(rejections).toEqual([expect.stringMatching(reason)]);
+    expect(summary.paramsSha256).toBe(await reference2());
+  });
+
+  it('refuses a frame above the size limit in ws itself', async () => {
+    let closeCode = 0;
+    const { summary } = await withHostile((url) => {
+      const ws = new WebSocket(url);
+      ws.on('open', () => ws.send(Buffer.alloc(16 << 20)));
+      ws.on('close', (code) => (closeCode = code));
+      ws.on('error', () => {});
+    });
+    expect(closeCode).toBe(1009);
+    expect(summary.paramsSha256).toBe(await reference2());
+  });
+
+  it.each([
+    ['a wrong shape', (m: Record<string, unknown>) => ({ hidden: [new Uint8Array(12)] }), /^rowsDone: field "hidden" must be a list of 4 arrays/],
+    ['NaN values', (m: Record<string, unknown>) => ({ nan: true }), /^rowsDone: rowLoss contains a non-finite value at index 0/],
+    ['a replayed old step', (m: Record<string, unknown>) => ({ step: (m.step as number) - 1 }), /^rowsDone: step \d+ was not asked for \(expected \d+\): stale or replayed/],
+  ])('rejects a worker that answers with %s, and redoes its rows', async (_, tamper, reason) => {
+    let asked = 0;
+    const { summary, rejections } = await withHostile((url) =>
+      rawPeer(url, TOKEN, (m, ws) => {
+        if (m.t !== 'rows') return;
+        asked++;
+        const range = m.range as [number, number];
+        const rows = range[1] - range[0];
+        const sizes = [512, 256, 128, 64, 10];
+        const t = tamper(m) as Record<string, unknown>;
+        const rowLoss = new Float32Array(rows).fill(t.nan ? NaN : 0.5);
+        ws.send(
+          encode({
+            t: 'rowsDone',
+            step: (t.step as number | undefined) ?? (m.step as number),
+            range,
+            rowLoss,
+            hidden: (t.hidden as Float32Array[]) ?? sizes.slice(0, -1).map((n) => new Float32Array(rows * n)),
+            deltas: sizes.map((n) => new Float32Array(rows * n)),
+            ms: 1,
+          } as never),
+        );
+      }),
+    );
+    expect(asked).toBeGreaterThanOrEqual(1);
+    expect(rejections).toEqual([expect.stringMatching(reason)]);
+    expect(summary.paramsSha256).toBe(await reference2());
+  });
+
+  it('drops a worker that never answers after the step deadline, and redoes its rows', async () => {
+    const { summary, rejections } = await withHostile((url) => rawPeer(url, TOKEN, () => {}), { stepTimeoutMs: 400 });
+    expect(rejections).toEqual([expect.stringMatching(/^did not answer step \d+ within 400 ms$/)]);
+    expect(summary.paramsSha256).toBe(await reference2());
+  });
+});
+
+const reference2 = (() => {
+  let hash: Promise<string> | undefined;
+  return () => (hash ??= train({ ...BASE, threads: 1, out: join(out, 'reference2') }).then((s) => s.paramsSha256));
+})();
+
+describe('TLS', () => {
+  it('serves wss:// that a worker trusting the certificate joins, and a worker without it cannot', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const dir = mkdtempSync(join(tmpdir(), 'dtrain-tls-'));
+    const cert = join(dir, 'cert.pem');
+    const key = join(dir, 'key.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
+      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const abort = new AbortController();
+    const untrusted: string[] = [];
+    const summary = await train(
+      { ...BASE, threads: 0, listen: '127.0.0.1:0', tlsCert: cert, tlsKey: key, token: 't', out: join(out, 'tls') },
+      {
+        onListening: ({ port }) => {
+          const url = `wss://127.0.0.1:${port}`;
+          void runWorker({ connect: url, token: 't', maxRetries: 1, onEvent: (e) => e.type === 'error' && untrusted.push(e.message) }).catch(() => {});
+          void runWorker({ connect: url, token: 't', ca: cert, signal: abort.signal });
+        },
+      },
+    );
+    abort.abort();
+    expect(summary.paramsSha256).toBe(await reference());
+    expect(untrusted.join('\n')).toMatch(/self-signed certificate/);
+  });
+});
