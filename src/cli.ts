@@ -110,6 +110,40 @@ export function buildProgram(): Command {
     .description('train (by default: the tutorial MLP on the embedded MNIST, on all cores)')
     .option('--config <file>', 'read options from a JSON file such as cluster.config.json (flags override it)');
   addOptions(coord, TRAIN_OPTIONS, DEFAULTS as unknown as Record<string, unknown>).action((flags) => coordinator(flags));
+  program
+    .command('eval')
+    .description('accuracy, average loss and confusion matrix of an exported model (RUN_DIR/model) on a test set')
+    .requiredOption('--model <dir>', 'the model directory a run exported (RUN_DIR/model)')
+    .option('--data <dir>', 'IDX dataset directory whose t10k files to use (default: the embedded MNIST)')
+    .action(async (flags: { model: string; data?: string }) => {
+      const { evaluateSavedModel } = await import('./inference.js');
+      const report = await evaluateSavedModel(flags.model, flags.data);
+      console.log(`Test result: Accuracy: ${report.accuracy.toFixed(2)}%, Avg loss: ${report.avgLoss.toFixed(6)}  (${report.samples} samples)`);
+      console.log('confusion matrix (rows: label, columns: predicted):');
+      const width = Math.max(5, String(report.samples).length + 1);
+      console.log(`${' '.repeat(6)}${report.confusion.map((_, k) => String(k).padStart(width)).join('')}`);
+      report.confusion.forEach((row, label) => console.log(`${String(label).padStart(5)} ${row.map((n) => String(n).padStart(width)).join('')}`));
+    });
+  program
+    .command('predict')
+    .description('classify a 28×28 PNG (light digit on a dark background, like MNIST) with an exported model')
+    .requiredOption('--model <dir>', 'the model directory a run exported (RUN_DIR/model)')
+    .option('--invert', 'the image is dark on light: invert it first')
+    .argument('<file>', 'a PNG with as many pixels as the model has inputs')
+    .action(async (file: string, flags: { model: string; invert?: boolean }) => {
+      const { predictImage } = await import('./inference.js');
+      const { predicted, probabilities } = await predictImage(flags.model, file, flags.invert);
+      console.log(`${file}: ${predicted}  (p = ${probabilities[predicted].toFixed(4)})`);
+      console.log(probabilities.map((p, k) => `${k}: ${p.toFixed(4)}`).join('  '));
+    });
+  program
+    .command('plot')
+    .description('write RUN_DIR/plot.svg (loss and accuracy per epoch) from RUN_DIR/metrics.jsonl')
+    .argument('<run-dir>', 'a run directory (--out of dtrain coordinator)')
+    .action(async (runDir: string) => {
+      const { plotRun } = await import('./report/plot.js');
+      console.log(plotRun(runDir));
+    });
   const work = program.command('worker').description('join a coordinator\'s run as a remote worker');
   addOptions(work, WORKER_OPTIONS, { threads: 1, engine: 'onnx', device: 'cpu', maxRetries: 0 }).action((flags) => {
     if (typeof flags.connect !== 'string') throw new TypeError('dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)');

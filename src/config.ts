@@ -46,6 +46,10 @@ export interface TrainConfig {
   tlsKey: string | null;
   heartbeatMs: number;
   stepTimeoutMs: number;
+  checkpointEvery: number;
+  keepCheckpoints: number;
+  resume: string | null;
+  export: boolean;
 }
 
 export const DEFAULTS: TrainConfig = {
@@ -72,6 +76,10 @@ export const DEFAULTS: TrainConfig = {
   tlsKey: null,
   heartbeatMs: 5000,
   stepTimeoutMs: 30000,
+  checkpointEvery: 0,
+  keepCheckpoints: 3,
+  resume: null,
+  export: true,
 };
 
 export const TRAIN_OPTIONS: readonly OptionSpec[] = [
@@ -98,6 +106,22 @@ export const TRAIN_OPTIONS: readonly OptionSpec[] = [
   { key: 'tlsKey', flag: '--tls-key <file>', description: 'PEM private key of --tls-cert', kind: { type: 'string' } },
   { key: 'heartbeatMs', flag: '--heartbeat-ms <ms>', description: 'ping remote workers this often; one that misses a pong is dropped', kind: { type: 'int', min: 100 } },
   { key: 'stepTimeoutMs', flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone', kind: { type: 'int', min: 100 } },
+  { key: 'checkpointEvery', flag: '--checkpoint-every <steps>', description: 'write a checkpoint every n steps (0: only at the end of each epoch and when stopped)', kind: { type: 'int', min: 0 } },
+  { key: 'keepCheckpoints', flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
+  { key: 'resume', flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
+  { key: 'export', flag: '--no-export', description: 'do not write the trained model (model/: TensorFlow.js LayersModel and ONNX)', kind: { type: 'bool' } },
+];
+
+/**
+ * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
+ * the checkpoint (or be left out, and are then taken from it).
+ */
+/** Options that belong to one session of a run and are never taken from a checkpoint. */
+export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['steps', 'resume', 'listen', 'token', 'tlsCert', 'tlsKey'];
+
+export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
+  'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
+  'heartbeatMs', 'stepTimeoutMs', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
 ];
 
 const OPTION_BY_KEY = new Map(TRAIN_OPTIONS.map((o) => [o.key, o]));

@@ -60,6 +60,24 @@ export function noWorkersLeft(step: number, lastError: string): DtrainError {
   return fail('ERR_NO_WORKERS', `step ${step}: no worker thread is left to compute it (last failure: ${lastError})`);
 }
 
+export function checkpointInvalid(file: string, problem: string): DtrainError {
+  return fail('ERR_CHECKPOINT', `${file}: ${problem}`);
+}
+
+export function checkpointMismatch(file: string, what: string, theirs: string, ours: string): DtrainError {
+  return fail('ERR_CHECKPOINT', `${file}: the checkpoint is for ${what} ${theirs}, this run has ${ours}`);
+}
+
+export function resumeConflict(key: string, given: unknown, saved: unknown): TypeError {
+  return new TypeError(
+    `--resume: option "${key}" (${show(given)}) differs from the checkpoint's (${show(saved)}); a resumed run keeps the checkpoint's model, data and optimizer options`,
+  );
+}
+
+export function imageInvalid(file: string, problem: string): DtrainError {
+  return fail('ERR_IMAGE', `${file}: ${problem}`);
+}
+
 export function show(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);
   if (Array.isArray(value)) return `[${value.map(show).join(', ')}]`;

@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { embeddedMnistDir } from '../src/data/datasets.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'dtrain-cli-'));
@@ -27,7 +28,7 @@ describe('dtrain CLI', () => {
 
   it('trains, prints the tutorial lines and writes summary.json', async () => {
     const out = join(dir, 'run');
-    const r = await dtrain('coordinator', '--steps', '5', '--train-samples', '640', '--test-samples', '300', '--threads', '2', '--log-every', '2', '--out', out);
+    const r = await dtrain('coordinator', '--steps', '5', '--train-samples', '640', '--threads', '2', '--log-every', '2', '--out', out);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^loss: +2\.\d{6} +\[ +64\/ +640\]$/m);
     expect(r.stdout).toMatch(/^Test result: Accuracy: \d+\.\d\d%, Avg loss: \d+\.\d{6} /m);
@@ -36,6 +37,17 @@ describe('dtrain CLI', () => {
     expect(summary.model.sizes).toEqual([784, 512, 256, 128, 64, 10]);
     expect(summary.paramsSha256).toMatch(/^[0-9a-f]{64}$/);
     expect(r.stdout).toContain(`paramsSha256: ${summary.paramsSha256}`);
+    // The exported model evaluates to the run's own final accuracy.
+    const evaluated = await dtrain('eval', '--model', join(out, 'model'), '--data', embeddedMnistDir());
+    expect(evaluated.code).toBe(0);
+    const last = summary.epochs[summary.epochs.length - 1];
+    const accuracy = Number(/Accuracy: ([\d.]+)%/.exec(evaluated.stdout)![1]);
+    expect(Math.abs(accuracy - last.testAccuracy)).toBeLessThan(0.05);
+    expect(evaluated.stdout).toMatch(/confusion matrix \(rows: label, columns: predicted\):\n( +\d+){10}\n/);
+    const rows = evaluated.stdout.trim().split('\n').slice(3).map((line) => line.trim().split(/ +/).slice(1).map(Number));
+    expect(rows).toHaveLength(10);
+    expect(rows.flat().reduce((a, b) => a + b, 0)).toBe(10000);
+    expect(rows.reduce((n, row, k) => n + row[k], 0) / 100).toBeCloseTo(accuracy, 2);
   });
 
   it('takes options from a config file, flags overriding it', async () => {

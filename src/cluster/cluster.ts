@@ -212,6 +212,11 @@ export class Cluster {
     return diverged;
   }
 
+  /** Bytes sent to and received from remote workers so far. */
+  bytesMoved(): number {
+    return this.hub?.bytesMoved ?? 0;
+  }
+
   /** Shares of the rows computed since the last call, and the time spent waiting on the network. */
   takeShares(): WorkShares {
     const result = { rows: Object.fromEntries(this.shares), networkWaitSeconds: this.networkWaitMs / 1000 };

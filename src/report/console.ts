@@ -21,6 +21,12 @@ export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void 
         sink.line(`workers: ${event.workers}`);
         if (event.listening) sink.line(`listening for remote workers on ${event.listening}`);
         break;
+      case 'checkpoint':
+        if (event.action === 'skipped') {
+          clear();
+          sink.line(`! checkpoint skipped: ${event.reason}`);
+        } else if (event.action === 'resumed') sink.line(`resumed from ${event.file} (step ${event.step})`);
+        break;
       case 'cluster': {
         clear();
         const e = event.event;
@@ -67,7 +73,7 @@ export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void 
       case 'done':
         clear();
         sink.line(`paramsSha256: ${event.summary.paramsSha256}`);
-        sink.line(`summary: ${event.summary.outDir}/summary.json`);
+        sink.line(`run: ${event.summary.outDir}/ (summary.json, metrics.jsonl, plot.svg, checkpoints/, model/)`);
         break;
     }
   };

@@ -4,9 +4,9 @@
  * set. Knows compute only through Cluster, and reports through events: it never prints.
  */
 import { join } from 'node:path';
-import { resolveConfig, type TrainConfig } from '../config.js';
+import { resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, type TrainConfig } from '../config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
-import { nonFiniteGradient, nonFiniteLoss } from '../errors.js';
+import { checkpointMismatch, nonFiniteGradient, nonFiniteLoss, resumeConflict } from '../errors.js';
 import { initParams, permutation, Rng } from '../model/init.js';
 import { describeSpec, makeSpec, paramLayout, type ModelSpec } from '../model/spec.js';
 import { ADAM_DEFAULTS, type AdamOptions } from '../optim/adam.js';
@@ -15,6 +15,10 @@ import { paramsSha256, writeSummary, type EpochResult, type RunSummary } from '.
 import { Cluster, type ClusterEvent, type WorkShares } from '../cluster/cluster.js';
 import { createTrainingMemory, optimizerMemoryOf, type TrainingMemory } from '../cluster/training_memory.js';
 import { createWorkers, type WorkerSet } from '../cluster/workers.js';
+import { exportModel } from '../report/export.js';
+import { MetricsLog } from '../report/metrics.js';
+import { plotRun } from '../report/plot.js';
+import { latestCheckpoint, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
 import { batchCount, batchRows, evenSplit, microShards } from './plan.js';
 
 export type TrainEvent =
@@ -23,6 +27,8 @@ export type TrainEvent =
   | { type: 'log'; epoch: number; loss: number; current: number; size: number }
   | { type: 'epoch'; result: EpochResult; shares: WorkShares }
   | { type: 'cluster'; event: ClusterEvent | { type: 'diverged'; workers: string[] } }
+  | { type: 'checkpoint'; action: 'written' | 'resumed'; file: string; step: number }
+  | { type: 'checkpoint'; action: 'skipped'; file: string; reason: string }
   | { type: 'done'; summary: RunSummary };
 
 export interface TrainOptions {
@@ -200,10 +206,25 @@ export function splitHostPort(listen: string): [string, number] {
   return [match[1] ?? match[2], Number(match[3])];
 }
 
+/** Where a run starts: from scratch, or from a checkpoint (with the options merged from it). */
+function prepareRun(userConfig: Partial<TrainConfig>, emit: (e: TrainEvent) => void): { config: TrainConfig; checkpoint?: Checkpoint } {
+  if (!userConfig.resume) return { config: resolveConfig(userConfig) };
+  const checkpoint = latestCheckpoint(userConfig.resume, (file, reason) => emit({ type: 'checkpoint', action: 'skipped', file, reason }));
+  const saved = checkpoint.header.config as Partial<TrainConfig>;
+  for (const [key, value] of Object.entries(userConfig)) {
+    if (value === undefined || RESUMABLE_OPTIONS.includes(key as keyof TrainConfig)) continue;
+    if (JSON.stringify(value) !== JSON.stringify(saved[key as keyof TrainConfig])) throw resumeConflict(key, value, saved[key as keyof TrainConfig]);
+  }
+  const out = userConfig.out ?? userConfig.resume.replace(/[/\\]checkpoints[/\\]?$/, '');
+  const kept = Object.fromEntries(Object.entries(saved).filter(([key]) => !SESSION_OPTIONS.includes(key as keyof TrainConfig)));
+  const config = resolveConfig({ ...kept, ...userConfig, out });
+  return { config, checkpoint };
+}
+
 /** Runs a whole training as configured; the programmatic form of `dtrain coordinator`. */
 export async function train(userConfig: Partial<TrainConfig> = {}, options: TrainOptions = {}): Promise<RunSummary> {
-  const config = resolveConfig(userConfig);
   const emit = options.onEvent ?? (() => {});
+  const { config, checkpoint } = prepareRun(userConfig, emit);
   const dataset =
     options.dataset ??
     loadDataset(config.data ?? undefined, {
@@ -213,8 +234,18 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
   const spec = makeSpec(dataset.features, config.hidden, dataset.classes, config.activation);
   const memory = createTrainingMemory(spec, dataset, config.batchSize);
   const optimizer = optimizerMemoryOf(memory);
-  initParams(spec, config.seed, optimizer.paramsOf(0));
+  if (checkpoint) {
+    const { header, file } = checkpoint;
+    if (describeSpec(header.spec) !== describeSpec(spec)) throw checkpointMismatch(file, 'model', describeSpec(header.spec), describeSpec(spec));
+    if (header.datasetSha256 !== dataset.sha256) throw checkpointMismatch(file, 'dataset', header.datasetSha256.slice(0, 12), dataset.sha256.slice(0, 12));
+    optimizer.paramsOf(0).set(checkpoint.params);
+    optimizer.firstMomentOf(0).set(checkpoint.m);
+    optimizer.secondMomentOf(0).set(checkpoint.v);
+  } else {
+    initParams(spec, config.seed, optimizer.paramsOf(0));
+  }
   const adam = { ...ADAM_DEFAULTS, lr: config.lr };
+  const outDir = config.out ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-'));
   const { cluster, listening } = await createCluster(config, dataset, memory, adam, options);
   const trainer = new Trainer(config, dataset, cluster, memory, adam);
   const layout = paramLayout(spec);
@@ -228,19 +259,48 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
     workers: cluster.description,
     listening,
   });
-  const epochs: EpochResult[] = [];
+  const resumed = checkpoint?.header;
+  if (checkpoint) emit({ type: 'checkpoint', action: 'resumed', file: checkpoint.file, step: checkpoint.header.step });
+  trainer.step = resumed?.step ?? 0;
+  const epochs: EpochResult[] = resumed ? [...resumed.epochs] : [];
   const batches = batchCount(dataset.train.count, config.batchSize);
   const shuffleRng = new Rng(config.seed ^ 0x5eed5eed);
-  let trainSeconds = 0;
-  let samplesSeen = 0;
+  let trainSeconds = resumed?.trainSeconds ?? 0;
+  let samplesSeen = resumed?.samplesSeen ?? 0;
   let failure: Error | undefined;
+  const metrics = new MetricsLog(outDir, resumed && { step: resumed.step, epochs: resumed.epochs.length });
+  let bytesBefore = cluster.bytesMoved();
+  const save = (epoch: number, batch: number, epochRngState: number[], partial: CheckpointHeader['partial']) => {
+    const file = writeCheckpoint(
+      outDir,
+      {
+        step: trainer.step,
+        epoch,
+        batch,
+        epochRngState,
+        partial,
+        config: { ...config, token: null, resume: null },
+        spec,
+        datasetSha256: dataset.sha256,
+        epochs,
+        trainSeconds,
+        samplesSeen,
+        paramsSha256: paramsSha256(trainer.params),
+      },
+      { params: trainer.params, m: optimizer.firstMomentOf(trainer.generation), v: optimizer.secondMomentOf(trainer.generation) },
+      config.keepCheckpoints,
+    );
+    emit({ type: 'checkpoint', action: 'written', file, step: trainer.step });
+  };
   try {
-    for (let epoch = 1; epoch <= config.epochs; epoch++) {
+    for (let epoch = resumed?.epoch ?? 1; epoch <= config.epochs; epoch++) {
+      const continuing = resumed && epoch === resumed.epoch;
+      if (continuing) shuffleRng.setState(resumed.epochRngState);
+      const epochRngState = shuffleRng.getState();
       const order = config.shuffle ? permutation(dataset.train.count, shuffleRng) : undefined;
-      const t0 = performance.now();
-      let epochSamples = 0;
-      let lossSum = 0;
-      let stepsThisEpoch = 0;
+      const partial = continuing ? resumed.partial : { seconds: 0, samples: 0, lossSum: 0, steps: 0 };
+      const t0 = performance.now() - partial.seconds * 1000;
+      let { samples: epochSamples, lossSum, steps: stepsThisEpoch } = partial;
       let stopped = false;
       const indexOf = (b: number) => {
         const rows = batchRows(dataset.train.count, config.batchSize, b);
@@ -248,11 +308,16 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
         for (let r = 0; r < rows; r++) index[r] = order ? order[b * config.batchSize + r] : b * config.batchSize + r;
         return index;
       };
-      for (let b = 0; b < batches; b++) {
+      const position = () => ({ seconds: (performance.now() - t0) / 1000, samples: epochSamples, lossSum, steps: stepsThisEpoch });
+      for (let b = continuing ? resumed.batch : 0; b < batches; b++) {
         const rows = batchRows(dataset.train.count, config.batchSize, b);
         const last = b + 1 === batches || (config.steps > 0 && trainer.step + 1 >= config.steps);
         await options.beforeStep?.(trainer.step);
+        const stepStart = performance.now();
         const loss = await trainer.trainStep(indexOf(b), last ? undefined : indexOf(b + 1));
+        const bytes = cluster.bytesMoved();
+        metrics.write({ type: 'step', step: trainer.step, epoch, loss, ms: performance.now() - stepStart, bytes: bytes - bytesBefore });
+        bytesBefore = bytes;
         epochSamples += rows;
         lossSum += loss;
         stepsThisEpoch++;
@@ -260,11 +325,15 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
         if (b % config.logEvery === 0) {
           emit({ type: 'log', epoch, loss, current: Math.min((b + 1) * config.batchSize, dataset.train.count), size: dataset.train.count });
         }
-        if ((config.steps > 0 && trainer.step >= config.steps) || options.signal?.aborted) {
-          stopped = true;
-          break;
+        stopped = (config.steps > 0 && trainer.step >= config.steps) || !!options.signal?.aborted;
+        const due = config.checkpointEvery > 0 && trainer.step % config.checkpointEvery === 0;
+        if ((stopped || due) && b + 1 < batches) {
+          // A stop mid-epoch is checkpointed before its evaluation, so that a resume continues the epoch.
+          save(epoch, b + 1, epochRngState, position());
         }
+        if (stopped) break;
       }
+      // This epoch's time and samples include what it had done before a resume (the checkpoint's totals do not).
       const seconds = (performance.now() - t0) / 1000;
       trainSeconds += seconds;
       samplesSeen += epochSamples;
@@ -280,8 +349,12 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
         seconds,
         samplesPerSecond: epochSamples / seconds,
       };
+      const shares = cluster.takeShares();
+      metrics.write({ type: 'epoch', ...result, shares: shares.rows, networkWaitSeconds: shares.networkWaitSeconds });
+      emit({ type: 'epoch', result, shares });
       epochs.push(result);
-      emit({ type: 'epoch', result, shares: cluster.takeShares() });
+      if (stopped && epochSamples < dataset.train.count) break;
+      save(epoch + 1, 0, shuffleRng.getState(), { seconds: 0, samples: 0, lossSum: 0, steps: 0 });
       if (stopped) break;
     }
   } catch (e) {
@@ -289,8 +362,8 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
     failure = e as Error;
   } finally {
     await cluster.close();
+    await metrics.close();
   }
-  const outDir = config.out ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-'));
   const summary: RunSummary = {
     dataset: { name: dataset.name, sha256: dataset.sha256, trainSamples: dataset.train.count, testSamples: dataset.test.count },
     model: { sizes: spec.sizes, activation: spec.activation, parameters: layout.total },
@@ -306,7 +379,9 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
     ...(failure ? { error: failure.message } : {}),
   };
   writeSummary(outDir, summary);
+  if (epochs.length > 0) plotRun(outDir);
   if (failure) throw failure;
+  if (config.export) exportModel(join(outDir, 'model'), spec, trainer.params, dataset.name);
   emit({ type: 'done', summary });
   return summary;
 }

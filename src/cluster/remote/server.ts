@@ -86,6 +86,8 @@ export class RemoteHub {
   readonly workers = new Map<number, RemoteWorker>();
   private readonly view: Omit<CoordinatorView, 'pendingStep' | 'pendingRange'>;
   private waiters: (() => void)[] = [];
+  /** Bytes of every frame sent or received, over all workers, since the start. */
+  bytesMoved = 0;
 
   constructor(
     private readonly options: HubOptions,
@@ -127,6 +129,7 @@ export class RemoteHub {
     if (worker.ws.readyState !== worker.ws.OPEN) return;
     const frame = encode(message);
     worker.bytesOut += frame.length;
+    this.bytesMoved += frame.length;
     worker.ws.send(frame);
   }
 
@@ -136,6 +139,7 @@ export class RemoteHub {
       if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
       const size = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.length;
       worker.bytesIn += size;
+      this.bytesMoved += size;
       const message = validateFromWorker(decodeRaw(data), worker.status === 'authenticating' ? undefined : {
         ...this.view,
         pendingStep: worker.pending?.step,

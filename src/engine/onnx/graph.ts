@@ -10,7 +10,7 @@
  * - eval:   forward only, per-row loss and predicted class.
  */
 import onnxProto from 'onnx-proto';
-import type { ModelSpec } from '../../model/spec.js';
+import { paramLayout, type ModelSpec } from '../../model/spec.js';
 
 const { onnx } = onnxProto;
 type INodeProto = onnxProto.onnx.INodeProto;
@@ -46,6 +46,15 @@ class GraphBuilder {
   constFloat(value: number): string {
     const name = `const${this.counter++}`;
     this.initializers.push({ name, dataType: FLOAT, dims: [], floatData: [value] });
+    return name;
+  }
+
+  /** A float32 constant (weights of an exported model), stored as raw little-endian bytes. */
+  initializer(name: string, dims: number[], data: Float32Array): string {
+    const bytes = new Uint8Array(data.byteLength);
+    const view = new DataView(bytes.buffer);
+    data.forEach((v, i) => view.setFloat32(4 * i, v, true));
+    this.initializers.push({ name, dataType: FLOAT, dims, rawData: bytes });
     return name;
   }
 
@@ -94,14 +103,23 @@ export const biasName = (l: number) => `b${l}`;
 export const hiddenName = (l: number) => `h${l + 1}`;
 export const deltaName = (l: number) => `d${l}`;
 
-/** Adds the parameter inputs and the forward pass; returns the hidden activations and the logits. */
-function forward(g: GraphBuilder, spec: ModelSpec, x: string): { hidden: string[]; logits: string } {
+/**
+ * Adds the forward pass; returns the hidden activations and the logits. The parameters are graph inputs
+ * (training) or, given `params`, constants (an exported model).
+ */
+function forward(g: GraphBuilder, spec: ModelSpec, x: string, params?: Float32Array): { hidden: string[]; logits: string } {
   const layers = spec.sizes.length - 1;
+  const layout = paramLayout(spec);
   const hidden: string[] = [];
   let h = x;
   for (let l = 0; l < layers; l++) {
-    const W = g.input(weightName(l), [spec.sizes[l + 1], spec.sizes[l]]);
-    const b = g.input(biasName(l), [spec.sizes[l + 1]]);
+    const { fanIn, fanOut, weightOffset, biasOffset } = layout.layers[l];
+    const W = params
+      ? g.initializer(weightName(l), [fanOut, fanIn], params.subarray(weightOffset, biasOffset))
+      : g.input(weightName(l), [fanOut, fanIn]);
+    const b = params
+      ? g.initializer(biasName(l), [fanOut], params.subarray(biasOffset, biasOffset + fanOut))
+      : g.input(biasName(l), [fanOut]);
     const z = g.op('Gemm', [h, W, b], { transB: 1 });
     if (l + 1 === layers) return { hidden, logits: z };
     h = activate(g, spec, z, l);
@@ -192,4 +210,20 @@ export function buildEvalGraph(spec: ModelSpec): Uint8Array {
   g.output('rowLoss', ['rows']);
   g.output('predicted', ['rows'], INT64);
   return g.build('dtrain_eval');
+}
+
+/**
+ * A standalone inference model of trained parameters: input "input" [N, features] (pixels in [0, 1]),
+ * outputs "logits" and "probabilities" [N, classes]. Runs in onnxruntime in any language.
+ */
+export function buildInferenceModel(spec: ModelSpec, params: Float32Array): Uint8Array {
+  const g = new GraphBuilder();
+  const x = g.input('input', ['N', spec.sizes[0]]);
+  const { logits } = forward(g, spec, x, params);
+  g.op('Identity', [logits], {}, 'logits');
+  g.op('Softmax', [logits], { axis: 1 }, 'probabilities');
+  const classes = spec.sizes[spec.sizes.length - 1];
+  g.output('logits', ['N', classes]);
+  g.output('probabilities', ['N', classes]);
+  return g.build('dtrain_mlp');
 }

@@ -1,0 +1,61 @@
+/**
+ * metrics.jsonl: one JSON object per line — per step {type:"step", step, epoch, loss, ms, bytes} and per
+ * epoch {type:"epoch", epoch, steps, testAccuracy, testAvgLoss, trainLoss, seconds, samplesPerSecond,
+ * shares, networkWaitSeconds}. Appended as the run goes, through one write stream.
+ */
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
+import { join } from 'node:path';
+import type { EpochResult } from './summary.js';
+
+export interface StepRecord {
+  type: 'step';
+  step: number;
+  epoch: number;
+  loss: number;
+  ms: number;
+  bytes: number;
+}
+
+export interface EpochRecord extends EpochResult {
+  type: 'epoch';
+  /** Rows each participant computed this epoch. */
+  shares: Record<string, number>;
+  networkWaitSeconds: number;
+}
+
+export type MetricsRecord = StepRecord | EpochRecord;
+
+export const metricsFile = (runDir: string) => join(runDir, 'metrics.jsonl');
+
+export class MetricsLog {
+  private readonly stream: WriteStream;
+
+  /**
+   * Opens the run's log. On resume, `keepThrough` drops what a killed run logged after its checkpoint
+   * (those steps are computed again), so every step appears once.
+   */
+  constructor(runDir: string, keepThrough?: { step: number; epochs: number }) {
+    mkdirSync(runDir, { recursive: true });
+    const file = metricsFile(runDir);
+    if (keepThrough && existsSync(file)) {
+      const kept = readMetrics(runDir).filter((r) => (r.type === 'step' ? r.step <= keepThrough.step : r.epoch <= keepThrough.epochs));
+      writeFileSync(file, kept.map((r) => `${JSON.stringify(r)}\n`).join(''));
+    }
+    this.stream = createWriteStream(file, { flags: keepThrough ? 'a' : 'w' });
+  }
+
+  write(record: MetricsRecord): void {
+    this.stream.write(`${JSON.stringify(record)}\n`);
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve, reject) => this.stream.end((e?: Error | null) => (e ? reject(e) : resolve())));
+  }
+}
+
+export function readMetrics(runDir: string): MetricsRecord[] {
+  return readFileSync(metricsFile(runDir), 'utf8')
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line) as MetricsRecord);
+}
