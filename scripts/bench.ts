@@ -6,56 +6,31 @@
  *   npm run bench -- [--steps 300] [--rounds 3] [--configs onnx:1,onnx:2,tfjs:1,torch:1,torch:2]
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { embeddedMnistDir } from '../src/data/datasets.js';
+import { join } from 'node:path';
+import { argValue, median, projectRoot, torchMsPerStep } from './reference.js';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const cli = join(root, 'dist/src/cli.js');
-const referenceDir = resolve(root, '../shared/reference');
+const cli = join(projectRoot, 'dist/src/cli.js');
 const STEPS_PER_EPOCH = 938;
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : fallback;
-}
-
-const steps = Number(arg('steps', '300'));
-const rounds = Number(arg('rounds', '3'));
-const configs = arg('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1').split(',');
-
-let torchPython: string | undefined;
-function torch(): string {
-  if (!torchPython) {
-    if (!existsSync(join(referenceDir, 'setup-torch.sh'))) throw new Error(`${referenceDir}/setup-torch.sh not found`);
-    torchPython = execFileSync('bash', [join(referenceDir, 'setup-torch.sh')], { encoding: 'utf8' }).trim();
-  }
-  return torchPython;
-}
+const steps = Number(argValue('steps', '300'));
+const rounds = Number(argValue('rounds', '3'));
+const configs = argValue('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1').split(',');
 
 /** One run; returns its ms per optimizer step (training only: no start-up, no evaluation). */
 function measure(config: string): number {
   const [engine, threads] = config.split(':');
-  if (engine === 'torch') {
-    const out = execFileSync(
-      torch(),
-      [join(referenceDir, 'torch_mlp.py'), '--data', embeddedMnistDir(), '--threads', threads, '--steps', String(steps)],
-      { encoding: 'utf8' },
-    );
-    return JSON.parse(out.trim().split('\n').pop()!).ms_per_step;
-  }
+  if (engine === 'torch') return torchMsPerStep(Number(threads), steps);
   const outDir = mkdtempSync(join(tmpdir(), 'dtrain-bench-'));
   execFileSync(
     process.execPath,
-    [cli, 'coordinator', '--engine', engine, '--threads', threads, '--steps', String(steps), '--test-samples', '1000', '--out', outDir],
+    [cli, 'coordinator', '--engine', engine, '--threads', threads, '--steps', String(steps), '--test-samples', '1000', '--no-export', '--out', outDir],
     { encoding: 'utf8' },
   );
   return JSON.parse(readFileSync(join(outDir, 'summary.json'), 'utf8')).msPerStep;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const samples = new Map<string, number[]>(configs.map((c) => [c, []]));
 for (let r = 0; r < rounds; r++) {
   for (const config of configs) {

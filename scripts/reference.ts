@@ -1,0 +1,38 @@
+/** The PyTorch reference of ../shared/reference, run from the scripts that compare against it. */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { embeddedMnistDir } from '../src/data/datasets.js';
+
+/** The directory of dtrain's package.json, whether this runs from scripts/ (vitest) or dist/scripts/. */
+export const projectRoot = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+})();
+const referenceDir = resolve(projectRoot, '../shared/reference');
+
+let python: string | undefined;
+
+export function torchAvailable(): boolean {
+  return existsSync(join(referenceDir, 'setup-torch.sh'));
+}
+
+/** ms per step of the PyTorch reference (data preloaded, batch 64) on `threads` threads. */
+export function torchMsPerStep(threads: number, steps: number): number {
+  python ??= execFileSync('bash', [join(referenceDir, 'setup-torch.sh')], { encoding: 'utf8' }).trim();
+  const out = execFileSync(
+    python,
+    [join(referenceDir, 'torch_mlp.py'), '--data', embeddedMnistDir(), '--threads', String(threads), '--steps', String(steps)],
+    { encoding: 'utf8' },
+  );
+  return JSON.parse(out.trim().split('\n').pop()!).ms_per_step;
+}
+
+export function argValue(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+}
+
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
