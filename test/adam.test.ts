@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createEngine } from '../src/engine/engine.js';
 import { makeSpec } from '../src/model/spec.js';
 import { adamKernel, adamScalars, ADAM_DEFAULTS } from '../src/optim/adam.js';
-import { ADAM_WASM_BASE64 } from '../src/optim/adam_wasm.js';
+import { ADAM_WASM_BASE64, ADAM_WASM_UNSHARED_BASE64 } from '../src/optim/adam_wasm.js';
 import { OptimizerMemory } from '../src/optim/optimizer_memory.js';
 import { engineGradient } from './helpers.js';
 // @ts-expect-error plain JS build script
@@ -26,7 +26,7 @@ describe('Adam', () => {
     async (_, c) => {
       const spec = makeSpec(c.sizes[0], c.sizes.slice(1, -1), c.sizes[c.sizes.length - 1], c.activation);
       const engine = await createEngine(spec, { engine: 'onnx', device: 'cpu' });
-      const memory = new OptimizerMemory(c.params.length);
+      const memory = OptimizerMemory.allocate(c.params.length, true);
       memory.paramsOf(0).set(c.params);
       for (let step = 0; step < 3; step++) {
         const { grad } = await engineGradient(engine, spec, memory.paramsOf(step), Float32Array.from(c.x), c.labels);
@@ -42,7 +42,7 @@ describe('Adam', () => {
 
   it('handles lengths that are not a multiple of 4 and reports non-finite gradients without touching the old state', () => {
     const n = 11;
-    const memory = new OptimizerMemory(n);
+    const memory = OptimizerMemory.allocate(n, false);
     memory.paramsOf(0).set(Array.from({ length: n }, (_, i) => i / 10));
     memory.grad.set(Array.from({ length: n }, (_, i) => (i % 3) - 1));
     expect(adamStep(memory, 0, 1, 0.1)).toBe(0);
@@ -59,7 +59,20 @@ describe('Adam', () => {
     }
   });
 
-  it('runs the kernel assembled from adam.wat as committed', async () => {
-    expect(await assembleAdam()).toBe(ADAM_WASM_BASE64);
+  it('runs the kernels assembled from adam.wat as committed', async () => {
+    expect(await assembleAdam()).toEqual({ shared: ADAM_WASM_BASE64, unshared: ADAM_WASM_UNSHARED_BASE64 });
+  });
+
+  it('gives the same bits over shared and plain memory', () => {
+    const n = 1001;
+    const [a, b] = [true, false].map((shared) => OptimizerMemory.allocate(n, shared));
+    for (const m of [a, b]) {
+      m.paramsOf(0).set(Array.from({ length: n }, (_, i) => Math.sin(i)));
+      m.grad.set(Array.from({ length: n }, (_, i) => Math.cos(3 * i)));
+      for (let step = 0; step < 3; step++) adamStep(m, step, step + 1, 0.01);
+    }
+    expect(a.memory.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(b.memory.buffer).not.toBeInstanceOf(SharedArrayBuffer);
+    expect(b.paramsOf(3)).toEqual(a.paramsOf(3));
   });
 });

@@ -35,27 +35,31 @@ export interface TrainingMemory {
   evalPredicted: Int32Array;
 }
 
-const sharedF32 = (n: number) => new Float32Array(new SharedArrayBuffer(4 * n));
-
-export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSize: number): TrainingMemory {
+/**
+ * `shared`: whether other threads will use it. A single thread gets plain buffers, which onnxruntime
+ * reads in place (it refuses SharedArrayBuffers, so threads pay a copy of what they feed it).
+ */
+export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSize: number, shared = true): TrainingMemory {
   const features = spec.sizes[0];
   const classes = spec.sizes[spec.sizes.length - 1];
+  const buffer = (bytes: number) => (shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
+  const f32 = (n: number) => new Float32Array(buffer(4 * n));
   return {
     spec,
     batchSize,
-    optimizer: new OptimizerMemory(paramLayout(spec).total).memory,
+    optimizer: OptimizerMemory.allocate(paramLayout(spec).total, shared).memory,
     batch: {
-      index: new Int32Array(new SharedArrayBuffer(4 * batchSize)),
-      x: sharedF32(batchSize * features),
-      target: sharedF32(batchSize * classes),
-      rowLoss: sharedF32(batchSize),
-      hidden: hiddenSizes(spec).map((n) => sharedF32(batchSize * n)),
-      deltas: spec.sizes.slice(1).map((n) => sharedF32(batchSize * n)),
+      index: new Int32Array(buffer(4 * batchSize)),
+      x: f32(batchSize * features),
+      target: f32(batchSize * classes),
+      rowLoss: f32(batchSize),
+      hidden: hiddenSizes(spec).map((n) => f32(batchSize * n)),
+      deltas: spec.sizes.slice(1).map((n) => f32(batchSize * n)),
     },
     train: { count: dataset.train.count, images: dataset.train.images, targets: dataset.train.targets },
     test: { count: dataset.test.count, images: dataset.test.images, targets: dataset.test.targets },
-    evalLoss: sharedF32(dataset.test.count),
-    evalPredicted: new Int32Array(new SharedArrayBuffer(4 * dataset.test.count)),
+    evalLoss: f32(dataset.test.count),
+    evalPredicted: new Int32Array(buffer(4 * dataset.test.count)),
   };
 }
 

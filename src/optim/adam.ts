@@ -3,7 +3,7 @@
  * parameter vector, so that threads can each update their own range. The arithmetic runs in a small
  * wasm SIMD kernel (adam.wat) over the shared optimizer memory (optimizer_memory.ts).
  */
-import { ADAM_WASM_BASE64 } from './adam_wasm.js';
+import { ADAM_WASM_BASE64, ADAM_WASM_UNSHARED_BASE64 } from './adam_wasm.js';
 
 export interface AdamOptions {
   lr: number;
@@ -14,11 +14,15 @@ export interface AdamOptions {
 
 export const ADAM_DEFAULTS: AdamOptions = { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
 
-let compiled: WebAssembly.Module | undefined;
+const compiled = new Map<boolean, WebAssembly.Module>();
 
-function adamModule(): WebAssembly.Module {
-  compiled ??= new WebAssembly.Module(Buffer.from(ADAM_WASM_BASE64, 'base64'));
-  return compiled;
+function adamModule(shared: boolean): WebAssembly.Module {
+  let module = compiled.get(shared);
+  if (!module) {
+    module = new WebAssembly.Module(Buffer.from(shared ? ADAM_WASM_BASE64 : ADAM_WASM_UNSHARED_BASE64, 'base64'));
+    compiled.set(shared, module);
+  }
+  return module;
 }
 
 export type AdamKernel = (
@@ -29,7 +33,7 @@ export type AdamKernel = (
 
 /** The kernel bound to one shared memory; every thread instantiates its own over the same memory. */
 export function adamKernel(memory: WebAssembly.Memory): AdamKernel {
-  const instance = new WebAssembly.Instance(adamModule(), { env: { memory } });
+  const instance = new WebAssembly.Instance(adamModule(memory.buffer instanceof SharedArrayBuffer), { env: { memory } });
   return instance.exports.adam as AdamKernel;
 }
 

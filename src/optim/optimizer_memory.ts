@@ -32,12 +32,22 @@ export function optimizerLayout(params: number): OptimizerMemoryLayout {
 export class OptimizerMemory {
   readonly layout: OptimizerMemoryLayout;
 
+  /** A view of an existing memory (as a worker thread gets it). */
   constructor(
     readonly params: number,
-    readonly memory: WebAssembly.Memory = newSharedMemory(optimizerLayout(params).bytes),
+    readonly memory: WebAssembly.Memory,
   ) {
     this.layout = optimizerLayout(params);
     if (memory.buffer.byteLength < this.layout.bytes) throw new RangeError('optimizer memory is too small');
+  }
+
+  /**
+   * New, zeroed memory: shared between threads, or (one thread) plain, which onnxruntime can read in
+   * place where it refuses shared buffers.
+   */
+  static allocate(params: number, shared: boolean): OptimizerMemory {
+    const pages = Math.ceil(optimizerLayout(params).bytes / PAGE);
+    return new OptimizerMemory(params, new WebAssembly.Memory({ initial: pages, maximum: pages, shared }));
   }
 
   private view(byteOffset: number): Float32Array {
@@ -59,11 +69,6 @@ export class OptimizerMemory {
   get grad(): Float32Array {
     return this.view(this.layout.grad);
   }
-}
-
-function newSharedMemory(bytes: number): WebAssembly.Memory {
-  const pages = Math.ceil(bytes / PAGE);
-  return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
 }
 
 function align16(n: number): number {

@@ -77,7 +77,7 @@ class Replica {
     const features = state.spec.sizes[0];
     const classes = state.spec.sizes[state.spec.sizes.length - 1];
     const dataset: Dataset = state.useLocalData && options.dataset ? options.dataset : emptyDataset(features, classes);
-    const memory = createTrainingMemory(state.spec, dataset, state.batchSize);
+    const memory = createTrainingMemory(state.spec, dataset, state.batchSize, options.threads > 1);
     const workers = await createWorkers({ memory, engine: { engine: options.engine, device: options.device }, adam: state.adam }, options.threads);
     return new Replica(memory, workers, state);
   }
