@@ -24,15 +24,9 @@ export async function engineGradient(engine: Engine, spec: ModelSpec, params: Fl
   const grad = new Float32Array(layout.total);
   for (let l = 0; l < layout.layers.length; l++) {
     const { fanIn, fanOut, weightOffset, biasOffset } = layout.layers[l];
-    await engine.weightPass(
-      l,
-      l === 0 ? x : out.hidden[l - 1],
-      out.deltas[l],
-      rows,
-      [0, fanOut],
-      grad.subarray(weightOffset, biasOffset),
-      grad.subarray(biasOffset, biasOffset + fanOut),
-    );
+    const g = await engine.weightPass(l, l === 0 ? x : out.hidden[l - 1], out.deltas[l], rows, [0, fanOut]);
+    grad.set(g.weight, weightOffset);
+    grad.set(g.bias, biasOffset);
   }
   const loss = out.rowLoss.reduce((a, b) => a + b, 0) / rows;
   return { loss, grad, out };

@@ -192,7 +192,7 @@ export class Cluster {
   /** Reduction of every weight gradient and the Adam step, on the local slots. */
   weightPass(step: number, generation: number, batch: number): Promise<TaskResult[]> {
     const units = unitAssignment(this.memory.spec.sizes.slice(1), this.local.size);
-    return this.local.runPass(units.map((u) => ({ kind: 'weights', step, generation, batch, units: u }) as Task));
+    return this.local.runPass(units.map((u, slot) => ({ kind: 'weights', step, generation, batch, units: u, slot }) as Task));
   }
 
   evalPass(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {

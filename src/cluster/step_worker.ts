@@ -5,7 +5,7 @@
  */
 import { createEngine, type Engine, type EngineOptions } from '../engine/engine.js';
 import { paramLayout, type ParamLayout } from '../model/spec.js';
-import { adamKernel, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
+import { adamKernel, adamRange, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
 import { OptimizerMemory } from '../optim/optimizer_memory.js';
 import type { Range } from '../train/plan.js';
 import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
@@ -13,7 +13,8 @@ import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 export type Task =
   /** gather: copy the rows' samples from the training set first (false when the caller already filled them). */
   | { kind: 'rows'; step: number; generation: number; batch: number; range: Range; gather?: boolean }
-  | { kind: 'weights'; step: number; generation: number; batch: number; units: Range[] }
+  /** slot: the task's place in its pass, which names the gradient scratch it may use. */
+  | { kind: 'weights'; step: number; generation: number; batch: number; units: Range[]; slot: number }
   | { kind: 'eval'; step: number; generation: number; range: Range };
 
 export interface TaskResult {
@@ -64,7 +65,7 @@ export class StepWorker {
         await this.rows(task.step, task.generation, task.batch, task.range, task.gather ?? true);
         return { nonFiniteLayers: [] };
       case 'weights':
-        return { nonFiniteLayers: await this.weights(task.step, task.generation, task.batch, task.units) };
+        return { nonFiniteLayers: await this.weights(task) };
       case 'eval':
         await this.evaluate(task.step, task.generation, task.range);
         return { nonFiniteLayers: [] };
@@ -97,39 +98,19 @@ export class StepWorker {
     });
   }
 
-  private async weights(step: number, generation: number, batch: number, units: Range[]): Promise<number[]> {
+  private async weights({ step, generation, batch, units, slot }: Extract<Task, { kind: 'weights' }>): Promise<number[]> {
     const { batch: b } = this.init.memory;
-    const grad = this.optimizer.grad;
     const bad: number[] = [];
-    const s = adamScalars(this.init.adam, step + 1);
-    const { generations, grad: gradBase } = this.optimizer.layout;
-    const from = generations[generation & 1];
-    const to = generations[(generation + 1) & 1];
-    const update = (offset: number, length: number) => {
-      const at = offset * 4;
-      return this.adam(
-        from.params + at, from.m + at, from.v + at, gradBase + at,
-        to.params + at, to.m + at, to.v + at, length,
-        s.c1, s.b2, s.c2, s.negStep, s.invBc2sqrt, s.eps,
-      );
-    };
+    const scalars = adamScalars(this.init.adam, step + 1);
     for (let l = 0; l < units.length; l++) {
       const [u0, u1] = units[l];
       if (u0 === u1) continue;
       const { fanIn, fanOut, weightOffset, biasOffset } = this.layout.layers[l];
       const input = l === 0 ? b.x : b.hidden[l - 1];
-      const wAt = weightOffset + u0 * fanIn;
-      const wLength = (u1 - u0) * fanIn;
-      await this.engine.weightPass(
-        l,
-        input.subarray(0, batch * fanIn),
-        b.deltas[l].subarray(0, batch * fanOut),
-        batch,
-        units[l],
-        grad.subarray(wAt, wAt + wLength),
-        grad.subarray(biasOffset + u0, biasOffset + u1),
-      );
-      if (update(wAt, wLength) | update(biasOffset + u0, u1 - u0)) bad.push(l);
+      const g = await this.engine.weightPass(l, input.subarray(0, batch * fanIn), b.deltas[l].subarray(0, batch * fanOut), batch, units[l]);
+      const badWeight = adamRange(this.adam, this.optimizer, slot, generation, weightOffset + u0 * fanIn, g.weight, scalars);
+      const badBias = adamRange(this.adam, this.optimizer, slot, generation, biasOffset + u0, g.bias, scalars);
+      if (badWeight || badBias) bad.push(l);
     }
     return bad;
   }

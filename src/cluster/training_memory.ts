@@ -27,6 +27,8 @@ export interface SplitBuffers {
 export interface TrainingMemory {
   spec: ModelSpec;
   batchSize: number;
+  /** Compute slots (local threads) that share it; above 1 everything is in shared memory. */
+  slots: number;
   optimizer: WebAssembly.Memory;
   batch: BatchBuffers;
   train: SplitBuffers;
@@ -36,10 +38,11 @@ export interface TrainingMemory {
 }
 
 /**
- * `shared`: whether other threads will use it. A single thread gets plain buffers, which onnxruntime
- * reads in place (it refuses SharedArrayBuffers, so threads pay a copy of what they feed it).
+ * `slots`: the local compute threads that will use it. A single thread gets plain buffers, which
+ * onnxruntime reads in place (it refuses SharedArrayBuffers, so threads pay a copy of what they feed it).
  */
-export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSize: number, shared = true): TrainingMemory {
+export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSize: number, slots: number): TrainingMemory {
+  const shared = slots > 1;
   const features = spec.sizes[0];
   const classes = spec.sizes[spec.sizes.length - 1];
   const buffer = (bytes: number) => (shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
@@ -47,7 +50,8 @@ export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSiz
   return {
     spec,
     batchSize,
-    optimizer: OptimizerMemory.allocate(paramLayout(spec).total, shared).memory,
+    slots,
+    optimizer: OptimizerMemory.allocate(paramLayout(spec).total, shared, slots).memory,
     batch: {
       index: new Int32Array(buffer(4 * batchSize)),
       x: f32(batchSize * features),
@@ -64,5 +68,5 @@ export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSiz
 }
 
 export function optimizerMemoryOf(memory: TrainingMemory): OptimizerMemory {
-  return new OptimizerMemory(paramLayout(memory.spec).total, memory.optimizer);
+  return new OptimizerMemory(paramLayout(memory.spec).total, memory.optimizer, memory.slots);
 }

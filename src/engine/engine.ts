@@ -37,15 +37,14 @@ export interface Engine {
   /** Parameters for the next rowPass and evaluate calls (the engine keeps its own copy). */
   setParams(params: Float32Array): void;
   rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
+  /** The gradient of W[units] ([units × fanIn], row-major) and b[units]; valid until the next call. */
   weightPass(
     layer: number,
     input: Float32Array,
     delta: Float32Array,
     batch: number,
     units: readonly [number, number],
-    outWeight: Float32Array,
-    outBias: Float32Array,
-  ): Promise<void>;
+  ): Promise<{ weight: Float32Array; bias: Float32Array }>;
   evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void>;
   dispose(): Promise<void>;
 }

@@ -4,6 +4,7 @@
  * wasm SIMD kernel (adam.wat) over the shared optimizer memory (optimizer_memory.ts).
  */
 import { ADAM_WASM_BASE64, ADAM_WASM_UNSHARED_BASE64 } from './adam_wasm.js';
+import { GRAD_CHUNK, type OptimizerMemory } from './optimizer_memory.js';
 
 export interface AdamOptions {
   lr: number;
@@ -49,4 +50,32 @@ export function adamScalars(options: AdamOptions, step: number) {
     invBc2sqrt: 1 / Math.sqrt(bc2),
     eps: options.eps,
   };
+}
+
+/**
+ * One Adam step over params[offset, offset + gradient.length) from generation `from` to `to`, streaming
+ * the gradient through a slot's scratch chunk by chunk. Returns true if any gradient element was not finite.
+ */
+export function adamRange(
+  kernel: AdamKernel,
+  memory: OptimizerMemory,
+  slot: number,
+  generation: number,
+  offset: number,
+  gradient: Float32Array,
+  s: ReturnType<typeof adamScalars>,
+): boolean {
+  const { generations } = memory.layout;
+  const from = generations[generation & 1];
+  const to = generations[(generation + 1) & 1];
+  const scratch = memory.scratch(slot);
+  let bad = 0;
+  for (let start = 0; start < gradient.length; start += GRAD_CHUNK) {
+    const n = Math.min(GRAD_CHUNK, gradient.length - start);
+    scratch.floats.set(gradient.subarray(start, start + n));
+    const at = (offset + start) * 4;
+    bad |= kernel(from.params + at, from.m + at, from.v + at, scratch.offset, to.params + at, to.m + at, to.v + at, n,
+      s.c1, s.b2, s.c2, s.negStep, s.invBc2sqrt, s.eps);
+  }
+  return bad !== 0;
 }

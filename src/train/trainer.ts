@@ -232,7 +232,7 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
       testLimit: config.testSamples || undefined,
     });
   const spec = makeSpec(dataset.features, config.hidden, dataset.classes, config.activation);
-  const memory = createTrainingMemory(spec, dataset, config.batchSize, config.threads > 1);
+  const memory = createTrainingMemory(spec, dataset, config.batchSize, Math.max(1, config.threads));
   const optimizer = optimizerMemoryOf(memory);
   if (checkpoint) {
     const { header, file } = checkpoint;

@@ -77,7 +77,7 @@ class Replica {
     const features = state.spec.sizes[0];
     const classes = state.spec.sizes[state.spec.sizes.length - 1];
     const dataset: Dataset = state.useLocalData && options.dataset ? options.dataset : emptyDataset(features, classes);
-    const memory = createTrainingMemory(state.spec, dataset, state.batchSize, options.threads > 1);
+    const memory = createTrainingMemory(state.spec, dataset, state.batchSize, options.threads);
     const workers = await createWorkers({ memory, engine: { engine: options.engine, device: options.device }, adam: state.adam }, options.threads);
     return new Replica(memory, workers, state);
   }
@@ -141,7 +141,7 @@ class Replica {
     }
     const units = unitAssignment(sizes.slice(1), this.workers.size);
     const results = await this.workers.runPass(
-      units.map((u) => ({ kind: 'weights', step: this.step, generation: this.generation, batch: message.batch, units: u }) as Task),
+      units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch: message.batch, units: u, slot }) as Task),
     );
     if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${message.step} gave a non-finite gradient on this replica`);
     this.generation ^= 1;

@@ -135,9 +135,7 @@ class OnnxEngine implements Engine {
     delta: Float32Array,
     batch: number,
     units: readonly [number, number],
-    outWeight: Float32Array,
-    outBias: Float32Array,
-  ): Promise<void> {
+  ): Promise<{ weight: Float32Array; bias: Float32Array }> {
     const { fanIn, fanOut } = this.layout.layers[layer];
     this.range[0] = BigInt(units[0]);
     this.range[1] = BigInt(units[1]);
@@ -147,8 +145,7 @@ class OnnxEngine implements Engine {
       start: new this.ort.Tensor('int64', this.range.subarray(0, 1), [1]),
       end: new this.ort.Tensor('int64', this.range.subarray(1, 2), [1]),
     });
-    outWeight.set(result.gW.data as Float32Array);
-    outBias.set(result.gb.data as Float32Array);
+    return { weight: result.gW.data as Float32Array, bias: result.gb.data as Float32Array };
   }
 
   async evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void> {

@@ -153,9 +153,7 @@ class TfjsEngine implements Engine {
     delta: Float32Array,
     batch: number,
     units: readonly [number, number],
-    outWeight: Float32Array,
-    outBias: Float32Array,
-  ): Promise<void> {
+  ): Promise<{ weight: Float32Array; bias: Float32Array }> {
     const tf = this.tf;
     const { fanIn, fanOut } = this.layout.layers[layer];
     const [gW, gb] = tf.tidy(() => {
@@ -164,9 +162,9 @@ class TfjsEngine implements Engine {
       const part = tf.slice(d, [0, units[0]], [batch, units[1] - units[0]]);
       return [tf.matMul(tf.transpose(part), a), tf.sum(part, 0)];
     });
-    outWeight.set((await gW.data()) as Float32Array);
-    outBias.set((await gb.data()) as Float32Array);
+    const [weight, bias] = (await Promise.all([gW.data(), gb.data()])) as Float32Array[];
     tf.dispose([gW, gb]);
+    return { weight, bias };
   }
 
   async evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void> {
