@@ -38,14 +38,13 @@ describe('data-parallel determinism (tutorial MLP on MNIST)', () => {
     expect(shuffled3.paramsSha256).toBe(shuffled1.paramsSha256);
   });
 
-  it.each([
-    [1, 'another pool thread'],
-    [50, 'the main thread, once the pool keeps failing'],
-  ])('finishes with the same parameters when worker threads die mid-step (%i deaths: redone by %s)', async (times) => {
+  it.each([1, 2])('finishes with the same parameters when %i pool threads die mid-step, and the pool recovers', async (deaths) => {
     const reference = await run({ threads: 3 });
     let pool: ThreadWorkers | undefined;
-    const summary = await run({ threads: 3 }, { faults: { threadExitAtStep: 2, times }, onWorkers: (w: ThreadWorkers) => (pool = w) });
-    expect(pool!.retries).toBeGreaterThanOrEqual(Math.min(times, 3));
+    const summary = await run({ threads: 3 }, { faults: { threadExitAtStep: 2, times: deaths }, onWorkers: (w: ThreadWorkers) => (pool = w) });
+    // Each dead thread's task was computed again by the main thread, and only that one: piscina's
+    // replacement threads rejoined the team and computed their slots of every later pass.
+    expect(pool!.retries).toBe(deaths);
     expect(summary.paramsSha256).toBe(reference.paramsSha256);
   });
 

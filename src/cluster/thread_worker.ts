@@ -1,20 +1,44 @@
 /**
- * The entry point of each piscina worker thread: builds its StepWorker from the shared memory handed over
- * in workerData (once), then runs the tasks it is sent. A task carries only step numbers and ranges.
+ * The entry point of each piscina worker thread. Its StepWorker is built once from the shared memory in
+ * workerData; then the thread joins the team: it runs the task its slot is given in each pass published
+ * in the team's control block (team.ts), until told to exit. A task carries only step numbers and ranges.
  */
 import { workerData } from 'node:worker_threads';
-import { StepWorker, type Task, type TaskResult, type WorkerInit } from './step_worker.js';
+import { StepWorker, type WorkerInit } from './step_worker.js';
+import { TeamControl } from './team.js';
+
+export interface TeamInit extends WorkerInit {
+  team: SharedArrayBuffer;
+  slots: number;
+}
 
 let worker: Promise<StepWorker> | undefined;
 
-export default async function runTask(task: Task | { kind: 'describe' }): Promise<TaskResult | string> {
-  worker ??= StepWorker.create(workerData as WorkerInit);
+export default async function runTeamSlot({ slot, startSeq }: { slot: number; startSeq: number }): Promise<string> {
+  const init = workerData as TeamInit;
+  worker ??= StepWorker.create(init);
   const w = await worker;
-  if (task.kind === 'describe') return w.backend;
-  const faults = (workerData as WorkerInit).faults;
-  if (faults && task.kind === 'weights' && task.step === faults[0] && Atomics.sub(faults, 1, 1) > 0) {
-    // Die between two engine calls, in JavaScript, the way an uncaught error would end the thread.
-    setTimeout(() => process.exit(70), 0);
+  const team = new TeamControl(init.slots, init.memory.spec.sizes.length - 1, init.team);
+  team.wake();
+  for (let seen = startSeq; ; ) {
+    seen = team.awaitPass(seen);
+    const task = team.read(slot);
+    if (task?.kind === 'exit') return w.backend;
+    if (!task) {
+      team.finish(slot, seen, { nonFiniteLayers: [] });
+      continue;
+    }
+    const faults = init.faults;
+    if (faults && task.kind === 'weights' && task.step === faults[0] && Atomics.sub(faults, 1, 1) > 0) {
+      // Crash in the middle of the step: an uncaught error between two engine calls ends the thread.
+      setImmediate(() => {
+        throw new Error(`injected fault: thread of slot ${slot} crashed at step ${task.step}`);
+      });
+    }
+    try {
+      team.finish(slot, seen, await w.run(task));
+    } catch {
+      team.finish(slot, seen, 'failed');
+    }
   }
-  return w.run(task);
 }

@@ -1,13 +1,17 @@
 /**
- * Local worker threads: the coordinator's main thread computes slot 0 itself and a piscina pool of
- * threads - 1 worker threads computes the others, so N threads keep exactly N cores busy and half of the
- * task hand-offs disappear. Tasks are idempotent (a step reads generation g and writes g + 1), so a task
- * whose thread threw or died is run again, on another pool thread (piscina replaces a dead one) or, if the
- * pool keeps failing, in the main thread, with the same result.
+ * Local worker threads: the coordinator's main thread computes slot 0 itself and a team of threads - 1
+ * piscina threads computes the others, so N threads keep exactly N cores busy. Each pool thread runs one
+ * long piscina task, a loop over the passes published in a shared control block (team.ts).
+ *
+ * Tasks are idempotent (a step reads generation g and writes g + 1), so the task of a thread that threw
+ * or died is simply computed again by the main thread, with the same result; piscina replaces a dead
+ * thread and it rejoins the team at the next pass.
  */
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import type { Task, TaskResult, WorkerInit } from './step_worker.js';
+import { TeamControl } from './team.js';
+import type { TeamInit } from './thread_worker.js';
 import { LocalWorker, type WorkerSet } from './workers.js';
 
 /** The compiled worker file; under vitest (which runs src/*.ts) the build in dist/ next to it. */
@@ -20,68 +24,102 @@ export function threadWorkerFile(): string {
 export interface ThreadOptions {
   /** Compute threads in all, the coordinator's main thread included (at least 2). */
   threads: number;
-  /** Attempts of a task on the pool before the main thread computes it. */
-  poolAttempts?: number;
 }
 
 export class ThreadWorkers implements WorkerSet {
-  /** Tasks run again after their thread threw or died. */
+  /** Tasks computed again by the main thread after their pool thread threw or died. */
   retries = 0;
+  /** Slots whose pool thread is running its team loop. */
+  private readonly alive: boolean[];
+  private passes: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly local: LocalWorker,
     private readonly pool: Piscina,
+    private readonly team: TeamControl,
     readonly size: number,
-    private readonly poolAttempts: number,
-  ) {}
+  ) {
+    this.alive = Array.from({ length: size }, (_, s) => s > 0);
+  }
 
   static async create(init: WorkerInit, options: ThreadOptions): Promise<ThreadWorkers> {
+    const team = new TeamControl(options.threads, init.memory.spec.sizes.length - 1);
     const poolThreads = options.threads - 1;
     const pool = new Piscina({
       filename: threadWorkerFile(),
       minThreads: poolThreads,
       maxThreads: poolThreads,
       idleTimeout: Number.MAX_SAFE_INTEGER,
-      // Every pass is awaited before the next, so a thread never needs more than one task.
       concurrentTasksPerWorker: 1,
-      workerData: init,
+      workerData: { ...init, team: team.buffer, slots: options.threads } satisfies TeamInit,
     });
-    // Start every thread's engine now, so that the first step does not pay for session creation.
-    const [local] = await Promise.all([
-      LocalWorker.create(init),
-      ...Array.from({ length: poolThreads }, () => pool.run({ kind: 'describe' })),
-    ]);
-    return new ThreadWorkers(local as LocalWorker, pool, options.threads, options.poolAttempts ?? 3);
+    const workers = new ThreadWorkers(await LocalWorker.create(init), pool, team, options.threads);
+    // Every slot's engine is started before the first step, so that it does not pay for session creation.
+    const joined = team.signal;
+    for (let slot = 1; slot < options.threads; slot++) workers.join(slot, 0);
+    while (team.signal - joined < poolThreads) await team.awaitSignal(team.signal);
+    return workers;
+  }
+
+  /** Starts a slot's team loop on a pool thread; it handles passes published after `startSeq`. */
+  private join(slot: number, startSeq: number): void {
+    this.alive[slot] = true;
+    this.pool.run({ slot, startSeq }).then(
+      () => undefined,
+      () => {
+        this.alive[slot] = false;
+        this.team.wake();
+      },
+    );
   }
 
   get description(): string {
     return `${this.size} threads (main + ${this.size - 1} piscina) × ${this.local.worker.backend}`;
   }
 
-  /** The live pool threads (tests kill one mid-run). */
+  /** The live pool threads. */
   get threads() {
     return this.pool.threads;
   }
 
-  async runPass(tasks: Task[]): Promise<TaskResult[]> {
-    // Hand the pool its tasks first, so they run while this thread computes slot 0.
-    const others = tasks.slice(1).map((task) => this.runOnPool(task));
-    const first = await this.local.run(tasks[0]);
-    return [first, ...(await Promise.all(others))];
+  runPass(tasks: Task[]): Promise<TaskResult[]> {
+    // One pass at a time: the control block holds a single pass.
+    const result = this.passes.then(() => this.pass(tasks));
+    this.passes = result.catch(() => undefined);
+    return result;
   }
 
-  private async runOnPool(task: Task): Promise<TaskResult> {
-    for (let attempt = 0; attempt < this.poolAttempts; attempt++) {
-      try {
-        return (await this.pool.run(task)) as TaskResult;
-      } catch {
-        this.retries++;
+  private async pass(tasks: Task[]): Promise<TaskResult[]> {
+    for (let slot = 1; slot < this.size; slot++) {
+      if (!this.alive[slot]) this.join(slot, this.team.seq);
+      this.team.write(slot, tasks[slot]);
+    }
+    const seq = this.team.publish();
+    const results: (TaskResult | undefined)[] = [await this.local.run(tasks[0])];
+    for (let slot = 1; slot < this.size; slot++) {
+      for (;;) {
+        const seen = this.team.signal;
+        const outcome = this.team.outcome(slot, seq);
+        if (outcome && outcome !== 'failed') {
+          results[slot] = outcome;
+          break;
+        }
+        if (outcome === 'failed' || !this.alive[slot]) {
+          // The thread threw or died: compute its task here, with the same result.
+          this.retries++;
+          results[slot] = await this.local.run(tasks[slot]);
+          break;
+        }
+        await this.team.awaitSignal(seen);
       }
     }
-    return this.local.run(task);
+    return results as TaskResult[];
   }
 
   async close(): Promise<void> {
+    await this.passes;
+    for (let slot = 1; slot < this.size; slot++) this.team.write(slot, { kind: 'exit' });
+    this.team.publish();
     await Promise.all([this.pool.destroy(), this.local.dispose()]);
   }
 }
