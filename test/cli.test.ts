@@ -69,3 +69,29 @@ describe('dtrain CLI', () => {
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^dtrain: error: .*bad\.json: unknown key "epoch" \(known keys: /)]);
   });
 });
+
+describe('dtrain coordinator and Ctrl-C', () => {
+  it('stops cleanly after the current step on SIGINT, writing its summary and a checkpoint to resume from', async () => {
+    const { spawn } = await import('node:child_process');
+    const out = join(dir, 'interrupted');
+    const child = spawn(process.execPath, [cli, 'coordinator', '--train-samples', '6400', '--test-samples', '100', '--threads', '2', '--log-every', '5', '--out', out]);
+    let stdout = '';
+    let interrupted = false;
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      // One Ctrl-C once a few steps have run (a second one would quit at once).
+      if (!interrupted && /loss: .*\[ *(3[0-9]{2}|[4-9][0-9]{2})\//.test(stdout)) {
+        interrupted = true;
+        child.kill('SIGINT');
+      }
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(code).toBe(0);
+    const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
+    expect(summary.steps).toBeGreaterThan(0);
+    expect(summary.steps).toBeLessThan(100 * 26);
+    expect(stdout).toContain(`paramsSha256: ${summary.paramsSha256}`);
+    const { listCheckpoints, readCheckpoint } = await import('../src/train/checkpoint.js');
+    expect(readCheckpoint(listCheckpoints(out)[0]).header.step).toBe(summary.steps);
+  });
+});
