@@ -98,3 +98,36 @@ describe('onnx engine row locality', () => {
     await engine.dispose();
   });
 });
+
+describe('native shared-buffer alias', () => {
+  it('is built by npm install, and lets onnxruntime read shared memory in place', async () => {
+    const { sharedAlias } = await import('../src/engine/onnx/shared_alias.js');
+    const alias = sharedAlias();
+    expect(alias).not.toBeNull();
+    const shared = new Float32Array(new SharedArrayBuffer(4 * 8));
+    const view = alias!(shared.subarray(2, 6));
+    expect(view.buffer).not.toBeInstanceOf(SharedArrayBuffer);
+    shared[3] = 42;
+    expect(view[1]).toBe(42);
+    view[0] = 7;
+    expect(shared[2]).toBe(7);
+    expect(() => alias!(new Int32Array(2) as never)).toThrow('shared_alias: expected a Float32Array');
+    // The engine reads parameters in shared memory without a copy, with the same results as from plain memory.
+    const spec = makeSpec(5, [4], 3, 'tanh');
+    const params = initParams(spec, 3);
+    const sharedParams = new Float32Array(new SharedArrayBuffer(params.byteLength));
+    sharedParams.set(params);
+    const x = Float32Array.from({ length: 4 * 5 }, (_, i) => (i % 7) / 7);
+    const engine = await createEngine(spec, { engine: 'onnx', device: 'cpu' });
+    expect(engine.backend).not.toContain('copying');
+    const results = [];
+    for (const p of [params, sharedParams]) {
+      engine.setParams(p);
+      const out = { rowLoss: new Float32Array(4), predicted: new Int32Array(4) };
+      await engine.evaluate(x, oneHot([2, 0, 1, 1], 3), 4, out);
+      results.push(out);
+    }
+    expect(results[1]).toEqual(results[0]);
+    await engine.dispose();
+  });
+});

@@ -8,19 +8,24 @@ import { engineUnavailable } from '../../errors.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
 import type { Device, Engine, EvalOutputs, RowOutputs } from '../engine.js';
+import { sharedAlias } from './shared_alias.js';
 import { biasName, buildEvalGraph, buildRowGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
 
 type OrtModule = typeof Ort;
 
 /**
- * onnxruntime-node refuses typed arrays over SharedArrayBuffers, so inputs that live there are copied
- * into per-slot scratch arrays (a memcpy, ~0.2 ms for the tutorial MLP's 2.3 MB of parameters).
+ * onnxruntime-node refuses typed arrays over SharedArrayBuffers. Inputs that live there are read through
+ * the native alias when it is built, else copied into per-slot scratch arrays (a memcpy, ~0.2 ms for the
+ * tutorial MLP's 2.3 MB of parameters, on every thread and every step).
  */
 class Scratch {
   private slots = new Map<string, Float32Array>();
+  private readonly alias = sharedAlias();
 
   local(slot: string, data: Float32Array, length = data.length): Float32Array {
-    if (!(data.buffer instanceof SharedArrayBuffer) && length === data.length) return data;
+    const shared = data.buffer instanceof SharedArrayBuffer;
+    if (!shared && length === data.length) return data;
+    if (shared && this.alias) return this.alias(length === data.length ? data : data.subarray(0, length));
     let buf = this.slots.get(slot);
     if (!buf || buf.length < length) {
       buf = new Float32Array(length);
@@ -57,7 +62,8 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
     throw engineUnavailable('onnx', `onnxruntime could not create a ${device} session (${(e as Error).message})${hint}`);
   }
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
-  return new OnnxEngine(ort, spec, sessions, `onnxruntime-node ${version} (${device})`);
+  const reads = sharedAlias() ? '' : ', copying shared buffers';
+  return new OnnxEngine(ort, spec, sessions, `onnxruntime-node ${version} (${device}${reads})`);
 }
 
 class OnnxEngine implements Engine {
