@@ -152,22 +152,25 @@ function bytes(m: Record<string, unknown>, name: string, length?: number): Uint8
   return v;
 }
 
-/** A float32 array of exactly `count` elements, all finite (copied if the bytes are not 4-aligned). */
-function floats(label: string, v: unknown, count: number): Float32Array {
+/**
+ * A float32 array of exactly `count` elements (copied if the bytes are not 4-aligned), all finite unless
+ * `finite` is false: the coordinator, which proved it knows the token, is not scanned value by value.
+ */
+function floats(label: string, v: unknown, count: number, finite = true): Float32Array {
   if (!(v instanceof Uint8Array)) throw new ProtocolError(`${label} must be binary float32 data`);
   if (v.byteLength !== count * 4) throw new ProtocolError(`${label} must hold ${count} float32 values (${count * 4} bytes), got ${v.byteLength} bytes`);
   // msgpackr hands out Buffers that may start at any byte; copy (new Uint8Array copies, Buffer#slice would not).
   const out = v.byteOffset % 4 === 0 ? new Float32Array(v.buffer, v.byteOffset, count) : new Float32Array(new Uint8Array(v).buffer);
-  for (let i = 0; i < count; i++) {
+  for (let i = 0; finite && i < count; i++) {
     if (!Number.isFinite(out[i])) throw new ProtocolError(`${label} contains a non-finite value at index ${i}`);
   }
   return out;
 }
 
-function floatList(m: Record<string, unknown>, name: string, counts: number[]): Float32Array[] {
+function floatList(m: Record<string, unknown>, name: string, counts: number[], finite = true): Float32Array[] {
   const v = field(m, name);
   if (!Array.isArray(v) || v.length !== counts.length) throw new ProtocolError(`${m.t}: field "${name}" must be a list of ${counts.length} arrays`);
-  return v.map((x, i) => floats(`${m.t}: ${name}[${i}]`, x, counts[i]));
+  return v.map((x, i) => floats(`${m.t}: ${name}[${i}]`, x, counts[i], finite));
 }
 
 function range(m: Record<string, unknown>, name: string, max: number): Range {
@@ -289,7 +292,7 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
       const rows = r[1] - r[0];
       const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch: int(raw, 'batch', 1, view.batchSize), range: r, labels: bytes(raw, 'labels', rows) };
       if (r[1] > message.batch) throw new ProtocolError(`rows: range ${r[0]}–${r[1]} exceeds the batch of ${message.batch}`);
-      if (raw.x !== undefined) message.x = floats('rows: x', raw.x, rows * view.features);
+      if (raw.x !== undefined) message.x = floats('rows: x', raw.x, rows * view.features, false);
       else {
         const index = bytes(raw, 'index', rows * 4);
         message.index = new Int32Array(new Uint8Array(index).buffer);
@@ -314,9 +317,9 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
           const rows = r[1] - r[0];
           return {
             range: r,
-            x: floats('update: x', field(part, 'x'), rows * sizes[0]),
-            hidden: floatList(part, 'hidden', sizes.slice(1, -1).map((n) => rows * n)),
-            deltas: floatList(part, 'deltas', sizes.slice(1).map((n) => rows * n)),
+            x: floats('update: x', field(part, 'x'), rows * sizes[0], false),
+            hidden: floatList(part, 'hidden', sizes.slice(1, -1).map((n) => rows * n), false),
+            deltas: floatList(part, 'deltas', sizes.slice(1).map((n) => rows * n), false),
           };
         }),
       };
