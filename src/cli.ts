@@ -5,7 +5,7 @@
  */
 import { Command, Option } from 'commander';
 import { DEFAULTS, parseOptionValue, TRAIN_OPTIONS, type OptionSpec, type TrainConfig } from './config.js';
-import { show } from './errors.js';
+import { show, workerNeedsConnect } from './errors.js';
 
 function addOptions(command: Command, options: readonly OptionSpec[], defaults: Record<string, unknown>): Command {
   for (const spec of options) {
@@ -146,7 +146,7 @@ export function buildProgram(): Command {
     });
   const work = program.command('worker').description('join a coordinator\'s run as a remote worker');
   addOptions(work, WORKER_OPTIONS, { threads: 1, engine: 'onnx', device: 'cpu', maxRetries: 0 }).action((flags) => {
-    if (typeof flags.connect !== 'string') throw new TypeError('dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)');
+    if (typeof flags.connect !== 'string') throw workerNeedsConnect();
     return worker(flags);
   });
   return program;

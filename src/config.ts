@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { configUnreadable, invalidConfigValue, invalidOption, unknownConfigKey } from './errors.js';
+import { configUnreadable, incompatibleOptions, invalidConfigValue, invalidOption, unknownConfigKey, unknownOption } from './errors.js';
 
 type Kind =
   | { type: 'int'; min: number }
@@ -177,24 +177,32 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
   for (const [key, value] of Object.entries(user)) {
     if (value === undefined) continue;
     const option = OPTION_BY_KEY.get(key as keyof TrainConfig);
-    if (!option) throw new TypeError(`unknown option "${key}" (known options: ${[...OPTION_BY_KEY.keys()].join(', ')})`);
+    if (!option) throw unknownOption(key, [...OPTION_BY_KEY.keys()]);
     if (value === null && (option.kind.type === 'string')) continue;
     if (check(option.kind, value) === undefined) throw invalidOption(key, expected(option.kind), value);
   }
   const config = { ...DEFAULTS, ...stripUndefined(user) };
   if (config.microBatch > config.batchSize) {
-    throw new TypeError(`option "microBatch" (${config.microBatch}) must not exceed "batchSize" (${config.batchSize})`);
+    throw incompatibleOptions('microBatch', config as unknown as Record<string, unknown>);
   }
+  if (config.listen) splitHostPort(config.listen);
   if (config.threads === 0 && !config.listen) {
-    throw new TypeError('option "threads" may be 0 only with "listen": then remote workers compute; give --listen HOST:PORT or at least 1 thread');
+    throw incompatibleOptions('threads0');
   }
   if ((config.tlsCert === null) !== (config.tlsKey === null)) {
-    throw new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither');
+    throw incompatibleOptions('tls');
   }
   if (config.listen && !config.token && !isLoopback(config.listen)) {
-    throw new TypeError(`option "listen" (${config.listen}) reaches beyond loopback, so a "token" is required: give --token or set DTRAIN_TOKEN`);
+    throw incompatibleOptions('token', { listen: config.listen });
   }
   return config;
+}
+
+/** HOST:PORT (or [IPv6]:PORT) of --listen. */
+export function splitHostPort(listen: string): [string, number] {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
+  if (!match) throw invalidOption('listen', 'HOST:PORT', listen);
+  return [match[1] ?? match[2], Number(match[3])];
 }
 
 function isLoopback(listen: string): boolean {

@@ -20,6 +20,27 @@ export function invalidOption(name: string, expected: string, got: unknown): Typ
   return new TypeError(`option "${name}" must be ${expected}, got ${show(got)}`);
 }
 
+export function unknownOption(key: string, known: readonly string[]): TypeError {
+  return new TypeError(`unknown option "${key}" (known options: ${known.join(', ')})`);
+}
+
+export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'tls' | 'token', detail: Record<string, unknown> = {}): TypeError {
+  switch (problem) {
+    case 'microBatch':
+      return new TypeError(`option "microBatch" (${detail.microBatch}) must not exceed "batchSize" (${detail.batchSize})`);
+    case 'threads0':
+      return new TypeError('option "threads" may be 0 only with "listen": then remote workers compute; give --listen HOST:PORT or at least 1 thread');
+    case 'tls':
+      return new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither');
+    case 'token':
+      return new TypeError(`option "listen" (${detail.listen}) reaches beyond loopback, so a "token" is required: give --token or set DTRAIN_TOKEN`);
+  }
+}
+
+export function workerNeedsConnect(): TypeError {
+  return new TypeError('dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)');
+}
+
 export function unknownConfigKey(file: string, key: string, known: readonly string[]): TypeError {
   return new TypeError(`${file}: unknown key "${key}" (known keys: ${known.join(', ')})`);
 }

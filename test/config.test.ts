@@ -131,3 +131,10 @@ describe('scheduling', () => {
     expect(apportion(0, [1, 1])).toEqual([0, 0]);
   });
 });
+
+describe('listen addresses', () => {
+  it('takes HOST:PORT and [IPv6]:PORT, and names a malformed one', () => {
+    expect(() => resolveConfig({ listen: 'localhost' })).toThrow(new TypeError('option "listen" must be HOST:PORT, got "localhost"'));
+    expect(resolveConfig({ listen: 'localhost:7070' }).listen).toBe('localhost:7070');
+  });
+});

@@ -4,7 +4,7 @@
  * set. Knows compute only through Cluster, and reports through events: it never prints.
  */
 import { join } from 'node:path';
-import { resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, type TrainConfig } from '../config.js';
+import { resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
 import { checkpointMismatch, nonFiniteGradient, nonFiniteLoss, resumeConflict } from '../errors.js';
 import { initParams, permutation, Rng } from '../model/init.js';
@@ -200,11 +200,6 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
   return { cluster: new Cluster(memory, local, config.threads > 0, hub, (event) => emit({ type: 'cluster', event })), listening };
 }
 
-export function splitHostPort(listen: string): [string, number] {
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
-  if (!match) throw new TypeError(`option "listen" must be HOST:PORT, got ${JSON.stringify(listen)}`);
-  return [match[1] ?? match[2], Number(match[3])];
-}
 
 /** Where a run starts: from scratch, or from a checkpoint (with the options merged from it). */
 function prepareRun(userConfig: Partial<TrainConfig>, emit: (e: TrainEvent) => void): { config: TrainConfig; checkpoint?: Checkpoint } {
