@@ -77,10 +77,6 @@ export function nonFiniteLoss(step: number, where: string): DtrainError {
   return fail('ERR_NONFINITE', `step ${step}: non-finite loss in ${where}; training stopped with the last good parameters kept`);
 }
 
-export function noWorkersLeft(step: number, lastError: string): DtrainError {
-  return fail('ERR_NO_WORKERS', `step ${step}: no worker thread is left to compute it (last failure: ${lastError})`);
-}
-
 export function checkpointInvalid(file: string, problem: string): DtrainError {
   return fail('ERR_CHECKPOINT', `${file}: ${problem}`);
 }

@@ -77,11 +77,6 @@ export class ThreadWorkers implements WorkerSet {
     return `${this.size} threads (main + ${this.size - 1} piscina) × ${this.local.worker.backend}`;
   }
 
-  /** The live pool threads. */
-  get threads() {
-    return this.pool.threads;
-  }
-
   runPass(tasks: Task[]): Promise<TaskResult[]> {
     // One pass at a time: the control block holds a single pass.
     const result = this.passes.then(() => this.pass(tasks));

@@ -62,9 +62,6 @@ export class RemoteWorker {
   pending?: { step: number; range: Range; resolve: (r: RowsDone) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
   /** Rows per millisecond, smoothed; the scheduler gives work in proportion to it. */
   speed = 0;
-  rowsComputed = 0;
-  bytesIn = 0;
-  bytesOut = 0;
   authTimer?: NodeJS.Timeout;
 
   constructor(
@@ -128,7 +125,6 @@ export class RemoteHub {
   private send(worker: RemoteWorker, message: ToWorker): void {
     if (worker.ws.readyState !== worker.ws.OPEN) return;
     const frame = encode(message);
-    worker.bytesOut += frame.length;
     this.bytesMoved += frame.length;
     worker.ws.send(frame);
   }
@@ -138,7 +134,6 @@ export class RemoteHub {
     try {
       if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
       const size = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.length;
-      worker.bytesIn += size;
       this.bytesMoved += size;
       const message = validateFromWorker(decodeRaw(data), worker.status === 'authenticating' ? undefined : {
         ...this.view,

@@ -1,0 +1,37 @@
+import { describe, expect, it } from 'vitest';
+import * as errors from '../src/errors.js';
+
+// Every user-facing message, pinned: a change of wording is a deliberate change of this table.
+const cases: [string, Error, string, string?][] = [
+  ['invalidOption', errors.invalidOption('threads', 'a non-negative integer', '-1'), 'option "threads" must be a non-negative integer, got "-1"'],
+  ['unknownOption', errors.unknownOption('thread', ['threads', 'epochs']), 'unknown option "thread" (known options: threads, epochs)'],
+  ['incompatibleOptions microBatch', errors.incompatibleOptions('microBatch', { microBatch: 128, batchSize: 64 }), 'option "microBatch" (128) must not exceed "batchSize" (64)'],
+  ['workerNeedsConnect', errors.workerNeedsConnect(), 'dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)'],
+  ['unknownConfigKey', errors.unknownConfigKey('c.json', 'epoch', ['epochs']), 'c.json: unknown key "epoch" (known keys: epochs)'],
+  ['invalidConfigValue', errors.invalidConfigValue('c.json', 'lr', 'a positive number', 'fast'), 'c.json: key "lr" must be a positive number, got "fast"'],
+  ['configUnreadable', errors.configUnreadable('c.json', 'Unexpected end of JSON input'), 'c.json: cannot read the configuration: Unexpected end of JSON input', 'ERR_CONFIG'],
+  ['idxInvalid', errors.idxInvalid('f', 'unknown element type 0x07'), 'f: not a valid IDX file: unknown element type 0x07', 'ERR_IDX'],
+  ['datasetMismatch', errors.datasetMismatch('d', 'x has 3 images but y has 4 labels'), 'd: x has 3 images but y has 4 labels', 'ERR_DATASET'],
+  ['datasetMissing', errors.datasetMissing('d', 'train-images-idx3-ubyte'), 'd: missing train-images-idx3-ubyte (or train-images-idx3-ubyte.gz)', 'ERR_DATASET'],
+  ['engineUnavailable', errors.engineUnavailable('tfjs', 'no backend'), 'engine "tfjs" is not available: no backend', 'ERR_ENGINE'],
+  ['nonFiniteGradient', errors.nonFiniteGradient(12, 'layer 0 (W0, b0)'), 'step 12: non-finite gradient in layer 0 (W0, b0); training stopped with the last good parameters kept', 'ERR_NONFINITE'],
+  ['nonFiniteLoss', errors.nonFiniteLoss(3, 'micro-shard 1'), 'step 3: non-finite loss in micro-shard 1; training stopped with the last good parameters kept', 'ERR_NONFINITE'],
+  ['checkpointInvalid', errors.checkpointInvalid('a.ckpt', 'checksum mismatch (truncated or corrupt)'), 'a.ckpt: checksum mismatch (truncated or corrupt)', 'ERR_CHECKPOINT'],
+  ['checkpointMismatch', errors.checkpointMismatch('a.ckpt', 'model', '4→2 (relu)', '5→2 (relu)'), 'a.ckpt: the checkpoint is for model 4→2 (relu), this run has 5→2 (relu)', 'ERR_CHECKPOINT'],
+  ['resumeConflict', errors.resumeConflict('lr', 0.01, 0.001), '--resume: option "lr" (0.01) differs from the checkpoint\'s (0.001); a resumed run keeps the checkpoint\'s model, data and optimizer options'],
+  ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
+];
+
+describe('error messages', () => {
+  it.each(cases)('%s', (_, error, message, code) => {
+    expect(error.message).toBe(message);
+    expect(error.message).not.toContain('\n');
+    if (code) expect((error as errors.DtrainError).code).toBe(code);
+    else expect(error).toBeInstanceOf(TypeError);
+  });
+
+  it('covers every factory', () => {
+    const factories = Object.keys(errors).filter((k) => typeof (errors as Record<string, unknown>)[k] === 'function' && !['DtrainError', 'show'].includes(k));
+    expect(factories.sort()).toEqual([...new Set(cases.map(([name]) => name.split(' ')[0]))].sort());
+  });
+});
