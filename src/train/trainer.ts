@@ -304,16 +304,19 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
         return index;
       };
       const position = () => ({ seconds: (performance.now() - t0) / 1000, samples: epochSamples, lossSum, steps: stepsThisEpoch });
-      for (let b = continuing ? resumed.batch : 0; b < batches; b++) {
-        const rows = batchRows(dataset.train.count, config.batchSize, b);
+      const first = continuing ? resumed.batch : 0;
+      let next = first < batches ? indexOf(first) : undefined;
+      for (let b = first; b < batches; b++) {
+        const index = next!;
         const last = b + 1 === batches || (config.steps > 0 && trainer.step + 1 >= config.steps);
+        next = last ? undefined : indexOf(b + 1);
         await options.beforeStep?.(trainer.step);
         const stepStart = performance.now();
-        const loss = await trainer.trainStep(indexOf(b), last ? undefined : indexOf(b + 1));
+        const loss = await trainer.trainStep(index, next);
         const bytes = cluster.bytesMoved();
         metrics.write({ type: 'step', step: trainer.step, epoch, loss, ms: performance.now() - stepStart, bytes: bytes - bytesBefore });
         bytesBefore = bytes;
-        epochSamples += rows;
+        epochSamples += index.length;
         lossSum += loss;
         stepsThisEpoch++;
         emit({ type: 'step', step: trainer.step, epoch, batch: b + 1, batches, loss });
