@@ -241,6 +241,26 @@ const reference2 = (() => {
   return () => (hash ??= train({ ...BASE, threads: 1, out: join(out, 'reference2') }).then((s) => s.paramsSha256));
 })();
 
+describe('a worker with its own copy of the data', () => {
+  it('gets row indices instead of pixels when its copy matches, pixels when it does not, with the same result', async () => {
+    const { loadDataset } = await import('../src/data/datasets.js');
+    const { readMetrics } = await import('../src/report/metrics.js');
+    const { syntheticDataset } = await import('./helpers.js');
+    const perStep: number[] = [];
+    for (const dataset of [loadDataset(), syntheticDataset(10, 10, 784, 10)]) {
+      const abort = new AbortController();
+      const summary = await coordinator({ threads: 0 }, (url) => void runWorker({ connect: url, dataset, signal: abort.signal }));
+      abort.abort();
+      expect(summary.paramsSha256).toBe(await reference());
+      // Wire bytes a step, after the first (which carries the state snapshot).
+      const steps = readMetrics(summary.outDir!).filter((r) => r.type === 'step').slice(1);
+      perStep.push(steps.reduce((n, r) => n + (r.type === 'step' ? r.bytes : 0), 0) / steps.length);
+    }
+    // The pixels of a step's ~48 rows are ~150 kB; a matching copy saves them.
+    expect(perStep[1] - perStep[0]).toBeGreaterThan(100_000);
+  });
+});
+
 describe('TLS', () => {
   it('serves wss:// that a worker trusting the certificate joins, and a worker without it cannot', async () => {
     const { execFileSync } = await import('node:child_process');
