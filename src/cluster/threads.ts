@@ -21,6 +21,9 @@ export function threadWorkerFile(): string {
   return here.replace(/threads\.js$/, 'thread_worker.js');
 }
 
+/** A slot whose thread died this many times in a row is not given a thread again. */
+const MAX_REJOINS = 3;
+
 export interface ThreadOptions {
   /** Compute threads in all, the coordinator's main thread included (at least 2). */
   threads: number;
@@ -31,6 +34,8 @@ export class ThreadWorkers implements WorkerSet {
   retries = 0;
   /** Slots whose pool thread is running its team loop. */
   private readonly alive: boolean[];
+  /** Deaths of each slot's thread in a row; after MAX_REJOINS the main thread keeps the slot's work. */
+  private readonly deaths: number[];
   private passes: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -40,6 +45,7 @@ export class ThreadWorkers implements WorkerSet {
     readonly size: number,
   ) {
     this.alive = Array.from({ length: size }, (_, s) => s > 0);
+    this.deaths = new Array<number>(size).fill(0);
   }
 
   static async create(init: WorkerInit, options: ThreadOptions): Promise<ThreadWorkers> {
@@ -68,6 +74,7 @@ export class ThreadWorkers implements WorkerSet {
       () => undefined,
       () => {
         this.alive[slot] = false;
+        this.deaths[slot]++;
         this.team.wake();
       },
     );
@@ -86,7 +93,7 @@ export class ThreadWorkers implements WorkerSet {
 
   private async pass(tasks: Task[]): Promise<TaskResult[]> {
     for (let slot = 1; slot < this.size; slot++) {
-      if (!this.alive[slot]) this.join(slot, this.team.seq);
+      if (!this.alive[slot] && this.deaths[slot] <= MAX_REJOINS) this.join(slot, this.team.seq);
       this.team.write(slot, tasks[slot]);
     }
     const seq = this.team.publish();
@@ -97,6 +104,7 @@ export class ThreadWorkers implements WorkerSet {
         const outcome = this.team.outcome(slot, seq);
         if (outcome && outcome !== 'failed') {
           results[slot] = outcome;
+          this.deaths[slot] = 0;
           break;
         }
         if (outcome === 'failed' || !this.alive[slot]) {
