@@ -48,6 +48,14 @@ describe('data-parallel determinism (tutorial MLP on MNIST)', () => {
     expect(summary.paramsSha256).toBe(reference.paramsSha256);
   });
 
+  it('holds for the tfjs engine too (wasm backend): 1 and 3 threads end the same, and differ from onnx', async () => {
+    const config = { engine: 'tfjs' as const, epochs: 1, hidden: [64, 32] };
+    const one = await run({ ...config, threads: 1 });
+    const three = await run({ ...config, threads: 3 });
+    expect(three.paramsSha256).toBe(one.paramsSha256);
+    expect((await run({ ...config, engine: 'onnx', threads: 1 })).paramsSha256).not.toBe(one.paramsSha256);
+  });
+
   it('stops on a non-finite loss naming the step and micro-shard, and keeps the last good parameters', async () => {
     const dataset = syntheticDataset(96, 16);
     dataset.train.images[(64 + 20) * dataset.features + 3] = NaN;
