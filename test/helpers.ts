@@ -22,12 +22,11 @@ export async function engineGradient(engine: Engine, spec: ModelSpec, params: Fl
   };
   await engine.rowPass(x, target, rows, 1 / rows, out);
   const grad = new Float32Array(layout.total);
-  for (let l = 0; l < layout.layers.length; l++) {
-    const { fanIn, fanOut, weightOffset, biasOffset } = layout.layers[l];
-    const g = await engine.weightPass(l, l === 0 ? x : out.hidden[l - 1], out.deltas[l], rows, [0, fanOut]);
-    grad.set(g.weight, weightOffset);
-    grad.set(g.bias, biasOffset);
-  }
+  const gradients = await engine.weightPass([x, ...out.hidden], out.deltas, rows, layout.layers.map((layer) => [0, layer.fanOut] as const));
+  layout.layers.forEach(({ weightOffset, biasOffset }, l) => {
+    grad.set(gradients[l].weight, weightOffset);
+    grad.set(gradients[l].bias, biasOffset);
+  });
   const loss = out.rowLoss.reduce((a, b) => a + b, 0) / rows;
   return { loss, grad, out };
 }

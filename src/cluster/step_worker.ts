@@ -99,19 +99,23 @@ export class StepWorker {
   }
 
   private async weights({ step, generation, batch, units, slot }: Extract<Task, { kind: 'weights' }>): Promise<number[]> {
-    const { batch: b } = this.init.memory;
+    const { batch: b, spec } = this.init.memory;
+    const rowsOf = (a: Float32Array, l: number) => a.subarray(0, batch * spec.sizes[l]);
+    const gradients = await this.engine.weightPass(
+      [rowsOf(b.x, 0), ...b.hidden.map((h, l) => rowsOf(h, l + 1))],
+      b.deltas.map((d, l) => rowsOf(d, l + 1)),
+      batch,
+      units,
+    );
     const bad: number[] = [];
     const scalars = adamScalars(this.init.adam, step + 1);
-    for (let l = 0; l < units.length; l++) {
-      const [u0, u1] = units[l];
-      if (u0 === u1) continue;
-      const { fanIn, fanOut, weightOffset, biasOffset } = this.layout.layers[l];
-      const input = l === 0 ? b.x : b.hidden[l - 1];
-      const g = await this.engine.weightPass(l, input.subarray(0, batch * fanIn), b.deltas[l].subarray(0, batch * fanOut), batch, units[l]);
+    this.layout.layers.forEach(({ fanIn, weightOffset, biasOffset }, l) => {
+      const u0 = units[l][0];
+      const g = gradients[l];
       const badWeight = adamRange(this.adam, this.optimizer, slot, generation, weightOffset + u0 * fanIn, g.weight, scalars);
       const badBias = adamRange(this.adam, this.optimizer, slot, generation, biasOffset + u0, g.bias, scalars);
       if (badWeight || badBias) bad.push(l);
-    }
+    });
     return bad;
   }
 

@@ -25,6 +25,11 @@ export interface RowOutputs {
   deltas: Float32Array[];
 }
 
+export interface LayerGradient {
+  weight: Float32Array;
+  bias: Float32Array;
+}
+
 export interface EvalOutputs {
   rowLoss: Float32Array;
   predicted: Int32Array;
@@ -37,14 +42,11 @@ export interface Engine {
   /** Parameters for the next rowPass and evaluate calls (the engine keeps its own copy). */
   setParams(params: Float32Array): void;
   rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
-  /** The gradient of W[units] ([units × fanIn], row-major) and b[units]; valid until the next call. */
-  weightPass(
-    layer: number,
-    input: Float32Array,
-    delta: Float32Array,
-    batch: number,
-    units: readonly [number, number],
-  ): Promise<{ weight: Float32Array; bias: Float32Array }>;
+  /**
+   * For every layer l, the gradient of W_l[units_l] ([units × fanIn], row-major) and b_l[units_l], from the
+   * layer's input a_l (batch × fanIn) and delta d_l (batch × fanOut); valid until the next call.
+   */
+  weightPass(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): Promise<LayerGradient[]>;
   evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void>;
   dispose(): Promise<void>;
 }

@@ -7,7 +7,7 @@ import type * as Ort from 'onnxruntime-node';
 import { engineUnavailable } from '../../errors.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
-import type { Device, Engine, EvalOutputs, RowOutputs } from '../engine.js';
+import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
 import { sharedAlias } from './shared_alias.js';
 import { biasName, buildEvalGraph, buildRowGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
 
@@ -55,7 +55,7 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
   let sessions: Ort.InferenceSession[];
   try {
     sessions = await Promise.all(
-      [buildRowGraph(spec), buildWeightGraph(), buildEvalGraph(spec)].map((m) => ort.InferenceSession.create(m, options)),
+      [buildRowGraph(spec), buildWeightGraph(spec), buildEvalGraph(spec)].map((m) => ort.InferenceSession.create(m, options)),
     );
   } catch (e) {
     const hint = device === 'cuda' ? '; install the CUDA 12 build with npm install --onnxruntime-node-install=cuda12' : '';
@@ -72,7 +72,7 @@ class OnnxEngine implements Engine {
   private readonly layout;
   private paramFeeds: Record<string, Ort.Tensor> = {};
   private readonly scale: Float32Array = new Float32Array(1);
-  private readonly range = new BigInt64Array(2);
+  private readonly range: BigInt64Array;
 
   constructor(
     private readonly ort: OrtModule,
@@ -81,6 +81,7 @@ class OnnxEngine implements Engine {
     readonly backend: string,
   ) {
     this.layout = paramLayout(spec);
+    this.range = new BigInt64Array(2 * this.layout.layers.length);
   }
 
   private get features() {
@@ -135,23 +136,18 @@ class OnnxEngine implements Engine {
     out.deltas.forEach((d, l) => d.set((result[deltaName(l)].data as Float32Array).subarray(0, d.length)));
   }
 
-  async weightPass(
-    layer: number,
-    input: Float32Array,
-    delta: Float32Array,
-    batch: number,
-    units: readonly [number, number],
-  ): Promise<{ weight: Float32Array; bias: Float32Array }> {
-    const { fanIn, fanOut } = this.layout.layers[layer];
-    this.range[0] = BigInt(units[0]);
-    this.range[1] = BigInt(units[1]);
-    const result = await this.sessions[1].run({
-      a: this.tensor(this.scratch.local(`a${layer}`, input, batch * fanIn), [batch, fanIn]),
-      d: this.tensor(this.scratch.local(`d${layer}`, delta, batch * fanOut), [batch, fanOut]),
-      start: new this.ort.Tensor('int64', this.range.subarray(0, 1), [1]),
-      end: new this.ort.Tensor('int64', this.range.subarray(1, 2), [1]),
+  async weightPass(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): Promise<LayerGradient[]> {
+    const feeds: Record<string, Ort.Tensor> = {};
+    this.layout.layers.forEach(({ fanIn, fanOut }, l) => {
+      feeds[`a${l}`] = this.tensor(this.scratch.local(`a${l}`, inputs[l], batch * fanIn), [batch, fanIn]);
+      feeds[`d${l}`] = this.tensor(this.scratch.local(`d${l}`, deltas[l], batch * fanOut), [batch, fanOut]);
+      this.range[2 * l] = BigInt(units[l][0]);
+      this.range[2 * l + 1] = BigInt(units[l][1]);
+      feeds[`start${l}`] = new this.ort.Tensor('int64', this.range.subarray(2 * l, 2 * l + 1), [1]);
+      feeds[`end${l}`] = new this.ort.Tensor('int64', this.range.subarray(2 * l + 1, 2 * l + 2), [1]);
     });
-    return { weight: result.gW.data as Float32Array, bias: result.gb.data as Float32Array };
+    const result = await this.sessions[1].run(feeds);
+    return this.layout.layers.map((_, l) => ({ weight: result[`gW${l}`].data as Float32Array, bias: result[`gb${l}`].data as Float32Array }));
   }
 
   async evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void> {

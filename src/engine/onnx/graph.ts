@@ -184,18 +184,24 @@ export function buildRowGraph(spec: ModelSpec): Uint8Array {
   return g.build('dtrain_rows');
 }
 
-/** One layer's gradient for output units [start, end): gW = d[:, start:end]ᵀ · a, gb = Σ_rows d[:, start:end]. */
-export function buildWeightGraph(): Uint8Array {
+/**
+ * Every layer's gradient for a range of its output units, in one call: for layer l and units
+ * [start_l, end_l), gW_l = d_l[:, start:end]ᵀ · a_l and gb_l = Σ_rows d_l[:, start:end]. An empty range gives
+ * empty outputs. (One call instead of one per layer saved ~4 call overheads a step.)
+ */
+export function buildWeightGraph(spec: ModelSpec): Uint8Array {
   const g = new GraphBuilder();
-  const a = g.input('a', ['batch', 'in']);
-  const d = g.input('d', ['batch', 'out']);
-  const start = g.input('start', [1], INT64);
-  const end = g.input('end', [1], INT64);
-  const part = g.op('Slice', [d, start, end, g.constInt64([1])]);
-  g.op('Gemm', [part, a], { transA: 1 }, 'gW');
-  g.op('ReduceSum', [part, g.constInt64([0])], { keepdims: 0 }, 'gb');
-  g.output('gW', ['units', 'in']);
-  g.output('gb', ['units']);
+  for (let l = 0; l + 1 < spec.sizes.length; l++) {
+    const a = g.input(`a${l}`, ['batch', spec.sizes[l]]);
+    const d = g.input(`d${l}`, ['batch', spec.sizes[l + 1]]);
+    const start = g.input(`start${l}`, [1], INT64);
+    const end = g.input(`end${l}`, [1], INT64);
+    const part = g.op('Slice', [d, start, end, g.constInt64([1])]);
+    g.op('Gemm', [part, a], { transA: 1 }, `gW${l}`);
+    g.op('ReduceSum', [part, g.constInt64([0])], { keepdims: 0 }, `gb${l}`);
+    g.output(`gW${l}`, [`units${l}`, spec.sizes[l]]);
+    g.output(`gb${l}`, [`units${l}`]);
+  }
   return g.build('dtrain_weight');
 }
 

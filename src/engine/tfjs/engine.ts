@@ -8,7 +8,7 @@ import type * as TfCore from '@tensorflow/tfjs-core';
 import { engineUnavailable } from '../../errors.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
-import type { Device, Engine, EvalOutputs, RowOutputs } from '../engine.js';
+import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
 
 type Tf = typeof TfCore;
 type Tensor2D = TfCore.Tensor2D;
@@ -147,24 +147,19 @@ class TfjsEngine implements Engine {
     for (const d of out.deltas) d.set(data[i++]);
   }
 
-  async weightPass(
-    layer: number,
-    input: Float32Array,
-    delta: Float32Array,
-    batch: number,
-    units: readonly [number, number],
-  ): Promise<{ weight: Float32Array; bias: Float32Array }> {
+  async weightPass(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): Promise<LayerGradient[]> {
     const tf = this.tf;
-    const { fanIn, fanOut } = this.layout.layers[layer];
-    const [gW, gb] = tf.tidy(() => {
-      const a = tf.tensor2d(input.slice(0, batch * fanIn), [batch, fanIn]);
-      const d = tf.tensor2d(delta.slice(0, batch * fanOut), [batch, fanOut]);
-      const part = tf.slice(d, [0, units[0]], [batch, units[1] - units[0]]);
-      return [tf.matMul(tf.transpose(part), a), tf.sum(part, 0)];
-    });
-    const [weight, bias] = (await Promise.all([gW.data(), gb.data()])) as Float32Array[];
-    tf.dispose([gW, gb]);
-    return { weight, bias };
+    const tensors = tf.tidy(() =>
+      this.layout.layers.flatMap(({ fanIn, fanOut }, l) => {
+        const a = tf.tensor2d(inputs[l].slice(0, batch * fanIn), [batch, fanIn]);
+        const d = tf.tensor2d(deltas[l].slice(0, batch * fanOut), [batch, fanOut]);
+        const part = tf.slice(d, [0, units[l][0]], [batch, units[l][1] - units[l][0]]);
+        return [tf.matMul(tf.transpose(part), a), tf.sum(part, 0)];
+      }),
+    );
+    const data = (await Promise.all(tensors.map((t) => t.data()))) as Float32Array[];
+    tf.dispose(tensors);
+    return this.layout.layers.map((_, l) => ({ weight: data[2 * l], bias: data[2 * l + 1] }));
   }
 
   async evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void> {
