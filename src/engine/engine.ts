@@ -4,8 +4,8 @@
  *
  * - rowPass:    for some rows of the batch, the forward activations, the per-row loss and the backward
  *               deltas. Row-local: the same numbers for a row whichever call computes it.
- * - weightPass: for one layer and a range of its output units, the weight and bias gradient summed over
- *               the whole batch in one fixed reduction.
+ * - weightPass: for every layer and a range of its output units, the weight and bias gradient summed
+ *               over the whole batch in one fixed reduction.
  *
  * Arrays passed in may live in SharedArrayBuffers; an engine copies what its runtime cannot read in place.
  */
