@@ -94,9 +94,9 @@ describe('remote workers on loopback', () => {
     expect(summary.paramsSha256).toBe(threads2.paramsSha256);
   });
 
-  it('mixes local threads and an in-process remote worker with the same result, and waits for a worker with --threads 0', async () => {
+  it('mixes local threads and a remote worker running 2 threads with the same result, and waits for a worker with --threads 0', async () => {
     const abort = new AbortController();
-    const mixed = await coordinator({ threads: 1 }, (url) => void runWorker({ connect: url, signal: abort.signal }));
+    const mixed = await coordinator({ threads: 1 }, (url) => void runWorker({ connect: url, threads: 2, signal: abort.signal }));
     abort.abort();
     expect(mixed.paramsSha256).toBe(await reference());
     const waits: string[] = [];
