@@ -1,16 +1,12 @@
 /** The PyTorch reference of ../shared/reference, run from the scripts that compare against it. */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { embeddedMnistDir } from '../src/data/datasets.js';
+import { packageRoot } from '../src/paths.js';
 
 /** The directory of dtrain's package.json, whether this runs from scripts/ (vitest) or dist/scripts/. */
-export const projectRoot = (() => {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
-  return dir;
-})();
+export const projectRoot = packageRoot;
 const referenceDir = resolve(projectRoot, '../shared/reference');
 
 let python: string | undefined;

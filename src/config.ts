@@ -112,13 +112,13 @@ export const TRAIN_OPTIONS: readonly OptionSpec[] = [
   { key: 'export', flag: '--no-export', description: 'do not write the trained model (model/: TensorFlow.js LayersModel and ONNX)', kind: { type: 'bool' } },
 ];
 
+/** Options that belong to one session of a run and are never taken from a checkpoint. */
+export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['steps', 'resume', 'listen', 'token', 'tlsCert', 'tlsKey'];
+
 /**
  * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
  * the checkpoint (or be left out, and are then taken from it).
  */
-/** Options that belong to one session of a run and are never taken from a checkpoint. */
-export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['steps', 'resume', 'listen', 'token', 'tlsCert', 'tlsKey'];
-
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
   'heartbeatMs', 'stepTimeoutMs', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',

@@ -5,11 +5,11 @@
  * rows redone by the others. The result never depends on who computed what (see train/plan.ts).
  */
 import type { Range } from '../train/plan.js';
-import { microShards, unitAssignment } from '../train/plan.js';
+import { microShards, shardGroups, unitAssignment } from '../train/plan.js';
 import type { RemoteHub, RemoteWorker, HubEvent } from './remote/server.js';
 import type { RowsDone, StateMessage } from './remote/protocol.js';
 import type { Task, TaskResult } from './step_worker.js';
-import type { TrainingMemory } from './training_memory.js';
+import { gatherBatchRows, type TrainingMemory } from './training_memory.js';
 import type { WorkerSet } from './workers.js';
 
 type Snapshot = Omit<StateMessage, 't' | 'useLocalData'>;
@@ -68,7 +68,8 @@ export class Cluster {
    */
   async rowPass(step: number, generation: number, batch: number, microBatch: number, snapshot: () => Snapshot): Promise<void> {
     const shards = microShards(batch, microBatch);
-    const index = this.memory.batch.index.slice(0, batch);
+    // Read only while the requests are built, before the next step overwrites it.
+    const index = this.memory.batch.index.subarray(0, batch);
     let plans: Plan[] = [];
     let todo: Range[] = [[0, shards.length]];
     if (this.prefetched?.step === step) {
@@ -160,15 +161,7 @@ export class Cluster {
   }
 
   private async runLocalRows(step: number, generation: number, batch: number, shards: Range[]): Promise<void> {
-    const slots = this.local.size;
-    const groups = apportion(shards.length, Array(slots).fill(1));
-    let next = 0;
-    const tasks = groups.map((n) => {
-      const range: Range = n === 0 ? [0, 0] : [shards[next][0], shards[next + n - 1][1]];
-      next += n;
-      return { kind: 'rows', step, generation, batch, range } as Task;
-    });
-    await this.local.runPass(tasks);
+    await this.local.runPass(shardGroups(shards, this.local.size).map((range) => ({ kind: 'rows', step, generation, batch, range }) as Task));
   }
 
   private copyRows([r0, r1]: Range, rowLoss: Float32Array, hidden: Float32Array[], deltas: Float32Array[]): void {
@@ -177,12 +170,7 @@ export class Cluster {
     hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
     deltas.forEach((d, l) => b.deltas[l].set(d, r0 * spec.sizes[l + 1]));
     // The weight pass reads the batch's pixels too; a remote worker's rows were never gathered locally.
-    const features = spec.sizes[0];
-    const { train } = this.memory;
-    for (let r = r0; r < r1; r++) {
-      const i = b.index[r];
-      b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
-    }
+    gatherBatchRows(this.memory, [r0, r1], true);
   }
 
   private credit(name: string, rows: number): void {

@@ -8,7 +8,7 @@ import { paramLayout, type ParamLayout } from '../model/spec.js';
 import { adamKernel, adamRange, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
 import { OptimizerMemory } from '../optim/optimizer_memory.js';
 import type { Range } from '../train/plan.js';
-import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
+import { gatherBatchRows, optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 
 export type Task =
   /** gather: copy the rows' samples from the training set first (false when the caller already filled them). */
@@ -82,14 +82,10 @@ export class StepWorker {
   private async rows(step: number, generation: number, batch: number, [r0, r1]: Range, gather: boolean): Promise<void> {
     if (r0 === r1) return;
     this.useParams(step, generation);
-    const { batch: b, train, spec } = this.init.memory;
+    const { batch: b, spec } = this.init.memory;
     const features = spec.sizes[0];
     const classes = spec.sizes[spec.sizes.length - 1];
-    for (let r = r0; gather && r < r1; r++) {
-      const i = b.index[r];
-      b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
-      b.target.set(train.targets.subarray(i * classes, (i + 1) * classes), r * classes);
-    }
+    if (gather) gatherBatchRows(this.init.memory, [r0, r1]);
     const rowsOf = (a: Float32Array, width: number) => a.subarray(r0 * width, r1 * width);
     await this.engine.rowPass(rowsOf(b.x, features), rowsOf(b.target, classes), r1 - r0, 1 / batch, {
       rowLoss: b.rowLoss.subarray(r0, r1),

@@ -7,19 +7,12 @@
  * or died is simply computed again by the main thread, with the same result; piscina replaces a dead
  * thread and it rejoins the team at the next pass.
  */
-import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
+import { compiled } from '../paths.js';
 import type { Task, TaskResult, WorkerInit } from './step_worker.js';
 import { TeamControl } from './team.js';
 import type { TeamInit } from './thread_worker.js';
 import { LocalWorker, type WorkerSet } from './workers.js';
-
-/** The compiled worker file; under vitest (which runs src/*.ts) the build in dist/ next to it. */
-export function threadWorkerFile(): string {
-  const here = fileURLToPath(import.meta.url);
-  if (here.endsWith('.ts')) return here.replace(/[/\\]src[/\\]cluster[/\\]threads\.ts$/, '/dist/src/cluster/thread_worker.js');
-  return here.replace(/threads\.js$/, 'thread_worker.js');
-}
 
 /** A slot whose thread died this many times in a row is not given a thread again. */
 const MAX_REJOINS = 3;
@@ -52,7 +45,8 @@ export class ThreadWorkers implements WorkerSet {
     const team = new TeamControl(options.threads, init.memory.spec.sizes.length - 1);
     const poolThreads = options.threads - 1;
     const pool = new Piscina({
-      filename: threadWorkerFile(),
+      // Under vitest this module is TypeScript; worker threads always load the build.
+      filename: compiled('cluster/thread_worker.js'),
       minThreads: poolThreads,
       maxThreads: poolThreads,
       idleTimeout: Number.MAX_SAFE_INTEGER,

@@ -67,6 +67,21 @@ export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSiz
   };
 }
 
+/**
+ * Copies the training samples of batch rows [r0, r1) (named by batch.index) into the batch's pixel
+ * buffer, and their one-hot targets too unless `pixelsOnly`.
+ */
+export function gatherBatchRows(memory: TrainingMemory, [r0, r1]: readonly [number, number], pixelsOnly = false): void {
+  const { batch: b, train, spec } = memory;
+  const features = spec.sizes[0];
+  const classes = spec.sizes[spec.sizes.length - 1];
+  for (let r = r0; r < r1; r++) {
+    const i = b.index[r];
+    b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
+    if (!pixelsOnly) b.target.set(train.targets.subarray(i * classes, (i + 1) * classes), r * classes);
+  }
+}
+
 export function optimizerMemoryOf(memory: TrainingMemory): OptimizerMemory {
   return new OptimizerMemory(paramLayout(memory.spec).total, memory.optimizer, memory.slots);
 }

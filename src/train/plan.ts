@@ -39,9 +39,8 @@ export function evenSplit(n: number, parts: number): Range[] {
   return ranges;
 }
 
-/** Row ranges for each worker: contiguous runs of whole micro-shards, balanced by count. */
-export function rowAssignment(rows: number, microBatch: number, workers: number): Range[] {
-  const shards = microShards(rows, microBatch);
+/** Row ranges for each worker: contiguous runs of whole micro-shards (given in order), balanced by count. */
+export function shardGroups(shards: Range[], workers: number): Range[] {
   return evenSplit(shards.length, workers).map(([a, b]) => (a === b ? [0, 0] : [shards[a][0], shards[b - 1][1]]) as Range);
 }
 
@@ -51,8 +50,8 @@ export function unitAssignment(fanOuts: number[], workers: number): Range[][] {
   return Array.from({ length: workers }, (_, w) => perLayer.map((ranges) => ranges[w]));
 }
 
-/** The order in which an epoch visits the training samples. */
-export function epochOrder(samples: number, shuffled: Uint32Array | undefined, batch: number, batchSize: number): Int32Array {
+/** The training samples of one batch of an epoch, in order (shuffled: the epoch's permutation). */
+export function batchSamples(samples: number, shuffled: Uint32Array | undefined, batch: number, batchSize: number): Int32Array {
   const rows = batchRows(samples, batchSize, batch);
   const index = new Int32Array(rows);
   for (let r = 0; r < rows; r++) {

@@ -19,7 +19,7 @@ import { exportModel } from '../report/export.js';
 import { MetricsLog } from '../report/metrics.js';
 import { plotRun } from '../report/plot.js';
 import { latestCheckpoint, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
-import { batchCount, batchRows, evenSplit, microShards } from './plan.js';
+import { batchCount, batchSamples, evenSplit, microShards } from './plan.js';
 
 export type TrainEvent =
   | { type: 'start'; spec: string; parameters: number; dataset: string; trainSamples: number; testSamples: number; workers: string; listening?: string }
@@ -297,12 +297,7 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
       const t0 = performance.now() - partial.seconds * 1000;
       let { samples: epochSamples, lossSum, steps: stepsThisEpoch } = partial;
       let stopped = false;
-      const indexOf = (b: number) => {
-        const rows = batchRows(dataset.train.count, config.batchSize, b);
-        const index = new Int32Array(rows);
-        for (let r = 0; r < rows; r++) index[r] = order ? order[b * config.batchSize + r] : b * config.batchSize + r;
-        return index;
-      };
+      const indexOf = (b: number) => batchSamples(dataset.train.count, order, b, config.batchSize);
       const position = () => ({ seconds: (performance.now() - t0) / 1000, samples: epochSamples, lossSum, steps: stepsThisEpoch });
       const first = continuing ? resumed.batch : 0;
       let next = first < batches ? indexOf(first) : undefined;

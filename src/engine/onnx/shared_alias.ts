@@ -5,8 +5,8 @@
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../../paths.js';
 
 type Alias = (shared: Float32Array) => Float32Array;
 
@@ -16,9 +16,7 @@ export function sharedAlias(): Alias | null {
   if (loaded !== undefined) return loaded;
   loaded = null;
   if (process.env.DTRAIN_NO_NATIVE) return loaded;
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
-  const file = join(dir, 'build', 'shared_alias.node');
+  const file = join(packageRoot, 'build', 'shared_alias.node');
   try {
     if (existsSync(file)) loaded = (createRequire(import.meta.url)(file) as { alias: Alias }).alias;
   } catch {
