@@ -99,6 +99,28 @@ describe('onnx engine row locality', () => {
   });
 });
 
+describe('onnx engine step pass', () => {
+  it.each(['sigmoid', 'relu', 'tanh'] as const)('gives the loss and gradient of the two passes bit for bit, in one call (%s)', async (activation) => {
+    const spec = makeSpec(784, [512, 256, 128, 64], 10, activation);
+    const params = initParams(spec, 0);
+    const rows = 37;
+    const x = Float32Array.from({ length: rows * 784 }, (_, i) => ((i * 7919) % 256) / 255);
+    const labels = Array.from({ length: rows }, (_, i) => (i * 3) % 10);
+    const engine = await createEngine(spec, { engine: 'onnx', device: 'cpu' });
+    const twoPasses = await engineGradient(engine, spec, params, x, labels);
+    const rowLoss = new Float32Array(rows);
+    const gradients = await engine.stepPass!(x, oneHot(labels, 10), rows, rowLoss);
+    expect(rowLoss).toEqual(twoPasses.out.rowLoss);
+    paramLayout(spec).layers.forEach(({ weightOffset, biasOffset, fanOut }, l) => {
+      expect(gradients[l].weight).toEqual(twoPasses.grad.subarray(weightOffset, biasOffset));
+      expect(gradients[l].bias).toEqual(twoPasses.grad.subarray(biasOffset, biasOffset + fanOut));
+    });
+    // One row cannot be padded (it would count twice): the caller must take the two passes.
+    await expect(engine.stepPass!(x, oneHot(labels, 10), 1, rowLoss)).rejects.toThrow('stepPass needs at least 2 rows');
+    await engine.dispose();
+  });
+});
+
 describe('native shared-buffer alias', () => {
   it('is built by npm install, and lets onnxruntime read shared memory in place', async () => {
     const { sharedAlias } = await import('../src/engine/onnx/shared_alias.js');

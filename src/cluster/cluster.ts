@@ -177,6 +177,23 @@ export class Cluster {
     this.shares.set(name, (this.shares.get(name) ?? 0) + rows);
   }
 
+  /**
+   * True when one local slot computes every step alone (one thread, no remote workers): the trainer then
+   * runs a step as one task (stepPass), which gives the same bits as the row and weight passes.
+   */
+  get wholeSteps(): boolean {
+    return this.localRows && !this.hub && this.local.size === 1;
+  }
+
+  /** Both passes of a step on the single local slot; the batch index must be set. */
+  async stepPass(step: number, generation: number, batch: number): Promise<TaskResult[]> {
+    const started = performance.now();
+    const results = await this.local.runPass([{ kind: 'step', step, generation, batch }]);
+    this.localSpeed = smooth(this.localSpeed, batch / Math.max(0.01, performance.now() - started));
+    this.credit(LOCAL, batch);
+    return results;
+  }
+
   /** Reduction of every weight gradient and the Adam step, on the local slots. */
   weightPass(step: number, generation: number, batch: number): Promise<TaskResult[]> {
     const units = unitAssignment(this.memory.spec.sizes.slice(1), this.local.size);

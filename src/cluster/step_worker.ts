@@ -1,13 +1,14 @@
 /**
  * What one worker does with the shared training memory: the row pass over some rows of the batch, the
- * weight pass (gradient reduction plus Adam) over some output units, and evaluation of some test rows.
+ * weight pass (gradient reduction plus Adam) over some output units, both for a slot alone, and
+ * evaluation of some test rows.
  * The same code runs in the coordinator's process (--threads 1) and in every worker thread.
  */
-import { createEngine, type Engine, type EngineOptions } from '../engine/engine.js';
+import { createEngine, type Engine, type EngineOptions, type LayerGradient } from '../engine/engine.js';
 import { paramLayout, type ParamLayout } from '../model/spec.js';
 import { adamKernel, adamRange, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
 import { OptimizerMemory } from '../optim/optimizer_memory.js';
-import type { Range } from '../train/plan.js';
+import { unitAssignment, type Range } from '../train/plan.js';
 import { gatherBatchRows, optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 
 export type Task =
@@ -15,6 +16,8 @@ export type Task =
   | { kind: 'rows'; step: number; generation: number; batch: number; range: Range; gather?: boolean }
   /** slot: the task's place in its pass, which names the gradient scratch it may use. */
   | { kind: 'weights'; step: number; generation: number; batch: number; units: Range[]; slot: number }
+  /** The whole batch on one slot: both passes, fused where the engine can (Engine.stepPass). */
+  | { kind: 'step'; step: number; generation: number; batch: number }
   | { kind: 'eval'; step: number; generation: number; range: Range };
 
 export interface TaskResult {
@@ -66,6 +69,8 @@ export class StepWorker {
         return { nonFiniteLayers: [] };
       case 'weights':
         return { nonFiniteLayers: await this.weights(task) };
+      case 'step':
+        return { nonFiniteLayers: await this.wholeStep(task) };
       case 'eval':
         await this.evaluate(task.step, task.generation, task.range);
         return { nonFiniteLayers: [] };
@@ -103,6 +108,25 @@ export class StepWorker {
       batch,
       units,
     );
+    return this.applyAdam(step, generation, gradients, units, slot);
+  }
+
+  private async wholeStep({ step, generation, batch }: Extract<Task, { kind: 'step' }>): Promise<number[]> {
+    const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
+    if (!this.engine.stepPass || batch < 2) {
+      await this.rows(step, generation, batch, [0, batch], true);
+      return this.weights({ kind: 'weights', step, generation, batch, units, slot: 0 });
+    }
+    this.useParams(step, generation);
+    const { batch: b, spec } = this.init.memory;
+    gatherBatchRows(this.init.memory, [0, batch]);
+    const classes = spec.sizes[spec.sizes.length - 1];
+    const gradients = await this.engine.stepPass(b.x.subarray(0, batch * spec.sizes[0]), b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch));
+    return this.applyAdam(step, generation, gradients, units, 0);
+  }
+
+  /** Adam over each layer's gradient (of units[l]); returns the layers whose gradient was not finite. */
+  private applyAdam(step: number, generation: number, gradients: LayerGradient[], units: Range[], slot: number): number[] {
     const bad: number[] = [];
     const scalars = adamScalars(this.init.adam, step + 1);
     this.layout.layers.forEach(({ fanIn, weightOffset, biasOffset }, l) => {

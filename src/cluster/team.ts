@@ -14,7 +14,7 @@ const SEQ = 0;
 /** Incremented (and notified) whenever a slot finishes or dies: what the main thread waits on. */
 const SIGNAL = 1;
 const HEADER = 2;
-const KIND = { none: 0, rows: 1, weights: 2, eval: 3, exit: 9 } as const;
+const KIND = { none: 0, rows: 1, weights: 2, eval: 3, step: 4, exit: 9 } as const;
 const FIELDS = 9;
 
 // Atomics.waitAsync is in Node 20 but not in the ES2022 library typings.
@@ -69,7 +69,7 @@ export class TeamControl {
         w[b + FIELDS + 2 * l] = u0;
         w[b + FIELDS + 2 * l + 1] = u1;
       });
-    } else {
+    } else if (task.kind !== 'step') {
       [w[b + 7], w[b + 8]] = task.range;
     }
   }
@@ -96,6 +96,8 @@ export class TeamControl {
       }
       case KIND.eval:
         return { kind: 'eval', ...base, range: [w[b + 7], w[b + 8]] };
+      case KIND.step:
+        return { kind: 'step', ...base, batch: w[b + 6] };
       case KIND.exit:
         return { kind: 'exit' };
       default:

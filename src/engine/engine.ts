@@ -6,6 +6,7 @@
  *               deltas. Row-local: the same numbers for a row whichever call computes it.
  * - weightPass: for every layer and a range of its output units, the weight and bias gradient summed
  *               over the whole batch in one fixed reduction.
+ * - stepPass:   (optional) both at once, for a slot that computes a whole step alone.
  *
  * Arrays passed in may live in SharedArrayBuffers; an engine copies what its runtime cannot read in place.
  */
@@ -47,6 +48,12 @@ export interface Engine {
    * layer's input a_l (batch × fanIn) and delta d_l (batch × fanOut); valid until the next call.
    */
   weightPass(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): Promise<LayerGradient[]>;
+  /**
+   * Optional: rowPass over all `rows` (at least 2) and weightPass over every unit in one call, with the
+   * same bits as the two passes (the loss goes to rowLoss; activations and deltas are not returned).
+   * An engine that has it saves the hand-over between the passes when one slot computes a whole step.
+   */
+  stepPass?(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array): Promise<LayerGradient[]>;
   evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void>;
   dispose(): Promise<void>;
 }

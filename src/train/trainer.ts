@@ -96,14 +96,19 @@ export class Trainer {
     const rows = index.length;
     const { batch } = this.memory;
     batch.index.set(index);
-    await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, () => this.snapshot());
+    const whole = this.cluster.wholeSteps;
+    // A whole step writes only into the next generation, so a non-finite loss found after it loses nothing.
+    const wholeResults = whole ? await this.cluster.stepPass(this.step, this.generation, rows) : undefined;
+    if (!whole) await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, () => this.snapshot());
     if (next) this.cluster.prefetch(this.step + 1, next, this.config.microBatch);
     let lossSum = 0;
     for (let r = 0; r < rows; r++) lossSum += batch.rowLoss[r];
     if (!Number.isFinite(lossSum)) throw nonFiniteLoss(this.step, this.locateNonFinite([batch.rowLoss], [1], rows));
-    const results = await this.cluster.weightPass(this.step, this.generation, rows);
+    const results = wholeResults ?? (await this.cluster.weightPass(this.step, this.generation, rows));
     const bad = [...new Set(results.flatMap((r) => r.nonFiniteLayers))].sort((a, b) => a - b);
     if (bad.length > 0) {
+      // A whole step keeps activations and deltas inside the engine: the row pass recomputes them to locate the culprit.
+      if (whole) await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, () => this.snapshot());
       const l = bad[0];
       const sources = [l === 0 ? batch.x : batch.hidden[l - 1], batch.deltas[l]];
       const widths = [this.spec.sizes[l], this.spec.sizes[l + 1]];

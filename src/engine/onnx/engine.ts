@@ -9,7 +9,7 @@ import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
 import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
 import { sharedAlias } from './shared_alias.js';
-import { biasName, buildEvalGraph, buildRowGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
+import { biasName, buildEvalGraph, buildRowGraph, buildStepGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
 
 type OrtModule = typeof Ort;
 
@@ -63,7 +63,9 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
   }
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
   const reads = sharedAlias() ? '' : ', copying shared buffers';
-  return new OnnxEngine(ort, spec, sessions, `onnxruntime-node ${version} (${device}${reads})`);
+  // The step graph only serves a slot that computes whole steps alone, so it is built on first use.
+  const stepSession = () => ort.InferenceSession.create(buildStepGraph(spec), options);
+  return new OnnxEngine(ort, spec, sessions, stepSession, `onnxruntime-node ${version} (${device}${reads})`);
 }
 
 class OnnxEngine implements Engine {
@@ -73,11 +75,13 @@ class OnnxEngine implements Engine {
   private paramFeeds: Record<string, Ort.Tensor> = {};
   private readonly scale: Float32Array = new Float32Array(1);
   private readonly range: BigInt64Array;
+  private stepSession?: Promise<Ort.InferenceSession>;
 
   constructor(
     private readonly ort: OrtModule,
     private readonly spec: ModelSpec,
     private readonly sessions: Ort.InferenceSession[],
+    private readonly createStepSession: () => Promise<Ort.InferenceSession>,
     readonly backend: string,
   ) {
     this.layout = paramLayout(spec);
@@ -146,7 +150,21 @@ class OnnxEngine implements Engine {
       feeds[`start${l}`] = new this.ort.Tensor('int64', this.range.subarray(2 * l, 2 * l + 1), [1]);
       feeds[`end${l}`] = new this.ort.Tensor('int64', this.range.subarray(2 * l + 1, 2 * l + 2), [1]);
     });
-    const result = await this.sessions[1].run(feeds);
+    return this.gradients(await this.sessions[1].run(feeds));
+  }
+
+  async stepPass(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array): Promise<LayerGradient[]> {
+    // Padding a single row would count it twice in the gradient; a one-row step takes the two passes.
+    if (rows < 2) throw new RangeError('stepPass needs at least 2 rows');
+    this.stepSession ??= this.createStepSession();
+    this.scale[0] = 1 / rows;
+    const feeds = { ...this.paramFeeds, ...this.rowInputs(x, target, rows), scale: this.tensor(this.scale, [1]) };
+    const result = await (await this.stepSession).run(feeds);
+    rowLoss.set(result.rowLoss.data as Float32Array);
+    return this.gradients(result);
+  }
+
+  private gradients(result: Ort.InferenceSession.ReturnType): LayerGradient[] {
     return this.layout.layers.map((_, l) => ({ weight: result[`gW${l}`].data as Float32Array, bias: result[`gb${l}`].data as Float32Array }));
   }
 
@@ -159,6 +177,7 @@ class OnnxEngine implements Engine {
   }
 
   async dispose(): Promise<void> {
-    await Promise.all(this.sessions.map((s) => s.release()));
+    const step = this.stepSession ? [await this.stepSession] : [];
+    await Promise.all([...this.sessions, ...step].map((s) => s.release()));
   }
 }
