@@ -1,8 +1,8 @@
 /**
  * Step-time benchmark: dtrain's engines and thread counts side by side with the PyTorch reference
  * (../shared/reference), in interleaved rounds so that the machine's drift hits every row alike.
- * Prints a Markdown table of ms/step (the median over rounds of each run's mean, and of dtrain's per-step
- * median) and s/epoch, and ratios against PyTorch on 1 thread.
+ * Prints a Markdown table of ms/step (the median over rounds of each run's mean, and of each run's
+ * per-step median) and s/epoch, and ratios of both against PyTorch on 1 thread.
  *
  *   npm run bench -- [--steps 300] [--rounds 3] [--configs onnx:1,onnx:2,tfjs:1,torch:1,torch:2]
  */
@@ -11,7 +11,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetrics } from '../src/report/metrics.js';
-import { argValue, median, projectRoot, torchMsPerStep } from './reference.js';
+import { argValue, median, projectRoot, torchStepTimes } from './reference.js';
 
 const cli = join(projectRoot, 'dist/src/cli.js');
 const STEPS_PER_EPOCH = 938;
@@ -21,12 +21,12 @@ const rounds = Number(argValue('rounds', '3'));
 const configs = argValue('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1').split(',');
 
 /**
- * One run: its mean ms per optimizer step (training only: no start-up, no evaluation), comparable with the
- * PyTorch reference, which reports only a mean; and, for dtrain, the median of its steps from metrics.jsonl.
+ * One run: its mean ms per optimizer step (training only: no start-up, no evaluation) and the median of
+ * its steps (dtrain's from metrics.jsonl, PyTorch's from torch_step_times.py).
  */
-function measure(config: string): { mean: number; median?: number } {
+function measure(config: string): { mean: number; median: number } {
   const [engine, threads] = config.split(':');
-  if (engine === 'torch') return { mean: torchMsPerStep(Number(threads), steps) };
+  if (engine === 'torch') return torchStepTimes(Number(threads), steps);
   const outDir = mkdtempSync(join(tmpdir(), 'dtrain-bench-'));
   execFileSync(
     process.execPath,
@@ -43,20 +43,21 @@ for (let r = 0; r < rounds; r++) {
   for (const config of configs) {
     const { mean, median: stepMedian } = measure(config);
     samples.get(config)!.push(mean);
-    if (stepMedian !== undefined) stepMedians.get(config)!.push(stepMedian);
+    stepMedians.get(config)!.push(stepMedian);
     process.stderr.write(`round ${r + 1}/${rounds} ${config}: ${mean.toFixed(3)} ms/step\n`);
   }
 }
 const base = samples.has('torch:1') ? median(samples.get('torch:1')!) : undefined;
+const baseStep = stepMedians.has('torch:1') ? median(stepMedians.get('torch:1')!) : undefined;
 const names: Record<string, string> = { torch: 'PyTorch reference', onnx: 'dtrain onnx', tfjs: 'dtrain tfjs' };
 console.log(`\n${steps} steps of batch 64 per run, median of ${rounds} interleaved rounds\n`);
-console.log('| run | threads | ms/step (mean) | median step (ms) | s/epoch (938 steps) | × PyTorch 1 thread |');
-console.log('|---|---|---|---|---|---|');
+console.log('| run | threads | ms/step (mean) | median step (ms) | s/epoch (938 steps) | × PyTorch 1 thread (means) | × PyTorch 1 thread (median steps) |');
+console.log('|---|---|---|---|---|---|---|');
 for (const [config, xs] of samples) {
   const [engine, threads] = config.split(':');
   const ms = median(xs);
+  const step = median(stepMedians.get(config)!);
   const ratio = base ? (ms / base).toFixed(2) : '–';
-  const step = stepMedians.get(config)!;
-  const stepText = step.length ? median(step).toFixed(2) : '–';
-  console.log(`| ${names[engine] ?? engine} | ${threads} | ${ms.toFixed(2)} | ${stepText} | ${((ms * STEPS_PER_EPOCH) / 1000).toFixed(2)} | ${ratio} |`);
+  const stepRatio = baseStep ? (step / baseStep).toFixed(2) : '–';
+  console.log(`| ${names[engine] ?? engine} | ${threads} | ${ms.toFixed(2)} | ${step.toFixed(2)} | ${((ms * STEPS_PER_EPOCH) / 1000).toFixed(2)} | ${ratio} | ${stepRatio} |`);
 }

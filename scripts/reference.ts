@@ -15,15 +15,23 @@ export function torchAvailable(): boolean {
   return existsSync(join(referenceDir, 'setup-torch.sh'));
 }
 
-/** ms per step of the PyTorch reference (data preloaded, batch 64) on `threads` threads. */
-export function torchMsPerStep(threads: number, steps: number): number {
+/**
+ * ms per step of the PyTorch reference (data preloaded, batch 64) on `threads` threads: its own mean, and
+ * the median of its steps, timed by torch_step_times.py around the unchanged reference script.
+ */
+export function torchStepTimes(threads: number, steps: number): { mean: number; median: number } {
   python ??= execFileSync('bash', [join(referenceDir, 'setup-torch.sh')], { encoding: 'utf8' }).trim();
   const out = execFileSync(
     python,
-    [join(referenceDir, 'torch_mlp.py'), '--data', embeddedMnistDir(), '--threads', String(threads), '--steps', String(steps)],
+    [
+      join(projectRoot, 'scripts', 'torch_step_times.py'),
+      join(referenceDir, 'torch_mlp.py'),
+      ...['--data', embeddedMnistDir(), '--threads', String(threads), '--steps', String(steps)],
+    ],
     { encoding: 'utf8' },
   );
-  return JSON.parse(out.trim().split('\n').pop()!).ms_per_step;
+  const result = JSON.parse(out.trim().split('\n').pop()!);
+  return { mean: result.ms_per_step, median: result.step_ms_median };
 }
 
 export function argValue(name: string, fallback: string): string {

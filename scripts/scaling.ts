@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { train, type TrainConfig } from '../src/index.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { panel, svgDocument } from '../src/report/plot.js';
-import { argValue, projectRoot, torchAvailable, torchMsPerStep } from './reference.js';
+import { argValue, projectRoot, torchAvailable, torchStepTimes } from './reference.js';
 
 export interface ScalingOptions {
   threads: number[];
@@ -102,7 +102,7 @@ export async function runScaling(options: Partial<ScalingOptions> = {}, log: (li
   }
   if (o.torch && torchAvailable()) {
     for (const threads of o.threads) {
-      const ms = torchMsPerStep(threads, o.steps);
+      const ms = torchStepTimes(threads, o.steps).mean;
       rows.push({ kind: 'PyTorch reference', workers: threads, microBatch: 64, msPerStep: ms, samplesPerSecond: 64000 / ms, efficiency: 0, bytesPerStep: 0, networkWaitShare: 0, paramsSha256: '' });
     }
   }
