@@ -94,6 +94,36 @@ describe('remote workers on loopback', () => {
     expect(summary.paramsSha256).toBe(threads2.paramsSha256);
   });
 
+  it('with --threads 0, replays locally when every replica is lost, and a newcomer continues with the same result', async () => {
+    const workers: ChildProcess[] = [];
+    let url = '';
+    const replays: [number, number][] = [];
+    const waits: string[] = [];
+    const summary = await coordinator(
+      { threads: 0, epochs: 3 },
+      (u) => {
+        url = u;
+        workers.push(workerProcess(url), workerProcess(url));
+      },
+      (e) => {
+        if (e.type !== 'cluster') return;
+        if (e.event.type === 'replay') replays.push([e.event.from, e.event.to]);
+        if (e.event.type === 'waiting') waits.push(e.event.reason);
+      },
+      async (step) => {
+        if (step !== 5) return;
+        // Both replicas die; the coordinator last took their state after epoch 1 (step 3), and a newcomer
+        // joins while it waits for a worker.
+        await Promise.all(workers.map((w) => new Promise((resolve) => (w.once('exit', resolve), w.kill('SIGKILL')))));
+        setTimeout(() => workerProcess(url), 200);
+      },
+    );
+    expect(waits).toContain('step 5: no worker is connected; waiting for one');
+    expect(replays).toEqual([[3, 5]]);
+    const threads2 = await train({ ...BASE, epochs: 3, threads: 2, out: join(out, 'ref3-replay') });
+    expect(summary.paramsSha256).toBe(threads2.paramsSha256);
+  });
+
   it('mixes local threads and a remote worker running 2 threads with the same result, and waits for a worker with --threads 0', async () => {
     const abort = new AbortController();
     const mixed = await coordinator({ threads: 1 }, (url) => void runWorker({ connect: url, threads: 2, signal: abort.signal }));
@@ -168,6 +198,16 @@ describe('hostile peers', () => {
         ws.on('error', () => {});
       },
       /^undecodable frame|^a message must be a msgpack map/,
+    ],
+    [
+      'a state it was not asked for',
+      (url: string) =>
+        void rawPeer(url, TOKEN, (m, ws) => {
+          if (m.t !== 'welcome') return;
+          const none = new Float32Array(0);
+          ws.send(encode({ t: 'replicaState', step: 0, params: none, m: none, v: none }));
+        }),
+      /^replicaState: the state of step 0 was not asked for \(expected none\)$/,
     ],
     [
       'a text frame',

@@ -7,12 +7,19 @@
 import type { Range } from '../train/plan.js';
 import { microShards, shardGroups, unitAssignment } from '../train/plan.js';
 import type { RemoteHub, RemoteWorker, HubEvent } from './remote/server.js';
-import type { RowsDone, StateMessage } from './remote/protocol.js';
+import type { ReplicaState, RowsDone, StateMessage } from './remote/protocol.js';
 import type { Task, TaskResult } from './step_worker.js';
 import { gatherBatchRows, type TrainingMemory } from './training_memory.js';
 import type { WorkerSet } from './workers.js';
 
 type Snapshot = Omit<StateMessage, 't' | 'useLocalData'>;
+
+/** What the scheduler asks of the trainer when workers join: the committed state, made current first. */
+export interface CommittedState {
+  /** Brings this process's state up to the committed step; true if that replayed steps here (reusing the batch buffers). */
+  current(): Promise<boolean>;
+  snapshot(): Snapshot;
+}
 
 interface RemoteJob {
   worker: RemoteWorker;
@@ -31,7 +38,11 @@ interface Plan {
   remote: RemoteJob[];
 }
 
-export type ClusterEvent = HubEvent | { type: 'waiting'; reason: string } | { type: 'redo'; rows: Range; reason: string };
+export type ClusterEvent =
+  | HubEvent
+  | { type: 'waiting'; reason: string }
+  | { type: 'redo'; rows: Range; reason: string }
+  | { type: 'replay'; from: number; to: number };
 
 /** Rows each participant computed and the time the coordinator waited on the network, per epoch. */
 export interface WorkShares {
@@ -63,13 +74,20 @@ export class Cluster {
   }
 
   /**
-   * Forward and backward rows of the batch on all participants; on return the batch buffers hold every
-   * row's loss, activations and deltas. `snapshot` gives the committed state for workers that just joined.
+   * Forward and backward rows of the batch on all participants (or, `localOnly`, on the local slots);
+   * on return the batch buffers hold every row's loss, activations and deltas. Returns true when remote
+   * replicas apply this step themselves and the local slots (with --threads 0) need not: the trainer
+   * then lags behind them until it takes their state (see Trainer.current).
    */
-  async rowPass(step: number, generation: number, batch: number, microBatch: number, snapshot: () => Snapshot): Promise<void> {
+  async rowPass(step: number, generation: number, batch: number, microBatch: number, state: CommittedState, localOnly = false): Promise<boolean> {
     const shards = microShards(batch, microBatch);
+    if (localOnly) {
+      await this.runLocalRows(step, generation, batch, shards);
+      return false;
+    }
     // Read only while the requests are built, before the next step overwrites it.
     const index = this.memory.batch.index.subarray(0, batch);
+    const saved = index.slice();
     let plans: Plan[] = [];
     let todo: Range[] = [[0, shards.length]];
     if (this.prefetched?.step === step) {
@@ -79,7 +97,16 @@ export class Cluster {
     this.prefetched = undefined;
     const computedBy = new Map<RemoteWorker, Range>();
     while (plans.length > 0 || todo.length > 0) {
-      this.hub?.admit(snapshot);
+      if (this.hub && this.hub.joining().length > 0) {
+        if (await state.current()) {
+          // Steps were replayed here, through the batch buffers: this step's rows start over.
+          index.set(saved);
+          plans = [];
+          todo = [[0, shards.length]];
+          computedBy.clear();
+        }
+        this.hub.admit(state.snapshot());
+      }
       if (todo.length > 0 && !this.localRows && (this.hub?.ready().length ?? 0) === 0) {
         this.onEvent({ type: 'waiting', reason: `step ${step}: no worker is connected; waiting for one` });
         await this.hub!.waitForWorker();
@@ -91,7 +118,28 @@ export class Cluster {
       todo = failed.flat();
       plans = [];
     }
-    this.hub?.broadcastUpdate(step, batch, computedBy);
+    const replicas = this.hub?.broadcastUpdate(step, batch, computedBy) ?? 0;
+    return !this.localRows && replicas > 0;
+  }
+
+  /**
+   * The state of step `step` from a remote replica (trying each ready one in turn), or undefined when no
+   * replica could give it.
+   */
+  async replicaState(step: number): Promise<ReplicaState | undefined> {
+    for (const worker of this.hub?.ready() ?? []) {
+      try {
+        return await this.hub!.fetchState(worker, step);
+      } catch {
+        // it left or timed out (and was dropped): ask the next one
+      }
+    }
+    return undefined;
+  }
+
+  /** Reports that the local slots replay steps the replicas had applied (they are all gone). */
+  replaying(from: number, to: number): void {
+    this.onEvent({ type: 'replay', from, to });
   }
 
   /**

@@ -35,6 +35,7 @@ export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void 
         else if (e.type === 'rejected') sink.line(`! ${e.peer} rejected: ${e.reason}`);
         else if (e.type === 'waiting') sink.line(`… ${e.reason}`);
         else if (e.type === 'redo') sink.line(`↻ rows ${e.rows[0]}–${e.rows[1] - 1} redone elsewhere: ${e.reason}`);
+        else if (e.type === 'replay') sink.line(`↻ no replica left: replaying steps ${e.from}–${e.to - 1} here from the last state taken`);
         else if (e.type === 'diverged') sink.line(`! replicas of ${e.workers.join(', ')} differ from the coordinator's parameters: resynchronising`);
         break;
       }

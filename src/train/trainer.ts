@@ -12,7 +12,8 @@ import { describeSpec, makeSpec, paramLayout, type ModelSpec } from '../model/sp
 import { ADAM_DEFAULTS, type AdamOptions } from '../optim/adam.js';
 import type { OptimizerMemory } from '../optim/optimizer_memory.js';
 import { paramsSha256, writeSummary, type EpochResult, type RunSummary } from '../report/summary.js';
-import { Cluster, type ClusterEvent, type WorkShares } from '../cluster/cluster.js';
+import { Cluster, type ClusterEvent, type CommittedState, type WorkShares } from '../cluster/cluster.js';
+import type { TaskResult } from '../cluster/step_worker.js';
 import { createTrainingMemory, optimizerMemoryOf, type TrainingMemory } from '../cluster/training_memory.js';
 import { createWorkers, type WorkerSet } from '../cluster/workers.js';
 import { exportModel } from '../report/export.js';
@@ -47,17 +48,28 @@ export interface TrainOptions {
   faults?: { threadExitAtStep: number; times: number };
 }
 
+/**
+ * Steps a coordinator without compute threads lets its remote replicas run ahead before it takes their
+ * state (~7 MB for the tutorial MLP): bounds what it replays on its own if every replica is lost.
+ */
+const MAX_UNAPPLIED = 200;
+
 export interface EvalResult {
   accuracy: number;
   avgLoss: number;
 }
 
-export class Trainer {
+export class Trainer implements CommittedState {
   readonly spec: ModelSpec;
   readonly optimizer: OptimizerMemory;
   /** The generation (0 or 1) of the optimizer memory that holds the committed state. */
   generation = 0;
   step = 0;
+  /**
+   * With --threads 0 and remote replicas, the batches of the steps the replicas applied and this
+   * process has not (yet): its optimizer memory holds the state of step `step - unapplied.length`.
+   */
+  private unapplied: Int32Array[] = [];
 
   constructor(
     readonly config: TrainConfig,
@@ -74,7 +86,7 @@ export class Trainer {
     return this.optimizer.paramsOf(this.generation);
   }
 
-  /** The committed state, as sent to a remote worker that joins. */
+  /** The committed state, as sent to a remote worker that joins (call current() first). */
   snapshot() {
     return {
       spec: this.spec,
@@ -94,21 +106,51 @@ export class Trainer {
    */
   async trainStep(index: Int32Array, next?: Int32Array): Promise<number> {
     const rows = index.length;
-    const { batch } = this.memory;
-    batch.index.set(index);
-    const whole = this.cluster.wholeSteps;
-    // A whole step writes only into the next generation, so a non-finite loss found after it loses nothing.
-    const wholeResults = whole ? await this.cluster.stepPass(this.step, this.generation, rows) : undefined;
-    if (!whole) await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, () => this.snapshot());
+    this.memory.batch.index.set(index);
+    if (this.cluster.wholeSteps) {
+      // A whole step writes only into the next generation, so a non-finite loss found after it loses nothing.
+      const results = await this.cluster.stepPass(this.step, this.generation, rows);
+      return this.commit(rows, results, true);
+    }
+    const replicated = await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, this);
     if (next) this.cluster.prefetch(this.step + 1, next, this.config.microBatch);
+    if (replicated) {
+      // The remote replicas apply this step; this process catches up when it needs the state.
+      const loss = this.batchLoss(rows);
+      this.unapplied.push(index.slice());
+      this.step++;
+      this.generation ^= 1;
+      if (this.unapplied.length >= MAX_UNAPPLIED) await this.current();
+      return loss;
+    }
+    if (this.unapplied.length > 0 && (await this.current())) {
+      // No replica took this step and the catch-up replayed steps through the batch buffers: redo its rows.
+      this.memory.batch.index.set(index);
+      await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, this, true);
+    }
+    return this.commit(rows);
+  }
+
+  /** The batch-mean loss of the rows in the batch buffers; throws if it is not finite. */
+  private batchLoss(rows: number): number {
     let lossSum = 0;
-    for (let r = 0; r < rows; r++) lossSum += batch.rowLoss[r];
-    if (!Number.isFinite(lossSum)) throw nonFiniteLoss(this.step, this.locateNonFinite([batch.rowLoss], [1], rows));
-    const results = wholeResults ?? (await this.cluster.weightPass(this.step, this.generation, rows));
+    for (let r = 0; r < rows; r++) lossSum += this.memory.batch.rowLoss[r];
+    if (!Number.isFinite(lossSum)) throw nonFiniteLoss(this.step, this.locateNonFinite([this.memory.batch.rowLoss], [1], rows));
+    return lossSum / rows;
+  }
+
+  /**
+   * Checks the loss, runs the weight pass on the local slots (unless a whole-step task already did:
+   * `results`), checks the gradient and commits the step.
+   */
+  private async commit(rows: number, results?: TaskResult[], whole = false): Promise<number> {
+    const { batch } = this.memory;
+    const loss = this.batchLoss(rows);
+    results ??= await this.cluster.weightPass(this.step, this.generation, rows);
     const bad = [...new Set(results.flatMap((r) => r.nonFiniteLayers))].sort((a, b) => a - b);
     if (bad.length > 0) {
       // A whole step keeps activations and deltas inside the engine: the row pass recomputes them to locate the culprit.
-      if (whole) await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, () => this.snapshot());
+      if (whole) await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, this, true);
       const l = bad[0];
       const sources = [l === 0 ? batch.x : batch.hidden[l - 1], batch.deltas[l]];
       const widths = [this.spec.sizes[l], this.spec.sizes[l + 1]];
@@ -116,7 +158,36 @@ export class Trainer {
     }
     this.generation ^= 1;
     this.step++;
-    return lossSum / rows;
+    return loss;
+  }
+
+  /**
+   * Makes this process's optimizer memory hold the committed state after steps that only the remote
+   * replicas applied: it takes a replica's state, or, when no replica is left, replays those steps on
+   * the local slots from the state it last had (the batches are known and the result is bitwise the
+   * same). Returns true if it replayed (which reuses the batch buffers).
+   */
+  async current(): Promise<boolean> {
+    if (this.unapplied.length === 0) return false;
+    const state = await this.cluster.replicaState(this.step);
+    if (state) {
+      this.optimizer.paramsOf(this.generation).set(state.params);
+      this.optimizer.firstMomentOf(this.generation).set(state.m);
+      this.optimizer.secondMomentOf(this.generation).set(state.v);
+      this.unapplied = [];
+      return false;
+    }
+    const steps = this.unapplied;
+    this.unapplied = [];
+    this.step -= steps.length;
+    this.generation ^= steps.length & 1;
+    this.cluster.replaying(this.step, this.step + steps.length);
+    for (const index of steps) {
+      this.memory.batch.index.set(index);
+      await this.cluster.rowPass(this.step, this.generation, index.length, this.config.microBatch, this, true);
+      await this.commit(index.length);
+    }
+    return true;
   }
 
   /** Names the micro-shard holding the first non-finite value among the batch rows of the given buffers. */
@@ -136,6 +207,7 @@ export class Trainer {
 
   /** Accuracy and the tutorial's average loss (the mean of per-batch mean losses) on the test set. */
   async evaluate(): Promise<EvalResult> {
+    await this.current();
     const { test, evalLoss, evalPredicted } = this.memory;
     await this.cluster.evalPass(this.step, this.generation, evenSplit(test.count, this.cluster.local.size));
     const labels = this.dataset.test.labels;
@@ -270,7 +342,8 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
   let failure: Error | undefined;
   const metrics = new MetricsLog(outDir, resumed && { step: resumed.step, epochs: resumed.epochs.length });
   let bytesBefore = cluster.bytesMoved();
-  const save = (epoch: number, batch: number, epochRngState: number[], partial: CheckpointHeader['partial']) => {
+  const save = async (epoch: number, batch: number, epochRngState: number[], partial: CheckpointHeader['partial']) => {
+    await trainer.current();
     const file = writeCheckpoint(
       outDir,
       {
@@ -327,7 +400,7 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
         const due = config.checkpointEvery > 0 && trainer.step % config.checkpointEvery === 0;
         if ((stopped || due) && b + 1 < batches) {
           // A stop mid-epoch is checkpointed before its evaluation, so that a resume continues the epoch.
-          save(epoch, b + 1, epochRngState, position());
+          await save(epoch, b + 1, epochRngState, position());
         }
         if (stopped) break;
       }
@@ -352,13 +425,18 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
       emit({ type: 'epoch', result, shares });
       epochs.push(result);
       if (stopped && epochSamples < dataset.train.count) break;
-      save(epoch + 1, 0, shuffleRng.getState(), { seconds: 0, samples: 0, lossSum: 0, steps: 0 });
+      await save(epoch + 1, 0, shuffleRng.getState(), { seconds: 0, samples: 0, lossSum: 0, steps: 0 });
       if (stopped) break;
     }
   } catch (e) {
     // The committed generation still holds the last good state; record it before failing.
     failure = e as Error;
   } finally {
+    try {
+      await trainer.current();
+    } catch (e) {
+      failure ??= e as Error;
+    }
     await cluster.close();
     await metrics.close();
   }

@@ -2,7 +2,8 @@
  * `dtrain worker --connect ws://HOST:PORT`: a remote machine that joins a run. It proves it knows the
  * token (and checks that the coordinator does too), receives a snapshot of the training state, and then
  * for every step computes the rows it is asked for and applies the step to its own replica from the rows
- * the others computed, with the same kernels as the coordinator, so every replica stays bit-identical.
+ * the others computed, with the same kernels as the coordinator, so every replica stays bit-identical
+ * (and a coordinator without compute threads of its own takes its state from a replica when it needs it).
  * After a dropped connection it reconnects with exponential backoff and resynchronises from a new snapshot.
  */
 import { readFileSync } from 'node:fs';
@@ -152,6 +153,19 @@ class Replica {
     return paramsSha256(optimizerMemoryOf(this.memory).paramsOf(this.generation));
   }
 
+  /** The replica's state, for a coordinator that does not apply the steps itself. */
+  state(step: number): ToCoordinator {
+    if (step !== this.step) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
+    const optimizer = optimizerMemoryOf(this.memory);
+    return {
+      t: 'replicaState',
+      step,
+      params: optimizer.paramsOf(this.generation),
+      m: optimizer.firstMomentOf(this.generation),
+      v: optimizer.secondMomentOf(this.generation),
+    };
+  }
+
   close(): Promise<void> {
     return this.workers.close();
   }
@@ -283,6 +297,9 @@ function session(
               return;
             case 'check':
               send({ t: 'checksum', step: message.step, sha256: getReplica()!.checksum() });
+              return;
+            case 'snapshot':
+              send(getReplica()!.state(message.step));
               return;
             case 'error':
               emit({ type: 'error', message: `coordinator: ${message.message}` });

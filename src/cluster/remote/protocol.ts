@@ -13,15 +13,18 @@
  *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
  *   coordinator → worker  update {step, batch, parts}             the rows others computed: apply the step
  *   coordinator → worker  check {step}  → worker  checksum {step, sha256}      replica verification
+ *   coordinator → worker  snapshot {step} → worker  replicaState {step, params, m, v}
+ *                         the replica's state at a step: what the coordinator takes instead of applying
+ *                         every step itself when it has no compute threads of its own (--threads 0)
  *   either → other        error {message}
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
-import type { ModelSpec } from '../../model/spec.js';
+import { paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../../train/plan.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -80,11 +83,13 @@ export interface UpdatePart {
 }
 export interface UpdateMessage { t: 'update'; step: number; batch: number; parts: UpdatePart[] }
 export interface CheckMessage { t: 'check'; step: number }
+export interface SnapshotRequest { t: 'snapshot'; step: number }
+export interface ReplicaState { t: 'replicaState'; step: number; params: Float32Array; m: Float32Array; v: Float32Array }
 export interface ChecksumMessage { t: 'checksum'; step: number; sha256: string }
 export interface ErrorMessage { t: 'error'; message: string }
 
-export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | UpdateMessage | CheckMessage | ErrorMessage;
-export type ToCoordinator = Hello | RowsDone | ChecksumMessage | ErrorMessage;
+export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | UpdateMessage | CheckMessage | SnapshotRequest | ErrorMessage;
+export type ToCoordinator = Hello | RowsDone | ChecksumMessage | ReplicaState | ErrorMessage;
 
 /** Thrown for anything a peer sent that is not a valid message; the text names what was wrong. */
 export class ProtocolError extends Error {
@@ -190,6 +195,8 @@ export interface CoordinatorView {
   /** The step whose rows this worker owes, or undefined when it owes none. */
   pendingStep: number | undefined;
   pendingRange: Range | undefined;
+  /** The step whose state this worker was asked for, or undefined. */
+  pendingSnapshot: number | undefined;
 }
 
 export function validateFromWorker(raw: Record<string, unknown>, view: CoordinatorView | undefined): ToCoordinator {
@@ -232,6 +239,21 @@ export function validateFromWorker(raw: Record<string, unknown>, view: Coordinat
     }
     case 'checksum':
       return { t: 'checksum', step: int(raw, 'step'), sha256: str(raw, 'sha256', 64) };
+    case 'replicaState': {
+      if (!view) throw new ProtocolError('replicaState: sent before the worker was set up');
+      const step = int(raw, 'step');
+      if (view.pendingSnapshot === undefined || step !== view.pendingSnapshot) {
+        throw new ProtocolError(`replicaState: the state of step ${step} was not asked for (expected ${view.pendingSnapshot ?? 'none'})`);
+      }
+      const total = paramLayout(view.spec).total;
+      return {
+        t: 'replicaState',
+        step,
+        params: floats('replicaState: params', field(raw, 'params'), total),
+        m: floats('replicaState: m', field(raw, 'm'), total),
+        v: floats('replicaState: v', field(raw, 'v'), total),
+      };
+    }
     case 'error':
       return { t: 'error', message: str(raw, 'message', 2000) };
     default:
@@ -267,8 +289,7 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
       return { t: 'welcome', proof: bytes(raw, 'proof'), workerId: int(raw, 'workerId') };
     case 'state': {
       const spec = specOf(raw);
-      let total = 0;
-      for (let l = 0; l + 1 < spec.sizes.length; l++) total += spec.sizes[l] * spec.sizes[l + 1] + spec.sizes[l + 1];
+      const total = paramLayout(spec).total;
       const adam = field(raw, 'adam') as AdamOptions;
       if (!adam || ![adam.lr, adam.beta1, adam.beta2, adam.eps].every((x) => typeof x === 'number' && Number.isFinite(x))) {
         throw new ProtocolError('state: field "adam" is not valid');
@@ -326,6 +347,8 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
     }
     case 'check':
       return { t: 'check', step: int(raw, 'step') };
+    case 'snapshot':
+      return { t: 'snapshot', step: int(raw, 'step') };
     case 'error':
       return { t: 'error', message: str(raw, 'message', 2000) };
     default:
@@ -351,8 +374,7 @@ export function proofMatches(token: string, role: 'worker' | 'coordinator', nonc
 
 /** The largest frame either side accepts for a model: a full state snapshot plus room for the rest. */
 export function maxFrameBytes(spec: ModelSpec, batchSize: number): number {
-  let params = 0;
-  for (let l = 0; l + 1 < spec.sizes.length; l++) params += spec.sizes[l] * spec.sizes[l + 1] + spec.sizes[l + 1];
+  const params = paramLayout(spec).total;
   const rowWidth = spec.sizes.reduce((a, b) => a + b, 0) * 2;
   return 3 * 4 * params + 4 * batchSize * rowWidth + (1 << 20);
 }

@@ -22,6 +22,7 @@ import {
   validateFromWorker,
   type CoordinatorView,
   type Hello,
+  type ReplicaState,
   type RowsDone,
   type StateMessage,
   type ToWorker,
@@ -60,6 +61,7 @@ export class RemoteWorker {
   hello?: Hello;
   readonly challenge = newNonce();
   pending?: { step: number; range: Range; resolve: (r: RowsDone) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
+  pendingSnapshot?: { step: number; resolve: (r: ReplicaState) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
   /** Rows per millisecond, smoothed; the scheduler gives work in proportion to it. */
   speed = 0;
   authTimer?: NodeJS.Timeout;
@@ -81,7 +83,7 @@ export class RemoteHub {
   private heartbeat?: NodeJS.Timeout;
   private nextId = 1;
   readonly workers = new Map<number, RemoteWorker>();
-  private readonly view: Omit<CoordinatorView, 'pendingStep' | 'pendingRange'>;
+  private readonly view: Omit<CoordinatorView, 'pendingStep' | 'pendingRange' | 'pendingSnapshot'>;
   private waiters: (() => void)[] = [];
   /** Bytes of every frame sent or received, over all workers, since the start. */
   bytesMoved = 0;
@@ -98,9 +100,8 @@ export class RemoteHub {
   async start(): Promise<AddressInfo> {
     const { tlsCert, tlsKey } = this.options;
     this.server = tlsCert && tlsKey ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }) : createHttpServer();
-    // Workers send rows and small control messages only: anything larger is refused by ws itself.
-    const rowsFrame = 4 * this.memory.batchSize * (this.memory.spec.sizes.reduce((a, b) => a + b, 0) * 2);
-    this.wss = new WebSocketServer({ server: this.server, maxPayload: Math.min(rowsFrame + 65536, maxFrameBytes(this.memory.spec, this.memory.batchSize)) });
+    // Workers send rows, replica states when asked, and small control messages: anything larger is refused by ws itself.
+    this.wss = new WebSocketServer({ server: this.server, maxPayload: maxFrameBytes(this.memory.spec, this.memory.batchSize) });
     this.wss.on('connection', (ws, req) => this.accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
     this.heartbeat = setInterval(() => this.beat(), this.options.heartbeatMs);
     this.heartbeat.unref();
@@ -139,6 +140,7 @@ export class RemoteHub {
         ...this.view,
         pendingStep: worker.pending?.step,
         pendingRange: worker.pending?.range,
+        pendingSnapshot: worker.pendingSnapshot?.step,
       });
       if (worker.status === 'authenticating') {
         if (message.t !== 'hello') throw new ProtocolError(`expected hello, got ${message.t}`);
@@ -158,6 +160,13 @@ export class RemoteHub {
         case 'checksum':
           this.checksums.get(worker.id)?.(message.sha256);
           return;
+        case 'replicaState': {
+          const pending = worker.pendingSnapshot!;
+          worker.pendingSnapshot = undefined;
+          clearTimeout(pending.timer);
+          pending.resolve(message);
+          return;
+        }
         case 'error':
           this.drop(worker, `worker reported: ${message.message}`);
           worker.ws.close(1011, 'worker error');
@@ -200,11 +209,13 @@ export class RemoteHub {
     worker.status = 'closed';
     clearTimeout(worker.authTimer);
     this.workers.delete(worker.id);
-    if (worker.pending) {
-      clearTimeout(worker.pending.timer);
-      worker.pending.reject(new Error(`${worker.name} left: ${reason}`));
-      worker.pending = undefined;
+    for (const pending of [worker.pending, worker.pendingSnapshot]) {
+      if (!pending) continue;
+      clearTimeout(pending.timer);
+      pending.reject(new Error(`${worker.name} left: ${reason}`));
     }
+    worker.pending = undefined;
+    worker.pendingSnapshot = undefined;
     if (worker.ws.readyState === worker.ws.OPEN) worker.ws.terminate();
     if (wasMember) this.onEvent({ type: 'left', worker: worker.name, reason });
   }
@@ -225,12 +236,14 @@ export class RemoteHub {
     return [...this.workers.values()].filter((w) => w.status === 'ready');
   }
 
+  /** Workers that authenticated (or must resynchronise) and wait for the state. */
+  joining(): RemoteWorker[] {
+    return [...this.workers.values()].filter((w) => w.status === 'joining');
+  }
+
   /** Sends the committed state to workers that joined since the last step, which makes them ready. */
-  admit(state: () => Omit<StateMessage, 't' | 'useLocalData'>): void {
-    const joining = [...this.workers.values()].filter((w) => w.status === 'joining');
-    if (joining.length === 0) return;
-    const snapshot = state();
-    for (const worker of joining) {
+  admit(snapshot: Omit<StateMessage, 't' | 'useLocalData'>): void {
+    for (const worker of this.joining()) {
       this.send(worker, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(worker) });
       worker.status = 'ready';
     }
@@ -270,8 +283,11 @@ export class RemoteHub {
     return { x, labels };
   }
 
-  /** Sends every ready worker the rows it did not compute itself, so it can apply step `step` too. */
-  broadcastUpdate(step: number, batch: number, computedBy: Map<RemoteWorker, Range>): void {
+  /**
+   * Sends every ready worker the rows it did not compute itself, so it can apply step `step` too;
+   * returns how many workers it sent them to.
+   */
+  broadcastUpdate(step: number, batch: number, computedBy: Map<RemoteWorker, Range>): number {
     const { batch: b, spec } = this.memory;
     const sizes = spec.sizes;
     const partOf = ([r0, r1]: Range): UpdatePart => ({
@@ -285,6 +301,18 @@ export class RemoteHub {
       const missing: Range[] = own ? [[0, own[0]] as Range, [own[1], batch] as Range].filter(([a, c]) => c > a) : [[0, batch]];
       this.send(worker, { t: 'update', step, batch, parts: missing.map(partOf) });
     }
+    return this.ready().length;
+  }
+
+  /** Asks a worker for its replica's state at `step` (answered once it has applied every step before). */
+  fetchState(worker: RemoteWorker, step: number): Promise<ReplicaState> {
+    return new Promise<ReplicaState>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.reject(worker, `did not send its state of step ${step} within ${this.options.stepTimeoutMs} ms`);
+      }, this.options.stepTimeoutMs);
+      worker.pendingSnapshot = { step, resolve, reject, timer };
+      this.send(worker, { t: 'snapshot', step });
+    });
   }
 
   private checksums = new Map<number, (sha: string) => void>();
