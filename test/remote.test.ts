@@ -7,6 +7,7 @@ import WebSocket from 'ws';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { decodeRaw, encode, newNonce, proof, PROTOCOL_VERSION } from '../src/cluster/remote/protocol.js';
+import { missingRanges } from '../src/cluster/remote/server.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 const out = mkdtempSync(join(tmpdir(), 'dtrain-remote-'));
@@ -298,6 +299,15 @@ describe('a worker with its own copy of the data', () => {
     }
     // The pixels of a step's ~48 rows are ~150 kB; a matching copy saves them.
     expect(perStep[1] - perStep[0]).toBeGreaterThan(100_000);
+  });
+});
+
+describe('rows a replica still lacks', () => {
+  it('are the parts of the batch that its own and the forwarded rows do not cover', () => {
+    expect(missingRanges(64, [])).toEqual([[0, 64]]);
+    expect(missingRanges(64, [[16, 32]])).toEqual([[0, 16], [32, 64]]);
+    expect(missingRanges(64, [[32, 64], [0, 32]])).toEqual([]);
+    expect(missingRanges(64, [[0, 16], [8, 24], [40, 48]])).toEqual([[24, 40], [48, 64]]);
   });
 });
 

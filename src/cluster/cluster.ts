@@ -95,7 +95,6 @@ export class Cluster {
       todo = [];
     }
     this.prefetched = undefined;
-    const computedBy = new Map<RemoteWorker, Range>();
     while (plans.length > 0 || todo.length > 0) {
       if (this.hub && this.hub.joining().length > 0) {
         if (await state.current()) {
@@ -103,7 +102,6 @@ export class Cluster {
           index.set(saved);
           plans = [];
           todo = [[0, shards.length]];
-          computedBy.clear();
         }
         this.hub.admit(state.snapshot());
       }
@@ -114,11 +112,11 @@ export class Cluster {
       }
       plans.push(...todo.map((r) => this.plan(step, batch, shards, r, index)));
       todo = [];
-      const failed = await Promise.all(plans.map((plan) => this.execute(plan, generation, computedBy)));
+      const failed = await Promise.all(plans.map((plan) => this.execute(plan, generation)));
       todo = failed.flat();
       plans = [];
     }
-    const replicas = this.hub?.broadcastUpdate(step, batch, computedBy) ?? 0;
+    const replicas = this.hub?.broadcastUpdate(step, batch) ?? 0;
     return !this.localRows && replicas > 0;
   }
 
@@ -173,14 +171,14 @@ export class Cluster {
       next += counts[i];
       const rows: Range = [shards[shardRange[0]][0], shards[shardRange[1] - 1][1]];
       const sent = performance.now();
-      const result = this.hub!.requestRows(worker, step, batch, rows, index.subarray(rows[0], rows[1])).catch((e: Error) => e);
+      const result = this.hub!.requestRows(worker, step, batch, rows, index).catch((e: Error) => e);
       plan.remote.push({ worker, rows, shardRange, sent, result });
     });
     return plan;
   }
 
   /** Computes a plan's local part and collects its remote answers; returns the shard ranges to redo. */
-  private async execute(plan: Plan, generation: number, computedBy: Map<RemoteWorker, Range>): Promise<Range[]> {
+  private async execute(plan: Plan, generation: number): Promise<Range[]> {
     const started = performance.now();
     let localDone = started;
     if (plan.local) {
@@ -201,7 +199,6 @@ export class Cluster {
       const count = job.rows[1] - job.rows[0];
       this.copyRows(done.range, done.rowLoss, done.hidden, done.deltas);
       job.worker.speed = smooth(job.worker.speed, count / Math.max(0.01, performance.now() - job.sent));
-      if (!computedBy.has(job.worker)) computedBy.set(job.worker, job.rows);
       this.credit(job.worker.name, count);
     }
     if (plan.remote.length > 0) this.networkWaitMs += Math.max(0, performance.now() - localDone);

@@ -26,6 +26,7 @@ import {
   ProtocolError,
   PROTOCOL_VERSION,
   validateFromCoordinator,
+  type RowsDone,
   type RowsMessage,
   type StateMessage,
   type ToCoordinator,
@@ -97,6 +98,7 @@ class Replica {
     optimizer.secondMomentOf(state.generation).set(state.v);
   }
 
+  /** Takes the batch's samples, computes rows message.range, and returns them for the coordinator. */
   async rows(message: RowsMessage): Promise<ToCoordinator> {
     if (message.step !== this.step) throw new ProtocolError(`rows: step ${message.step} does not follow this replica's step ${this.step}`);
     const started = performance.now();
@@ -104,15 +106,15 @@ class Replica {
     const [r0, r1] = message.range;
     const features = spec.sizes[0];
     const classes = spec.sizes[spec.sizes.length - 1];
-    for (let r = r0; r < r1; r++) {
-      if (message.x) b.x.set(message.x.subarray((r - r0) * features, (r - r0 + 1) * features), r * features);
-      else {
-        const i = message.index![r - r0];
+    if (message.x) b.x.set(message.x);
+    for (let r = 0; r < message.batch; r++) {
+      if (!message.x) {
+        const i = message.index![r];
         if (i < 0 || i >= train.count) throw new ProtocolError(`rows: sample ${i} is outside the local dataset of ${train.count}`);
         b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
       }
       b.target.fill(0, r * classes, (r + 1) * classes);
-      b.target[r * classes + message.labels[r - r0]] = 1;
+      b.target[r * classes + message.labels[r]] = 1;
     }
     const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
     await this.workers.runPass(
@@ -128,6 +130,15 @@ class Replica {
       deltas: b.deltas.map((d, l) => rowsOf(d, spec.sizes[l + 1])),
       ms: performance.now() - started,
     };
+  }
+
+  /** Rows of this step another worker computed (this replica has their samples from its rows request). */
+  received(message: RowsDone): void {
+    if (message.step !== this.step) throw new ProtocolError(`rowsDone: step ${message.step} does not follow this replica's step ${this.step}`);
+    const { batch: b, spec } = this.memory;
+    const [r0] = message.range;
+    message.hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
+    message.deltas.forEach((d, l) => b.deltas[l].set(d, r0 * spec.sizes[l + 1]));
   }
 
   async update(message: UpdateMessage): Promise<void> {
@@ -290,6 +301,9 @@ function session(
             }
             case 'rows':
               send(await getReplica()!.rows(message));
+              return;
+            case 'rowsDone':
+              getReplica()!.received(message);
               return;
             case 'update':
               await getReplica()!.update(message);

@@ -9,9 +9,11 @@
  *   worker → coordinator  hello {mac, nonce, engine, backend, threads, dataSha256}
  *   coordinator → worker  welcome {proof, workerId}               proves the coordinator knows the token too
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
- *   coordinator → worker  rows {step, range, batch, x | index, labels}        compute these rows
+ *   coordinator → worker  rows {step, range, batch, x | index, labels}        compute rows `range`
+ *                         (x | index and labels: of the whole batch)
  *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
- *   coordinator → worker  update {step, batch, parts}             the rows others computed: apply the step
+ *   coordinator → worker  rowsDone {…}                            another worker's rows, forwarded as sent
+ *   coordinator → worker  update {step, batch, parts}             the rows it lacks still: apply the step
  *   coordinator → worker  check {step}  → worker  checksum {step, sha256}      replica verification
  *   coordinator → worker  snapshot {step} → worker  replicaState {step, params, m, v}
  *                         the replica's state at a step: what the coordinator takes instead of applying
@@ -60,10 +62,12 @@ export interface RowsMessage {
   t: 'rows';
   step: number;
   batch: number;
+  /** The rows to compute. */
   range: Range;
-  /** rows × features pixels, or (with a local data copy) the dataset index of each row. */
+  /** batch × features pixels, or (with a local data copy) the dataset index of each batch row. */
   x?: Float32Array;
   index?: Int32Array;
+  /** The label of each batch row. */
   labels: Uint8Array;
 }
 export interface RowsDone {
@@ -88,7 +92,7 @@ export interface ReplicaState { t: 'replicaState'; step: number; params: Float32
 export interface ChecksumMessage { t: 'checksum'; step: number; sha256: string }
 export interface ErrorMessage { t: 'error'; message: string }
 
-export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | UpdateMessage | CheckMessage | SnapshotRequest | ErrorMessage;
+export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | RowsDone | UpdateMessage | CheckMessage | SnapshotRequest | ErrorMessage;
 export type ToCoordinator = Hello | RowsDone | ChecksumMessage | ReplicaState | ErrorMessage;
 
 /** Thrown for anything a peer sent that is not a valid message; the text names what was wrong. */
@@ -309,18 +313,34 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
     }
     case 'rows': {
       if (!view.spec) throw new ProtocolError('rows: sent before the state');
-      const r = range(raw, 'range', view.batchSize);
-      const rows = r[1] - r[0];
-      const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch: int(raw, 'batch', 1, view.batchSize), range: r, labels: bytes(raw, 'labels', rows) };
-      if (r[1] > message.batch) throw new ProtocolError(`rows: range ${r[0]}–${r[1]} exceeds the batch of ${message.batch}`);
-      if (raw.x !== undefined) message.x = floats('rows: x', raw.x, rows * view.features, false);
+      const batch = int(raw, 'batch', 1, view.batchSize);
+      const r = range(raw, 'range', batch);
+      // The samples of the whole batch: the rows others compute are forwarded without them.
+      const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch, range: r, labels: bytes(raw, 'labels', batch) };
+      if (raw.x !== undefined) message.x = floats('rows: x', raw.x, batch * view.features, false);
       else {
-        const index = bytes(raw, 'index', rows * 4);
+        const index = bytes(raw, 'index', batch * 4);
         message.index = new Int32Array(new Uint8Array(index).buffer);
       }
       const classes = view.spec.sizes[view.spec.sizes.length - 1];
       if (message.labels.some((l) => l >= classes)) throw new ProtocolError(`rows: a label is not below ${classes}`);
       return message;
+    }
+    case 'rowsDone': {
+      // Another worker's rows, forwarded as the coordinator received (and validated) them.
+      if (!view.spec) throw new ProtocolError('rowsDone: sent before the state');
+      const r = range(raw, 'range', view.batchSize);
+      const rows = r[1] - r[0];
+      const sizes = view.spec.sizes;
+      return {
+        t: 'rowsDone',
+        step: int(raw, 'step'),
+        range: r,
+        rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows, false),
+        hidden: floatList(raw, 'hidden', sizes.slice(1, -1).map((n) => rows * n), false),
+        deltas: floatList(raw, 'deltas', sizes.slice(1).map((n) => rows * n), false),
+        ms: 0,
+      };
     }
     case 'update': {
       if (!view.spec) throw new ProtocolError('update: sent before the state');

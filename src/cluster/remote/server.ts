@@ -30,6 +30,18 @@ import {
   PROTOCOL_VERSION,
 } from './protocol.js';
 
+/** The parts of [0, batch) that the given ranges do not cover, in order. */
+export function missingRanges(batch: number, held: readonly Range[]): Range[] {
+  const missing: Range[] = [];
+  let next = 0;
+  for (const [r0, r1] of [...held].sort((a, b) => a[0] - b[0])) {
+    if (r0 > next) missing.push([next, r0]);
+    next = Math.max(next, r1);
+  }
+  if (next < batch) missing.push([next, batch]);
+  return missing;
+}
+
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
 
@@ -64,6 +76,12 @@ export class RemoteWorker {
   pendingSnapshot?: { step: number; resolve: (r: ReplicaState) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
   /** Rows per millisecond, smoothed; the scheduler gives work in proportion to it. */
   speed = 0;
+  /**
+   * The step this worker was last asked rows of (it then has the whole batch's samples), and the batch
+   * rows it holds for that step: those it computed and those forwarded to it from the others.
+   */
+  rowsStep = -1;
+  holds: Range[] = [];
   authTimer?: NodeJS.Timeout;
 
   constructor(
@@ -154,6 +172,8 @@ export class RemoteHub {
           const pending = worker.pending!;
           worker.pending = undefined;
           clearTimeout(pending.timer);
+          worker.holds.push(message.range);
+          this.forward(worker, message, Array.isArray(data) ? Buffer.concat(data) : data);
           pending.resolve(message);
           return;
         }
@@ -258,9 +278,17 @@ export class RemoteHub {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
-  /** Asks a worker for the rows pass over `range`; resolves with its validated answer. */
+  /**
+   * Asks a worker for the rows pass over `range`; resolves with its validated answer. The request carries
+   * the samples of the whole batch (`samples`, dataset indices), so that the rows others compute can be
+   * forwarded to it without their pixels.
+   */
   requestRows(worker: RemoteWorker, step: number, batch: number, range: Range, samples: Int32Array): Promise<RowsDone> {
     const { x, index, labels } = this.rowsInput(worker, samples);
+    if (worker.rowsStep !== step) {
+      worker.rowsStep = step;
+      worker.holds = [];
+    }
     return new Promise<RowsDone>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.reject(worker, `did not answer step ${step} within ${this.options.stepTimeoutMs} ms`);
@@ -268,6 +296,19 @@ export class RemoteHub {
       worker.pending = { step, range, resolve, reject, timer };
       this.send(worker, { t: 'rows', step, batch, range, labels, ...(x ? { x } : { index }) });
     });
+  }
+
+  /**
+   * Sends a worker's validated rows, as the very frame it sent, to every other worker computing rows of
+   * the same step: they get them while still computing their own, rather than after the whole batch.
+   */
+  private forward(from: RemoteWorker, rows: RowsDone, frame: Buffer): void {
+    for (const worker of this.ready()) {
+      if (worker === from || worker.rowsStep !== rows.step || worker.ws.readyState !== worker.ws.OPEN) continue;
+      this.bytesMoved += frame.length;
+      worker.ws.send(frame);
+      worker.holds.push(rows.range);
+    }
   }
 
   /** The rows' samples (dataset indices given): pixels, or just the indices when the worker has the data. */
@@ -284,24 +325,25 @@ export class RemoteHub {
   }
 
   /**
-   * Sends every ready worker the rows it did not compute itself, so it can apply step `step` too;
-   * returns how many workers it sent them to.
+   * Sends every ready worker the rows of step `step` it does not hold yet (it was not asked for rows of
+   * this step, or the coordinator computed them), which tells it to apply the step; returns how many
+   * workers it told.
    */
-  broadcastUpdate(step: number, batch: number, computedBy: Map<RemoteWorker, Range>): number {
+  broadcastUpdate(step: number, batch: number): number {
     const { batch: b, spec } = this.memory;
     const sizes = spec.sizes;
     const partOf = ([r0, r1]: Range): UpdatePart => ({
       range: [r0, r1],
-      x: b.x.slice(r0 * sizes[0], r1 * sizes[0]),
-      hidden: b.hidden.map((h, l) => h.slice(r0 * sizes[l + 1], r1 * sizes[l + 1])),
-      deltas: b.deltas.map((d, l) => d.slice(r0 * sizes[l + 1], r1 * sizes[l + 1])),
+      x: b.x.subarray(r0 * sizes[0], r1 * sizes[0]),
+      hidden: b.hidden.map((h, l) => h.subarray(r0 * sizes[l + 1], r1 * sizes[l + 1])),
+      deltas: b.deltas.map((d, l) => d.subarray(r0 * sizes[l + 1], r1 * sizes[l + 1])),
     });
-    for (const worker of this.ready()) {
-      const own = computedBy.get(worker);
-      const missing: Range[] = own ? [[0, own[0]] as Range, [own[1], batch] as Range].filter(([a, c]) => c > a) : [[0, batch]];
-      this.send(worker, { t: 'update', step, batch, parts: missing.map(partOf) });
+    const ready = this.ready();
+    for (const worker of ready) {
+      const held = worker.rowsStep === step ? worker.holds : [];
+      this.send(worker, { t: 'update', step, batch, parts: missingRanges(batch, held).map(partOf) });
     }
-    return this.ready().length;
+    return ready.length;
   }
 
   /** Asks a worker for its replica's state at `step` (answered once it has applied every step before). */
