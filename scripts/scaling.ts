@@ -4,7 +4,10 @@
  * paramsSha256, and writes a Markdown table and an SVG plot of throughput and efficiency against the
  * number of workers (efficiency: samples/s per worker over 1 local thread's samples/s).
  *
- *   npm run scaling -- [--threads 1,2] [--remote 1,2] [--micro-batch 16] [--steps 300] [--torch] [--out DIR]
+ * Remote workers get their samples as pixels from the coordinator, or with --local-data load their own
+ * copy of the embedded MNIST (checked by SHA-256), as each process of a PyTorch DDP run does.
+ *
+ *   npm run scaling -- [--threads 1,2] [--remote 1,2] [--micro-batch 16] [--steps 300] [--local-data] [--torch] [--out DIR]
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
@@ -13,7 +16,7 @@ import { join } from 'node:path';
 import { train, type TrainConfig } from '../src/index.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { panel, svgDocument } from '../src/report/plot.js';
-import { argValue, projectRoot, torchAvailable, torchStepTimes } from './reference.js';
+import { argValue, median, projectRoot, torchAvailable, torchStepTimes } from './reference.js';
 
 export interface ScalingOptions {
   threads: number[];
@@ -23,6 +26,8 @@ export interface ScalingOptions {
   trainSamples: number;
   out: string;
   torch: boolean;
+  /** Remote workers load their own copy of the dataset (only the embedded MNIST: trainSamples 0). */
+  localData: boolean;
 }
 
 export interface ScalingRow {
@@ -30,6 +35,8 @@ export interface ScalingRow {
   workers: number;
   microBatch: number;
   msPerStep: number;
+  /** The median step (dtrain runs): the steady state, without start-up or the machine's stalls. */
+  medianStepMs: number;
   samplesPerSecond: number;
   efficiency: number;
   /** Mean bytes on the wire per step (remote runs), and the share of step time spent waiting on them. */
@@ -62,7 +69,8 @@ async function runOnce(kind: 'local threads' | 'remote workers', workers: number
   try {
     const summary = await train(config, {
       onListening: ({ port }) => {
-        for (let i = 0; i < workers; i++) children.push(fork(cli, ['worker', '--connect', `ws://127.0.0.1:${port}`, '--max-retries', '2'], { stdio: 'ignore' }));
+        const data = o.localData ? ['--data', 'embedded'] : [];
+        for (let i = 0; i < workers; i++) children.push(fork(cli, ['worker', '--connect', `ws://127.0.0.1:${port}`, '--max-retries', '2', ...data], { stdio: 'ignore' }));
       },
       onEvent: (e) => e.type === 'cluster' && e.event.type === 'joined' && ++joined === workers && allJoined(),
       // Time only steps that every worker can take part in.
@@ -73,8 +81,10 @@ async function runOnce(kind: 'local threads' | 'remote workers', workers: number
     const epochs = metrics.filter((r) => r.type === 'epoch');
     const wait = epochs.reduce((s, r) => s + (r.type === 'epoch' ? r.networkWaitSeconds : 0), 0);
     const seconds = epochs.reduce((s, r) => s + (r.type === 'epoch' ? r.seconds : 0), 0);
+    const stepMs = steps.flatMap((r) => (r.type === 'step' ? [r.ms] : []));
     return {
       msPerStep: summary.msPerStep,
+      medianStepMs: median(stepMs),
       samplesPerSecond: summary.samplesPerSecond,
       bytesPerStep: steps.reduce((s, r) => s + (r.type === 'step' ? r.bytes : 0), 0) / Math.max(1, steps.length),
       networkWaitShare: seconds > 0 ? wait / seconds : 0,
@@ -86,7 +96,7 @@ async function runOnce(kind: 'local threads' | 'remote workers', workers: number
 }
 
 export async function runScaling(options: Partial<ScalingOptions> = {}, log: (line: string) => void = () => {}) {
-  const o: ScalingOptions = { threads: [1, 2], remote: [1, 2], microBatch: [16], steps: 300, trainSamples: 0, out: 'scaling', torch: false, ...options };
+  const o: ScalingOptions = { threads: [1, 2], remote: [1, 2], microBatch: [16], steps: 300, trainSamples: 0, out: 'scaling', torch: false, localData: false, ...options };
   mkdirSync(o.out, { recursive: true });
   const rows: ScalingRow[] = [];
   let baseline = 0;
@@ -102,8 +112,8 @@ export async function runScaling(options: Partial<ScalingOptions> = {}, log: (li
   }
   if (o.torch && torchAvailable()) {
     for (const threads of o.threads) {
-      const ms = torchStepTimes(threads, o.steps).mean;
-      rows.push({ kind: 'PyTorch reference', workers: threads, microBatch: 64, msPerStep: ms, samplesPerSecond: 64000 / ms, efficiency: 0, bytesPerStep: 0, networkWaitShare: 0, paramsSha256: '' });
+      const { mean, median: medianStepMs } = torchStepTimes(threads, o.steps);
+      rows.push({ kind: 'PyTorch reference', workers: threads, microBatch: 64, msPerStep: mean, medianStepMs, samplesPerSecond: 64000 / mean, efficiency: 0, bytesPerStep: 0, networkWaitShare: 0, paramsSha256: '' });
     }
   }
   baseline ||= rows[0].samplesPerSecond;
@@ -118,13 +128,16 @@ export async function runScaling(options: Partial<ScalingOptions> = {}, log: (li
 
 function markdown(rows: ScalingRow[], hashes: Set<string>, o: ScalingOptions): string {
   const lines = [
-    `${o.steps} steps of batch 64 from seed 0 per run; efficiency = samples/s ÷ (workers × samples/s of 1 local thread).`,
+    `${o.steps} steps of batch 64 from seed 0 per run${o.localData ? ', remote workers with their own copy of the data' : ''}; ` +
+      'ms/step is the mean over the run (start-up and stalls included), s/epoch its 938 steps; ' +
+      'efficiency = samples/s ÷ (workers × samples/s of 1 local thread).',
     '',
-    '| run | workers | micro-batch | ms/step | samples/s | efficiency | wire bytes/step | waiting on the wire |',
-    '|---|---|---|---|---|---|---|---|',
+    '| run | workers | micro-batch | ms/step | median step (ms) | s/epoch | samples/s | efficiency | wire bytes/step | waiting on the wire |',
+    '|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map(
       (r) =>
-        `| ${r.kind} | ${r.workers} | ${r.microBatch} | ${r.msPerStep.toFixed(2)} | ${Math.round(r.samplesPerSecond)} | ${r.efficiency.toFixed(2)} | ` +
+        `| ${r.kind} | ${r.workers} | ${r.microBatch} | ${r.msPerStep.toFixed(2)} | ${r.medianStepMs.toFixed(2)} | ${((r.msPerStep * 938) / 1000).toFixed(2)} | ` +
+        `${Math.round(r.samplesPerSecond)} | ${r.efficiency.toFixed(2)} | ` +
         `${r.bytesPerStep ? `${(r.bytesPerStep / 1e6).toFixed(2)} MB` : '–'} | ${r.kind === 'remote workers' ? `${(100 * r.networkWaitShare).toFixed(0)}%` : '–'} |`,
     ),
     '',
@@ -164,6 +177,7 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*[/\\
       steps: Number(argValue('steps', '300')),
       out: argValue('out', mkdtempSync(join(tmpdir(), 'dtrain-scaling-'))),
       torch: process.argv.includes('--torch'),
+      localData: process.argv.includes('--local-data'),
     },
     (line) => process.stderr.write(`${line}\n`),
   );
