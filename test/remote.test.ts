@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { fork, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
@@ -123,6 +123,25 @@ describe('remote workers on loopback', () => {
     expect(replays).toEqual([[3, 5]]);
     const threads2 = await train({ ...BASE, epochs: 3, threads: 2, out: join(out, 'ref3-replay') });
     expect(summary.paramsSha256).toBe(threads2.paramsSha256);
+  });
+
+  it('with --threads 0, stops on rows that really are non-finite, naming the micro-shard, and keeps the last good state', async () => {
+    const { syntheticDataset } = await import('./helpers.js');
+    const dataset = syntheticDataset(96, 16);
+    dataset.train.images[(64 + 20) * dataset.features + 3] = NaN;
+    const config = { threads: 0, epochs: 1, hidden: [8], trainSamples: 0, testSamples: 0, listen: '127.0.0.1:0' };
+    const abort = new AbortController();
+    const connect = (port: number) => void runWorker({ connect: `ws://127.0.0.1:${port}`, signal: abort.signal });
+    const good = await train({ ...config, steps: 1, out: join(out, 'nan-good') }, { dataset, onListening: ({ port }) => connect(port) });
+    const rejected: string[] = [];
+    const dir = join(out, 'nan-remote');
+    await expect(
+      train({ ...config, out: dir }, { dataset, onListening: ({ port }) => connect(port), onEvent: (e) => e.type === 'cluster' && e.event.type === 'rejected' && rejected.push(e.event.reason) }),
+    ).rejects.toThrow('step 1: non-finite loss in micro-shard 1 (batch rows 16–31, first at dataset sample 84)');
+    abort.abort();
+    // The worker told the truth: it stays; and the summary holds the state before the bad step.
+    expect(rejected).toEqual([]);
+    expect(JSON.parse(readFileSync(join(dir, 'summary.json'), 'utf8')).paramsSha256).toBe(good.paramsSha256);
   });
 
   it('mixes local threads and a remote worker running 2 threads with the same result, and waits for a worker with --threads 0', async () => {

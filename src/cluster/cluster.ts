@@ -6,7 +6,7 @@
  */
 import type { Range } from '../train/plan.js';
 import { microShards, shardGroups, unitAssignment } from '../train/plan.js';
-import type { RemoteHub, RemoteWorker, HubEvent } from './remote/server.js';
+import type { RemoteHub, RemoteWorker, HubEvent, SuspectRows } from './remote/server.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/protocol.js';
 import type { Task, TaskResult } from './step_worker.js';
 import { gatherBatchRows, type TrainingMemory } from './training_memory.js';
@@ -95,29 +95,54 @@ export class Cluster {
       todo = [];
     }
     this.prefetched = undefined;
+    const nobodyToCompute = () => todo.length > 0 && !this.localRows && (this.hub?.ready().length ?? 0) === 0;
     while (plans.length > 0 || todo.length > 0) {
-      if (this.hub && this.hub.joining().length > 0) {
-        if (await state.current()) {
-          // Steps were replayed here, through the batch buffers: this step's rows start over.
-          index.set(saved);
-          plans = [];
-          todo = [[0, shards.length]];
-        }
-        this.hub.admit(state.snapshot());
+      const joining = (this.hub?.joining().length ?? 0) > 0;
+      // A joiner needs the committed state; and with no replica left, catching up now (rather than when
+      // someone joins) finds at once a step that cannot be applied.
+      if ((joining || nobodyToCompute()) && (await state.current())) {
+        // Steps were replayed here, through the batch buffers: this step's rows start over.
+        index.set(saved);
+        plans = [];
+        todo = [[0, shards.length]];
       }
-      if (todo.length > 0 && !this.localRows && (this.hub?.ready().length ?? 0) === 0) {
+      if (joining) this.hub!.admit(state.snapshot());
+      if (nobodyToCompute()) {
         this.onEvent({ type: 'waiting', reason: `step ${step}: no worker is connected; waiting for one` });
         await this.hub!.waitForWorker();
         continue;
       }
       plans.push(...todo.map((r) => this.plan(step, batch, shards, r, index)));
       todo = [];
-      const failed = await Promise.all(plans.map((plan) => this.execute(plan, generation)));
-      todo = failed.flat();
+      const outcomes = await Promise.all(plans.map((plan) => this.execute(plan, generation)));
+      todo = outcomes.flatMap((o) => o.failed);
       plans = [];
+      const suspects = outcomes.flatMap((o) => o.suspect);
+      if (suspects.length === 0) continue;
+      // Non-finite rows from a worker: compute them here, on the committed state, to see who is right.
+      if (await state.current()) {
+        index.set(saved);
+        todo = [[0, shards.length]];
+        continue;
+      }
+      for (const { worker, reason, shardRange } of suspects) {
+        const rows = shards.slice(shardRange[0], shardRange[1]);
+        await this.runLocalRows(step, generation, batch, rows);
+        this.credit(LOCAL, rows[rows.length - 1][1] - rows[0][0]);
+        if (this.rowsFinite(rows[0][0], rows[rows.length - 1][1])) this.hub!.reject(worker, `rowsDone: ${reason.replace(/^rowsDone: /, '')}, where this coordinator computes finite values`);
+        // Otherwise the rows really are non-finite: the trainer stops on them, naming the micro-shard.
+      }
     }
+    if (!this.rowsFinite(0, batch)) return false;
     const replicas = this.hub?.broadcastUpdate(step, batch) ?? 0;
     return !this.localRows && replicas > 0;
+  }
+
+  /** Whether batch rows [r0, r1) have a finite loss (non-finite activations or deltas make it so too). */
+  private rowsFinite(r0: number, r1: number): boolean {
+    const loss = this.memory.batch.rowLoss;
+    for (let r = r0; r < r1; r++) if (!Number.isFinite(loss[r])) return false;
+    return true;
   }
 
   /**
@@ -177,8 +202,11 @@ export class Cluster {
     return plan;
   }
 
-  /** Computes a plan's local part and collects its remote answers; returns the shard ranges to redo. */
-  private async execute(plan: Plan, generation: number): Promise<Range[]> {
+  /**
+   * Computes a plan's local part and collects its remote answers; returns the shard ranges to redo, and
+   * those whose rows came back non-finite (to be checked here).
+   */
+  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: { worker: RemoteWorker; reason: string; shardRange: Range }[] }> {
     const started = performance.now();
     let localDone = started;
     if (plan.local) {
@@ -189,8 +217,13 @@ export class Cluster {
       this.credit(LOCAL, count);
     }
     const failed: Range[] = [];
+    const suspect: { worker: RemoteWorker; reason: string; shardRange: Range }[] = [];
     for (const job of plan.remote) {
       const done = await job.result;
+      if (isSuspect(done)) {
+        suspect.push({ worker: done.worker, reason: done.reason, shardRange: job.shardRange });
+        continue;
+      }
       if (done instanceof Error) {
         this.onEvent({ type: 'redo', rows: job.rows, reason: done.message });
         failed.push(job.shardRange);
@@ -202,7 +235,7 @@ export class Cluster {
       this.credit(job.worker.name, count);
     }
     if (plan.remote.length > 0) this.networkWaitMs += Math.max(0, performance.now() - localDone);
-    return failed;
+    return { failed, suspect };
   }
 
   private async runLocalRows(step: number, generation: number, batch: number, shards: Range[]): Promise<void> {
@@ -278,6 +311,11 @@ export class Cluster {
   async close(): Promise<void> {
     await Promise.all([this.local.close(), this.hub?.close()]);
   }
+}
+
+// By name: the remote module (and ws) is only loaded when the coordinator listens.
+function isSuspect(result: unknown): result is SuspectRows {
+  return result instanceof Error && result.name === 'SuspectRows';
 }
 
 function smooth(previous: number, sample: number): number {

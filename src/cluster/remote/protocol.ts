@@ -100,6 +100,14 @@ export class ProtocolError extends Error {
   override name = 'ProtocolError';
 }
 
+/**
+ * A well-formed array holding a NaN or an infinity: a lying peer, or honest rows of a batch that really
+ * overflows. The coordinator tells them apart by computing the rows itself.
+ */
+export class NonFiniteError extends ProtocolError {
+  override name = 'NonFiniteError';
+}
+
 // ---------------------------------------------------------------- encoding
 
 function bytesOf(a: Float32Array | Int32Array | Uint8Array): Uint8Array {
@@ -171,7 +179,7 @@ function floats(label: string, v: unknown, count: number, finite = true): Float3
   // msgpackr hands out Buffers that may start at any byte; copy (new Uint8Array copies, Buffer#slice would not).
   const out = v.byteOffset % 4 === 0 ? new Float32Array(v.buffer, v.byteOffset, count) : new Float32Array(new Uint8Array(v).buffer);
   for (let i = 0; finite && i < count; i++) {
-    if (!Number.isFinite(out[i])) throw new ProtocolError(`${label} contains a non-finite value at index ${i}`);
+    if (!Number.isFinite(out[i])) throw new NonFiniteError(`${label} contains a non-finite value at index ${i}`);
   }
   return out;
 }

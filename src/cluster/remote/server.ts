@@ -16,6 +16,7 @@ import {
   encode,
   maxFrameBytes,
   newNonce,
+  NonFiniteError,
   proof,
   proofMatches,
   ProtocolError,
@@ -92,6 +93,17 @@ export class RemoteWorker {
 
   get name(): string {
     return `worker ${this.id} (${this.address})`;
+  }
+}
+
+/** A worker's answer with non-finite rows, held until the scheduler has checked them. */
+export class SuspectRows extends Error {
+  override name = 'SuspectRows';
+  constructor(
+    readonly worker: RemoteWorker,
+    readonly reason: string,
+  ) {
+    super(`${worker.name} sent non-finite rows (${reason})`);
   }
 }
 
@@ -193,6 +205,14 @@ export class RemoteHub {
           return;
       }
     } catch (e) {
+      const pending = worker.pending;
+      if (e instanceof NonFiniteError && pending && worker.status === 'ready') {
+        // Not dropped yet: the scheduler computes these rows itself and then knows whether the worker lied.
+        worker.pending = undefined;
+        clearTimeout(pending.timer);
+        pending.reject(new SuspectRows(worker, e.message));
+        return;
+      }
       this.reject(worker, e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`);
     }
   }
@@ -211,7 +231,8 @@ export class RemoteHub {
     for (const wake of this.waiters.splice(0)) wake();
   }
 
-  private reject(worker: RemoteWorker, reason: string): void {
+  /** Disconnects a worker with a reason (logged as a rejection). */
+  reject(worker: RemoteWorker, reason: string): void {
     if (worker.status === 'closed') return;
     this.onEvent({ type: 'rejected', peer: worker.name, reason });
     try {
