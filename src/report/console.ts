@@ -74,7 +74,7 @@ export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void 
       case 'done':
         clear();
         sink.line(`paramsSha256: ${event.summary.paramsSha256}`);
-        sink.line(`run: ${event.summary.outDir}/ (summary.json, metrics.jsonl, plot.svg, checkpoints/, model/)`);
+        sink.line(`run: ${event.summary.outDir}/ (summary.json, metrics.jsonl, plot.svg, checkpoints/${event.summary.config.export ? ', model/' : ''})`);
         break;
     }
   };
