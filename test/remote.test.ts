@@ -38,10 +38,24 @@ async function coordinator(
   );
 }
 
-const reference = (() => {
+/** paramsSha256 of a run with local threads, computed once. */
+function referenceHash(config: Partial<TrainConfig>, name: string): () => Promise<string> {
   let hash: Promise<string> | undefined;
-  return () => (hash ??= train({ ...BASE, threads: 2, out: join(out, 'reference') }).then((s) => s.paramsSha256));
-})();
+  return () => (hash ??= train({ ...BASE, ...config, out: join(out, name) }).then((s) => s.paramsSha256));
+}
+const reference = referenceHash({ threads: 2 }, 'reference');
+const reference3 = referenceHash({ threads: 2, epochs: 3 }, 'reference3');
+
+/** Two worker processes started when the coordinator listens; url() gives its address for later ones. */
+function twoWorkers() {
+  const workers: ChildProcess[] = [];
+  let address = '';
+  const onReady = (url: string) => {
+    address = url;
+    workers.push(workerProcess(url), workerProcess(url));
+  };
+  return { workers, url: () => address, onReady };
+}
 
 describe('remote workers on loopback', () => {
   it('two remote workers and no local threads end with the same parameters as 2 local threads', async () => {
@@ -59,18 +73,14 @@ describe('remote workers on loopback', () => {
   });
 
   it('keeps the result when a worker is SIGKILLed mid-run and another joins mid-run', async () => {
-    const workers: ChildProcess[] = [];
-    let url = '';
+    const { workers, url, onReady } = twoWorkers();
     const events: string[] = [];
     let joined = 0;
     let onJoin = () => {};
     const shares: Record<string, number>[] = [];
     const summary = await coordinator(
       { threads: 0, epochs: 3 },
-      (u) => {
-        url = u;
-        workers.push(workerProcess(url), workerProcess(url));
-      },
+      onReady,
       (e) => {
         if (e.type === 'epoch') shares.push(e.shares.rows);
         if (e.type !== 'cluster') return;
@@ -82,7 +92,7 @@ describe('remote workers on loopback', () => {
         if (step === 4) {
           // Hold the run until the newcomer has joined, so that it really gets work from the next step.
           const third = new Promise<void>((resolve) => (onJoin = () => joined >= 3 && resolve()));
-          workers.push(workerProcess(url));
+          workers.push(workerProcess(url()));
           await third;
         }
       },
@@ -91,21 +101,16 @@ describe('remote workers on loopback', () => {
     expect(joined).toBeGreaterThanOrEqual(3);
     // In the last epoch the survivor and the newcomer shared the rows.
     expect(Object.keys(shares[shares.length - 1]).length).toBe(2);
-    const threads2 = await train({ ...BASE, epochs: 3, threads: 2, out: join(out, 'ref3') });
-    expect(summary.paramsSha256).toBe(threads2.paramsSha256);
+    expect(summary.paramsSha256).toBe(await reference3());
   });
 
   it('with --threads 0, replays locally when every replica is lost, and a newcomer continues with the same result', async () => {
-    const workers: ChildProcess[] = [];
-    let url = '';
+    const { workers, url, onReady } = twoWorkers();
     const replays: [number, number][] = [];
     const waits: string[] = [];
     const summary = await coordinator(
       { threads: 0, epochs: 3 },
-      (u) => {
-        url = u;
-        workers.push(workerProcess(url), workerProcess(url));
-      },
+      onReady,
       (e) => {
         if (e.type !== 'cluster') return;
         if (e.event.type === 'replay') replays.push([e.event.from, e.event.to]);
@@ -116,13 +121,12 @@ describe('remote workers on loopback', () => {
         // Both replicas die; the coordinator last took their state after epoch 1 (step 3), and a newcomer
         // joins while it waits for a worker.
         await Promise.all(workers.map((w) => new Promise((resolve) => (w.once('exit', resolve), w.kill('SIGKILL')))));
-        setTimeout(() => workerProcess(url), 200);
+        setTimeout(() => workerProcess(url()), 200);
       },
     );
     expect(waits).toContain('step 5: no worker is connected; waiting for one');
     expect(replays).toEqual([[3, 5]]);
-    const threads2 = await train({ ...BASE, epochs: 3, threads: 2, out: join(out, 'ref3-replay') });
-    expect(summary.paramsSha256).toBe(threads2.paramsSha256);
+    expect(summary.paramsSha256).toBe(await reference3());
   });
 
   it('with --threads 0, stops on rows that really are non-finite, naming the micro-shard, and keeps the last good state', async () => {
@@ -296,10 +300,7 @@ describe('hostile peers', () => {
   });
 });
 
-const reference2 = (() => {
-  let hash: Promise<string> | undefined;
-  return () => (hash ??= train({ ...BASE, threads: 1, out: join(out, 'reference2') }).then((s) => s.paramsSha256));
-})();
+const reference2 = referenceHash({ threads: 1 }, 'reference2');
 
 describe('a worker with its own copy of the data', () => {
   it('gets row indices instead of pixels when its copy matches, pixels when it does not, with the same result', async () => {
