@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { resolveConfig } from '../src/config.js';
+import { Trainer } from '../src/train/trainer.js';
+import { makeSpec } from '../src/model/spec.js';
+import { ADAM_DEFAULTS } from '../src/optim/adam.js';
+import { createTrainingMemory } from '../src/cluster/training_memory.js';
+import type { Cluster } from '../src/cluster/cluster.js';
+import { syntheticDataset } from './helpers.js';
+
+describe('Trainer', () => {
+  it('after a one-call step with a non-finite gradient, recomputes the rows locally to name the layer and micro-shard', async () => {
+    const dataset = syntheticDataset(64, 8);
+    const spec = makeSpec(dataset.features, [8], dataset.classes, 'sigmoid');
+    const memory = createTrainingMemory(spec, dataset, 64, 1);
+    const rowPasses: boolean[] = [];
+    // A scheduler whose one-call step reports layer 1's gradient as non-finite, and whose row pass (the
+    // recomputation) leaves a NaN in layer 1's deltas at batch row 20.
+    const cluster = {
+      wholeSteps: true,
+      stepPass: async () => {
+        memory.batch.rowLoss.fill(0.5);
+        return [{ nonFiniteLayers: [1] }];
+      },
+      rowPass: async (...args: unknown[]) => {
+        rowPasses.push(args[5] as boolean);
+        memory.batch.deltas[1][20 * dataset.classes + 2] = NaN;
+        return false;
+      },
+    } as unknown as Cluster;
+    const trainer = new Trainer(resolveConfig({ threads: 1 }), dataset, cluster, memory, ADAM_DEFAULTS);
+    const index = Int32Array.from({ length: 64 }, (_, i) => 63 - i);
+    await expect(trainer.trainStep(index)).rejects.toThrow(
+      'step 0: non-finite gradient in layer 1 (W1, b1), micro-shard 1 (batch rows 16–31, first at dataset sample 43); training stopped with the last good parameters kept',
+    );
+    expect(rowPasses).toEqual([true]);
+    expect([trainer.step, trainer.generation]).toEqual([0, 0]);
+  });
+});
