@@ -162,11 +162,14 @@ export class RemoteHub {
 
   private receive(worker: RemoteWorker, data: Buffer | Buffer[], isBinary: boolean): void {
     if (worker.status === 'closed') return;
+    let type: unknown;
     try {
       if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
       const size = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.length;
       this.bytesMoved += size;
-      const message = validateFromWorker(decodeRaw(data), worker.status === 'authenticating' ? undefined : {
+      const raw = decodeRaw(data);
+      type = raw.t;
+      const message = validateFromWorker(raw, worker.status === 'authenticating' ? undefined : {
         ...this.view,
         pendingStep: worker.pending?.step,
         pendingRange: worker.pending?.range,
@@ -206,7 +209,7 @@ export class RemoteHub {
       }
     } catch (e) {
       const pending = worker.pending;
-      if (e instanceof NonFiniteError && pending && worker.status === 'ready') {
+      if (e instanceof NonFiniteError && type === 'rowsDone' && pending && worker.status === 'ready') {
         // Not dropped yet: the scheduler computes these rows itself and then knows whether the worker lied.
         worker.pending = undefined;
         clearTimeout(pending.timer);
