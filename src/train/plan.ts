@@ -10,6 +10,18 @@
  */
 export type Range = readonly [number, number];
 
+/** The parts of [0, batch) that the given ranges do not cover, in order. */
+export function missingRanges(batch: number, held: readonly Range[]): Range[] {
+  const missing: Range[] = [];
+  let next = 0;
+  for (const [r0, r1] of [...held].sort((a, b) => a[0] - b[0])) {
+    if (r0 > next) missing.push([next, r0]);
+    next = Math.max(next, r1);
+  }
+  if (next < batch) missing.push([next, batch]);
+  return missing;
+}
+
 export function batchCount(samples: number, batchSize: number): number {
   return Math.ceil(samples / batchSize);
 }

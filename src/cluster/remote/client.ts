@@ -12,7 +12,7 @@ import type { Dataset } from '../../data/datasets.js';
 import type { EngineName, Device } from '../../engine/engine.js';
 import { paramLayout } from '../../model/spec.js';
 import { paramsSha256 } from '../../report/summary.js';
-import { evenSplit, unitAssignment, type Range } from '../../train/plan.js';
+import { evenSplit, missingRanges, unitAssignment, type Range } from '../../train/plan.js';
 import type { Task } from '../step_worker.js';
 import { createTrainingMemory, optimizerMemoryOf, type TrainingMemory } from '../training_memory.js';
 import { createWorkers, type WorkerSet } from '../workers.js';
@@ -65,6 +65,14 @@ export const WORKER_DEFAULTS = { threads: 1, engine: 'onnx' as EngineName, devic
 class Replica {
   generation: number;
   step: number;
+  /** The current step's batch size (0 before its rows request) and the rows held: computed here or forwarded. */
+  private batchRows = 0;
+  private held: Range[] = [];
+  /**
+   * True between applying a step as soon as every row of it was here and the coordinator's update for it
+   * (which then only confirms: the step's rows are accepted once forwarded, so its result is settled).
+   */
+  private appliedEarly = false;
   private constructor(
     readonly memory: TrainingMemory,
     readonly workers: WorkerSet,
@@ -120,6 +128,9 @@ class Replica {
     await this.workers.runPass(
       ranges.map((range) => ({ kind: 'rows', step: this.step, generation: this.generation, batch: message.batch, range, gather: false }) as Task),
     );
+    this.batchRows = message.batch;
+    // Rows that are not finite are the coordinator's to judge: this replica then waits for its update.
+    if (b.rowLoss.subarray(r0, r1).every(Number.isFinite)) this.held.push(message.range);
     const rowsOf = (a: Float32Array, width: number) => a.subarray(r0 * width, r1 * width);
     return {
       t: 'rowsDone',
@@ -139,9 +150,28 @@ class Replica {
     const [r0] = message.range;
     message.hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
     message.deltas.forEach((d, l) => b.deltas[l].set(d, r0 * spec.sizes[l + 1]));
+    this.held.push(message.range);
   }
 
-  async update(message: UpdateMessage): Promise<void> {
+  /**
+   * Applies the current step at once if every row of its batch is here (own rows finite, the others'
+   * validated and accepted by the coordinator before it forwarded them), without waiting for the update.
+   * Returns true if it did.
+   */
+  async applyIfComplete(): Promise<boolean> {
+    if (this.batchRows === 0 || missingRanges(this.batchRows, this.held).length > 0) return false;
+    await this.apply(this.batchRows);
+    this.appliedEarly = true;
+    return true;
+  }
+
+  /** Applies step message.step with the rows it still lacked; false if it was applied already (early). */
+  async update(message: UpdateMessage): Promise<boolean> {
+    if (this.appliedEarly && message.step === this.step - 1) {
+      if (message.parts.length > 0) throw new ProtocolError(`update: step ${message.step} sends rows this replica already had`);
+      this.appliedEarly = false;
+      return false;
+    }
     if (message.step !== this.step) throw new ProtocolError(`update: step ${message.step} does not follow this replica's step ${this.step}`);
     const { batch: b, spec } = this.memory;
     const sizes = spec.sizes;
@@ -151,13 +181,21 @@ class Replica {
       part.hidden.forEach((h, l) => b.hidden[l].set(h, r0 * sizes[l + 1]));
       part.deltas.forEach((d, l) => b.deltas[l].set(d, r0 * sizes[l + 1]));
     }
-    const units = unitAssignment(sizes.slice(1), this.workers.size);
+    await this.apply(message.batch);
+    return true;
+  }
+
+  /** The weight pass and Adam over the rows in the batch buffers: the replica moves to the next step. */
+  private async apply(batch: number): Promise<void> {
+    const units = unitAssignment(this.memory.spec.sizes.slice(1), this.workers.size);
     const results = await this.workers.runPass(
-      units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch: message.batch, units: u, slot }) as Task),
+      units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch, units: u, slot }) as Task),
     );
-    if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${message.step} gave a non-finite gradient on this replica`);
+    if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
     this.generation ^= 1;
     this.step++;
+    this.batchRows = 0;
+    this.held = [];
   }
 
   checksum(): string {
@@ -166,14 +204,17 @@ class Replica {
 
   /** The replica's state, for a coordinator that does not apply the steps itself. */
   state(step: number): ToCoordinator {
-    if (step !== this.step) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
+    // A step applied early left the state before it intact in the other generation.
+    const back = this.appliedEarly && step === this.step - 1 ? 1 : 0;
+    if (step !== this.step - back) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
     const optimizer = optimizerMemoryOf(this.memory);
+    const generation = this.generation ^ back;
     return {
       t: 'replicaState',
       step,
-      params: optimizer.paramsOf(this.generation),
-      m: optimizer.firstMomentOf(this.generation),
-      v: optimizer.secondMomentOf(this.generation),
+      params: optimizer.paramsOf(generation),
+      m: optimizer.firstMomentOf(generation),
+      v: optimizer.secondMomentOf(generation),
     };
   }
 
@@ -299,15 +340,20 @@ function session(
               emit({ type: 'synced', step: message.step, parameters: message.params.length });
               return;
             }
-            case 'rows':
-              send(await getReplica()!.rows(message));
+            case 'rows': {
+              const replica = getReplica()!;
+              send(await replica.rows(message));
+              if (await replica.applyIfComplete()) emit({ type: 'step', step: message.step });
               return;
-            case 'rowsDone':
-              getReplica()!.received(message);
+            }
+            case 'rowsDone': {
+              const replica = getReplica()!;
+              replica.received(message);
+              if (await replica.applyIfComplete()) emit({ type: 'step', step: message.step });
               return;
+            }
             case 'update':
-              await getReplica()!.update(message);
-              emit({ type: 'step', step: message.step });
+              if (await getReplica()!.update(message)) emit({ type: 'step', step: message.step });
               return;
             case 'check':
               send({ t: 'checksum', step: message.step, sha256: getReplica()!.checksum() });

@@ -10,7 +10,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { TrainingMemory } from '../training_memory.js';
-import type { Range } from '../../train/plan.js';
+import { missingRanges, type Range } from '../../train/plan.js';
 import {
   decodeRaw,
   encode,
@@ -30,18 +30,6 @@ import {
   type UpdatePart,
   PROTOCOL_VERSION,
 } from './protocol.js';
-
-/** The parts of [0, batch) that the given ranges do not cover, in order. */
-export function missingRanges(batch: number, held: readonly Range[]): Range[] {
-  const missing: Range[] = [];
-  let next = 0;
-  for (const [r0, r1] of [...held].sort((a, b) => a[0] - b[0])) {
-    if (r0 > next) missing.push([next, r0]);
-    next = Math.max(next, r1);
-  }
-  if (next < batch) missing.push([next, batch]);
-  return missing;
-}
 
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
