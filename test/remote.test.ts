@@ -129,6 +129,16 @@ describe('remote workers on loopback', () => {
     expect(summary.paramsSha256).toBe(await reference3());
   });
 
+  it('with --threads 0, checkpoints hold the replicas\' state: a stopped run resumed on local threads ends the same', async () => {
+    const runDir = join(out, 'ckpt-threads0');
+    const abort = new AbortController();
+    const first = await coordinator({ threads: 0, steps: 4, checkpointEvery: 2, out: runDir }, (url) => void runWorker({ connect: url, signal: abort.signal }));
+    abort.abort();
+    expect(first.steps).toBe(4);
+    const resumed = await train({ resume: runDir, threads: 1 });
+    expect(resumed.paramsSha256).toBe(await reference());
+  });
+
   it('with --threads 0, stops on rows that really are non-finite, naming the micro-shard, and keeps the last good state', async () => {
     const { syntheticDataset } = await import('./helpers.js');
     const dataset = syntheticDataset(96, 16);
