@@ -91,7 +91,7 @@ export const TRAIN_OPTIONS: readonly OptionSpec[] = [
   { key: 'seed', flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
   { key: 'engine', flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ['onnx', 'tfjs'] } },
   { key: 'device', flag: '--device <name>', description: 'where the engine computes (cuda/gpu need a GPU build installed)', kind: { type: 'enum', choices: ['cpu', 'cuda', 'gpu'] } },
-  { key: 'threads', flag: '--threads <n>', description: 'local compute threads, this one included (0: only remote workers compute rows)', kind: { type: 'int', min: 0 } },
+  { key: 'threads', flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
   { key: 'epochs', flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
   { key: 'steps', flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
   { key: 'batchSize', flag: '--batch-size <n>', description: 'samples per optimizer step', kind: { type: 'int', min: 1 } },

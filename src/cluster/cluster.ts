@@ -70,7 +70,7 @@ export class Cluster {
 
   get description(): string {
     const remote = this.hub ? `, remote workers via ${this.hub.ready().length ? `${this.hub.ready().length} connected` : 'none yet'}` : '';
-    return `${this.localRows ? this.local.description : 'no local row work (optimizer and evaluation only)'}${remote}`;
+    return `${this.localRows ? this.local.description : 'no local compute (remote replicas apply the steps; evaluation here)'}${remote}`;
   }
 
   /**
