@@ -121,6 +121,30 @@ describe('onnx engine step pass', () => {
   });
 });
 
+describe('onnx engine deltas pass', () => {
+  it.each(['sigmoid', 'relu', 'tanh'] as const)('rebuilds every delta of rows from their activations and last delta, bit for bit, one row included (%s)', async (activation) => {
+    const spec = makeSpec(784, [512, 256, 128, 64], 10, activation);
+    const rows = 33;
+    const x = Float32Array.from({ length: rows * 784 }, (_, i) => ((i * 7919) % 256) / 255);
+    const labels = Array.from({ length: rows }, (_, i) => (i * 7) % 10);
+    const engine = await createEngine(spec, { engine: 'onnx', device: 'cpu' });
+    const { out } = await engineGradient(engine, spec, initParams(spec, 1), x, labels);
+    for (const [a, b] of [[0, 33], [5, 6], [16, 32]]) {
+      const n = b - a;
+      const width = (l: number) => spec.sizes[l + 1];
+      const deltas = [0, 1, 2, 3].map((l) => new Float32Array(n * width(l)));
+      await engine.deltasPass!(
+        out.hidden.map((h, l) => h.subarray(a * width(l), b * width(l))),
+        out.deltas[4].subarray(a * 10, b * 10),
+        n,
+        deltas,
+      );
+      deltas.forEach((d, l) => expect(d).toEqual(out.deltas[l].subarray(a * width(l), b * width(l))));
+    }
+    await engine.dispose();
+  });
+});
+
 describe('native shared-buffer alias', () => {
   it('is built by npm install, and lets onnxruntime read shared memory in place', async () => {
     const { sharedAlias } = await import('../src/engine/onnx/shared_alias.js');

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import WebSocket from 'ws';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
+import { readMetrics } from '../src/report/metrics.js';
 import { decodeRaw, encode, newNonce, proof, PROTOCOL_VERSION } from '../src/cluster/remote/protocol.js';
 import { missingRanges } from '../src/train/plan.js';
 
@@ -69,6 +70,18 @@ describe('remote workers on loopback', () => {
       (e) => e.type === 'cluster' && e.event.type === 'joined' && joined.push(e.event.worker),
     );
     expect(joined.length).toBeGreaterThanOrEqual(1);
+    expect(summary.paramsSha256).toBe(await reference());
+  });
+
+  it('gives a worker that got no rows of a step the whole batch in compact form, with the same result', async () => {
+    // Three workers and two micro-shards a batch: one of them computes nothing and is sent every row.
+    const abort = new AbortController();
+    const summary = await coordinator({ threads: 0, microBatch: 32 }, (url) => {
+      for (let i = 0; i < 3; i++) void runWorker({ connect: url, signal: abort.signal });
+    });
+    abort.abort();
+    const shares = readMetrics(summary.outDir!).flatMap((r) => (r.type === 'epoch' ? [Object.keys(r.shares).length] : []));
+    expect(Math.max(...shares)).toBe(3);
     expect(summary.paramsSha256).toBe(await reference());
   });
 
@@ -315,7 +328,6 @@ const reference2 = referenceHash({ threads: 1 }, 'reference2');
 describe('a worker with its own copy of the data', () => {
   it('gets row indices instead of pixels when its copy matches, pixels when it does not, with the same result', async () => {
     const { loadDataset } = await import('../src/data/datasets.js');
-    const { readMetrics } = await import('../src/report/metrics.js');
     const { syntheticDataset } = await import('./helpers.js');
     const perStep: number[] = [];
     for (const dataset of [loadDataset(), syntheticDataset(10, 10, 784, 10)]) {

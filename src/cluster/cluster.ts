@@ -66,6 +66,12 @@ export class Cluster {
     private readonly localRows: boolean,
     private readonly hub: RemoteHub | undefined,
     private readonly onEvent: (event: ClusterEvent) => void,
+    /**
+     * Remote rows travel in compact form (activations and the last layer's delta; receivers rebuild the
+     * other deltas): for --threads 0, where this process never runs a weight pass on remote rows, with
+     * an engine that can rebuild them (Engine.deltasPass).
+     */
+    readonly compactRows = false,
   ) {}
 
   get description(): string {
@@ -134,7 +140,7 @@ export class Cluster {
       }
     }
     if (!this.rowsFinite(0, batch)) return false;
-    const replicas = this.hub?.broadcastUpdate(step, batch) ?? 0;
+    const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
     return !this.localRows && replicas > 0;
   }
 
@@ -196,7 +202,7 @@ export class Cluster {
       next += counts[i];
       const rows: Range = [shards[shardRange[0]][0], shards[shardRange[1] - 1][1]];
       const sent = performance.now();
-      const result = this.hub!.requestRows(worker, step, batch, rows, index).catch((e: Error) => e);
+      const result = this.hub!.requestRows(worker, step, batch, rows, index, this.compactRows).catch((e: Error) => e);
       plan.remote.push({ worker, rows, shardRange, sent, result });
     });
     return plan;
@@ -246,7 +252,9 @@ export class Cluster {
     const { batch: b, spec } = this.memory;
     b.rowLoss.set(rowLoss, r0);
     hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
-    deltas.forEach((d, l) => b.deltas[l].set(d, r0 * spec.sizes[l + 1]));
+    // Compact rows bring only the last layer's delta.
+    const first = b.deltas.length - deltas.length;
+    deltas.forEach((d, k) => b.deltas[first + k].set(d, r0 * spec.sizes[first + k + 1]));
     // The weight pass reads the batch's pixels too; a remote worker's rows were never gathered locally.
     gatherBatchRows(this.memory, [r0, r1], true);
   }

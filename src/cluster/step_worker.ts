@@ -18,6 +18,8 @@ export type Task =
   | { kind: 'weights'; step: number; generation: number; batch: number; units: Range[]; slot: number }
   /** The whole batch on one slot: both passes, fused where the engine can (Engine.stepPass). */
   | { kind: 'step'; step: number; generation: number; batch: number }
+  /** Rows whose activations and last-layer delta arrived from another worker: their other deltas. */
+  | { kind: 'deltas'; step: number; generation: number; range: Range }
   | { kind: 'eval'; step: number; generation: number; range: Range };
 
 export interface TaskResult {
@@ -71,6 +73,9 @@ export class StepWorker {
         return { nonFiniteLayers: await this.weights(task) };
       case 'step':
         return { nonFiniteLayers: await this.wholeStep(task) };
+      case 'deltas':
+        await this.deltas(task.step, task.generation, task.range);
+        return { nonFiniteLayers: [] };
       case 'eval':
         await this.evaluate(task.step, task.generation, task.range);
         return { nonFiniteLayers: [] };
@@ -123,6 +128,16 @@ export class StepWorker {
     const classes = spec.sizes[spec.sizes.length - 1];
     const gradients = await this.engine.stepPass(b.x.subarray(0, batch * spec.sizes[0]), b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch));
     return this.applyAdam(step, generation, gradients, units, 0);
+  }
+
+  private async deltas(step: number, generation: number, [r0, r1]: Range): Promise<void> {
+    if (r0 === r1) return;
+    if (!this.engine.deltasPass) throw new Error(`the ${this.engine.name} engine cannot rebuild deltas of compact rows`);
+    this.useParams(step, generation);
+    const { batch: b, spec } = this.init.memory;
+    const rowsOf = (a: Float32Array, l: number) => a.subarray(r0 * spec.sizes[l + 1], r1 * spec.sizes[l + 1]);
+    const last = b.deltas.length - 1;
+    await this.engine.deltasPass(b.hidden.map(rowsOf), rowsOf(b.deltas[last], last), r1 - r0, b.deltas.slice(0, last).map(rowsOf));
   }
 
   /** Adam over each layer's gradient (of units[l]); returns the layers whose gradient was not finite. */

@@ -14,7 +14,7 @@ const SEQ = 0;
 /** Incremented (and notified) whenever a slot finishes or dies: what the main thread waits on. */
 const SIGNAL = 1;
 const HEADER = 2;
-const KIND = { none: 0, rows: 1, weights: 2, eval: 3, step: 4, exit: 9 } as const;
+const KIND = { none: 0, rows: 1, weights: 2, eval: 3, step: 4, deltas: 5, exit: 9 } as const;
 const FIELDS = 9;
 
 // Atomics.waitAsync is in Node 20 but not in the ES2022 library typings.
@@ -62,7 +62,7 @@ export class TeamControl {
     if (!task || task.kind === 'exit') return;
     w[b + 4] = task.step;
     w[b + 5] = task.generation;
-    w[b + 6] = task.kind === 'eval' ? 0 : task.batch;
+    w[b + 6] = task.kind === 'eval' || task.kind === 'deltas' ? 0 : task.batch;
     if (task.kind === 'weights') {
       w[b + 7] = task.slot;
       task.units.forEach(([u0, u1], l) => {
@@ -98,6 +98,8 @@ export class TeamControl {
         return { kind: 'eval', ...base, range: [w[b + 7], w[b + 8]] };
       case KIND.step:
         return { kind: 'step', ...base, batch: w[b + 6] };
+      case KIND.deltas:
+        return { kind: 'deltas', ...base, range: [w[b + 7], w[b + 8]] };
       case KIND.exit:
         return { kind: 'exit' };
       default:

@@ -7,6 +7,7 @@
  * - weightPass: for every layer and a range of its output units, the weight and bias gradient summed
  *               over the whole batch in one fixed reduction.
  * - stepPass:   (optional) both at once, for a slot that computes a whole step alone.
+ * - deltasPass: (optional) the row pass's backward part, for rows received in compact form.
  *
  * Arrays passed in may live in SharedArrayBuffers; an engine copies what its runtime cannot read in place.
  */
@@ -54,6 +55,12 @@ export interface Engine {
    * An engine that has it saves the hand-over between the passes when one slot computes a whole step.
    */
   stepPass?(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array): Promise<LayerGradient[]>;
+  /**
+   * Optional: for rows whose activations (hidden) and last-layer delta are known, every other layer's
+   * delta into `deltas` (all but the last), with the bits rowPass gives them. Lets rows travel between
+   * remote workers in compact form (activations and the last delta: half the bytes).
+   */
+  deltasPass?(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void>;
   evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void>;
   dispose(): Promise<void>;
 }

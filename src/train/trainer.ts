@@ -125,8 +125,10 @@ export class Trainer implements CommittedState {
       if (this.unapplied.length >= MAX_UNAPPLIED) await this.current();
       return loss;
     }
-    if (this.unapplied.length > 0 && (await this.current())) {
-      // No replica took this step and the catch-up replayed steps through the batch buffers: redo its rows.
+    const replayed = this.unapplied.length > 0 && (await this.current());
+    if (replayed || this.cluster.compactRows) {
+      // No replica took this step, and the catch-up replayed steps through the batch buffers, or the remote
+      // rows came without their inner deltas: compute the rows here for the weight pass.
       this.memory.batch.index.set(index);
       await this.cluster.rowPass(this.step, this.generation, rows, this.config.microBatch, this, true);
     }
@@ -276,7 +278,8 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
       throw e;
     }
   }
-  return { cluster: new Cluster(memory, local, config.threads > 0, hub, (event) => emit({ type: 'cluster', event })), listening };
+  const compactRows = config.threads === 0 && config.engine === 'onnx';
+  return { cluster: new Cluster(memory, local, config.threads > 0, hub, (event) => emit({ type: 'cluster', event }), compactRows), listening };
 }
 
 

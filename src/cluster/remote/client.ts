@@ -132,24 +132,33 @@ class Replica {
     // Rows that are not finite are the coordinator's to judge: this replica then waits for its update.
     if (b.rowLoss.subarray(r0, r1).every(Number.isFinite)) this.held.push(message.range);
     const rowsOf = (a: Float32Array, width: number) => a.subarray(r0 * width, r1 * width);
+    const deltas = b.deltas.map((d, l) => rowsOf(d, spec.sizes[l + 1]));
     return {
       t: 'rowsDone',
       step: message.step,
       range: message.range,
       rowLoss: b.rowLoss.subarray(r0, r1),
       hidden: b.hidden.map((h, l) => rowsOf(h, spec.sizes[l + 1])),
-      deltas: b.deltas.map((d, l) => rowsOf(d, spec.sizes[l + 1])),
+      deltas: message.compact ? deltas.slice(-1) : deltas,
       ms: performance.now() - started,
     };
   }
 
-  /** Rows of this step another worker computed (this replica has their samples from its rows request). */
-  received(message: RowsDone): void {
-    if (message.step !== this.step) throw new ProtocolError(`rowsDone: step ${message.step} does not follow this replica's step ${this.step}`);
+  /** Copies rows [r0, …) into the batch buffers; compact ones (last delta only) get their other deltas rebuilt. */
+  private async place([r0, r1]: Range, hidden: Float32Array[], deltas: Float32Array[]): Promise<void> {
     const { batch: b, spec } = this.memory;
-    const [r0] = message.range;
-    message.hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
-    message.deltas.forEach((d, l) => b.deltas[l].set(d, r0 * spec.sizes[l + 1]));
+    hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
+    const first = b.deltas.length - deltas.length;
+    deltas.forEach((d, k) => b.deltas[first + k].set(d, r0 * spec.sizes[first + k + 1]));
+    if (first === 0) return;
+    const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
+    await this.workers.runPass(ranges.map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
+  }
+
+  /** Rows of this step another worker computed (this replica has their samples from its rows request). */
+  async received(message: RowsDone): Promise<void> {
+    if (message.step !== this.step) throw new ProtocolError(`rowsDone: step ${message.step} does not follow this replica's step ${this.step}`);
+    await this.place(message.range, message.hidden, message.deltas);
     this.held.push(message.range);
   }
 
@@ -174,12 +183,9 @@ class Replica {
     }
     if (message.step !== this.step) throw new ProtocolError(`update: step ${message.step} does not follow this replica's step ${this.step}`);
     const { batch: b, spec } = this.memory;
-    const sizes = spec.sizes;
     for (const part of message.parts) {
-      const [r0] = part.range;
-      b.x.set(part.x, r0 * sizes[0]);
-      part.hidden.forEach((h, l) => b.hidden[l].set(h, r0 * sizes[l + 1]));
-      part.deltas.forEach((d, l) => b.deltas[l].set(d, r0 * sizes[l + 1]));
+      b.x.set(part.x, part.range[0] * spec.sizes[0]);
+      await this.place(part.range, part.hidden, part.deltas);
     }
     await this.apply(message.batch);
     return true;
@@ -348,7 +354,7 @@ function session(
             }
             case 'rowsDone': {
               const replica = getReplica()!;
-              replica.received(message);
+              await replica.received(message);
               if (await replica.applyIfComplete()) emit({ type: 'step', step: message.step });
               return;
             }

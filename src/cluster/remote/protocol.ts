@@ -9,8 +9,8 @@
  *   worker → coordinator  hello {mac, nonce, engine, backend, threads, dataSha256}
  *   coordinator → worker  welcome {proof, workerId}               proves the coordinator knows the token too
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
- *   coordinator → worker  rows {step, range, batch, x | index, labels}        compute rows `range`
- *                         (x | index and labels: of the whole batch)
+ *   coordinator → worker  rows {step, range, batch, x | index, labels, compact}   compute rows `range`
+ *                         (x | index and labels: of the whole batch; compact: send only the last delta)
  *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
  *   coordinator → worker  rowsDone {…}                            another worker's rows, forwarded as sent
  *   coordinator → worker  update {step, batch, parts}             the rows it lacks still: apply the step
@@ -69,6 +69,8 @@ export interface RowsMessage {
   index?: Int32Array;
   /** The label of each batch row. */
   labels: Uint8Array;
+  /** Answer in compact form: the last layer's delta only (receivers rebuild the others, Engine.deltasPass). */
+  compact: boolean;
 }
 export interface RowsDone {
   t: 'rowsDone';
@@ -76,6 +78,7 @@ export interface RowsDone {
   range: Range;
   rowLoss: Float32Array;
   hidden: Float32Array[];
+  /** Every layer's delta, or in compact form only the last layer's. */
   deltas: Float32Array[];
   ms: number;
 }
@@ -83,6 +86,7 @@ export interface UpdatePart {
   range: Range;
   x: Float32Array;
   hidden: Float32Array[];
+  /** As in RowsDone: every layer's, or only the last layer's. */
   deltas: Float32Array[];
 }
 export interface UpdateMessage { t: 'update'; step: number; batch: number; parts: UpdatePart[] }
@@ -209,6 +213,18 @@ export interface CoordinatorView {
   pendingRange: Range | undefined;
   /** The step whose state this worker was asked for, or undefined. */
   pendingSnapshot: number | undefined;
+  /** Whether the rows it owes come in compact form. */
+  pendingCompact: boolean;
+}
+
+/** Floats of each delta array for `rows` rows: every layer's, or (compact) only the last layer's. */
+function deltaCounts(sizes: number[], rows: number, compact: boolean): number[] {
+  return (compact ? sizes.slice(-1) : sizes.slice(1)).map((n) => rows * n);
+}
+
+/** A received rows message (or update part) carries compact deltas when it holds a single delta array. */
+function isCompact(m: Record<string, unknown>): boolean {
+  return Array.isArray(m.deltas) && m.deltas.length === 1;
 }
 
 export function validateFromWorker(raw: Record<string, unknown>, view: CoordinatorView | undefined): ToCoordinator {
@@ -245,7 +261,7 @@ export function validateFromWorker(raw: Record<string, unknown>, view: Coordinat
         range: r,
         rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows),
         hidden: floatList(raw, 'hidden', sizes.slice(1, -1).map((n) => rows * n)),
-        deltas: floatList(raw, 'deltas', sizes.slice(1).map((n) => rows * n)),
+        deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, view.pendingCompact)),
         ms: Math.max(0, Number(field(raw, 'ms')) || 0),
       };
     }
@@ -324,7 +340,7 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
       const batch = int(raw, 'batch', 1, view.batchSize);
       const r = range(raw, 'range', batch);
       // The samples of the whole batch: the rows others compute are forwarded without them.
-      const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch, range: r, labels: bytes(raw, 'labels', batch) };
+      const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch, range: r, labels: bytes(raw, 'labels', batch), compact: raw.compact === true };
       if (raw.x !== undefined) message.x = floats('rows: x', raw.x, batch * view.features, false);
       else {
         const index = bytes(raw, 'index', batch * 4);
@@ -346,7 +362,7 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
         range: r,
         rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows, false),
         hidden: floatList(raw, 'hidden', sizes.slice(1, -1).map((n) => rows * n), false),
-        deltas: floatList(raw, 'deltas', sizes.slice(1).map((n) => rows * n), false),
+        deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, isCompact(raw)), false),
         ms: 0,
       };
     }
@@ -368,7 +384,7 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
             range: r,
             x: floats('update: x', field(part, 'x'), rows * sizes[0], false),
             hidden: floatList(part, 'hidden', sizes.slice(1, -1).map((n) => rows * n), false),
-            deltas: floatList(part, 'deltas', sizes.slice(1).map((n) => rows * n), false),
+            deltas: floatList(part, 'deltas', deltaCounts(sizes, rows, isCompact(part)), false),
           };
         }),
       };

@@ -61,7 +61,7 @@ export class RemoteWorker {
   isAlive = true;
   hello?: Hello;
   readonly challenge = newNonce();
-  pending?: { step: number; range: Range; resolve: (r: RowsDone) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
+  pending?: { step: number; range: Range; compact: boolean; resolve: (r: RowsDone) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
   pendingSnapshot?: { step: number; resolve: (r: ReplicaState) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
   /** Rows per millisecond, smoothed; the scheduler gives work in proportion to it. */
   speed = 0;
@@ -101,7 +101,7 @@ export class RemoteHub {
   private heartbeat?: NodeJS.Timeout;
   private nextId = 1;
   readonly workers = new Map<number, RemoteWorker>();
-  private readonly view: Omit<CoordinatorView, 'pendingStep' | 'pendingRange' | 'pendingSnapshot'>;
+  private readonly view: Omit<CoordinatorView, 'pendingStep' | 'pendingRange' | 'pendingSnapshot' | 'pendingCompact'>;
   private waiters: (() => void)[] = [];
   /** Bytes of every frame sent or received, over all workers, since the start. */
   bytesMoved = 0;
@@ -162,6 +162,7 @@ export class RemoteHub {
         pendingStep: worker.pending?.step,
         pendingRange: worker.pending?.range,
         pendingSnapshot: worker.pendingSnapshot?.step,
+        pendingCompact: worker.pending?.compact ?? false,
       });
       if (worker.status === 'authenticating') {
         if (message.t !== 'hello') throw new ProtocolError(`expected hello, got ${message.t}`);
@@ -295,7 +296,7 @@ export class RemoteHub {
    * the samples of the whole batch (`samples`, dataset indices), so that the rows others compute can be
    * forwarded to it without their pixels.
    */
-  requestRows(worker: RemoteWorker, step: number, batch: number, range: Range, samples: Int32Array): Promise<RowsDone> {
+  requestRows(worker: RemoteWorker, step: number, batch: number, range: Range, samples: Int32Array, compact: boolean): Promise<RowsDone> {
     const { x, index, labels } = this.rowsInput(worker, samples);
     if (worker.rowsStep !== step) {
       worker.rowsStep = step;
@@ -305,8 +306,8 @@ export class RemoteHub {
       const timer = setTimeout(() => {
         this.reject(worker, `did not answer step ${step} within ${this.options.stepTimeoutMs} ms`);
       }, this.options.stepTimeoutMs);
-      worker.pending = { step, range, resolve, reject, timer };
-      this.send(worker, { t: 'rows', step, batch, range, labels, ...(x ? { x } : { index }) });
+      worker.pending = { step, range, compact, resolve, reject, timer };
+      this.send(worker, { t: 'rows', step, batch, range, labels, compact, ...(x ? { x } : { index }) });
     });
   }
 
@@ -338,17 +339,19 @@ export class RemoteHub {
 
   /**
    * Sends every ready worker the rows of step `step` it does not hold yet (it was not asked for rows of
-   * this step, or the coordinator computed them), which tells it to apply the step; returns how many
-   * workers it told.
+   * this step, or the coordinator computed them), compact if the rows came so, which tells it to apply
+   * the step; returns how many workers it told.
    */
-  broadcastUpdate(step: number, batch: number): number {
+  broadcastUpdate(step: number, batch: number, compact: boolean): number {
     const { batch: b, spec } = this.memory;
     const sizes = spec.sizes;
+    const last = b.deltas.length - 1;
     const partOf = ([r0, r1]: Range): UpdatePart => ({
       range: [r0, r1],
       x: b.x.subarray(r0 * sizes[0], r1 * sizes[0]),
       hidden: b.hidden.map((h, l) => h.subarray(r0 * sizes[l + 1], r1 * sizes[l + 1])),
-      deltas: b.deltas.map((d, l) => d.subarray(r0 * sizes[l + 1], r1 * sizes[l + 1])),
+      // Compact: the coordinator holds only the last delta of rows that came compact.
+      deltas: b.deltas.flatMap((d, l) => (compact && l < last ? [] : [d.subarray(r0 * sizes[l + 1], r1 * sizes[l + 1])])),
     });
     const ready = this.ready();
     for (const worker of ready) {

@@ -9,7 +9,7 @@ import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
 import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
 import { sharedAlias } from './shared_alias.js';
-import { biasName, buildEvalGraph, buildRowGraph, buildStepGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
+import { biasName, buildDeltasGraph, buildEvalGraph, buildRowGraph, buildStepGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
 
 type OrtModule = typeof Ort;
 
@@ -63,9 +63,10 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
   }
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
   const reads = sharedAlias() ? '' : ', copying shared buffers';
-  // The step graph only serves a slot that computes whole steps alone, so it is built on first use.
-  const stepSession = () => ort.InferenceSession.create(buildStepGraph(spec), options);
-  return new OnnxEngine(ort, spec, sessions, stepSession, `onnxruntime-node ${version} (${device}${reads})`);
+  // The step and deltas graphs serve only some slots (one computing whole steps; remote replicas), so they
+  // are built on first use.
+  const lazySession = (build: (spec: ModelSpec) => Uint8Array) => () => ort.InferenceSession.create(build(spec), options);
+  return new OnnxEngine(ort, spec, sessions, lazySession(buildStepGraph), lazySession(buildDeltasGraph), `onnxruntime-node ${version} (${device}${reads})`);
 }
 
 class OnnxEngine implements Engine {
@@ -76,12 +77,14 @@ class OnnxEngine implements Engine {
   private readonly scale: Float32Array = new Float32Array(1);
   private readonly range: BigInt64Array;
   private stepSession?: Promise<Ort.InferenceSession>;
+  private deltasSession?: Promise<Ort.InferenceSession>;
 
   constructor(
     private readonly ort: OrtModule,
     private readonly spec: ModelSpec,
     private readonly sessions: Ort.InferenceSession[],
     private readonly createStepSession: () => Promise<Ort.InferenceSession>,
+    private readonly createDeltasSession: () => Promise<Ort.InferenceSession>,
     readonly backend: string,
   ) {
     this.layout = paramLayout(spec);
@@ -164,6 +167,26 @@ class OnnxEngine implements Engine {
     return this.gradients(result);
   }
 
+  async deltasPass(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void> {
+    this.deltasSession ??= this.createDeltasSession();
+    const layers = this.layout.layers;
+    // One row is padded to two, as in rowPass: onnxruntime's single-row path rounds differently.
+    const input = (slot: string, data: Float32Array, width: number) => {
+      const local = this.scratch.local(slot, data, rows * width);
+      if (rows > 1) return this.tensor(local, [rows, width]);
+      const twice = this.scratch.local(`${slot}Pad`, new Float32Array(2 * width));
+      twice.set(local);
+      twice.set(local, width);
+      return this.tensor(twice, [2, width]);
+    };
+    const feeds: Record<string, Ort.Tensor> = {};
+    hidden.forEach((h, l) => (feeds[hiddenName(l)] = input(`h${l}`, h, layers[l].fanOut)));
+    feeds[deltaName(layers.length - 1)] = input('last', last, layers[layers.length - 1].fanOut);
+    for (let l = 1; l < layers.length; l++) feeds[weightName(l)] = this.paramFeeds[weightName(l)];
+    const result = await (await this.deltasSession).run(feeds);
+    deltas.forEach((d, l) => d.set((result[deltaName(l)].data as Float32Array).subarray(0, rows * layers[l].fanOut)));
+  }
+
   private gradients(result: Ort.InferenceSession.ReturnType): LayerGradient[] {
     return this.layout.layers.map((_, l) => ({ weight: result[`gW${l}`].data as Float32Array, bias: result[`gb${l}`].data as Float32Array }));
   }
@@ -177,7 +200,7 @@ class OnnxEngine implements Engine {
   }
 
   async dispose(): Promise<void> {
-    const step = this.stepSession ? [await this.stepSession] : [];
-    await Promise.all([...this.sessions, ...step].map((s) => s.release()));
+    const lazy = await Promise.all([this.stepSession, this.deltasSession].filter((s) => s !== undefined));
+    await Promise.all([...this.sessions, ...lazy].map((s) => s.release()));
   }
 }

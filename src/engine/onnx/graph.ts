@@ -1,5 +1,5 @@
 /**
- * Builds, in memory, the ONNX models the onnx engine runs for an MLP spec. Four small graphs, all with
+ * Builds, in memory, the ONNX models the onnx engine runs for an MLP spec. Five small graphs, all with
  * dynamic row counts and the parameters fed as inputs (so one session serves every step):
  *
  * - rows:   forward and backward deltas for some rows of a batch. Every output row depends on its own
@@ -8,6 +8,7 @@
  *           batch in a single fixed-shape reduction. Splitting the output units is row-local again, so the
  *           gradient is the same whichever thread computes which range.
  * - step:   rows and weight in one graph, for a slot that computes the whole batch alone.
+ * - deltas: the rows graph's backward part alone, for rows received as activations and last delta.
  * - eval:   forward only, per-row loss and predicted class.
  */
 import onnxProto from 'onnx-proto';
@@ -178,13 +179,36 @@ function rowsForwardBackward(g: GraphBuilder, spec: ModelSpec): { x: string; hid
   const [, logp] = crossEntropy(g, logits, target, 'rowLoss');
   g.output('rowLoss', ['rows']);
   const layers = spec.sizes.length - 1;
+  const last = g.op('Mul', [g.op('Sub', [g.op('Exp', [logp]), target]), scale], {}, deltaName(layers - 1));
+  return { x, hidden, deltas: backwardDeltas(g, spec, hidden, last) };
+}
+
+/** Every layer's delta from the last layer's, back through the weights (inputs W1…) and the activations. */
+function backwardDeltas(g: GraphBuilder, spec: ModelSpec, hidden: string[], last: string): string[] {
+  const layers = spec.sizes.length - 1;
   const deltas: string[] = [];
-  deltas[layers - 1] = g.op('Mul', [g.op('Sub', [g.op('Exp', [logp]), target]), scale], {}, deltaName(layers - 1));
+  deltas[layers - 1] = last;
   for (let l = layers - 2; l >= 0; l--) {
     const dh = g.op('MatMul', [deltas[l + 1], weightName(l + 1)]);
     deltas[l] = activationGrad(g, spec, dh, hidden[l], deltaName(l));
   }
-  return { x, hidden, deltas };
+  return deltas;
+}
+
+/**
+ * The deltas of rows whose activations and last-layer delta are known (rows another worker computed and
+ * sent in compact form): the row graph's backward part alone, the same ops on the same values, so the
+ * same bits. Inputs h1…, d{L-1} and W1…; outputs d0…d{L-2}.
+ */
+export function buildDeltasGraph(spec: ModelSpec): Uint8Array {
+  const g = new GraphBuilder();
+  const layers = spec.sizes.length - 1;
+  const hidden = spec.sizes.slice(1, -1).map((n, l) => g.input(hiddenName(l), ['rows', n]));
+  const last = g.input(deltaName(layers - 1), ['rows', spec.sizes[layers]]);
+  for (let l = 1; l < layers; l++) g.input(weightName(l), [spec.sizes[l + 1], spec.sizes[l]]);
+  const deltas = backwardDeltas(g, spec, hidden, last);
+  deltas.slice(0, -1).forEach((d, l) => g.output(d, ['rows', spec.sizes[l + 1]]));
+  return g.build('dtrain_deltas');
 }
 
 /** gW_l = dᵀ · a over every row in one fixed reduction, and gb_l = Σ_rows d, as outputs gW{l} and gb{l}. */
