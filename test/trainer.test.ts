@@ -6,6 +6,10 @@ import { ADAM_DEFAULTS } from '../src/optim/adam.js';
 import { createTrainingMemory } from '../src/cluster/training_memory.js';
 import type { Cluster } from '../src/cluster/cluster.js';
 import { syntheticDataset } from './helpers.js';
+import { train } from '../src/index.js';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 describe('Trainer', () => {
   it('after a one-call step with a non-finite gradient, recomputes the rows locally to name the layer and micro-shard', async () => {
@@ -34,5 +38,15 @@ describe('Trainer', () => {
     );
     expect(rowPasses).toEqual([true]);
     expect([trainer.step, trainer.generation]).toEqual([0, 0]);
+  });
+
+  it('does not count the time a beforeStep hook takes as training time', async () => {
+    const dataset = syntheticDataset(128, 8);
+    const summary = await train(
+      { threads: 1, epochs: 1, hidden: [8], trainSamples: 0, testSamples: 0, out: mkdtempSync(join(tmpdir(), 'dtrain-hook-')) },
+      { dataset, beforeStep: (step) => (step === 0 ? new Promise<void>((resolve) => setTimeout(resolve, 400)) : undefined) },
+    );
+    expect(summary.steps).toBe(2);
+    expect(summary.epochs[0].seconds).toBeLessThan(0.3);
   });
 });

@@ -42,7 +42,10 @@ export interface TrainOptions {
   onWorkers?: (workers: WorkerSet) => void;
   /** Called once the coordinator listens, with its address (tests connect workers to it). */
   onListening?: (address: { host: string; port: number }) => void;
-  /** Awaited before every step, with the step about to run (to pace or coordinate a run from outside). */
+  /**
+   * Awaited before every step, with the step about to run (to pace or coordinate a run from outside); the
+   * time it takes is not counted as training time.
+   */
   beforeStep?: (step: number) => Promise<void> | void;
   /** Fault injection (tests): pool threads die in the middle of this step's weight pass, `times` times. */
   faults?: { threadExitAtStep: number; times: number };
@@ -377,7 +380,8 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
       const epochRngState = shuffleRng.getState();
       const order = config.shuffle ? permutation(dataset.train.count, shuffleRng) : undefined;
       const partial = continuing ? resumed.partial : { seconds: 0, samples: 0, lossSum: 0, steps: 0 };
-      const t0 = performance.now() - partial.seconds * 1000;
+      // Moved forward by the time spent in beforeStep, which is not training.
+      let t0 = performance.now() - partial.seconds * 1000;
       let { samples: epochSamples, lossSum, steps: stepsThisEpoch } = partial;
       let stopped = false;
       const indexOf = (b: number) => batchSamples(dataset.train.count, order, b, config.batchSize);
@@ -388,7 +392,11 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
         const index = next!;
         const last = b + 1 === batches || (config.steps > 0 && trainer.step + 1 >= config.steps);
         next = last ? undefined : indexOf(b + 1);
-        await options.beforeStep?.(trainer.step);
+        if (options.beforeStep) {
+          const paused = performance.now();
+          await options.beforeStep(trainer.step);
+          t0 += performance.now() - paused;
+        }
         const stepStart = performance.now();
         const loss = await trainer.trainStep(index, next);
         const bytes = cluster.bytesMoved();
