@@ -2,7 +2,9 @@
  * The scheduler the trainer talks to: local worker slots (this process and its threads) and remote
  * workers, behind one row pass, one weight pass and one evaluation. Row work is handed out in whole
  * micro-shards, in proportion to each participant's measured speed; whoever fails or times out has its
- * rows redone by the others. The result never depends on who computed what (see train/plan.ts).
+ * rows redone by the others. The result never depends on who computed what (see train/plan.ts). With no
+ * local threads (--threads 0) the remote replicas apply the steps and the trainer takes their state
+ * when it needs it (CommittedState).
  */
 import type { Range } from '../train/plan.js';
 import { microShards, shardGroups, unitAssignment } from '../train/plan.js';

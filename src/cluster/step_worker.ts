@@ -1,7 +1,7 @@
 /**
  * What one worker does with the shared training memory: the row pass over some rows of the batch, the
- * weight pass (gradient reduction plus Adam) over some output units, both for a slot alone, and
- * evaluation of some test rows.
+ * weight pass (gradient reduction plus Adam) over some output units, both at once for a slot that computes
+ * a whole step alone, the other deltas of rows received in compact form, and evaluation of some test rows.
  * The same code runs in the coordinator's process (--threads 1) and in every worker thread.
  */
 import { createEngine, type Engine, type EngineOptions, type LayerGradient } from '../engine/engine.js';
