@@ -44,9 +44,9 @@ describe('Trainer', () => {
     const dataset = syntheticDataset(128, 8);
     const summary = await train(
       { threads: 1, epochs: 1, hidden: [8], trainSamples: 0, testSamples: 0, out: mkdtempSync(join(tmpdir(), 'dtrain-hook-')) },
-      { dataset, beforeStep: (step) => (step === 0 ? new Promise<void>((resolve) => setTimeout(resolve, 400)) : undefined) },
+      { dataset, beforeStep: (step) => (step === 0 ? new Promise<void>((resolve) => setTimeout(resolve, 1500)) : undefined) },
     );
     expect(summary.steps).toBe(2);
-    expect(summary.epochs[0].seconds).toBeLessThan(0.3);
+    expect(summary.epochs[0].seconds).toBeLessThan(1);
   });
 });
