@@ -76,12 +76,22 @@ describe('remote workers on loopback', () => {
   it('gives a worker that got no rows of a step the whole batch in compact form, with the same result', async () => {
     // Three workers and two micro-shards a batch: one of them computes nothing and is sent every row.
     const abort = new AbortController();
-    const summary = await coordinator({ threads: 0, microBatch: 32 }, (url) => {
-      for (let i = 0; i < 3; i++) void runWorker({ connect: url, signal: abort.signal });
-    });
+    let joined = 0;
+    let allJoined = () => {};
+    const three = new Promise<void>((resolve) => (allJoined = resolve));
+    const summary = await coordinator(
+      { threads: 0, microBatch: 32 },
+      (url) => {
+        for (let i = 0; i < 3; i++) void runWorker({ connect: url, signal: abort.signal });
+      },
+      (e) => e.type === 'cluster' && e.event.type === 'joined' && ++joined === 3 && allJoined(),
+      (step) => (step === 0 ? three : undefined),
+    );
     abort.abort();
-    const shares = readMetrics(summary.outDir!).flatMap((r) => (r.type === 'epoch' ? [Object.keys(r.shares).length] : []));
-    expect(Math.max(...shares)).toBe(3);
+    // Every step, two of the three computed one micro-shard each and the third was sent all 64 rows.
+    const rowsPerStep = readMetrics(summary.outDir!).flatMap((r) => (r.type === 'epoch' ? [Object.values(r.shares).reduce((a, b) => a + b, 0)] : []));
+    expect(rowsPerStep).toEqual([145, 145]);
+    expect(joined).toBe(3);
     expect(summary.paramsSha256).toBe(await reference());
   });
 
