@@ -32,6 +32,13 @@ interface RemoteJob {
   result: Promise<RowsDone | Error>;
 }
 
+/** A worker's answer of non-finite rows (its micro-shards), held until this process has computed them too. */
+interface Suspect {
+  worker: RemoteWorker;
+  reason: string;
+  shardRange: Range;
+}
+
 /** Who computes which micro-shards of one step. */
 interface Plan {
   step: number;
@@ -104,16 +111,17 @@ export class Cluster {
     }
     this.prefetched = undefined;
     const nobodyToCompute = () => todo.length > 0 && !this.localRows && (this.hub?.ready().length ?? 0) === 0;
+    // When the trainer had to replay steps through the batch buffers, this step's rows start over.
+    const startOver = () => {
+      index.set(saved);
+      plans = [];
+      todo = [[0, shards.length]];
+    };
     while (plans.length > 0 || todo.length > 0) {
       const joining = (this.hub?.joining().length ?? 0) > 0;
       // A joiner needs the committed state; and with no replica left, catching up now (rather than when
       // someone joins) finds at once a step that cannot be applied.
-      if ((joining || nobodyToCompute()) && (await state.current())) {
-        // Steps were replayed here, through the batch buffers: this step's rows start over.
-        index.set(saved);
-        plans = [];
-        todo = [[0, shards.length]];
-      }
+      if ((joining || nobodyToCompute()) && (await state.current())) startOver();
       if (joining) this.hub!.admit(state.snapshot());
       if (nobodyToCompute()) {
         this.onEvent({ type: 'waiting', reason: `step ${step}: no worker is connected; waiting for one` });
@@ -126,24 +134,28 @@ export class Cluster {
       todo = outcomes.flatMap((o) => o.failed);
       plans = [];
       const suspects = outcomes.flatMap((o) => o.suspect);
-      if (suspects.length === 0) continue;
-      // Non-finite rows from a worker: compute them here, on the committed state, to see who is right.
-      if (await state.current()) {
-        index.set(saved);
-        todo = [[0, shards.length]];
-        continue;
-      }
-      for (const { worker, reason, shardRange } of suspects) {
-        const rows = shards.slice(shardRange[0], shardRange[1]);
-        await this.runLocalRows(step, generation, batch, rows);
-        this.credit(LOCAL, rows[rows.length - 1][1] - rows[0][0]);
-        if (this.rowsFinite(rows[0][0], rows[rows.length - 1][1])) this.hub!.reject(worker, `rowsDone: ${reason.replace(/^rowsDone: /, '')}, where this coordinator computes finite values`);
-        // Otherwise the rows really are non-finite: the trainer stops on them, naming the micro-shard.
-      }
+      // Non-finite rows from a worker are computed here, on the committed state, to see who is right.
+      if (suspects.length > 0 && (await state.current())) startOver();
+      else if (suspects.length > 0) await this.judge(suspects, step, generation, batch, shards);
     }
     if (!this.rowsFinite(0, batch)) return false;
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
     return !this.localRows && replicas > 0;
+  }
+
+  /**
+   * Computes here the rows that workers sent back non-finite: a worker whose rows come out finite here
+   * is dropped; otherwise the rows really are non-finite, and the trainer stops on them, naming the
+   * micro-shard.
+   */
+  private async judge(suspects: Suspect[], step: number, generation: number, batch: number, shards: Range[]): Promise<void> {
+    for (const { worker, reason, shardRange } of suspects) {
+      const rows = shards.slice(shardRange[0], shardRange[1]);
+      const [r0, r1] = [rows[0][0], rows[rows.length - 1][1]];
+      await this.runLocalRows(step, generation, batch, rows);
+      this.credit(LOCAL, r1 - r0);
+      if (this.rowsFinite(r0, r1)) this.hub!.reject(worker, `rowsDone: ${reason.replace(/^rowsDone: /, '')}, where this coordinator computes finite values`);
+    }
   }
 
   /** Whether batch rows [r0, r1) have a finite loss (non-finite activations or deltas make it so too). */
@@ -214,7 +226,7 @@ export class Cluster {
    * Computes a plan's local part and collects its remote answers; returns the shard ranges to redo, and
    * those whose rows came back non-finite (to be checked here).
    */
-  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: { worker: RemoteWorker; reason: string; shardRange: Range }[] }> {
+  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[] }> {
     const started = performance.now();
     let localDone = started;
     if (plan.local) {
@@ -225,7 +237,7 @@ export class Cluster {
       this.credit(LOCAL, count);
     }
     const failed: Range[] = [];
-    const suspect: { worker: RemoteWorker; reason: string; shardRange: Range }[] = [];
+    const suspect: Suspect[] = [];
     for (const job of plan.remote) {
       const done = await job.result;
       if (isSuspect(done)) {
