@@ -145,6 +145,37 @@ describe('onnx engine deltas pass', () => {
   });
 });
 
+describe('onnxruntime through its C API (native/ort_direct.c)', () => {
+  it('is built by npm install and gives a whole step the bits of the binding, from plain or shared memory', async () => {
+    const { directOrt } = await import('../src/engine/onnx/direct.js');
+    const direct = directOrt();
+    expect(direct?.version).toMatch(/^1\.\d+\.\d+/);
+    const spec = makeSpec(784, [512, 256, 128, 64], 10, 'sigmoid');
+    const rows = 20;
+    const x = Float32Array.from({ length: rows * 784 }, (_, i) => ((i * 7919) % 256) / 255);
+    const labels = Array.from({ length: rows }, (_, i) => (i * 3) % 10);
+    const engine = await createEngine(spec, { engine: 'onnx', device: 'cpu' });
+    expect(engine.backend).toContain('whole steps through its C API');
+    // The binding's two passes, then the C API's whole step on the same parameters in shared memory.
+    const params = initParams(spec, 2);
+    const twoPasses = await engineGradient(engine, spec, params, x, labels);
+    const shared = new Float32Array(new SharedArrayBuffer(params.byteLength));
+    shared.set(params);
+    engine.setParams(shared);
+    const rowLoss = new Float32Array(new SharedArrayBuffer(4 * rows));
+    const gradients = await engine.stepPass!(x, oneHot(labels, 10), rows, rowLoss);
+    expect(rowLoss).toEqual(Float32Array.from(twoPasses.out.rowLoss));
+    paramLayout(spec).layers.forEach(({ weightOffset, biasOffset, fanOut }, l) => {
+      expect(gradients[l].weight).toEqual(twoPasses.grad.subarray(weightOffset, biasOffset));
+      expect(gradients[l].bias).toEqual(twoPasses.grad.subarray(biasOffset, biasOffset + fanOut));
+    });
+    await engine.dispose();
+    // Misuse is a one-line error, not a crash.
+    const { native } = direct!;
+    expect(() => native.run(native.plan(native.session(new Uint8Array([8, 1])), [], []), [], [], [], [])).toThrow(/^onnxruntime CreateSessionFromArray: /);
+  });
+});
+
 describe('native shared-buffer alias', () => {
   it('is built by npm install, and lets onnxruntime read shared memory in place', async () => {
     const { sharedAlias } = await import('../src/engine/onnx/shared_alias.js');

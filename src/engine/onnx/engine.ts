@@ -8,6 +8,8 @@ import { engineUnavailable } from '../../errors.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
 import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
+import type { DirectTensor } from './direct.js';
+import { directOrt, DirectSession } from './direct.js';
 import { sharedAlias } from './shared_alias.js';
 import { biasName, buildDeltasGraph, buildEvalGraph, buildRowGraph, buildStepGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
 
@@ -62,7 +64,7 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
     throw engineUnavailable('onnx', `onnxruntime could not create a ${device} session (${(e as Error).message})${hint}`);
   }
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
-  const reads = sharedAlias() ? '' : ', copying shared buffers';
+  const reads = `${sharedAlias() ? '' : ', copying shared buffers'}${directOrt() ? ', whole steps through its C API' : ''}`;
   // The step and deltas graphs serve only some slots (one computing whole steps; remote replicas), so they
   // are built on first use.
   const lazySession = (build: (spec: ModelSpec) => Uint8Array) => () => ort.InferenceSession.create(build(spec), options);
@@ -77,6 +79,12 @@ class OnnxEngine implements Engine {
   private readonly scale: Float32Array = new Float32Array(1);
   private readonly range: BigInt64Array;
   private stepSession?: Promise<Ort.InferenceSession>;
+  /** The C API path (direct.ts) for whole steps, when the native helper is built. */
+  private readonly direct = directOrt();
+  private directStepSession?: DirectSession;
+  private gradientBuffers?: LayerGradient[];
+  /** The parameters last given to setParams, as they are (the C API reads shared memory too). */
+  private params: Float32Array = new Float32Array(0);
   private deltasSession?: Promise<Ort.InferenceSession>;
 
   constructor(
@@ -104,6 +112,7 @@ class OnnxEngine implements Engine {
   }
 
   setParams(params: Float32Array): void {
+    this.params = params;
     const local = this.scratch.local('params', params);
     const feeds: Record<string, Ort.Tensor> = {};
     this.layout.layers.forEach((layer, l) => {
@@ -159,6 +168,7 @@ class OnnxEngine implements Engine {
   async stepPass(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array): Promise<LayerGradient[]> {
     // Padding a single row would count it twice in the gradient; a one-row step takes the two passes.
     if (rows < 2) throw new RangeError('stepPass needs at least 2 rows');
+    if (this.direct) return this.directStep(x, target, rows, rowLoss);
     this.stepSession ??= this.createStepSession();
     this.scale[0] = 1 / rows;
     const feeds = { ...this.paramFeeds, ...this.rowInputs(x, target, rows), scale: this.tensor(this.scale, [1]) };
@@ -185,6 +195,34 @@ class OnnxEngine implements Engine {
     for (let l = 1; l < layers.length; l++) feeds[weightName(l)] = this.paramFeeds[weightName(l)];
     const result = await (await this.deltasSession).run(feeds);
     deltas.forEach((d, l) => d.set((result[deltaName(l)].data as Float32Array).subarray(0, rows * layers[l].fanOut)));
+  }
+
+  /** stepPass through the C API: inputs read in place, the loss written into rowLoss, gradients into owned buffers. */
+  private directStep(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array): LayerGradient[] {
+    const layers = this.layout.layers;
+    if (!this.directStepSession) {
+      const inputs = ['x', 'target', 'scale', ...layers.flatMap((_, l) => [weightName(l), biasName(l)])];
+      const outputs = ['rowLoss', ...layers.flatMap((_, l) => [`gW${l}`, `gb${l}`])];
+      this.directStepSession = new DirectSession(this.direct!.native, buildStepGraph(this.spec), inputs, outputs);
+      this.gradientBuffers = layers.map(({ fanIn, fanOut }) => ({ weight: new Float32Array(fanIn * fanOut), bias: new Float32Array(fanOut) }));
+    }
+    this.scale[0] = 1 / rows;
+    const feeds: Record<string, DirectTensor> = {
+      x: { data: x.subarray(0, rows * this.features), dims: [rows, this.features] },
+      target: { data: target.subarray(0, rows * this.classes), dims: [rows, this.classes] },
+      scale: { data: this.scale, dims: [1] },
+    };
+    layers.forEach(({ fanIn, fanOut, weightOffset, biasOffset }, l) => {
+      feeds[weightName(l)] = { data: this.params.subarray(weightOffset, biasOffset), dims: [fanOut, fanIn] };
+      feeds[biasName(l)] = { data: this.params.subarray(biasOffset, biasOffset + fanOut), dims: [fanOut] };
+    });
+    const fetches: Record<string, { data: Float32Array; dims: number[] }> = { rowLoss: { data: rowLoss.subarray(0, rows), dims: [rows] } };
+    this.gradientBuffers!.forEach(({ weight, bias }, l) => {
+      fetches[`gW${l}`] = { data: weight, dims: [layers[l].fanOut, layers[l].fanIn] };
+      fetches[`gb${l}`] = { data: bias, dims: [layers[l].fanOut] };
+    });
+    this.directStepSession.run(feeds, fetches);
+    return this.gradientBuffers!;
   }
 
   private gradients(result: Ort.InferenceSession.ReturnType): LayerGradient[] {

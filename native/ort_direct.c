@@ -1,0 +1,276 @@
+/*
+ * onnxruntime called directly through its C API, on the very library onnxruntime-node ships, so that a
+ * step's inputs are read where they lie (shared memory included) and its outputs written into buffers
+ * dtrain owns. onnxruntime-node's binding instead copies every output into a fresh ArrayBuffer (2.3 MB of
+ * gradients a step for the tutorial MLP) and refuses SharedArrayBuffers. Same library, same model bytes,
+ * same options: the same kernels and the same bits (tested against the binding). Optional: without it the
+ * engine goes through onnxruntime-node.
+ *
+ * The C API is a table of function pointers whose order is fixed and only ever appended to (API version
+ * ORT_API_VERSION below); this file declares just the entries it uses, by their position in that table.
+ *
+ *   load(libraryPath) -> version string          dlopen + OrtGetApiBase()->GetApi(ORT_API_VERSION)
+ *   session(model: Uint8Array) -> handle          1 intra-op and 1 inter-op thread, sequential, all optimizations
+ *   plan(session, inputNames, outputNames) -> handle
+ *   run(plan, inputs: TypedArray[], inputDims: number[][], outputs: Float32Array[], outputDims: number[][])
+ */
+#include <dlfcn.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ORT_API_VERSION 29
+
+typedef struct OrtStatus OrtStatus;
+typedef struct OrtEnv OrtEnv;
+typedef struct OrtSession OrtSession;
+typedef struct OrtSessionOptions OrtSessionOptions;
+typedef struct OrtMemoryInfo OrtMemoryInfo;
+typedef struct OrtValue OrtValue;
+typedef struct OrtRunOptions OrtRunOptions;
+typedef struct OrtApi OrtApi;
+typedef struct {
+  const OrtApi *(*GetApi)(uint32_t version);
+  const char *(*GetVersionString)(void);
+} OrtApiBase;
+
+enum { LOGGING_WARNING = 2, SEQUENTIAL = 0, ENABLE_ALL = 99, ARENA_ALLOCATOR = 1, MEM_TYPE_DEFAULT = 0 };
+enum { ELEMENT_FLOAT = 1, ELEMENT_INT64 = 7 };
+
+/* Positions in the OrtApi table. */
+enum {
+  GET_ERROR_MESSAGE = 2,
+  CREATE_ENV = 3,
+  CREATE_SESSION_FROM_ARRAY = 8,
+  RUN = 9,
+  CREATE_SESSION_OPTIONS = 10,
+  SET_SESSION_EXECUTION_MODE = 13,
+  SET_SESSION_GRAPH_OPTIMIZATION_LEVEL = 23,
+  SET_INTRA_OP_NUM_THREADS = 24,
+  SET_INTER_OP_NUM_THREADS = 25,
+  CREATE_TENSOR_WITH_DATA_AS_ORT_VALUE = 49,
+  CREATE_CPU_MEMORY_INFO = 69,
+  RELEASE_STATUS = 93,
+  RELEASE_SESSION = 95,
+  RELEASE_VALUE = 96,
+  RELEASE_SESSION_OPTIONS = 100,
+};
+
+static void *const *api;
+static OrtEnv *ortEnv;
+static OrtMemoryInfo *cpu;
+
+#define ENTRY(index, type) ((type)api[index])
+
+typedef const char *(*GetErrorMessageFn)(const OrtStatus *);
+typedef void (*ReleaseFn)(void *);
+
+/* Throws the status's message as a JS error and releases it; returns 1 if there was an error. */
+static int failed(napi_env napi, OrtStatus *status, const char *what) {
+  if (!status) return 0;
+  char message[1024];
+  snprintf(message, sizeof message, "onnxruntime %s: %s", what, ENTRY(GET_ERROR_MESSAGE, GetErrorMessageFn)(status));
+  ENTRY(RELEASE_STATUS, ReleaseFn)(status);
+  napi_throw_error(napi, NULL, message);
+  return 1;
+}
+
+static napi_value Load(napi_env napi, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  char path[4096];
+  size_t length;
+  if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_string_utf8(napi, argv[0], path, sizeof path, &length) != napi_ok) {
+    napi_throw_type_error(napi, NULL, "ort_direct.load: expected the onnxruntime library's path");
+    return NULL;
+  }
+  static const OrtApiBase *base;
+  if (!api) {
+    void *library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    const OrtApiBase *(*getBase)(void) = library ? (const OrtApiBase *(*)(void))dlsym(library, "OrtGetApiBase") : NULL;
+    base = getBase ? getBase() : NULL;
+    api = base ? (void *const *)base->GetApi(ORT_API_VERSION) : NULL;
+    if (!api) {
+      napi_throw_error(napi, NULL, "ort_direct.load: no onnxruntime C API of version 29 or later in that library");
+      return NULL;
+    }
+    typedef OrtStatus *(*CreateEnvFn)(int, const char *, OrtEnv **);
+    typedef OrtStatus *(*CreateCpuMemoryInfoFn)(int, int, OrtMemoryInfo **);
+    if (failed(napi, ENTRY(CREATE_ENV, CreateEnvFn)(LOGGING_WARNING, "dtrain", &ortEnv), "CreateEnv") ||
+        failed(napi, ENTRY(CREATE_CPU_MEMORY_INFO, CreateCpuMemoryInfoFn)(ARENA_ALLOCATOR, MEM_TYPE_DEFAULT, &cpu), "CreateCpuMemoryInfo")) {
+      api = NULL;
+      return NULL;
+    }
+  }
+  napi_value version;
+  napi_create_string_utf8(napi, base->GetVersionString(), NAPI_AUTO_LENGTH, &version);
+  return version;
+}
+
+static void FinalizeSession(napi_env napi, void *session, void *hint) {
+  (void)napi;
+  (void)hint;
+  ENTRY(RELEASE_SESSION, ReleaseFn)(session);
+}
+
+static napi_value Session(napi_env napi, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_typedarray_type type;
+  size_t length, offset;
+  void *model;
+  napi_value buffer;
+  if (!api || napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_typedarray_info(napi, argv[0], &type, &length, &model, &buffer, &offset) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(napi, NULL, "ort_direct.session: expected the model as a Uint8Array (after load)");
+    return NULL;
+  }
+  typedef OrtStatus *(*CreateOptionsFn)(OrtSessionOptions **);
+  typedef OrtStatus *(*SetIntFn)(OrtSessionOptions *, int);
+  typedef OrtStatus *(*CreateSessionFn)(const OrtEnv *, const void *, size_t, const OrtSessionOptions *, OrtSession **);
+  OrtSessionOptions *options = NULL;
+  OrtSession *session = NULL;
+  int bad = failed(napi, ENTRY(CREATE_SESSION_OPTIONS, CreateOptionsFn)(&options), "CreateSessionOptions") ||
+            failed(napi, ENTRY(SET_INTRA_OP_NUM_THREADS, SetIntFn)(options, 1), "SetIntraOpNumThreads") ||
+            failed(napi, ENTRY(SET_INTER_OP_NUM_THREADS, SetIntFn)(options, 1), "SetInterOpNumThreads") ||
+            failed(napi, ENTRY(SET_SESSION_EXECUTION_MODE, SetIntFn)(options, SEQUENTIAL), "SetSessionExecutionMode") ||
+            failed(napi, ENTRY(SET_SESSION_GRAPH_OPTIMIZATION_LEVEL, SetIntFn)(options, ENABLE_ALL), "SetSessionGraphOptimizationLevel") ||
+            failed(napi, ENTRY(CREATE_SESSION_FROM_ARRAY, CreateSessionFn)(ortEnv, model, length, options, &session), "CreateSessionFromArray");
+  if (options) ENTRY(RELEASE_SESSION_OPTIONS, ReleaseFn)(options);
+  if (bad) return NULL;
+  napi_value handle;
+  napi_create_external(napi, session, FinalizeSession, NULL, &handle);
+  return handle;
+}
+
+typedef struct {
+  OrtSession *session;
+  size_t inputs, outputs;
+  char **names; /* inputs first, then outputs */
+} Plan;
+
+static void FinalizePlan(napi_env napi, void *data, void *hint) {
+  (void)napi;
+  (void)hint;
+  Plan *plan = data;
+  for (size_t i = 0; i < plan->inputs + plan->outputs; i++) free(plan->names[i]);
+  free(plan->names);
+  free(plan);
+}
+
+static int names(napi_env napi, napi_value list, char **out, size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    napi_value item;
+    size_t length;
+    if (napi_get_element(napi, list, (uint32_t)i, &item) != napi_ok ||
+        napi_get_value_string_utf8(napi, item, NULL, 0, &length) != napi_ok) return 0;
+    out[i] = malloc(length + 1);
+    napi_get_value_string_utf8(napi, item, out[i], length + 1, &length);
+  }
+  return 1;
+}
+
+static napi_value MakePlan(napi_env napi, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  void *session;
+  uint32_t inputs, outputs;
+  if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3 ||
+      napi_get_value_external(napi, argv[0], &session) != napi_ok ||
+      napi_get_array_length(napi, argv[1], &inputs) != napi_ok || napi_get_array_length(napi, argv[2], &outputs) != napi_ok) {
+    napi_throw_type_error(napi, NULL, "ort_direct.plan: expected (session, inputNames, outputNames)");
+    return NULL;
+  }
+  Plan *plan = calloc(1, sizeof *plan);
+  plan->session = session;
+  plan->inputs = inputs;
+  plan->outputs = outputs;
+  plan->names = calloc(inputs + outputs, sizeof(char *));
+  if (!names(napi, argv[1], plan->names, inputs) || !names(napi, argv[2], plan->names + inputs, outputs)) {
+    FinalizePlan(napi, plan, NULL);
+    napi_throw_type_error(napi, NULL, "ort_direct.plan: names must be strings");
+    return NULL;
+  }
+  napi_value handle;
+  napi_create_external(napi, plan, FinalizePlan, NULL, &handle);
+  return handle;
+}
+
+/* An OrtValue over a typed array's memory, with the dims given in a JS array; NULL after throwing. */
+static OrtValue *tensor(napi_env napi, napi_value array, napi_value dimsList) {
+  napi_typedarray_type type;
+  size_t length, offset;
+  void *data;
+  napi_value buffer;
+  uint32_t rank;
+  int64_t dims[8];
+  if (napi_get_typedarray_info(napi, array, &type, &length, &data, &buffer, &offset) != napi_ok ||
+      (type != napi_float32_array && type != napi_bigint64_array) ||
+      napi_get_array_length(napi, dimsList, &rank) != napi_ok || rank > 8) {
+    napi_throw_type_error(napi, NULL, "ort_direct.run: tensors must be Float32Array or BigInt64Array with up to 8 dims");
+    return NULL;
+  }
+  int64_t count = 1;
+  for (uint32_t d = 0; d < rank; d++) {
+    napi_value value;
+    napi_get_element(napi, dimsList, d, &value);
+    napi_get_value_int64(napi, value, &dims[d]);
+    count *= dims[d];
+  }
+  if (count != (int64_t)length) {
+    napi_throw_range_error(napi, NULL, "ort_direct.run: a tensor's dims do not match its length");
+    return NULL;
+  }
+  typedef OrtStatus *(*CreateTensorFn)(const OrtMemoryInfo *, void *, size_t, const int64_t *, size_t, int, OrtValue **);
+  OrtValue *value = NULL;
+  int element = type == napi_float32_array ? ELEMENT_FLOAT : ELEMENT_INT64;
+  size_t bytes = length * (type == napi_float32_array ? 4 : 8);
+  if (failed(napi, ENTRY(CREATE_TENSOR_WITH_DATA_AS_ORT_VALUE, CreateTensorFn)(cpu, data, bytes, dims, rank, element, &value), "CreateTensorWithDataAsOrtValue")) return NULL;
+  return value;
+}
+
+static napi_value Run(napi_env napi, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  void *data;
+  if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5 || napi_get_value_external(napi, argv[0], &data) != napi_ok) {
+    napi_throw_type_error(napi, NULL, "ort_direct.run: expected (plan, inputs, inputDims, outputs, outputDims)");
+    return NULL;
+  }
+  Plan *plan = data;
+  size_t total = plan->inputs + plan->outputs;
+  OrtValue **values = calloc(total, sizeof(OrtValue *));
+  int ok = 1;
+  for (size_t i = 0; ok && i < total; i++) {
+    int input = i < plan->inputs;
+    napi_value array, dims;
+    uint32_t k = (uint32_t)(input ? i : i - plan->inputs);
+    napi_get_element(napi, argv[input ? 1 : 3], k, &array);
+    napi_get_element(napi, argv[input ? 2 : 4], k, &dims);
+    values[i] = tensor(napi, array, dims);
+    ok = values[i] != NULL;
+  }
+  if (ok) {
+    typedef OrtStatus *(*RunFn)(OrtSession *, const OrtRunOptions *, const char *const *, const OrtValue *const *, size_t, const char *const *, size_t, OrtValue **);
+    ok = !failed(napi, ENTRY(RUN, RunFn)(plan->session, NULL, (const char *const *)plan->names, (const OrtValue *const *)values, plan->inputs,
+                                         (const char *const *)plan->names + plan->inputs, plan->outputs, values + plan->inputs), "Run");
+  }
+  for (size_t i = 0; i < total; i++) if (values[i]) ENTRY(RELEASE_VALUE, ReleaseFn)(values[i]);
+  free(values);
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  const struct { const char *name; napi_callback fn; } functions[] = {
+    {"load", Load}, {"session", Session}, {"plan", MakePlan}, {"run", Run},
+  };
+  for (size_t i = 0; i < sizeof functions / sizeof functions[0]; i++) {
+    napi_value fn;
+    napi_create_function(env, functions[i].name, NAPI_AUTO_LENGTH, functions[i].fn, NULL, &fn);
+    napi_set_named_property(env, exports, functions[i].name, fn);
+  }
+  return exports;
+}
