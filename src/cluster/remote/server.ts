@@ -407,6 +407,15 @@ export class RemoteHub {
       this.drop(worker, 'coordinator finished');
     }
     await new Promise<void>((resolve) => (this.wss ? this.wss.close(() => resolve()) : resolve()));
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    await new Promise<void>((resolve) => {
+      if (!this.server) return resolve();
+      // Workers get a second to finish the closing handshake (so they see RUN_FINISHED and exit); a
+      // connection still in its opening handshake would otherwise hold the server open until it times out.
+      const force = setTimeout(() => (this.server as Server & { closeAllConnections?: () => void }).closeAllConnections?.(), 1000);
+      this.server.close(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
   }
 }
