@@ -232,13 +232,29 @@ describe('hostile peers', () => {
   async function withHostile(hostile: (url: string) => void, config: Partial<TrainConfig> = {}) {
     const rejections: string[] = [];
     const abort = new AbortController();
+    // Step 0 waits until the honest worker and the hostile peer are in (or the peer was turned away):
+    // a run of a few milliseconds would otherwise be over before either connects. A peer that neither
+    // joins nor is rejected (an oversize frame is refused by ws itself) is given a second.
+    let joined = 0;
+    let waited = false;
+    let settle = () => {};
+    const settled = new Promise<void>((resolve) => {
+      settle = () => joined >= 1 && (joined >= 2 || rejections.length > 0 || waited) && resolve();
+      setTimeout(() => ((waited = true), settle()), 1000);
+    });
     const summary = await coordinator(
       { threads: 1, token: TOKEN, ...config },
       (url) => {
         hostile(url);
         setTimeout(() => void runWorker({ connect: url, token: TOKEN, signal: abort.signal }), 50);
       },
-      (e) => e.type === 'cluster' && e.event.type === 'rejected' && rejections.push(e.event.reason),
+      (e) => {
+        if (e.type !== 'cluster') return;
+        if (e.event.type === 'rejected') rejections.push(e.event.reason);
+        if (e.event.type === 'joined') joined++;
+        settle();
+      },
+      (step) => (step === 0 ? settled : undefined),
     );
     abort.abort();
     return { summary, rejections };
@@ -296,7 +312,8 @@ describe('hostile peers', () => {
   it.each([
     ['a wrong shape', (m: Record<string, unknown>) => ({ hidden: [new Uint8Array(12)] }), /^rowsDone: field "hidden" must be a list of 4 arrays/],
     ['NaN values', (m: Record<string, unknown>) => ({ nan: true }), /^rowsDone: rowLoss contains a non-finite value at index 0/],
-    ['a replayed old step', (m: Record<string, unknown>) => ({ step: (m.step as number) - 1 }), /^rowsDone: step \d+ was not asked for \(expected \d+\): stale or replayed/],
+    // An old step's answer replayed (or, asked at step 0, the next step's): either way, not the step asked for.
+    ['a replayed old step', (m: Record<string, unknown>) => ({ step: (m.step as number) > 0 ? (m.step as number) - 1 : 1 }), /^rowsDone: step \d+ was not asked for \(expected \d+\): stale or replayed/],
   ])('rejects a worker that answers with %s, and redoes its rows', async (_, tamper, reason) => {
     let asked = 0;
     const { summary, rejections } = await withHostile((url) =>
