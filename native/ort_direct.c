@@ -148,14 +148,15 @@ static napi_value Session(napi_env napi, napi_callback_info info) {
 
 typedef struct {
   OrtSession *session;
+  napi_ref sessionHandle; /* keeps the session alive as long as the plan */
   size_t inputs, outputs;
-  char **names; /* inputs first, then outputs */
+  char **names;           /* inputs first, then outputs */
 } Plan;
 
 static void FinalizePlan(napi_env napi, void *data, void *hint) {
-  (void)napi;
   (void)hint;
   Plan *plan = data;
+  if (plan->sessionHandle) napi_delete_reference(napi, plan->sessionHandle);
   for (size_t i = 0; i < plan->inputs + plan->outputs; i++) free(plan->names[i]);
   free(plan->names);
   free(plan);
@@ -186,6 +187,7 @@ static napi_value MakePlan(napi_env napi, napi_callback_info info) {
   }
   Plan *plan = calloc(1, sizeof *plan);
   plan->session = session;
+  napi_create_reference(napi, argv[0], 1, &plan->sessionHandle);
   plan->inputs = inputs;
   plan->outputs = outputs;
   plan->names = calloc(inputs + outputs, sizeof(char *));

@@ -23,6 +23,8 @@ interface Native {
 }
 
 export class DirectSession {
+  /** Held for as long as the plan: the native session is released when this handle is collected. */
+  private readonly session: unknown;
   private readonly plan: unknown;
 
   constructor(
@@ -31,7 +33,8 @@ export class DirectSession {
     private readonly inputs: string[],
     private readonly outputs: string[],
   ) {
-    this.plan = native.plan(native.session(model), inputs, outputs);
+    this.session = native.session(model);
+    this.plan = native.plan(this.session, inputs, outputs);
   }
 
   /** Runs the model synchronously; outputs are written into the given arrays. */

@@ -9,6 +9,8 @@ import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
 import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
 import type { DirectTensor } from './direct.js';
+
+type Fetch = { data: Float32Array; dims: number[] };
 import { directOrt, DirectSession } from './direct.js';
 import { sharedAlias } from './shared_alias.js';
 import { biasName, buildDeltasGraph, buildEvalGraph, buildRowGraph, buildStepGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
@@ -64,7 +66,7 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
     throw engineUnavailable('onnx', `onnxruntime could not create a ${device} session (${(e as Error).message})${hint}`);
   }
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
-  const reads = `${sharedAlias() ? '' : ', copying shared buffers'}${directOrt() ? ', whole steps through its C API' : ''}`;
+  const reads = directOrt() ? ', through its C API' : sharedAlias() ? '' : ', copying shared buffers';
   // The step and deltas graphs serve only some slots (one computing whole steps; remote replicas), so they
   // are built on first use.
   const lazySession = (build: (spec: ModelSpec) => Uint8Array) => () => ort.InferenceSession.create(build(spec), options);
@@ -79,9 +81,9 @@ class OnnxEngine implements Engine {
   private readonly scale: Float32Array = new Float32Array(1);
   private readonly range: BigInt64Array;
   private stepSession?: Promise<Ort.InferenceSession>;
-  /** The C API path (direct.ts) for whole steps, when the native helper is built. */
+  /** The C API path (direct.ts), when the native helper is built; its sessions by graph. */
   private readonly direct = directOrt();
-  private directStepSession?: DirectSession;
+  private readonly directSessions = new Map<string, DirectSession>();
   private gradientBuffers?: LayerGradient[];
   /** The parameters last given to setParams, as they are (the C API reads shared memory too). */
   private params: Float32Array = new Float32Array(0);
@@ -145,6 +147,13 @@ class OnnxEngine implements Engine {
 
   async rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
     this.scale[0] = invBatch;
+    if (this.direct && rows > 1) {
+      const layers = this.layout.layers;
+      const fetches: Record<string, Fetch> = { rowLoss: { data: out.rowLoss, dims: [rows] } };
+      out.hidden.forEach((h, l) => (fetches[hiddenName(l)] = { data: h, dims: [rows, layers[l].fanOut] }));
+      out.deltas.forEach((d, l) => (fetches[deltaName(l)] = { data: d, dims: [rows, layers[l].fanOut] }));
+      return this.directRun('rows', buildRowGraph, { ...this.directParams(), ...this.directRowInputs(x, target, rows) }, fetches);
+    }
     const feeds = { ...this.paramFeeds, ...this.rowInputs(x, target, rows), scale: this.tensor(this.scale, [1]) };
     const result = await this.sessions[0].run(feeds);
     out.rowLoss.set((result.rowLoss.data as Float32Array).subarray(0, rows));
@@ -153,6 +162,7 @@ class OnnxEngine implements Engine {
   }
 
   async weightPass(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): Promise<LayerGradient[]> {
+    if (this.direct && units.every(([u0, u1]) => u1 > u0)) return this.directWeights(inputs, deltas, batch, units);
     const feeds: Record<string, Ort.Tensor> = {};
     this.layout.layers.forEach(({ fanIn, fanOut }, l) => {
       feeds[`a${l}`] = this.tensor(this.scratch.local(`a${l}`, inputs[l], batch * fanIn), [batch, fanIn]);
@@ -178,8 +188,15 @@ class OnnxEngine implements Engine {
   }
 
   async deltasPass(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void> {
-    this.deltasSession ??= this.createDeltasSession();
     const layers = this.layout.layers;
+    if (this.direct && rows > 1) {
+      const feeds: Record<string, DirectTensor> = { [deltaName(layers.length - 1)]: { data: last, dims: [rows, layers[layers.length - 1].fanOut] } };
+      hidden.forEach((h, l) => (feeds[hiddenName(l)] = { data: h, dims: [rows, layers[l].fanOut] }));
+      const fetches: Record<string, Fetch> = {};
+      deltas.forEach((d, l) => (fetches[deltaName(l)] = { data: d, dims: [rows, layers[l].fanOut] }));
+      return this.directRun('deltas', buildDeltasGraph, { ...this.directParams(1), ...feeds }, fetches);
+    }
+    this.deltasSession ??= this.createDeltasSession();
     // One row is padded to two, as in rowPass: onnxruntime's single-row path rounds differently.
     const input = (slot: string, data: Float32Array, width: number) => {
       const local = this.scratch.local(slot, data, rows * width);
@@ -197,32 +214,76 @@ class OnnxEngine implements Engine {
     deltas.forEach((d, l) => d.set((result[deltaName(l)].data as Float32Array).subarray(0, rows * layers[l].fanOut)));
   }
 
-  /** stepPass through the C API: inputs read in place, the loss written into rowLoss, gradients into owned buffers. */
-  private directStep(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array): LayerGradient[] {
-    const layers = this.layout.layers;
-    if (!this.directStepSession) {
-      const inputs = ['x', 'target', 'scale', ...layers.flatMap((_, l) => [weightName(l), biasName(l)])];
-      const outputs = ['rowLoss', ...layers.flatMap((_, l) => [`gW${l}`, `gb${l}`])];
-      this.directStepSession = new DirectSession(this.direct!.native, buildStepGraph(this.spec), inputs, outputs);
-      this.gradientBuffers = layers.map(({ fanIn, fanOut }) => ({ weight: new Float32Array(fanIn * fanOut), bias: new Float32Array(fanOut) }));
+  // ---- the C API path (direct.ts): inputs read where they lie, outputs written into the given arrays
+
+  /** Runs one of the graphs through the C API, its session made on first use with these names. */
+  private directRun(graph: string, build: (spec: ModelSpec) => Uint8Array, feeds: Record<string, DirectTensor>, fetches: Record<string, Fetch>): void {
+    let session = this.directSessions.get(graph);
+    if (!session) {
+      session = new DirectSession(this.direct!.native, build(this.spec), Object.keys(feeds), Object.keys(fetches));
+      this.directSessions.set(graph, session);
     }
-    this.scale[0] = 1 / rows;
-    const feeds: Record<string, DirectTensor> = {
+    session.run(feeds, fetches);
+  }
+
+  /** The parameters of layers `from`… as feeds (the rows graph reads all; the deltas graph W1… only). */
+  private directParams(from = 0): Record<string, DirectTensor> {
+    const feeds: Record<string, DirectTensor> = {};
+    this.layout.layers.forEach(({ fanIn, fanOut, weightOffset, biasOffset }, l) => {
+      if (l < from) return;
+      feeds[weightName(l)] = { data: this.params.subarray(weightOffset, biasOffset), dims: [fanOut, fanIn] };
+      if (from === 0) feeds[biasName(l)] = { data: this.params.subarray(biasOffset, biasOffset + fanOut), dims: [fanOut] };
+    });
+    return feeds;
+  }
+
+  private directRowInputs(x: Float32Array, target: Float32Array, rows: number): Record<string, DirectTensor> {
+    return {
       x: { data: x.subarray(0, rows * this.features), dims: [rows, this.features] },
       target: { data: target.subarray(0, rows * this.classes), dims: [rows, this.classes] },
       scale: { data: this.scale, dims: [1] },
     };
-    layers.forEach(({ fanIn, fanOut, weightOffset, biasOffset }, l) => {
-      feeds[weightName(l)] = { data: this.params.subarray(weightOffset, biasOffset), dims: [fanOut, fanIn] };
-      feeds[biasName(l)] = { data: this.params.subarray(biasOffset, biasOffset + fanOut), dims: [fanOut] };
+  }
+
+  /** Gradient buffers of whole layers, owned by the engine: a pass's gradients are views into them. */
+  private gradientsOf(units: readonly (readonly [number, number])[]): LayerGradient[] {
+    this.gradientBuffers ??= this.layout.layers.map(({ fanIn, fanOut }) => ({ weight: new Float32Array(fanIn * fanOut), bias: new Float32Array(fanOut) }));
+    return this.gradientBuffers.map(({ weight, bias }, l) => {
+      const n = units[l][1] - units[l][0];
+      return { weight: weight.subarray(0, n * this.layout.layers[l].fanIn), bias: bias.subarray(0, n) };
     });
-    const fetches: Record<string, { data: Float32Array; dims: number[] }> = { rowLoss: { data: rowLoss.subarray(0, rows), dims: [rows] } };
-    this.gradientBuffers!.forEach(({ weight, bias }, l) => {
-      fetches[`gW${l}`] = { data: weight, dims: [layers[l].fanOut, layers[l].fanIn] };
-      fetches[`gb${l}`] = { data: bias, dims: [layers[l].fanOut] };
+  }
+
+  private gradientFetches(gradients: LayerGradient[]): Record<string, Fetch> {
+    const fetches: Record<string, Fetch> = {};
+    gradients.forEach(({ weight, bias }, l) => {
+      fetches[`gW${l}`] = { data: weight, dims: [bias.length, this.layout.layers[l].fanIn] };
+      fetches[`gb${l}`] = { data: bias, dims: [bias.length] };
     });
-    this.directStepSession.run(feeds, fetches);
-    return this.gradientBuffers!;
+    return fetches;
+  }
+
+  private directStep(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array): LayerGradient[] {
+    this.scale[0] = 1 / rows;
+    const gradients = this.gradientsOf(this.layout.layers.map(({ fanOut }) => [0, fanOut] as const));
+    const fetches = { rowLoss: { data: rowLoss.subarray(0, rows), dims: [rows] }, ...this.gradientFetches(gradients) };
+    this.directRun('step', buildStepGraph, { ...this.directRowInputs(x, target, rows), ...this.directParams() }, fetches);
+    return gradients;
+  }
+
+  private directWeights(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): LayerGradient[] {
+    const feeds: Record<string, DirectTensor> = {};
+    this.layout.layers.forEach(({ fanIn, fanOut }, l) => {
+      feeds[`a${l}`] = { data: inputs[l].subarray(0, batch * fanIn), dims: [batch, fanIn] };
+      feeds[`d${l}`] = { data: deltas[l].subarray(0, batch * fanOut), dims: [batch, fanOut] };
+      this.range[2 * l] = BigInt(units[l][0]);
+      this.range[2 * l + 1] = BigInt(units[l][1]);
+      feeds[`start${l}`] = { data: this.range.subarray(2 * l, 2 * l + 1), dims: [1] };
+      feeds[`end${l}`] = { data: this.range.subarray(2 * l + 1, 2 * l + 2), dims: [1] };
+    });
+    const gradients = this.gradientsOf(units);
+    this.directRun('weight', buildWeightGraph, feeds, this.gradientFetches(gradients));
+    return gradients;
   }
 
   private gradients(result: Ort.InferenceSession.ReturnType): LayerGradient[] {
