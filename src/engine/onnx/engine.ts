@@ -77,7 +77,7 @@ class OnnxEngine implements Engine {
   readonly name = 'onnx' as const;
   private readonly scratch = new Scratch();
   private readonly layout;
-  private paramFeeds: Record<string, Ort.Tensor> = {};
+  private bindingParams?: Record<string, Ort.Tensor>;
   private readonly scale: Float32Array = new Float32Array(1);
   private readonly range: BigInt64Array;
   private stepSession?: Promise<Ort.InferenceSession>;
@@ -115,34 +115,43 @@ class OnnxEngine implements Engine {
 
   setParams(params: Float32Array): void {
     this.params = params;
-    const local = this.scratch.local('params', params);
-    const feeds: Record<string, Ort.Tensor> = {};
-    this.layout.layers.forEach((layer, l) => {
-      feeds[weightName(l)] = this.tensor(local.subarray(layer.weightOffset, layer.biasOffset), [layer.fanOut, layer.fanIn]);
-      feeds[biasName(l)] = this.tensor(local.subarray(layer.biasOffset, layer.biasOffset + layer.fanOut), [layer.fanOut]);
-    });
-    this.paramFeeds = feeds;
+    this.bindingParams = undefined;
   }
 
   /**
-   * onnxruntime multiplies a single row on another code path (GEMV) that rounds differently from the
-   * multi-row kernels, so a one-row call is padded to two rows: the row then gets the same bits as in
-   * any larger call.
+   * The parameters as the binding's feeds, made on first use after setParams: with the C API path most
+   * steps never call the binding, and making them costs tensors (and a copy of shared memory without the
+   * alias) on every step.
    */
-  private rowInputs(x: Float32Array, target: Float32Array, rows: number) {
-    const padded = rows === 1 ? 2 : rows;
-    const xs = this.scratch.local('x', x, rows * this.features);
-    const ts = this.scratch.local('target', target, rows * this.classes);
-    if (rows === 1) {
-      const xp = this.scratch.local('xPad', new Float32Array(2 * this.features));
-      xp.set(xs);
-      xp.set(xs, this.features);
-      const tp = this.scratch.local('targetPad', new Float32Array(2 * this.classes));
-      tp.set(ts);
-      tp.set(ts, this.classes);
-      return { x: this.tensor(xp, [padded, this.features]), target: this.tensor(tp, [padded, this.classes]) };
+  private get paramFeeds(): Record<string, Ort.Tensor> {
+    if (!this.bindingParams) {
+      const local = this.scratch.local('params', this.params);
+      const feeds: Record<string, Ort.Tensor> = {};
+      this.layout.layers.forEach((layer, l) => {
+        feeds[weightName(l)] = this.tensor(local.subarray(layer.weightOffset, layer.biasOffset), [layer.fanOut, layer.fanIn]);
+        feeds[biasName(l)] = this.tensor(local.subarray(layer.biasOffset, layer.biasOffset + layer.fanOut), [layer.fanOut]);
+      });
+      this.bindingParams = feeds;
     }
-    return { x: this.tensor(xs, [rows, this.features]), target: this.tensor(ts, [rows, this.classes]) };
+    return this.bindingParams;
+  }
+
+  /**
+   * A rows × width input for the binding. onnxruntime multiplies a single row on another code path (GEMV)
+   * that rounds differently from the multi-row kernels, so a one-row input is padded to two rows: the row
+   * then gets the same bits as in any larger call.
+   */
+  private rowsTensor(slot: string, data: Float32Array, rows: number, width: number): Ort.Tensor {
+    const local = this.scratch.local(slot, data, rows * width);
+    if (rows > 1) return this.tensor(local, [rows, width]);
+    const twice = this.scratch.local(`${slot}Pad`, new Float32Array(2 * width));
+    twice.set(local);
+    twice.set(local, width);
+    return this.tensor(twice, [2, width]);
+  }
+
+  private rowInputs(x: Float32Array, target: Float32Array, rows: number) {
+    return { x: this.rowsTensor('x', x, rows, this.features), target: this.rowsTensor('target', target, rows, this.classes) };
   }
 
   async rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
@@ -197,18 +206,9 @@ class OnnxEngine implements Engine {
       return this.directRun('deltas', buildDeltasGraph, { ...this.directParams(1), ...feeds }, fetches);
     }
     this.deltasSession ??= this.createDeltasSession();
-    // One row is padded to two, as in rowPass: onnxruntime's single-row path rounds differently.
-    const input = (slot: string, data: Float32Array, width: number) => {
-      const local = this.scratch.local(slot, data, rows * width);
-      if (rows > 1) return this.tensor(local, [rows, width]);
-      const twice = this.scratch.local(`${slot}Pad`, new Float32Array(2 * width));
-      twice.set(local);
-      twice.set(local, width);
-      return this.tensor(twice, [2, width]);
-    };
     const feeds: Record<string, Ort.Tensor> = {};
-    hidden.forEach((h, l) => (feeds[hiddenName(l)] = input(`h${l}`, h, layers[l].fanOut)));
-    feeds[deltaName(layers.length - 1)] = input('last', last, layers[layers.length - 1].fanOut);
+    hidden.forEach((h, l) => (feeds[hiddenName(l)] = this.rowsTensor(`h${l}`, h, rows, layers[l].fanOut)));
+    feeds[deltaName(layers.length - 1)] = this.rowsTensor('last', last, rows, layers[layers.length - 1].fanOut);
     for (let l = 1; l < layers.length; l++) feeds[weightName(l)] = this.paramFeeds[weightName(l)];
     const result = await (await this.deltasSession).run(feeds);
     deltas.forEach((d, l) => d.set((result[deltaName(l)].data as Float32Array).subarray(0, rows * layers[l].fanOut)));
