@@ -11,7 +11,7 @@ import { microShards, shardGroups, unitAssignment } from '../train/plan.js';
 import type { RemoteHub, RemoteWorker, HubEvent, SuspectRows } from './remote/server.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/protocol.js';
 import type { Task, TaskResult } from './step_worker.js';
-import { gatherBatchRows, type TrainingMemory } from './training_memory.js';
+import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
 import type { WorkerSet } from './workers.js';
 
 type Snapshot = Omit<StateMessage, 't' | 'useLocalData'>;
@@ -263,12 +263,8 @@ export class Cluster {
   }
 
   private copyRows([r0, r1]: Range, rowLoss: Float32Array, hidden: Float32Array[], deltas: Float32Array[]): void {
-    const { batch: b, spec } = this.memory;
-    b.rowLoss.set(rowLoss, r0);
-    hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
-    // Compact rows bring only the last layer's delta.
-    const first = b.deltas.length - deltas.length;
-    deltas.forEach((d, k) => b.deltas[first + k].set(d, r0 * spec.sizes[first + k + 1]));
+    this.memory.batch.rowLoss.set(rowLoss, r0);
+    placeBatchRows(this.memory, r0, hidden, deltas);
     // The weight pass reads the batch's pixels too; a remote worker's rows were never gathered locally.
     gatherBatchRows(this.memory, [r0, r1], true);
   }

@@ -85,3 +85,16 @@ export function gatherBatchRows(memory: TrainingMemory, [r0, r1]: readonly [numb
 export function optimizerMemoryOf(memory: TrainingMemory): OptimizerMemory {
   return new OptimizerMemory(paramLayout(memory.spec).total, memory.optimizer, memory.slots);
 }
+
+/**
+ * Copies rows from batch row r0 on into the batch's activation and delta buffers. Compact rows (see
+ * RowsMessage.compact) bring only the last layer's delta; returns true when the other deltas are still
+ * to be rebuilt (Engine.deltasPass).
+ */
+export function placeBatchRows(memory: TrainingMemory, r0: number, hidden: Float32Array[], deltas: Float32Array[]): boolean {
+  const { batch: b, spec } = memory;
+  hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
+  const first = b.deltas.length - deltas.length;
+  deltas.forEach((d, k) => b.deltas[first + k].set(d, r0 * spec.sizes[first + k + 1]));
+  return first > 0;
+}

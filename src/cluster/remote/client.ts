@@ -14,7 +14,7 @@ import { paramLayout } from '../../model/spec.js';
 import { paramsSha256 } from '../../report/summary.js';
 import { evenSplit, missingRanges, unitAssignment, type Range } from '../../train/plan.js';
 import type { Task } from '../step_worker.js';
-import { createTrainingMemory, optimizerMemoryOf, type TrainingMemory } from '../training_memory.js';
+import { createTrainingMemory, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from '../training_memory.js';
 import { createWorkers, type WorkerSet } from '../workers.js';
 import { RUN_FINISHED } from './server.js';
 import {
@@ -146,11 +146,7 @@ class Replica {
 
   /** Copies rows [r0, …) into the batch buffers; compact ones (last delta only) get their other deltas rebuilt. */
   private async place([r0, r1]: Range, hidden: Float32Array[], deltas: Float32Array[]): Promise<void> {
-    const { batch: b, spec } = this.memory;
-    hidden.forEach((h, l) => b.hidden[l].set(h, r0 * spec.sizes[l + 1]));
-    const first = b.deltas.length - deltas.length;
-    deltas.forEach((d, k) => b.deltas[first + k].set(d, r0 * spec.sizes[first + k + 1]));
-    if (first === 0) return;
+    if (!placeBatchRows(this.memory, r0, hidden, deltas)) return;
     const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
     await this.workers.runPass(ranges.map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
   }
