@@ -369,6 +369,16 @@ describe('a worker with its own copy of the data', () => {
     // The pixels of a step's ~48 rows are ~150 kB; a matching copy saves them.
     expect(perStep[1] - perStep[0]).toBeGreaterThan(100_000);
   });
+  it('computes the right rows on 2 worker threads from its own copy, beside a coordinator with 0 and with 2 threads', async () => {
+    const { loadDataset } = await import('../src/data/datasets.js');
+    const dataset = loadDataset();
+    for (const threads of [0, 2]) {
+      const abort = new AbortController();
+      const summary = await coordinator({ threads }, (url) => void runWorker({ connect: url, dataset, threads: 2, signal: abort.signal }));
+      abort.abort();
+      expect(summary.paramsSha256, `coordinator --threads ${threads}`).toBe(await reference());
+    }
+  });
 });
 
 describe('rows a replica still lacks', () => {

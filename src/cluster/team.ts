@@ -5,7 +5,11 @@
  * the main thread on the completion counter, so a pass costs microseconds of hand-off instead of a
  * message round trip per task (~0.1 ms each way through piscina's queue, measured).
  *
- *   [SEQ] [SIGNAL] then per slot: [done seq] [failed seq] [bad-layer bits] [kind step generation batch a b] [units…]
+ *   [SEQ] [SIGNAL] then per slot: [done seq] [failed seq] [bad-layer bits] [kind step generation batch a b gather] [units…]
+ *
+ * Every field of a task crosses the block: one left out takes its default on the pool thread (a rows task
+ * whose gather flag was dropped re-gathered the batch from a stale index, and remote workers with local
+ * data and two threads computed wrong rows).
  */
 import type { Range } from '../train/plan.js';
 import type { Task, TaskResult } from './step_worker.js';
@@ -15,7 +19,7 @@ const SEQ = 0;
 const SIGNAL = 1;
 const HEADER = 2;
 const KIND = { none: 0, rows: 1, weights: 2, eval: 3, step: 4, deltas: 5, exit: 9 } as const;
-const FIELDS = 9;
+const FIELDS = 10;
 
 // Atomics.waitAsync is in Node 20 but not in the ES2022 library typings.
 const waitAsync = (Atomics as unknown as {
@@ -71,6 +75,7 @@ export class TeamControl {
       });
     } else if (task.kind !== 'step') {
       [w[b + 7], w[b + 8]] = task.range;
+      w[b + 9] = task.kind === 'rows' && task.gather === false ? 0 : 1;
     }
   }
 
@@ -88,7 +93,7 @@ export class TeamControl {
     const base = { step: w[b + 4], generation: w[b + 5] };
     switch (w[b + 3]) {
       case KIND.rows:
-        return { kind: 'rows', ...base, batch: w[b + 6], range: [w[b + 7], w[b + 8]] };
+        return { kind: 'rows', ...base, batch: w[b + 6], range: [w[b + 7], w[b + 8]], gather: w[b + 9] === 1 };
       case KIND.weights: {
         const units: Range[] = [];
         for (let l = 0; l < this.layers; l++) units.push([w[b + FIELDS + 2 * l], w[b + FIELDS + 2 * l + 1]]);
