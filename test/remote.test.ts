@@ -283,6 +283,17 @@ describe('hostile peers', () => {
       /^replicaState: the state of step 0 was not asked for \(expected none\)$/,
     ],
     [
+      // msgpackr quotes what it read: 120 characters of this reason are 174 bytes of UTF-8, more than a
+      // close frame holds, and ws threw out of the message handler, ending the coordinator's process.
+      'an undecodable frame whose reason is long in UTF-8',
+      (url: string) => {
+        const ws = new WebSocket(url);
+        ws.on('open', () => ws.send(Buffer.concat([encode({ t: 'é'.repeat(60) } as never), Buffer.from([0])])));
+        ws.on('error', () => {});
+      },
+      /^undecodable frame \(Data read, but end of buffer not reached/,
+    ],
+    [
       'a text frame',
       (url: string) => {
         const ws = new WebSocket(url);
@@ -351,6 +362,80 @@ describe('hostile peers', () => {
 });
 
 const reference2 = referenceHash({ threads: 1 }, 'reference2');
+
+describe('the coordinator survives its own handlers failing', () => {
+  it('drops a peer whose message handler throws, with the reason, and keeps accepting others', async () => {
+    const { RemoteHub } = await import('../src/cluster/remote/server.js');
+    const { createTrainingMemory } = await import('../src/cluster/training_memory.js');
+    const { syntheticDataset } = await import('./helpers.js');
+    const { makeSpec } = await import('../src/model/spec.js');
+    const dataset = syntheticDataset(8, 8, 4, 3);
+    const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), dataset, 4, 1);
+    const events: string[] = [];
+    const options = { host: '127.0.0.1', port: 0, engine: 'onnx', datasetSha256: dataset.sha256, heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 1000 };
+    const hub = new RemoteHub(options, memory, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : ''}`));
+    const { port } = await hub.start();
+    (hub as unknown as { receive: () => void }).receive = () => {
+      throw new Error('boom');
+    };
+    const closed = (ws: WebSocket) => new Promise<string>((resolve) => ws.on('close', (_, reason) => resolve(String(reason))));
+    const first = rawPeer(`ws://127.0.0.1:${port}`, undefined, () => {});
+    first.on('open', () => first.send(Buffer.from([0x80])));
+    expect(await closed(first)).toBe('internal error in its message handler: boom');
+    const second = new WebSocket(`ws://127.0.0.1:${port}`);
+    second.on('error', () => {});
+    const challenge = await new Promise((resolve) => second.on('message', (d) => resolve(decodeRaw(d as Buffer).t)));
+    expect(challenge).toBe('challenge');
+    second.close();
+    await hub.close();
+    expect(events).toContain('rejected: internal error in its message handler: boom');
+  });
+
+  it('cuts close reasons to 123 bytes of UTF-8 on a character boundary', async () => {
+    const { closeReason } = await import('../src/cluster/remote/protocol.js');
+    for (const text of ['é'.repeat(100), '中'.repeat(100), '😀'.repeat(100), 'a'.repeat(200)]) {
+      const reason = closeReason(text);
+      expect(Buffer.byteLength(reason)).toBeLessThanOrEqual(123);
+      expect(reason.endsWith('...')).toBe(true);
+      expect(text.startsWith(reason.slice(0, -3))).toBe(true);
+    }
+    expect(closeReason('short')).toBe('short');
+  });
+});
+
+describe('a worker whose coordinator goes silent', () => {
+  it('says so, terminates the socket and reconnects, after a few heartbeat periods without a ping', async () => {
+    const { WebSocketServer } = await import('ws');
+    const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+    await new Promise((resolve) => server.once('listening', resolve));
+    let connections = 0;
+    // A coordinator that welcomes the worker, announces a 100 ms heartbeat, and then never pings: frozen.
+    server.on('connection', (ws) => {
+      connections++;
+      ws.on('message', (data) => {
+        if (decodeRaw(data as Buffer).t === 'hello') ws.send(encode({ t: 'welcome', proof: new Uint8Array(0), workerId: connections, heartbeatMs: 100 }));
+      });
+      ws.send(encode({ t: 'challenge', protocol: PROTOCOL_VERSION, nonce: newNonce() }));
+    });
+    const { port } = server.address() as { port: number };
+    const reasons: string[] = [];
+    const abort = new AbortController();
+    const worker = runWorker({
+      connect: `ws://127.0.0.1:${port}`,
+      signal: abort.signal,
+      onEvent: (e) => {
+        if (e.type !== 'disconnected') return;
+        reasons.push(e.reason);
+        if (reasons.length === 2) abort.abort();
+      },
+    });
+    await worker;
+    server.close();
+    expect(connections).toBeGreaterThanOrEqual(2);
+    expect(reasons[0]).toMatch(/^no heartbeat from the coordinator for \d+ ms$/);
+    expect(Number(/(\d+) ms/.exec(reasons[0])![1])).toBeGreaterThanOrEqual(300);
+  });
+});
 
 describe('a worker with its own copy of the data', () => {
   it('gets row indices instead of pixels when its copy matches, pixels when it does not, with the same result', async () => {

@@ -17,7 +17,9 @@ import type { Task } from '../step_worker.js';
 import { createTrainingMemory, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from '../training_memory.js';
 import { createWorkers, type WorkerSet } from '../workers.js';
 import { RUN_FINISHED } from './server.js';
+import { Watchdog } from './watchdog.js';
 import {
+  closeReason,
   decodeRaw,
   encode,
   newNonce,
@@ -58,6 +60,9 @@ export type WorkerEvent =
   | { type: 'step'; step: number }
   | { type: 'error'; message: string }
   | { type: 'finished' };
+
+/** The coordinator's heartbeat period assumed until its welcome says (config DEFAULTS.heartbeatMs). */
+const DEFAULT_HEARTBEAT_MS = 5000;
 
 export const WORKER_DEFAULTS = { threads: 1, engine: 'onnx' as EngineName, device: 'cpu' as Device, maxRetries: 0, maxFrameBytes: 256 << 20 };
 
@@ -291,11 +296,19 @@ function session(
     const fail = (reason: string, isFatal = false) => {
       fatal ||= isFatal;
       send({ t: 'error', message: reason });
-      ws.close(1008, reason.slice(0, 120));
+      ws.close(1008, closeReason(reason));
     };
+    let silence: string | undefined;
+    const watchdog = new Watchdog(DEFAULT_HEARTBEAT_MS, (ms) => {
+      silence = `no heartbeat from the coordinator for ${Math.round(ms)} ms`;
+      ws.terminate();
+    });
+    ws.on('open', () => watchdog.watch());
+    ws.on('ping', () => watchdog.heard());
     const abort = () => ws.close(1000, 'worker stopped');
     options.signal?.addEventListener('abort', abort);
     ws.on('message', (data, isBinary) => {
+      watchdog.heard();
       queue = queue.then(async () => {
         if (ws.readyState !== ws.OPEN) return;
         try {
@@ -327,6 +340,7 @@ function session(
               if (options.token && !proofMatches(options.token, 'coordinator', nonce, message.proof)) {
                 return fail('the coordinator did not prove it knows the token', true);
               }
+              watchdog.watch(message.heartbeatMs);
               emit({ type: 'connected', url: options.connect, workerId: message.workerId });
               return;
             case 'state': {
@@ -376,8 +390,10 @@ function session(
     });
     ws.on('error', (e) => emit({ type: 'error', message: `connection: ${e.message}` }));
     ws.on('close', (code, reason) => {
+      watchdog.stop();
       options.signal?.removeEventListener('abort', abort);
-      void queue.then(() => resolve({ synced, fatal, finished: code === RUN_FINISHED, reason: `closed (${code}${reason.length ? ` ${reason}` : ''})` }));
+      const why = silence ?? `closed (${code}${reason.length ? ` ${reason}` : ''})`;
+      void queue.then(() => resolve({ synced, fatal, finished: code === RUN_FINISHED, reason: why }));
     });
   });
 }

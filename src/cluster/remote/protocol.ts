@@ -7,7 +7,8 @@
  * The protocol (version in PROTOCOL_VERSION):
  *   coordinator → worker  challenge {nonce}                       on connect
  *   worker → coordinator  hello {mac, nonce, engine, backend, threads, dataSha256}
- *   coordinator → worker  welcome {proof, workerId}               proves the coordinator knows the token too
+ *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
+ *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
  *   coordinator → worker  rows {step, range, batch, x | index, labels, compact}   compute rows `range`
  *                         (x | index and labels: of the whole batch; compact: send only the last delta)
@@ -26,7 +27,7 @@ import { paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../../train/plan.js';
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -44,7 +45,7 @@ export interface Hello {
   /** SHA-256 of the worker's local dataset copy, or '' when it has none. */
   dataSha256: string;
 }
-export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number }
+export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number; heartbeatMs: number }
 export interface StateMessage {
   t: 'state';
   spec: ModelSpec;
@@ -314,7 +315,7 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
     case 'challenge':
       return { t: 'challenge', protocol: int(raw, 'protocol'), nonce: bytes(raw, 'nonce', 32) };
     case 'welcome':
-      return { t: 'welcome', proof: bytes(raw, 'proof'), workerId: int(raw, 'workerId') };
+      return { t: 'welcome', proof: bytes(raw, 'proof'), workerId: int(raw, 'workerId'), heartbeatMs: int(raw, 'heartbeatMs', 1, 3_600_000) };
     case 'state': {
       const spec = specOf(raw);
       const total = paramLayout(spec).total;
@@ -398,6 +399,26 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
     default:
       throw new ProtocolError(`unknown message type ${JSON.stringify(raw.t)}`);
   }
+}
+
+/** Longest close reason a WebSocket close frame carries, in UTF-8 bytes (RFC 6455: 125 less the code). */
+const MAX_CLOSE_REASON_BYTES = 123;
+
+/**
+ * A close reason cut to what a close frame can carry, in UTF-8 bytes and on a character boundary: ws
+ * throws on a longer one, and reasons quote what peers sent (any bytes at all).
+ */
+export function closeReason(text: string): string {
+  if (Buffer.byteLength(text) <= MAX_CLOSE_REASON_BYTES) return text;
+  let out = '';
+  let bytes = 0;
+  for (const ch of text) {
+    const n = Buffer.byteLength(ch);
+    if (bytes + n > MAX_CLOSE_REASON_BYTES - 3) break;
+    out += ch;
+    bytes += n;
+  }
+  return `${out}...`;
 }
 
 // ---------------------------------------------------------------- authentication

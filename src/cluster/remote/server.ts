@@ -12,6 +12,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { TrainingMemory } from '../training_memory.js';
 import { missingRanges, type Range } from '../../train/plan.js';
 import {
+  closeReason,
   decodeRaw,
   encode,
   maxFrameBytes,
@@ -120,7 +121,16 @@ export class RemoteHub {
     this.server = tlsCert && tlsKey ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }) : createHttpServer();
     // Workers send rows, replica states when asked, and small control messages: anything larger is refused by ws itself.
     this.wss = new WebSocketServer({ server: this.server, maxPayload: maxFrameBytes(this.memory.spec, this.memory.batchSize) });
-    this.wss.on('connection', (ws, req) => this.accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+    this.wss.on('connection', (ws, req) => {
+      try {
+        this.accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+      } catch (e) {
+        ws.terminate();
+        this.report({ type: 'rejected', peer: String(req.socket.remoteAddress), reason: `internal error on connection: ${(e as Error).message}` });
+      }
+    });
+    // An error of the listening socket after start (start() itself rejects on one before): logged, never thrown.
+    this.wss.on('error', (e) => this.report({ type: 'rejected', peer: 'server', reason: `server error: ${e.message}` }));
     this.heartbeat = setInterval(() => this.beat(), this.options.heartbeatMs);
     this.heartbeat.unref();
     await new Promise<void>((resolve, reject) => {
@@ -133,12 +143,44 @@ export class RemoteHub {
   private accept(ws: WebSocket, address: string): void {
     const worker = new RemoteWorker(this.nextId++, ws, address);
     this.workers.set(worker.id, worker);
-    ws.on('pong', () => (worker.isAlive = true));
-    ws.on('message', (data, isBinary) => this.receive(worker, data as Buffer | Buffer[], isBinary));
-    ws.on('close', (code, reason) => this.drop(worker, `connection closed (${code}${reason.length ? ` ${reason}` : ''})`));
-    ws.on('error', (e) => this.drop(worker, `connection error: ${e.message}`));
-    worker.authTimer = setTimeout(() => this.reject(worker, `did not authenticate within ${this.options.authTimeoutMs} ms`), this.options.authTimeoutMs);
+    const on = <A extends unknown[]>(what: string, handler: (...args: A) => void) => this.guarded(worker, what, handler);
+    ws.on('pong', on('pong', () => (worker.isAlive = true)));
+    ws.on('message', on('message', (data: Buffer | Buffer[], isBinary: boolean) => this.receive(worker, data, isBinary)));
+    ws.on('close', on('close', (code: number, reason: Buffer) => this.drop(worker, `connection closed (${code}${reason.length ? ` ${reason}` : ''})`)));
+    ws.on('error', on('error', (e: Error) => this.drop(worker, `connection error: ${e.message}`)));
+    worker.authTimer = setTimeout(
+      on('authentication timer', () => this.reject(worker, `did not authenticate within ${this.options.authTimeoutMs} ms`)),
+      this.options.authTimeoutMs,
+    );
     this.send(worker, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: worker.challenge });
+  }
+
+  /**
+   * A handler that cannot throw out of ws (an uncaught throw there ends the coordinator's process): an
+   * unexpected error drops that peer, with the reason logged.
+   */
+  private guarded<A extends unknown[]>(worker: RemoteWorker, what: string, handler: (...args: A) => void): (...args: A) => void {
+    return (...args: A) => {
+      try {
+        handler(...args);
+      } catch (e) {
+        try {
+          this.reject(worker, `internal error in its ${what} handler: ${(e as Error).message}`);
+        } catch {
+          worker.status = 'closed';
+          worker.ws.terminate();
+        }
+      }
+    };
+  }
+
+  /** Hands an event to the listener; a listener that throws is not this module's failure to propagate. */
+  private report(event: HubEvent): void {
+    try {
+      this.onEvent(event);
+    } catch (e) {
+      process.emitWarning(`dtrain: a hub event listener threw: ${(e as Error).message}`);
+    }
   }
 
   private send(worker: RemoteWorker, message: ToWorker): void {
@@ -218,21 +260,26 @@ export class RemoteHub {
     clearTimeout(worker.authTimer);
     worker.hello = hello;
     worker.status = 'joining';
-    this.send(worker, { t: 'welcome', proof: token ? proof(token, 'coordinator', hello.nonce) : new Uint8Array(0), workerId: worker.id });
-    this.onEvent({ type: 'joined', worker: worker.name, backend: hello.backend, threads: hello.threads });
+    this.send(worker, {
+      t: 'welcome',
+      proof: token ? proof(token, 'coordinator', hello.nonce) : new Uint8Array(0),
+      workerId: worker.id,
+      heartbeatMs: this.options.heartbeatMs,
+    });
+    this.report({ type: 'joined', worker: worker.name, backend: hello.backend, threads: hello.threads });
     for (const wake of this.waiters.splice(0)) wake();
   }
 
   /** Disconnects a worker with a reason (logged as a rejection). */
   reject(worker: RemoteWorker, reason: string): void {
     if (worker.status === 'closed') return;
-    this.onEvent({ type: 'rejected', peer: worker.name, reason });
+    this.report({ type: 'rejected', peer: worker.name, reason });
     try {
       this.send(worker, { t: 'error', message: reason });
     } catch {
       // the socket may already be gone
     }
-    worker.ws.close(1008, reason.slice(0, 120));
+    worker.ws.close(1008, closeReason(reason));
     this.drop(worker, reason);
   }
 
@@ -250,17 +297,16 @@ export class RemoteHub {
     worker.pending = undefined;
     worker.pendingSnapshot = undefined;
     if (worker.ws.readyState === worker.ws.OPEN) worker.ws.terminate();
-    if (wasMember) this.onEvent({ type: 'left', worker: worker.name, reason });
+    if (wasMember) this.report({ type: 'left', worker: worker.name, reason });
   }
 
   private beat(): void {
     for (const worker of this.workers.values()) {
-      if (!worker.isAlive) {
-        this.drop(worker, `no heartbeat for ${this.options.heartbeatMs} ms`);
-        continue;
-      }
-      worker.isAlive = false;
-      worker.ws.ping();
+      this.guarded(worker, 'heartbeat', () => {
+        if (!worker.isAlive) return this.drop(worker, `no heartbeat for ${this.options.heartbeatMs} ms`);
+        worker.isAlive = false;
+        worker.ws.ping();
+      })();
     }
   }
 
