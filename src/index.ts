@@ -1,5 +1,7 @@
 /** The programmatic API: everything the CLI does can be done from code. */
-export { train, Trainer, type TrainEvent, type TrainOptions, type EvalResult } from './train/trainer.js';
+export { train } from './train/run.js';
+export { Trainer, type EvalResult } from './train/trainer.js';
+export type { TrainEvent, TrainOptions } from './train/events.js';
 export { resolveConfig, readConfigFile, DEFAULTS, TRAIN_OPTIONS, type TrainConfig } from './config.js';
 export { loadDataset, embeddedMnistDir, toSplit, type Dataset, type Split } from './data/datasets.js';
 export { readIdxFile, parseIdx } from './data/idx.js';

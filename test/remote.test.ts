@@ -8,7 +8,7 @@ import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { decodeRaw, encode, newNonce, proof, PROTOCOL_VERSION } from '../src/cluster/remote/protocol.js';
-import { missingRanges } from '../src/train/plan.js';
+import { missingRanges } from '../src/cluster/plan.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 const out = mkdtempSync(join(tmpdir(), 'dtrain-remote-'));

@@ -2,26 +2,49 @@
  * The scheduler the trainer talks to: local worker slots (this process and its threads) and remote
  * workers, behind one row pass, one weight pass and one evaluation. Row work is handed out in whole
  * micro-shards, in proportion to each participant's measured speed; whoever fails or times out has its
- * rows redone by the others. The result never depends on who computed what (see train/plan.ts). With no
- * local threads (--threads 0) the remote replicas apply the steps and the trainer takes their state
- * when it needs it (CommittedState).
+ * rows redone by the others. The result never depends on who computed what (see cluster/plan.ts).
+ *
+ * A pass runs over the participants it started with: membership (joiners admitted with the committed
+ * state, waiting when nobody is left to compute) changes only at step boundaries, which the trainer
+ * handles (Trainer.boundary), as torch.distributed.elastic does in one place of its agent loop. A pass
+ * that cannot finish with the participants it has says so and the trainer redoes the step after the
+ * boundary; the scheduler never calls back into the trainer.
  */
-import type { Range } from '../train/plan.js';
-import { microShards, shardGroups, unitAssignment } from '../train/plan.js';
+import type { StateSnapshot } from './training_state.js';
+import type { Range } from './plan.js';
+import { microShards, shardGroups } from './plan.js';
 import type { RemoteHub, RemoteWorker, HubEvent, SuspectRows } from './remote/server.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/protocol.js';
-import type { Task, TaskResult } from './step_worker.js';
+import type { EngineCapabilities, Task, TaskResult } from './step_worker.js';
 import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
 import type { WorkerSet } from './workers.js';
 
-type Snapshot = Omit<StateMessage, 't' | 'useLocalData'>;
+/** What a joining worker is sent: the committed state and what it needs to compute with it. */
+export type JoinState = StateSnapshot & Pick<StateMessage, 'spec' | 'batchSize' | 'adam'>;
 
-/** What the scheduler asks of the trainer when workers join: the committed state, made current first. */
-export interface CommittedState {
-  /** Brings this process's state up to the committed step; true if that replayed steps here (reusing the batch buffers). */
-  current(): Promise<boolean>;
-  snapshot(): Snapshot;
+/**
+ * How a step is computed, decided once for the run from the local slots, whether remote workers may join,
+ * and what the engine can do.
+ */
+export type StepMode =
+  /** One local slot computes every step alone, both passes in one task (Engine.stepPass when it has one). */
+  | 'whole'
+  /** Rows on every participant, then the weight pass on the local slots. */
+  | 'split'
+  /** No local compute (--threads 0): remote replicas compute the rows and each applies the step itself. */
+  | 'replicated';
+
+export function chooseStepMode(localThreads: number, remoteWorkers: boolean): StepMode {
+  if (localThreads === 0) return 'replicated';
+  return localThreads === 1 && !remoteWorkers ? 'whole' : 'split';
 }
+
+/**
+ * The outcome of a row pass: every row of the batch is in the batch buffers (`replicated`: the remote
+ * replicas apply this step), or the pass could not finish and the step is redone after the boundary —
+ * nobody is left to compute, or suspect rows must be judged here on a state this process does not hold yet.
+ */
+export type RowPassOutcome = { done: true; replicated: boolean } | { done: false; needs: 'participant' | 'state' };
 
 interface RemoteJob {
   worker: RemoteWorker;
@@ -67,80 +90,95 @@ export class Cluster {
   private shares = new Map<string, number>();
   private prefetched?: Plan;
   private networkWaitMs = 0;
+  /**
+   * Remote rows travel in compact form (activations and the last layer's delta; receivers rebuild the
+   * other deltas): with replicated steps, where this process never runs a weight pass on remote rows, and
+   * an engine that can rebuild them (Engine.deltasPass).
+   */
+  readonly compactRows: boolean;
 
   constructor(
     private readonly memory: TrainingMemory,
     readonly local: WorkerSet,
-    /** False with --threads 0: local slots then only apply the optimizer and evaluate. */
-    private readonly localRows: boolean,
+    readonly mode: StepMode,
     private readonly hub: RemoteHub | undefined,
     private readonly onEvent: (event: ClusterEvent) => void,
-    /**
-     * Remote rows travel in compact form (activations and the last layer's delta; receivers rebuild the
-     * other deltas): for --threads 0, where this process never runs a weight pass on remote rows, with
-     * an engine that can rebuild them (Engine.deltasPass).
-     */
-    readonly compactRows = false,
-  ) {}
+  ) {
+    this.compactRows = mode === 'replicated' && local.capabilities.compactRows;
+  }
+
+  get capabilities(): EngineCapabilities {
+    return this.local.capabilities;
+  }
+
+  /** False with --threads 0: local slots then only apply the optimizer and evaluate. */
+  private get localComputes(): boolean {
+    return this.mode !== 'replicated';
+  }
 
   get description(): string {
     const remote = this.hub ? `, remote workers via ${this.hub.ready().length ? `${this.hub.ready().length} connected` : 'none yet'}` : '';
-    return `${this.localRows ? this.local.description : 'no local compute (remote replicas apply the steps; evaluation here)'}${remote}`;
+    return `${this.localComputes ? this.local.description : 'no local compute (remote replicas apply the steps; evaluation here)'}${remote}`;
   }
 
+  // ------------------------------------------------------------ membership, at step boundaries only
+
+  /** Whether workers authenticated (or must resynchronise) and wait for the committed state. */
+  hasJoiners(): boolean {
+    return (this.hub?.joining().length ?? 0) > 0;
+  }
+
+  /** Whether nobody could compute rows now: no local compute and no ready remote worker. */
+  nobodyComputes(): boolean {
+    return !this.localComputes && (this.hub?.ready().length ?? 0) === 0;
+  }
+
+  /** Sends the committed state to the joiners, which makes them participants from this step on. */
+  admit(state: JoinState): void {
+    this.hub?.admit(state);
+  }
+
+  /** Waits until some worker has authenticated (the trainer then admits it). */
+  async waitForParticipant(step: number): Promise<void> {
+    if (this.hasJoiners()) return;
+    this.onEvent({ type: 'waiting', reason: `step ${step}: no worker is connected; waiting for one` });
+    await this.hub!.waitForWorker();
+  }
+
+  // ------------------------------------------------------------ the row pass
+
   /**
-   * Forward and backward rows of the batch on all participants (or, `localOnly`, on the local slots);
-   * on return the batch buffers hold every row's loss, activations and deltas. Returns true when remote
-   * replicas apply this step themselves and the local slots (with --threads 0) need not: the trainer
-   * then lags behind them until it takes their state (see Trainer.current).
+   * Forward and backward rows of the batch (dataset samples `index`) on the participants; on success the
+   * batch buffers hold every row's loss, activations and deltas. `stateIsHere`: this process holds the
+   * committed state, so rows a worker sent back non-finite can be judged here.
    */
-  async rowPass(step: number, generation: number, batch: number, microBatch: number, state: CommittedState, localOnly = false): Promise<boolean> {
+  async rowPass(step: number, generation: number, index: Int32Array, microBatch: number, stateIsHere: boolean): Promise<RowPassOutcome> {
+    const batch = index.length;
+    this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
-    if (localOnly) {
-      await this.runLocalRows(step, generation, batch, shards);
-      return false;
-    }
-    // Read only while the requests are built, before the next step overwrites it.
-    const index = this.memory.batch.index.subarray(0, batch);
-    const saved = index.slice();
-    let plans: Plan[] = [];
-    let todo: Range[] = [[0, shards.length]];
-    if (this.prefetched?.step === step) {
-      plans = [this.prefetched];
-      todo = [];
-    }
+    let plans: Plan[] = this.prefetched?.step === step ? [this.prefetched] : [];
+    let todo: Range[] = plans.length > 0 ? [] : [[0, shards.length]];
     this.prefetched = undefined;
-    const nobodyToCompute = () => todo.length > 0 && !this.localRows && (this.hub?.ready().length ?? 0) === 0;
-    // When the trainer had to replay steps through the batch buffers, this step's rows start over.
-    const startOver = () => {
-      index.set(saved);
-      plans = [];
-      todo = [[0, shards.length]];
-    };
     while (plans.length > 0 || todo.length > 0) {
-      const joining = (this.hub?.joining().length ?? 0) > 0;
-      // A joiner needs the committed state; and with no replica left, catching up now (rather than when
-      // someone joins) finds at once a step that cannot be applied.
-      if ((joining || nobodyToCompute()) && (await state.current())) startOver();
-      if (joining) this.hub!.admit(state.snapshot());
-      if (nobodyToCompute()) {
-        this.onEvent({ type: 'waiting', reason: `step ${step}: no worker is connected; waiting for one` });
-        await this.hub!.waitForWorker();
-        continue;
-      }
-      plans.push(...todo.map((r) => this.plan(step, batch, shards, r, index)));
-      todo = [];
+      if (todo.length > 0 && this.nobodyComputes()) return { done: false, needs: 'participant' };
+      // One range a round: a remote worker holds one rows request at a time.
+      if (todo.length > 0) plans.push(this.plan(step, batch, shards, todo.shift()!, index));
       const outcomes = await Promise.all(plans.map((plan) => this.execute(plan, generation)));
-      todo = outcomes.flatMap((o) => o.failed);
       plans = [];
+      todo = coalesce([...todo, ...outcomes.flatMap((o) => o.failed)]);
       const suspects = outcomes.flatMap((o) => o.suspect);
-      // Non-finite rows from a worker are computed here, on the committed state, to see who is right.
-      if (suspects.length > 0 && (await state.current())) startOver();
-      else if (suspects.length > 0) await this.judge(suspects, step, generation, batch, shards);
+      if (suspects.length > 0 && !stateIsHere) return { done: false, needs: 'state' };
+      if (suspects.length > 0) await this.judge(suspects, step, generation, batch, shards);
     }
-    if (!this.rowsFinite(0, batch)) return false;
+    if (!this.rowsFinite(0, batch)) return { done: true, replicated: false };
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
-    return !this.localRows && replicas > 0;
+    return { done: true, replicated: !this.localComputes && replicas > 0 };
+  }
+
+  /** The row pass of batch `index` on the local slots alone (a replay, or rows to recompute here). */
+  async localRows(step: number, generation: number, index: Int32Array, microBatch: number): Promise<void> {
+    this.memory.batch.index.set(index);
+    await this.runLocalRows(step, generation, index.length, microShards(index.length, microBatch));
   }
 
   /**
@@ -202,11 +240,11 @@ export class Cluster {
     // A newcomer is assumed as fast as the average so far: it gets work at once, and a measured speed.
     const known = [...(this.localSpeed ? [this.localSpeed] : []), ...remotes.filter((w) => w.speed).map((w) => w.speed)];
     const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
-    const weights = [...(this.localRows ? [this.localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
+    const weights = [...(this.localComputes ? [this.localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
     const counts = apportion(s1 - s0, weights);
     const plan: Plan = { step, batch, remote: [] };
     let next = s0;
-    if (this.localRows) {
+    if (this.localComputes) {
       if (counts[0] > 0) plan.local = shards.slice(next, next + counts[0]);
       next += counts.shift()!;
     }
@@ -273,16 +311,10 @@ export class Cluster {
     this.shares.set(name, (this.shares.get(name) ?? 0) + rows);
   }
 
-  /**
-   * True when one local slot computes every step alone (one thread, no remote workers): the trainer then
-   * runs a step as one task (stepPass), which gives the same bits as the row and weight passes.
-   */
-  get wholeSteps(): boolean {
-    return this.localRows && !this.hub && this.local.size === 1;
-  }
-
-  /** Both passes of a step on the single local slot; the batch index must be set. */
-  async stepPass(step: number, generation: number, batch: number): Promise<TaskResult[]> {
+  /** Both passes of a step on the single local slot ('whole' mode). */
+  async stepPass(step: number, generation: number, index: Int32Array): Promise<TaskResult[]> {
+    const batch = index.length;
+    this.memory.batch.index.set(index);
     const started = performance.now();
     const results = await this.local.runPass([{ kind: 'step', step, generation, batch }]);
     this.localSpeed = smooth(this.localSpeed, batch / Math.max(0.01, performance.now() - started));
@@ -290,10 +322,9 @@ export class Cluster {
     return results;
   }
 
-  /** Reduction of every weight gradient and the Adam step, on the local slots. */
-  weightPass(step: number, generation: number, batch: number): Promise<TaskResult[]> {
-    const units = unitAssignment(this.memory.spec.sizes.slice(1), this.local.size);
-    return this.local.runPass(units.map((u, slot) => ({ kind: 'weights', step, generation, batch, units: u, slot }) as Task));
+  /** Gradient reduction and Adam on the local slots: the state's weight tasks (TrainingState.weightTasks). */
+  weightPass(tasks: Task[]): Promise<TaskResult[]> {
+    return this.local.runPass(tasks);
   }
 
   evalPass(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {
@@ -334,6 +365,17 @@ export class Cluster {
 // By name: the remote module (and ws) is only loaded when the coordinator listens.
 function isSuspect(result: unknown): result is SuspectRows {
   return result instanceof Error && result.name === 'SuspectRows';
+}
+
+/** Shard ranges sorted, with adjacent ones merged. */
+function coalesce(ranges: Range[]): Range[] {
+  const merged: [number, number][] = [];
+  for (const [a, b] of [...ranges].sort((x, y) => x[0] - y[0])) {
+    const last = merged[merged.length - 1];
+    if (last && last[1] === a) last[1] = b;
+    else merged.push([a, b]);
+  }
+  return merged;
 }
 
 function smooth(previous: number, sample: number): number {

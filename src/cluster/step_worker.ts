@@ -8,7 +8,7 @@ import { createEngine, type Engine, type EngineOptions, type LayerGradient } fro
 import { paramLayout, type ParamLayout } from '../model/spec.js';
 import { adamKernel, adamRange, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
 import { OptimizerMemory } from '../optim/optimizer_memory.js';
-import { unitAssignment, type Range } from '../train/plan.js';
+import { unitAssignment, type Range } from './plan.js';
 import { gatherBatchRows, optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 
 export type Task =
@@ -21,6 +21,13 @@ export type Task =
   /** Rows whose activations and last-layer delta arrived from another worker: their other deltas. */
   | { kind: 'deltas'; step: number; generation: number; range: Range }
   | { kind: 'eval'; step: number; generation: number; range: Range };
+
+export interface EngineCapabilities {
+  /** Engine.stepPass: both passes in one call. */
+  wholeStep: boolean;
+  /** Engine.deltasPass: rows can travel compact (activations and the last delta). */
+  compactRows: boolean;
+}
 
 export interface TaskResult {
   /** Layers whose gradient (in this task's units) had a NaN or an infinity; the step must not be committed. */
@@ -62,6 +69,11 @@ export class StepWorker {
 
   get backend(): string {
     return this.engine.backend;
+  }
+
+  /** What this slot's engine can do beyond the two passes (the step mode is chosen from it). */
+  get capabilities(): EngineCapabilities {
+    return { wholeStep: !!this.engine.stepPass, compactRows: !!this.engine.deltasPass };
   }
 
   async run(task: Task): Promise<TaskResult> {

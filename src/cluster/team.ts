@@ -11,7 +11,7 @@
  * whose gather flag was dropped re-gathered the batch from a stale index, and remote workers with local
  * data and two threads computed wrong rows).
  */
-import type { Range } from '../train/plan.js';
+import type { Range } from './plan.js';
 import type { Task, TaskResult } from './step_worker.js';
 
 const SEQ = 0;

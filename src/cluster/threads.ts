@@ -74,6 +74,10 @@ export class ThreadWorkers implements WorkerSet {
     );
   }
 
+  get capabilities() {
+    return this.local.worker.capabilities;
+  }
+
   get description(): string {
     return `${this.size} threads (main + ${this.size - 1} piscina) × ${this.local.worker.backend}`;
   }

@@ -3,13 +3,15 @@
  * pass on the shared training memory. The trainer plans one task per slot and never cares how a slot is
  * implemented (this process, a worker thread, or a remote machine).
  */
-import type { StepWorker, Task, TaskResult, WorkerInit } from './step_worker.js';
+import type { EngineCapabilities, StepWorker, Task, TaskResult, WorkerInit } from './step_worker.js';
 
 export interface WorkerSet {
   /** How many tasks of a pass the trainer should plan. */
   readonly size: number;
   /** What computes, e.g. "2 threads × onnxruntime-node 1.30.0 (cpu)". */
   readonly description: string;
+  /** What every slot's engine can do (they all run the same engine). */
+  readonly capabilities: EngineCapabilities;
   /** Runs task i on slot i, all at once; resolves when every task is done (re-run elsewhere if a slot failed). */
   runPass(tasks: Task[]): Promise<TaskResult[]>;
   close(): Promise<void>;
@@ -52,6 +54,10 @@ export class InProcessWorkers implements WorkerSet {
 
   get description(): string {
     return `this process × ${this.local.worker.backend}`;
+  }
+
+  get capabilities(): EngineCapabilities {
+    return this.local.worker.capabilities;
   }
 
   async runPass(tasks: Task[]): Promise<TaskResult[]> {

@@ -1,6 +1,6 @@
 /**
  * The one interface behind which a worker computes. A training step is split in two passes so that the
- * result does not depend on how the batch is spread over workers (see train/plan.ts):
+ * result does not depend on how the batch is spread over workers (see cluster/plan.ts):
  *
  * - rowPass:    for some rows of the batch, the forward activations, the per-row loss and the backward
  *               deltas. Row-local: the same numbers for a row whichever call computes it.

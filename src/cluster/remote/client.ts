@@ -12,7 +12,7 @@ import type { Dataset } from '../../data/datasets.js';
 import type { EngineName, Device } from '../../engine/engine.js';
 import { paramLayout } from '../../model/spec.js';
 import { paramsSha256 } from '../../report/summary.js';
-import { evenSplit, missingRanges, unitAssignment, type Range } from '../../train/plan.js';
+import { evenSplit, missingRanges, unitAssignment, type Range } from '../plan.js';
 import type { Task } from '../step_worker.js';
 import { createTrainingMemory, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from '../training_memory.js';
 import { createWorkers, type WorkerSet } from '../workers.js';

@@ -25,7 +25,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
-import type { Range } from '../../train/plan.js';
+import type { Range } from '../plan.js';
 
 export const PROTOCOL_VERSION = 3;
 

@@ -10,7 +10,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { TrainingMemory } from '../training_memory.js';
-import { missingRanges, type Range } from '../../train/plan.js';
+import { missingRanges, type Range } from '../plan.js';
 import {
   closeReason,
   decodeRaw,

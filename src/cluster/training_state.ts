@@ -1,0 +1,91 @@
+/**
+ * The one owner of the training state: parameters and Adam's moments (double-buffered in the optimizer
+ * memory), the generation that holds the committed state, and the step. Everything that reads, loads or
+ * advances the state goes through it — the trainer, a remote worker's replica, checkpoints — so the
+ * generation flip and the weight tasks that produce the next generation are written once.
+ *
+ * Step t reads generation g and its weight pass writes g ^ 1; commit() then makes g ^ 1 the committed
+ * one. A step that is not committed (a non-finite gradient) leaves the last good state where it was.
+ */
+import type { ModelSpec } from '../model/spec.js';
+import type { OptimizerMemory } from '../optim/optimizer_memory.js';
+import { unitAssignment } from './plan.js';
+import type { Task } from './step_worker.js';
+import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
+
+export interface StateArrays {
+  params: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+}
+
+/** The committed state at a step: views of the optimizer memory (copy them to keep them). */
+export interface StateSnapshot extends StateArrays {
+  step: number;
+  generation: number;
+}
+
+export class TrainingState {
+  readonly spec: ModelSpec;
+  private readonly optimizer: OptimizerMemory;
+  /** The generation (0 or 1) that holds the committed state. */
+  generation = 0;
+  step = 0;
+
+  constructor(memory: TrainingMemory) {
+    this.spec = memory.spec;
+    this.optimizer = optimizerMemoryOf(memory);
+  }
+
+  /** Parameters of the committed state. */
+  get params(): Float32Array {
+    return this.optimizer.paramsOf(this.generation);
+  }
+
+  /** The arrays of a generation (the committed one by default). */
+  arrays(generation = this.generation): StateArrays {
+    return {
+      params: this.optimizer.paramsOf(generation),
+      m: this.optimizer.firstMomentOf(generation),
+      v: this.optimizer.secondMomentOf(generation),
+    };
+  }
+
+  snapshot(): StateSnapshot {
+    return { step: this.step, generation: this.generation, ...this.arrays() };
+  }
+
+  /** Makes the given arrays the committed state of `step` (in `generation`, by default the current one). */
+  load(arrays: StateArrays, step: number, generation = this.generation): void {
+    this.generation = generation & 1;
+    this.step = step;
+    const into = this.arrays();
+    into.params.set(arrays.params);
+    into.m.set(arrays.m);
+    into.v.set(arrays.v);
+  }
+
+  /**
+   * The weight pass of the current step on `slots` local slots: each reduces the gradient of its share of
+   * every layer's output units over the batch's rows and applies Adam to it, into the next generation.
+   */
+  weightTasks(batch: number, slots: number): Task[] {
+    const units = unitAssignment(this.spec.sizes.slice(1), slots);
+    return units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch, units: u, slot }));
+  }
+
+  /** The next generation (written by the current step's weight pass) becomes the committed state. */
+  commit(): void {
+    this.generation ^= 1;
+    this.step++;
+  }
+
+  /**
+   * Goes back `steps` steps, to a state this memory still holds because those steps were only counted
+   * here, not applied (remote replicas applied them): the generation flips back with the count.
+   */
+  rewind(steps: number): void {
+    this.step -= steps;
+    this.generation ^= steps & 1;
+  }
+}

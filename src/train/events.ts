@@ -1,0 +1,36 @@
+/** What a run reports as it goes (it never prints), and the hooks a caller may give it. */
+import type { ClusterEvent, WorkShares } from '../cluster/cluster.js';
+import type { WorkerSet } from '../cluster/workers.js';
+import type { Dataset } from '../data/datasets.js';
+import type { EpochResult, RunSummary } from '../report/summary.js';
+
+export type TrainEvent =
+  | { type: 'start'; spec: string; parameters: number; dataset: string; trainSamples: number; testSamples: number; workers: string; listening?: string }
+  | { type: 'step'; step: number; epoch: number; batch: number; batches: number; loss: number }
+  | { type: 'log'; epoch: number; loss: number; current: number; size: number }
+  | { type: 'epoch'; result: EpochResult; shares: WorkShares }
+  | { type: 'cluster'; event: ClusterEvent | { type: 'diverged'; workers: string[] } }
+  | { type: 'checkpoint'; action: 'written' | 'resumed'; file: string; step: number }
+  | { type: 'checkpoint'; action: 'skipped'; file: string; reason: string }
+  /** A resumed run whose steps or epochs were all done already: nothing is trained. */
+  | { type: 'finished-already'; step: number; epochs: number }
+  | { type: 'done'; summary: RunSummary };
+
+export interface TrainOptions {
+  onEvent?: (event: TrainEvent) => void;
+  /** Stops cleanly after the step in flight. */
+  signal?: AbortSignal;
+  /** A dataset already in memory (tests); otherwise config.data or the embedded MNIST is loaded. */
+  dataset?: Dataset;
+  /** Called once the local workers are up, with the set (tests use it to inject faults). */
+  onWorkers?: (workers: WorkerSet) => void;
+  /** Called once the coordinator listens, with its address (tests connect workers to it). */
+  onListening?: (address: { host: string; port: number }) => void;
+  /**
+   * Awaited before every step, with the step about to run (to pace or coordinate a run from outside); the
+   * time it takes is not counted as training time.
+   */
+  beforeStep?: (step: number) => Promise<void> | void;
+  /** Fault injection (tests): pool threads die in the middle of this step's weight pass, `times` times. */
+  faults?: { threadExitAtStep: number; times: number };
+}

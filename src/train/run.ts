@@ -1,0 +1,121 @@
+/**
+ * `train()`, the programmatic form of `dtrain coordinator`: open a run session, loop over epochs and
+ * their steps (the cursor says where the run is, the trainer takes each step), evaluate and checkpoint
+ * after each epoch, and finish the session, also when a step failed (the last good state is recorded).
+ */
+import { paramsSha256, type EpochResult, type RunSummary } from '../report/summary.js';
+import { MetricsLog, readMetrics } from '../report/metrics.js';
+import type { TrainConfig } from '../config.js';
+import { EpochCursor } from './cursor.js';
+import type { TrainEvent, TrainOptions } from './events.js';
+import { RunSession } from './session.js';
+import { Trainer } from './trainer.js';
+
+/** What the epoch loop needs at hand. */
+interface Loop {
+  session: RunSession;
+  trainer: Trainer;
+  cursor: EpochCursor;
+  metrics: MetricsLog;
+  options: TrainOptions;
+  emit: (e: TrainEvent) => void;
+  bytesBefore: number;
+}
+
+/** Runs a whole training as configured. */
+export async function train(userConfig: Partial<TrainConfig> = {}, options: TrainOptions = {}): Promise<RunSummary> {
+  const emit = options.onEvent ?? (() => {});
+  const session = await RunSession.open(userConfig, options);
+  const { config, dataset, resumed } = session;
+  const trainer = new Trainer(config, dataset, session.cluster, session.memory, session.state, session.adam);
+  const metrics = new MetricsLog(session.outDir, resumed && { step: resumed.step, epochs: resumed.epochs.length });
+  const cursor = new EpochCursor(dataset.train.count, config.batchSize, config.shuffle, config.seed, resumed);
+  let failure: Error | undefined;
+  try {
+    if (session.workLeft) await runEpochs({ session, trainer, cursor, metrics, options, emit, bytesBefore: session.cluster.bytesMoved() });
+    else emit({ type: 'finished-already', step: session.state.step, epochs: session.epochs.length });
+  } catch (e) {
+    // The committed generation still holds the last good state; record it before failing.
+    failure = e as Error;
+  } finally {
+    try {
+      await trainer.current();
+    } catch (e) {
+      failure ??= e as Error;
+    }
+    await metrics.close();
+  }
+  const plotted = session.epochs.length > 0 && readMetrics(session.outDir).some((r) => r.type === 'epoch');
+  return session.finish(failure, plotted);
+}
+
+async function runEpochs(loop: Loop): Promise<void> {
+  const { session, trainer, cursor } = loop;
+  const count = session.dataset.train.count;
+  for (; cursor.epoch <= session.config.epochs; cursor.epoch++) {
+    cursor.begin();
+    const stopped = await runBatches(loop);
+    const samples = await endEpoch(loop);
+    // A run stopped mid-epoch was checkpointed before its evaluation, so that a resume continues the epoch.
+    if (stopped && samples < count) break;
+    await trainer.current();
+    session.saveCheckpoint(cursor.nextEpochStart());
+    if (stopped) break;
+  }
+}
+
+/** The steps of the current epoch; returns true when the run is to stop (--steps reached, or aborted). */
+async function runBatches(loop: Loop): Promise<boolean> {
+  const { session, trainer, cursor, metrics, options, emit } = loop;
+  const { config, state, cluster, dataset } = session;
+  while (!cursor.epochDone) {
+    const { index, next } = cursor.take(config.steps > 0 && state.step + 1 >= config.steps);
+    if (options.beforeStep) await cursor.pause(() => options.beforeStep!(state.step));
+    const stepStart = performance.now();
+    const loss = await trainer.trainStep(index, next);
+    const bytes = cluster.bytesMoved();
+    metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms: performance.now() - stepStart, bytes: bytes - loop.bytesBefore });
+    loop.bytesBefore = bytes;
+    const b = cursor.batch;
+    cursor.advance(index.length, loss);
+    emit({ type: 'step', step: state.step, epoch: cursor.epoch, batch: b + 1, batches: cursor.batches, loss });
+    if (b % config.logEvery === 0) {
+      emit({ type: 'log', epoch: cursor.epoch, loss, current: Math.min((b + 1) * config.batchSize, dataset.train.count), size: dataset.train.count });
+    }
+    const stopped = (config.steps > 0 && state.step >= config.steps) || !!options.signal?.aborted;
+    const due = config.checkpointEvery > 0 && state.step % config.checkpointEvery === 0;
+    if ((stopped || due) && !cursor.epochDone) {
+      await trainer.current();
+      session.saveCheckpoint(cursor.position());
+    }
+    if (stopped) return true;
+  }
+  return false;
+}
+
+/** Evaluates, checks the replicas and records the epoch; returns the samples it trained on. */
+async function endEpoch(loop: Loop): Promise<number> {
+  const { session, trainer, cursor, metrics, emit } = loop;
+  const { samples, lossSum, steps } = cursor.progress();
+  // This epoch's time and samples include what it had done before a resume (the checkpoint's totals do not).
+  const seconds = cursor.seconds();
+  session.trainSeconds += seconds;
+  session.samplesSeen += samples;
+  const { accuracy, avgLoss } = await trainer.evaluate();
+  const diverged = await session.cluster.verifyReplicas(session.state.step, paramsSha256(session.state.params));
+  if (diverged.length > 0) emit({ type: 'cluster', event: { type: 'diverged', workers: diverged } });
+  const result: EpochResult = {
+    epoch: cursor.epoch,
+    steps: session.state.step,
+    testAccuracy: accuracy,
+    testAvgLoss: avgLoss,
+    trainLoss: lossSum / steps,
+    seconds,
+    samplesPerSecond: samples / seconds,
+  };
+  const shares = session.cluster.takeShares();
+  metrics.write({ type: 'epoch', ...result, shares: shares.rows, networkWaitSeconds: shares.networkWaitSeconds });
+  emit({ type: 'epoch', result, shares });
+  session.epochs.push(result);
+  return samples;
+}

@@ -1,0 +1,202 @@
+/**
+ * A run session: what is set up before the first step (the configuration, merged with a checkpoint's on
+ * resume; the dataset; the shared memory and the training state; the local slots, the remote hub and the
+ * scheduler) and what is written after the last (checkpoints along the way; summary, plot and export).
+ */
+import { join } from 'node:path';
+import { resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
+import { loadDataset, type Dataset } from '../data/datasets.js';
+import { checkpointMismatch, resumeConflict } from '../errors.js';
+import { initParams } from '../model/init.js';
+import { describeSpec, makeSpec, paramLayout, type ModelSpec } from '../model/spec.js';
+import { ADAM_DEFAULTS, type AdamOptions } from '../optim/adam.js';
+import { paramsSha256, writeSummary, type EpochResult, type RunSummary } from '../report/summary.js';
+import { chooseStepMode, Cluster, type ClusterEvent } from '../cluster/cluster.js';
+import { createTrainingMemory, type TrainingMemory } from '../cluster/training_memory.js';
+import { TrainingState } from '../cluster/training_state.js';
+import { createWorkers } from '../cluster/workers.js';
+import { exportModel } from '../report/export.js';
+import { plotRun } from '../report/plot.js';
+import { latestCheckpoint, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
+import type { TrainEvent, TrainOptions } from './events.js';
+
+/** Where a run starts: from scratch, or from a checkpoint (with the options merged from it). */
+function prepareConfig(userConfig: Partial<TrainConfig>, emit: (e: TrainEvent) => void): { config: TrainConfig; checkpoint?: Checkpoint } {
+  if (!userConfig.resume) return { config: resolveConfig(userConfig) };
+  const checkpoint = latestCheckpoint(userConfig.resume, (file, reason) => emit({ type: 'checkpoint', action: 'skipped', file, reason }));
+  const saved = checkpoint.header.config as Partial<TrainConfig>;
+  for (const [key, value] of Object.entries(userConfig)) {
+    if (value === undefined || RESUMABLE_OPTIONS.includes(key as keyof TrainConfig)) continue;
+    if (JSON.stringify(value) !== JSON.stringify(saved[key as keyof TrainConfig])) throw resumeConflict(key, value, saved[key as keyof TrainConfig]);
+  }
+  const out = userConfig.out ?? userConfig.resume.replace(/[/\\]checkpoints[/\\]?$/, '');
+  const kept = Object.fromEntries(Object.entries(saved).filter(([key]) => !SESSION_OPTIONS.includes(key as keyof TrainConfig)));
+  const config = resolveConfig({ ...kept, ...userConfig, out });
+  return { config, checkpoint };
+}
+
+/** The local slots, the remote hub when the coordinator listens, and the scheduler over both. */
+async function createCluster(config: TrainConfig, dataset: Dataset, memory: TrainingMemory, adam: AdamOptions, options: TrainOptions) {
+  const onEvent = (event: ClusterEvent) => options.onEvent?.({ type: 'cluster', event });
+  let faults: Int32Array | undefined;
+  if (options.faults) {
+    faults = new Int32Array(new SharedArrayBuffer(8));
+    faults.set([options.faults.threadExitAtStep, options.faults.times]);
+  }
+  const engine = { engine: config.engine, device: config.device };
+  const local = await createWorkers({ memory, engine, adam, faults }, Math.max(1, config.threads));
+  options.onWorkers?.(local);
+  if (!config.listen) return { cluster: new Cluster(memory, local, chooseStepMode(config.threads, false), undefined, onEvent) };
+  const { RemoteHub } = await import('../cluster/remote/server.js');
+  const [host, port] = splitHostPort(config.listen);
+  const hub = new RemoteHub(
+    {
+      host,
+      port,
+      token: config.token ?? undefined,
+      tlsCert: config.tlsCert ?? undefined,
+      tlsKey: config.tlsKey ?? undefined,
+      engine: config.engine,
+      datasetSha256: dataset.sha256,
+      heartbeatMs: config.heartbeatMs,
+      stepTimeoutMs: config.stepTimeoutMs,
+      authTimeoutMs: 5000,
+    },
+    memory,
+    onEvent,
+  );
+  try {
+    const address = await hub.start();
+    const host = address.address.includes(':') ? `[${address.address}]` : address.address;
+    options.onListening?.({ host: address.address, port: address.port });
+    const listening = `${config.tlsCert ? 'wss' : 'ws'}://${host}:${address.port}`;
+    return { cluster: new Cluster(memory, local, chooseStepMode(config.threads, true), hub, onEvent), listening };
+  } catch (e) {
+    await local.close();
+    throw e;
+  }
+}
+
+export class RunSession {
+  readonly adam: AdamOptions;
+  readonly layout;
+  readonly outDir: string;
+  readonly epochs: EpochResult[];
+  trainSeconds: number;
+  samplesSeen: number;
+
+  private constructor(
+    readonly config: TrainConfig,
+    readonly dataset: Dataset,
+    readonly spec: ModelSpec,
+    readonly memory: TrainingMemory,
+    readonly state: TrainingState,
+    readonly cluster: Cluster,
+    readonly resumed: CheckpointHeader | undefined,
+    private readonly emit: (e: TrainEvent) => void,
+  ) {
+    this.adam = { ...ADAM_DEFAULTS, lr: config.lr };
+    this.layout = paramLayout(spec);
+    this.outDir = config.out ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-'));
+    this.epochs = resumed ? [...resumed.epochs] : [];
+    this.trainSeconds = resumed?.trainSeconds ?? 0;
+    this.samplesSeen = resumed?.samplesSeen ?? 0;
+  }
+
+  /** Prepares a run: configuration, data, memory, the state (initial or from the checkpoint), compute. */
+  static async open(userConfig: Partial<TrainConfig>, options: TrainOptions): Promise<RunSession> {
+    const emit = options.onEvent ?? (() => {});
+    const { config, checkpoint } = prepareConfig(userConfig, emit);
+    const dataset =
+      options.dataset ??
+      loadDataset(config.data ?? undefined, { trainLimit: config.trainSamples || undefined, testLimit: config.testSamples || undefined });
+    const spec = makeSpec(dataset.features, config.hidden, dataset.classes, config.activation);
+    const memory = createTrainingMemory(spec, dataset, config.batchSize, Math.max(1, config.threads));
+    const state = new TrainingState(memory);
+    if (checkpoint) {
+      const { header, file } = checkpoint;
+      if (describeSpec(header.spec) !== describeSpec(spec)) throw checkpointMismatch(file, 'model', describeSpec(header.spec), describeSpec(spec));
+      if (header.datasetSha256 !== dataset.sha256) throw checkpointMismatch(file, 'dataset', header.datasetSha256.slice(0, 12), dataset.sha256.slice(0, 12));
+      state.load(checkpoint, header.step, 0);
+    } else {
+      initParams(spec, config.seed, state.params);
+    }
+    const { cluster, listening } = await createCluster(config, dataset, memory, { ...ADAM_DEFAULTS, lr: config.lr }, options);
+    const session = new RunSession(config, dataset, spec, memory, state, cluster, checkpoint?.header, emit);
+    emit({
+      type: 'start',
+      spec: describeSpec(spec),
+      parameters: session.layout.total,
+      dataset: dataset.name,
+      trainSamples: dataset.train.count,
+      testSamples: dataset.test.count,
+      workers: cluster.description,
+      listening,
+    });
+    if (checkpoint) emit({ type: 'checkpoint', action: 'resumed', file: checkpoint.file, step: checkpoint.header.step });
+    return session;
+  }
+
+  /** Whether the configured run has steps left (a resumed run may have finished already). */
+  get workLeft(): boolean {
+    const { steps, epochs } = this.config;
+    if (steps > 0 && this.state.step >= steps) return false;
+    return (this.resumed?.epoch ?? 1) <= epochs;
+  }
+
+  /** Writes a checkpoint of the committed state at a position (the state must be current). */
+  saveCheckpoint(position: Pick<CheckpointHeader, 'epoch' | 'batch' | 'epochRngState' | 'partial'>): void {
+    const { config, state } = this;
+    const file = writeCheckpoint(
+      this.outDir,
+      {
+        step: state.step,
+        ...position,
+        config: { ...config, token: null, resume: null },
+        spec: this.spec,
+        datasetSha256: this.dataset.sha256,
+        epochs: this.epochs,
+        trainSeconds: this.trainSeconds,
+        samplesSeen: this.samplesSeen,
+        paramsSha256: paramsSha256(state.params),
+      },
+      state.arrays(),
+      config.keepCheckpoints,
+    );
+    this.emit({ type: 'checkpoint', action: 'written', file, step: state.step });
+  }
+
+  /** The summary of the run as it stands (failure: the error that stopped it). */
+  summary(failure?: Error): RunSummary {
+    const { config, dataset, state, spec } = this;
+    return {
+      dataset: { name: dataset.name, sha256: dataset.sha256, trainSamples: dataset.train.count, testSamples: dataset.test.count },
+      model: { sizes: spec.sizes, activation: spec.activation, parameters: this.layout.total },
+      engine: config.engine,
+      workers: this.cluster.description,
+      config: { ...config, token: config.token ? '(set)' : null },
+      epochs: this.epochs,
+      steps: state.step,
+      samplesPerSecond: this.samplesSeen / this.trainSeconds,
+      msPerStep: (1000 * this.trainSeconds) / Math.max(1, state.step),
+      paramsSha256: paramsSha256(state.params),
+      outDir: this.outDir,
+      ...(failure ? { error: failure.message } : {}),
+    };
+  }
+
+  /**
+   * Closes the compute and writes what a run leaves: summary.json always, the plot when this session
+   * logged epochs, the model unless the run failed or export is off.
+   */
+  async finish(failure: Error | undefined, plotted: boolean): Promise<RunSummary> {
+    await this.cluster.close();
+    const summary = this.summary(failure);
+    writeSummary(this.outDir, summary);
+    if (plotted) plotRun(this.outDir);
+    if (failure) throw failure;
+    if (this.config.export) exportModel(join(this.outDir, 'model'), this.spec, this.state.params, this.dataset.name);
+    this.emit({ type: 'done', summary });
+    return summary;
+  }
+}
