@@ -5,6 +5,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { DEVICES, ENGINES, type Device, type EngineName } from './engine/engine.js';
+import { ACTIVATIONS, type Activation } from './model/spec.js';
 import { configUnreadable, incompatibleOptions, invalidConfigValue, invalidOption, unknownConfigKey, unknownOption } from './errors.js';
 
 type Kind =
@@ -27,10 +29,10 @@ export interface TrainConfig {
   trainSamples: number;
   testSamples: number;
   hidden: number[];
-  activation: 'sigmoid' | 'relu' | 'tanh';
+  activation: Activation;
   seed: number;
-  engine: 'onnx' | 'tfjs';
-  device: 'cpu' | 'cuda' | 'gpu';
+  engine: EngineName;
+  device: Device;
   threads: number;
   epochs: number;
   steps: number;
@@ -87,10 +89,10 @@ export const TRAIN_OPTIONS: readonly OptionSpec[] = [
   { key: 'trainSamples', flag: '--train-samples <n>', description: 'use only the first n training samples (0 = all)', kind: { type: 'int', min: 0 } },
   { key: 'testSamples', flag: '--test-samples <n>', description: 'use only the first n test samples (0 = all)', kind: { type: 'int', min: 0 } },
   { key: 'hidden', flag: '--hidden <sizes>', description: 'hidden layer widths, comma-separated', kind: { type: 'intList', min: 1 } },
-  { key: 'activation', flag: '--activation <name>', description: 'activation after each hidden layer', kind: { type: 'enum', choices: ['sigmoid', 'relu', 'tanh'] } },
+  { key: 'activation', flag: '--activation <name>', description: 'activation after each hidden layer', kind: { type: 'enum', choices: ACTIVATIONS } },
   { key: 'seed', flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
-  { key: 'engine', flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ['onnx', 'tfjs'] } },
-  { key: 'device', flag: '--device <name>', description: 'where the engine computes (cuda/gpu need a GPU build installed)', kind: { type: 'enum', choices: ['cpu', 'cuda', 'gpu'] } },
+  { key: 'engine', flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ENGINES } },
+  { key: 'device', flag: '--device <name>', description: 'where the engine computes (cuda/gpu need a GPU build installed)', kind: { type: 'enum', choices: DEVICES } },
   { key: 'threads', flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
   { key: 'epochs', flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
   { key: 'steps', flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
