@@ -1,13 +1,14 @@
 /**
- * The options of a training run, declared once: each entry gives the config-file key, its CLI flag, its
- * type, default and help. The CLI builds its flags from this table and cluster.config.json is validated
- * against it, so a key means the same thing in both places. Defaults are spread under user options.
+ * The options of a training run and of a remote worker, declared once: each table row gives the key, its
+ * CLI flag, its type and help, and the defaults sit beside the table. The CLI builds its flags from these
+ * tables and cluster.config.json is validated against the training one, so a key means the same thing in
+ * both places. Defaults are spread under user options.
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { DEVICES, ENGINES, type Device, type EngineName } from './engine/engine.js';
 import { ACTIVATIONS, type Activation } from './model/spec.js';
-import { configUnreadable, incompatibleOptions, invalidConfigValue, invalidOption, unknownConfigKey, unknownOption } from './errors.js';
+import { configUnreadable, incompatibleOptions, invalidConfigValue, invalidOption, unknownConfigKey, unknownOption, workerNeedsConnect } from './errors.js';
 
 type Kind =
   | { type: 'int'; min: number }
@@ -155,7 +156,47 @@ export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'heartbeatMs', 'stepTimeoutMs', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
 ];
 
+/** What `dtrain worker` takes: runWorker()'s options that a user chooses. */
+export interface WorkerConfig {
+  connect: string;
+  token?: string;
+  ca?: string;
+  threads: number;
+  engine: EngineName;
+  device: Device;
+  /** A local copy of the dataset ("embedded": the built-in MNIST), used only if its checksum matches. */
+  data?: string;
+  maxRetries: number;
+}
+
+/** Defaults of dtrain worker and of runWorker(); maxFrameBytes is a protocol limit, so it has no flag. */
+export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'maxRetries'> & { maxFrameBytes: number } = {
+  threads: 1,
+  engine: 'onnx',
+  device: 'cpu',
+  maxRetries: 0,
+  maxFrameBytes: 256 << 20,
+};
+
+export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
+  connect: { flag: '--connect <url>', description: 'the coordinator, ws://HOST:PORT or wss://HOST:PORT', kind: { type: 'string' } },
+  token: { flag: '--token <secret>', description: 'the shared secret of the run (or env DTRAIN_TOKEN)', kind: { type: 'string' } },
+  ca: { flag: '--ca <file>', description: 'PEM certificate of a private CA that signed the coordinator\'s TLS certificate', kind: { type: 'string' } },
+  threads: { flag: '--threads <n>', description: 'compute threads on this machine', kind: { type: 'int', min: 1 } },
+  engine: { flag: '--engine <name>', description: 'compute engine (must match the coordinator\'s)', kind: { type: 'enum', choices: ENGINES } },
+  device: { flag: '--device <name>', description: 'where the engine computes', kind: { type: 'enum', choices: DEVICES } },
+  data: {
+    flag: '--data <dir>',
+    description: 'a local copy of the dataset ("embedded" for the built-in MNIST); used only if its checksum matches the coordinator\'s',
+    kind: { type: 'string' },
+  },
+  maxRetries: { flag: '--max-retries <n>', description: 'give up after n failed connection attempts in a row (0 = keep trying)', kind: { type: 'int', min: 0 } },
+};
+
+export const WORKER_OPTIONS = rowsOf(WORKER_OPTION_TABLE);
+
 const OPTION_BY_KEY = new Map<string, OptionSpec>(TRAIN_OPTIONS.map((o) => [o.key, o]));
+const WORKER_OPTION_BY_KEY = new Map<string, OptionSpec>(WORKER_OPTIONS.map((o) => [o.key, o]));
 
 function expected(kind: Kind): string {
   switch (kind.type) {
@@ -203,15 +244,20 @@ export function parseOptionValue(option: OptionSpec, raw: string): unknown {
   return ok;
 }
 
-/** Validates options given in code (the programmatic API): unknown keys and ill-typed values throw. */
-export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
+/** Unknown keys and ill-typed values throw; undefined, and null for a string, mean "not given". */
+function validate(user: object, options: ReadonlyMap<string, OptionSpec>): void {
   for (const [key, value] of Object.entries(user)) {
     if (value === undefined) continue;
-    const option = OPTION_BY_KEY.get(key as keyof TrainConfig);
-    if (!option) throw unknownOption(key, [...OPTION_BY_KEY.keys()]);
-    if (value === null && (option.kind.type === 'string')) continue;
+    const option = options.get(key);
+    if (!option) throw unknownOption(key, [...options.keys()]);
+    if (value === null && option.kind.type === 'string') continue;
     if (check(option.kind, value) === undefined) throw invalidOption(key, expected(option.kind), value);
   }
+}
+
+/** Validates options given in code (the programmatic API): unknown keys and ill-typed values throw. */
+export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
+  validate(user, OPTION_BY_KEY);
   const config = { ...DEFAULTS, ...stripUndefined(user) };
   if (config.microBatch > config.batchSize) {
     throw incompatibleOptions('microBatch', config as unknown as Record<string, unknown>);
@@ -227,6 +273,17 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
     throw incompatibleOptions('token', { listen: config.listen });
   }
   return config;
+}
+
+/** Validates dtrain worker's options (parsed flags, or code) and spreads the defaults under them. */
+export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerConfig {
+  validate(user, WORKER_OPTION_BY_KEY);
+  const given = Object.fromEntries(Object.entries(user).filter(([, v]) => v !== undefined && v !== null)) as Partial<WorkerConfig>;
+  if (given.connect === undefined) throw workerNeedsConnect();
+  // Checked here, a mistyped URL is named as the option it is, before the worker loads an engine.
+  if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
+  const { maxFrameBytes: _, ...defaults } = WORKER_DEFAULTS;
+  return { ...defaults, ...given, connect: given.connect };
 }
 
 /** HOST:PORT (or [IPv6]:PORT) of --listen. */

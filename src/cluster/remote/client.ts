@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
+import { WORKER_DEFAULTS } from '../../config.js';
 import type { Dataset } from '../../data/datasets.js';
 import type { EngineName, Device } from '../../engine/engine.js';
 import { paramLayout } from '../../model/spec.js';
@@ -58,8 +59,6 @@ export type WorkerEvent =
   | { type: 'step'; step: number }
   | { type: 'error'; message: string }
   | { type: 'finished' };
-
-export const WORKER_DEFAULTS = { threads: 1, engine: 'onnx' as EngineName, device: 'cpu' as Device, maxRetries: 0, maxFrameBytes: 256 << 20 };
 
 /** The training state a worker mirrors, and the threads that compute on it. */
 class Replica {
