@@ -3,6 +3,8 @@
  * The dtrain command line: option tables turned into commander flags, thin actions that lazily import
  * the programmatic API, one error banner and process.exitCode.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import type { WorkerEvent } from './cluster/remote/client.js';
 import {
@@ -17,6 +19,7 @@ import {
   type WorkerConfig,
 } from './config.js';
 import { show } from './errors.js';
+import { packageRoot } from './paths.js';
 
 function addOptions(command: Command, options: readonly OptionSpec[], defaults: object): Command {
   for (const spec of options) {
@@ -93,9 +96,15 @@ function logWorkerEvent(e: WorkerEvent): void {
   else if (e.type === 'finished') log('the coordinator finished the run');
 }
 
+/** The version in dtrain's package.json (read, not imported: it sits outside the compiled tree). */
+function version(): string {
+  return (JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 export function buildProgram(): Command {
   const program = new Command('dtrain')
     .description('Distributed data-parallel MLP trainer: coordinator, local worker threads and remote workers')
+    .version(version(), '-V, --version', 'print the version')
     .showHelpAfterError()
     .configureOutput({ outputError: (text, write) => write(text) });
   const coord = program

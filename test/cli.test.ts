@@ -28,6 +28,12 @@ describe('dtrain CLI', () => {
     expect(stdout).toContain('(default: 0.001)');
   });
 
+  it('prints the version of package.json with --version', async () => {
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
+    const r = await dtrain('--version');
+    expect(r).toEqual({ code: 0, stdout: `${version}\n`, stderr: '' });
+  });
+
   it('has a flag for every TrainConfig key and every worker option', () => {
     const program = buildProgram();
     // attributeName() is the key commander hands the action (--no-export sets "export").
