@@ -3,14 +3,28 @@
  * The dtrain command line: option tables turned into commander flags, thin actions that lazily import
  * the programmatic API, one error banner and process.exitCode.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, Option } from 'commander';
-import { DEFAULTS, parseOptionValue, TRAIN_OPTIONS, type OptionSpec, type TrainConfig } from './config.js';
-import { show, workerNeedsConnect } from './errors.js';
+import type { WorkerEvent } from './cluster/remote/client.js';
+import {
+  DEFAULTS,
+  parseOptionValue,
+  resolveWorkerConfig,
+  TRAIN_OPTIONS,
+  WORKER_DEFAULTS,
+  WORKER_OPTIONS,
+  type OptionSpec,
+  type TrainConfig,
+  type WorkerConfig,
+} from './config.js';
+import { show } from './errors.js';
+import { packageRoot } from './paths.js';
 
-function addOptions(command: Command, options: readonly OptionSpec[], defaults: Record<string, unknown>): Command {
+function addOptions(command: Command, options: readonly OptionSpec[], defaults: object): Command {
   for (const spec of options) {
-    // Defaults are shown, not set: the config file and resolveConfig() must see which flags were given.
-    const d = defaults[spec.key];
+    // Defaults are shown, not set: the config file and the resolvers must see which flags were given.
+    const d = (defaults as Record<string, unknown>)[spec.key];
     const shown = d === null || d === undefined || d === false ? '' : ` (default: ${Array.isArray(d) ? d.join(',') : String(d)})`;
     const option = new Option(spec.flag, `${spec.description}${shown}`);
     if (spec.kind.type === 'enum') option.choices(spec.kind.choices);
@@ -49,7 +63,9 @@ async function coordinator(flags: Record<string, unknown>): Promise<void> {
   }
 }
 
-async function worker(flags: Record<string, unknown>): Promise<void> {
+async function worker(flags: Partial<WorkerConfig>): Promise<void> {
+  // A token in the environment keeps it out of the process list.
+  const { data, ...config } = resolveWorkerConfig({ ...flags, token: flags.token ?? (process.env.DTRAIN_TOKEN || undefined) });
   const { runWorker } = await import('./cluster/remote/client.js');
   const abort = new AbortController();
   const onSigint = () => {
@@ -59,57 +75,43 @@ async function worker(flags: Record<string, unknown>): Promise<void> {
   process.on('SIGINT', onSigint);
   process.on('SIGTERM', onSigint);
   let dataset;
-  if (typeof flags.data === 'string') {
+  if (data !== undefined) {
     const { loadDataset } = await import('./data/datasets.js');
-    dataset = loadDataset(flags.data === 'embedded' ? undefined : flags.data);
+    dataset = loadDataset(data === 'embedded' ? undefined : data);
   }
-  const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${text}`);
   try {
-    await runWorker({
-      connect: flags.connect as string,
-      token: (flags.token as string | undefined) ?? process.env.DTRAIN_TOKEN,
-      ca: flags.ca as string | undefined,
-      threads: (flags.threads as number | undefined) ?? 1,
-      engine: (flags.engine as 'onnx' | 'tfjs' | undefined) ?? 'onnx',
-      device: (flags.device as 'cpu' | 'cuda' | 'gpu' | undefined) ?? 'cpu',
-      maxRetries: (flags.maxRetries as number | undefined) ?? 0,
-      dataset,
-      signal: abort.signal,
-      onEvent: (e) => {
-        if (e.type === 'connected') log(`connected to ${e.url} as worker ${e.workerId}`);
-        else if (e.type === 'synced') log(`synchronised at step ${e.step} (${e.parameters.toLocaleString('en-US')} parameters)`);
-        else if (e.type === 'disconnected') log(`disconnected: ${e.reason}; reconnecting in ${(e.retryInMs / 1000).toFixed(1)} s`);
-        else if (e.type === 'error') log(`error: ${e.message}`);
-        else if (e.type === 'finished') log('the coordinator finished the run');
-      },
-    });
+    await runWorker({ ...config, dataset, signal: abort.signal, onEvent: logWorkerEvent });
   } finally {
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigint);
   }
 }
 
-const WORKER_OPTIONS: readonly OptionSpec[] = [
-  { key: 'connect' as never, flag: '--connect <url>', description: 'the coordinator, ws://HOST:PORT or wss://HOST:PORT', kind: { type: 'string' } },
-  { key: 'token' as never, flag: '--token <secret>', description: 'the shared secret of the run (or env DTRAIN_TOKEN)', kind: { type: 'string' } },
-  { key: 'ca' as never, flag: '--ca <file>', description: 'PEM certificate of a private CA that signed the coordinator\'s TLS certificate', kind: { type: 'string' } },
-  { key: 'threads' as never, flag: '--threads <n>', description: 'compute threads on this machine', kind: { type: 'int', min: 1 } },
-  { key: 'engine' as never, flag: '--engine <name>', description: 'compute engine (must match the coordinator\'s)', kind: { type: 'enum', choices: ['onnx', 'tfjs'] } },
-  { key: 'device' as never, flag: '--device <name>', description: 'where the engine computes', kind: { type: 'enum', choices: ['cpu', 'cuda', 'gpu'] } },
-  { key: 'data' as never, flag: '--data <dir>', description: 'a local copy of the dataset ("embedded" for the built-in MNIST); used only if its checksum matches the coordinator\'s', kind: { type: 'string' } },
-  { key: 'maxRetries' as never, flag: '--max-retries <n>', description: 'give up after n failed connection attempts in a row (0 = keep trying)', kind: { type: 'int', min: 0 } },
-];
+function logWorkerEvent(e: WorkerEvent): void {
+  const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${text}`);
+  if (e.type === 'connected') log(`connected to ${e.url} as worker ${e.workerId}`);
+  else if (e.type === 'synced') log(`synchronised at step ${e.step} (${e.parameters.toLocaleString('en-US')} parameters)`);
+  else if (e.type === 'disconnected') log(`disconnected: ${e.reason}; reconnecting in ${(e.retryInMs / 1000).toFixed(1)} s`);
+  else if (e.type === 'error') log(`error: ${e.message}`);
+  else if (e.type === 'finished') log('the coordinator finished the run');
+}
+
+/** The version in dtrain's package.json (read, not imported: it sits outside the compiled tree). */
+function version(): string {
+  return (JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
+}
 
 export function buildProgram(): Command {
   const program = new Command('dtrain')
     .description('Distributed data-parallel MLP trainer: coordinator, local worker threads and remote workers')
+    .version(version(), '-V, --version', 'print the version')
     .showHelpAfterError()
     .configureOutput({ outputError: (text, write) => write(text) });
   const coord = program
     .command('coordinator')
     .description('train (by default: the tutorial MLP on the embedded MNIST, on all cores)')
     .option('--config <file>', 'read options from a JSON file such as cluster.config.json (flags override it)');
-  addOptions(coord, TRAIN_OPTIONS, DEFAULTS as unknown as Record<string, unknown>).action((flags) => coordinator(flags));
+  addOptions(coord, TRAIN_OPTIONS, DEFAULTS).action((flags) => coordinator(flags));
   program
     .command('eval')
     .description('accuracy, average loss and confusion matrix of an exported model (RUN_DIR/model) on a test set')
@@ -145,10 +147,7 @@ export function buildProgram(): Command {
       console.log(plotRun(runDir));
     });
   const work = program.command('worker').description('join a coordinator\'s run as a remote worker');
-  addOptions(work, WORKER_OPTIONS, { threads: 1, engine: 'onnx', device: 'cpu', maxRetries: 0 }).action((flags) => {
-    if (typeof flags.connect !== 'string') throw workerNeedsConnect();
-    return worker(flags);
-  });
+  addOptions(work, WORKER_OPTIONS, WORKER_DEFAULTS).action((flags) => worker(flags));
   return program;
 }
 

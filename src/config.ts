@@ -1,11 +1,14 @@
 /**
- * The options of a training run, declared once: each entry gives the config-file key, its CLI flag, its
- * type, default and help. The CLI builds its flags from this table and cluster.config.json is validated
- * against it, so a key means the same thing in both places. Defaults are spread under user options.
+ * The options of a training run and of a remote worker, declared once: each table row gives the key, its
+ * CLI flag, its type and help, and the defaults sit beside the table. The CLI builds its flags from these
+ * tables and cluster.config.json is validated against the training one, so a key means the same thing in
+ * both places. Defaults are spread under user options.
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { configUnreadable, incompatibleOptions, invalidConfigValue, invalidOption, unknownConfigKey, unknownOption } from './errors.js';
+import { DEVICES, ENGINES, type Device, type EngineName } from './engine/engine.js';
+import { ACTIVATIONS, type Activation } from './model/spec.js';
+import { configUnreadable, incompatibleOptions, invalidConfigValue, invalidOption, unknownConfigKey, unknownOption, workerNeedsConnect } from './errors.js';
 
 type Kind =
   | { type: 'int'; min: number }
@@ -15,11 +18,38 @@ type Kind =
   | { type: 'enum'; choices: readonly string[] }
   | { type: 'intList'; min: number };
 
-export interface OptionSpec {
-  key: keyof TrainConfig;
+/** The kinds whose parsed value has type V, so that a row cannot parse a number into a string key. */
+type KindOf<V> = [V] extends [boolean]
+  ? Extract<Kind, { type: 'bool' }>
+  : [V] extends [number]
+    ? Extract<Kind, { type: 'int' | 'number' }>
+    : [V] extends [readonly number[]]
+      ? Extract<Kind, { type: 'intList' }>
+      : string extends V
+        ? Extract<Kind, { type: 'string' }>
+        : { type: 'enum'; choices: readonly V[] };
+
+/** One row of an option table: the CLI flag, its help and the kind of value it takes. */
+export interface OptionRow<V> {
+  flag: string;
+  description: string;
+  kind: KindOf<V>;
+}
+
+/** A row for every key of C: a key added to C without its flag is a compile error (vitest's CLIOptions<Config>). */
+export type OptionTable<C> = { readonly [K in keyof C]-?: OptionRow<NonNullable<C[K]>> };
+
+/** A row with its key, as the CLI and the validators go through them. */
+export interface OptionSpec<K extends string = string> {
+  key: K;
   flag: string;
   description: string;
   kind: Kind;
+}
+
+/** The rows of a table in its order (object keys keep insertion order, and --help lists them so). */
+function rowsOf<C>(table: OptionTable<C>): readonly OptionSpec<keyof C & string>[] {
+  return Object.entries(table).map(([key, row]) => ({ key, ...(row as Omit<OptionSpec, 'key'>) })) as OptionSpec<keyof C & string>[];
 }
 
 export interface TrainConfig {
@@ -27,10 +57,10 @@ export interface TrainConfig {
   trainSamples: number;
   testSamples: number;
   hidden: number[];
-  activation: 'sigmoid' | 'relu' | 'tanh';
+  activation: Activation;
   seed: number;
-  engine: 'onnx' | 'tfjs';
-  device: 'cpu' | 'cuda' | 'gpu';
+  engine: EngineName;
+  device: Device;
   threads: number;
   epochs: number;
   steps: number;
@@ -82,35 +112,37 @@ export const DEFAULTS: TrainConfig = {
   export: true,
 };
 
-export const TRAIN_OPTIONS: readonly OptionSpec[] = [
-  { key: 'data', flag: '--data <dir>', description: 'IDX dataset directory (MNIST file names, plain or .gz); default: the embedded MNIST', kind: { type: 'string' } },
-  { key: 'trainSamples', flag: '--train-samples <n>', description: 'use only the first n training samples (0 = all)', kind: { type: 'int', min: 0 } },
-  { key: 'testSamples', flag: '--test-samples <n>', description: 'use only the first n test samples (0 = all)', kind: { type: 'int', min: 0 } },
-  { key: 'hidden', flag: '--hidden <sizes>', description: 'hidden layer widths, comma-separated', kind: { type: 'intList', min: 1 } },
-  { key: 'activation', flag: '--activation <name>', description: 'activation after each hidden layer', kind: { type: 'enum', choices: ['sigmoid', 'relu', 'tanh'] } },
-  { key: 'seed', flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
-  { key: 'engine', flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ['onnx', 'tfjs'] } },
-  { key: 'device', flag: '--device <name>', description: 'where the engine computes (cuda/gpu need a GPU build installed)', kind: { type: 'enum', choices: ['cpu', 'cuda', 'gpu'] } },
-  { key: 'threads', flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
-  { key: 'epochs', flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
-  { key: 'steps', flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
-  { key: 'batchSize', flag: '--batch-size <n>', description: 'samples per optimizer step', kind: { type: 'int', min: 1 } },
-  { key: 'microBatch', flag: '--micro-batch <n>', description: 'rows per micro-shard, the unit of work a worker gets', kind: { type: 'int', min: 1 } },
-  { key: 'lr', flag: '--lr <rate>', description: 'Adam learning rate', kind: { type: 'number', min: 0 } },
-  { key: 'shuffle', flag: '--shuffle', description: 'visit the training set in a seeded random order each epoch', kind: { type: 'bool' } },
-  { key: 'logEvery', flag: '--log-every <n>', description: 'print the training loss every n batches', kind: { type: 'int', min: 1 } },
-  { key: 'out', flag: '--out <dir>', description: 'where summary.json goes (default runs/<timestamp>)', kind: { type: 'string' } },
-  { key: 'listen', flag: '--listen <host:port>', description: 'accept remote workers (dtrain worker --connect) on this address', kind: { type: 'string' } },
-  { key: 'token', flag: '--token <secret>', description: 'shared secret remote workers must prove they know (or env DTRAIN_TOKEN); required beyond loopback', kind: { type: 'string' } },
-  { key: 'tlsCert', flag: '--tls-cert <file>', description: 'PEM certificate: serve wss:// instead of ws://', kind: { type: 'string' } },
-  { key: 'tlsKey', flag: '--tls-key <file>', description: 'PEM private key of --tls-cert', kind: { type: 'string' } },
-  { key: 'heartbeatMs', flag: '--heartbeat-ms <ms>', description: 'ping remote workers this often; one that misses a pong is dropped', kind: { type: 'int', min: 100 } },
-  { key: 'stepTimeoutMs', flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone', kind: { type: 'int', min: 100 } },
-  { key: 'checkpointEvery', flag: '--checkpoint-every <steps>', description: 'write a checkpoint every n steps (0: only at the end of each epoch and when stopped)', kind: { type: 'int', min: 0 } },
-  { key: 'keepCheckpoints', flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
-  { key: 'resume', flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
-  { key: 'export', flag: '--no-export', description: 'do not write the trained model (model/: TensorFlow.js LayersModel and ONNX)', kind: { type: 'bool' } },
-];
+export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
+  data: { flag: '--data <dir>', description: 'IDX dataset directory (MNIST file names, plain or .gz); default: the embedded MNIST', kind: { type: 'string' } },
+  trainSamples: { flag: '--train-samples <n>', description: 'use only the first n training samples (0 = all)', kind: { type: 'int', min: 0 } },
+  testSamples: { flag: '--test-samples <n>', description: 'use only the first n test samples (0 = all)', kind: { type: 'int', min: 0 } },
+  hidden: { flag: '--hidden <sizes>', description: 'hidden layer widths, comma-separated', kind: { type: 'intList', min: 1 } },
+  activation: { flag: '--activation <name>', description: 'activation after each hidden layer', kind: { type: 'enum', choices: ACTIVATIONS } },
+  seed: { flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
+  engine: { flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ENGINES } },
+  device: { flag: '--device <name>', description: 'where the engine computes (cuda/gpu need a GPU build installed)', kind: { type: 'enum', choices: DEVICES } },
+  threads: { flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
+  epochs: { flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
+  steps: { flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
+  batchSize: { flag: '--batch-size <n>', description: 'samples per optimizer step', kind: { type: 'int', min: 1 } },
+  microBatch: { flag: '--micro-batch <n>', description: 'rows per micro-shard, the unit of work a worker gets', kind: { type: 'int', min: 1 } },
+  lr: { flag: '--lr <rate>', description: 'Adam learning rate', kind: { type: 'number', min: 0 } },
+  shuffle: { flag: '--shuffle', description: 'visit the training set in a seeded random order each epoch', kind: { type: 'bool' } },
+  logEvery: { flag: '--log-every <n>', description: 'print the training loss every n batches', kind: { type: 'int', min: 1 } },
+  out: { flag: '--out <dir>', description: 'where summary.json goes (default runs/<timestamp>)', kind: { type: 'string' } },
+  listen: { flag: '--listen <host:port>', description: 'accept remote workers (dtrain worker --connect) on this address', kind: { type: 'string' } },
+  token: { flag: '--token <secret>', description: 'shared secret remote workers must prove they know (or env DTRAIN_TOKEN); required beyond loopback', kind: { type: 'string' } },
+  tlsCert: { flag: '--tls-cert <file>', description: 'PEM certificate: serve wss:// instead of ws://', kind: { type: 'string' } },
+  tlsKey: { flag: '--tls-key <file>', description: 'PEM private key of --tls-cert', kind: { type: 'string' } },
+  heartbeatMs: { flag: '--heartbeat-ms <ms>', description: 'ping remote workers this often; one that misses a pong is dropped', kind: { type: 'int', min: 100 } },
+  stepTimeoutMs: { flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone', kind: { type: 'int', min: 100 } },
+  checkpointEvery: { flag: '--checkpoint-every <steps>', description: 'write a checkpoint every n steps (0: only at the end of each epoch and when stopped)', kind: { type: 'int', min: 0 } },
+  keepCheckpoints: { flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
+  resume: { flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
+  export: { flag: '--no-export', description: 'do not write the trained model (model/: TensorFlow.js LayersModel and ONNX)', kind: { type: 'bool' } },
+};
+
+export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
 
 /** Options that belong to one session of a run and are never taken from a checkpoint. */
 export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['steps', 'resume', 'listen', 'token', 'tlsCert', 'tlsKey'];
@@ -124,7 +156,47 @@ export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'heartbeatMs', 'stepTimeoutMs', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
 ];
 
-const OPTION_BY_KEY = new Map(TRAIN_OPTIONS.map((o) => [o.key, o]));
+/** What `dtrain worker` takes: runWorker()'s options that a user chooses. */
+export interface WorkerConfig {
+  connect: string;
+  token?: string;
+  ca?: string;
+  threads: number;
+  engine: EngineName;
+  device: Device;
+  /** A local copy of the dataset ("embedded": the built-in MNIST), used only if its checksum matches. */
+  data?: string;
+  maxRetries: number;
+}
+
+/** Defaults of dtrain worker and of runWorker(); maxFrameBytes is a protocol limit, so it has no flag. */
+export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'maxRetries'> & { maxFrameBytes: number } = {
+  threads: 1,
+  engine: 'onnx',
+  device: 'cpu',
+  maxRetries: 0,
+  maxFrameBytes: 256 << 20,
+};
+
+export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
+  connect: { flag: '--connect <url>', description: 'the coordinator, ws://HOST:PORT or wss://HOST:PORT', kind: { type: 'string' } },
+  token: { flag: '--token <secret>', description: 'the shared secret of the run (or env DTRAIN_TOKEN)', kind: { type: 'string' } },
+  ca: { flag: '--ca <file>', description: 'PEM certificate of a private CA that signed the coordinator\'s TLS certificate', kind: { type: 'string' } },
+  threads: { flag: '--threads <n>', description: 'compute threads on this machine', kind: { type: 'int', min: 1 } },
+  engine: { flag: '--engine <name>', description: 'compute engine (must match the coordinator\'s)', kind: { type: 'enum', choices: ENGINES } },
+  device: { flag: '--device <name>', description: 'where the engine computes', kind: { type: 'enum', choices: DEVICES } },
+  data: {
+    flag: '--data <dir>',
+    description: 'a local copy of the dataset ("embedded" for the built-in MNIST); used only if its checksum matches the coordinator\'s',
+    kind: { type: 'string' },
+  },
+  maxRetries: { flag: '--max-retries <n>', description: 'give up after n failed connection attempts in a row (0 = keep trying)', kind: { type: 'int', min: 0 } },
+};
+
+export const WORKER_OPTIONS = rowsOf(WORKER_OPTION_TABLE);
+
+const OPTION_BY_KEY = new Map<string, OptionSpec>(TRAIN_OPTIONS.map((o) => [o.key, o]));
+const WORKER_OPTION_BY_KEY = new Map<string, OptionSpec>(WORKER_OPTIONS.map((o) => [o.key, o]));
 
 function expected(kind: Kind): string {
   switch (kind.type) {
@@ -172,15 +244,20 @@ export function parseOptionValue(option: OptionSpec, raw: string): unknown {
   return ok;
 }
 
-/** Validates options given in code (the programmatic API): unknown keys and ill-typed values throw. */
-export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
+/** Unknown keys and ill-typed values throw; undefined, and null for a string, mean "not given". */
+function validate(user: object, options: ReadonlyMap<string, OptionSpec>): void {
   for (const [key, value] of Object.entries(user)) {
     if (value === undefined) continue;
-    const option = OPTION_BY_KEY.get(key as keyof TrainConfig);
-    if (!option) throw unknownOption(key, [...OPTION_BY_KEY.keys()]);
-    if (value === null && (option.kind.type === 'string')) continue;
+    const option = options.get(key);
+    if (!option) throw unknownOption(key, [...options.keys()]);
+    if (value === null && option.kind.type === 'string') continue;
     if (check(option.kind, value) === undefined) throw invalidOption(key, expected(option.kind), value);
   }
+}
+
+/** Validates options given in code (the programmatic API): unknown keys and ill-typed values throw. */
+export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
+  validate(user, OPTION_BY_KEY);
   const config = { ...DEFAULTS, ...stripUndefined(user) };
   if (config.microBatch > config.batchSize) {
     throw incompatibleOptions('microBatch', config as unknown as Record<string, unknown>);
@@ -196,6 +273,17 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
     throw incompatibleOptions('token', { listen: config.listen });
   }
   return config;
+}
+
+/** Validates dtrain worker's options (parsed flags, or code) and spreads the defaults under them. */
+export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerConfig {
+  validate(user, WORKER_OPTION_BY_KEY);
+  const given = Object.fromEntries(Object.entries(user).filter(([, v]) => v !== undefined && v !== null)) as Partial<WorkerConfig>;
+  if (given.connect === undefined) throw workerNeedsConnect();
+  // Checked here, a mistyped URL is named as the option it is, before the worker loads an engine.
+  if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
+  const { maxFrameBytes: _, ...defaults } = WORKER_DEFAULTS;
+  return { ...defaults, ...given, connect: given.connect };
 }
 
 /** HOST:PORT (or [IPv6]:PORT) of --listen. */

@@ -4,6 +4,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { buildProgram } from '../src/cli.js';
+import { DEFAULTS, WORKER_OPTIONS } from '../src/config.js';
 import { embeddedMnistDir } from '../src/data/datasets.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
@@ -24,6 +26,29 @@ describe('dtrain CLI', () => {
     for (const flag of ['--threads', '--micro-batch', '--hidden', '--engine', '--config', '--steps']) expect(stdout).toContain(flag);
     expect(stdout).toContain('(default: 512,256,128,64)');
     expect(stdout).toContain('(default: 0.001)');
+  });
+
+  it('prints the version of package.json with --version', async () => {
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
+    const r = await dtrain('--version');
+    expect(r).toEqual({ code: 0, stdout: `${version}\n`, stderr: '' });
+  });
+
+  it('has a flag for every TrainConfig key and every worker option', () => {
+    const program = buildProgram();
+    // attributeName() is the key commander hands the action (--no-export sets "export").
+    const keys = (name: string) => program.commands.find((c) => c.name() === name)!.options.map((o) => o.attributeName());
+    expect(keys('coordinator')).toEqual(['config', ...Object.keys(DEFAULTS)]);
+    expect(keys('worker')).toEqual(WORKER_OPTIONS.map((o) => o.key));
+  });
+
+  it('refuses a bad worker option with one error line naming it', async () => {
+    const r = await dtrain('worker', '--connect', 'ws://127.0.0.1:9', '--device', 'tpu');
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toEqual(['dtrain: error: option "device" must be one of cpu, cuda, gpu, got "tpu"']);
+    const noConnect = await dtrain('worker', '--threads', '2');
+    expect(noConnect.code).toBe(1);
+    expect(noConnect.stderr.trim().split('\n')).toEqual(['dtrain: error: dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)']);
   });
 
   it('trains, prints the tutorial lines and writes summary.json', async () => {

@@ -2,7 +2,16 @@ import { describe, expect, it } from 'vitest';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULTS, parseOptionValue, readConfigFile, resolveConfig, TRAIN_OPTIONS } from '../src/config.js';
+import {
+  DEFAULTS,
+  parseOptionValue,
+  readConfigFile,
+  resolveConfig,
+  resolveWorkerConfig,
+  TRAIN_OPTIONS,
+  WORKER_DEFAULTS,
+  WORKER_OPTIONS,
+} from '../src/config.js';
 import { initParams, Rng, permutation } from '../src/model/init.js';
 import { makeSpec, paramLayout } from '../src/model/spec.js';
 
@@ -55,6 +64,55 @@ describe('options', () => {
     expect(() => resolveConfig({ listen: '[::1]:7000' })).not.toThrow();
     expect(() => resolveConfig({ listen: '10.0.0.5:7000', token: 's3cret' })).not.toThrow();
     expect(() => resolveConfig({ tlsCert: 'cert.pem' })).toThrow(new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither'));
+  });
+});
+
+describe('option tables', () => {
+  it('have a row for every TrainConfig key, in the order of its defaults', () => {
+    // The compiler demands the rows; this catches a table built some other way (a cast, a spread).
+    expect(TRAIN_OPTIONS.map((o) => o.key)).toEqual(Object.keys(DEFAULTS));
+    expect(new Set(TRAIN_OPTIONS.map((o) => o.flag.split(' ')[0])).size).toBe(TRAIN_OPTIONS.length);
+  });
+
+  it('have a row for every WorkerConfig key with a default', () => {
+    const keys = WORKER_OPTIONS.map((o) => o.key);
+    expect(keys).toEqual(['connect', 'token', 'ca', 'threads', 'engine', 'device', 'data', 'maxRetries']);
+    for (const key of Object.keys(WORKER_DEFAULTS).filter((k) => k !== 'maxFrameBytes')) expect(keys).toContain(key);
+  });
+});
+
+describe('worker options', () => {
+  it('spread the defaults under what was given', () => {
+    expect(resolveWorkerConfig({ connect: 'ws://10.0.0.5:7000' })).toEqual({ connect: 'ws://10.0.0.5:7000', threads: 1, engine: 'onnx', device: 'cpu', maxRetries: 0 });
+    expect(resolveWorkerConfig({ connect: 'wss://h:1', threads: 4, engine: 'tfjs', token: undefined, data: 'embedded' })).toEqual({
+      connect: 'wss://h:1',
+      threads: 4,
+      engine: 'tfjs',
+      device: 'cpu',
+      maxRetries: 0,
+      data: 'embedded',
+    });
+  });
+
+  it('need --connect', () => {
+    expect(() => resolveWorkerConfig({ threads: 2 })).toThrow(new TypeError('dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)'));
+  });
+
+  it.each([
+    [{ connect: 'localhost:7000' }, 'option "connect" must be a ws://HOST:PORT or wss://HOST:PORT URL, got "localhost:7000"'],
+    [{ threads: 0 }, 'option "threads" must be an integer of at least 1, got 0'],
+    [{ engine: 'torch' }, 'option "engine" must be one of onnx, tfjs, got "torch"'],
+    [{ device: 'tpu' }, 'option "device" must be one of cpu, cuda, gpu, got "tpu"'],
+    [{ maxRetries: -1 }, 'option "maxRetries" must be a non-negative integer, got -1'],
+    [{ threds: 2 }, 'unknown option "threds" (known options: connect, token, ca, threads, engine, device, data, maxRetries)'],
+  ])('refuse %j with one line naming the option and what it takes', (given, message) => {
+    const run = () => resolveWorkerConfig({ connect: 'ws://127.0.0.1:7000', ...given } as never);
+    expect(run).toThrow(new TypeError(message));
+  });
+
+  it('parse their flags with the same messages', () => {
+    const threads = WORKER_OPTIONS.find((o) => o.key === 'threads')!;
+    expect(() => parseOptionValue(threads, '0')).toThrow(new TypeError('option "threads" must be an integer of at least 1, got "0"'));
   });
 });
 

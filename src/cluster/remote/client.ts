@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
+import { WORKER_DEFAULTS } from '../../config.js';
 import type { Dataset } from '../../data/datasets.js';
 import type { EngineName, Device } from '../../engine/engine.js';
 import { paramLayout } from '../../model/spec.js';
@@ -63,8 +64,6 @@ export type WorkerEvent =
 
 /** The coordinator's heartbeat period assumed until its welcome says (config DEFAULTS.heartbeatMs). */
 const DEFAULT_HEARTBEAT_MS = 5000;
-
-export const WORKER_DEFAULTS = { threads: 1, engine: 'onnx' as EngineName, device: 'cpu' as Device, maxRetries: 0, maxFrameBytes: 256 << 20 };
 
 /** The training state a worker mirrors, and the threads that compute on it. */
 class Replica {

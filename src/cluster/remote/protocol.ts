@@ -23,7 +23,7 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
-import { paramLayout, type ModelSpec } from '../../model/spec.js';
+import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
@@ -295,7 +295,7 @@ function specOf(raw: Record<string, unknown>): ModelSpec {
   if (
     !spec || !Array.isArray(spec.sizes) || spec.sizes.length < 2 || spec.sizes.length > 64 ||
     !spec.sizes.every((n) => Number.isInteger(n) && n > 0 && n <= 1 << 20) ||
-    !['sigmoid', 'relu', 'tanh'].includes(spec.activation)
+    !ACTIVATIONS.includes(spec.activation)
   ) {
     throw new ProtocolError('state: field "spec" is not a valid model spec');
   }

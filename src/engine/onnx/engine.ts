@@ -62,7 +62,7 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
       [buildRowGraph(spec), buildWeightGraph(spec), buildEvalGraph(spec)].map((m) => ort.InferenceSession.create(m, options)),
     );
   } catch (e) {
-    const hint = device === 'cuda' ? '; install the CUDA 12 build with npm install --onnxruntime-node-install=cuda12' : '';
+    const hint = device === 'cuda' ? '; install the CUDA 12 build with ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js' : '';
     throw engineUnavailable('onnx', `onnxruntime could not create a ${device} session (${(e as Error).message})${hint}`);
   }
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
