@@ -145,10 +145,11 @@ describe('onnx engine deltas pass', () => {
   });
 });
 
-describe('onnxruntime through its C API (native/ort_direct.c)', () => {
+describe('onnxruntime through its C API (native/dtrain_native.c)', () => {
   it('is built by npm install and gives a whole step the bits of the binding, from plain or shared memory', async () => {
-    const { directOrt } = await import('../src/engine/onnx/direct.js');
-    const direct = directOrt();
+    const { ortCApi } = await import('../src/engine/onnx/native.js');
+    const { C_API_SESSION_OPTIONS } = await import('../src/engine/onnx/c_api_runner.js');
+    const direct = ortCApi();
     expect(direct?.version).toMatch(/^1\.\d+\.\d+/);
     const spec = makeSpec(784, [512, 256, 128, 64], 10, 'sigmoid');
     const rows = 20;
@@ -172,13 +173,13 @@ describe('onnxruntime through its C API (native/ort_direct.c)', () => {
     await engine.dispose();
     // Misuse is a one-line error, not a crash.
     const { native } = direct!;
-    expect(() => native.run(native.plan(native.session(new Uint8Array([8, 1])), [], []), [], [], [], [])).toThrow(/^onnxruntime CreateSessionFromArray: /);
+    expect(() => native.run(native.plan(native.session(new Uint8Array([8, 1]), C_API_SESSION_OPTIONS), [], []), [], [], [], [])).toThrow(/^onnxruntime CreateSessionFromArray: /);
   });
 });
 
 describe('native shared-buffer alias', () => {
   it('is built by npm install, and lets onnxruntime read shared memory in place', async () => {
-    const { sharedAlias } = await import('../src/engine/onnx/shared_alias.js');
+    const { sharedAlias } = await import('../src/engine/onnx/native.js');
     const alias = sharedAlias();
     expect(alias).not.toBeNull();
     const shared = new Float32Array(new SharedArrayBuffer(4 * 8));

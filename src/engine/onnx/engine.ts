@@ -8,11 +8,9 @@ import { engineUnavailable } from '../../errors.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
 import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
-import type { DirectTensor } from './direct.js';
-
-type Fetch = { data: Float32Array; dims: number[] };
-import { directOrt, DirectSession } from './direct.js';
-import { sharedAlias } from './shared_alias.js';
+import { CApiRunner } from './c_api_runner.js';
+import { ortCApi, sharedAlias } from './native.js';
+import { type Feed as DirectTensor, type Fetch, SESSION_OPTIONS } from './runner.js';
 import { biasName, buildDeltasGraph, buildEvalGraph, buildRowGraph, buildStepGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
 
 type OrtModule = typeof Ort;
@@ -50,10 +48,7 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
   }
   if (device === 'gpu') device = 'cuda';
   const options: Ort.InferenceSession.SessionOptions = {
-    intraOpNumThreads: 1,
-    interOpNumThreads: 1,
-    executionMode: 'sequential',
-    graphOptimizationLevel: 'all',
+    ...SESSION_OPTIONS,
     executionProviders: device === 'cuda' ? ['cuda'] : ['cpu'],
   };
   let sessions: Ort.InferenceSession[];
@@ -66,7 +61,7 @@ export async function createOnnxEngine(spec: ModelSpec, device: Device): Promise
     throw engineUnavailable('onnx', `onnxruntime could not create a ${device} session (${(e as Error).message})${hint}`);
   }
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
-  const reads = directOrt() ? ', through its C API' : sharedAlias() ? '' : ', copying shared buffers';
+  const reads = ortCApi() ? ', through its C API' : sharedAlias() ? '' : ', copying shared buffers';
   // The step and deltas graphs serve only some slots (one computing whole steps; remote replicas), so they
   // are built on first use.
   const lazySession = (build: (spec: ModelSpec) => Uint8Array) => () => ort.InferenceSession.create(build(spec), options);
@@ -82,8 +77,8 @@ class OnnxEngine implements Engine {
   private readonly range: BigInt64Array;
   private stepSession?: Promise<Ort.InferenceSession>;
   /** The C API path (direct.ts), when the native helper is built; its sessions by graph. */
-  private readonly direct = directOrt();
-  private readonly directSessions = new Map<string, DirectSession>();
+  private readonly direct = ortCApi();
+  private readonly directSessions = new Map<string, CApiRunner>();
   private gradientBuffers?: LayerGradient[];
   /** The parameters last given to setParams, as they are (the C API reads shared memory too). */
   private params: Float32Array = new Float32Array(0);
@@ -220,7 +215,7 @@ class OnnxEngine implements Engine {
   private directRun(graph: string, build: (spec: ModelSpec) => Uint8Array, feeds: Record<string, DirectTensor>, fetches: Record<string, Fetch>): void {
     let session = this.directSessions.get(graph);
     if (!session) {
-      session = new DirectSession(this.direct!.native, build(this.spec), Object.keys(feeds), Object.keys(fetches));
+      session = new CApiRunner(this.direct!.native, build(this.spec));
       this.directSessions.set(graph, session);
     }
     session.run(feeds, fetches);
