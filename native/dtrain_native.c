@@ -252,8 +252,10 @@ static OrtValue *tensor(napi_env napi, napi_value array, napi_value dimsList) {
   int64_t count = 1;
   for (uint32_t d = 0; d < rank; d++) {
     napi_value value;
-    napi_get_element(napi, dimsList, d, &value);
-    napi_get_value_int64(napi, value, &dims[d]);
+    if (napi_get_element(napi, dimsList, d, &value) != napi_ok || napi_get_value_int64(napi, value, &dims[d]) != napi_ok) {
+      napi_throw_type_error(napi, NULL, "dtrain_native.run: dims must be numbers");
+      return NULL;
+    }
     count *= dims[d];
   }
   if (count != (int64_t)length) {
@@ -284,8 +286,12 @@ static napi_value Run(napi_env napi, napi_callback_info info) {
     int input = i < plan->inputs;
     napi_value array, dims;
     uint32_t k = (uint32_t)(input ? i : i - plan->inputs);
-    napi_get_element(napi, argv[input ? 1 : 3], k, &array);
-    napi_get_element(napi, argv[input ? 2 : 4], k, &dims);
+    /* Fails when the thread is being terminated (a worker's uncaught error): stop, touching nothing. */
+    if (napi_get_element(napi, argv[input ? 1 : 3], k, &array) != napi_ok || napi_get_element(napi, argv[input ? 2 : 4], k, &dims) != napi_ok) {
+      napi_throw_type_error(napi, NULL, "dtrain_native.run: expected arrays of tensors and of dims");
+      ok = 0;
+      break;
+    }
     values[i] = tensor(napi, array, dims);
     ok = values[i] != NULL;
   }
