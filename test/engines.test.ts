@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { createEngine, type EngineName } from '../src/engine/engine.js';
+import { createEngine, type Engine, type EngineName } from '../src/engine/engine.js';
 import { makeSpec, paramLayout } from '../src/model/spec.js';
 import { initParams } from '../src/model/init.js';
 import { engineGradient, oneHot, referenceLoss } from './helpers.js';
@@ -145,10 +145,11 @@ describe('onnx engine deltas pass', () => {
   });
 });
 
-describe('onnxruntime through its C API (native/ort_direct.c)', () => {
+describe('onnxruntime through its C API (native/dtrain_native.c)', () => {
   it('is built by npm install and gives a whole step the bits of the binding, from plain or shared memory', async () => {
-    const { directOrt } = await import('../src/engine/onnx/direct.js');
-    const direct = directOrt();
+    const { ortCApi } = await import('../src/engine/onnx/native.js');
+    const { C_API_SESSION_OPTIONS } = await import('../src/engine/onnx/c_api_runner.js');
+    const direct = ortCApi();
     expect(direct?.version).toMatch(/^1\.\d+\.\d+/);
     const spec = makeSpec(784, [512, 256, 128, 64], 10, 'sigmoid');
     const rows = 20;
@@ -172,13 +173,52 @@ describe('onnxruntime through its C API (native/ort_direct.c)', () => {
     await engine.dispose();
     // Misuse is a one-line error, not a crash.
     const { native } = direct!;
-    expect(() => native.run(native.plan(native.session(new Uint8Array([8, 1])), [], []), [], [], [], [])).toThrow(/^onnxruntime CreateSessionFromArray: /);
+    expect(() => native.run(native.plan(native.session(new Uint8Array([8, 1]), C_API_SESSION_OPTIONS), [], []), [], [], [], [])).toThrow(/^onnxruntime CreateSessionFromArray: /);
+  });
+});
+
+describe('onnx engine runners', () => {
+  // With DTRAIN_NO_NATIVE both engines would take the binding: nothing to compare.
+  it.skipIf(!!process.env.DTRAIN_NO_NATIVE)('give every pass the same bits through the C API and through the binding, one row and empty units included', async () => {
+    const { createOnnxEngine } = await import('../src/engine/onnx/engine.js');
+    const spec = makeSpec(784, [512, 256, 128, 64], 10, 'relu');
+    const rows = 9;
+    const x = Float32Array.from({ length: rows * 784 }, (_, i) => ((i * 7919) % 256) / 255);
+    const target = oneHot(Array.from({ length: rows }, (_, i) => (i * 3) % 10), 10);
+    const params = new Float32Array(new SharedArrayBuffer(4 * paramLayout(spec).total));
+    params.set(initParams(spec, 4));
+    const widths = spec.sizes.slice(1);
+    const everyPass = async (engine: Engine) => {
+      engine.setParams(params);
+      const results: unknown[] = [];
+      for (const n of [1, rows]) {
+        const out = { rowLoss: new Float32Array(n), hidden: widths.slice(0, -1).map((w) => new Float32Array(n * w)), deltas: widths.map((w) => new Float32Array(n * w)) };
+        await engine.rowPass(x, target, n, 1 / rows, out);
+        const deltas = widths.slice(0, -1).map((w) => new Float32Array(n * w));
+        await engine.deltasPass!(out.hidden, out.deltas[4], n, deltas);
+        const units = widths.map((w, l) => (l === 4 ? [3, 3] : [1, w - 1]) as const);
+        const gradients = await engine.weightPass([x, ...out.hidden], out.deltas, n, units);
+        const evaluated = { rowLoss: new Float32Array(n), predicted: new Int32Array(n) };
+        await engine.evaluate(x, target, n, evaluated);
+        results.push(out, deltas, gradients.map((g) => [g.weight.slice(), g.bias.slice()]), evaluated);
+      }
+      const rowLoss = new Float32Array(rows);
+      const gradients = await engine.stepPass!(x, target, rows, rowLoss);
+      results.push(rowLoss, gradients.map((g) => [g.weight.slice(), g.bias.slice()]));
+      await engine.dispose();
+      return results;
+    };
+    const cApi = await createOnnxEngine(spec, 'cpu');
+    const binding = await createOnnxEngine(spec, 'cpu', 'binding');
+    expect(cApi.backend).toContain('through its C API');
+    expect(binding.backend).not.toContain('C API');
+    expect(await everyPass(binding)).toEqual(await everyPass(cApi));
   });
 });
 
 describe('native shared-buffer alias', () => {
   it('is built by npm install, and lets onnxruntime read shared memory in place', async () => {
-    const { sharedAlias } = await import('../src/engine/onnx/shared_alias.js');
+    const { sharedAlias } = await import('../src/engine/onnx/native.js');
     const alias = sharedAlias();
     expect(alias).not.toBeNull();
     const shared = new Float32Array(new SharedArrayBuffer(4 * 8));

@@ -39,7 +39,8 @@ export interface TrainingMemory {
 
 /**
  * `slots`: the local compute threads that will use it. A single thread gets plain buffers, which
- * onnxruntime reads in place (it refuses SharedArrayBuffers, so threads pay a copy of what they feed it).
+ * onnxruntime-node's binding reads in place (it refuses SharedArrayBuffers: without the native addon,
+ * threads pay a copy of what they feed it; see src/engine/onnx/binding_runner.ts).
  */
 export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSize: number, slots: number): TrainingMemory {
   const shared = slots > 1;

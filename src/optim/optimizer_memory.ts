@@ -51,8 +51,8 @@ export class OptimizerMemory {
   }
 
   /**
-   * New, zeroed memory: shared between threads, or (one thread) plain, which onnxruntime can read in
-   * place where it refuses shared buffers.
+   * New, zeroed memory: shared between threads, or (one thread) plain, which onnxruntime-node's binding
+   * can read in place where it refuses shared buffers (without the native addon).
    */
   static allocate(params: number, shared: boolean, slots = 1): OptimizerMemory {
     const pages = Math.ceil(optimizerLayout(params, slots).bytes / PAGE);

@@ -1,18 +1,27 @@
 /*
- * onnxruntime called directly through its C API, on the very library onnxruntime-node ships, so that a
- * step's inputs are read where they lie (shared memory included) and its outputs written into buffers
- * dtrain owns. onnxruntime-node's binding instead copies every output into a fresh ArrayBuffer (2.3 MB of
- * gradients a step for the tutorial MLP) and refuses SharedArrayBuffers. Same library, same model bytes,
- * same options: the same kernels and the same bits (tested against the binding). Optional: without it the
- * engine goes through onnxruntime-node.
+ * dtrain's one native addon (built by `npm install` into build/dtrain_native.node, loaded by
+ * src/engine/onnx/native.ts). Optional: without it the onnx engine goes through onnxruntime-node's binding
+ * and copies what it reads from shared memory. Two services:
+ *
+ * 1. onnxruntime called directly through its C API, on the very library onnxruntime-node ships, so that a
+ *    step's inputs are read where they lie (shared memory included) and its outputs written into buffers
+ *    dtrain owns. onnxruntime-node's binding instead copies every output into a fresh ArrayBuffer (2.3 MB
+ *    of gradients a step for the tutorial MLP) and refuses SharedArrayBuffers. Same library, same model
+ *    bytes, same session options (given by the caller, who also gives them to the binding): the same
+ *    kernels and the same bits (tested against the binding).
+ * 2. alias: a plain (non-shared) Float32Array over the memory of one in a SharedArrayBuffer, for the
+ *    binding, which refuses shared memory as tensor data.
  *
  * The C API is a table of function pointers whose order is fixed and only ever appended to (API version
  * ORT_API_VERSION below); this file declares just the entries it uses, by their position in that table.
  *
  *   load(libraryPath) -> version string          dlopen + OrtGetApiBase()->GetApi(ORT_API_VERSION)
- *   session(model: Uint8Array) -> handle          1 intra-op and 1 inter-op thread, sequential, all optimizations
+ *   session(model: Uint8Array, options) -> handle
+ *       options: {intraOpNumThreads, interOpNumThreads, executionMode, graphOptimizationLevel}, as the C
+ *       API's numbers (ExecutionMode, GraphOptimizationLevel); CPU only
  *   plan(session, inputNames, outputNames) -> handle
- *   run(plan, inputs: TypedArray[], inputDims: number[][], outputs: Float32Array[], outputDims: number[][])
+ *   run(plan, inputs: TypedArray[], inputDims: number[][], outputs: TypedArray[], outputDims: number[][])
+ *   alias(shared: Float32Array) -> Float32Array
  */
 #include <dlfcn.h>
 #include <node_api.h>
@@ -36,7 +45,7 @@ typedef struct {
   const char *(*GetVersionString)(void);
 } OrtApiBase;
 
-enum { LOGGING_WARNING = 2, SEQUENTIAL = 0, ENABLE_ALL = 99, ARENA_ALLOCATOR = 1, MEM_TYPE_DEFAULT = 0 };
+enum { LOGGING_WARNING = 2, ARENA_ALLOCATOR = 1, MEM_TYPE_DEFAULT = 0 };
 enum { ELEMENT_FLOAT = 1, ELEMENT_INT64 = 7 };
 
 /* Positions in the OrtApi table. */
@@ -84,7 +93,7 @@ static napi_value Load(napi_env napi, napi_callback_info info) {
   size_t length;
   if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
       napi_get_value_string_utf8(napi, argv[0], path, sizeof path, &length) != napi_ok) {
-    napi_throw_type_error(napi, NULL, "ort_direct.load: expected the onnxruntime library's path");
+    napi_throw_type_error(napi, NULL, "dtrain_native.load: expected the onnxruntime library's path");
     return NULL;
   }
   static const OrtApiBase *base;
@@ -94,7 +103,7 @@ static napi_value Load(napi_env napi, napi_callback_info info) {
     base = getBase ? getBase() : NULL;
     api = base ? (void *const *)base->GetApi(ORT_API_VERSION) : NULL;
     if (!api) {
-      napi_throw_error(napi, NULL, "ort_direct.load: no onnxruntime C API of version 29 or later in that library");
+      napi_throw_error(napi, NULL, "dtrain_native.load: no onnxruntime C API of version 29 or later in that library");
       return NULL;
     }
     typedef OrtStatus *(*CreateEnvFn)(int, const char *, OrtEnv **);
@@ -116,30 +125,55 @@ static void FinalizeSession(napi_env napi, void *session, void *hint) {
   ENTRY(RELEASE_SESSION, ReleaseFn)(session);
 }
 
+/* The session options, from the caller's object; 0 after throwing. */
+static OrtSessionOptions *sessionOptions(napi_env napi, napi_value object) {
+  static const struct { const char *name; size_t entry; const char *what; } settings[] = {
+    {"intraOpNumThreads", SET_INTRA_OP_NUM_THREADS, "SetIntraOpNumThreads"},
+    {"interOpNumThreads", SET_INTER_OP_NUM_THREADS, "SetInterOpNumThreads"},
+    {"executionMode", SET_SESSION_EXECUTION_MODE, "SetSessionExecutionMode"},
+    {"graphOptimizationLevel", SET_SESSION_GRAPH_OPTIMIZATION_LEVEL, "SetSessionGraphOptimizationLevel"},
+  };
+  typedef OrtStatus *(*CreateOptionsFn)(OrtSessionOptions **);
+  typedef OrtStatus *(*SetIntFn)(OrtSessionOptions *, int);
+  OrtSessionOptions *options = NULL;
+  if (failed(napi, ENTRY(CREATE_SESSION_OPTIONS, CreateOptionsFn)(&options), "CreateSessionOptions")) return NULL;
+  for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
+    napi_value property;
+    int32_t value;
+    if (napi_get_named_property(napi, object, settings[i].name, &property) != napi_ok ||
+        napi_get_value_int32(napi, property, &value) != napi_ok) {
+      ENTRY(RELEASE_SESSION_OPTIONS, ReleaseFn)(options);
+      char message[256];
+      snprintf(message, sizeof message, "dtrain_native.session: options.%s must be a number", settings[i].name);
+      napi_throw_type_error(napi, NULL, message);
+      return NULL;
+    }
+    if (failed(napi, ENTRY(settings[i].entry, SetIntFn)(options, value), settings[i].what)) {
+      ENTRY(RELEASE_SESSION_OPTIONS, ReleaseFn)(options);
+      return NULL;
+    }
+  }
+  return options;
+}
+
 static napi_value Session(napi_env napi, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   napi_typedarray_type type;
   size_t length, offset;
   void *model;
   napi_value buffer;
-  if (!api || napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+  if (!api || napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
       napi_get_typedarray_info(napi, argv[0], &type, &length, &model, &buffer, &offset) != napi_ok || type != napi_uint8_array) {
-    napi_throw_type_error(napi, NULL, "ort_direct.session: expected the model as a Uint8Array (after load)");
+    napi_throw_type_error(napi, NULL, "dtrain_native.session: expected (model: Uint8Array, options), after load");
     return NULL;
   }
-  typedef OrtStatus *(*CreateOptionsFn)(OrtSessionOptions **);
-  typedef OrtStatus *(*SetIntFn)(OrtSessionOptions *, int);
+  OrtSessionOptions *options = sessionOptions(napi, argv[1]);
+  if (!options) return NULL;
   typedef OrtStatus *(*CreateSessionFn)(const OrtEnv *, const void *, size_t, const OrtSessionOptions *, OrtSession **);
-  OrtSessionOptions *options = NULL;
   OrtSession *session = NULL;
-  int bad = failed(napi, ENTRY(CREATE_SESSION_OPTIONS, CreateOptionsFn)(&options), "CreateSessionOptions") ||
-            failed(napi, ENTRY(SET_INTRA_OP_NUM_THREADS, SetIntFn)(options, 1), "SetIntraOpNumThreads") ||
-            failed(napi, ENTRY(SET_INTER_OP_NUM_THREADS, SetIntFn)(options, 1), "SetInterOpNumThreads") ||
-            failed(napi, ENTRY(SET_SESSION_EXECUTION_MODE, SetIntFn)(options, SEQUENTIAL), "SetSessionExecutionMode") ||
-            failed(napi, ENTRY(SET_SESSION_GRAPH_OPTIMIZATION_LEVEL, SetIntFn)(options, ENABLE_ALL), "SetSessionGraphOptimizationLevel") ||
-            failed(napi, ENTRY(CREATE_SESSION_FROM_ARRAY, CreateSessionFn)(ortEnv, model, length, options, &session), "CreateSessionFromArray");
-  if (options) ENTRY(RELEASE_SESSION_OPTIONS, ReleaseFn)(options);
+  int bad = failed(napi, ENTRY(CREATE_SESSION_FROM_ARRAY, CreateSessionFn)(ortEnv, model, length, options, &session), "CreateSessionFromArray");
+  ENTRY(RELEASE_SESSION_OPTIONS, ReleaseFn)(options);
   if (bad) return NULL;
   napi_value handle;
   napi_create_external(napi, session, FinalizeSession, NULL, &handle);
@@ -182,7 +216,7 @@ static napi_value MakePlan(napi_env napi, napi_callback_info info) {
   if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3 ||
       napi_get_value_external(napi, argv[0], &session) != napi_ok ||
       napi_get_array_length(napi, argv[1], &inputs) != napi_ok || napi_get_array_length(napi, argv[2], &outputs) != napi_ok) {
-    napi_throw_type_error(napi, NULL, "ort_direct.plan: expected (session, inputNames, outputNames)");
+    napi_throw_type_error(napi, NULL, "dtrain_native.plan: expected (session, inputNames, outputNames)");
     return NULL;
   }
   Plan *plan = calloc(1, sizeof *plan);
@@ -193,7 +227,7 @@ static napi_value MakePlan(napi_env napi, napi_callback_info info) {
   plan->names = calloc(inputs + outputs, sizeof(char *));
   if (!names(napi, argv[1], plan->names, inputs) || !names(napi, argv[2], plan->names + inputs, outputs)) {
     FinalizePlan(napi, plan, NULL);
-    napi_throw_type_error(napi, NULL, "ort_direct.plan: names must be strings");
+    napi_throw_type_error(napi, NULL, "dtrain_native.plan: names must be strings");
     return NULL;
   }
   napi_value handle;
@@ -212,18 +246,20 @@ static OrtValue *tensor(napi_env napi, napi_value array, napi_value dimsList) {
   if (napi_get_typedarray_info(napi, array, &type, &length, &data, &buffer, &offset) != napi_ok ||
       (type != napi_float32_array && type != napi_bigint64_array) ||
       napi_get_array_length(napi, dimsList, &rank) != napi_ok || rank > 8) {
-    napi_throw_type_error(napi, NULL, "ort_direct.run: tensors must be Float32Array or BigInt64Array with up to 8 dims");
+    napi_throw_type_error(napi, NULL, "dtrain_native.run: tensors must be Float32Array or BigInt64Array with up to 8 dims");
     return NULL;
   }
   int64_t count = 1;
   for (uint32_t d = 0; d < rank; d++) {
     napi_value value;
-    napi_get_element(napi, dimsList, d, &value);
-    napi_get_value_int64(napi, value, &dims[d]);
+    if (napi_get_element(napi, dimsList, d, &value) != napi_ok || napi_get_value_int64(napi, value, &dims[d]) != napi_ok) {
+      napi_throw_type_error(napi, NULL, "dtrain_native.run: dims must be numbers");
+      return NULL;
+    }
     count *= dims[d];
   }
   if (count != (int64_t)length) {
-    napi_throw_range_error(napi, NULL, "ort_direct.run: a tensor's dims do not match its length");
+    napi_throw_range_error(napi, NULL, "dtrain_native.run: a tensor's dims do not match its length");
     return NULL;
   }
   typedef OrtStatus *(*CreateTensorFn)(const OrtMemoryInfo *, void *, size_t, const int64_t *, size_t, int, OrtValue **);
@@ -239,7 +275,7 @@ static napi_value Run(napi_env napi, napi_callback_info info) {
   napi_value argv[5];
   void *data;
   if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5 || napi_get_value_external(napi, argv[0], &data) != napi_ok) {
-    napi_throw_type_error(napi, NULL, "ort_direct.run: expected (plan, inputs, inputDims, outputs, outputDims)");
+    napi_throw_type_error(napi, NULL, "dtrain_native.run: expected (plan, inputs, inputDims, outputs, outputDims)");
     return NULL;
   }
   Plan *plan = data;
@@ -250,8 +286,12 @@ static napi_value Run(napi_env napi, napi_callback_info info) {
     int input = i < plan->inputs;
     napi_value array, dims;
     uint32_t k = (uint32_t)(input ? i : i - plan->inputs);
-    napi_get_element(napi, argv[input ? 1 : 3], k, &array);
-    napi_get_element(napi, argv[input ? 2 : 4], k, &dims);
+    /* Fails when the thread is being terminated (a worker's uncaught error): stop, touching nothing. */
+    if (napi_get_element(napi, argv[input ? 1 : 3], k, &array) != napi_ok || napi_get_element(napi, argv[input ? 2 : 4], k, &dims) != napi_ok) {
+      napi_throw_type_error(napi, NULL, "dtrain_native.run: expected arrays of tensors and of dims");
+      ok = 0;
+      break;
+    }
     values[i] = tensor(napi, array, dims);
     ok = values[i] != NULL;
   }
@@ -265,9 +305,35 @@ static napi_value Run(napi_env napi, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * A plain ArrayBuffer over a shared Float32Array's memory. It owns nothing: the SharedArrayBuffer must
+ * outlive it (dtrain keeps its training memory for the whole run), and the caller orders reads after
+ * writes (dtrain's passes do).
+ */
+static napi_value Alias(napi_env napi, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_typedarray_type type;
+  size_t length, offset;
+  void *data;
+  napi_value buffer, external, result;
+  if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_typedarray_info(napi, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok ||
+      type != napi_float32_array) {
+    napi_throw_type_error(napi, NULL, "shared_alias: expected a Float32Array");
+    return NULL;
+  }
+  if (napi_create_external_arraybuffer(napi, data, length * 4, NULL, NULL, &external) != napi_ok ||
+      napi_create_typedarray(napi, napi_float32_array, length, external, 0, &result) != napi_ok) {
+    napi_throw_error(napi, NULL, "shared_alias: could not create the alias");
+    return NULL;
+  }
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   const struct { const char *name; napi_callback fn; } functions[] = {
-    {"load", Load}, {"session", Session}, {"plan", MakePlan}, {"run", Run},
+    {"load", Load}, {"session", Session}, {"plan", MakePlan}, {"run", Run}, {"alias", Alias},
   };
   for (size_t i = 0; i < sizeof functions / sizeof functions[0]; i++) {
     napi_value fn;
