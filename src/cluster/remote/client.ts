@@ -16,24 +16,20 @@ import { evenSplit, missingRanges, unitAssignment, type Range } from '../../trai
 import type { Task } from '../step_worker.js';
 import { createTrainingMemory, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from '../training_memory.js';
 import { createWorkers, type WorkerSet } from '../workers.js';
-import { RUN_FINISHED } from './server.js';
-import { Watchdog } from './watchdog.js';
+import { newNonce, proof, proofMatches } from './auth.js';
+import { closeReason, decodeRaw, encode } from './codec.js';
 import {
-  closeReason,
-  decodeRaw,
-  encode,
-  newNonce,
-  proof,
-  proofMatches,
   ProtocolError,
   PROTOCOL_VERSION,
-  validateFromCoordinator,
+  RUN_FINISHED,
   type RowsDone,
   type RowsMessage,
   type StateMessage,
   type ToCoordinator,
   type UpdateMessage,
-} from './protocol.js';
+} from './messages.js';
+import { validateFromCoordinator } from './validation.js';
+import { Watchdog } from './watchdog.js';
 
 export interface WorkerOptions {
   connect: string;

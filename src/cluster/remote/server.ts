@@ -11,29 +11,21 @@ import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { TrainingMemory } from '../training_memory.js';
 import { missingRanges, type Range } from '../../train/plan.js';
+import { newNonce, proof, proofMatches } from './auth.js';
+import { closeReason, decodeRaw, encode, maxFrameBytes } from './codec.js';
 import {
-  closeReason,
-  decodeRaw,
-  encode,
-  maxFrameBytes,
-  newNonce,
   NonFiniteError,
-  proof,
-  proofMatches,
+  PROTOCOL_VERSION,
   ProtocolError,
-  validateFromWorker,
-  type CoordinatorView,
+  RUN_FINISHED,
   type Hello,
   type ReplicaState,
   type RowsDone,
   type StateMessage,
   type ToWorker,
   type UpdatePart,
-  PROTOCOL_VERSION,
-} from './protocol.js';
-
-/** Close code that tells a worker the run is over (it exits instead of reconnecting). */
-export const RUN_FINISHED = 4000;
+} from './messages.js';
+import { validateFromWorker, type CoordinatorView } from './validation.js';
 
 export interface HubOptions {
   host: string;

@@ -1,150 +1,19 @@
 /**
- * The coordinator ↔ remote-worker protocol: message types, msgpackr encoding with float arrays as raw
- * little-endian bytes, and validation of everything received. Nothing a peer sends is trusted: every
- * decoded message is checked for its type, fields, sizes and shapes before anyone reads it, and a message
- * that fails is reported with a one-line reason (the connection is then closed by the caller).
- *
- * The protocol (version in PROTOCOL_VERSION):
- *   coordinator → worker  challenge {nonce}                       on connect
- *   worker → coordinator  hello {mac, nonce, engine, backend, threads, dataSha256}
- *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
- *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
- *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
- *   coordinator → worker  rows {step, range, batch, x | index, labels, compact}   compute rows `range`
- *                         (x | index and labels: of the whole batch; compact: send only the last delta)
- *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
- *   coordinator → worker  rowsDone {…}                            another worker's rows, forwarded as sent
- *   coordinator → worker  update {step, batch, parts}             the rows it lacks still: apply the step
- *   coordinator → worker  check {step}  → worker  checksum {step, sha256}      replica verification
- *   coordinator → worker  snapshot {step} → worker  replicaState {step, params, m, v}
- *                         the replica's state at a step: what the coordinator takes instead of applying
- *                         every step itself when it has no compute threads of its own (--threads 0)
- *   either → other        error {message}
+ * What each side accepts. Nothing a peer sends is trusted: every decoded message is checked for its type,
+ * fields, sizes and shapes before anyone reads it, and a message that fails is reported with a one-line
+ * reason (a ProtocolError; the connection is then closed by the caller).
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { Packr } from 'msgpackr';
 import { paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../../train/plan.js';
-
-export const PROTOCOL_VERSION = 3;
-
-const packr = new Packr({ useRecords: false, moreTypes: false });
-
-export interface Challenge { t: 'challenge'; protocol: number; nonce: Uint8Array }
-export interface Hello {
-  t: 'hello';
-  protocol: number;
-  /** HMAC-SHA256(token, "dtrain-worker" ‖ challenge nonce); empty when no token is set. */
-  mac: Uint8Array;
-  /** The worker's own nonce, which the coordinator answers with its proof. */
-  nonce: Uint8Array;
-  engine: string;
-  backend: string;
-  threads: number;
-  /** SHA-256 of the worker's local dataset copy, or '' when it has none. */
-  dataSha256: string;
-}
-export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number; heartbeatMs: number }
-export interface StateMessage {
-  t: 'state';
-  spec: ModelSpec;
-  batchSize: number;
-  adam: AdamOptions;
-  step: number;
-  generation: number;
-  params: Float32Array;
-  m: Float32Array;
-  v: Float32Array;
-  /** True when the coordinator accepted the worker's local dataset copy: rows then come as indices. */
-  useLocalData: boolean;
-}
-export interface RowsMessage {
-  t: 'rows';
-  step: number;
-  batch: number;
-  /** The rows to compute. */
-  range: Range;
-  /** batch × features pixels, or (with a local data copy) the dataset index of each batch row. */
-  x?: Float32Array;
-  index?: Int32Array;
-  /** The label of each batch row. */
-  labels: Uint8Array;
-  /** Answer in compact form: the last layer's delta only (receivers rebuild the others, Engine.deltasPass). */
-  compact: boolean;
-}
-export interface RowsDone {
-  t: 'rowsDone';
-  step: number;
-  range: Range;
-  rowLoss: Float32Array;
-  hidden: Float32Array[];
-  /** Every layer's delta, or in compact form only the last layer's. */
-  deltas: Float32Array[];
-  ms: number;
-}
-export interface UpdatePart {
-  range: Range;
-  x: Float32Array;
-  hidden: Float32Array[];
-  /** As in RowsDone: every layer's, or only the last layer's. */
-  deltas: Float32Array[];
-}
-export interface UpdateMessage { t: 'update'; step: number; batch: number; parts: UpdatePart[] }
-export interface CheckMessage { t: 'check'; step: number }
-export interface SnapshotRequest { t: 'snapshot'; step: number }
-export interface ReplicaState { t: 'replicaState'; step: number; params: Float32Array; m: Float32Array; v: Float32Array }
-export interface ChecksumMessage { t: 'checksum'; step: number; sha256: string }
-export interface ErrorMessage { t: 'error'; message: string }
-
-export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | RowsDone | UpdateMessage | CheckMessage | SnapshotRequest | ErrorMessage;
-export type ToCoordinator = Hello | RowsDone | ChecksumMessage | ReplicaState | ErrorMessage;
-
-/** Thrown for anything a peer sent that is not a valid message; the text names what was wrong. */
-export class ProtocolError extends Error {
-  override name = 'ProtocolError';
-}
-
-/**
- * A well-formed array holding a NaN or an infinity: a lying peer, or honest rows of a batch that really
- * overflows. The coordinator tells them apart by computing the rows itself.
- */
-export class NonFiniteError extends ProtocolError {
-  override name = 'NonFiniteError';
-}
-
-// ---------------------------------------------------------------- encoding
-
-function bytesOf(a: Float32Array | Int32Array | Uint8Array): Uint8Array {
-  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-}
-
-function encodeValue(value: unknown): unknown {
-  if (value instanceof Float32Array || value instanceof Int32Array) return bytesOf(value);
-  if (Array.isArray(value)) return value.map(encodeValue);
-  if (value && typeof value === 'object' && !(value instanceof Uint8Array)) {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, encodeValue(v)]));
-  }
-  return value;
-}
-
-export function encode(message: ToWorker | ToCoordinator): Buffer {
-  return packr.pack(encodeValue(message));
-}
-
-export function decodeRaw(data: Buffer | ArrayBuffer | Buffer[]): Record<string, unknown> {
-  const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
-  let value: unknown;
-  try {
-    value = packr.unpack(buf);
-  } catch (e) {
-    throw new ProtocolError(`undecodable frame (${(e as Error).message})`);
-  }
-  if (!value || typeof value !== 'object' || Array.isArray(value)) throw new ProtocolError('a message must be a msgpack map');
-  const t = (value as { t?: unknown }).t;
-  if (typeof t !== 'string') throw new ProtocolError('a message needs a string field "t"');
-  return value as Record<string, unknown>;
-}
+import {
+  NonFiniteError,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  type RowsMessage,
+  type ToCoordinator,
+  type ToWorker,
+} from './messages.js';
 
 // ---------------------------------------------------------------- validation helpers
 
@@ -399,47 +268,4 @@ export function validateFromCoordinator(raw: Record<string, unknown>, view: Work
     default:
       throw new ProtocolError(`unknown message type ${JSON.stringify(raw.t)}`);
   }
-}
-
-/** Longest close reason a WebSocket close frame carries, in UTF-8 bytes (RFC 6455: 125 less the code). */
-const MAX_CLOSE_REASON_BYTES = 123;
-
-/**
- * A close reason cut to what a close frame can carry, in UTF-8 bytes and on a character boundary: ws
- * throws on a longer one, and reasons quote what peers sent (any bytes at all).
- */
-export function closeReason(text: string): string {
-  if (Buffer.byteLength(text) <= MAX_CLOSE_REASON_BYTES) return text;
-  let out = '';
-  let bytes = 0;
-  for (const ch of text) {
-    const n = Buffer.byteLength(ch);
-    if (bytes + n > MAX_CLOSE_REASON_BYTES - 3) break;
-    out += ch;
-    bytes += n;
-  }
-  return `${out}...`;
-}
-
-// ---------------------------------------------------------------- authentication
-
-export function newNonce(): Uint8Array {
-  return randomBytes(32);
-}
-
-/** HMAC-SHA256 of a role and a nonce under the shared token: the token itself never crosses the wire. */
-export function proof(token: string, role: 'worker' | 'coordinator', nonce: Uint8Array): Uint8Array {
-  return createHmac('sha256', token).update(`dtrain-${role}`).update(nonce).digest();
-}
-
-export function proofMatches(token: string, role: 'worker' | 'coordinator', nonce: Uint8Array, mac: Uint8Array): boolean {
-  const expected = proof(token, role, nonce);
-  return mac.length === expected.length && timingSafeEqual(expected, mac);
-}
-
-/** The largest frame either side accepts for a model: a full state snapshot plus room for the rest. */
-export function maxFrameBytes(spec: ModelSpec, batchSize: number): number {
-  const params = paramLayout(spec).total;
-  const rowWidth = spec.sizes.reduce((a, b) => a + b, 0) * 2;
-  return 3 * 4 * params + 4 * batchSize * rowWidth + (1 << 20);
 }
