@@ -367,7 +367,7 @@ const reference2 = referenceHash({ threads: 1 }, 'reference2');
 
 describe('the coordinator survives its own handlers failing', () => {
   it('drops a peer whose message handler throws, with the reason, and keeps accepting others', async () => {
-    const { RemoteHub } = await import('../src/cluster/remote/server.js');
+    const { RemoteHub } = await import('../src/cluster/remote/hub.js');
     const { createTrainingMemory } = await import('../src/cluster/training_memory.js');
     const { syntheticDataset } = await import('./helpers.js');
     const { makeSpec } = await import('../src/model/spec.js');

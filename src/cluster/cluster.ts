@@ -8,7 +8,7 @@
  */
 import type { Range } from '../train/plan.js';
 import { microShards, shardGroups, unitAssignment } from '../train/plan.js';
-import type { RemoteHub, RemoteWorker, HubEvent, SuspectRows } from './remote/server.js';
+import type { RemoteHub, RemotePeer as RemoteWorker, HubEvent, SuspectRows } from './remote/hub.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
 import type { Task, TaskResult } from './step_worker.js';
 import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';

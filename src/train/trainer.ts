@@ -254,7 +254,7 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
   let hub;
   let listening: string | undefined;
   if (config.listen) {
-    const { RemoteHub } = await import('../cluster/remote/server.js');
+    const { RemoteHub } = await import('../cluster/remote/hub.js');
     const [host, port] = splitHostPort(config.listen);
     hub = new RemoteHub(
       {
