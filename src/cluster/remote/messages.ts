@@ -1,8 +1,8 @@
 /**
  * The vocabulary of the coordinator ↔ remote-worker protocol: every message's shape, the protocol version,
  * the close code that ends a run, and the error thrown for anything that is not a valid message. Both
- * sides import it and nothing else of each other's, so a worker process loads no server code (ws's
- * server, http, https) and the coordinator none of the worker's replica.
+ * sides share it and the codec, validation and auth, and nothing else of each other's: a worker process
+ * loads none of the hub's modules, and the coordinator none of the worker's.
  *
  * The protocol (version in PROTOCOL_VERSION):
  *   coordinator → worker  challenge {nonce}                       on connect

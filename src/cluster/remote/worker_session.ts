@@ -4,7 +4,7 @@
  * validated and handed to its type's handler, strictly in arrival order (a step's update must be applied
  * before the next step's rows). The watchdog ends a connection whose coordinator went silent. How the
  * connection ended decides what runWorker (client.ts) does next: reconnect, give up, or exit.
- * Only client-side code is loaded here: ws's client, never the hub's server.
+ * Nothing of the coordinator's side is imported here (hub, peer, requests): a worker never loads it.
  */
 import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
