@@ -7,7 +7,9 @@ import WebSocket from 'ws';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { readMetrics } from '../src/report/metrics.js';
-import { decodeRaw, encode, newNonce, proof, PROTOCOL_VERSION } from '../src/cluster/remote/protocol.js';
+import { newNonce, proof } from '../src/cluster/remote/auth.js';
+import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
+import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
 import { missingRanges } from '../src/cluster/plan.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
@@ -365,7 +367,7 @@ const reference2 = referenceHash({ threads: 1 }, 'reference2');
 
 describe('the coordinator survives its own handlers failing', () => {
   it('drops a peer whose message handler throws, with the reason, and keeps accepting others', async () => {
-    const { RemoteHub } = await import('../src/cluster/remote/server.js');
+    const { RemoteHub } = await import('../src/cluster/remote/hub.js');
     const { createTrainingMemory } = await import('../src/cluster/training_memory.js');
     const { syntheticDataset } = await import('./helpers.js');
     const { makeSpec } = await import('../src/model/spec.js');
@@ -392,7 +394,7 @@ describe('the coordinator survives its own handlers failing', () => {
   });
 
   it('cuts close reasons to 123 bytes of UTF-8 on a character boundary', async () => {
-    const { closeReason } = await import('../src/cluster/remote/protocol.js');
+    const { closeReason } = await import('../src/cluster/remote/codec.js');
     for (const text of ['é'.repeat(100), '中'.repeat(100), '😀'.repeat(100), 'a'.repeat(200)]) {
       const reason = closeReason(text);
       expect(Buffer.byteLength(reason)).toBeLessThanOrEqual(123);

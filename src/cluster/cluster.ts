@@ -13,8 +13,8 @@
 import type { StateSnapshot } from './training_state.js';
 import type { Range } from './plan.js';
 import { microShards, shardGroups } from './plan.js';
-import type { RemoteHub, RemoteWorker, HubEvent, SuspectRows } from './remote/server.js';
-import type { ReplicaState, RowsDone, StateMessage } from './remote/protocol.js';
+import type { RemoteHub, RemotePeer as RemoteWorker, HubEvent, SuspectRows } from './remote/hub.js';
+import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
 import type { EngineCapabilities, Task, TaskResult } from './step_worker.js';
 import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
 import type { WorkerSet } from './workers.js';

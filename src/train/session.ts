@@ -47,7 +47,7 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
   const local = await createWorkers({ memory, engine, adam, faults }, Math.max(1, config.threads));
   options.onWorkers?.(local);
   if (!config.listen) return { cluster: new Cluster(memory, local, chooseStepMode(config.threads, false), undefined, onEvent) };
-  const { RemoteHub } = await import('../cluster/remote/server.js');
+  const { RemoteHub } = await import('../cluster/remote/hub.js');
   const [host, port] = splitHostPort(config.listen);
   const hub = new RemoteHub(
     {

@@ -1,0 +1,422 @@
+/**
+ * The coordinator's WebSocket endpoint (RemoteHub): authenticates peers (auth.ts), validates every
+ * message (validation.ts), keeps them alive with ping/pong heartbeats (ws's isAlive pattern), asks them
+ * for rows, replica states and checksums through one request mechanism with deadlines (requests.ts),
+ * forwards each peer's rows to the others, and sends every peer what it needs to keep its replica of
+ * the training state in step. A misbehaving peer is disconnected with a reason; nothing a peer sends
+ * can throw out of this module.
+ */
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { missingRanges, type Range } from '../plan.js';
+import type { TrainingMemory } from '../training_memory.js';
+import { proof, proofMatches } from './auth.js';
+import { closeReason, decodeRaw, encode, maxFrameBytes } from './codec.js';
+import {
+  NonFiniteError,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  RUN_FINISHED,
+  type Hello,
+  type ReplicaState,
+  type RowsDone,
+  type StateMessage,
+  type ToCoordinator,
+  type ToWorker,
+} from './messages.js';
+import { rowsInput, updatePart } from './payloads.js';
+import { RemotePeer, SuspectRows } from './peer.js';
+import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
+import { validateFromWorker, type CoordinatorView } from './validation.js';
+
+export { RemotePeer, SuspectRows } from './peer.js';
+
+export interface HubOptions {
+  host: string;
+  port: number;
+  token?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  engine: string;
+  datasetSha256: string;
+  heartbeatMs: number;
+  /** How long a worker may take to answer a rows request before it is dropped and its rows redone. */
+  stepTimeoutMs: number;
+  /** How long a new connection may take to authenticate. */
+  authTimeoutMs: number;
+}
+
+export type HubEvent =
+  | { type: 'joined'; worker: string; backend: string; threads: number }
+  | { type: 'left'; worker: string; reason: string }
+  | { type: 'rejected'; peer: string; reason: string };
+
+/** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
+type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
+
+export class RemoteHub {
+  private server?: Server;
+  private wss?: WebSocketServer;
+  private heartbeat?: NodeJS.Timeout;
+  private nextId = 1;
+  private readonly peers = new Map<number, RemotePeer>();
+  private waiters: (() => void)[] = [];
+  /** Bytes of every frame sent or received, over all peers, since the start. */
+  bytesMoved = 0;
+
+  constructor(
+    private readonly options: HubOptions,
+    private readonly memory: TrainingMemory,
+    private readonly onEvent: (event: HubEvent) => void,
+  ) {}
+
+  // ---------------------------------------------------------------- listening
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  async start(): Promise<AddressInfo> {
+    const { tlsCert, tlsKey } = this.options;
+    this.server = tlsCert && tlsKey ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }) : createHttpServer();
+    // Workers send rows, replica states when asked, and small control messages: anything larger is refused by ws itself.
+    this.wss = new WebSocketServer({ server: this.server, maxPayload: maxFrameBytes(this.memory.spec, this.memory.batchSize) });
+    this.wss.on('connection', (ws, req) => {
+      try {
+        this.accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+      } catch (e) {
+        ws.terminate();
+        this.report({ type: 'rejected', peer: String(req.socket.remoteAddress), reason: `internal error on connection: ${(e as Error).message}` });
+      }
+    });
+    // An error of the listening socket after start (start() itself rejects on one before): logged, never thrown.
+    this.wss.on('error', (e) => this.report({ type: 'rejected', peer: 'server', reason: `server error: ${e.message}` }));
+    this.heartbeat = setInterval(() => this.beat(), this.options.heartbeatMs);
+    this.heartbeat.unref();
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(this.options.port, this.options.host, () => resolve());
+    });
+    return this.server.address() as AddressInfo;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.heartbeat);
+    for (const peer of this.peers.values()) {
+      peer.ws.close(RUN_FINISHED, 'run finished');
+      this.drop(peer, 'coordinator finished');
+    }
+    await new Promise<void>((resolve) => (this.wss ? this.wss.close(() => resolve()) : resolve()));
+    await new Promise<void>((resolve) => {
+      if (!this.server) return resolve();
+      // Workers get a second to finish the closing handshake (so they see RUN_FINISHED and exit); a
+      // connection still in its opening handshake would otherwise hold the server open until it times out.
+      const force = setTimeout(() => (this.server as Server & { closeAllConnections?: () => void }).closeAllConnections?.(), 1000);
+      this.server.close(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+  }
+
+  // ---------------------------------------------------------------- one connection
+
+  private accept(ws: WebSocket, address: string): void {
+    const peer = new RemotePeer(this.nextId++, ws, address);
+    this.peers.set(peer.id, peer);
+    const on = <A extends unknown[]>(what: string, handler: (...args: A) => void) => this.guarded(peer, what, handler);
+    ws.on('pong', on('pong', () => (peer.isAlive = true)));
+    ws.on('message', on('message', (data: Buffer | Buffer[], isBinary: boolean) => this.receive(peer, data, isBinary)));
+    ws.on('close', on('close', (code: number, reason: Buffer) => this.drop(peer, `connection closed (${code}${reason.length ? ` ${reason}` : ''})`)));
+    ws.on('error', on('error', (e: Error) => this.drop(peer, `connection error: ${e.message}`)));
+    peer.authTimer = setTimeout(
+      on('authentication timer', () => this.reject(peer, `did not authenticate within ${this.options.authTimeoutMs} ms`)),
+      this.options.authTimeoutMs,
+    );
+    this.send(peer, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: peer.challenge });
+  }
+
+  /**
+   * A handler that cannot throw out of ws (an uncaught throw there ends the coordinator's process): an
+   * unexpected error drops that peer, with the reason logged.
+   */
+  private guarded<A extends unknown[]>(peer: RemotePeer, what: string, handler: (...args: A) => void): (...args: A) => void {
+    return (...args: A) => {
+      try {
+        handler(...args);
+      } catch (e) {
+        try {
+          this.reject(peer, `internal error in its ${what} handler: ${(e as Error).message}`);
+        } catch {
+          peer.status = 'closed';
+          peer.ws.terminate();
+        }
+      }
+    };
+  }
+
+  /** Hands an event to the listener; a listener that throws is not this module's failure to propagate. */
+  private report(event: HubEvent): void {
+    try {
+      this.onEvent(event);
+    } catch (e) {
+      process.emitWarning(`dtrain: a hub event listener threw: ${(e as Error).message}`);
+    }
+  }
+
+  private send(peer: RemotePeer, message: ToWorker): void {
+    if (!peer.open) return;
+    const frame = encode(message);
+    this.bytesMoved += frame.length;
+    peer.ws.send(frame);
+  }
+
+  /** A frame from a peer: decoded, validated against what it was asked for, then handled by its type. */
+  private receive(peer: RemotePeer, data: Buffer | Buffer[], isBinary: boolean): void {
+    if (peer.status === 'closed') return;
+    let type: unknown;
+    try {
+      if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
+      const frame = Array.isArray(data) ? Buffer.concat(data) : data;
+      this.bytesMoved += frame.length;
+      const raw = decodeRaw(frame);
+      type = raw.t;
+      const message = validateFromWorker(raw, this.viewOf(peer));
+      if (peer.status === 'authenticating') {
+        if (message.t !== 'hello') throw new ProtocolError(`expected hello, got ${message.t}`);
+        return this.authenticate(peer, message);
+      }
+      (this.handlers[message.t] as (peer: RemotePeer, message: ToCoordinator, frame: Buffer) => void)(peer, message, frame);
+    } catch (e) {
+      this.refuse(peer, e, type);
+    }
+  }
+
+  /** What validation knows of a peer: the model, and what the peer owes (its open requests). */
+  private viewOf(peer: RemotePeer): CoordinatorView | undefined {
+    if (peer.status === 'authenticating') return undefined;
+    const rows = peer.requests.keyOf('rows');
+    return {
+      spec: this.memory.spec,
+      batchSize: this.memory.batchSize,
+      pendingStep: rows?.step,
+      pendingRange: rows?.range,
+      pendingSnapshot: peer.requests.keyOf('snapshot')?.step,
+      pendingCompact: rows?.compact ?? false,
+    };
+  }
+
+  private readonly handlers: Handlers = {
+    hello: () => {
+      throw new ProtocolError('hello sent twice');
+    },
+    rowsDone: (peer, rows, frame) => {
+      peer.holds.push(rows.range);
+      this.forward(peer, rows, frame);
+      peer.requests.answer('rows', rows);
+    },
+    // A checksum nobody waits for any more (it came after the deadline) is ignored.
+    checksum: (peer, message) => void peer.requests.answer('checksum', message.sha256),
+    replicaState: (peer, state) => void peer.requests.answer('snapshot', state),
+    error: (peer, message) => {
+      this.drop(peer, `worker reported: ${message.message}`);
+      peer.ws.close(1011, 'worker error');
+    },
+  };
+
+  /** A message that failed: non-finite rows go to the scheduler to judge; anything else drops the peer. */
+  private refuse(peer: RemotePeer, e: unknown, type: unknown): void {
+    if (e instanceof NonFiniteError && type === 'rowsDone' && peer.status === 'ready' && peer.requests.keyOf('rows')) {
+      // Not dropped yet: the scheduler computes these rows itself and then knows whether the peer lied.
+      peer.requests.fail('rows', new SuspectRows(peer, e.message));
+      return;
+    }
+    this.reject(peer, e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`);
+  }
+
+  private authenticate(peer: RemotePeer, hello: Hello): void {
+    const token = this.options.token;
+    if (token && !proofMatches(token, 'worker', peer.challenge, hello.mac)) throw new ProtocolError('authentication failed: wrong or missing token');
+    if (hello.engine !== this.options.engine) {
+      throw new ProtocolError(`engine mismatch: the run uses "${this.options.engine}", the worker runs "${hello.engine}"`);
+    }
+    clearTimeout(peer.authTimer);
+    peer.hello = hello;
+    peer.status = 'joining';
+    this.send(peer, {
+      t: 'welcome',
+      proof: token ? proof(token, 'coordinator', hello.nonce) : new Uint8Array(0),
+      workerId: peer.id,
+      heartbeatMs: this.options.heartbeatMs,
+    });
+    this.report({ type: 'joined', worker: peer.name, backend: hello.backend, threads: hello.threads });
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  /** Disconnects a peer with a reason (logged as a rejection). */
+  reject(worker: RemotePeer, reason: string): void {
+    if (worker.status === 'closed') return;
+    this.report({ type: 'rejected', peer: worker.name, reason });
+    try {
+      this.send(worker, { t: 'error', message: reason });
+    } catch {
+      // the socket may already be gone
+    }
+    worker.ws.close(1008, closeReason(reason));
+    this.drop(worker, reason);
+  }
+
+  /** Forgets a peer: its open requests fail with the reason, and its socket is ended. */
+  private drop(peer: RemotePeer, reason: string): void {
+    if (peer.status === 'closed') return;
+    const wasMember = peer.status !== 'authenticating';
+    peer.status = 'closed';
+    clearTimeout(peer.authTimer);
+    this.peers.delete(peer.id);
+    peer.requests.close(new Error(`${peer.name} left: ${reason}`));
+    if (peer.open) peer.ws.terminate();
+    if (wasMember) this.report({ type: 'left', worker: peer.name, reason });
+  }
+
+  private beat(): void {
+    for (const peer of this.peers.values()) {
+      this.guarded(peer, 'heartbeat', () => {
+        if (!peer.isAlive) return this.drop(peer, `no heartbeat for ${this.options.heartbeatMs} ms`);
+        peer.isAlive = false;
+        peer.ws.ping();
+      })();
+    }
+  }
+
+  // ---------------------------------------------------------------- membership
+
+  /** Workers that can take rows now. */
+  ready(): RemotePeer[] {
+    return [...this.peers.values()].filter((w) => w.status === 'ready');
+  }
+
+  /** Workers that authenticated (or must resynchronise) and wait for the state. */
+  joining(): RemotePeer[] {
+    return [...this.peers.values()].filter((w) => w.status === 'joining');
+  }
+
+  /** Sends the committed state to workers that joined since the last step, which makes them ready. */
+  admit(snapshot: Omit<StateMessage, 't' | 'useLocalData'>): void {
+    for (const peer of this.joining()) {
+      this.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer) });
+      peer.status = 'ready';
+    }
+  }
+
+  private usesLocalData(peer: RemotePeer): boolean {
+    return !!peer.hello?.dataSha256 && peer.hello.dataSha256 === this.options.datasetSha256;
+  }
+
+  /** Resolves when some worker has authenticated (used when there is nobody to compute). */
+  waitForWorker(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Makes a worker whose replica diverged fetch a fresh snapshot before its next step. */
+  resync(worker: RemotePeer): void {
+    if (worker.status === 'ready') worker.status = 'joining';
+  }
+
+  // ---------------------------------------------------------------- requests
+
+  /**
+   * Sends a peer `message` as a request of `kind` and resolves with the answer (requests.ts): rejected
+   * when the peer drops; at the deadline `onTimeout` runs (dropping the peer), or else only the request fails.
+   */
+  private ask<K extends RequestKind>(
+    peer: RemotePeer,
+    kind: K,
+    key: RequestKey<K>,
+    message: ToWorker,
+    timeoutMs: number,
+    onTimeout?: () => void,
+  ): Promise<RequestAnswer<K>> {
+    const answer = peer.requests.expect(kind, key, timeoutMs, onTimeout);
+    try {
+      this.send(peer, message);
+    } catch (e) {
+      peer.requests.fail(kind, e as Error);
+    }
+    return answer;
+  }
+
+  /** The deadline policy of rows and states: the peer is dropped (and what it owed is redone by others). */
+  private dropAtDeadline(peer: RemotePeer, reason: string): () => void {
+    return this.guarded(peer, 'request timer', () => this.reject(peer, reason));
+  }
+
+  /**
+   * Asks a worker for the rows pass over `range`; resolves with its validated answer. The request carries
+   * the samples of the whole batch (`samples`, dataset indices), so that the rows others compute can be
+   * forwarded to it without their pixels.
+   */
+  requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, compact: boolean): Promise<RowsDone> {
+    const { x, index, labels } = rowsInput(this.memory, samples, this.usesLocalData(worker));
+    if (worker.rowsStep !== step) {
+      worker.rowsStep = step;
+      worker.holds = [];
+    }
+    const ms = this.options.stepTimeoutMs;
+    const message: ToWorker = { t: 'rows', step, batch, range, labels, compact, ...(x ? { x } : { index }) };
+    return this.ask(worker, 'rows', { step, range, compact }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
+  }
+
+  /** Asks a worker for its replica's state at `step` (answered once it has applied every step before). */
+  fetchState(worker: RemotePeer, step: number): Promise<ReplicaState> {
+    const ms = this.options.stepTimeoutMs;
+    const reason = `did not send its state of step ${step} within ${ms} ms`;
+    return this.ask(worker, 'snapshot', { step }, { t: 'snapshot', step }, ms, this.dropAtDeadline(worker, reason));
+  }
+
+  /**
+   * Asks every ready worker for the SHA-256 of its parameters; resolves with the answers that came within
+   * `timeoutMs` (a worker late with its checksum stays: only its answer is missing).
+   */
+  async checksumsAt(step: number, timeoutMs: number): Promise<Map<RemotePeer, string>> {
+    const answers = new Map<RemotePeer, string>();
+    const askOne = async (peer: RemotePeer) => {
+      try {
+        answers.set(peer, await this.ask(peer, 'checksum', { step }, { t: 'check', step }, timeoutMs));
+      } catch {
+        // late, or gone: no answer
+      }
+    };
+    await Promise.all(this.ready().map(askOne));
+    return answers;
+  }
+
+  // ---------------------------------------------------------------- the replicas' rows
+
+  /**
+   * Sends a peer's validated rows, as the very frame it sent, to every other peer computing rows of the
+   * same step: they get them while still computing their own, rather than after the whole batch.
+   */
+  private forward(from: RemotePeer, rows: RowsDone, frame: Buffer): void {
+    for (const peer of this.ready()) {
+      if (peer === from || peer.rowsStep !== rows.step || !peer.open) continue;
+      this.bytesMoved += frame.length;
+      peer.ws.send(frame);
+      peer.holds.push(rows.range);
+    }
+  }
+
+  /**
+   * Sends every ready worker the rows of step `step` it does not hold yet (it was not asked for rows of
+   * this step, or the coordinator computed them), compact if the rows came so, which tells it to apply
+   * the step; returns how many workers it told.
+   */
+  broadcastUpdate(step: number, batch: number, compact: boolean): number {
+    const ready = this.ready();
+    for (const peer of ready) {
+      const held = peer.rowsStep === step ? peer.holds : [];
+      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, compact));
+      this.send(peer, { t: 'update', step, batch, parts });
+    }
+    return ready.length;
+  }
+}

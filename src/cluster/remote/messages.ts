@@ -1,0 +1,116 @@
+/**
+ * The vocabulary of the coordinator ↔ remote-worker protocol: every message's shape, the protocol version,
+ * the close code that ends a run, and the error thrown for anything that is not a valid message. Both
+ * sides share it and the codec, validation and auth, and nothing else of each other's: a worker process
+ * loads none of the hub's modules, and the coordinator none of the worker's.
+ *
+ * The protocol (version in PROTOCOL_VERSION):
+ *   coordinator → worker  challenge {nonce}                       on connect
+ *   worker → coordinator  hello {mac, nonce, engine, backend, threads, dataSha256}
+ *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
+ *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
+ *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
+ *   coordinator → worker  rows {step, range, batch, x | index, labels, compact}   compute rows `range`
+ *                         (x | index and labels: of the whole batch; compact: send only the last delta)
+ *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
+ *   coordinator → worker  rowsDone {…}                            another worker's rows, forwarded as sent
+ *   coordinator → worker  update {step, batch, parts}             the rows it lacks still: apply the step
+ *   coordinator → worker  check {step}  → worker  checksum {step, sha256}      replica verification
+ *   coordinator → worker  snapshot {step} → worker  replicaState {step, params, m, v}
+ *                         the replica's state at a step: what the coordinator takes instead of applying
+ *                         every step itself when it has no compute threads of its own (--threads 0)
+ *   either → other        error {message}
+ *   coordinator closes    with RUN_FINISHED when the run is over (the worker exits instead of reconnecting)
+ *
+ * Encoding: codec.ts; what each side accepts: validation.ts; the token handshake: auth.ts.
+ */
+import type { ModelSpec } from '../../model/spec.js';
+import type { AdamOptions } from '../../optim/adam.js';
+import type { Range } from '../plan.js';
+
+export const PROTOCOL_VERSION = 3;
+
+/** Close code that tells a worker the run is over (it exits instead of reconnecting). */
+export const RUN_FINISHED = 4000;
+
+export interface Challenge { t: 'challenge'; protocol: number; nonce: Uint8Array }
+export interface Hello {
+  t: 'hello';
+  protocol: number;
+  /** HMAC-SHA256(token, "dtrain-worker" ‖ challenge nonce); empty when no token is set. */
+  mac: Uint8Array;
+  /** The worker's own nonce, which the coordinator answers with its proof. */
+  nonce: Uint8Array;
+  engine: string;
+  backend: string;
+  threads: number;
+  /** SHA-256 of the worker's local dataset copy, or '' when it has none. */
+  dataSha256: string;
+}
+export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number; heartbeatMs: number }
+export interface StateMessage {
+  t: 'state';
+  spec: ModelSpec;
+  batchSize: number;
+  adam: AdamOptions;
+  step: number;
+  generation: number;
+  params: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+  /** True when the coordinator accepted the worker's local dataset copy: rows then come as indices. */
+  useLocalData: boolean;
+}
+export interface RowsMessage {
+  t: 'rows';
+  step: number;
+  batch: number;
+  /** The rows to compute. */
+  range: Range;
+  /** batch × features pixels, or (with a local data copy) the dataset index of each batch row. */
+  x?: Float32Array;
+  index?: Int32Array;
+  /** The label of each batch row. */
+  labels: Uint8Array;
+  /** Answer in compact form: the last layer's delta only (receivers rebuild the others, Engine.deltasPass). */
+  compact: boolean;
+}
+export interface RowsDone {
+  t: 'rowsDone';
+  step: number;
+  range: Range;
+  rowLoss: Float32Array;
+  hidden: Float32Array[];
+  /** Every layer's delta, or in compact form only the last layer's. */
+  deltas: Float32Array[];
+  ms: number;
+}
+export interface UpdatePart {
+  range: Range;
+  x: Float32Array;
+  hidden: Float32Array[];
+  /** As in RowsDone: every layer's, or only the last layer's. */
+  deltas: Float32Array[];
+}
+export interface UpdateMessage { t: 'update'; step: number; batch: number; parts: UpdatePart[] }
+export interface CheckMessage { t: 'check'; step: number }
+export interface SnapshotRequest { t: 'snapshot'; step: number }
+export interface ReplicaState { t: 'replicaState'; step: number; params: Float32Array; m: Float32Array; v: Float32Array }
+export interface ChecksumMessage { t: 'checksum'; step: number; sha256: string }
+export interface ErrorMessage { t: 'error'; message: string }
+
+export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | RowsDone | UpdateMessage | CheckMessage | SnapshotRequest | ErrorMessage;
+export type ToCoordinator = Hello | RowsDone | ChecksumMessage | ReplicaState | ErrorMessage;
+
+/** Thrown for anything a peer sent that is not a valid message; the text names what was wrong. */
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+}
+
+/**
+ * A well-formed array holding a NaN or an infinity: a lying peer, or honest rows of a batch that really
+ * overflows. The coordinator tells them apart by computing the rows itself.
+ */
+export class NonFiniteError extends ProtocolError {
+  override name = 'NonFiniteError';
+}

@@ -1,0 +1,58 @@
+/**
+ * One connection to the hub (a peer): where it is in its life (authenticating, joining, ready, closed),
+ * what it said in its hello, the requests it has open, and what the scheduler and the forwarding of rows
+ * keep about it. Only state: what happens to a peer is the hub's (hub.ts).
+ */
+import type { WebSocket } from 'ws';
+import type { Range } from '../plan.js';
+import { newNonce } from './auth.js';
+import type { Hello } from './messages.js';
+import { Pending } from './requests.js';
+
+export type PeerStatus = 'authenticating' | 'joining' | 'ready' | 'closed';
+
+export class RemotePeer {
+  status: PeerStatus = 'authenticating';
+  /** Cleared at each heartbeat ping and set by the pong: a peer still false at the next beat is gone. */
+  isAlive = true;
+  hello?: Hello;
+  /** The nonce this peer must prove it knows the token for. */
+  readonly challenge = newNonce();
+  /** What the coordinator asked this peer for and awaits: rows, its replica's state, a checksum. */
+  readonly requests = new Pending();
+  /** Rows per millisecond, smoothed; the scheduler gives work in proportion to it. */
+  speed = 0;
+  /**
+   * The step this peer was last asked rows of (it then has the whole batch's samples), and the batch
+   * rows it holds for that step: those it computed and those forwarded to it from the others.
+   */
+  rowsStep = -1;
+  holds: Range[] = [];
+  authTimer?: NodeJS.Timeout;
+
+  constructor(
+    readonly id: number,
+    readonly ws: WebSocket,
+    readonly address: string,
+  ) {}
+
+  get name(): string {
+    return `worker ${this.id} (${this.address})`;
+  }
+
+  /** Whether a frame sent now would go out (not when the socket is closing or closed). */
+  get open(): boolean {
+    return this.ws.readyState === this.ws.OPEN;
+  }
+}
+
+/** A peer's answer with non-finite rows, held until the scheduler has checked them. */
+export class SuspectRows extends Error {
+  override name = 'SuspectRows';
+  constructor(
+    readonly worker: RemotePeer,
+    readonly reason: string,
+  ) {
+    super(`${worker.name} sent non-finite rows (${reason})`);
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * The training state a worker mirrors (its replica) and the threads that compute on it. It computes the
+ * rows it is asked for, takes in the rows the others computed, and applies each step with the same
+ * kernels as the coordinator, so every replica stays bit-identical to the coordinator's state (and a
+ * coordinator without compute threads of its own can take its state from a replica). It outlives a
+ * connection: after a reconnect a fresh snapshot is loaded into it if the model still fits.
+ * Kept apart from the connection (worker_session.ts): this file knows training, not the wire.
+ */
+import type { Dataset } from '../../data/datasets.js';
+import type { Device, EngineName } from '../../engine/engine.js';
+import { paramsSha256 } from '../../report/summary.js';
+import { evenSplit, missingRanges, unitAssignment, type Range } from '../plan.js';
+import type { Task } from '../step_worker.js';
+import { createTrainingMemory, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from '../training_memory.js';
+import { createWorkers, type WorkerSet } from '../workers.js';
+import { ProtocolError, type RowsDone, type RowsMessage, type StateMessage, type ToCoordinator, type UpdateMessage } from './messages.js';
+
+/** What a replica is built with: the worker's compute settings, and its own copy of the data if any. */
+export interface ReplicaOptions {
+  threads: number;
+  engine: EngineName;
+  device: Device;
+  dataset?: Dataset;
+}
+
+/** The training state a worker mirrors, and the threads that compute on it. */
+export class Replica {
+  generation: number;
+  step: number;
+  /** The current step's batch size (0 before its rows request) and the rows held: computed here or forwarded. */
+  private batchRows = 0;
+  private held: Range[] = [];
+  /**
+   * True between applying a step as soon as every row of it was here and the coordinator's update for it
+   * (which then only confirms: the step's rows are accepted once forwarded, so its result is settled).
+   */
+  private appliedEarly = false;
+  private constructor(
+    readonly memory: TrainingMemory,
+    readonly workers: WorkerSet,
+    state: StateMessage,
+  ) {
+    this.generation = state.generation;
+    this.step = state.step;
+    this.load(state);
+  }
+
+  static async create(state: StateMessage, options: ReplicaOptions): Promise<Replica> {
+    const features = state.spec.sizes[0];
+    const classes = state.spec.sizes[state.spec.sizes.length - 1];
+    const dataset: Dataset = state.useLocalData && options.dataset ? options.dataset : emptyDataset(features, classes);
+    const memory = createTrainingMemory(state.spec, dataset, state.batchSize, options.threads);
+    const workers = await createWorkers({ memory, engine: { engine: options.engine, device: options.device }, adam: state.adam }, options.threads);
+    return new Replica(memory, workers, state);
+  }
+
+  fits(state: StateMessage): boolean {
+    const spec = this.memory.spec;
+    return state.batchSize === this.memory.batchSize && state.spec.activation === spec.activation && state.spec.sizes.join() === spec.sizes.join();
+  }
+
+  load(state: StateMessage): void {
+    const optimizer = optimizerMemoryOf(this.memory);
+    this.generation = state.generation;
+    this.step = state.step;
+    optimizer.paramsOf(state.generation).set(state.params);
+    optimizer.firstMomentOf(state.generation).set(state.m);
+    optimizer.secondMomentOf(state.generation).set(state.v);
+  }
+
+  /** Takes the batch's samples, computes rows message.range, and returns them for the coordinator. */
+  async rows(message: RowsMessage): Promise<ToCoordinator> {
+    if (message.step !== this.step) throw new ProtocolError(`rows: step ${message.step} does not follow this replica's step ${this.step}`);
+    const started = performance.now();
+    const { batch: b, spec, train } = this.memory;
+    const [r0, r1] = message.range;
+    const features = spec.sizes[0];
+    const classes = spec.sizes[spec.sizes.length - 1];
+    if (message.x) b.x.set(message.x);
+    for (let r = 0; r < message.batch; r++) {
+      if (!message.x) {
+        const i = message.index![r];
+        if (i < 0 || i >= train.count) throw new ProtocolError(`rows: sample ${i} is outside the local dataset of ${train.count}`);
+        b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
+      }
+      b.target.fill(0, r * classes, (r + 1) * classes);
+      b.target[r * classes + message.labels[r]] = 1;
+    }
+    const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
+    await this.workers.runPass(
+      ranges.map((range) => ({ kind: 'rows', step: this.step, generation: this.generation, batch: message.batch, range, gather: false }) as Task),
+    );
+    this.batchRows = message.batch;
+    // Rows that are not finite are the coordinator's to judge: this replica then waits for its update.
+    if (b.rowLoss.subarray(r0, r1).every(Number.isFinite)) this.held.push(message.range);
+    const rowsOf = (a: Float32Array, width: number) => a.subarray(r0 * width, r1 * width);
+    const deltas = b.deltas.map((d, l) => rowsOf(d, spec.sizes[l + 1]));
+    return {
+      t: 'rowsDone',
+      step: message.step,
+      range: message.range,
+      rowLoss: b.rowLoss.subarray(r0, r1),
+      hidden: b.hidden.map((h, l) => rowsOf(h, spec.sizes[l + 1])),
+      deltas: message.compact ? deltas.slice(-1) : deltas,
+      ms: performance.now() - started,
+    };
+  }
+
+  /** Copies rows [r0, …) into the batch buffers; compact ones (last delta only) get their other deltas rebuilt. */
+  private async place([r0, r1]: Range, hidden: Float32Array[], deltas: Float32Array[]): Promise<void> {
+    if (!placeBatchRows(this.memory, r0, hidden, deltas)) return;
+    const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
+    await this.workers.runPass(ranges.map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
+  }
+
+  /** Rows of this step another worker computed (this replica has their samples from its rows request). */
+  async received(message: RowsDone): Promise<void> {
+    if (message.step !== this.step) throw new ProtocolError(`rowsDone: step ${message.step} does not follow this replica's step ${this.step}`);
+    await this.place(message.range, message.hidden, message.deltas);
+    this.held.push(message.range);
+  }
+
+  /**
+   * Applies the current step at once if every row of its batch is here (own rows finite, the others'
+   * validated and accepted by the coordinator before it forwarded them), without waiting for the update.
+   * Returns true if it did.
+   */
+  async applyIfComplete(): Promise<boolean> {
+    if (this.batchRows === 0 || missingRanges(this.batchRows, this.held).length > 0) return false;
+    await this.apply(this.batchRows);
+    this.appliedEarly = true;
+    return true;
+  }
+
+  /** Applies step message.step with the rows it still lacked; false if it was applied already (early). */
+  async update(message: UpdateMessage): Promise<boolean> {
+    if (this.appliedEarly && message.step === this.step - 1) {
+      if (message.parts.length > 0) throw new ProtocolError(`update: step ${message.step} sends rows this replica already had`);
+      this.appliedEarly = false;
+      return false;
+    }
+    if (message.step !== this.step) throw new ProtocolError(`update: step ${message.step} does not follow this replica's step ${this.step}`);
+    const { batch: b, spec } = this.memory;
+    for (const part of message.parts) {
+      b.x.set(part.x, part.range[0] * spec.sizes[0]);
+      await this.place(part.range, part.hidden, part.deltas);
+    }
+    await this.apply(message.batch);
+    return true;
+  }
+
+  /** The weight pass and Adam over the rows in the batch buffers: the replica moves to the next step. */
+  private async apply(batch: number): Promise<void> {
+    const units = unitAssignment(this.memory.spec.sizes.slice(1), this.workers.size);
+    const results = await this.workers.runPass(
+      units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch, units: u, slot }) as Task),
+    );
+    if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
+    this.generation ^= 1;
+    this.step++;
+    this.batchRows = 0;
+    this.held = [];
+  }
+
+  checksum(): string {
+    return paramsSha256(optimizerMemoryOf(this.memory).paramsOf(this.generation));
+  }
+
+  /** The replica's state, for a coordinator that does not apply the steps itself. */
+  state(step: number): ToCoordinator {
+    // A step applied early left the state before it intact in the other generation.
+    const back = this.appliedEarly && step === this.step - 1 ? 1 : 0;
+    if (step !== this.step - back) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
+    const optimizer = optimizerMemoryOf(this.memory);
+    const generation = this.generation ^ back;
+    return {
+      t: 'replicaState',
+      step,
+      params: optimizer.paramsOf(generation),
+      m: optimizer.firstMomentOf(generation),
+      v: optimizer.secondMomentOf(generation),
+    };
+  }
+
+  close(): Promise<void> {
+    return this.workers.close();
+  }
+}
+
+function emptyDataset(features: number, classes: number): Dataset {
+  const empty = { count: 0, images: new Float32Array(0), targets: new Float32Array(0), labels: new Uint8Array(0) };
+  return { name: 'none', dir: '', features, classes, train: empty, test: empty, sha256: '' };
+}
+

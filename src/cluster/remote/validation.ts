@@ -1,0 +1,306 @@
+/**
+ * What each side accepts. Nothing a peer sends is trusted: every decoded message is checked for its type,
+ * fields, sizes and shapes before anyone reads it, and a message that fails is reported with a one-line
+ * reason (a ProtocolError; the connection is then closed by the caller).
+ *
+ * One schema per message type and direction, in two tables keyed by type (FROM_WORKER, FROM_COORDINATOR):
+ * the compiler checks that every type of ToCoordinator and ToWorker has its schema and that each schema
+ * returns that type's message, so a new message cannot be sent without saying what the receiver accepts.
+ * The schemas read what a side knows (its view: the model, what it asked for) to check sizes and steps.
+ */
+import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
+import type { AdamOptions } from '../../optim/adam.js';
+import type { Range } from '../plan.js';
+import { NonFiniteError, PROTOCOL_VERSION, ProtocolError, type RowsMessage, type ToCoordinator, type ToWorker } from './messages.js';
+
+/** A decoded message before validation (codec.ts guarantees a map with a string "t"). */
+type Raw = Record<string, unknown>;
+
+/** One schema for each message type of a union: raw message and view in, that type's message out. */
+type Schemas<M extends { t: string }, View> = { [T in M['t']]: (raw: Raw, view: View) => Extract<M, { t: T }> };
+
+// ---------------------------------------------------------------- field helpers
+
+function field(m: Raw, name: string): unknown {
+  if (!(name in m)) throw new ProtocolError(`${m.t}: missing field "${name}"`);
+  return m[name];
+}
+
+function int(m: Raw, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const v = field(m, name);
+  if (!Number.isInteger(v) || (v as number) < min || (v as number) > max) {
+    throw new ProtocolError(`${m.t}: field "${name}" must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+  }
+  return v as number;
+}
+
+function str(m: Raw, name: string, maxLength = 256): string {
+  const v = field(m, name);
+  if (typeof v !== 'string' || v.length > maxLength) throw new ProtocolError(`${m.t}: field "${name}" must be a string of at most ${maxLength} characters`);
+  return v;
+}
+
+function bytes(m: Raw, name: string, length?: number): Uint8Array {
+  const v = field(m, name);
+  if (!(v instanceof Uint8Array)) throw new ProtocolError(`${m.t}: field "${name}" must be binary`);
+  if (length !== undefined && v.length !== length) throw new ProtocolError(`${m.t}: field "${name}" must be ${length} bytes, got ${v.length}`);
+  return v;
+}
+
+/**
+ * A float32 array of exactly `count` elements (copied if the bytes are not 4-aligned), all finite unless
+ * `finite` is false: the coordinator, which proved it knows the token, is not scanned value by value.
+ */
+function floats(label: string, v: unknown, count: number, finite = true): Float32Array {
+  if (!(v instanceof Uint8Array)) throw new ProtocolError(`${label} must be binary float32 data`);
+  if (v.byteLength !== count * 4) throw new ProtocolError(`${label} must hold ${count} float32 values (${count * 4} bytes), got ${v.byteLength} bytes`);
+  // msgpackr hands out Buffers that may start at any byte; copy (new Uint8Array copies, Buffer#slice would not).
+  const out = v.byteOffset % 4 === 0 ? new Float32Array(v.buffer, v.byteOffset, count) : new Float32Array(new Uint8Array(v).buffer);
+  for (let i = 0; finite && i < count; i++) {
+    if (!Number.isFinite(out[i])) throw new NonFiniteError(`${label} contains a non-finite value at index ${i}`);
+  }
+  return out;
+}
+
+function floatList(m: Raw, name: string, counts: number[], finite = true): Float32Array[] {
+  const v = field(m, name);
+  if (!Array.isArray(v) || v.length !== counts.length) throw new ProtocolError(`${m.t}: field "${name}" must be a list of ${counts.length} arrays`);
+  return v.map((x, i) => floats(`${m.t}: ${name}[${i}]`, x, counts[i], finite));
+}
+
+function range(m: Raw, name: string, max: number): Range {
+  const v = field(m, name);
+  if (!Array.isArray(v) || v.length !== 2 || !v.every(Number.isInteger) || v[0] < 0 || v[0] >= v[1] || v[1] > max) {
+    throw new ProtocolError(`${m.t}: field "${name}" must be a non-empty row range within [0, ${max}], got ${JSON.stringify(v)}`);
+  }
+  return [v[0], v[1]];
+}
+
+/** Floats of each hidden layer's array for `rows` rows. */
+function hiddenCounts(sizes: number[], rows: number): number[] {
+  return sizes.slice(1, -1).map((n) => rows * n);
+}
+
+/** Floats of each delta array for `rows` rows: every layer's, or (compact) only the last layer's. */
+function deltaCounts(sizes: number[], rows: number, compact: boolean): number[] {
+  return (compact ? sizes.slice(-1) : sizes.slice(1)).map((n) => rows * n);
+}
+
+/** A received rows message (or update part) carries compact deltas when it holds a single delta array. */
+function isCompact(m: Raw): boolean {
+  return Array.isArray(m.deltas) && m.deltas.length === 1;
+}
+
+/** The schema of message type `t` in `schemas`; an own property only, so "constructor" is unknown too. */
+function schemaOf<S extends object>(schemas: S, t: unknown): S[keyof S] {
+  if (typeof t !== 'string' || !Object.hasOwn(schemas, t)) throw new ProtocolError(`unknown message type ${JSON.stringify(t)}`);
+  return schemas[t as keyof S];
+}
+
+// ---------------------------------------------------------------- worker → coordinator
+
+/** What the coordinator knows when it validates a worker's message. */
+export interface CoordinatorView {
+  spec: ModelSpec;
+  batchSize: number;
+  /** The step whose rows this worker owes, or undefined when it owes none. */
+  pendingStep: number | undefined;
+  pendingRange: Range | undefined;
+  /** The step whose state this worker was asked for, or undefined. */
+  pendingSnapshot: number | undefined;
+  /** Whether the rows it owes come in compact form. */
+  pendingCompact: boolean;
+}
+
+/** The view is undefined until the worker authenticated: then only hello (and error) make sense. */
+const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
+  hello(raw) {
+    const protocol = int(raw, 'protocol');
+    if (protocol !== PROTOCOL_VERSION) throw new ProtocolError(`hello: protocol version ${protocol} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
+    return {
+      t: 'hello',
+      protocol,
+      mac: bytes(raw, 'mac'),
+      nonce: bytes(raw, 'nonce', 32),
+      engine: str(raw, 'engine', 16),
+      backend: str(raw, 'backend'),
+      threads: int(raw, 'threads', 1, 1024),
+      dataSha256: str(raw, 'dataSha256', 64),
+    };
+  },
+
+  /** The rows it was asked for: exactly that step and range, finite, in the form asked for. */
+  rowsDone(raw, view) {
+    if (!view) throw new ProtocolError('rowsDone: sent before the worker was set up');
+    const step = int(raw, 'step');
+    if (view.pendingStep === undefined || step !== view.pendingStep) {
+      throw new ProtocolError(`rowsDone: step ${step} was not asked for (expected ${view.pendingStep ?? 'none'}): stale or replayed`);
+    }
+    const r = range(raw, 'range', view.batchSize);
+    if (!view.pendingRange || r[0] !== view.pendingRange[0] || r[1] !== view.pendingRange[1]) {
+      throw new ProtocolError(`rowsDone: rows ${r[0]}–${r[1]} were not asked for`);
+    }
+    const rows = r[1] - r[0];
+    const sizes = view.spec.sizes;
+    return {
+      t: 'rowsDone',
+      step,
+      range: r,
+      rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows),
+      hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows)),
+      deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, view.pendingCompact)),
+      ms: Math.max(0, Number(field(raw, 'ms')) || 0),
+    };
+  },
+
+  checksum: (raw) => ({ t: 'checksum', step: int(raw, 'step'), sha256: str(raw, 'sha256', 64) }),
+
+  /** The replica's state at the step it was asked for, finite. */
+  replicaState(raw, view) {
+    if (!view) throw new ProtocolError('replicaState: sent before the worker was set up');
+    const step = int(raw, 'step');
+    if (view.pendingSnapshot === undefined || step !== view.pendingSnapshot) {
+      throw new ProtocolError(`replicaState: the state of step ${step} was not asked for (expected ${view.pendingSnapshot ?? 'none'})`);
+    }
+    const total = paramLayout(view.spec).total;
+    return {
+      t: 'replicaState',
+      step,
+      params: floats('replicaState: params', field(raw, 'params'), total),
+      m: floats('replicaState: m', field(raw, 'm'), total),
+      v: floats('replicaState: v', field(raw, 'v'), total),
+    };
+  },
+
+  error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
+};
+
+export function validateFromWorker(raw: Raw, view: CoordinatorView | undefined): ToCoordinator {
+  const schema = schemaOf(FROM_WORKER, raw.t) as (raw: Raw, view: CoordinatorView | undefined) => ToCoordinator;
+  return schema(raw, view);
+}
+
+// ---------------------------------------------------------------- coordinator → worker
+
+/** What a worker knows when it validates the coordinator's message. */
+export interface WorkerView {
+  spec: ModelSpec | undefined;
+  batchSize: number;
+  params: number;
+  features: number;
+}
+
+function specOf(raw: Raw): ModelSpec {
+  const spec = field(raw, 'spec') as ModelSpec;
+  if (
+    !spec || !Array.isArray(spec.sizes) || spec.sizes.length < 2 || spec.sizes.length > 64 ||
+    !spec.sizes.every((n) => Number.isInteger(n) && n > 0 && n <= 1 << 20) ||
+    !(ACTIVATIONS as readonly string[]).includes(spec.activation)
+  ) {
+    throw new ProtocolError('state: field "spec" is not a valid model spec');
+  }
+  return { sizes: spec.sizes, activation: spec.activation };
+}
+
+function adamOf(raw: Raw): AdamOptions {
+  const adam = field(raw, 'adam') as AdamOptions;
+  if (!adam || ![adam.lr, adam.beta1, adam.beta2, adam.eps].every((x) => typeof x === 'number' && Number.isFinite(x))) {
+    throw new ProtocolError('state: field "adam" is not valid');
+  }
+  return { lr: adam.lr, beta1: adam.beta1, beta2: adam.beta2, eps: adam.eps };
+}
+
+/** The spec a message needs the worker to have received already (in a state message). */
+function specNeeded(view: WorkerView, t: string): ModelSpec {
+  if (!view.spec) throw new ProtocolError(`${t}: sent before the state`);
+  return view.spec;
+}
+
+/** One part of an update: rows the worker lacks, with their samples (not scanned: see floats). */
+function updatePart(p: Raw, batch: number, sizes: number[]) {
+  const part = { ...p, t: 'update part' };
+  const r = range(part, 'range', batch);
+  const rows = r[1] - r[0];
+  return {
+    range: r,
+    x: floats('update: x', field(part, 'x'), rows * sizes[0], false),
+    hidden: floatList(part, 'hidden', hiddenCounts(sizes, rows), false),
+    deltas: floatList(part, 'deltas', deltaCounts(sizes, rows, isCompact(part)), false),
+  };
+}
+
+/** The coordinator proved it knows the token: its arrays are checked for size, not scanned for values. */
+const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
+  challenge: (raw) => ({ t: 'challenge', protocol: int(raw, 'protocol'), nonce: bytes(raw, 'nonce', 32) }),
+
+  welcome: (raw) => ({ t: 'welcome', proof: bytes(raw, 'proof'), workerId: int(raw, 'workerId'), heartbeatMs: int(raw, 'heartbeatMs', 1, 3_600_000) }),
+
+  state(raw) {
+    const spec = specOf(raw);
+    const total = paramLayout(spec).total;
+    const adam = adamOf(raw);
+    return {
+      t: 'state',
+      spec,
+      batchSize: int(raw, 'batchSize', 1, 1 << 16),
+      adam,
+      step: int(raw, 'step'),
+      generation: int(raw, 'generation', 0, 1),
+      params: floats('state: params', field(raw, 'params'), total),
+      m: floats('state: m', field(raw, 'm'), total),
+      v: floats('state: v', field(raw, 'v'), total),
+      useLocalData: field(raw, 'useLocalData') === true,
+    };
+  },
+
+  rows(raw, view) {
+    const spec = specNeeded(view, 'rows');
+    const batch = int(raw, 'batch', 1, view.batchSize);
+    const r = range(raw, 'range', batch);
+    // The samples of the whole batch: the rows others compute are forwarded without them.
+    const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch, range: r, labels: bytes(raw, 'labels', batch), compact: raw.compact === true };
+    if (raw.x !== undefined) message.x = floats('rows: x', raw.x, batch * view.features, false);
+    else {
+      const index = bytes(raw, 'index', batch * 4);
+      message.index = new Int32Array(new Uint8Array(index).buffer);
+    }
+    const classes = spec.sizes[spec.sizes.length - 1];
+    if (message.labels.some((l) => l >= classes)) throw new ProtocolError(`rows: a label is not below ${classes}`);
+    return message;
+  },
+
+  /** Another worker's rows, forwarded as the coordinator received (and validated) them. */
+  rowsDone(raw, view) {
+    const sizes = specNeeded(view, 'rowsDone').sizes;
+    const r = range(raw, 'range', view.batchSize);
+    const rows = r[1] - r[0];
+    return {
+      t: 'rowsDone',
+      step: int(raw, 'step'),
+      range: r,
+      rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows, false),
+      hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows), false),
+      deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, isCompact(raw)), false),
+      ms: 0,
+    };
+  },
+
+  update(raw, view) {
+    const sizes = specNeeded(view, 'update').sizes;
+    const batch = int(raw, 'batch', 1, view.batchSize);
+    const parts = field(raw, 'parts');
+    if (!Array.isArray(parts) || parts.length > batch) throw new ProtocolError('update: field "parts" must be a list');
+    return { t: 'update', step: int(raw, 'step'), batch, parts: parts.map((p: Raw) => updatePart(p, batch, sizes)) };
+  },
+
+  check: (raw) => ({ t: 'check', step: int(raw, 'step') }),
+
+  snapshot: (raw) => ({ t: 'snapshot', step: int(raw, 'step') }),
+
+  error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
+};
+
+export function validateFromCoordinator(raw: Raw, view: WorkerView): ToWorker {
+  const schema = schemaOf(FROM_COORDINATOR, raw.t) as (raw: Raw, view: WorkerView) => ToWorker;
+  return schema(raw, view);
+}

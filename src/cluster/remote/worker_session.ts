@@ -1,0 +1,205 @@
+/**
+ * One connection of a worker to the coordinator, from connect to close: the handshake (it proves it knows
+ * the token and checks that the coordinator does too), then every message the coordinator sends, each
+ * validated and handed to its type's handler, strictly in arrival order (a step's update must be applied
+ * before the next step's rows). The watchdog ends a connection whose coordinator went silent. How the
+ * connection ended decides what runWorker (client.ts) does next: reconnect, give up, or exit.
+ * Nothing of the coordinator's side is imported here (hub, peer, requests): a worker never loads it.
+ */
+import { readFileSync } from 'node:fs';
+import WebSocket from 'ws';
+import { paramLayout } from '../../model/spec.js';
+import { newNonce, proof, proofMatches } from './auth.js';
+import type { WorkerEvent, WorkerOptions } from './client.js';
+import { closeReason, decodeRaw, encode } from './codec.js';
+import { PROTOCOL_VERSION, ProtocolError, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
+import { Replica } from './replica.js';
+import { validateFromCoordinator, type WorkerView } from './validation.js';
+import { Watchdog } from './watchdog.js';
+
+/** The coordinator's heartbeat period assumed until its welcome says (config DEFAULTS.heartbeatMs). */
+const DEFAULT_HEARTBEAT_MS = 5000;
+
+/** How a connection ended. */
+export interface SessionOutcome {
+  /** It received a state snapshot (a reconnect then starts counting failures afresh). */
+  synced: boolean;
+  reason: string;
+  /** Reconnecting cannot help (wrong token, another protocol version). */
+  fatal?: boolean;
+  /** The coordinator closed with RUN_FINISHED. */
+  finished?: boolean;
+}
+
+/** The replica, kept by runWorker across connections (a reconnect reloads it if the model still fits). */
+export interface ReplicaSlot {
+  replica?: Replica;
+}
+
+/** One handler per message type the coordinator sends. */
+type Handlers = { [T in ToWorker['t']]: (session: WorkerSession, message: Extract<ToWorker, { t: T }>) => void | Promise<void> };
+
+const HANDLERS: Handlers = {
+  challenge(s, message) {
+    if (message.protocol !== PROTOCOL_VERSION) {
+      return s.fail(`protocol version ${message.protocol} is not supported (this worker speaks ${PROTOCOL_VERSION})`, true);
+    }
+    const { token, engine, device, threads, dataset } = s.options;
+    s.send({
+      t: 'hello',
+      protocol: PROTOCOL_VERSION,
+      mac: token ? proof(token, 'worker', message.nonce) : new Uint8Array(0),
+      nonce: s.nonce,
+      engine,
+      backend: `${engine} (${device})`,
+      threads,
+      dataSha256: dataset?.sha256 ?? '',
+    });
+  },
+
+  welcome(s, message) {
+    if (s.options.token && !proofMatches(s.options.token, 'coordinator', s.nonce, message.proof)) {
+      return s.fail('the coordinator did not prove it knows the token', true);
+    }
+    s.watchdog.watch(message.heartbeatMs);
+    s.emit({ type: 'connected', url: s.options.connect, workerId: message.workerId });
+  },
+
+  /** A full snapshot: loaded into the replica, or a new replica when there is none or the model changed. */
+  async state(s, message) {
+    let replica = s.slot.replica;
+    if (replica && !replica.fits(message)) {
+      await replica.close();
+      replica = s.slot.replica = undefined;
+    }
+    if (replica) replica.load(message);
+    else s.slot.replica = await Replica.create(message, s.options);
+    s.features = message.spec.sizes[0];
+    s.synced = true;
+    s.emit({ type: 'synced', step: message.step, parameters: message.params.length });
+  },
+
+  async rows(s, message) {
+    s.send(await s.replica.rows(message));
+    await s.applyIfComplete(message.step);
+  },
+
+  /** Another worker's rows of this step, forwarded by the coordinator. */
+  async rowsDone(s, message) {
+    await s.replica.received(message);
+    await s.applyIfComplete(message.step);
+  },
+
+  async update(s, message) {
+    if (await s.replica.update(message)) s.emit({ type: 'step', step: message.step });
+  },
+
+  check: (s, message) => s.send({ t: 'checksum', step: message.step, sha256: s.replica.checksum() }),
+
+  snapshot: (s, message) => s.send(s.replica.state(message.step)),
+
+  error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
+};
+
+class WorkerSession {
+  readonly ws: WebSocket;
+  /** The nonce the coordinator must prove it knows the token for. */
+  readonly nonce = newNonce();
+  readonly watchdog: Watchdog;
+  synced = false;
+  features = 0;
+  private fatal = false;
+  /** Why the watchdog ended the connection, if it did. */
+  private silence?: string;
+  /** Messages are handled strictly in order: a step's update must be applied before the next rows. */
+  private queue: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly options: WorkerOptions,
+    readonly emit: (e: WorkerEvent) => void,
+    readonly slot: ReplicaSlot,
+  ) {
+    this.ws = new WebSocket(options.connect, {
+      maxPayload: options.maxFrameBytes,
+      ca: options.ca ? readFileSync(options.ca) : undefined,
+      handshakeTimeout: 10_000,
+    });
+    this.watchdog = new Watchdog(DEFAULT_HEARTBEAT_MS, (ms) => {
+      this.silence = `no heartbeat from the coordinator for ${Math.round(ms)} ms`;
+      this.ws.terminate();
+    });
+  }
+
+  /** Runs the connection; resolves once it closed and every message that came before was handled. */
+  run(): Promise<SessionOutcome> {
+    const { ws, watchdog, options } = this;
+    return new Promise((resolve) => {
+      ws.on('open', () => watchdog.watch());
+      ws.on('ping', () => watchdog.heard());
+      const abort = () => ws.close(1000, 'worker stopped');
+      options.signal?.addEventListener('abort', abort);
+      ws.on('message', (data, isBinary) => {
+        watchdog.heard();
+        this.queue = this.queue.then(() => this.receive(data as Buffer, isBinary));
+      });
+      ws.on('error', (e) => this.emit({ type: 'error', message: `connection: ${e.message}` }));
+      ws.on('close', (code, reason) => {
+        watchdog.stop();
+        options.signal?.removeEventListener('abort', abort);
+        const why = this.silence ?? `closed (${code}${reason.length ? ` ${reason}` : ''})`;
+        void this.queue.then(() => resolve({ synced: this.synced, fatal: this.fatal, finished: code === RUN_FINISHED, reason: why }));
+      });
+    });
+  }
+
+  /** The replica, which every message after the state needs (validation refuses them before it). */
+  get replica(): Replica {
+    return this.slot.replica!;
+  }
+
+  send(message: ToCoordinator): void {
+    if (this.ws.readyState === this.ws.OPEN) this.ws.send(encode(message));
+  }
+
+  /** Tells the coordinator why and closes; a fatal reason ends runWorker instead of reconnecting. */
+  fail(reason: string, fatal = false): void {
+    this.fatal ||= fatal;
+    this.send({ t: 'error', message: reason });
+    this.ws.close(1008, closeReason(reason));
+  }
+
+  /** Applies the current step if all its rows are here (see Replica.applyIfComplete). */
+  async applyIfComplete(step: number): Promise<void> {
+    if (await this.replica.applyIfComplete()) this.emit({ type: 'step', step });
+  }
+
+  /** One frame: validated, then handled by its type's handler; anything wrong ends the connection. */
+  private async receive(data: Buffer, isBinary: boolean): Promise<void> {
+    if (this.ws.readyState !== this.ws.OPEN) return;
+    try {
+      if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
+      const message = validateFromCoordinator(decodeRaw(data), this.view());
+      await (HANDLERS[message.t] as (s: WorkerSession, message: ToWorker) => void | Promise<void>)(this, message);
+    } catch (e) {
+      const reason = e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`;
+      this.emit({ type: 'error', message: reason });
+      this.fail(reason);
+    }
+  }
+
+  /** What validation knows: the model once this connection brought a state, and the replica's sizes. */
+  private view(): WorkerView {
+    const replica = this.slot.replica;
+    return {
+      spec: this.synced ? replica?.memory.spec : undefined,
+      batchSize: replica?.memory.batchSize ?? 0,
+      params: replica ? paramLayout(replica.memory.spec).total : 0,
+      features: this.features,
+    };
+  }
+}
+
+/** One connection, from connect to close. */
+export function session(options: WorkerOptions, emit: (e: WorkerEvent) => void, slot: ReplicaSlot): Promise<SessionOutcome> {
+  return new WorkerSession(options, emit, slot).run();
+}
