@@ -76,6 +76,8 @@ export interface TrainConfig {
   tlsKey: string | null;
   heartbeatMs: number;
   stepTimeoutMs: number;
+  minWorkers: number;
+  joinTimeoutMs: number;
   checkpointEvery: number;
   keepCheckpoints: number;
   resume: string | null;
@@ -106,6 +108,8 @@ export const DEFAULTS: TrainConfig = {
   tlsKey: null,
   heartbeatMs: 5000,
   stepTimeoutMs: 30000,
+  minWorkers: 0,
+  joinTimeoutMs: 600_000,
   checkpointEvery: 0,
   keepCheckpoints: 3,
   resume: null,
@@ -136,6 +140,8 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   tlsKey: { flag: '--tls-key <file>', description: 'PEM private key of --tls-cert', kind: { type: 'string' } },
   heartbeatMs: { flag: '--heartbeat-ms <ms>', description: 'ping remote workers this often; one that misses a pong is dropped', kind: { type: 'int', min: 100 } },
   stepTimeoutMs: { flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone', kind: { type: 'int', min: 100 } },
+  minWorkers: { flag: '--min-workers <n>', description: 'step 0 waits until n remote workers have joined (what torchrun\'s --nnodes gives)', kind: { type: 'int', min: 0 } },
+  joinTimeoutMs: { flag: '--join-timeout-ms <ms>', description: 'how long step 0 waits for --min-workers before the run fails, naming how many are missing', kind: { type: 'int', min: 100 } },
   checkpointEvery: { flag: '--checkpoint-every <steps>', description: 'write a checkpoint every n steps (0: only at the end of each epoch and when stopped)', kind: { type: 'int', min: 0 } },
   keepCheckpoints: { flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
   resume: { flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
@@ -144,8 +150,11 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
 
 export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
 
-/** Options that belong to one session of a run and are never taken from a checkpoint. */
-export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['steps', 'resume', 'listen', 'token', 'tlsCert', 'tlsKey'];
+/**
+ * Options that belong to one session of a run and are never taken from a checkpoint. Everything else,
+ * --steps and --epochs included, is: `--resume DIR` alone continues the run as it was configured.
+ */
+export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'listen', 'token', 'tlsCert', 'tlsKey', 'minWorkers', 'joinTimeoutMs'];
 
 /**
  * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
@@ -153,7 +162,7 @@ export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['steps', 'resume
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
-  'heartbeatMs', 'stepTimeoutMs', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
+  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
 ];
 
 /** What `dtrain worker` takes: runWorker()'s options that a user chooses. */
@@ -265,6 +274,9 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
   if (config.listen) splitHostPort(config.listen);
   if (config.threads === 0 && !config.listen) {
     throw incompatibleOptions('threads0');
+  }
+  if (config.minWorkers > 0 && !config.listen) {
+    throw incompatibleOptions('minWorkers');
   }
   if ((config.tlsCert === null) !== (config.tlsKey === null)) {
     throw incompatibleOptions('tls');

@@ -502,3 +502,25 @@ describe('TLS', () => {
     expect(untrusted.join('\n')).toMatch(/self-signed certificate/);
   });
 });
+
+describe('--min-workers', () => {
+  it('holds step 0 until that many remote workers joined, and ends with the same parameters', async () => {
+    const order: string[] = [];
+    const summary = await coordinator(
+      { threads: 0, minWorkers: 2 },
+      (url) => {
+        workerProcess(url);
+        setTimeout(() => workerProcess(url), 300);
+      },
+      (e) => (e.type === 'cluster' && e.event.type === 'joined' ? order.push('joined') : e.type === 'step' && order.push('step')),
+    );
+    expect(order.slice(0, 3)).toEqual(['joined', 'joined', 'step']);
+    expect(summary.paramsSha256).toBe(await reference());
+  });
+
+  it('fails after --join-timeout-ms naming how many workers are missing', async () => {
+    await expect(coordinator({ threads: 1, minWorkers: 2, joinTimeoutMs: 300 }, () => {})).rejects.toThrow(
+      '2 of 2 remote workers missing after 300 ms (--min-workers 2): start them with dtrain worker --connect, or raise --join-timeout-ms',
+    );
+  });
+});

@@ -138,6 +138,21 @@ export class Cluster {
     this.hub?.admit(state);
   }
 
+  /** Remote workers that joined: ready, or authenticated and waiting for the state. */
+  remoteMembers(): number {
+    return (this.hub?.ready().length ?? 0) + (this.hub?.joining().length ?? 0);
+  }
+
+  /** Resolves when some worker authenticates, or after `ms` (false then). */
+  async waitForJoin(ms: number, reason: string): Promise<boolean> {
+    this.onEvent({ type: 'waiting', reason });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+    const joined = await Promise.race([this.hub!.waitForWorker().then(() => true), timeout]);
+    clearTimeout(timer);
+    return joined;
+  }
+
   /** Waits until some worker has authenticated (the trainer then admits it). */
   async waitForParticipant(step: number): Promise<void> {
     if (this.hasJoiners()) return;

@@ -5,7 +5,7 @@
  */
 import type { TrainConfig } from '../config.js';
 import type { Dataset } from '../data/datasets.js';
-import { nonFiniteGradient, nonFiniteLoss } from '../errors.js';
+import { nonFiniteGradient, nonFiniteLoss, workersMissing } from '../errors.js';
 import type { AdamOptions } from '../optim/adam.js';
 import type { Cluster } from '../cluster/cluster.js';
 import { batchCount, evenSplit, microShards } from '../cluster/plan.js';
@@ -83,6 +83,23 @@ export class Trainer {
         await this.cluster.waitForParticipant(this.state.step);
       }
     }
+  }
+
+  /**
+   * Before the first step: waits until `count` remote workers have joined and admits them, so that a
+   * late joiner does not count as slow steps (torchrun's --nnodes); fails after `timeoutMs` naming how
+   * many are missing.
+   */
+  async gather(count: number, timeoutMs: number): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    for (let have = this.cluster.remoteMembers(); have < count; have = this.cluster.remoteMembers()) {
+      const left = deadline - performance.now();
+      const reason = `step ${this.state.step}: waiting for ${count - have} more of ${count} remote workers (--min-workers)`;
+      if (left <= 0 || !(await this.cluster.waitForJoin(left, reason))) {
+        if (this.cluster.remoteMembers() < count) throw workersMissing(count, this.cluster.remoteMembers(), timeoutMs);
+      }
+    }
+    await this.boundary();
   }
 
   /** After the rows: the replicas apply the step, or the weight pass runs here. */
