@@ -80,7 +80,7 @@ export function nonFiniteLoss(step: number, where: string): DtrainError {
 }
 
 export function workersMissing(wanted: number, joined: number, waitedMs: number): DtrainError {
-  return fail('WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): start them with dtrain worker --connect, or raise --join-timeout-ms`);
+  return fail('ERR_WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): start them with dtrain worker --connect, or raise --join-timeout-ms`);
 }
 
 export function checkpointInvalid(file: string, problem: string): DtrainError {
