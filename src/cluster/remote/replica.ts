@@ -9,9 +9,10 @@
 import type { Dataset } from '../../data/datasets.js';
 import type { Device, EngineName } from '../../engine/engine.js';
 import { paramsSha256 } from '../../report/summary.js';
-import { evenSplit, missingRanges, unitAssignment, type Range } from '../plan.js';
+import { evenSplit, missingRanges, type Range } from '../plan.js';
 import type { Task } from '../step_worker.js';
-import { createTrainingMemory, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from '../training_memory.js';
+import { createTrainingMemory, placeBatchRows, type TrainingMemory } from '../training_memory.js';
+import { TrainingState } from '../training_state.js';
 import { createWorkers, type WorkerSet } from '../workers.js';
 import { ProtocolError, type RowsDone, type RowsMessage, type StateMessage, type ToCoordinator, type UpdateMessage } from './messages.js';
 
@@ -25,8 +26,8 @@ export interface ReplicaOptions {
 
 /** The training state a worker mirrors, and the threads that compute on it. */
 export class Replica {
-  generation: number;
-  step: number;
+  /** The mirrored state: parameters, moments, generation and step, as the coordinator's TrainingState. */
+  readonly state: TrainingState;
   /** The current step's batch size (0 before its rows request) and the rows held: computed here or forwarded. */
   private batchRows = 0;
   private held: Range[] = [];
@@ -38,11 +39,18 @@ export class Replica {
   private constructor(
     readonly memory: TrainingMemory,
     readonly workers: WorkerSet,
-    state: StateMessage,
+    initial: StateMessage,
   ) {
-    this.generation = state.generation;
-    this.step = state.step;
-    this.load(state);
+    this.state = new TrainingState(memory);
+    this.load(initial);
+  }
+
+  get step(): number {
+    return this.state.step;
+  }
+
+  private get generation(): number {
+    return this.state.generation;
   }
 
   static async create(state: StateMessage, options: ReplicaOptions): Promise<Replica> {
@@ -60,12 +68,7 @@ export class Replica {
   }
 
   load(state: StateMessage): void {
-    const optimizer = optimizerMemoryOf(this.memory);
-    this.generation = state.generation;
-    this.step = state.step;
-    optimizer.paramsOf(state.generation).set(state.params);
-    optimizer.firstMomentOf(state.generation).set(state.m);
-    optimizer.secondMomentOf(state.generation).set(state.v);
+    this.state.load(state, state.step, state.generation);
   }
 
   /** Takes the batch's samples, computes rows message.range, and returns them for the coordinator. */
@@ -151,34 +154,29 @@ export class Replica {
 
   /** The weight pass and Adam over the rows in the batch buffers: the replica moves to the next step. */
   private async apply(batch: number): Promise<void> {
-    const units = unitAssignment(this.memory.spec.sizes.slice(1), this.workers.size);
-    const results = await this.workers.runPass(
-      units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch, units: u, slot }) as Task),
-    );
+    const results = await this.workers.runPass(this.state.weightTasks(batch, this.workers.size));
     if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
-    this.generation ^= 1;
-    this.step++;
+    this.state.commit();
     this.batchRows = 0;
     this.held = [];
   }
 
   checksum(): string {
-    return paramsSha256(optimizerMemoryOf(this.memory).paramsOf(this.generation));
+    return paramsSha256(this.state.params);
   }
 
   /** The replica's state, for a coordinator that does not apply the steps itself. */
-  state(step: number): ToCoordinator {
+  stateAt(step: number): ToCoordinator {
     // A step applied early left the state before it intact in the other generation.
     const back = this.appliedEarly && step === this.step - 1 ? 1 : 0;
     if (step !== this.step - back) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
-    const optimizer = optimizerMemoryOf(this.memory);
-    const generation = this.generation ^ back;
+    const { params, m, v } = this.state.arrays(this.generation ^ back);
     return {
       t: 'replicaState',
       step,
-      params: optimizer.paramsOf(generation),
-      m: optimizer.firstMomentOf(generation),
-      v: optimizer.secondMomentOf(generation),
+      params,
+      m,
+      v,
     };
   }
 

@@ -96,7 +96,7 @@ const HANDLERS: Handlers = {
 
   check: (s, message) => s.send({ t: 'checksum', step: message.step, sha256: s.replica.checksum() }),
 
-  snapshot: (s, message) => s.send(s.replica.state(message.step)),
+  snapshot: (s, message) => s.send(s.replica.stateAt(message.step)),
 
   error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
 };
