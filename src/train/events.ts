@@ -1,6 +1,6 @@
 /** What a run reports as it goes (it never prints), and the hooks a caller may give it. */
-import type { ClusterEvent, WorkShares } from '../cluster/cluster.js';
-import type { WorkerSet } from '../cluster/workers.js';
+import type { ClusterEvent, WorkShares } from '../cluster/scheduler.js';
+import type { Team } from '../cluster/team.js';
 import type { Dataset } from '../data/datasets.js';
 import type { EpochResult, RunSummary } from '../report/summary.js';
 
@@ -23,7 +23,7 @@ export interface TrainOptions {
   /** A dataset already in memory (tests); otherwise config.data or the embedded MNIST is loaded. */
   dataset?: Dataset;
   /** Called once the local workers are up, with the set (tests use it to inject faults). */
-  onWorkers?: (workers: WorkerSet) => void;
+  onTeam?: (workers: Team) => void;
   /** Called once the coordinator listens, with its address (tests connect workers to it). */
   onListening?: (address: { host: string; port: number }) => void;
   /**

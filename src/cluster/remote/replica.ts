@@ -8,12 +8,13 @@
  */
 import type { Dataset } from '../../data/datasets.js';
 import type { Device, EngineName } from '../../engine/engine.js';
-import { paramsSha256 } from '../../report/summary.js';
+import { paramsSha256 } from '../../model/checksum.js';
 import { evenSplit, missingRanges, type Range } from '../plan.js';
-import type { Task } from '../step_worker.js';
+import type { Task } from '../slot_runner.js';
 import { createTrainingMemory, placeBatchRows, type TrainingMemory } from '../training_memory.js';
 import { TrainingState } from '../training_state.js';
-import { createWorkers, type WorkerSet } from '../workers.js';
+import { createTeam } from '../create_team.js';
+import type { Team } from '../team.js';
 import { ProtocolError, type RowsDone, type RowsMessage, type StateMessage, type ToCoordinator, type UpdateMessage } from './messages.js';
 
 /** What a replica is built with: the worker's compute settings, and its own copy of the data if any. */
@@ -38,7 +39,7 @@ export class Replica {
   private appliedEarly = false;
   private constructor(
     readonly memory: TrainingMemory,
-    readonly workers: WorkerSet,
+    readonly team: Team,
     initial: StateMessage,
   ) {
     this.state = new TrainingState(memory);
@@ -58,8 +59,8 @@ export class Replica {
     const classes = state.spec.sizes[state.spec.sizes.length - 1];
     const dataset: Dataset = state.useLocalData && options.dataset ? options.dataset : emptyDataset(features, classes);
     const memory = createTrainingMemory(state.spec, dataset, state.batchSize, options.threads);
-    const workers = await createWorkers({ memory, engine: { engine: options.engine, device: options.device }, adam: state.adam }, options.threads);
-    return new Replica(memory, workers, state);
+    const team = await createTeam({ memory, engine: { engine: options.engine, device: options.device }, adam: state.adam }, options.threads);
+    return new Replica(memory, team, state);
   }
 
   fits(state: StateMessage): boolean {
@@ -89,8 +90,8 @@ export class Replica {
       b.target.fill(0, r * classes, (r + 1) * classes);
       b.target[r * classes + message.labels[r]] = 1;
     }
-    const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
-    await this.workers.runPass(
+    const ranges = evenSplit(r1 - r0, this.team.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
+    await this.team.runPass(
       ranges.map((range) => ({ kind: 'rows', step: this.step, generation: this.generation, batch: message.batch, range, gather: false }) as Task),
     );
     this.batchRows = message.batch;
@@ -112,8 +113,8 @@ export class Replica {
   /** Copies rows [r0, …) into the batch buffers; compact ones (last delta only) get their other deltas rebuilt. */
   private async place([r0, r1]: Range, hidden: Float32Array[], deltas: Float32Array[]): Promise<void> {
     if (!placeBatchRows(this.memory, r0, hidden, deltas)) return;
-    const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
-    await this.workers.runPass(ranges.map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
+    const ranges = evenSplit(r1 - r0, this.team.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
+    await this.team.runPass(ranges.map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
   }
 
   /** Rows of this step another worker computed (this replica has their samples from its rows request). */
@@ -154,7 +155,7 @@ export class Replica {
 
   /** The weight pass and Adam over the rows in the batch buffers: the replica moves to the next step. */
   private async apply(batch: number): Promise<void> {
-    const results = await this.workers.runPass(this.state.weightTasks(batch, this.workers.size));
+    const results = await this.team.runPass(this.state.weightTasks(batch, this.team.size));
     if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
     this.state.commit();
     this.batchRows = 0;
@@ -181,7 +182,7 @@ export class Replica {
   }
 
   close(): Promise<void> {
-    return this.workers.close();
+    return this.team.close();
   }
 }
 

@@ -13,11 +13,11 @@
 import type { StateSnapshot } from './training_state.js';
 import type { Range } from './plan.js';
 import { microShards, shardGroups } from './plan.js';
-import type { RemoteHub, RemotePeer as RemoteWorker, HubEvent, SuspectRows } from './remote/hub.js';
+import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
-import type { EngineCapabilities, Task, TaskResult } from './step_worker.js';
+import type { EngineCapabilities, Task, TaskResult } from './slot_runner.js';
 import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
-import type { WorkerSet } from './workers.js';
+import type { Team } from './team.js';
 
 /** What a joining worker is sent: the committed state and what it needs to compute with it. */
 export type JoinState = StateSnapshot & Pick<StateMessage, 'spec' | 'batchSize' | 'adam'>;
@@ -44,10 +44,10 @@ export function chooseStepMode(localThreads: number, remoteWorkers: boolean): St
  * replicas apply this step), or the pass could not finish and the step is redone after the boundary —
  * nobody is left to compute, or suspect rows must be judged here on a state this process does not hold yet.
  */
-export type RowPassOutcome = { done: true; replicated: boolean } | { done: false; needs: 'participant' | 'state' };
+export type RowsOutcome = { done: true; replicated: boolean } | { done: false; needs: 'participant' | 'state' };
 
 interface RemoteJob {
-  worker: RemoteWorker;
+  worker: RemotePeer;
   rows: Range;
   shardRange: Range;
   sent: number;
@@ -57,7 +57,7 @@ interface RemoteJob {
 
 /** A worker's answer of non-finite rows (its micro-shards), held until this process has computed them too. */
 interface Suspect {
-  worker: RemoteWorker;
+  worker: RemotePeer;
   reason: string;
   shardRange: Range;
 }
@@ -84,7 +84,7 @@ export interface WorkShares {
 
 const LOCAL = 'local';
 
-export class Cluster {
+export class Scheduler {
   /** Rows per millisecond of the local slots together, smoothed. */
   private localSpeed = 0;
   private shares = new Map<string, number>();
@@ -99,7 +99,7 @@ export class Cluster {
 
   constructor(
     private readonly memory: TrainingMemory,
-    readonly local: WorkerSet,
+    readonly local: Team,
     readonly mode: StepMode,
     private readonly hub: RemoteHub | undefined,
     private readonly onEvent: (event: ClusterEvent) => void,
@@ -167,7 +167,7 @@ export class Cluster {
    * batch buffers hold every row's loss, activations and deltas. `stateIsHere`: this process holds the
    * committed state, so rows a worker sent back non-finite can be judged here.
    */
-  async rowPass(step: number, generation: number, index: Int32Array, microBatch: number, stateIsHere: boolean): Promise<RowPassOutcome> {
+  async computeRows(step: number, generation: number, index: Int32Array, microBatch: number, stateIsHere: boolean): Promise<RowsOutcome> {
     const batch = index.length;
     this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
@@ -191,7 +191,7 @@ export class Cluster {
   }
 
   /** The row pass of batch `index` on the local slots alone (a replay, or rows to recompute here). */
-  async localRows(step: number, generation: number, index: Int32Array, microBatch: number): Promise<void> {
+  async computeRowsHere(step: number, generation: number, index: Int32Array, microBatch: number): Promise<void> {
     this.memory.batch.index.set(index);
     await this.runLocalRows(step, generation, index.length, microShards(index.length, microBatch));
   }
@@ -327,7 +327,7 @@ export class Cluster {
   }
 
   /** Both passes of a step on the single local slot ('whole' mode). */
-  async stepPass(step: number, generation: number, index: Int32Array): Promise<TaskResult[]> {
+  async computeWholeStep(step: number, generation: number, index: Int32Array): Promise<TaskResult[]> {
     const batch = index.length;
     this.memory.batch.index.set(index);
     const started = performance.now();
@@ -338,11 +338,11 @@ export class Cluster {
   }
 
   /** Gradient reduction and Adam on the local slots: the state's weight tasks (TrainingState.weightTasks). */
-  weightPass(tasks: Task[]): Promise<TaskResult[]> {
+  applyWeights(tasks: Task[]): Promise<TaskResult[]> {
     return this.local.runPass(tasks);
   }
 
-  evalPass(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {
+  evaluate(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {
     return this.local.runPass(ranges.map((range) => ({ kind: 'eval', step, generation, range }) as Task));
   }
 

@@ -2,7 +2,7 @@
  * Turns training events into what a person reads: the tutorial's lines (loss every --log-every batches,
  * "Test result: Accuracy: X%, Avg loss: Y" after each epoch) and, on a terminal, a progress bar.
  */
-import type { TrainEvent } from '../train/events.js';
+import type { TrainEvent } from './train/events.js';
 
 export interface ConsoleSink {
   line(text: string): void;
