@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { paramLayout } from '../../model/spec.js';
 import { newNonce, proof, proofMatches } from './auth.js';
-import type { WorkerEvent, WorkerOptions } from './client.js';
+import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
 import { PROTOCOL_VERSION, ProtocolError, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
 import { Replica } from './replica.js';
