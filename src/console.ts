@@ -10,72 +10,88 @@ export interface ConsoleSink {
   status?(text: string): void;
 }
 
-export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void {
-  let lastDraw = 0;
-  const clear = () => sink.status?.('');
-  return (event) => {
-    switch (event.type) {
-      case 'start':
-        sink.line(`dtrain: ${event.spec}, ${event.parameters.toLocaleString('en-US')} parameters`);
-        sink.line(`data: ${event.dataset}, ${event.trainSamples} train / ${event.testSamples} test samples`);
-        sink.line(`workers: ${event.workers}`);
-        if (event.listening) sink.line(`listening for remote workers on ${event.listening}`);
-        break;
-      case 'checkpoint':
-        if (event.action === 'skipped') {
-          clear();
-          sink.line(`! checkpoint skipped: ${event.reason}`);
-        } else if (event.action === 'resumed') sink.line(`resumed from ${event.file} (step ${event.step})`);
-        break;
-      case 'cluster': {
-        clear();
-        const e = event.event;
-        if (e.type === 'joined') sink.line(`+ ${e.worker} joined (${e.backend}, ${e.threads} thread${e.threads === 1 ? '' : 's'})`);
-        else if (e.type === 'left') sink.line(`- ${e.worker} left: ${e.reason}`);
-        else if (e.type === 'rejected') sink.line(`! ${e.peer} rejected: ${e.reason}`);
-        else if (e.type === 'waiting') sink.line(`… ${e.reason}`);
-        else if (e.type === 'redo') sink.line(`↻ rows ${e.rows[0]}–${e.rows[1] - 1} redone elsewhere: ${e.reason}`);
-        else if (e.type === 'replay') sink.line(`↻ no replica left: replaying steps ${e.from}–${e.to - 1} here from the last state taken`);
-        else if (e.type === 'diverged') sink.line(`! replicas of ${e.workers.join(', ')} differ from the coordinator's parameters: resynchronising`);
-        break;
-      }
-      case 'step': {
-        if (!sink.status) break;
-        const now = performance.now();
-        if (now - lastDraw < 100 && event.batch !== event.batches) break;
-        lastDraw = now;
-        const width = 30;
-        const done = Math.round((width * event.batch) / event.batches);
-        sink.status(
-          `epoch ${event.epoch} [${'='.repeat(done)}${' '.repeat(width - done)}] ${event.batch}/${event.batches} loss ${event.loss.toFixed(4)}`,
-        );
-        break;
-      }
-      case 'log':
-        clear();
-        if (event.current <= 64) sink.line(`Epoch ${event.epoch}\n-------------------------------`);
-        sink.line(`loss: ${event.loss.toFixed(6).padStart(9)}  [${String(event.current).padStart(5)}/${String(event.size).padStart(5)}]`);
-        break;
-      case 'epoch': {
-        clear();
-        const r = event.result;
-        sink.line(
-          `Test result: Accuracy: ${r.testAccuracy.toFixed(2)}%, Avg loss: ${r.testAvgLoss.toFixed(6)}  ` +
-            `(epoch ${r.epoch}: ${r.seconds.toFixed(2)} s, ${Math.round(r.samplesPerSecond)} samples/s)`,
-        );
-        const total = Object.values(event.shares.rows).reduce((a, b) => a + b, 0);
-        if (Object.keys(event.shares.rows).length > 1 || event.shares.networkWaitSeconds > 0) {
-          const parts = Object.entries(event.shares.rows).map(([name, rows]) => `${name} ${((100 * rows) / total).toFixed(0)}%`);
-          sink.line(`work shares: ${parts.join(', ')}; waited on the network ${event.shares.networkWaitSeconds.toFixed(2)} s`);
-        }
-        sink.line('');
-        break;
-      }
-      case 'done':
-        clear();
-        sink.line(`paramsSha256: ${event.summary.paramsSha256}`);
-        sink.line(`run: ${event.summary.outDir}/ (summary.json, metrics.jsonl, plot.svg, checkpoints/${event.summary.config.export ? ', model/' : ''})`);
-        break;
+type Handler<T extends TrainEvent['type']> = (event: Extract<TrainEvent, { type: T }>, out: Output) => void;
+
+/** The sink, and the progress bar's state. */
+interface Output {
+  sink: ConsoleSink;
+  clear(): void;
+  lastDraw: number;
+}
+
+function clusterLine(e: Extract<TrainEvent, { type: 'cluster' }>['event']): string {
+  switch (e.type) {
+    case 'joined':
+      return `+ ${e.worker} joined (${e.backend}, ${e.threads} thread${e.threads === 1 ? '' : 's'})`;
+    case 'left':
+      return `- ${e.worker} left: ${e.reason}`;
+    case 'rejected':
+      return `! ${e.peer} rejected: ${e.reason}`;
+    case 'waiting':
+      return `… ${e.reason}`;
+    case 'redo':
+      return `↻ rows ${e.rows[0]}–${e.rows[1] - 1} redone elsewhere: ${e.reason}`;
+    case 'replay':
+      return `↻ no replica left: replaying steps ${e.from}–${e.to - 1} here from the last state taken`;
+    case 'diverged':
+      return `! replicas of ${e.workers.join(', ')} differ from the coordinator's parameters: resynchronising`;
+  }
+}
+
+const HANDLERS: { [T in TrainEvent['type']]: Handler<T> } = {
+  start: (e, { sink }) => {
+    sink.line(`dtrain: ${e.spec}, ${e.parameters.toLocaleString('en-US')} parameters`);
+    sink.line(`data: ${e.dataset}, ${e.trainSamples} train / ${e.testSamples} test samples`);
+    sink.line(`workers: ${e.workers}`);
+    if (e.listening) sink.line(`listening for remote workers on ${e.listening}`);
+  },
+  checkpoint: (e, out) => {
+    if (e.action === 'skipped') {
+      out.clear();
+      out.sink.line(`! checkpoint skipped: ${e.reason}`);
+    } else if (e.action === 'resumed') out.sink.line(`resumed from ${e.file} (step ${e.step})`);
+  },
+  cluster: (e, out) => {
+    out.clear();
+    out.sink.line(clusterLine(e.event));
+  },
+  step: (e, out) => {
+    if (!out.sink.status) return;
+    const now = performance.now();
+    if (now - out.lastDraw < 100 && e.batch !== e.batches) return;
+    out.lastDraw = now;
+    const width = 30;
+    const done = Math.round((width * e.batch) / e.batches);
+    out.sink.status(`epoch ${e.epoch} [${'='.repeat(done)}${' '.repeat(width - done)}] ${e.batch}/${e.batches} loss ${e.loss.toFixed(4)}`);
+  },
+  log: (e, out) => {
+    out.clear();
+    if (e.current <= 64) out.sink.line(`Epoch ${e.epoch}\n-------------------------------`);
+    out.sink.line(`loss: ${e.loss.toFixed(6).padStart(9)}  [${String(e.current).padStart(5)}/${String(e.size).padStart(5)}]`);
+  },
+  epoch: (e, out) => {
+    out.clear();
+    const r = e.result;
+    out.sink.line(
+      `Test result: Accuracy: ${r.testAccuracy.toFixed(2)}%, Avg loss: ${r.testAvgLoss.toFixed(6)}  ` +
+        `(epoch ${r.epoch}: ${r.seconds.toFixed(2)} s, ${Math.round(r.samplesPerSecond)} samples/s)`,
+    );
+    const total = Object.values(e.shares.rows).reduce((a, b) => a + b, 0);
+    if (Object.keys(e.shares.rows).length > 1 || e.shares.networkWaitSeconds > 0) {
+      const parts = Object.entries(e.shares.rows).map(([name, rows]) => `${name} ${((100 * rows) / total).toFixed(0)}%`);
+      out.sink.line(`work shares: ${parts.join(', ')}; waited on the network ${e.shares.networkWaitSeconds.toFixed(2)} s`);
     }
-  };
+    out.sink.line('');
+  },
+  'finished-already': (e, { sink }) => sink.line(`nothing left to do: the run already reached step ${e.step} (${e.epochs} epoch${e.epochs === 1 ? '' : 's'} recorded)`),
+  done: (e, out) => {
+    out.clear();
+    out.sink.line(`paramsSha256: ${e.summary.paramsSha256}`);
+    out.sink.line(`run: ${e.summary.outDir}/ (summary.json, metrics.jsonl, plot.svg, checkpoints/${e.summary.config.export ? ', model/' : ''})`);
+  },
+};
+
+export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void {
+  const out: Output = { sink, clear: () => sink.status?.(''), lastDraw: 0 };
+  return (event) => (HANDLERS[event.type] as Handler<typeof event.type>)(event as never, out);
 }
