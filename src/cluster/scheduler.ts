@@ -12,7 +12,8 @@
  */
 import type { StateSnapshot } from './training_state.js';
 import type { Range } from './plan.js';
-import { microShards, shardGroups } from './plan.js';
+import { apportion, coalesce, microShards, shardGroups } from './plan.js';
+import { LOCAL, smooth, WorkLedger, type WorkShares } from './work_ledger.js';
 import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
 import type { EngineCapabilities, Task, TaskResult } from './slot_runner.js';
@@ -77,19 +78,11 @@ export type ClusterEvent =
   | { type: 'replay'; from: number; to: number };
 
 /** Rows each participant computed and the time the coordinator waited on the network, per epoch. */
-export interface WorkShares {
-  rows: Record<string, number>;
-  networkWaitSeconds: number;
-}
 
-const LOCAL = 'local';
 
 export class Scheduler {
-  /** Rows per millisecond of the local slots together, smoothed. */
-  private localSpeed = 0;
-  private shares = new Map<string, number>();
+  private readonly ledger = new WorkLedger();
   private prefetched?: Plan;
-  private networkWaitMs = 0;
   /**
    * Remote rows travel in compact form (activations and the last layer's delta; receivers rebuild the
    * other deltas): with replicated steps, where this process never runs a weight pass on remote rows, and
@@ -206,7 +199,7 @@ export class Scheduler {
       const rows = shards.slice(shardRange[0], shardRange[1]);
       const [r0, r1] = [rows[0][0], rows[rows.length - 1][1]];
       await this.runLocalRows(step, generation, batch, rows);
-      this.credit(LOCAL, r1 - r0);
+      this.ledger.credit(LOCAL, r1 - r0);
       if (this.rowsFinite(r0, r1)) this.hub!.reject(worker, `rowsDone: ${reason.replace(/^rowsDone: /, '')}, where this coordinator computes finite values`);
     }
   }
@@ -253,9 +246,10 @@ export class Scheduler {
   private plan(step: number, batch: number, shards: Range[], [s0, s1]: Range, index: Int32Array): Plan {
     const remotes = this.hub?.ready() ?? [];
     // A newcomer is assumed as fast as the average so far: it gets work at once, and a measured speed.
-    const known = [...(this.localSpeed ? [this.localSpeed] : []), ...remotes.filter((w) => w.speed).map((w) => w.speed)];
+    const localSpeed = this.ledger.localSpeed;
+    const known = [...(localSpeed ? [localSpeed] : []), ...remotes.filter((w) => w.speed).map((w) => w.speed)];
     const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
-    const weights = [...(this.localComputes ? [this.localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
+    const weights = [...(this.localComputes ? [localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
     const counts = apportion(s1 - s0, weights);
     const plan: Plan = { step, batch, remote: [] };
     let next = s0;
@@ -286,8 +280,7 @@ export class Scheduler {
       const count = plan.local[plan.local.length - 1][1] - plan.local[0][0];
       await this.runLocalRows(plan.step, generation, plan.batch, plan.local);
       localDone = performance.now();
-      this.localSpeed = smooth(this.localSpeed, count / Math.max(0.01, localDone - started));
-      this.credit(LOCAL, count);
+      this.ledger.local(count, localDone - started);
     }
     const failed: Range[] = [];
     const suspect: Suspect[] = [];
@@ -305,9 +298,9 @@ export class Scheduler {
       const count = job.rows[1] - job.rows[0];
       this.copyRows(done.range, done.rowLoss, done.hidden, done.deltas);
       job.worker.speed = smooth(job.worker.speed, count / Math.max(0.01, performance.now() - job.sent));
-      this.credit(job.worker.name, count);
+      this.ledger.credit(job.worker.name, count);
     }
-    if (plan.remote.length > 0) this.networkWaitMs += Math.max(0, performance.now() - localDone);
+    if (plan.remote.length > 0) this.ledger.waited(performance.now() - localDone);
     return { failed, suspect };
   }
 
@@ -322,18 +315,13 @@ export class Scheduler {
     gatherBatchRows(this.memory, [r0, r1], true);
   }
 
-  private credit(name: string, rows: number): void {
-    this.shares.set(name, (this.shares.get(name) ?? 0) + rows);
-  }
-
   /** Both passes of a step on the single local slot ('whole' mode). */
   async computeWholeStep(step: number, generation: number, index: Int32Array): Promise<TaskResult[]> {
     const batch = index.length;
     this.memory.batch.index.set(index);
     const started = performance.now();
     const results = await this.local.runPass([{ kind: 'step', step, generation, batch }]);
-    this.localSpeed = smooth(this.localSpeed, batch / Math.max(0.01, performance.now() - started));
-    this.credit(LOCAL, batch);
+    this.ledger.local(batch, performance.now() - started);
     return results;
   }
 
@@ -366,10 +354,7 @@ export class Scheduler {
 
   /** Shares of the rows computed since the last call, and the time spent waiting on the network. */
   takeShares(): WorkShares {
-    const result = { rows: Object.fromEntries(this.shares), networkWaitSeconds: this.networkWaitMs / 1000 };
-    this.shares.clear();
-    this.networkWaitMs = 0;
-    return result;
+    return this.ledger.take();
   }
 
   async close(): Promise<void> {
@@ -380,35 +365,4 @@ export class Scheduler {
 // By name: the remote module (and ws) is only loaded when the coordinator listens.
 function isSuspect(result: unknown): result is SuspectRows {
   return result instanceof Error && result.name === 'SuspectRows';
-}
-
-/** Shard ranges sorted, with adjacent ones merged. */
-function coalesce(ranges: Range[]): Range[] {
-  const merged: [number, number][] = [];
-  for (const [a, b] of [...ranges].sort((x, y) => x[0] - y[0])) {
-    const last = merged[merged.length - 1];
-    if (last && last[1] === a) last[1] = b;
-    else merged.push([a, b]);
-  }
-  return merged;
-}
-
-function smooth(previous: number, sample: number): number {
-  return previous === 0 ? sample : 0.7 * previous + 0.3 * sample;
-}
-
-/**
- * Splits n items in proportion to weights (largest remainder), deterministically. While there are at
- * least as many items as weights, everyone gets one: a slow participant gets less work, never none, so
- * its speed keeps being measured.
- */
-export function apportion(n: number, weights: number[]): number[] {
-  const floor = n >= weights.length ? 1 : 0;
-  const total = weights.reduce((a, b) => a + b, 0);
-  const exact = weights.map((w) => floor + ((n - floor * weights.length) * w) / total);
-  const counts = exact.map(Math.floor);
-  let left = n - counts.reduce((a, b) => a + b, 0);
-  const order = exact.map((e, i) => [e - Math.floor(e), i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
-  for (let k = 0; left > 0; k++, left--) counts[order[k % order.length][1]]++;
-  return counts;
 }

@@ -1,5 +1,6 @@
 /** What a run reports as it goes (it never prints), and the hooks a caller may give it. */
-import type { ClusterEvent, WorkShares } from '../cluster/scheduler.js';
+import type { ClusterEvent } from '../cluster/scheduler.js';
+import type { WorkShares } from '../cluster/work_ledger.js';
 import type { Team } from '../cluster/team.js';
 import type { Dataset } from '../data/datasets.js';
 import type { EpochResult, RunSummary } from '../report/summary.js';
