@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { fork, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +8,7 @@ import WebSocket from 'ws';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { readMetrics } from '../src/report/metrics.js';
+import { listCheckpoints, readCheckpoint } from '../src/train/checkpoint.js';
 import { newNonce, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
@@ -524,3 +526,52 @@ describe('--min-workers', () => {
     );
   });
 });
+
+describe('a coordinator that crashes', () => {
+  it('SIGKILLed mid-run with --threads 0 and two workers, restarted with --resume alone: the workers reconnect and the run ends on the uninterrupted hash', async () => {
+    const config = { trainSamples: 2000, testSamples: 100, epochs: 2, logEvery: 1000 };
+    const whole = train({ ...config, threads: 2, out: join(out, 'crash-reference') });
+    const runDir = join(out, 'crash');
+    const port = await freePort();
+    const url = `ws://127.0.0.1:${port}`;
+    const args = ['coordinator', '--train-samples', '2000', '--test-samples', '100', '--epochs', '2', '--threads', '0', '--min-workers', '2',
+      '--checkpoint-every', '5', '--heartbeat-ms', '500', '--listen', `127.0.0.1:${port}`, '--out', runDir];
+    const first = fork(cli, args, { stdio: 'ignore' });
+    children.push(first);
+    workerProcess(url, '--max-retries', '0');
+    workerProcess(url, '--max-retries', '0');
+    const killedAt = await new Promise<number>((resolve, reject) => {
+      const poll = setInterval(() => {
+        const newest = listCheckpoints(runDir)[0];
+        if (newest && readCheckpoint(newest).header.step >= 10) {
+          clearInterval(poll);
+          first.kill('SIGKILL');
+          resolve(readCheckpoint(newest).header.step);
+        }
+      }, 5);
+      first.on('exit', () => {
+        clearInterval(poll);
+        reject(new Error('the coordinator finished before it could be killed'));
+      });
+    });
+    expect(killedAt).toBeLessThan(64);
+    await new Promise((resolve) => first.once('exit', resolve));
+    const joined: string[] = [];
+    const resumed = await train({ resume: runDir, listen: `127.0.0.1:${port}` }, { onEvent: (e) => e.type === 'cluster' && e.event.type === 'joined' && joined.push(e.event.worker) });
+    expect(joined.length).toBeGreaterThanOrEqual(1);
+    expect(resumed.steps).toBe(64);
+    expect(resumed.paramsSha256).toBe((await whole).paramsSha256);
+  });
+});
+
+/** A TCP port free right now on 127.0.0.1 (for a coordinator that must come back on the same one). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
