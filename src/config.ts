@@ -13,6 +13,8 @@ import { configUnreadable, incompatibleOptions, invalidConfigValue, invalidOptio
 type Kind =
   | { type: 'int'; min: number }
   | { type: 'number'; min: number; max?: number }
+  /** A share: a number from 0 to 1, both included. */
+  | { type: 'fraction' }
   | { type: 'string' }
   | { type: 'bool' }
   | { type: 'enum'; choices: readonly string[] }
@@ -22,7 +24,7 @@ type Kind =
 type KindOf<V> = [V] extends [boolean]
   ? Extract<Kind, { type: 'bool' }>
   : [V] extends [number]
-    ? Extract<Kind, { type: 'int' | 'number' }>
+    ? Extract<Kind, { type: 'int' | 'number' | 'fraction' }>
     : [V] extends [readonly number[]]
       ? Extract<Kind, { type: 'intList' }>
       : string extends V
@@ -78,6 +80,7 @@ export interface TrainConfig {
   stepTimeoutMs: number;
   minWorkers: number;
   joinTimeoutMs: number;
+  verify: number;
   checkpointEvery: number;
   keepCheckpoints: number;
   resume: string | null;
@@ -110,6 +113,7 @@ export const DEFAULTS: TrainConfig = {
   stepTimeoutMs: 30000,
   minWorkers: 0,
   joinTimeoutMs: 600_000,
+  verify: 0,
   checkpointEvery: 0,
   keepCheckpoints: 3,
   resume: null,
@@ -142,6 +146,11 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   stepTimeoutMs: { flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone', kind: { type: 'int', min: 100 } },
   minWorkers: { flag: '--min-workers <n>', description: 'step 0 waits until n remote workers have joined (what torchrun\'s --nnodes gives)', kind: { type: 'int', min: 0 } },
   joinTimeoutMs: { flag: '--join-timeout-ms <ms>', description: 'how long step 0 waits for --min-workers before the run fails, naming how many are missing', kind: { type: 'int', min: 100 } },
+  verify: {
+    flag: '--verify <rate>',
+    description: 'recompute this seeded random share of each remote worker\'s micro-shards here and compare bit for bit; a mismatch drops the worker and its rows are redone',
+    kind: { type: 'fraction' },
+  },
   checkpointEvery: { flag: '--checkpoint-every <steps>', description: 'write a checkpoint every n steps (0: only at the end of each epoch and when stopped)', kind: { type: 'int', min: 0 } },
   keepCheckpoints: { flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
   resume: { flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
@@ -162,7 +171,7 @@ export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'liste
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
-  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
+  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
 ];
 
 /** What `dtrain worker` takes: runWorker()'s options that a user chooses. */
@@ -213,6 +222,8 @@ function expected(kind: Kind): string {
       return kind.min === 0 ? 'a non-negative integer' : `an integer of at least ${kind.min}`;
     case 'number':
       return kind.min === 0 ? 'a positive number' : `a number of at least ${kind.min}`;
+    case 'fraction':
+      return 'a number from 0 to 1';
     case 'string':
       return 'a string';
     case 'bool':
@@ -231,6 +242,8 @@ function check(kind: Kind, value: unknown): unknown {
       return Number.isInteger(value) && (value as number) >= kind.min ? value : undefined;
     case 'number':
       return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined;
+    case 'fraction':
+      return typeof value === 'number' && value >= 0 && value <= 1 ? value : undefined;
     case 'string':
       return typeof value === 'string' && value.length > 0 ? value : undefined;
     case 'bool':
@@ -246,7 +259,7 @@ function check(kind: Kind, value: unknown): unknown {
 export function parseOptionValue(option: OptionSpec, raw: string): unknown {
   const kind = option.kind;
   let value: unknown = raw;
-  if (kind.type === 'int' || kind.type === 'number') value = raw.trim() === '' ? NaN : Number(raw);
+  if (kind.type === 'int' || kind.type === 'number' || kind.type === 'fraction') value = raw.trim() === '' ? NaN : Number(raw);
   if (kind.type === 'intList') value = raw.split(',').map((s) => (s.trim() === '' ? NaN : Number(s)));
   const ok = check(kind, value);
   if (ok === undefined) throw invalidOption(option.key, expected(kind), raw);

@@ -11,7 +11,7 @@ import { readMetrics } from '../src/report/metrics.js';
 import { listCheckpoints, readCheckpoint } from '../src/train/checkpoint.js';
 import { newNonce, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
-import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
+import { PROTOCOL_VERSION, type RowsDone } from '../src/cluster/remote/messages.js';
 import { missingRanges } from '../src/cluster/plan.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
@@ -575,3 +575,50 @@ function freePort(): Promise<number> {
     });
   });
 }
+
+describe('--verify', () => {
+  /** Rows a little wrong but finite: one activation of each answer moved by 1e-3. */
+  const tamper = (rows: RowsDone): RowsDone => ({ ...rows, hidden: rows.hidden.map((h, l) => (l === 0 ? h.map((v, i) => (i === 0 ? v + 1e-3 : v)) : h)) });
+
+  /**
+   * A run with one honest and one tampering in-process worker (which reconnects after each rejection, as
+   * `dtrain worker` does); returns the rejections and every id the liar was given.
+   */
+  async function withLiar(config: Partial<TrainConfig>) {
+    const rejections: string[] = [];
+    const abort = new AbortController();
+    const liar: number[] = [];
+    const summary = await coordinator(
+      { minWorkers: 2, ...config },
+      (url) => {
+        void runWorker({ connect: url, signal: abort.signal });
+        void runWorker({ connect: url, signal: abort.signal, tamperRows: tamper, onEvent: (e) => e.type === 'connected' && liar.push(e.workerId) });
+      },
+      (e) => e.type === 'cluster' && e.event.type === 'rejected' && rejections.push(`${e.event.peer}: ${e.event.reason}`),
+    );
+    abort.abort();
+    return { summary, rejections, liar };
+  }
+
+  it.each([1, 0])('at rate 1 catches a worker sending slightly wrong rows (coordinator with %i threads), and the result is unchanged', async (threads) => {
+    const { summary, rejections, liar } = await withLiar({ threads, verify: 1 });
+    expect(rejections.length).toBeGreaterThan(0);
+    for (const r of rejections) {
+      expect(r).toMatch(/^worker (\d+) .*: --verify: its rows \d+–\d+ of step \d+ differ from this coordinator's own computation$/);
+      expect(liar).toContain(Number(/^worker (\d+)/.exec(r)![1]));
+    }
+    expect(summary.paramsSha256).toBe(threads === 1 ? await reference2() : await reference());
+  });
+
+  // Below rate 1, rows not drawn are used unchecked until the worker is caught, so the result may differ:
+  // what is checked is how soon it is caught.
+  it('at rate 0.1 catches it within 60 steps (see README), and never the honest worker', async () => {
+    const config = { trainSamples: 64 * 64, epochs: 1 };
+    const { summary, rejections, liar } = await withLiar({ threads: 1, verify: 0.1, ...config });
+    expect(rejections.length).toBeGreaterThan(0);
+    expect(liar).toContain(Number(/^worker (\d+)/.exec(rejections[0])![1]));
+    expect(Number(/of step (\d+)/.exec(rejections[0])![1])).toBeLessThan(60);
+    for (const r of rejections) expect(liar).toContain(Number(/^worker (\d+)/.exec(r)![1]));
+    expect(summary.steps).toBe(64);
+  });
+});

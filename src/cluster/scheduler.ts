@@ -13,6 +13,7 @@
 import type { StateSnapshot } from './training_state.js';
 import type { Range } from './plan.js';
 import { apportion, coalesce, microShards, shardGroups } from './plan.js';
+import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
 import { LOCAL, smooth, WorkLedger, type WorkShares } from './work_ledger.js';
 import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
@@ -96,6 +97,7 @@ export class Scheduler {
     readonly mode: StepMode,
     private readonly hub: RemoteHub | undefined,
     private readonly onEvent: (event: ClusterEvent) => void,
+    private readonly verifier = new RowVerifier(0, 0),
   ) {
     this.compactRows = mode === 'replicated' && local.capabilities.compactRows;
   }
@@ -175,8 +177,11 @@ export class Scheduler {
       plans = [];
       todo = coalesce([...todo, ...outcomes.flatMap((o) => o.failed)]);
       const suspects = outcomes.flatMap((o) => o.suspect);
-      if (suspects.length > 0 && !stateIsHere) return { done: false, needs: 'state' };
+      const accepted = outcomes.flatMap((o) => o.accepted);
+      const toVerify = accepted.some((a) => this.verifier.pick(step, a.shardRange).length > 0);
+      if ((suspects.length > 0 || toVerify) && !stateIsHere) return { done: false, needs: 'state' };
       if (suspects.length > 0) await this.judge(suspects, step, generation, batch, shards);
+      if (toVerify) todo = coalesce([...todo, ...(await this.verify(accepted, step, generation, batch, shards))]);
     }
     if (!this.rowsFinite(0, batch)) return { done: true, replicated: false };
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
@@ -202,6 +207,27 @@ export class Scheduler {
       this.ledger.credit(LOCAL, r1 - r0);
       if (this.rowsFinite(r0, r1)) this.hub!.reject(worker, `rowsDone: ${reason.replace(/^rowsDone: /, '')}, where this coordinator computes finite values`);
     }
+  }
+
+  /**
+   * --verify: computes here the drawn micro-shards of each participant's accepted rows and compares them bit
+   * for bit with what it sent; a participant that differs is dropped, and all its rows of the step are
+   * returned to be redone (the drawn ones already hold this process's values).
+   */
+  private async verify(accepted: AcceptedRows<RemotePeer>[], step: number, generation: number, batch: number, shards: Range[]): Promise<Range[]> {
+    const redo: Range[] = [];
+    for (const { peer, shardRange } of accepted) {
+      for (const s of this.verifier.pick(step, shardRange)) {
+        const theirs = rowsOf(this.memory, shards[s], this.compactRows);
+        await this.runLocalRows(step, generation, batch, [shards[s]]);
+        if (sameBits(theirs, rowsOf(this.memory, shards[s], this.compactRows))) continue;
+        const [r0, r1] = shards[s];
+        this.hub!.reject(peer, `--verify: its rows ${r0}–${r1 - 1} of step ${step} differ from this coordinator's own computation`);
+        redo.push(shardRange);
+        break;
+      }
+    }
+    return redo;
   }
 
   /** Whether batch rows [r0, r1) have a finite loss (non-finite activations or deltas make it so too). */
@@ -273,7 +299,7 @@ export class Scheduler {
    * Computes a plan's local part and collects its remote answers; returns the shard ranges to redo, and
    * those whose rows came back non-finite (to be checked here).
    */
-  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[] }> {
+  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[]; accepted: AcceptedRows<RemotePeer>[] }> {
     const started = performance.now();
     let localDone = started;
     if (plan.local) {
@@ -284,6 +310,7 @@ export class Scheduler {
     }
     const failed: Range[] = [];
     const suspect: Suspect[] = [];
+    const accepted: AcceptedRows<RemotePeer>[] = [];
     for (const job of plan.remote) {
       const done = await job.result;
       if (isSuspect(done)) {
@@ -299,9 +326,10 @@ export class Scheduler {
       this.copyRows(done.range, done.rowLoss, done.hidden, done.deltas);
       job.worker.speed = smooth(job.worker.speed, count / Math.max(0.01, performance.now() - job.sent));
       this.ledger.credit(job.worker.name, count);
+      accepted.push({ peer: job.worker, shardRange: job.shardRange });
     }
     if (plan.remote.length > 0) this.ledger.waited(performance.now() - localDone);
-    return { failed, suspect };
+    return { failed, suspect, accepted };
   }
 
   private async runLocalRows(step: number, generation: number, batch: number, shards: Range[]): Promise<void> {

@@ -14,6 +14,7 @@ import { writeSummary, type EpochResult, type RunSummary } from '../report/summa
 import { paramsSha256 } from '../model/checksum.js';
 import { chooseStepMode, Scheduler, type ClusterEvent } from '../cluster/scheduler.js';
 import { createTrainingMemory, type TrainingMemory } from '../cluster/training_memory.js';
+import { RowVerifier } from '../cluster/verify.js';
 import { TrainingState } from '../cluster/training_state.js';
 import { createTeam } from '../cluster/create_team.js';
 import { exportModel } from '../report/export.js';
@@ -62,6 +63,8 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
       heartbeatMs: config.heartbeatMs,
       stepTimeoutMs: config.stepTimeoutMs,
       authTimeoutMs: 5000,
+      // Verified rows reach the other replicas only in the step's update, after the check.
+      forwardRows: config.verify === 0,
     },
     memory,
     onEvent,
@@ -71,7 +74,7 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
     const host = address.address.includes(':') ? `[${address.address}]` : address.address;
     options.onListening?.({ host: address.address, port: address.port });
     const listening = `${config.tlsCert ? 'wss' : 'ws'}://${host}:${address.port}`;
-    return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true), hub, onEvent), listening };
+    return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true), hub, onEvent, new RowVerifier(config.verify, config.seed)), listening };
   } catch (e) {
     await local.close();
     throw e;

@@ -73,7 +73,7 @@ export class Replica {
   }
 
   /** Takes the batch's samples, computes rows message.range, and returns them for the coordinator. */
-  async rows(message: RowsMessage): Promise<ToCoordinator> {
+  async rows(message: RowsMessage): Promise<RowsDone> {
     if (message.step !== this.step) throw new ProtocolError(`rows: step ${message.step} does not follow this replica's step ${this.step}`);
     const started = performance.now();
     const { batch: b, spec, train } = this.memory;

@@ -1,6 +1,7 @@
 /** What a remote worker is started with, and what it reports (client.ts runs it, worker_session.ts uses both). */
 import type { Dataset } from '../../data/datasets.js';
 import type { Device, EngineName } from '../../engine/engine.js';
+import type { RowsDone } from './messages.js';
 
 export interface WorkerOptions {
   connect: string;
@@ -17,6 +18,11 @@ export interface WorkerOptions {
   /** Largest frame accepted from the coordinator (a state snapshot of the model must fit). */
   maxFrameBytes: number;
   onEvent?: (event: WorkerEvent) => void;
+  /**
+   * Fault injection (tests): what this worker sends instead of the rows it computed, as a faulty or
+   * dishonest machine would (its own replica keeps the right ones).
+   */
+  tamperRows?: (rows: RowsDone) => RowsDone;
   signal?: AbortSignal;
 }
 

@@ -80,7 +80,8 @@ const HANDLERS: Handlers = {
   },
 
   async rows(s, message) {
-    s.send(await s.replica.rows(message));
+    const rows = await s.replica.rows(message);
+    s.send(s.options.tamperRows ? s.options.tamperRows(rows) : rows);
     await s.applyIfComplete(message.step);
   },
 
