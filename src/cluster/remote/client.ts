@@ -44,12 +44,15 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
   }
 }
 
+/** Waits ms, or less if the signal aborts; leaves no listener behind (a worker may reconnect many times). */
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
+    const done = () => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
       resolve();
-    });
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done);
   });
 }
