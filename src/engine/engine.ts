@@ -11,11 +11,14 @@
  *
  * Arrays passed in may live in SharedArrayBuffers; an engine copies what its runtime cannot read in place.
  */
+import { engineUnavailable } from '../errors.js';
 import type { ModelSpec } from '../model/spec.js';
+import type { WebGpuAdapter } from './webgpu/adapter.js';
 
 export const ENGINES = ['onnx', 'tfjs'] as const;
 export type EngineName = (typeof ENGINES)[number];
-export const DEVICES = ['cpu', 'cuda', 'gpu'] as const;
+/** webgpu: onnx's WebGPU provider (Vulkan on Linux); cuda: onnx's CUDA build; gpu: tfjs-node-gpu. */
+export const DEVICES = ['cpu', 'webgpu', 'cuda', 'gpu'] as const;
 export type Device = (typeof DEVICES)[number];
 
 export interface RowOutputs {
@@ -68,12 +71,30 @@ export interface Engine {
 export interface EngineOptions {
   engine: EngineName;
   device: Device;
+  /** --allow-software-gpu: a software WebGPU adapter (lavapipe) is refused without it. */
+  allowSoftwareGpu?: boolean;
+  /** Set by prepareEngine for --device webgpu: the adapter, and the word its sessions take turns by (webgpu/turns.ts). */
+  webgpu?: { adapter: WebGpuAdapter; turns: Int32Array };
 }
 
-export async function createEngine(spec: ModelSpec, options: EngineOptions): Promise<Engine> {
+/**
+ * What a process does once before its engines open, in its main thread (the options then travel to its
+ * worker threads): for --device webgpu, find the adapter (named at start, refused when it is a software
+ * one unless allowed) and make the word its threads take turns on the device by.
+ */
+export async function prepareEngine(options: EngineOptions): Promise<EngineOptions> {
+  if (options.device !== 'webgpu' || options.webgpu) return options;
+  if (options.engine !== 'onnx') throw engineUnavailable(options.engine, '--device webgpu is onnxruntime\'s WebGPU provider: use --engine onnx');
+  const { requireWebGpuAdapter } = await import('./webgpu/adapter.js');
+  const { newTurnWord } = await import('./webgpu/turns.js');
+  return { ...options, webgpu: { adapter: requireWebGpuAdapter(options.allowSoftwareGpu ?? false), turns: newTurnWord() } };
+}
+
+export async function createEngine(spec: ModelSpec, given: EngineOptions): Promise<Engine> {
+  const options = await prepareEngine(given);
   if (options.engine === 'onnx') {
     const { createOnnxEngine } = await import('./onnx/engine.js');
-    return createOnnxEngine(spec, options.device);
+    return createOnnxEngine(spec, options);
   }
   const { createTfjsEngine } = await import('./tfjs/engine.js');
   return createTfjsEngine(spec, options.device);

@@ -158,9 +158,25 @@ function activationGrad(g: GraphBuilder, spec: ModelSpec, dh: string, h: string,
   }
 }
 
+/** How the graphs are written for a device (the defaults are the CPU's, whose bits the tests pin). */
+export interface GraphOptions {
+  /**
+   * Log-softmax as z − max − log Σ exp(z − max) in five ops the WebGPU provider has kernels for: it has none
+   * for LogSoftmax (onnxruntime 1.30), which would otherwise run on the CPU between two copies per call.
+   */
+  decomposeLogSoftmax?: boolean;
+}
+
+function logSoftmax(g: GraphBuilder, logits: string, options: GraphOptions): string {
+  if (!options.decomposeLogSoftmax) return g.op('LogSoftmax', [logits], { axis: 1 });
+  const shifted = g.op('Sub', [logits, g.op('ReduceMax', [logits], { axes: [1], keepdims: 1 })]);
+  const logSum = g.op('Log', [g.op('ReduceSum', [g.op('Exp', [shifted]), g.constInt64([1])], { keepdims: 1 })]);
+  return g.op('Sub', [shifted, logSum]);
+}
+
 /** Per-row softmax cross-entropy of the logits against a one-hot target; returns [rowLoss, logSoftmax]. */
-function crossEntropy(g: GraphBuilder, logits: string, target: string, lossName: string): [string, string] {
-  const logp = g.op('LogSoftmax', [logits], { axis: 1 });
+function crossEntropy(g: GraphBuilder, logits: string, target: string, lossName: string, options: GraphOptions): [string, string] {
+  const logp = logSoftmax(g, logits, options);
   const picked = g.op('ReduceSum', [g.op('Mul', [target, logp]), g.constInt64([1])], { keepdims: 0 });
   return [g.op('Neg', [picked], {}, lossName), logp];
 }
@@ -170,13 +186,13 @@ function crossEntropy(g: GraphBuilder, logits: string, target: string, lossName:
  * batch-mean loss with respect to layer l's output) for inputs "x", "target" and "scale" (1/batch: the
  * mean's weight, so that rows computed in separate calls still add up to the batch mean).
  */
-function rowsForwardBackward(g: GraphBuilder, spec: ModelSpec): { x: string; hidden: string[]; deltas: string[] } {
+function rowsForwardBackward(g: GraphBuilder, spec: ModelSpec, options: GraphOptions): { x: string; hidden: string[]; deltas: string[] } {
   const classes = spec.sizes[spec.sizes.length - 1];
   const x = g.input('x', ['rows', spec.sizes[0]]);
   const target = g.input('target', ['rows', classes]);
   const scale = g.input('scale', [1]);
   const { hidden, logits } = forward(g, spec, x);
-  const [, logp] = crossEntropy(g, logits, target, 'rowLoss');
+  const [, logp] = crossEntropy(g, logits, target, 'rowLoss', options);
   g.output('rowLoss', ['rows']);
   const layers = spec.sizes.length - 1;
   const last = g.op('Mul', [g.op('Sub', [g.op('Exp', [logp]), target]), scale], {}, deltaName(layers - 1));
@@ -219,9 +235,9 @@ function layerGradient(g: GraphBuilder, spec: ModelSpec, l: number, d: string, a
   g.output(`gb${l}`, [units]);
 }
 
-export function buildRowGraph(spec: ModelSpec): Uint8Array {
+export function buildRowGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
-  const { hidden, deltas } = rowsForwardBackward(g, spec);
+  const { hidden, deltas } = rowsForwardBackward(g, spec, options);
   hidden.forEach((h, l) => g.output(h, ['rows', spec.sizes[l + 1]]));
   deltas.forEach((d, l) => g.output(d, ['rows', spec.sizes[l + 1]]));
   return g.build('dtrain_rows');
@@ -233,9 +249,9 @@ export function buildRowGraph(spec: ModelSpec): Uint8Array {
  * the same bits as the two passes give; but activations and deltas never leave onnxruntime (measured here:
  * ~0.3 ms a step less than two calls). Outputs rowLoss, gW{l} and gb{l}.
  */
-export function buildStepGraph(spec: ModelSpec): Uint8Array {
+export function buildStepGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
-  const { x, hidden, deltas } = rowsForwardBackward(g, spec);
+  const { x, hidden, deltas } = rowsForwardBackward(g, spec, options);
   deltas.forEach((d, l) => layerGradient(g, spec, l, d, l === 0 ? x : hidden[l - 1], spec.sizes[l + 1]));
   return g.build('dtrain_step');
 }
@@ -258,13 +274,13 @@ export function buildWeightGraph(spec: ModelSpec): Uint8Array {
   return g.build('dtrain_weight');
 }
 
-export function buildEvalGraph(spec: ModelSpec): Uint8Array {
+export function buildEvalGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
   const classes = spec.sizes[spec.sizes.length - 1];
   const x = g.input('x', ['rows', spec.sizes[0]]);
   const target = g.input('target', ['rows', classes]);
   const { logits } = forward(g, spec, x);
-  crossEntropy(g, logits, target, 'rowLoss');
+  crossEntropy(g, logits, target, 'rowLoss', options);
   g.op('ArgMax', [logits], { axis: 1, keepdims: 0 }, 'predicted');
   g.output('rowLoss', ['rows']);
   g.output('predicted', ['rows'], INT64);
