@@ -214,6 +214,7 @@ function rawPeer(url: string, token: string | undefined, onMessage: (m: Record<s
           mac: token ? proof(token, 'worker', m.nonce as Uint8Array) : new Uint8Array(0),
           nonce: newNonce(),
           engine: 'onnx',
+          device: 'cpu',
           backend: 'test peer',
           threads: 1,
           dataSha256: '',

@@ -15,6 +15,7 @@ import { chooseStepMode, Cluster, type ClusterEvent } from '../cluster/cluster.j
 import { createTrainingMemory, type TrainingMemory } from '../cluster/training_memory.js';
 import { TrainingState } from '../cluster/training_state.js';
 import { createWorkers } from '../cluster/workers.js';
+import { prepareEngine } from '../engine/engine.js';
 import { exportModel } from '../report/export.js';
 import { plotRun } from '../report/plot.js';
 import { latestCheckpoint, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
@@ -43,7 +44,8 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
     faults = new Int32Array(new SharedArrayBuffer(8));
     faults.set([options.faults.threadExitAtStep, options.faults.times]);
   }
-  const engine = { engine: config.engine, device: config.device };
+  // Once in this thread: the GPU adapter is found (and named in the workers' line) before any slot opens.
+  const engine = await prepareEngine({ engine: config.engine, device: config.device, allowSoftwareGpu: config.allowSoftwareGpu });
   const local = await createWorkers({ memory, engine, adam, faults }, Math.max(1, config.threads));
   options.onWorkers?.(local);
   if (!config.listen) return { cluster: new Cluster(memory, local, chooseStepMode(config.threads, false), undefined, onEvent) };
@@ -57,6 +59,8 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
       tlsCert: config.tlsCert ?? undefined,
       tlsKey: config.tlsKey ?? undefined,
       engine: config.engine,
+      device: config.device,
+      allowMixedDevices: config.allowMixedDevices,
       datasetSha256: dataset.sha256,
       heartbeatMs: config.heartbeatMs,
       stepTimeoutMs: config.stepTimeoutMs,
@@ -174,6 +178,7 @@ export class RunSession {
       model: { sizes: spec.sizes, activation: spec.activation, parameters: this.layout.total },
       engine: config.engine,
       workers: this.cluster.description,
+      ...this.devices(),
       config: { ...config, token: config.token ? '(set)' : null },
       epochs: this.epochs,
       steps: state.step,
@@ -183,6 +188,12 @@ export class RunSession {
       outDir: this.outDir,
       ...(failure ? { error: failure.message } : {}),
     };
+  }
+
+  /** Every engine/device that computed in the run: more than one only with --allow-mixed-devices. */
+  private devices(): Pick<RunSummary, 'devices' | 'mixedDevices'> {
+    const devices = [...new Set([`${this.config.engine}/${this.config.device}`, ...this.cluster.remoteKinds])];
+    return { devices, mixedDevices: devices.length > 1 };
   }
 
   /**

@@ -12,8 +12,8 @@
 import { WORKER_DEFAULTS } from '../../config.js';
 import type { Dataset } from '../../data/datasets.js';
 export { WORKER_DEFAULTS };
-import type { Device, EngineName } from '../../engine/engine.js';
-import { session, type ReplicaSlot } from './worker_session.js';
+import { prepareEngine, type Device, type EngineName, type EngineOptions } from '../../engine/engine.js';
+import { deviceOf, session, type ReplicaSlot } from './worker_session.js';
 
 export interface WorkerOptions {
   connect: string;
@@ -23,6 +23,10 @@ export interface WorkerOptions {
   threads: number;
   engine: EngineName;
   device: Device;
+  /** With --device webgpu: accept a software adapter (lavapipe). */
+  allowSoftwareGpu: boolean;
+  /** Set by runWorker at start for --device webgpu (engine.ts prepareEngine): the adapter its replica computes on. */
+  webgpu?: EngineOptions['webgpu'];
   /** A local copy of the dataset: the coordinator then sends row indices instead of pixels. */
   dataset?: Dataset;
   /** Give up after this many failed connection attempts in a row (0 = never). */
@@ -34,6 +38,8 @@ export interface WorkerOptions {
 }
 
 export type WorkerEvent =
+  /** At start: what this worker computes on (for --device webgpu, the adapter). */
+  | { type: 'device'; description: string }
   | { type: 'connected'; url: string; workerId: number }
   | { type: 'synced'; step: number; parameters: number }
   | { type: 'disconnected'; reason: string; retryInMs: number }
@@ -44,8 +50,12 @@ export type WorkerEvent =
 
 /** Runs a worker until the signal aborts it or it gives up reconnecting. */
 export async function runWorker(userOptions: Partial<WorkerOptions> & { connect: string }): Promise<void> {
-  const options: WorkerOptions = { ...WORKER_DEFAULTS, ...userOptions };
-  const emit = options.onEvent ?? (() => {});
+  const given: WorkerOptions = { ...WORKER_DEFAULTS, ...userOptions };
+  const emit = given.onEvent ?? (() => {});
+  // Before connecting: a worker without a usable device says so at once instead of joining and failing.
+  const { webgpu } = await prepareEngine(given);
+  const options: WorkerOptions = { ...given, webgpu };
+  emit({ type: 'device', description: deviceOf(options) });
   const slot: ReplicaSlot = {};
   let failures = 0;
   try {
