@@ -95,7 +95,7 @@ export async function createOnnxEngine(spec: ModelSpec, options: Pick<EngineOpti
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
   const on = options.webgpu ? `webgpu on ${describeAdapter(options.webgpu.adapter)}` : device;
   const turns = options.webgpu ? new GpuTurns(options.webgpu.turns) : undefined;
-  const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${on}${reads})`, { decomposeLogSoftmax: device === 'webgpu' }, turns);
+  const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${on}${reads})`, { webgpuOps: device === 'webgpu' }, turns);
   try {
     await Promise.all(OPENED_AT_ONCE.map((graph) => engine.runner(graph)));
   } catch (e) {

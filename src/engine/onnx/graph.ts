@@ -23,6 +23,16 @@ const FLOAT = onnx.TensorProto.DataType.FLOAT;
 const INT64 = onnx.TensorProto.DataType.INT64;
 const OPSET = 17;
 
+/** How the graphs are written for a device (the defaults are the CPU's, whose bits the tests pin). */
+export interface GraphOptions {
+  /**
+   * Only ops onnxruntime's WebGPU provider has kernels for. In 1.30 it has none for LogSoftmax and Sign,
+   * which would otherwise run on the CPU with a copy each way per call: log-softmax is then written as
+   * z − max − log Σ exp(z − max), and ReLU's derivative as Cast(h > 0).
+   */
+  webgpuOps?: boolean;
+}
+
 class GraphBuilder {
   readonly nodes: INodeProto[] = [];
   readonly inputs: IValueInfoProto[] = [];
@@ -143,14 +153,16 @@ function activate(g: GraphBuilder, spec: ModelSpec, z: string, l: number): strin
 }
 
 /** The activation's derivative, written in terms of its output h (all three allow that). */
-function activationGrad(g: GraphBuilder, spec: ModelSpec, dh: string, h: string, out: string): string {
+function activationGrad(g: GraphBuilder, spec: ModelSpec, dh: string, h: string, out: string, options: GraphOptions): string {
   switch (spec.activation) {
     case 'sigmoid': {
       const oneMinus = g.op('Sub', [g.constFloat(1), h]);
       return g.op('Mul', [dh, g.op('Mul', [h, oneMinus])], {}, out);
     }
-    case 'relu':
-      return g.op('Mul', [dh, g.op('Sign', [h])], {}, out);
+    case 'relu': {
+      const positive = options.webgpuOps ? g.op('Cast', [g.op('Greater', [h, g.constFloat(0)])], { to: FLOAT }) : g.op('Sign', [h]);
+      return g.op('Mul', [dh, positive], {}, out);
+    }
     case 'tanh': {
       const oneMinusSq = g.op('Sub', [g.constFloat(1), g.op('Mul', [h, h])]);
       return g.op('Mul', [dh, oneMinusSq], {}, out);
@@ -158,17 +170,8 @@ function activationGrad(g: GraphBuilder, spec: ModelSpec, dh: string, h: string,
   }
 }
 
-/** How the graphs are written for a device (the defaults are the CPU's, whose bits the tests pin). */
-export interface GraphOptions {
-  /**
-   * Log-softmax as z − max − log Σ exp(z − max) in five ops the WebGPU provider has kernels for: it has none
-   * for LogSoftmax (onnxruntime 1.30), which would otherwise run on the CPU between two copies per call.
-   */
-  decomposeLogSoftmax?: boolean;
-}
-
 function logSoftmax(g: GraphBuilder, logits: string, options: GraphOptions): string {
-  if (!options.decomposeLogSoftmax) return g.op('LogSoftmax', [logits], { axis: 1 });
+  if (!options.webgpuOps) return g.op('LogSoftmax', [logits], { axis: 1 });
   const shifted = g.op('Sub', [logits, g.op('ReduceMax', [logits], { axes: [1], keepdims: 1 })]);
   const logSum = g.op('Log', [g.op('ReduceSum', [g.op('Exp', [shifted]), g.constInt64([1])], { keepdims: 1 })]);
   return g.op('Sub', [shifted, logSum]);
@@ -196,17 +199,17 @@ function rowsForwardBackward(g: GraphBuilder, spec: ModelSpec, options: GraphOpt
   g.output('rowLoss', ['rows']);
   const layers = spec.sizes.length - 1;
   const last = g.op('Mul', [g.op('Sub', [g.op('Exp', [logp]), target]), scale], {}, deltaName(layers - 1));
-  return { x, hidden, deltas: backwardDeltas(g, spec, hidden, last) };
+  return { x, hidden, deltas: backwardDeltas(g, spec, hidden, last, options) };
 }
 
 /** Every layer's delta from the last layer's, back through the weights (inputs W1…) and the activations. */
-function backwardDeltas(g: GraphBuilder, spec: ModelSpec, hidden: string[], last: string): string[] {
+function backwardDeltas(g: GraphBuilder, spec: ModelSpec, hidden: string[], last: string, options: GraphOptions): string[] {
   const layers = spec.sizes.length - 1;
   const deltas: string[] = [];
   deltas[layers - 1] = last;
   for (let l = layers - 2; l >= 0; l--) {
     const dh = g.op('MatMul', [deltas[l + 1], weightName(l + 1)]);
-    deltas[l] = activationGrad(g, spec, dh, hidden[l], deltaName(l));
+    deltas[l] = activationGrad(g, spec, dh, hidden[l], deltaName(l), options);
   }
   return deltas;
 }
@@ -216,13 +219,13 @@ function backwardDeltas(g: GraphBuilder, spec: ModelSpec, hidden: string[], last
  * sent in compact form): the row graph's backward part alone, the same ops on the same values, so the
  * same bits. Inputs h1…, d{L-1} and W1…; outputs d0…d{L-2}.
  */
-export function buildDeltasGraph(spec: ModelSpec): Uint8Array {
+export function buildDeltasGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
   const layers = spec.sizes.length - 1;
   const hidden = spec.sizes.slice(1, -1).map((n, l) => g.input(hiddenName(l), ['rows', n]));
   const last = g.input(deltaName(layers - 1), ['rows', spec.sizes[layers]]);
   for (let l = 1; l < layers; l++) g.input(weightName(l), [spec.sizes[l + 1], spec.sizes[l]]);
-  const deltas = backwardDeltas(g, spec, hidden, last);
+  const deltas = backwardDeltas(g, spec, hidden, last, options);
   deltas.slice(0, -1).forEach((d, l) => g.output(d, ['rows', spec.sizes[l + 1]]));
   return g.build('dtrain_deltas');
 }
