@@ -130,6 +130,23 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     await gpu.dispose();
   });
 
+  it.skipIf(!!process.env.DTRAIN_NO_NATIVE)('gives the same bits through the C API and through onnxruntime-node\'s binding', async () => {
+    const { createOnnxEngine } = await import('../src/engine/onnx/engine.js');
+    const spec = makeSpec(784, [64, 32], 10, 'relu');
+    const { x, target } = batch(spec, 20);
+    const options = await (prepared ??= prepareEngine({ engine: 'onnx', ...WEBGPU } as EngineOptions));
+    const step = async (engine: Engine) => {
+      engine.setParams(initParams(spec, 7));
+      const rowLoss = new Float32Array(20);
+      const gradients = (await engine.stepPass!(x, target, 20, rowLoss)).map((g) => [g.weight.slice(), g.bias.slice()]);
+      await engine.dispose();
+      return { backend: engine.backend, rowLoss, gradients };
+    };
+    const [cApi, binding] = [await step(await createOnnxEngine(spec, options)), await step(await createOnnxEngine(spec, options, 'binding'))];
+    expect([cApi.backend, binding.backend]).toEqual([expect.stringContaining('through its C API'), expect.not.stringContaining('C API')]);
+    expect([binding.rowLoss, binding.gradients]).toEqual([cApi.rowLoss, cApi.gradients]);
+  });
+
   it('trains 50 steps with the CPU\'s losses (within 1e-4), and ends with the same parameters on one and two threads', async () => {
     const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
     const [cpu, one, two]: number[][] = [[], [], []];
