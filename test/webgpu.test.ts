@@ -204,3 +204,22 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     expect(gpu.paramsSha256).not.toBe(cpu.paramsSha256);
   });
 });
+
+describe('--device webgpu without a usable device (no GPU needed)', () => {
+  it('is one line naming what is missing and how to check it', async () => {
+    // No driver file and no library path: the loader is missing, or (a system loader) finds no driver.
+    const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
+    const env = { ...process.env, VK_ICD_FILENAMES: join(out, 'no-such-icd.json'), LD_LIBRARY_PATH: '' };
+    const failed = await promisify(execFile)(process.execPath, [cli, 'coordinator', '--device', 'webgpu', '--steps', '1'], { env }).catch((e) => e);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr.trim()).toMatch(
+      /^dtrain: error: --device webgpu: (no Vulkan loader|a Vulkan loader but no Vulkan driver|no WebGPU adapter) \(.+\); .+, check with vulkaninfo --summary, or for a software device run eval "\$\(scripts\/software-gpu.sh\)" and give --allow-software-gpu$/,
+    );
+  });
+
+  it('is refused for the tfjs engine, which has no WebGPU path here', async () => {
+    await expect(prepareEngine({ engine: 'tfjs', device: 'webgpu' })).rejects.toThrow(
+      'engine "tfjs" is not available: --device webgpu is onnxruntime\'s WebGPU provider: use --engine onnx',
+    );
+  });
+});
