@@ -18,12 +18,14 @@
  *   load(libraryPath) -> version string          dlopen + OrtGetApiBase()->GetApi(ORT_API_VERSION)
  *   session(model: Uint8Array, options) -> handle
  *       options: {intraOpNumThreads, interOpNumThreads, executionMode, graphOptimizationLevel}, as the C
- *       API's numbers (ExecutionMode, GraphOptimizationLevel); CPU only
+ *       API's numbers (ExecutionMode, GraphOptimizationLevel), and optionally executionProvider: the C API's
+ *       name of a provider to append (e.g. "WebGPU"; absent: the CPU alone)
  *   plan(session, inputNames, outputNames) -> handle
  *   run(plan, inputs: TypedArray[], inputDims: number[][], outputs: TypedArray[], outputDims: number[][])
  *   alias(shared: Float32Array) -> Float32Array
  */
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,6 +67,7 @@ enum {
   RELEASE_SESSION = 95,
   RELEASE_VALUE = 96,
   RELEASE_SESSION_OPTIONS = 100,
+  SESSION_OPTIONS_APPEND_EXECUTION_PROVIDER = 216,
 };
 
 static void *const *api;
@@ -125,6 +128,26 @@ static void FinalizeSession(napi_env napi, void *session, void *hint) {
   ENTRY(RELEASE_SESSION, ReleaseFn)(session);
 }
 
+/*
+ * options.executionProvider, when present: the provider appended by its C API name ("WebGPU"), with its
+ * default options; onnxruntime then places on it every node it has a kernel for, the rest on the CPU.
+ * Returns 0 after throwing.
+ */
+static int appendProvider(napi_env napi, napi_value object, OrtSessionOptions *options) {
+  bool has = false;
+  if (napi_has_named_property(napi, object, "executionProvider", &has) != napi_ok || !has) return 1;
+  napi_value property;
+  char name[64];
+  size_t length;
+  if (napi_get_named_property(napi, object, "executionProvider", &property) != napi_ok ||
+      napi_get_value_string_utf8(napi, property, name, sizeof name, &length) != napi_ok) {
+    napi_throw_type_error(napi, NULL, "dtrain_native.session: options.executionProvider must be a string");
+    return 0;
+  }
+  typedef OrtStatus *(*AppendFn)(OrtSessionOptions *, const char *, const char *const *, const char *const *, size_t);
+  return !failed(napi, ENTRY(SESSION_OPTIONS_APPEND_EXECUTION_PROVIDER, AppendFn)(options, name, NULL, NULL, 0), "SessionOptionsAppendExecutionProvider");
+}
+
 /* The session options, from the caller's object; 0 after throwing. */
 static OrtSessionOptions *sessionOptions(napi_env napi, napi_value object) {
   static const struct { const char *name; size_t entry; const char *what; } settings[] = {
@@ -152,6 +175,10 @@ static OrtSessionOptions *sessionOptions(napi_env napi, napi_value object) {
       ENTRY(RELEASE_SESSION_OPTIONS, ReleaseFn)(options);
       return NULL;
     }
+  }
+  if (!appendProvider(napi, object, options)) {
+    ENTRY(RELEASE_SESSION_OPTIONS, ReleaseFn)(options);
+    return NULL;
   }
   return options;
 }

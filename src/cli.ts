@@ -89,7 +89,8 @@ async function worker(flags: Partial<WorkerConfig>): Promise<void> {
 
 function logWorkerEvent(e: WorkerEvent): void {
   const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${text}`);
-  if (e.type === 'connected') log(`connected to ${e.url} as worker ${e.workerId}`);
+  if (e.type === 'device') log(`computing on ${e.description}`);
+  else if (e.type === 'connected') log(`connected to ${e.url} as worker ${e.workerId}`);
   else if (e.type === 'synced') log(`synchronised at step ${e.step} (${e.parameters.toLocaleString('en-US')} parameters)`);
   else if (e.type === 'disconnected') log(`disconnected: ${e.reason}; reconnecting in ${(e.retryInMs / 1000).toFixed(1)} s`);
   else if (e.type === 'error') log(`error: ${e.message}`);

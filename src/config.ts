@@ -63,6 +63,8 @@ export interface TrainConfig {
   seed: number;
   engine: EngineName;
   device: Device;
+  allowSoftwareGpu: boolean;
+  allowMixedDevices: boolean;
   threads: number;
   epochs: number;
   steps: number;
@@ -96,6 +98,8 @@ export const DEFAULTS: TrainConfig = {
   seed: 0,
   engine: 'onnx',
   device: 'cpu',
+  allowSoftwareGpu: false,
+  allowMixedDevices: false,
   threads: availableParallelism(),
   epochs: 26,
   steps: 0,
@@ -120,6 +124,9 @@ export const DEFAULTS: TrainConfig = {
   export: true,
 };
 
+const DEVICE_HELP = 'where the engine computes (webgpu: onnx on a GPU through Vulkan; cuda/gpu need a GPU build installed)';
+const ALLOW_SOFTWARE_GPU_HELP = 'with --device webgpu, accept a software adapter such as lavapipe (for tests: slower than --device cpu)';
+
 export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   data: { flag: '--data <dir>', description: 'IDX dataset directory (MNIST file names, plain or .gz); default: the embedded MNIST', kind: { type: 'string' } },
   trainSamples: { flag: '--train-samples <n>', description: 'use only the first n training samples (0 = all)', kind: { type: 'int', min: 0 } },
@@ -128,7 +135,13 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   activation: { flag: '--activation <name>', description: 'activation after each hidden layer', kind: { type: 'enum', choices: ACTIVATIONS } },
   seed: { flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
   engine: { flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ENGINES } },
-  device: { flag: '--device <name>', description: 'where the engine computes (cuda/gpu need a GPU build installed)', kind: { type: 'enum', choices: DEVICES } },
+  device: { flag: '--device <name>', description: DEVICE_HELP, kind: { type: 'enum', choices: DEVICES } },
+  allowSoftwareGpu: { flag: '--allow-software-gpu', description: ALLOW_SOFTWARE_GPU_HELP, kind: { type: 'bool' } },
+  allowMixedDevices: {
+    flag: '--allow-mixed-devices',
+    description: 'accept remote workers on another engine or device than this run\'s (results then depend on who computed what; recorded in summary.json)',
+    kind: { type: 'bool' },
+  },
   threads: { flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
   epochs: { flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
   steps: { flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
@@ -171,7 +184,8 @@ export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'liste
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
-  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
+  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device', 'allowSoftwareGpu',
+  'allowMixedDevices',
 ];
 
 /** What `dtrain worker` takes: runWorker()'s options that a user chooses. */
@@ -182,16 +196,18 @@ export interface WorkerConfig {
   threads: number;
   engine: EngineName;
   device: Device;
+  allowSoftwareGpu: boolean;
   /** A local copy of the dataset ("embedded": the built-in MNIST), used only if its checksum matches. */
   data?: string;
   maxRetries: number;
 }
 
 /** Defaults of dtrain worker and of runWorker(); maxFrameBytes is a protocol limit, so it has no flag. */
-export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'maxRetries'> & { maxFrameBytes: number } = {
+export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'allowSoftwareGpu' | 'maxRetries'> & { maxFrameBytes: number } = {
   threads: 1,
   engine: 'onnx',
   device: 'cpu',
+  allowSoftwareGpu: false,
   maxRetries: 0,
   maxFrameBytes: 256 << 20,
 };
@@ -202,7 +218,8 @@ export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
   ca: { flag: '--ca <file>', description: 'PEM certificate of a private CA that signed the coordinator\'s TLS certificate', kind: { type: 'string' } },
   threads: { flag: '--threads <n>', description: 'compute threads on this machine', kind: { type: 'int', min: 1 } },
   engine: { flag: '--engine <name>', description: 'compute engine (must match the coordinator\'s)', kind: { type: 'enum', choices: ENGINES } },
-  device: { flag: '--device <name>', description: 'where the engine computes', kind: { type: 'enum', choices: DEVICES } },
+  device: { flag: '--device <name>', description: DEVICE_HELP, kind: { type: 'enum', choices: DEVICES } },
+  allowSoftwareGpu: { flag: '--allow-software-gpu', description: ALLOW_SOFTWARE_GPU_HELP, kind: { type: 'bool' } },
   data: {
     flag: '--data <dir>',
     description: 'a local copy of the dataset ("embedded" for the built-in MNIST); used only if its checksum matches the coordinator\'s',

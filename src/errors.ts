@@ -71,6 +71,31 @@ export function engineUnavailable(engine: string, reason: string): DtrainError {
   return fail('ERR_ENGINE', `engine "${engine}" is not available: ${reason}`);
 }
 
+/** No WebGPU adapter: what is missing (Dawn's own words in `detail`), and how to check or get one. */
+export function webGpuUnavailable(missing: 'loader' | 'driver' | 'adapter', detail: string): DtrainError {
+  const [what, fix] = {
+    loader: ['no Vulkan loader', 'install libvulkan1 (Debian, Ubuntu) and a Vulkan driver'],
+    driver: ['a Vulkan loader but no Vulkan driver', 'install the GPU vendor\'s Vulkan driver'],
+    adapter: ['no WebGPU adapter', 'see that the GPU has a Vulkan driver'],
+  }[missing];
+  return fail(
+    'ERR_DEVICE',
+    `--device webgpu: ${what} (${detail}); ${fix}, check with vulkaninfo --summary, or for a software device run eval "$(scripts/software-gpu.sh)" and give --allow-software-gpu`,
+  );
+}
+
+export function softwareGpuRefused(adapter: string): DtrainError {
+  return fail('ERR_DEVICE', `--device webgpu: the only WebGPU adapter is a software one (${adapter}), slower than --device cpu; give --allow-software-gpu to use it anyway`);
+}
+
+/** A remote worker that computes on another engine or device than the run (their results differ in the last bits). */
+export function mixedDevices(ours: string, theirs: string): DtrainError {
+  return fail(
+    'ERR_MIXED_DEVICES',
+    `mixed devices: the run computes on ${ours}, the worker on ${theirs}, whose results differ in the last bits; give the coordinator --allow-mixed-devices to accept it (recorded in summary.json)`,
+  );
+}
+
 export function nonFiniteGradient(step: number, where: string): DtrainError {
   return fail('ERR_NONFINITE', `step ${step}: non-finite gradient in ${where}; training stopped with the last good parameters kept`);
 }

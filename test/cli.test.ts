@@ -45,7 +45,7 @@ describe('dtrain CLI', () => {
   it('refuses a bad worker option with one error line naming it', async () => {
     const r = await dtrain('worker', '--connect', 'ws://127.0.0.1:9', '--device', 'tpu');
     expect(r.code).toBe(1);
-    expect(r.stderr.trim().split('\n')).toEqual(['dtrain: error: option "device" must be one of cpu, cuda, gpu, got "tpu"']);
+    expect(r.stderr.trim().split('\n')).toEqual(['dtrain: error: option "device" must be one of cpu, webgpu, cuda, gpu, got "tpu"']);
     const noConnect = await dtrain('worker', '--threads', '2');
     expect(noConnect.code).toBe(1);
     expect(noConnect.stderr.trim().split('\n')).toEqual(['dtrain: error: dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)']);

@@ -76,19 +76,27 @@ describe('option tables', () => {
 
   it('have a row for every WorkerConfig key with a default', () => {
     const keys = WORKER_OPTIONS.map((o) => o.key);
-    expect(keys).toEqual(['connect', 'token', 'ca', 'threads', 'engine', 'device', 'data', 'maxRetries']);
+    expect(keys).toEqual(['connect', 'token', 'ca', 'threads', 'engine', 'device', 'allowSoftwareGpu', 'data', 'maxRetries']);
     for (const key of Object.keys(WORKER_DEFAULTS).filter((k) => k !== 'maxFrameBytes')) expect(keys).toContain(key);
   });
 });
 
 describe('worker options', () => {
   it('spread the defaults under what was given', () => {
-    expect(resolveWorkerConfig({ connect: 'ws://10.0.0.5:7000' })).toEqual({ connect: 'ws://10.0.0.5:7000', threads: 1, engine: 'onnx', device: 'cpu', maxRetries: 0 });
+    expect(resolveWorkerConfig({ connect: 'ws://10.0.0.5:7000' })).toEqual({
+      connect: 'ws://10.0.0.5:7000',
+      threads: 1,
+      engine: 'onnx',
+      device: 'cpu',
+      allowSoftwareGpu: false,
+      maxRetries: 0,
+    });
     expect(resolveWorkerConfig({ connect: 'wss://h:1', threads: 4, engine: 'tfjs', token: undefined, data: 'embedded' })).toEqual({
       connect: 'wss://h:1',
       threads: 4,
       engine: 'tfjs',
       device: 'cpu',
+      allowSoftwareGpu: false,
       maxRetries: 0,
       data: 'embedded',
     });
@@ -102,9 +110,9 @@ describe('worker options', () => {
     [{ connect: 'localhost:7000' }, 'option "connect" must be a ws://HOST:PORT or wss://HOST:PORT URL, got "localhost:7000"'],
     [{ threads: 0 }, 'option "threads" must be an integer of at least 1, got 0'],
     [{ engine: 'torch' }, 'option "engine" must be one of onnx, tfjs, got "torch"'],
-    [{ device: 'tpu' }, 'option "device" must be one of cpu, cuda, gpu, got "tpu"'],
+    [{ device: 'tpu' }, 'option "device" must be one of cpu, webgpu, cuda, gpu, got "tpu"'],
     [{ maxRetries: -1 }, 'option "maxRetries" must be a non-negative integer, got -1'],
-    [{ threds: 2 }, 'unknown option "threds" (known options: connect, token, ca, threads, engine, device, data, maxRetries)'],
+    [{ threds: 2 }, 'unknown option "threds" (known options: connect, token, ca, threads, engine, device, allowSoftwareGpu, data, maxRetries)'],
   ])('refuse %j with one line naming the option and what it takes', (given, message) => {
     const run = () => resolveWorkerConfig({ connect: 'ws://127.0.0.1:7000', ...given } as never);
     expect(run).toThrow(new TypeError(message));

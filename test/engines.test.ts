@@ -209,8 +209,8 @@ describe('onnx engine runners', () => {
       await engine.dispose();
       return results;
     };
-    const cApi = await createOnnxEngine(spec, 'cpu');
-    const binding = await createOnnxEngine(spec, 'cpu', 'binding');
+    const cApi = await createOnnxEngine(spec, { device: 'cpu' });
+    const binding = await createOnnxEngine(spec, { device: 'cpu' }, 'binding');
     expect(cApi.backend).toContain('through its C API');
     expect(binding.backend).not.toContain('C API');
     expect(await everyPass(binding)).toEqual(await everyPass(cApi));

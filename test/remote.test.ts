@@ -203,8 +203,8 @@ describe('remote workers on loopback', () => {
   });
 });
 
-/** A hand-written peer: authenticates (or not) and then does whatever the test wants. */
-function rawPeer(url: string, token: string | undefined, onMessage: (m: Record<string, unknown>, ws: WebSocket) => void): WebSocket {
+/** A hand-written peer: authenticates (or not; `hello` overrides fields of its hello) and then does whatever the test wants. */
+function rawPeer(url: string, token: string | undefined, onMessage: (m: Record<string, unknown>, ws: WebSocket) => void, hello: object = {}): WebSocket {
   const ws = new WebSocket(url);
   ws.on('message', (data) => {
     const m = decodeRaw(data as Buffer);
@@ -216,9 +216,11 @@ function rawPeer(url: string, token: string | undefined, onMessage: (m: Record<s
           mac: token ? proof(token, 'worker', m.nonce as Uint8Array) : new Uint8Array(0),
           nonce: newNonce(),
           engine: 'onnx',
+          device: 'cpu',
           backend: 'test peer',
           threads: 1,
           dataSha256: '',
+          ...hello,
         }),
       );
       return;
@@ -305,6 +307,11 @@ describe('hostile peers', () => {
         ws.on('error', () => {});
       },
       'text frames are not part of the protocol',
+    ],
+    [
+      'a worker on another device',
+      (url: string) => void rawPeer(url, TOKEN, () => {}, { device: 'webgpu', backend: 'onnx (webgpu on test)' }),
+      /^mixed devices: the run computes on onnx\/cpu, the worker on onnx\/webgpu, .* --allow-mixed-devices /,
     ],
   ])('rejects %s with a reason and trains on unharmed', async (_, hostile, reason) => {
     const { summary, rejections } = await withHostile(hostile);
@@ -438,6 +445,24 @@ describe('a worker whose coordinator goes silent', () => {
     expect(connections).toBeGreaterThanOrEqual(2);
     expect(reasons[0]).toMatch(/^no heartbeat from the coordinator for \d+ ms$/);
     expect(Number(/(\d+) ms/.exec(reasons[0])![1])).toBeGreaterThanOrEqual(300);
+  });
+});
+
+describe('mixed devices', () => {
+  it('with --allow-mixed-devices, take a worker on another engine and say so in summary.json', async () => {
+    const abort = new AbortController();
+    const joined: string[] = [];
+    const config = { threads: 0, allowMixedDevices: true, epochs: 1, hidden: [16] };
+    const summary = await coordinator(
+      config,
+      (url) => void runWorker({ connect: url, engine: 'tfjs', signal: abort.signal }),
+      (e) => e.type === 'cluster' && e.event.type === 'joined' && joined.push(e.event.backend),
+    );
+    abort.abort();
+    expect(joined).toEqual(['tfjs (cpu)']);
+    expect([summary.devices, summary.mixedDevices]).toEqual([['onnx/cpu', 'tfjs/cpu'], true]);
+    const alone = await train({ ...BASE, ...config, allowMixedDevices: false, threads: 1, listen: null, out: join(out, 'unmixed') });
+    expect([alone.devices, alone.mixedDevices]).toEqual([['onnx/cpu'], false]);
   });
 });
 

@@ -7,6 +7,10 @@
  *   single call), split only along the layer's output units, which is row-local again. So the sum is formed
  *   the same way for 1 worker or 16, without the cost of per-micro-shard weight gradients (a 16-row dW of
  *   784×512 is memory-bound: 1.4 ms against 1.0 ms for all 64 rows in one call).
+ *
+ * Both rest on the engine giving a row, and a unit, the same bits whatever the call's shape: true of
+ * onnxruntime's CPU kernels and of its WebGPU provider (checked on lavapipe: test/webgpu.test.ts). The bits
+ * still depend on the device kind, so a run keeps to one (remote/hub.ts refuses others unless allowed).
  */
 export type Range = readonly [number, number];
 

@@ -116,6 +116,11 @@ export class Scheduler {
     return `${this.localComputes ? this.local.description : 'no local compute (remote replicas apply the steps; evaluation here)'}${remote}`;
   }
 
+  /** Every engine/device a remote worker joined with (see RemoteHub.kinds). */
+  get remoteKinds(): string[] {
+    return [...(this.hub?.kinds ?? [])];
+  }
+
   // ------------------------------------------------------------ membership, at step boundaries only
 
   /** Whether workers authenticated (or must resynchronise) and wait for the committed state. */

@@ -11,11 +11,14 @@
  *
  * Arrays passed in may live in SharedArrayBuffers; an engine copies what its runtime cannot read in place.
  */
+import { engineUnavailable } from '../errors.js';
 import type { ModelSpec } from '../model/spec.js';
+import type { WebGpuAdapter } from './webgpu/adapter.js';
 
 export const ENGINES = ['onnx', 'tfjs'] as const;
 export type EngineName = (typeof ENGINES)[number];
-export const DEVICES = ['cpu', 'cuda', 'gpu'] as const;
+/** webgpu: onnx's WebGPU provider (Vulkan on Linux); cuda: onnx's CUDA build; gpu: tfjs-node-gpu. */
+export const DEVICES = ['cpu', 'webgpu', 'cuda', 'gpu'] as const;
 export type Device = (typeof DEVICES)[number];
 
 export interface RowOutputs {
@@ -68,4 +71,8 @@ export interface Engine {
 export interface EngineOptions {
   engine: EngineName;
   device: Device;
+  /** --allow-software-gpu: a software WebGPU adapter (lavapipe) is refused without it. */
+  allowSoftwareGpu?: boolean;
+  /** Set by prepareEngine for --device webgpu: the adapter, and the word its sessions take turns by (webgpu/turns.ts). */
+  webgpu?: { adapter: WebGpuAdapter; turns: Int32Array };
 }

@@ -17,6 +17,10 @@ export interface RunSummary {
   model: { sizes: number[]; activation: string; parameters: number };
   engine: string;
   workers: string;
+  /** Every engine/device that computed, e.g. ["onnx/webgpu"]; more than one only with --allow-mixed-devices. */
+  devices: string[];
+  /** Workers on other engines or devices took part: the result then depends on who computed what. */
+  mixedDevices: boolean;
   config: Record<string, unknown>;
   epochs: EpochResult[];
   steps: number;

@@ -17,6 +17,7 @@ import { createTrainingMemory, type TrainingMemory } from '../cluster/training_m
 import { RowVerifier } from '../cluster/verify.js';
 import { TrainingState } from '../cluster/training_state.js';
 import { createTeam } from '../cluster/create_team.js';
+import { prepareEngine } from '../engine/create.js';
 import { exportModel } from '../report/export.js';
 import { plotRun } from '../report/plot.js';
 import { latestCheckpoint, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
@@ -45,7 +46,8 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
     faults = new Int32Array(new SharedArrayBuffer(8));
     faults.set([options.faults.threadExitAtStep, options.faults.times]);
   }
-  const engine = { engine: config.engine, device: config.device };
+  // Once in this thread: the GPU adapter is found (and named in the workers' line) before any slot opens.
+  const engine = await prepareEngine({ engine: config.engine, device: config.device, allowSoftwareGpu: config.allowSoftwareGpu });
   const local = await createTeam({ memory, engine, adam, faults }, Math.max(1, config.threads));
   options.onTeam?.(local);
   if (!config.listen) return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, false), undefined, onEvent) };
@@ -59,6 +61,8 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
       tlsCert: config.tlsCert ?? undefined,
       tlsKey: config.tlsKey ?? undefined,
       engine: config.engine,
+      device: config.device,
+      allowMixedDevices: config.allowMixedDevices,
       datasetSha256: dataset.sha256,
       heartbeatMs: config.heartbeatMs,
       stepTimeoutMs: config.stepTimeoutMs,
@@ -178,6 +182,7 @@ export class RunSession {
       model: { sizes: spec.sizes, activation: spec.activation, parameters: this.layout.total },
       engine: config.engine,
       workers: this.scheduler.description,
+      ...this.devices(),
       config: { ...config, token: config.token ? '(set)' : null },
       epochs: this.epochs,
       steps: state.step,
@@ -187,6 +192,12 @@ export class RunSession {
       outDir: this.outDir,
       ...(failure ? { error: failure.message } : {}),
     };
+  }
+
+  /** Every engine/device that computed in the run: more than one only with --allow-mixed-devices. */
+  private devices(): Pick<RunSummary, 'devices' | 'mixedDevices'> {
+    const devices = [...new Set([`${this.config.engine}/${this.config.device}`, ...this.scheduler.remoteKinds])];
+    return { devices, mixedDevices: devices.length > 1 };
   }
 
   /**

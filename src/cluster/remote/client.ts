@@ -10,16 +10,21 @@
  * connection is worker_session.ts; the replica it keeps across connections is replica.ts.
  */
 import { WORKER_DEFAULTS } from '../../config.js';
+import { prepareEngine } from '../../engine/create.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
-import { session, type ReplicaSlot } from './worker_session.js';
+import { deviceOf, session, type ReplicaSlot } from './worker_session.js';
 
 export { WORKER_DEFAULTS };
 export type { WorkerEvent, WorkerOptions };
 
 /** Runs a worker until the signal aborts it or it gives up reconnecting. */
 export async function runWorker(userOptions: Partial<WorkerOptions> & { connect: string }): Promise<void> {
-  const options: WorkerOptions = { ...WORKER_DEFAULTS, ...userOptions };
-  const emit = options.onEvent ?? (() => {});
+  const given: WorkerOptions = { ...WORKER_DEFAULTS, ...userOptions };
+  const emit = given.onEvent ?? (() => {});
+  // Before connecting: a worker without a usable device says so at once instead of joining and failing.
+  const { webgpu } = await prepareEngine(given);
+  const options: WorkerOptions = { ...given, webgpu };
+  emit({ type: 'device', description: deviceOf(options) });
   const slot: ReplicaSlot = {};
   let failures = 0;
   try {

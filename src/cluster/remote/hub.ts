@@ -11,6 +11,7 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
+import { mixedDevices } from '../../errors.js';
 import { missingRanges, type Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
 import { proof, proofMatches } from './auth.js';
@@ -41,6 +42,9 @@ export interface HubOptions {
   tlsCert?: string;
   tlsKey?: string;
   engine: string;
+  /** The run's device: a worker on another engine or device is refused unless allowMixedDevices. */
+  device: string;
+  allowMixedDevices: boolean;
   datasetSha256: string;
   heartbeatMs: number;
   /** How long a worker may take to answer a rows request before it is dropped and its rows redone. */
@@ -71,6 +75,8 @@ export class RemoteHub {
   private waiters: (() => void)[] = [];
   /** Bytes of every frame sent or received, over all peers, since the start. */
   bytesMoved = 0;
+  /** Every engine/device a worker joined with, for summary.json (more than the run's own only with allowMixedDevices). */
+  readonly kinds = new Set<string>();
 
   constructor(
     private readonly options: HubOptions,
@@ -242,9 +248,9 @@ export class RemoteHub {
   private authenticate(peer: RemotePeer, hello: Hello): void {
     const token = this.options.token;
     if (token && !proofMatches(token, 'worker', peer.challenge, hello.mac)) throw new ProtocolError('authentication failed: wrong or missing token');
-    if (hello.engine !== this.options.engine) {
-      throw new ProtocolError(`engine mismatch: the run uses "${this.options.engine}", the worker runs "${hello.engine}"`);
-    }
+    const [ours, theirs] = [`${this.options.engine}/${this.options.device}`, `${hello.engine}/${hello.device}`];
+    if (theirs !== ours && !this.options.allowMixedDevices) throw new ProtocolError(mixedDevices(ours, theirs).message);
+    this.kinds.add(theirs);
     clearTimeout(peer.authTimer);
     peer.hello = hello;
     peer.status = 'joining';

@@ -6,7 +6,7 @@
  *
  * The protocol (version in PROTOCOL_VERSION):
  *   coordinator → worker  challenge {nonce}                       on connect
- *   worker → coordinator  hello {mac, nonce, engine, backend, threads, dataSha256}
+ *   worker → coordinator  hello {mac, nonce, engine, device, backend, threads, dataSha256}
  *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
  *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
@@ -28,7 +28,8 @@ import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
-export const PROTOCOL_VERSION = 3;
+/** 4: hello carries the worker's device (mixed devices are refused unless the run allows them). */
+export const PROTOCOL_VERSION = 4;
 
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
@@ -42,6 +43,9 @@ export interface Hello {
   /** The worker's own nonce, which the coordinator answers with its proof. */
   nonce: Uint8Array;
   engine: string;
+  /** The device the worker's engine computes on (engine.ts DEVICES): with the engine, what its bits depend on. */
+  device: string;
+  /** What runs, in words (the coordinator prints it when the worker joins). */
   backend: string;
   threads: number;
   /** SHA-256 of the worker's local dataset copy, or '' when it has none. */

@@ -7,7 +7,7 @@
  * Kept apart from the connection (worker_session.ts): this file knows training, not the wire.
  */
 import type { Dataset } from '../../data/datasets.js';
-import type { Device, EngineName } from '../../engine/engine.js';
+import type { Device, EngineName, EngineOptions } from '../../engine/engine.js';
 import { paramsSha256 } from '../../model/checksum.js';
 import { evenSplit, missingRanges, type Range } from '../plan.js';
 import type { Task } from '../slot_runner.js';
@@ -22,6 +22,9 @@ export interface ReplicaOptions {
   threads: number;
   engine: EngineName;
   device: Device;
+  allowSoftwareGpu: boolean;
+  /** The adapter runWorker found at start (--device webgpu). */
+  webgpu?: EngineOptions['webgpu'];
   dataset?: Dataset;
 }
 
@@ -59,7 +62,8 @@ export class Replica {
     const classes = state.spec.sizes[state.spec.sizes.length - 1];
     const dataset: Dataset = state.useLocalData && options.dataset ? options.dataset : emptyDataset(features, classes);
     const memory = createTrainingMemory(state.spec, dataset, state.batchSize, options.threads);
-    const team = await createTeam({ memory, engine: { engine: options.engine, device: options.device }, adam: state.adam }, options.threads);
+    const { engine, device, allowSoftwareGpu, webgpu } = options;
+    const team = await createTeam({ memory, engine: { engine, device, allowSoftwareGpu, webgpu }, adam: state.adam }, options.threads);
     return new Replica(memory, team, state);
   }
 

@@ -123,6 +123,7 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
       mac: bytes(raw, 'mac'),
       nonce: bytes(raw, 'nonce', 32),
       engine: str(raw, 'engine', 16),
+      device: str(raw, 'device', 16),
       backend: str(raw, 'backend'),
       threads: int(raw, 'threads', 1, 1024),
       dataSha256: str(raw, 'dataSha256', 64),

@@ -1,6 +1,6 @@
 /** What a remote worker is started with, and what it reports (client.ts runs it, worker_session.ts uses both). */
 import type { Dataset } from '../../data/datasets.js';
-import type { Device, EngineName } from '../../engine/engine.js';
+import type { Device, EngineName, EngineOptions } from '../../engine/engine.js';
 import type { RowsDone } from './messages.js';
 
 export interface WorkerOptions {
@@ -11,6 +11,10 @@ export interface WorkerOptions {
   threads: number;
   engine: EngineName;
   device: Device;
+  /** With --device webgpu: accept a software adapter (lavapipe). */
+  allowSoftwareGpu: boolean;
+  /** Set by runWorker at start for --device webgpu (engine/create.ts prepareEngine): the adapter its replica computes on. */
+  webgpu?: EngineOptions['webgpu'];
   /** A local copy of the dataset: the coordinator then sends row indices instead of pixels. */
   dataset?: Dataset;
   /** Give up after this many failed connection attempts in a row (0 = never). */
@@ -27,6 +31,8 @@ export interface WorkerOptions {
 }
 
 export type WorkerEvent =
+  /** At start: what this worker computes on (for --device webgpu, the adapter). */
+  | { type: 'device'; description: string }
   | { type: 'connected'; url: string; workerId: number }
   | { type: 'synced'; step: number; parameters: number }
   | { type: 'disconnected'; reason: string; retryInMs: number }

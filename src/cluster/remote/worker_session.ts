@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { paramLayout } from '../../model/spec.js';
 import { newNonce, proof, proofMatches } from './auth.js';
+import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
 import { PROTOCOL_VERSION, ProtocolError, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
@@ -36,6 +37,11 @@ export interface ReplicaSlot {
   replica?: Replica;
 }
 
+/** The engine and device in words, e.g. "onnx (webgpu on nvidia, hopper, NVIDIA H200)": the hello's backend. */
+export function deviceOf(options: Pick<WorkerOptions, 'engine' | 'device' | 'webgpu'>): string {
+  return `${options.engine} (${options.device}${options.webgpu ? ` on ${describeAdapter(options.webgpu.adapter)}` : ''})`;
+}
+
 /** One handler per message type the coordinator sends. */
 type Handlers = { [T in ToWorker['t']]: (session: WorkerSession, message: Extract<ToWorker, { t: T }>) => void | Promise<void> };
 
@@ -51,7 +57,8 @@ const HANDLERS: Handlers = {
       mac: token ? proof(token, 'worker', message.nonce) : new Uint8Array(0),
       nonce: s.nonce,
       engine,
-      backend: `${engine} (${device})`,
+      device,
+      backend: deviceOf(s.options),
       threads,
       dataSha256: dataset?.sha256 ?? '',
     });

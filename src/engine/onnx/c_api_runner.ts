@@ -24,11 +24,13 @@ export class CApiRunner implements GraphRunner {
   /** The names in the order the native plan takes them, fixed by the first run. */
   private plan?: { handle: NativeHandle; inputs: string[]; outputs: string[] };
 
+  /** provider: the C API's name of the device's execution provider (EXECUTION_PROVIDERS); none for the CPU. */
   constructor(
     private readonly native: NativeAddon,
     model: Uint8Array,
+    provider?: string,
   ) {
-    this.session = native.session(model, C_API_SESSION_OPTIONS);
+    this.session = native.session(model, provider ? { ...C_API_SESSION_OPTIONS, executionProvider: provider } : C_API_SESSION_OPTIONS);
   }
 
   /** Runs the graph synchronously; outputs are written into the fetches' arrays. */

@@ -1,27 +1,42 @@
 /**
  * The default engine: the graphs of graph.ts run by onnxruntime, one intra-op thread per worker (see
  * SESSION_OPTIONS). Each pass is written once against a GraphRunner (runner.ts): onnxruntime's C API when
- * the native addon is built and the device is the CPU (c_api_runner.ts), else onnxruntime-node's binding
- * (binding_runner.ts). Same library, same options: the same bits either way.
+ * the native addon is built (c_api_runner.ts; CPU and WebGPU), else onnxruntime-node's binding
+ * (binding_runner.ts; also CUDA). Same library, same options, same provider: the same bits either way.
+ * On WebGPU the sessions of a process take turns on the device (../webgpu/turns.ts).
  */
 import { createRequire } from 'node:module';
 import type * as Ort from 'onnxruntime-node';
 import { engineUnavailable } from '../../errors.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
-import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
+import type { Device, Engine, EngineOptions, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
+import { describeAdapter } from '../webgpu/adapter.js';
+import { GpuTurns } from '../webgpu/turns.js';
 import { BindingRunner } from './binding_runner.js';
 import { CApiRunner } from './c_api_runner.js';
-import { biasName, buildDeltasGraph, buildEvalGraph, buildRowGraph, buildStepGraph, buildWeightGraph, deltaName, hiddenName, weightName } from './graph.js';
+import {
+  biasName,
+  buildDeltasGraph,
+  buildEvalGraph,
+  buildRowGraph,
+  buildStepGraph,
+  buildWeightGraph,
+  deltaName,
+  hiddenName,
+  weightName,
+  type GraphOptions,
+} from './graph.js';
 import { ortCApi, sharedAlias } from './native.js';
 import { RowBatch, Scratch } from './row_batch.js';
-import { type Feed, type Fetch, type GraphRunner, SESSION_OPTIONS } from './runner.js';
+import { EXECUTION_PROVIDERS, type Feed, type Fetch, type GraphRunner, SESSION_OPTIONS } from './runner.js';
 
 type OrtModule = typeof Ort;
 type GraphName = 'rows' | 'weight' | 'eval' | 'step' | 'deltas';
 type Units = readonly (readonly [number, number])[];
+type OnnxDevice = keyof typeof EXECUTION_PROVIDERS;
 
-const GRAPHS: Record<GraphName, (spec: ModelSpec) => Uint8Array> = {
+const GRAPHS: Record<GraphName, (spec: ModelSpec, options: GraphOptions) => Uint8Array> = {
   rows: buildRowGraph,
   weight: buildWeightGraph,
   eval: buildEvalGraph,
@@ -41,32 +56,50 @@ export type RunnerPath = 'auto' | 'binding';
 type OpenRunner = (model: Uint8Array) => Promise<GraphRunner>;
 
 /** How graphs are opened, and what the engine line says about it. */
-function chooseRunners(ort: OrtModule, device: 'cpu' | 'cuda', path: RunnerPath): { open: OpenRunner; reads: string } {
-  const cApi = path === 'auto' && device === 'cpu' ? ortCApi() : null;
-  if (cApi) return { open: async (model) => new CApiRunner(cApi.native, model), reads: ', through its C API' };
-  const options: Ort.InferenceSession.SessionOptions = { ...SESSION_OPTIONS, executionProviders: [device] };
+function chooseRunners(ort: OrtModule, device: OnnxDevice, path: RunnerPath): { open: OpenRunner; reads: string } {
+  const provider = EXECUTION_PROVIDERS[device];
+  const cApi = path === 'auto' && provider.cApi !== undefined ? ortCApi() : null;
+  if (cApi) return { open: async (model) => new CApiRunner(cApi.native, model, provider.cApi ?? undefined), reads: ', through its C API' };
+  const options: Ort.InferenceSession.SessionOptions = { ...SESSION_OPTIONS, executionProviders: [provider.binding] };
   return {
     open: async (model) => new BindingRunner(ort, await ort.InferenceSession.create(model, options)),
     reads: sharedAlias() ? '' : ', copying shared buffers',
   };
 }
 
-export async function createOnnxEngine(spec: ModelSpec, device: Device, path: RunnerPath = 'auto'): Promise<Engine> {
+/** The devices this engine runs on: 'gpu' (tfjs-node-gpu's name) means CUDA here, as it always did. */
+function onnxDevice(device: Device): OnnxDevice {
+  return device === 'gpu' ? 'cuda' : device;
+}
+
+/** What a failed session says, with what to do about it on that device. */
+function sessionFailed(device: OnnxDevice, e: Error) {
+  const hint = {
+    cpu: '',
+    webgpu: '; check the Vulkan driver with vulkaninfo --summary',
+    cuda: '; install the CUDA 12 build with ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js',
+  }[device];
+  return engineUnavailable('onnx', `onnxruntime could not create a ${device} session (${e.message})${hint}`);
+}
+
+export async function createOnnxEngine(spec: ModelSpec, options: Pick<EngineOptions, 'device' | 'webgpu'>, path: RunnerPath = 'auto'): Promise<Engine> {
   let ort: OrtModule;
   try {
     ort = (await import('onnxruntime-node')).default as unknown as OrtModule;
   } catch (e) {
     throw engineUnavailable('onnx', `onnxruntime-node could not be loaded (${(e as Error).message}); run npm install`);
   }
-  const runOn = device === 'cpu' ? 'cpu' : 'cuda';
-  const { open, reads } = chooseRunners(ort, runOn, path);
+  const device = onnxDevice(options.device);
+  if (device === 'webgpu' && !options.webgpu) throw new TypeError('createOnnxEngine: --device webgpu needs the options of prepareEngine');
+  const { open, reads } = chooseRunners(ort, device, path);
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
-  const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${runOn}${reads})`);
+  const on = options.webgpu ? `webgpu on ${describeAdapter(options.webgpu.adapter)}` : device;
+  const turns = options.webgpu ? new GpuTurns(options.webgpu.turns) : undefined;
+  const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${on}${reads})`, { webgpuOps: device === 'webgpu' }, turns);
   try {
     await Promise.all(OPENED_AT_ONCE.map((graph) => engine.runner(graph)));
   } catch (e) {
-    const hint = runOn === 'cuda' ? '; install the CUDA 12 build with ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js' : '';
-    throw engineUnavailable('onnx', `onnxruntime could not create a ${runOn} session (${(e as Error).message})${hint}`);
+    throw sessionFailed(device, e as Error);
   }
   return engine;
 }
@@ -91,6 +124,9 @@ class OnnxEngine implements Engine {
     private readonly spec: ModelSpec,
     private readonly open: OpenRunner,
     readonly backend: string,
+    private readonly graphOptions: GraphOptions,
+    /** On a GPU: the process's turns on it, taken by every session's creation and run. */
+    private readonly turns?: GpuTurns,
   ) {
     this.layout = paramLayout(spec);
     this.range = new BigInt64Array(2 * this.layout.layers.length);
@@ -100,14 +136,16 @@ class OnnxEngine implements Engine {
   runner(graph: GraphName): Promise<GraphRunner> {
     let runner = this.runners.get(graph);
     if (!runner) {
-      runner = this.open(GRAPHS[graph](this.spec));
+      const model = GRAPHS[graph](this.spec, this.graphOptions);
+      runner = this.turns ? this.turns.take(() => this.open(model)) : this.open(model);
       this.runners.set(graph, runner);
     }
     return runner;
   }
 
   private async run(graph: GraphName, feeds: Record<string, Feed>, fetches: Record<string, Fetch>): Promise<void> {
-    await (await this.runner(graph)).run(feeds, fetches);
+    const runner = await this.runner(graph);
+    await (this.turns ? this.turns.take(() => runner.run(feeds, fetches)) : runner.run(feeds, fetches));
   }
 
   /** Layer l's output width. */

@@ -23,6 +23,16 @@ const FLOAT = onnx.TensorProto.DataType.FLOAT;
 const INT64 = onnx.TensorProto.DataType.INT64;
 const OPSET = 17;
 
+/** How the graphs are written for a device (the defaults are the CPU's, whose bits the tests pin). */
+export interface GraphOptions {
+  /**
+   * Only ops onnxruntime's WebGPU provider has kernels for. In 1.30 it has none for LogSoftmax and Sign,
+   * which would otherwise run on the CPU with a copy each way per call: log-softmax is then written as
+   * z − max − log Σ exp(z − max), and ReLU's derivative as Cast(h > 0).
+   */
+  webgpuOps?: boolean;
+}
+
 class GraphBuilder {
   readonly nodes: INodeProto[] = [];
   readonly inputs: IValueInfoProto[] = [];
@@ -143,14 +153,16 @@ function activate(g: GraphBuilder, spec: ModelSpec, z: string, l: number): strin
 }
 
 /** The activation's derivative, written in terms of its output h (all three allow that). */
-function activationGrad(g: GraphBuilder, spec: ModelSpec, dh: string, h: string, out: string): string {
+function activationGrad(g: GraphBuilder, spec: ModelSpec, dh: string, h: string, out: string, options: GraphOptions): string {
   switch (spec.activation) {
     case 'sigmoid': {
       const oneMinus = g.op('Sub', [g.constFloat(1), h]);
       return g.op('Mul', [dh, g.op('Mul', [h, oneMinus])], {}, out);
     }
-    case 'relu':
-      return g.op('Mul', [dh, g.op('Sign', [h])], {}, out);
+    case 'relu': {
+      const positive = options.webgpuOps ? g.op('Cast', [g.op('Greater', [h, g.constFloat(0)])], { to: FLOAT }) : g.op('Sign', [h]);
+      return g.op('Mul', [dh, positive], {}, out);
+    }
     case 'tanh': {
       const oneMinusSq = g.op('Sub', [g.constFloat(1), g.op('Mul', [h, h])]);
       return g.op('Mul', [dh, oneMinusSq], {}, out);
@@ -158,9 +170,16 @@ function activationGrad(g: GraphBuilder, spec: ModelSpec, dh: string, h: string,
   }
 }
 
+function logSoftmax(g: GraphBuilder, logits: string, options: GraphOptions): string {
+  if (!options.webgpuOps) return g.op('LogSoftmax', [logits], { axis: 1 });
+  const shifted = g.op('Sub', [logits, g.op('ReduceMax', [logits], { axes: [1], keepdims: 1 })]);
+  const logSum = g.op('Log', [g.op('ReduceSum', [g.op('Exp', [shifted]), g.constInt64([1])], { keepdims: 1 })]);
+  return g.op('Sub', [shifted, logSum]);
+}
+
 /** Per-row softmax cross-entropy of the logits against a one-hot target; returns [rowLoss, logSoftmax]. */
-function crossEntropy(g: GraphBuilder, logits: string, target: string, lossName: string): [string, string] {
-  const logp = g.op('LogSoftmax', [logits], { axis: 1 });
+function crossEntropy(g: GraphBuilder, logits: string, target: string, lossName: string, options: GraphOptions): [string, string] {
+  const logp = logSoftmax(g, logits, options);
   const picked = g.op('ReduceSum', [g.op('Mul', [target, logp]), g.constInt64([1])], { keepdims: 0 });
   return [g.op('Neg', [picked], {}, lossName), logp];
 }
@@ -170,27 +189,27 @@ function crossEntropy(g: GraphBuilder, logits: string, target: string, lossName:
  * batch-mean loss with respect to layer l's output) for inputs "x", "target" and "scale" (1/batch: the
  * mean's weight, so that rows computed in separate calls still add up to the batch mean).
  */
-function rowsForwardBackward(g: GraphBuilder, spec: ModelSpec): { x: string; hidden: string[]; deltas: string[] } {
+function rowsForwardBackward(g: GraphBuilder, spec: ModelSpec, options: GraphOptions): { x: string; hidden: string[]; deltas: string[] } {
   const classes = spec.sizes[spec.sizes.length - 1];
   const x = g.input('x', ['rows', spec.sizes[0]]);
   const target = g.input('target', ['rows', classes]);
   const scale = g.input('scale', [1]);
   const { hidden, logits } = forward(g, spec, x);
-  const [, logp] = crossEntropy(g, logits, target, 'rowLoss');
+  const [, logp] = crossEntropy(g, logits, target, 'rowLoss', options);
   g.output('rowLoss', ['rows']);
   const layers = spec.sizes.length - 1;
   const last = g.op('Mul', [g.op('Sub', [g.op('Exp', [logp]), target]), scale], {}, deltaName(layers - 1));
-  return { x, hidden, deltas: backwardDeltas(g, spec, hidden, last) };
+  return { x, hidden, deltas: backwardDeltas(g, spec, hidden, last, options) };
 }
 
 /** Every layer's delta from the last layer's, back through the weights (inputs W1…) and the activations. */
-function backwardDeltas(g: GraphBuilder, spec: ModelSpec, hidden: string[], last: string): string[] {
+function backwardDeltas(g: GraphBuilder, spec: ModelSpec, hidden: string[], last: string, options: GraphOptions): string[] {
   const layers = spec.sizes.length - 1;
   const deltas: string[] = [];
   deltas[layers - 1] = last;
   for (let l = layers - 2; l >= 0; l--) {
     const dh = g.op('MatMul', [deltas[l + 1], weightName(l + 1)]);
-    deltas[l] = activationGrad(g, spec, dh, hidden[l], deltaName(l));
+    deltas[l] = activationGrad(g, spec, dh, hidden[l], deltaName(l), options);
   }
   return deltas;
 }
@@ -200,13 +219,13 @@ function backwardDeltas(g: GraphBuilder, spec: ModelSpec, hidden: string[], last
  * sent in compact form): the row graph's backward part alone, the same ops on the same values, so the
  * same bits. Inputs h1…, d{L-1} and W1…; outputs d0…d{L-2}.
  */
-export function buildDeltasGraph(spec: ModelSpec): Uint8Array {
+export function buildDeltasGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
   const layers = spec.sizes.length - 1;
   const hidden = spec.sizes.slice(1, -1).map((n, l) => g.input(hiddenName(l), ['rows', n]));
   const last = g.input(deltaName(layers - 1), ['rows', spec.sizes[layers]]);
   for (let l = 1; l < layers; l++) g.input(weightName(l), [spec.sizes[l + 1], spec.sizes[l]]);
-  const deltas = backwardDeltas(g, spec, hidden, last);
+  const deltas = backwardDeltas(g, spec, hidden, last, options);
   deltas.slice(0, -1).forEach((d, l) => g.output(d, ['rows', spec.sizes[l + 1]]));
   return g.build('dtrain_deltas');
 }
@@ -219,9 +238,9 @@ function layerGradient(g: GraphBuilder, spec: ModelSpec, l: number, d: string, a
   g.output(`gb${l}`, [units]);
 }
 
-export function buildRowGraph(spec: ModelSpec): Uint8Array {
+export function buildRowGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
-  const { hidden, deltas } = rowsForwardBackward(g, spec);
+  const { hidden, deltas } = rowsForwardBackward(g, spec, options);
   hidden.forEach((h, l) => g.output(h, ['rows', spec.sizes[l + 1]]));
   deltas.forEach((d, l) => g.output(d, ['rows', spec.sizes[l + 1]]));
   return g.build('dtrain_rows');
@@ -233,9 +252,9 @@ export function buildRowGraph(spec: ModelSpec): Uint8Array {
  * the same bits as the two passes give; but activations and deltas never leave onnxruntime (measured here:
  * ~0.3 ms a step less than two calls). Outputs rowLoss, gW{l} and gb{l}.
  */
-export function buildStepGraph(spec: ModelSpec): Uint8Array {
+export function buildStepGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
-  const { x, hidden, deltas } = rowsForwardBackward(g, spec);
+  const { x, hidden, deltas } = rowsForwardBackward(g, spec, options);
   deltas.forEach((d, l) => layerGradient(g, spec, l, d, l === 0 ? x : hidden[l - 1], spec.sizes[l + 1]));
   return g.build('dtrain_step');
 }
@@ -258,13 +277,13 @@ export function buildWeightGraph(spec: ModelSpec): Uint8Array {
   return g.build('dtrain_weight');
 }
 
-export function buildEvalGraph(spec: ModelSpec): Uint8Array {
+export function buildEvalGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
   const classes = spec.sizes[spec.sizes.length - 1];
   const x = g.input('x', ['rows', spec.sizes[0]]);
   const target = g.input('target', ['rows', classes]);
   const { logits } = forward(g, spec, x);
-  crossEntropy(g, logits, target, 'rowLoss');
+  crossEntropy(g, logits, target, 'rowLoss', options);
   g.op('ArgMax', [logits], { axis: 1, keepdims: 0 }, 'predicted');
   g.output('rowLoss', ['rows']);
   g.output('predicted', ['rows'], INT64);

@@ -18,6 +18,8 @@ export interface NativeSessionOptions {
   interOpNumThreads: number;
   executionMode: number;
   graphOptimizationLevel: number;
+  /** The C API's name of an execution provider to add (e.g. "WebGPU"); absent: the CPU provider alone. */
+  executionProvider?: string;
 }
 
 export interface NativeAddon {

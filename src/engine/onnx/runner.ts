@@ -7,7 +7,7 @@ import type * as Ort from 'onnxruntime-node';
 /**
  * Every session's options, on either path: one intra-op thread per worker so that parallelism comes from
  * dtrain's own workers and results never depend on a thread pool's split. (The execution provider is the
- * device's, added by the binding path; the C API path is CPU only.)
+ * device's: EXECUTION_PROVIDERS.)
  */
 export const SESSION_OPTIONS = {
   intraOpNumThreads: 1,
@@ -15,6 +15,18 @@ export const SESSION_OPTIONS = {
   executionMode: 'sequential',
   graphOptimizationLevel: 'all',
 } as const satisfies Ort.InferenceSession.SessionOptions;
+
+/**
+ * Each device's execution provider, by the name each path knows it by; onnxruntime adds its CPU provider
+ * for the nodes the device has no kernel for. The C API appends providers by name
+ * (SessionOptionsAppendExecutionProvider), which covers WebGPU but not CUDA (it has its own call): CUDA
+ * goes through the binding.
+ */
+export const EXECUTION_PROVIDERS = {
+  cpu: { cApi: null, binding: 'cpu' },
+  webgpu: { cApi: 'WebGPU', binding: 'webgpu' },
+  cuda: { cApi: undefined, binding: 'cuda' },
+} as const;
 
 /** An input: its data and dims (data.length must be their product). May live in shared memory. */
 export interface Feed {

@@ -1,0 +1,226 @@
+/**
+ * --device webgpu on the software device that test/setup/software-gpu.ts provides (lavapipe; any real GPU
+ * with Vulkan serves too): the engine against the CPU engine, the invariants that make a run's result
+ * independent of the number of participants, training against the CPU, and the exported model. Without a
+ * device every test here is skipped, with the reason in its title and on the console.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import onnxProto from 'onnx-proto';
+import { describe, expect, it } from 'vitest';
+import { createEngine, prepareEngine } from '../src/engine/create.js';
+import type { Engine, EngineOptions } from '../src/engine/engine.js';
+import { runWorker } from '../src/cluster/remote/client.js';
+import { probeWebGpuAdapter } from '../src/engine/webgpu/adapter.js';
+import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
+import { initParams } from '../src/model/init.js';
+import { makeSpec, paramLayout, type Activation, type ModelSpec } from '../src/model/spec.js';
+import { engineGradient, oneHot } from './helpers.js';
+
+/** Why there is no device, or undefined when there is one. */
+function unavailable(): string | undefined {
+  if (process.env.DTRAIN_SOFTWARE_GPU_UNAVAILABLE) return `scripts/software-gpu.sh: ${process.env.DTRAIN_SOFTWARE_GPU_UNAVAILABLE}`;
+  const probed = probeWebGpuAdapter();
+  return 'missing' in probed ? `no WebGPU adapter: ${probed.detail}` : undefined;
+}
+
+const reason = unavailable();
+if (reason) console.warn(`test/webgpu.test.ts: WebGPU tests skipped: ${reason}`);
+const gpuDescribe = reason ? describe.skip : describe;
+
+const out = mkdtempSync(join(tmpdir(), 'dtrain-webgpu-'));
+let runs = 0;
+const WEBGPU: Partial<TrainConfig> = { device: 'webgpu', allowSoftwareGpu: true };
+const BASE: Partial<TrainConfig> = { trainSamples: 3200, testSamples: 200, epochs: 1, logEvery: 1000, export: false };
+const run = (config: Partial<TrainConfig>, onEvent?: (e: TrainEvent) => void) => train({ ...BASE, out: join(out, String(runs++)), ...config }, { onEvent });
+
+/** 50 steps on one WebGPU thread, run once for the tests that compare with it. */
+let reference: ReturnType<typeof train> | undefined;
+const oneThread = (onEvent?: (e: TrainEvent) => void) => (reference ??= run({ ...WEBGPU, threads: 1, steps: 50 }, onEvent));
+
+/** dtrain's CLI in a child process: its exit code, stdout and stderr. */
+async function dtrain(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
+  try {
+    return { code: 0, ...(await promisify(execFile)(process.execPath, [cli, ...args])) };
+  } catch (e) {
+    return e as { code: number; stdout: string; stderr: string };
+  }
+}
+
+/** Rows of MNIST-like pixels and their labels. */
+function batch(spec: ModelSpec, rows: number) {
+  const x = Float32Array.from({ length: rows * spec.sizes[0] }, (_, i) => ((i * 7919) % 256) / 255);
+  const labels = Array.from({ length: rows }, (_, i) => (i * 3) % spec.sizes[spec.sizes.length - 1]);
+  return { x, labels, target: oneHot(labels, spec.sizes[spec.sizes.length - 1]) };
+}
+
+/** The largest difference relative to the largest magnitude: a gradient's error as a share of its scale. */
+function relativeError(a: Float32Array, b: Float32Array): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return diff / scale;
+}
+
+/** Options for a WebGPU engine, prepared once for the file as a process's main thread does. */
+let prepared: Promise<EngineOptions> | undefined;
+const webgpuEngine = async (spec: ModelSpec): Promise<Engine> => createEngine(spec, await (prepared ??= prepareEngine({ engine: 'onnx', ...WEBGPU } as EngineOptions)));
+
+gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device unless the machine has a GPU'})`, () => {
+  it.each<[Activation, number[]]>([
+    ['sigmoid', [512, 256, 128, 64]],
+    ['relu', [64, 32]],
+    ['tanh', [64, 32]],
+  ])('gives the CPU engine\'s loss and gradient within 1e-5 (%s, hidden %j)', async (activation, hidden) => {
+    const spec = makeSpec(784, hidden, 10, activation);
+    const params = initParams(spec, 3);
+    const { x, labels } = batch(spec, 64);
+    const cpu = await createEngine(spec, { engine: 'onnx', device: 'cpu' });
+    const gpu = await webgpuEngine(spec);
+    expect(gpu.backend).toMatch(/\(webgpu on .*through its C API\)$/);
+    const expected = await engineGradient(cpu, spec, params, x, labels);
+    const got = await engineGradient(gpu, spec, params, x, labels);
+    expect(Math.abs(got.loss - expected.loss) / expected.loss).toBeLessThan(1e-6);
+    paramLayout(spec).layers.forEach(({ weightOffset, biasOffset, fanOut }) => {
+      expect(relativeError(got.grad.subarray(weightOffset, biasOffset), expected.grad.subarray(weightOffset, biasOffset))).toBeLessThan(1e-5);
+      expect(relativeError(got.grad.subarray(biasOffset, biasOffset + fanOut), expected.grad.subarray(biasOffset, biasOffset + fanOut))).toBeLessThan(1e-5);
+    });
+    await Promise.all([cpu.dispose(), gpu.dispose()]);
+  });
+
+  it('gives a row the same bits in calls of 16 and of 64 rows, a layer\'s units the same bits in any split, and a whole step the two passes\' bits', async () => {
+    // What makes a run's result independent of the number of participants (cluster/plan.ts), on this device.
+    const spec = makeSpec(784, [512, 256, 128, 64], 10, 'sigmoid');
+    const widths = spec.sizes.slice(1);
+    const { x, target, labels } = batch(spec, 64);
+    const gpu = await webgpuEngine(spec);
+    gpu.setParams(initParams(spec, 5));
+    const rowsOf = async (from: number, rows: number) => {
+      const got = { rowLoss: new Float32Array(rows), hidden: widths.slice(0, -1).map((w) => new Float32Array(rows * w)), deltas: widths.map((w) => new Float32Array(rows * w)) };
+      await gpu.rowPass(x.subarray(from * 784), target.subarray(from * 10), rows, 1 / 64, got);
+      return got;
+    };
+    const whole = await rowsOf(0, 64);
+    for (const [from, rows] of [[0, 16], [16, 16], [48, 16], [63, 1]]) {
+      const part = await rowsOf(from, rows);
+      expect(part.rowLoss).toEqual(whole.rowLoss.subarray(from, from + rows));
+      part.deltas.forEach((d, l) => expect(d).toEqual(whole.deltas[l].subarray(from * widths[l], (from + rows) * widths[l])));
+      part.hidden.forEach((h, l) => expect(h).toEqual(whole.hidden[l].subarray(from * widths[l], (from + rows) * widths[l])));
+    }
+    const inputs = [x, ...whole.hidden];
+    const all = (await gpu.weightPass(inputs, whole.deltas, 64, widths.map((w) => [0, w] as const))).map((g) => ({ weight: g.weight.slice(), bias: g.bias.slice() }));
+    for (const part of [0, 1, 2]) {
+      const units = widths.map((w) => [Math.floor((w * part) / 3), Math.floor((w * (part + 1)) / 3)] as const);
+      const some = await gpu.weightPass(inputs, whole.deltas, 64, units);
+      some.forEach((g, l) => {
+        expect(g.weight).toEqual(all[l].weight.subarray(units[l][0] * spec.sizes[l], units[l][1] * spec.sizes[l]));
+        expect(g.bias).toEqual(all[l].bias.subarray(units[l][0], units[l][1]));
+      });
+    }
+    const rowLoss = new Float32Array(64);
+    const step = await gpu.stepPass!(x, target, labels.length, rowLoss);
+    expect(rowLoss).toEqual(whole.rowLoss);
+    step.forEach((g, l) => expect([g.weight, g.bias]).toEqual([all[l].weight, all[l].bias]));
+    await gpu.dispose();
+  });
+
+  it.skipIf(!!process.env.DTRAIN_NO_NATIVE)('gives the same bits through the C API and through onnxruntime-node\'s binding', async () => {
+    const { createOnnxEngine } = await import('../src/engine/onnx/engine.js');
+    const spec = makeSpec(784, [64, 32], 10, 'relu');
+    const { x, target } = batch(spec, 20);
+    const options = await (prepared ??= prepareEngine({ engine: 'onnx', ...WEBGPU } as EngineOptions));
+    const step = async (engine: Engine) => {
+      engine.setParams(initParams(spec, 7));
+      const rowLoss = new Float32Array(20);
+      const gradients = (await engine.stepPass!(x, target, 20, rowLoss)).map((g) => [g.weight.slice(), g.bias.slice()]);
+      await engine.dispose();
+      return { backend: engine.backend, rowLoss, gradients };
+    };
+    const [cApi, binding] = [await step(await createOnnxEngine(spec, options)), await step(await createOnnxEngine(spec, options, 'binding'))];
+    expect([cApi.backend, binding.backend]).toEqual([expect.stringContaining('through its C API'), expect.not.stringContaining('C API')]);
+    expect([binding.rowLoss, binding.gradients]).toEqual([cApi.rowLoss, cApi.gradients]);
+  });
+
+  it('trains 50 steps with the CPU\'s losses (within 1e-4), and ends with the same parameters on one and two threads', async () => {
+    const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
+    const [cpu, one, two]: number[][] = [[], [], []];
+    await run({ threads: 1, steps: 50 }, losses(cpu));
+    const a = await oneThread(losses(one));
+    const b = await run({ ...WEBGPU, threads: 2, steps: 50 }, losses(two));
+    expect(one).toHaveLength(50);
+    one.forEach((loss, i) => expect(Math.abs(loss - cpu[i]) / cpu[i]).toBeLessThan(1e-4));
+    expect(b.paramsSha256).toBe(a.paramsSha256);
+    expect(two).toEqual(one);
+    expect(a.workers).toMatch(/webgpu on /);
+    expect([a.devices, a.mixedDevices]).toEqual([['onnx/webgpu'], false]);
+  });
+
+  it('gives a remote worker on the device, computing every row for a coordinator without threads, the local threads\' parameters', async () => {
+    const abort = new AbortController();
+    const joined: string[] = [];
+    const summary = await train(
+      { ...BASE, ...WEBGPU, threads: 0, steps: 50, listen: '127.0.0.1:0', out: join(out, 'remote') },
+      {
+        onListening: ({ port }) => void runWorker({ connect: `ws://127.0.0.1:${port}`, device: 'webgpu', allowSoftwareGpu: true, signal: abort.signal }),
+        onEvent: (e) => e.type === 'cluster' && e.event.type === 'joined' && joined.push(e.event.backend),
+      },
+    );
+    abort.abort();
+    expect(joined).toEqual([expect.stringMatching(/^onnx \(webgpu on .+\)$/)]);
+    expect(summary.paramsSha256).toBe((await oneThread()).paramsSha256);
+  });
+
+  it('names the adapter at start, runs every node on the device (ReLU too), and refuses a software adapter unless allowed', async () => {
+    const args = ['coordinator', '--device', 'webgpu', '--hidden', '32', '--activation', 'relu', '--steps', '3', '--epochs', '1'];
+    const small = ['--train-samples', '256', '--test-samples', '64', '--threads', '1', '--no-export', '--out', join(out, 'cli')];
+    const ran = await dtrain(...args, ...small, '--allow-software-gpu');
+    expect(ran.code).toBe(0);
+    expect(ran.stdout).toMatch(/^workers: this process × onnxruntime-node \S+ \(webgpu on [^,]+, [^,]+, .+, through its C API\)$/m);
+    // onnxruntime warns when it places a node on the CPU for want of a device kernel.
+    expect(ran.stderr).not.toContain('not assigned to the preferred execution providers');
+    if (!/webgpu on [^,]+, software,/.test(ran.stdout)) return;
+    const refused = await dtrain(...args, ...small);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toMatch(/^dtrain: error: --device webgpu: the only WebGPU adapter is a software one \(.+\), slower than --device cpu; give --allow-software-gpu to use it anyway$/);
+  });
+
+  it('exports the model in the CPU run\'s format: the same model.json topology and the same ONNX graph but for the weights', async () => {
+    const config = { steps: 5, hidden: [32], export: true };
+    const gpu = await run({ ...WEBGPU, ...config, threads: 1 });
+    const cpu = await run({ ...config, threads: 1 });
+    const read = (dir: string) => {
+      const model = JSON.parse(readFileSync(join(dir, 'model', 'model.json'), 'utf8'));
+      const onnx = onnxProto.onnx.ModelProto.decode(readFileSync(join(dir, 'model', 'model.onnx')));
+      const graph = { ...onnx.graph!, initializer: onnx.graph!.initializer!.map((t) => ({ name: t.name, dims: t.dims, bytes: t.rawData?.length })) };
+      return { topology: model.modelTopology, manifest: model.weightsManifest, graph: JSON.parse(JSON.stringify(graph)) };
+    };
+    expect(read(gpu.outDir!)).toEqual(read(cpu.outDir!));
+    expect(gpu.paramsSha256).not.toBe(cpu.paramsSha256);
+  });
+});
+
+describe('--device webgpu without a usable device (no GPU needed)', () => {
+  it('is one line naming what is missing and how to check it', async () => {
+    // No driver file and no library path: the loader is missing, or (a system loader) finds no driver.
+    const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
+    const env = { ...process.env, VK_ICD_FILENAMES: join(out, 'no-such-icd.json'), LD_LIBRARY_PATH: '' };
+    const failed = await promisify(execFile)(process.execPath, [cli, 'coordinator', '--device', 'webgpu', '--steps', '1'], { env }).catch((e) => e);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr.trim()).toMatch(
+      /^dtrain: error: --device webgpu: (no Vulkan loader|a Vulkan loader but no Vulkan driver|no WebGPU adapter) \(.+\); .+, check with vulkaninfo --summary, or for a software device run eval "\$\(scripts\/software-gpu.sh\)" and give --allow-software-gpu$/,
+    );
+  });
+
+  it('is refused for the tfjs engine, which has no WebGPU path here', async () => {
+    await expect(prepareEngine({ engine: 'tfjs', device: 'webgpu' })).rejects.toThrow(
+      'engine "tfjs" is not available: --device webgpu is onnxruntime\'s WebGPU provider: use --engine onnx',
+    );
+  });
+});
