@@ -83,6 +83,21 @@ export function workersMissing(wanted: number, joined: number, waitedMs: number)
   return fail('ERR_WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): start them with dtrain worker --connect, or raise --join-timeout-ms`);
 }
 
+export function launchNotFound(variables: readonly string[]): DtrainError {
+  return fail(
+    'ERR_LAUNCH',
+    `dtrain run found no launcher in its environment (none of ${variables.join(', ')} is set): start it with mpirun, srun, torchrun or as a Kubernetes Indexed Job, or use dtrain coordinator and dtrain worker`,
+  );
+}
+
+export function launchIncomplete(launcher: string, present: string, missing: string, hint: string): DtrainError {
+  return fail('ERR_LAUNCH', `${launcher}: ${present} is set but ${missing} is not: ${hint}`);
+}
+
+export function launchVariableInvalid(name: string, expected: string, got: string): DtrainError {
+  return fail('ERR_LAUNCH', `environment variable ${name} must be ${expected}, got ${show(got)}`);
+}
+
 export function checkpointInvalid(file: string, problem: string): DtrainError {
   return fail('ERR_CHECKPOINT', `${file}: ${problem}`);
 }

@@ -21,6 +21,14 @@ const cases: [string, Error, string, string?][] = [
   ['incompatibleOptions minWorkers', errors.incompatibleOptions('minWorkers'), 'option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0'],
   ['workersMissing', errors.workersMissing(3, 1, 5000), '2 of 3 remote workers missing after 5000 ms (--min-workers 3): start them with dtrain worker --connect, or raise --join-timeout-ms', 'ERR_WORKERS_MISSING'],
   ['resumeConflict', errors.resumeConflict('lr', 0.01, 0.001), '--resume: option "lr" (0.01) differs from the checkpoint\'s (0.001); a resumed run keeps the checkpoint\'s model, data and optimizer options'],
+  [
+    'launchNotFound',
+    errors.launchNotFound(['RANK', 'PMI_RANK']),
+    'dtrain run found no launcher in its environment (none of RANK, PMI_RANK is set): start it with mpirun, srun, torchrun or as a Kubernetes Indexed Job, or use dtrain coordinator and dtrain worker',
+    'ERR_LAUNCH',
+  ],
+  ['launchIncomplete', errors.launchIncomplete('torchrun', 'RANK', 'WORLD_SIZE', 'the launcher sets both'), 'torchrun: RANK is set but WORLD_SIZE is not: the launcher sets both', 'ERR_LAUNCH'],
+  ['launchVariableInvalid', errors.launchVariableInvalid('RANK', 'a non-negative integer', 'x'), 'environment variable RANK must be a non-negative integer, got "x"', 'ERR_LAUNCH'],
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
 ];
 
