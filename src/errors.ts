@@ -83,6 +83,11 @@ export function workersMissing(wanted: number, joined: number, waitedMs: number)
   return fail('ERR_WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): start them with dtrain worker --connect, or raise --join-timeout-ms`);
 }
 
+export function workersMissingRanks(wanted: number, joined: number, waitedMs: number, ranks: readonly number[]): DtrainError {
+  const which = `rank${ranks.length === 1 ? '' : 's'} ${ranks.join(', ')} ${ranks.length === 1 ? 'has' : 'have'} not joined`;
+  return fail('ERR_WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): ${which}; see their output, or raise --join-timeout-ms`);
+}
+
 export function launchNotFound(variables: readonly string[]): DtrainError {
   return fail(
     'ERR_LAUNCH',

@@ -22,6 +22,13 @@ const cases: [string, Error, string, string?][] = [
   ['workersMissing', errors.workersMissing(3, 1, 5000), '2 of 3 remote workers missing after 5000 ms (--min-workers 3): start them with dtrain worker --connect, or raise --join-timeout-ms', 'ERR_WORKERS_MISSING'],
   ['resumeConflict', errors.resumeConflict('lr', 0.01, 0.001), '--resume: option "lr" (0.01) differs from the checkpoint\'s (0.001); a resumed run keeps the checkpoint\'s model, data and optimizer options'],
   [
+    'workersMissingRanks',
+    errors.workersMissingRanks(3, 1, 5000, [2, 3]),
+    '2 of 3 remote workers missing after 5000 ms (--min-workers 3): ranks 2, 3 have not joined; see their output, or raise --join-timeout-ms',
+    'ERR_WORKERS_MISSING',
+  ],
+  ['workersMissingRanks one', errors.workersMissingRanks(2, 1, 100, [2]), '1 of 2 remote workers missing after 100 ms (--min-workers 2): rank 2 has not joined; see their output, or raise --join-timeout-ms', 'ERR_WORKERS_MISSING'],
+  [
     'launchNotFound',
     errors.launchNotFound(['RANK', 'PMI_RANK']),
     'dtrain run found no launcher in its environment (none of RANK, PMI_RANK is set): start it with mpirun, srun, torchrun or as a Kubernetes Indexed Job, or use dtrain coordinator and dtrain worker',

@@ -5,7 +5,7 @@
  */
 import type { TrainConfig } from '../config.js';
 import type { Dataset } from '../data/datasets.js';
-import { nonFiniteGradient, nonFiniteLoss, workersMissing } from '../errors.js';
+import { nonFiniteGradient, nonFiniteLoss, workersMissing, workersMissingRanks } from '../errors.js';
 import type { AdamOptions } from '../optim/adam.js';
 import type { Cluster } from '../cluster/cluster.js';
 import { batchCount, evenSplit, microShards } from '../cluster/plan.js';
@@ -88,18 +88,25 @@ export class Trainer {
   /**
    * Before the first step: waits until `count` remote workers have joined and admits them, so that a
    * late joiner does not count as slow steps (torchrun's --nnodes); fails after `timeoutMs` naming how
-   * many are missing.
+   * many are missing, and which of `ranks` (a launched job's: dtrain run) have not joined.
    */
-  async gather(count: number, timeoutMs: number): Promise<void> {
+  async gather(count: number, timeoutMs: number, ranks?: readonly number[]): Promise<void> {
     const deadline = performance.now() + timeoutMs;
     for (let have = this.cluster.remoteMembers(); have < count; have = this.cluster.remoteMembers()) {
       const left = deadline - performance.now();
       const reason = `step ${this.state.step}: waiting for ${count - have} more of ${count} remote workers (--min-workers)`;
       if (left <= 0 || !(await this.cluster.waitForJoin(left, reason))) {
-        if (this.cluster.remoteMembers() < count) throw workersMissing(count, this.cluster.remoteMembers(), timeoutMs);
+        if (this.cluster.remoteMembers() < count) throw this.missing(count, timeoutMs, ranks);
       }
     }
     await this.boundary();
+  }
+
+  private missing(count: number, timeoutMs: number, ranks?: readonly number[]): Error {
+    const joined = this.cluster.remoteMembers();
+    const present = this.cluster.remoteRanks();
+    const absent = ranks?.filter((r) => !present.has(r)) ?? [];
+    return absent.length > 0 ? workersMissingRanks(count, joined, timeoutMs, absent) : workersMissing(count, joined, timeoutMs);
   }
 
   /** After the rows: the replicas apply the step, or the weight pass runs here. */

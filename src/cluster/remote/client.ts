@@ -27,6 +27,13 @@ export interface WorkerOptions {
   dataset?: Dataset;
   /** Give up after this many failed connection attempts in a row (0 = never). */
   maxRetries: number;
+  /**
+   * Give up when no connection has synchronised for this long (0 or absent = never): a launched rank
+   * (dtrain run) waits for rank 0 no longer than rank 0 waits for it, so a job whose rank 0 is gone ends.
+   */
+  retryForMs?: number;
+  /** This process's rank in a launched job (dtrain run), sent in the hello: a coordinator then names missing ranks. */
+  rank?: number;
   /** Largest frame accepted from the coordinator (a state snapshot of the model must fit). */
   maxFrameBytes: number;
   onEvent?: (event: WorkerEvent) => void;
@@ -48,6 +55,7 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
   const emit = options.onEvent ?? (() => {});
   const slot: ReplicaSlot = {};
   let failures = 0;
+  let lastSynced = performance.now();
   try {
     while (!options.signal?.aborted) {
       const outcome = await session(options, emit, slot);
@@ -58,8 +66,13 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
       }
       if (outcome.fatal) throw new Error(outcome.reason);
       failures = outcome.synced ? 0 : failures + 1;
+      if (outcome.synced) lastSynced = performance.now();
       if (options.maxRetries > 0 && failures >= options.maxRetries) {
         throw new Error(`gave up after ${failures} failed connection attempts to ${options.connect} (last: ${outcome.reason})`);
+      }
+      const waited = performance.now() - lastSynced;
+      if (options.retryForMs && waited >= options.retryForMs) {
+        throw new Error(`gave up after ${Math.round(waited)} ms without a connection to ${options.connect} (last: ${outcome.reason})`);
       }
       const delay = Math.min(10_000, 250 * 2 ** Math.min(failures, 6));
       emit({ type: 'disconnected', reason: outcome.reason, retryInMs: delay });

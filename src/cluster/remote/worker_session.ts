@@ -54,6 +54,7 @@ const HANDLERS: Handlers = {
       backend: `${engine} (${device})`,
       threads,
       dataSha256: dataset?.sha256 ?? '',
+      ...(s.options.rank !== undefined ? { rank: s.options.rank } : {}),
     });
   },
 
