@@ -103,6 +103,14 @@ export function launchVariableInvalid(name: string, expected: string, got: strin
   return fail('ERR_LAUNCH', `environment variable ${name} must be ${expected}, got ${show(got)}`);
 }
 
+export function launchNeedsToken(listen: string): DtrainError {
+  return fail('ERR_LAUNCH', `dtrain run: rank 0 listens on ${listen}, beyond loopback, so the ranks need a shared token: set DTRAIN_TOKEN or give --token-file FILE`);
+}
+
+export function tokenFileUnreadable(file: string, reason: string): DtrainError {
+  return fail('ERR_TOKEN_FILE', `--token-file ${file}: ${reason}`);
+}
+
 export function checkpointInvalid(file: string, problem: string): DtrainError {
   return fail('ERR_CHECKPOINT', `${file}: ${problem}`);
 }

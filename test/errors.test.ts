@@ -36,6 +36,13 @@ const cases: [string, Error, string, string?][] = [
   ],
   ['launchIncomplete', errors.launchIncomplete('torchrun', 'RANK', 'WORLD_SIZE', 'the launcher sets both'), 'torchrun: RANK is set but WORLD_SIZE is not: the launcher sets both', 'ERR_LAUNCH'],
   ['launchVariableInvalid', errors.launchVariableInvalid('RANK', 'a non-negative integer', 'x'), 'environment variable RANK must be a non-negative integer, got "x"', 'ERR_LAUNCH'],
+  [
+    'launchNeedsToken',
+    errors.launchNeedsToken('0.0.0.0:29501'),
+    'dtrain run: rank 0 listens on 0.0.0.0:29501, beyond loopback, so the ranks need a shared token: set DTRAIN_TOKEN or give --token-file FILE',
+    'ERR_LAUNCH',
+  ],
+  ['tokenFileUnreadable', errors.tokenFileUnreadable('/run/secrets/token', 'the file is empty'), '--token-file /run/secrets/token: the file is empty', 'ERR_TOKEN_FILE'],
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
 ];
 
