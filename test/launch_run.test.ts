@@ -47,6 +47,7 @@ describe('dtrain run: what each rank does', () => {
 
   it('takes --port, --host, --coordinator, --service and --world-size over what the environment says', () => {
     expect(planLaunch({ port: 4000, host: '10.1.2.3' }, { ...SLURM(0), DTRAIN_TOKEN: 't' }, noToken)).toMatchObject({ train: { listen: '10.1.2.3:4000' } });
+    expect(planLaunch({ coordinator: 'localhost' }, { OMPI_COMM_WORLD_RANK: '1', OMPI_COMM_WORLD_SIZE: '2' }, noToken)).toMatchObject({ worker: { connect: 'ws://127.0.0.1:29501' } });
     expect(planLaunch({ coordinator: 'fd00::1' }, { ...SLURM(1), DTRAIN_TOKEN: 't' }, noToken)).toMatchObject({ worker: { connect: 'ws://[fd00::1]:29501' } });
     const pod = planLaunch({ service: 'ranks', worldSize: 4 }, { ...K8S(1), DTRAIN_SERVICE: 'other', DTRAIN_TOKEN: 't' }, noToken);
     expect(pod).toMatchObject({ worker: { connect: 'ws://mnist-0.ranks:29501', rank: 1 } });

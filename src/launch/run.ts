@@ -49,7 +49,8 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
   });
   const token = tokenFile !== undefined ? readToken(tokenFile) : env.DTRAIN_TOKEN || undefined;
   const listenPort = port ?? (launch.launcherPort !== undefined ? launch.launcherPort + 1 : DEFAULT_PORT);
-  const listenHost = host ?? (isLoopback(hostPort(launch.coordinatorHost, 0)) ? '127.0.0.1' : '0.0.0.0');
+  const loopback = isLoopback(hostPort(launch.coordinatorHost, 0));
+  const listenHost = host ?? (loopback ? '127.0.0.1' : '0.0.0.0');
   const listen = hostPort(listenHost, listenPort);
   // Checked on every rank, so that workers fail with rank 0 rather than wait for a rank 0 that refused to start.
   if (!token && !isLoopback(listen)) throw launchNeedsToken(listen);
@@ -64,7 +65,8 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
     const summary = `${said}: the coordinator, listening on ${listen} for ${others} worker${others === 1 ? '' : 's'}`;
     return { role: 'coordinator', launch, summary, train, expectedRanks };
   }
-  const connect = `ws://${hostPort(launch.coordinatorHost, listenPort)}`;
+  // "localhost" may resolve to ::1 first, where a rank 0 on 127.0.0.1 does not listen.
+  const connect = `ws://${hostPort(loopback && host === undefined ? '127.0.0.1' : launch.coordinatorHost, listenPort)}`;
   const worker: WorkerPlan = {
     connect,
     token,
