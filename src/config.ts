@@ -230,6 +230,11 @@ export const RUN_DEFAULTS: RunConfig = { ...SHARED_TRAIN_DEFAULTS, threads: 1 };
 export const RUN_OPTION_TABLE: OptionTable<RunConfig> = {
   ...SHARED_TRAIN_ROWS,
   threads: { flag: '--threads <n>', description: 'compute threads of each rank (each rank joins as its own participant)', kind: { type: 'int', min: 1 } },
+  joinTimeoutMs: {
+    flag: '--join-timeout-ms <ms>',
+    description: 'how long step 0 waits for every rank (and a worker for a connection) before failing, naming the missing ranks',
+    kind: { type: 'int', min: 100 },
+  },
   port: { flag: '--port <n>', description: 'the port rank 0 listens on (default: torchrun\'s MASTER_PORT + 1, else 29501)', kind: { type: 'int', min: 1 } },
   host: {
     flag: '--host <address>',

@@ -125,11 +125,14 @@ describe('dtrain run under real launchers', () => {
     }, 60_000);
     afterAll(() => void spawnSync(join(fixtures, 'slurm-cluster.sh'), ['down', dir]));
 
-    it('runs under srun -n 3', async (ctx) => {
+    it('runs examples/slurm.sbatch (sbatch, then srun of 3 tasks), one node and 3 tasks instead of its 2 × 2', async (ctx) => {
       if (!conf) unavailable(ctx.skip, 'Slurm', `no Slurm cluster could be started here: ${why}`);
+      // The example's options come first and ours after them, so ours win: a free port, the tiny run.
       const { dir: runDir, args } = runArgs(await freePort());
-      const result = await launch('srun', ['-n', '3', '--overcommit', '--kill-on-bad-exit=1', process.execPath, cli, ...args], cleanEnv({ SLURM_CONF: conf }));
-      await expectReference(result, runDir, 'Slurm');
+      const log = join(dir, 'job.out');
+      const sbatch = ['--wait', '--time=5', '--nodes=1', '--ntasks-per-node=3', '--cpus-per-task=1', '--overcommit', `--output=${log}`];
+      const result = await launch('sbatch', [...sbatch, 'examples/slurm.sbatch', ...args.slice(1)], cleanEnv({ SLURM_CONF: conf, DTRAIN_TOKEN: 'slurm job' }));
+      await expectReference({ code: result.code, output: result.output + readFileSync(log, 'utf8') }, runDir, 'Slurm');
     });
   });
 });
