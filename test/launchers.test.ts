@@ -161,11 +161,12 @@ describe('dtrain run in a launcher\'s environment, set by hand', () => {
   });
 
   it('fails when ranks are missing at --join-timeout-ms, naming them, and the ranks that came end with it', async () => {
-    const { args } = runArgs(await freePort(), '--join-timeout-ms', '1500');
+    // Long enough for rank 1 to start and join on a loaded machine; ranks 2 and 3 are never started.
+    const { args } = runArgs(await freePort(), '--join-timeout-ms', '4000');
     const world = { OMPI_COMM_WORLD_SIZE: '4', OMPI_COMM_WORLD_LOCAL_SIZE: '4' };
     const [zero, one] = await Promise.all([0, 1].map((r) => rank(args, { ...world, OMPI_COMM_WORLD_RANK: String(r) })));
     expect(zero.code).toBe(1);
-    expect(zero.output).toContain('dtrain: error: 2 of 3 remote workers missing after 1500 ms (--min-workers 3): ranks 2, 3 have not joined; see their output, or raise --join-timeout-ms');
+    expect(zero.output).toContain('dtrain: error: 2 of 3 remote workers missing after 4000 ms (--min-workers 3): ranks 2, 3 have not joined; see their output, or raise --join-timeout-ms');
     expect(one.code, one.output).toBe(0);
   });
 });
