@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { hostname } from 'node:os';
-import type { WorkerEvent, WorkerOptions } from './cluster/remote/client.js';
+import type { WorkerEvent } from './cluster/remote/client.js';
 import {
   DEFAULTS,
   parseOptionValue,
@@ -24,6 +24,7 @@ import {
 } from './config.js';
 import { show } from './errors.js';
 import { packageRoot } from './paths.js';
+import type { WorkerPlan } from './launch/run.js';
 import type { TrainOptions } from './train/events.js';
 
 function addOptions(command: Command, options: readonly OptionSpec[], defaults: object): Command {
@@ -81,7 +82,7 @@ async function worker(flags: Partial<WorkerConfig>): Promise<void> {
 
 /** Runs a remote worker that logs its events (each line after `prefix`) until the run ends or a signal stops it. */
 async function workOnConsole(
-  { data, ...config }: Omit<WorkerOptions, 'maxFrameBytes' | 'dataset' | 'onEvent' | 'signal'> & { data?: string },
+  { data, ...config }: Omit<WorkerPlan, 'data'> & { data?: string },
   prefix = '',
 ): Promise<void> {
   const { runWorker } = await import('./cluster/remote/client.js');

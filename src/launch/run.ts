@@ -10,6 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { DEFAULTS, isLoopback, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
+import type { WorkerOptions } from '../cluster/remote/client.js';
 import { launchNeedsToken, tokenFileUnreadable } from '../errors.js';
 import { COORDINATOR_VARIABLE, detectLaunch, SERVICE_VARIABLE, WORLD_SIZE_VARIABLE, type Env, type Launch } from './environment.js';
 
@@ -19,19 +20,8 @@ import { COORDINATOR_VARIABLE, detectLaunch, SERVICE_VARIABLE, WORLD_SIZE_VARIAB
  */
 export const DEFAULT_PORT = 29501;
 
-/** What a worker rank runs: runWorker()'s options, with the dataset still to load (`data`). */
-export interface WorkerPlan {
-  connect: string;
-  token?: string;
-  threads: number;
-  engine: TrainConfig['engine'];
-  device: TrainConfig['device'];
-  /** The same dataset as rank 0's ("embedded" or a directory): rows then travel as indices. */
-  data: string;
-  rank: number;
-  retryForMs: number;
-  maxRetries: number;
-}
+/** What a worker rank runs: runWorker()'s options, with the dataset still to load (`data`: rank 0's, so rows travel as indices). */
+export type WorkerPlan = Omit<WorkerOptions, 'maxFrameBytes' | 'dataset' | 'onEvent' | 'signal'> & { data: string };
 
 export type LaunchPlan =
   | { role: 'coordinator'; launch: Launch; summary: string; train: Partial<TrainConfig>; expectedRanks: number[] }
