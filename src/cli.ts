@@ -6,20 +6,26 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
+import { hostname } from 'node:os';
 import type { WorkerEvent } from './cluster/remote/client.js';
 import {
   DEFAULTS,
   parseOptionValue,
   resolveWorkerConfig,
+  RUN_DEFAULTS,
+  RUN_OPTIONS,
   TRAIN_OPTIONS,
   WORKER_DEFAULTS,
   WORKER_OPTIONS,
   type OptionSpec,
+  type RunConfig,
   type TrainConfig,
   type WorkerConfig,
 } from './config.js';
 import { show } from './errors.js';
 import { packageRoot } from './paths.js';
+import type { WorkerPlan } from './launch/run.js';
+import type { TrainOptions } from './train/events.js';
 
 function addOptions(command: Command, options: readonly OptionSpec[], defaults: object): Command {
   for (const spec of options) {
@@ -35,8 +41,7 @@ function addOptions(command: Command, options: readonly OptionSpec[], defaults: 
 }
 
 async function coordinator(flags: Record<string, unknown>): Promise<void> {
-  const { train, readConfigFile } = await import('./index.js');
-  const { consoleReporter } = await import('./console.js');
+  const { readConfigFile } = await import('./index.js');
   const fromFile = typeof flags.config === 'string' ? readConfigFile(flags.config) : {};
   const fromFlags: Partial<TrainConfig> = {};
   for (const spec of TRAIN_OPTIONS) {
@@ -44,6 +49,13 @@ async function coordinator(flags: Record<string, unknown>): Promise<void> {
   }
   // A token in the environment keeps it out of the process list.
   if (fromFlags.token === undefined && fromFile.token === undefined && process.env.DTRAIN_TOKEN) fromFlags.token = process.env.DTRAIN_TOKEN;
+  await trainOnConsole({ ...fromFile, ...fromFlags });
+}
+
+/** Trains with the console reporter; the first Ctrl-C stops after the current step, the second at once. */
+async function trainOnConsole(config: Partial<TrainConfig>, options: Pick<TrainOptions, 'expectedRanks'> = {}): Promise<void> {
+  const { train } = await import('./index.js');
+  const { consoleReporter } = await import('./console.js');
   const tty = process.stderr.isTTY;
   const report = consoleReporter({
     line: (text) => console.log(text),
@@ -57,7 +69,7 @@ async function coordinator(flags: Record<string, unknown>): Promise<void> {
   };
   process.on('SIGINT', onSigint);
   try {
-    await train({ ...fromFile, ...fromFlags }, { onEvent: report, signal: abort.signal });
+    await train(config, { ...options, onEvent: report, signal: abort.signal });
   } finally {
     process.off('SIGINT', onSigint);
   }
@@ -65,7 +77,14 @@ async function coordinator(flags: Record<string, unknown>): Promise<void> {
 
 async function worker(flags: Partial<WorkerConfig>): Promise<void> {
   // A token in the environment keeps it out of the process list.
-  const { data, ...config } = resolveWorkerConfig({ ...flags, token: flags.token ?? (process.env.DTRAIN_TOKEN || undefined) });
+  await workOnConsole(resolveWorkerConfig({ ...flags, token: flags.token ?? (process.env.DTRAIN_TOKEN || undefined) }));
+}
+
+/** Runs a remote worker that logs its events (each line after `prefix`) until the run ends or a signal stops it. */
+async function workOnConsole(
+  { data, ...config }: Omit<WorkerPlan, 'data'> & { data?: string },
+  prefix = '',
+): Promise<void> {
   const { runWorker } = await import('./cluster/remote/client.js');
   const abort = new AbortController();
   const onSigint = () => {
@@ -80,15 +99,25 @@ async function worker(flags: Partial<WorkerConfig>): Promise<void> {
     dataset = loadDataset(data === 'embedded' ? undefined : data);
   }
   try {
-    await runWorker({ ...config, dataset, signal: abort.signal, onEvent: logWorkerEvent });
+    await runWorker({ ...config, dataset, signal: abort.signal, onEvent: (e) => logWorkerEvent(e, prefix) });
   } finally {
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigint);
   }
 }
 
-function logWorkerEvent(e: WorkerEvent): void {
-  const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${text}`);
+/** `dtrain run`: this rank's role from the launcher's environment, then the coordinator's or a worker's run. */
+async function launched(flags: Partial<RunConfig>): Promise<void> {
+  const { planLaunch } = await import('./launch/run.js');
+  // Kubernetes containers export HOSTNAME (the pod's, <job>-<index>); elsewhere it may be a shell variable only.
+  const plan = planLaunch(flags, { HOSTNAME: hostname(), ...process.env });
+  console.log(plan.summary);
+  if (plan.role === 'coordinator') await trainOnConsole(plan.train, { expectedRanks: plan.expectedRanks });
+  else await workOnConsole(plan.worker, `rank ${plan.launch.rank}: `);
+}
+
+function logWorkerEvent(e: WorkerEvent, prefix: string): void {
+  const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${prefix}${text}`);
   if (e.type === 'device') log(`computing on ${e.description}`);
   else if (e.type === 'connected') log(`connected to ${e.url} as worker ${e.workerId}`);
   else if (e.type === 'synced') log(`synchronised at step ${e.step} (${e.parameters.toLocaleString('en-US')} parameters)`);
@@ -149,6 +178,10 @@ export function buildProgram(): Command {
     });
   const work = program.command('worker').description('join a coordinator\'s run as a remote worker');
   addOptions(work, WORKER_OPTIONS, WORKER_DEFAULTS).action((flags) => worker(flags));
+  const run = program
+    .command('run')
+    .description('one command for every rank under mpirun, srun, torchrun or a Kubernetes Indexed Job: rank 0 trains, the others join it');
+  addOptions(run, RUN_OPTIONS, RUN_DEFAULTS).action((flags) => launched(flags));
   return program;
 }
 

@@ -230,8 +230,58 @@ export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
 
 export const WORKER_OPTIONS = rowsOf(WORKER_OPTION_TABLE);
 
+/** What `dtrain run` takes besides the training options: where the launched ranks meet. */
+export interface LaunchConfig {
+  port: number;
+  host: string;
+  coordinator: string;
+  service: string;
+  worldSize: number;
+  tokenFile: string;
+}
+
+/**
+ * `dtrain run`: the training options every rank is given alike, less those the launch decides (listen,
+ * minWorkers) or takes from elsewhere (the token: DTRAIN_TOKEN or --token-file, out of the process list;
+ * TLS, whose certificate would have to name a host the launcher picks), and the launch's own.
+ */
+export type RunConfig = Omit<TrainConfig, 'listen' | 'minWorkers' | 'token' | 'tlsCert' | 'tlsKey'> & Partial<LaunchConfig>;
+
+const { listen: _listen, minWorkers: _minWorkers, token: _token, tlsCert: _tlsCert, tlsKey: _tlsKey, ...SHARED_TRAIN_ROWS } = TRAIN_OPTION_TABLE;
+const { listen: _l, minWorkers: _m, token: _t, tlsCert: _c, tlsKey: _k, ...SHARED_TRAIN_DEFAULTS } = DEFAULTS;
+
+/** One launched process per slot is the launchers' convention, so each rank computes with one thread unless told. */
+export const RUN_DEFAULTS: RunConfig = { ...SHARED_TRAIN_DEFAULTS, threads: 1 };
+
+export const RUN_OPTION_TABLE: OptionTable<RunConfig> = {
+  ...SHARED_TRAIN_ROWS,
+  threads: { flag: '--threads <n>', description: 'compute threads of each rank (each rank joins as its own participant)', kind: { type: 'int', min: 1 } },
+  joinTimeoutMs: {
+    flag: '--join-timeout-ms <ms>',
+    description: 'how long step 0 waits for every rank (and a worker for a connection) before failing, naming the missing ranks',
+    kind: { type: 'int', min: 100 },
+  },
+  port: { flag: '--port <n>', description: 'the port rank 0 listens on (default: torchrun\'s MASTER_PORT + 1, else 29501)', kind: { type: 'int', min: 1 } },
+  host: {
+    flag: '--host <address>',
+    description: 'the address rank 0 listens on (default: 127.0.0.1 when every rank runs on one host, else 0.0.0.0)',
+    kind: { type: 'string' },
+  },
+  coordinator: {
+    flag: '--coordinator <host>',
+    description: 'rank 0\'s host as the other ranks reach it, where the launcher does not say (or env DTRAIN_COORDINATOR)',
+    kind: { type: 'string' },
+  },
+  service: { flag: '--service <name>', description: 'Kubernetes: the headless Service that is the Indexed Job\'s pods\' subdomain (or env DTRAIN_SERVICE)', kind: { type: 'string' } },
+  worldSize: { flag: '--world-size <n>', description: 'Kubernetes: the number of ranks, the Job\'s completions (or env DTRAIN_WORLD_SIZE)', kind: { type: 'int', min: 1 } },
+  tokenFile: { flag: '--token-file <file>', description: 'read the run\'s shared secret from this file, such as a mounted Kubernetes Secret (default: env DTRAIN_TOKEN)', kind: { type: 'string' } },
+};
+
+export const RUN_OPTIONS = rowsOf(RUN_OPTION_TABLE);
+
 const OPTION_BY_KEY = new Map<string, OptionSpec>(TRAIN_OPTIONS.map((o) => [o.key, o]));
 const WORKER_OPTION_BY_KEY = new Map<string, OptionSpec>(WORKER_OPTIONS.map((o) => [o.key, o]));
+const RUN_OPTION_BY_KEY = new Map<string, OptionSpec>(RUN_OPTIONS.map((o) => [o.key, o]));
 
 function expected(kind: Kind): string {
   switch (kind.type) {
@@ -328,6 +378,15 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   return { ...defaults, ...given, connect: given.connect };
 }
 
+/**
+ * Validates dtrain run's options (parsed flags, or code) and returns those given, without defaults: they
+ * are handed on to train(), and a resumed run must see only what the user gave.
+ */
+export function validateRunConfig(user: Partial<RunConfig> = {}): Partial<RunConfig> {
+  validate(user, RUN_OPTION_BY_KEY);
+  return stripUndefined(user);
+}
+
 /** HOST:PORT (or [IPv6]:PORT) of --listen. */
 export function splitHostPort(listen: string): [string, number] {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
@@ -335,7 +394,7 @@ export function splitHostPort(listen: string): [string, number] {
   return [match[1] ?? match[2], Number(match[3])];
 }
 
-function isLoopback(listen: string): boolean {
+export function isLoopback(listen: string): boolean {
   const host = listen.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }

@@ -108,6 +108,34 @@ export function workersMissing(wanted: number, joined: number, waitedMs: number)
   return fail('ERR_WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): start them with dtrain worker --connect, or raise --join-timeout-ms`);
 }
 
+export function workersMissingRanks(wanted: number, joined: number, waitedMs: number, ranks: readonly number[]): DtrainError {
+  const which = `rank${ranks.length === 1 ? '' : 's'} ${ranks.join(', ')} ${ranks.length === 1 ? 'has' : 'have'} not joined`;
+  return fail('ERR_WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): ${which}; see their output, or raise --join-timeout-ms`);
+}
+
+export function launchNotFound(variables: readonly string[]): DtrainError {
+  return fail(
+    'ERR_LAUNCH',
+    `dtrain run found no launcher in its environment (none of ${variables.join(', ')} is set): start it with mpirun, srun, torchrun or as a Kubernetes Indexed Job, or use dtrain coordinator and dtrain worker`,
+  );
+}
+
+export function launchIncomplete(launcher: string, present: string, missing: string, hint: string): DtrainError {
+  return fail('ERR_LAUNCH', `${launcher}: ${present} is set but ${missing} is not: ${hint}`);
+}
+
+export function launchVariableInvalid(name: string, expected: string, got: string): DtrainError {
+  return fail('ERR_LAUNCH', `environment variable ${name} must be ${expected}, got ${show(got)}`);
+}
+
+export function launchNeedsToken(listen: string): DtrainError {
+  return fail('ERR_LAUNCH', `dtrain run: rank 0 listens on ${listen}, beyond loopback, so the ranks need a shared token: set DTRAIN_TOKEN or give --token-file FILE`);
+}
+
+export function tokenFileUnreadable(file: string, reason: string): DtrainError {
+  return fail('ERR_TOKEN_FILE', `--token-file ${file}: ${reason}`);
+}
+
 export function checkpointInvalid(file: string, problem: string): DtrainError {
   return fail('ERR_CHECKPOINT', `${file}: ${problem}`);
 }

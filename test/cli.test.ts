@@ -5,14 +5,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { buildProgram } from '../src/cli.js';
-import { DEFAULTS, WORKER_OPTIONS } from '../src/config.js';
+import { DEFAULTS, RUN_OPTIONS, WORKER_OPTIONS } from '../src/config.js';
 import { embeddedMnistDir } from '../src/data/datasets.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'dtrain-cli-'));
-const dtrain = async (...args: string[]) => {
+const dtrain = async (...args: string[]) => dtrainWith(process.env, ...args);
+const dtrainWith = async (env: NodeJS.ProcessEnv, ...args: string[]) => {
   try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cli, ...args]);
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [cli, ...args], { env });
     return { code: 0, stdout, stderr };
   } catch (e) {
     const err = e as { code: number; stdout: string; stderr: string };
@@ -40,6 +41,17 @@ describe('dtrain CLI', () => {
     const keys = (name: string) => program.commands.find((c) => c.name() === name)!.options.map((o) => o.attributeName());
     expect(keys('coordinator')).toEqual(['config', ...Object.keys(DEFAULTS)]);
     expect(keys('worker')).toEqual(WORKER_OPTIONS.map((o) => o.key));
+    expect(keys('run')).toEqual(RUN_OPTIONS.map((o) => o.key));
+    // dtrain run decides where rank 0 listens and how many workers it waits for, and keeps the token out of argv.
+    for (const key of ['listen', 'minWorkers', 'token', 'tlsCert', 'tlsKey']) expect(keys('run')).not.toContain(key);
+  });
+
+  it('says in one line that dtrain run needs a launcher, and which variables it read', async () => {
+    // Without the launchers' variables of wherever the tests run (CI may itself be a Slurm job).
+    const r = await dtrainWith({ PATH: process.env.PATH }, 'run', '--epochs', '1');
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^dtrain: error: dtrain run found no launcher in its environment \(none of RANK, WORLD_SIZE, /);
   });
 
   it('refuses a bad worker option with one error line naming it', async () => {

@@ -45,6 +45,28 @@ const cases: [string, Error, string, string?][] = [
   ['incompatibleOptions minWorkers', errors.incompatibleOptions('minWorkers'), 'option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0'],
   ['workersMissing', errors.workersMissing(3, 1, 5000), '2 of 3 remote workers missing after 5000 ms (--min-workers 3): start them with dtrain worker --connect, or raise --join-timeout-ms', 'ERR_WORKERS_MISSING'],
   ['resumeConflict', errors.resumeConflict('lr', 0.01, 0.001), '--resume: option "lr" (0.01) differs from the checkpoint\'s (0.001); a resumed run keeps the checkpoint\'s model, data and optimizer options'],
+  [
+    'workersMissingRanks',
+    errors.workersMissingRanks(3, 1, 5000, [2, 3]),
+    '2 of 3 remote workers missing after 5000 ms (--min-workers 3): ranks 2, 3 have not joined; see their output, or raise --join-timeout-ms',
+    'ERR_WORKERS_MISSING',
+  ],
+  ['workersMissingRanks one', errors.workersMissingRanks(2, 1, 100, [2]), '1 of 2 remote workers missing after 100 ms (--min-workers 2): rank 2 has not joined; see their output, or raise --join-timeout-ms', 'ERR_WORKERS_MISSING'],
+  [
+    'launchNotFound',
+    errors.launchNotFound(['RANK', 'PMI_RANK']),
+    'dtrain run found no launcher in its environment (none of RANK, PMI_RANK is set): start it with mpirun, srun, torchrun or as a Kubernetes Indexed Job, or use dtrain coordinator and dtrain worker',
+    'ERR_LAUNCH',
+  ],
+  ['launchIncomplete', errors.launchIncomplete('torchrun', 'RANK', 'WORLD_SIZE', 'the launcher sets both'), 'torchrun: RANK is set but WORLD_SIZE is not: the launcher sets both', 'ERR_LAUNCH'],
+  ['launchVariableInvalid', errors.launchVariableInvalid('RANK', 'a non-negative integer', 'x'), 'environment variable RANK must be a non-negative integer, got "x"', 'ERR_LAUNCH'],
+  [
+    'launchNeedsToken',
+    errors.launchNeedsToken('0.0.0.0:29501'),
+    'dtrain run: rank 0 listens on 0.0.0.0:29501, beyond loopback, so the ranks need a shared token: set DTRAIN_TOKEN or give --token-file FILE',
+    'ERR_LAUNCH',
+  ],
+  ['tokenFileUnreadable', errors.tokenFileUnreadable('/run/secrets/token', 'the file is empty'), '--token-file /run/secrets/token: the file is empty', 'ERR_TOKEN_FILE'],
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
 ];
 

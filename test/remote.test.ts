@@ -550,6 +550,22 @@ describe('--min-workers', () => {
       '2 of 2 remote workers missing after 300 ms (--min-workers 2): start them with dtrain worker --connect, or raise --join-timeout-ms',
     );
   });
+
+  it('names the ranks of a launched job that have not joined (each worker says its rank in its hello)', async () => {
+    const abort = new AbortController();
+    const run = train(
+      { ...BASE, threads: 1, listen: '127.0.0.1:0', minWorkers: 3, joinTimeoutMs: 1500, out: join(out, String(runs++)) },
+      { expectedRanks: [1, 2, 3], onListening: ({ port }) => void runWorker({ connect: `ws://127.0.0.1:${port}`, rank: 2, signal: abort.signal }) },
+    );
+    await expect(run).rejects.toThrow(
+      '2 of 3 remote workers missing after 1500 ms (--min-workers 3): ranks 1, 3 have not joined; see their output, or raise --join-timeout-ms',
+    );
+    abort.abort();
+  });
+
+  it('gives up reconnecting once no connection has come for retryForMs (a launched rank whose rank 0 is gone)', async () => {
+    await expect(runWorker({ connect: 'ws://127.0.0.1:9', retryForMs: 400 })).rejects.toThrow(/^gave up after \d+ ms without a connection to ws:\/\/127\.0\.0\.1:9 \(last: /);
+  });
 });
 
 describe('a coordinator that crashes', () => {

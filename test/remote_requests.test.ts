@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { ReplicaState, RowsDone } from '../src/cluster/remote/messages.js';
+import { PROTOCOL_VERSION, type ReplicaState, type RowsDone } from '../src/cluster/remote/messages.js';
 import { Pending } from '../src/cluster/remote/requests.js';
 import { validateFromCoordinator, validateFromWorker } from '../src/cluster/remote/validation.js';
 
@@ -68,6 +68,16 @@ describe("the hub's one request mechanism (Pending)", () => {
 
 describe('validation tables', () => {
   const view = { spec: undefined, batchSize: 0, params: 0, features: 0 };
+  const hello = { t: 'hello', protocol: PROTOCOL_VERSION, mac: new Uint8Array(0), nonce: new Uint8Array(32), engine: 'onnx', device: 'cpu', backend: 'b', threads: 1, dataSha256: '' };
+
+  it('takes a hello with a rank (a launched job\'s) or without one, and nothing else in its place', () => {
+    expect(validateFromWorker(hello, undefined)).not.toHaveProperty('rank');
+    expect(validateFromWorker({ ...hello, rank: 2 }, undefined)).toMatchObject({ t: 'hello', rank: 2 });
+    for (const rank of [-1, 1.5, '1', null, 1 << 21]) {
+      expect(() => validateFromWorker({ ...hello, rank }, undefined)).toThrow(`hello: field "rank" must be an integer in [0, ${1 << 20}], got ${JSON.stringify(rank)}`);
+    }
+  });
+
   it.each(['nope', 'constructor', 'toString', '__proto__', 'hasOwnProperty'])('refuses message type %j on both sides as unknown', (t) => {
     expect(() => validateFromWorker({ t }, undefined)).toThrow(`unknown message type ${JSON.stringify(t)}`);
     expect(() => validateFromCoordinator({ t }, view)).toThrow(`unknown message type ${JSON.stringify(t)}`);

@@ -143,6 +143,12 @@ export class Scheduler {
     return (this.hub?.ready().length ?? 0) + (this.hub?.joining().length ?? 0);
   }
 
+  /** The ranks the joined remote workers said they have (those of a launched job; others have none). */
+  remoteRanks(): Set<number> {
+    const members = [...(this.hub?.ready() ?? []), ...(this.hub?.joining() ?? [])];
+    return new Set(members.flatMap((w) => (w.rank === undefined ? [] : [w.rank])));
+  }
+
   /** Resolves when some worker authenticates, or after `ms` (false then). */
   async waitForJoin(ms: number, reason: string): Promise<boolean> {
     this.onEvent({ type: 'waiting', reason });

@@ -32,6 +32,11 @@ export interface TrainOptions {
    * time it takes is not counted as training time.
    */
   beforeStep?: (step: number) => Promise<void> | void;
+  /**
+   * The ranks of the remote workers --min-workers waits for, when they come from a launcher (dtrain run:
+   * 1 … world size − 1), so that a run that gives up waiting names which ranks are missing.
+   */
+  expectedRanks?: readonly number[];
   /** Fault injection (tests): pool threads die in the middle of this step's weight pass, `times` times. */
   faults?: { threadExitAtStep: number; times: number };
 }

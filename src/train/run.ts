@@ -33,7 +33,7 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
   const cursor = new EpochCursor(dataset.train.count, config.batchSize, config.shuffle, config.seed, resumed);
   let failure: Error | undefined;
   try {
-    if (session.workLeft && config.minWorkers > 0) await trainer.gather(config.minWorkers, config.joinTimeoutMs);
+    if (session.workLeft && config.minWorkers > 0) await trainer.gather(config.minWorkers, config.joinTimeoutMs, options.expectedRanks);
     if (session.workLeft) await runEpochs({ session, trainer, cursor, metrics, options, emit, bytesBefore: session.scheduler.bytesMoved() });
     else emit({ type: 'finished-already', step: session.state.step, epochs: session.epochs.length });
   } catch (e) {

@@ -5,7 +5,7 @@
  */
 import type { TrainConfig } from '../config.js';
 import type { Dataset } from '../data/datasets.js';
-import { nonFiniteGradient, nonFiniteLoss, workersMissing } from '../errors.js';
+import { nonFiniteGradient, nonFiniteLoss, workersMissing, workersMissingRanks } from '../errors.js';
 import type { AdamOptions } from '../optim/adam.js';
 import type { Scheduler } from '../cluster/scheduler.js';
 import { batchCount, evenSplit, microShards } from '../cluster/plan.js';
@@ -88,18 +88,25 @@ export class Trainer {
   /**
    * Before the first step: waits until `count` remote workers have joined and admits them, so that a
    * late joiner does not count as slow steps (torchrun's --nnodes); fails after `timeoutMs` naming how
-   * many are missing.
+   * many are missing, and which of `ranks` (a launched job's: dtrain run) have not joined.
    */
-  async gather(count: number, timeoutMs: number): Promise<void> {
+  async gather(count: number, timeoutMs: number, ranks?: readonly number[]): Promise<void> {
     const deadline = performance.now() + timeoutMs;
     for (let have = this.scheduler.remoteMembers(); have < count; have = this.scheduler.remoteMembers()) {
       const left = deadline - performance.now();
       const reason = `step ${this.state.step}: waiting for ${count - have} more of ${count} remote workers (--min-workers)`;
       if (left <= 0 || !(await this.scheduler.waitForJoin(left, reason))) {
-        if (this.scheduler.remoteMembers() < count) throw workersMissing(count, this.scheduler.remoteMembers(), timeoutMs);
+        if (this.scheduler.remoteMembers() < count) throw this.missing(count, timeoutMs, ranks);
       }
     }
     await this.boundary();
+  }
+
+  private missing(count: number, timeoutMs: number, ranks?: readonly number[]): Error {
+    const joined = this.scheduler.remoteMembers();
+    const present = this.scheduler.remoteRanks();
+    const absent = ranks?.filter((r) => !present.has(r)) ?? [];
+    return absent.length > 0 ? workersMissingRanks(count, joined, timeoutMs, absent) : workersMissing(count, joined, timeoutMs);
   }
 
   /** After the rows: the replicas apply the step, or the weight pass runs here. */

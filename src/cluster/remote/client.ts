@@ -27,6 +27,7 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
   emit({ type: 'device', description: deviceOf(options) });
   const slot: ReplicaSlot = {};
   let failures = 0;
+  let lastSynced = performance.now();
   try {
     while (!options.signal?.aborted) {
       const outcome = await session(options, emit, slot);
@@ -37,8 +38,13 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
       }
       if (outcome.fatal) throw new Error(outcome.reason);
       failures = outcome.synced ? 0 : failures + 1;
+      if (outcome.synced) lastSynced = performance.now();
       if (options.maxRetries > 0 && failures >= options.maxRetries) {
         throw new Error(`gave up after ${failures} failed connection attempts to ${options.connect} (last: ${outcome.reason})`);
+      }
+      const waited = performance.now() - lastSynced;
+      if (options.retryForMs && waited >= options.retryForMs) {
+        throw new Error(`gave up after ${Math.round(waited)} ms without a connection to ${options.connect} (last: ${outcome.reason})`);
       }
       const delay = Math.min(10_000, 250 * 2 ** Math.min(failures, 6));
       emit({ type: 'disconnected', reason: outcome.reason, retryInMs: delay });

@@ -6,7 +6,9 @@
  *
  * The protocol (version in PROTOCOL_VERSION):
  *   coordinator → worker  challenge {nonce}                       on connect
- *   worker → coordinator  hello {mac, nonce, engine, device, backend, threads, dataSha256}
+ *   worker → coordinator  hello {mac, nonce, engine, device, backend, threads, dataSha256, rank?}
+ *                         rank: only from a launched job's ranks (dtrain run), so that a coordinator waiting
+ *                         for the world names who is missing; optional
  *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
  *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
@@ -50,6 +52,8 @@ export interface Hello {
   threads: number;
   /** SHA-256 of the worker's local dataset copy, or '' when it has none. */
   dataSha256: string;
+  /** The worker's rank in a launched job (dtrain run); absent otherwise. */
+  rank?: number;
 }
 export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number; heartbeatMs: number }
 export interface StateMessage {

@@ -37,7 +37,13 @@ export class RemotePeer {
   ) {}
 
   get name(): string {
-    return `worker ${this.id} (${this.address})`;
+    const rank = this.hello?.rank;
+    return `worker ${this.id} (${rank === undefined ? '' : `rank ${rank}, `}${this.address})`;
+  }
+
+  /** The rank it said it has in a launched job, if it said. */
+  get rank(): number | undefined {
+    return this.hello?.rank;
   }
 
   /** Whether a frame sent now would go out (not when the socket is closing or closed). */

@@ -127,6 +127,8 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
       backend: str(raw, 'backend'),
       threads: int(raw, 'threads', 1, 1024),
       dataSha256: str(raw, 'dataSha256', 64),
+      // Optional, but when present it must be a rank: absent and valid are the only two accepted forms.
+      ...('rank' in raw ? { rank: int(raw, 'rank', 0, 1 << 20) } : {}),
     };
   },
 

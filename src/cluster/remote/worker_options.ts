@@ -19,6 +19,13 @@ export interface WorkerOptions {
   dataset?: Dataset;
   /** Give up after this many failed connection attempts in a row (0 = never). */
   maxRetries: number;
+  /**
+   * Give up when no connection has synchronised for this long (0 or absent = never): a launched rank
+   * (dtrain run) waits for rank 0 no longer than rank 0 waits for it, so a job whose rank 0 is gone ends.
+   */
+  retryForMs?: number;
+  /** This process's rank in a launched job (dtrain run), sent in the hello: a coordinator then names missing ranks. */
+  rank?: number;
   /** Largest frame accepted from the coordinator (a state snapshot of the model must fit). */
   maxFrameBytes: number;
   onEvent?: (event: WorkerEvent) => void;

@@ -61,6 +61,7 @@ const HANDLERS: Handlers = {
       backend: deviceOf(s.options),
       threads,
       dataSha256: dataset?.sha256 ?? '',
+      ...(s.options.rank !== undefined ? { rank: s.options.rank } : {}),
     });
   },
 
