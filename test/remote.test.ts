@@ -478,6 +478,14 @@ describe('rows a replica still lacks', () => {
 });
 
 describe('TLS', () => {
+  const TLS_TOKEN = 'a token of 16+ bytes';
+
+  it('warns, once and in one line, when it listens beyond loopback without TLS', async () => {
+    const warnings: string[] = [];
+    await train({ ...BASE, threads: 1, steps: 1, listen: '0.0.0.0:0', token: TLS_TOKEN, out: join(out, 'plaintext') }, { onEvent: (e) => e.type === 'warning' && warnings.push(e.message) });
+    expect(warnings).toEqual([expect.stringMatching(/^--listen 0\.0\.0\.0:0 reaches beyond loopback without TLS: .*rows and parameters travel in clear/)]);
+  });
+
   it('serves wss:// that a worker trusting the certificate joins, and a worker without it cannot', async () => {
     const { execFileSync } = await import('node:child_process');
     const dir = mkdtempSync(join(tmpdir(), 'dtrain-tls-'));
@@ -488,12 +496,12 @@ describe('TLS', () => {
     const abort = new AbortController();
     const untrusted: string[] = [];
     const summary = await train(
-      { ...BASE, threads: 0, listen: '127.0.0.1:0', tlsCert: cert, tlsKey: key, token: 't', out: join(out, 'tls') },
+      { ...BASE, threads: 0, listen: '127.0.0.1:0', tlsCert: cert, tlsKey: key, token: TLS_TOKEN, out: join(out, 'tls') },
       {
         onListening: ({ port }) => {
           const url = `wss://127.0.0.1:${port}`;
-          void runWorker({ connect: url, token: 't', maxRetries: 1, onEvent: (e) => e.type === 'error' && untrusted.push(e.message) }).catch(() => {});
-          void runWorker({ connect: url, token: 't', ca: cert, signal: abort.signal });
+          void runWorker({ connect: url, token: TLS_TOKEN, maxRetries: 1, onEvent: (e) => e.type === 'error' && untrusted.push(e.message) }).catch(() => {});
+          void runWorker({ connect: url, token: TLS_TOKEN, ca: cert, signal: abort.signal });
         },
       },
     );

@@ -21,6 +21,9 @@ export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void 
         sink.line(`workers: ${event.workers}`);
         if (event.listening) sink.line(`listening for remote workers on ${event.listening}`);
         break;
+      case 'warning':
+        sink.line(`! warning: ${event.message}`);
+        break;
       case 'checkpoint':
         if (event.action === 'skipped') {
           clear();

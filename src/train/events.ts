@@ -10,6 +10,8 @@ export type TrainEvent =
   | { type: 'log'; epoch: number; loss: number; current: number; size: number }
   | { type: 'epoch'; result: EpochResult; shares: WorkShares }
   | { type: 'cluster'; event: ClusterEvent | { type: 'diverged'; workers: string[] } }
+  /** A risk the run takes knowingly (listening beyond loopback without TLS): one line, printed with "!". */
+  | { type: 'warning'; message: string }
   | { type: 'checkpoint'; action: 'written' | 'resumed'; file: string; step: number }
   | { type: 'checkpoint'; action: 'skipped'; file: string; reason: string }
   /** A resumed run whose steps or epochs were all done already: nothing is trained. */

@@ -4,9 +4,9 @@
  * scheduler) and what is written after the last (checkpoints along the way; summary, plot and export).
  */
 import { join } from 'node:path';
-import { resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
+import { isLoopback, resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
-import { checkpointMismatch, resumeConflict } from '../errors.js';
+import { checkpointMismatch, plaintextListen, resumeConflict } from '../errors.js';
 import { initParams } from '../model/init.js';
 import { describeSpec, makeSpec, paramLayout, type ModelSpec } from '../model/spec.js';
 import { ADAM_DEFAULTS, type AdamOptions } from '../optim/adam.js';
@@ -133,6 +133,7 @@ export class RunSession {
       workers: cluster.description,
       listening,
     });
+    if (config.listen && !config.tlsCert && !isLoopback(config.listen)) emit({ type: 'warning', message: plaintextListen(config.listen) });
     if (checkpoint) emit({ type: 'checkpoint', action: 'resumed', file: checkpoint.file, step: checkpoint.header.step });
     return session;
   }
