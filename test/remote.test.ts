@@ -4,19 +4,16 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
+import { train, type TrainConfig } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { newNonce, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
 import { missingRanges } from '../src/cluster/plan.js';
+import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
-const out = mkdtempSync(join(tmpdir(), 'dtrain-remote-'));
-let runs = 0;
-// 145 samples: 2 full batches and a short one with a 1-row micro-shard, twice.
-const BASE: Partial<TrainConfig> = { trainSamples: 145, testSamples: 100, epochs: 2, logEvery: 1000, heartbeatMs: 500 };
 const children: ChildProcess[] = [];
 afterEach(() => {
   for (const c of children.splice(0)) c.kill('SIGKILL');
@@ -28,24 +25,6 @@ function workerProcess(url: string, ...args: string[]): ChildProcess {
   return child;
 }
 
-/** A coordinator run; `onReady` gets the ws:// URL once it listens, `onEvent` every event. */
-async function coordinator(
-  config: Partial<TrainConfig>,
-  onReady: (url: string) => void,
-  onEvent: (e: TrainEvent) => void = () => {},
-  beforeStep?: (step: number) => Promise<void> | void,
-) {
-  return train(
-    { ...BASE, listen: '127.0.0.1:0', out: join(out, String(runs++)), ...config },
-    { onListening: ({ port }) => onReady(`ws://127.0.0.1:${port}`), onEvent, beforeStep },
-  );
-}
-
-/** paramsSha256 of a run with local threads, computed once. */
-function referenceHash(config: Partial<TrainConfig>, name: string): () => Promise<string> {
-  let hash: Promise<string> | undefined;
-  return () => (hash ??= train({ ...BASE, ...config, out: join(out, name) }).then((s) => s.paramsSha256));
-}
 const reference = referenceHash({ threads: 2 }, 'reference');
 const reference3 = referenceHash({ threads: 2, epochs: 3 }, 'reference3');
 
@@ -312,13 +291,27 @@ describe('hostile peers', () => {
 
   it('refuses a frame above the size limit in ws itself', async () => {
     let closeCode = 0;
-    const { summary } = await withHostile((url) => {
+    const { summary } = await withHostile((url) =>
+      rawPeer(url, TOKEN, (m, ws) => {
+        if (m.t !== 'welcome') return;
+        ws.on('close', (code) => (closeCode = code));
+        ws.send(Buffer.alloc(16 << 20));
+      }),
+    );
+    expect(closeCode).toBe(1009);
+    expect(summary.paramsSha256).toBe(await reference2());
+  });
+
+  it('cuts off a stranger that sends more than 64 KiB before authenticating', async () => {
+    const closed: [number, string][] = [];
+    const { summary, rejections } = await withHostile((url) => {
       const ws = new WebSocket(url);
-      ws.on('open', () => ws.send(Buffer.alloc(16 << 20)));
-      ws.on('close', (code) => (closeCode = code));
+      ws.on('open', () => ws.send(Buffer.alloc(1 << 20)));
+      ws.on('close', (code, reason) => closed.push([code, String(reason)]));
       ws.on('error', () => {});
     });
-    expect(closeCode).toBe(1009);
+    expect(rejections).toEqual(['sent more than 65536 bytes before authenticating']);
+    expect(closed).toEqual([[1008, 'sent more than 65536 bytes before authenticating']]);
     expect(summary.paramsSha256).toBe(await reference2());
   });
 

@@ -36,6 +36,7 @@ export function consoleReporter(sink: ConsoleSink): (event: TrainEvent) => void 
         if (e.type === 'joined') sink.line(`+ ${e.worker} joined (${e.backend}, ${e.threads} thread${e.threads === 1 ? '' : 's'})`);
         else if (e.type === 'left') sink.line(`- ${e.worker} left: ${e.reason}`);
         else if (e.type === 'rejected') sink.line(`! ${e.peer} rejected: ${e.reason}`);
+        else if (e.type === 'refused') sink.line(`! refused ${e.count} connection${e.count === 1 ? '' : 's'}: ${e.reason}`);
         else if (e.type === 'waiting') sink.line(`… ${e.reason}`);
         else if (e.type === 'redo') sink.line(`↻ rows ${e.rows[0]}–${e.rows[1] - 1} redone elsewhere: ${e.reason}`);
         else if (e.type === 'replay') sink.line(`↻ no replica left: replaying steps ${e.from}–${e.to - 1} here from the last state taken`);

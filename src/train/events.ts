@@ -1,5 +1,6 @@
 /** What a run reports as it goes (it never prints), and the hooks a caller may give it. */
 import type { ClusterEvent, WorkShares } from '../cluster/cluster.js';
+import type { AdmissionStats } from '../cluster/remote/admission.js';
 import type { WorkerSet } from '../cluster/workers.js';
 import type { Dataset } from '../data/datasets.js';
 import type { EpochResult, RunSummary } from '../report/summary.js';
@@ -26,8 +27,11 @@ export interface TrainOptions {
   dataset?: Dataset;
   /** Called once the local workers are up, with the set (tests use it to inject faults). */
   onWorkers?: (workers: WorkerSet) => void;
-  /** Called once the coordinator listens, with its address (tests connect workers to it). */
-  onListening?: (address: { host: string; port: number }) => void;
+  /**
+   * Called once the coordinator listens, with its address (tests connect workers to it) and its live
+   * connection counts (how many authenticate now, the most at once, how many were turned away).
+   */
+  onListening?: (address: { host: string; port: number; connections: AdmissionStats }) => void;
   /**
    * Awaited before every step, with the step about to run (to pace or coordinate a run from outside); the
    * time it takes is not counted as training time.

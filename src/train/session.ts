@@ -68,7 +68,7 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
   try {
     const address = await hub.start();
     const host = address.address.includes(':') ? `[${address.address}]` : address.address;
-    options.onListening?.({ host: address.address, port: address.port });
+    options.onListening?.({ host: address.address, port: address.port, connections: hub.connections });
     const listening = `${config.tlsCert ? 'wss' : 'ws'}://${host}:${address.port}`;
     return { cluster: new Cluster(memory, local, chooseStepMode(config.threads, true), hub, onEvent), listening };
   } catch (e) {
