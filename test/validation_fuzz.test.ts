@@ -35,9 +35,10 @@ const owes = (compact: boolean): CoordinatorView => ({ spec, batchSize: BATCH, p
 const owesNothing: CoordinatorView = { ...owes(false), pendingStep: undefined, pendingRange: undefined, pendingSnapshot: undefined };
 const COORDINATOR_VIEWS: (CoordinatorView | undefined)[] = [undefined, owes(false), owes(true), owesNothing];
 
-const beforeState: WorkerView = { spec: undefined, batchSize: 0, params: 0, features: 0 };
-const synced: WorkerView = { spec, batchSize: BATCH, params: total, features: sizes[0] };
-const WORKER_VIEWS = [beforeState, synced];
+const beforeWelcome: WorkerView = { welcomed: false, spec: undefined, batchSize: 0, params: 0, features: 0 };
+const beforeState: WorkerView = { ...beforeWelcome, welcomed: true };
+const synced: WorkerView = { welcomed: true, spec, batchSize: BATCH, params: total, features: sizes[0] };
+const WORKER_VIEWS = [beforeWelcome, beforeState, synced];
 
 /** Each valid message of a direction, with the view that accepts it. */
 const FROM_WORKER: [ToCoordinator, CoordinatorView | undefined][] = [
@@ -50,8 +51,8 @@ const FROM_WORKER: [ToCoordinator, CoordinatorView | undefined][] = [
 ];
 
 const FROM_COORDINATOR: [ToWorker, WorkerView][] = [
-  [{ t: 'challenge', protocol: PROTOCOL_VERSION, nonce: new Uint8Array(32) }, beforeState],
-  [{ t: 'welcome', proof: new Uint8Array(32), workerId: 3, heartbeatMs: 500 }, beforeState],
+  [{ t: 'challenge', protocol: PROTOCOL_VERSION, nonce: new Uint8Array(32) }, beforeWelcome],
+  [{ t: 'welcome', proof: new Uint8Array(32), workerId: 3, heartbeatMs: 500 }, beforeWelcome],
   [
     {
       t: 'state',
@@ -85,7 +86,7 @@ const FROM_COORDINATOR: [ToWorker, WorkerView][] = [
   ],
   [{ t: 'check', step: STEP }, synced],
   [{ t: 'snapshot', step: STEP }, synced],
-  [{ t: 'error', message: 'worker 3 did not answer' }, beforeState],
+  [{ t: 'error', message: 'worker 3 did not answer' }, beforeWelcome],
 ];
 
 // ---------------------------------------------------------------- what an accepted message must be
@@ -143,6 +144,7 @@ function expectWorkerShape(m: ToCoordinator, view: CoordinatorView | undefined):
 
 /** The coordinator's accepted message fits the model the worker holds (its arrays are not scanned for values). */
 function expectCoordinatorShape(m: ToWorker, view: WorkerView): void {
+  if (!view.welcomed) expect(['challenge', 'welcome', 'error']).toContain(m.t);
   switch (m.t) {
     case 'challenge':
       return expect(m.nonce).toHaveLength(32);

@@ -212,6 +212,8 @@ export function validateFromWorker(raw: Raw, view: CoordinatorView | undefined):
 
 /** What a worker knows when it validates the coordinator's message. */
 export interface WorkerView {
+  /** Whether the coordinator proved it knows the token (its welcome came and checked out). */
+  welcomed: boolean;
   spec: ModelSpec | undefined;
   batchSize: number;
   params: number;
@@ -330,7 +332,14 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
   error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
 };
 
+/**
+ * What a worker takes before the coordinator proved it knows the token: otherwise a lost welcome (or an
+ * impostor that skips it) would have the worker load a state from whoever answered.
+ */
+const HANDSHAKE: readonly string[] = ['challenge', 'welcome', 'error'];
+
 export function validateFromCoordinator(raw: Raw, view: WorkerView): ToWorker {
   const schema = schemaOf(FROM_COORDINATOR, raw.t) as (raw: Raw, view: WorkerView) => ToWorker;
+  if (!view.welcomed && !HANDSHAKE.includes(raw.t as string)) throw new ProtocolError(`${raw.t}: sent before the welcome`);
   return schema(raw, view);
 }
