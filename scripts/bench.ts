@@ -4,7 +4,10 @@
  * Prints a Markdown table of ms/step (the median over rounds of each run's mean, and of each run's
  * per-step median) and s/epoch, and ratios of both against PyTorch on 1 thread.
  *
- *   npm run bench -- [--steps 300] [--rounds 3] [--configs onnx:1,onnx:2,tfjs:1,torch:1,torch:2]
+ *   npm run bench -- [--steps 300] [--rounds 3] [--configs onnx:1,onnx:2,tfjs:1,torch:1,torch:2] [--baseline DIR]
+ *
+ * --baseline DIR: another built checkout of dtrain (e.g. a git worktree of an older commit, after its own
+ * npm ci); every dtrain config then runs with it too, interleaved, as "baseline:<engine>:<threads>".
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -18,19 +21,22 @@ const STEPS_PER_EPOCH = 938;
 
 const steps = Number(argValue('steps', '300'));
 const rounds = Number(argValue('rounds', '3'));
-const configs = argValue('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1').split(',');
+const baseline = argValue('baseline', '');
+const configs = argValue('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1')
+  .split(',')
+  .flatMap((c) => (baseline && !c.startsWith('torch') ? [c, `baseline:${c}`] : [c]));
 
 /**
  * One run: its mean ms per optimizer step (training only: no start-up, no evaluation) and the median of
  * its steps (dtrain's from metrics.jsonl, PyTorch's from torch_step_times.py).
  */
 function measure(config: string): { mean: number; median: number } {
-  const [engine, threads] = config.split(':');
+  const [engine, threads] = config.replace(/^baseline:/, '').split(':');
   if (engine === 'torch') return torchStepTimes(Number(threads), steps);
   const outDir = mkdtempSync(join(tmpdir(), 'dtrain-bench-'));
   execFileSync(
     process.execPath,
-    [cli, 'coordinator', '--engine', engine, '--threads', threads, '--steps', String(steps), '--test-samples', '1000', '--no-export', '--out', outDir],
+    [config.startsWith('baseline:') ? join(baseline, 'dist/src/cli.js') : cli, 'coordinator', '--engine', engine, '--threads', threads, '--steps', String(steps), '--test-samples', '1000', '--no-export', '--out', outDir],
     { encoding: 'utf8' },
   );
   const stepMs = readMetrics(outDir).flatMap((r) => (r.type === 'step' ? [r.ms] : []));
@@ -54,10 +60,11 @@ console.log(`\n${steps} steps of batch 64 per run, median of ${rounds} interleav
 console.log('| run | threads | ms/step (mean) | median step (ms) | s/epoch (938 steps) | × PyTorch 1 thread (means) | × PyTorch 1 thread (median steps) |');
 console.log('|---|---|---|---|---|---|---|');
 for (const [config, xs] of samples) {
-  const [engine, threads] = config.split(':');
+  const [engine, threads] = config.replace(/^baseline:/, '').split(':');
+  const name = `${names[engine] ?? engine}${config.startsWith('baseline:') ? ' (baseline)' : ''}`;
   const ms = median(xs);
   const step = median(stepMedians.get(config)!);
   const ratio = base ? (ms / base).toFixed(2) : '–';
   const stepRatio = baseStep ? (step / baseStep).toFixed(2) : '–';
-  console.log(`| ${names[engine] ?? engine} | ${threads} | ${ms.toFixed(2)} | ${step.toFixed(2)} | ${((ms * STEPS_PER_EPOCH) / 1000).toFixed(2)} | ${ratio} | ${stepRatio} |`);
+  console.log(`| ${name} | ${threads} | ${ms.toFixed(2)} | ${step.toFixed(2)} | ${((ms * STEPS_PER_EPOCH) / 1000).toFixed(2)} | ${ratio} | ${stepRatio} |`);
 }

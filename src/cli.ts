@@ -36,7 +36,7 @@ function addOptions(command: Command, options: readonly OptionSpec[], defaults: 
 
 async function coordinator(flags: Record<string, unknown>): Promise<void> {
   const { train, readConfigFile } = await import('./index.js');
-  const { consoleReporter } = await import('./report/console.js');
+  const { consoleReporter } = await import('./console.js');
   const fromFile = typeof flags.config === 'string' ? readConfigFile(flags.config) : {};
   const fromFlags: Partial<TrainConfig> = {};
   for (const spec of TRAIN_OPTIONS) {

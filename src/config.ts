@@ -23,6 +23,8 @@ import {
 type Kind =
   | { type: 'int'; min: number }
   | { type: 'number'; min: number; max?: number }
+  /** A share: a number from 0 to 1, both included. */
+  | { type: 'fraction' }
   | { type: 'string' }
   | { type: 'bool' }
   | { type: 'enum'; choices: readonly string[] }
@@ -32,7 +34,7 @@ type Kind =
 type KindOf<V> = [V] extends [boolean]
   ? Extract<Kind, { type: 'bool' }>
   : [V] extends [number]
-    ? Extract<Kind, { type: 'int' | 'number' }>
+    ? Extract<Kind, { type: 'int' | 'number' | 'fraction' }>
     : [V] extends [readonly number[]]
       ? Extract<Kind, { type: 'intList' }>
       : string extends V
@@ -86,6 +88,9 @@ export interface TrainConfig {
   tlsKey: string | null;
   heartbeatMs: number;
   stepTimeoutMs: number;
+  minWorkers: number;
+  joinTimeoutMs: number;
+  verify: number;
   checkpointEvery: number;
   keepCheckpoints: number;
   resume: string | null;
@@ -116,6 +121,9 @@ export const DEFAULTS: TrainConfig = {
   tlsKey: null,
   heartbeatMs: 5000,
   stepTimeoutMs: 30000,
+  minWorkers: 0,
+  joinTimeoutMs: 600_000,
+  verify: 0,
   checkpointEvery: 0,
   keepCheckpoints: 3,
   resume: null,
@@ -146,6 +154,13 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   tlsKey: { flag: '--tls-key <file>', description: 'PEM private key of --tls-cert', kind: { type: 'string' } },
   heartbeatMs: { flag: '--heartbeat-ms <ms>', description: 'ping remote workers this often; one that misses a pong is dropped', kind: { type: 'int', min: 100 } },
   stepTimeoutMs: { flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone', kind: { type: 'int', min: 100 } },
+  minWorkers: { flag: '--min-workers <n>', description: 'step 0 waits until n remote workers have joined (what torchrun\'s --nnodes gives)', kind: { type: 'int', min: 0 } },
+  joinTimeoutMs: { flag: '--join-timeout-ms <ms>', description: 'how long step 0 waits for --min-workers before the run fails, naming how many are missing', kind: { type: 'int', min: 100 } },
+  verify: {
+    flag: '--verify <rate>',
+    description: 'recompute this seeded random share of each remote worker\'s micro-shards here and compare bit for bit; a mismatch drops the worker and its rows are redone',
+    kind: { type: 'fraction' },
+  },
   checkpointEvery: { flag: '--checkpoint-every <steps>', description: 'write a checkpoint every n steps (0: only at the end of each epoch and when stopped)', kind: { type: 'int', min: 0 } },
   keepCheckpoints: { flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
   resume: { flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
@@ -154,8 +169,11 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
 
 export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
 
-/** Options that belong to one session of a run and are never taken from a checkpoint. */
-export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['steps', 'resume', 'listen', 'token', 'tlsCert', 'tlsKey'];
+/**
+ * Options that belong to one session of a run and are never taken from a checkpoint. Everything else,
+ * --steps and --epochs included, is: `--resume DIR` alone continues the run as it was configured.
+ */
+export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'listen', 'token', 'tlsCert', 'tlsKey', 'minWorkers', 'joinTimeoutMs'];
 
 /**
  * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
@@ -163,7 +181,7 @@ export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['steps', 'resume
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
-  'heartbeatMs', 'stepTimeoutMs', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
+  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device',
 ];
 
 /** What `dtrain worker` takes: runWorker()'s options that a user chooses. */
@@ -214,6 +232,8 @@ function expected(kind: Kind): string {
       return kind.min === 0 ? 'a non-negative integer' : `an integer of at least ${kind.min}`;
     case 'number':
       return kind.min === 0 ? 'a positive number' : `a number of at least ${kind.min}`;
+    case 'fraction':
+      return 'a number from 0 to 1';
     case 'string':
       return 'a string';
     case 'bool':
@@ -232,6 +252,8 @@ function check(kind: Kind, value: unknown): unknown {
       return Number.isInteger(value) && (value as number) >= kind.min ? value : undefined;
     case 'number':
       return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined;
+    case 'fraction':
+      return typeof value === 'number' && value >= 0 && value <= 1 ? value : undefined;
     case 'string':
       return typeof value === 'string' && value.length > 0 ? value : undefined;
     case 'bool':
@@ -247,7 +269,7 @@ function check(kind: Kind, value: unknown): unknown {
 export function parseOptionValue(option: OptionSpec, raw: string): unknown {
   const kind = option.kind;
   let value: unknown = raw;
-  if (kind.type === 'int' || kind.type === 'number') value = raw.trim() === '' ? NaN : Number(raw);
+  if (kind.type === 'int' || kind.type === 'number' || kind.type === 'fraction') value = raw.trim() === '' ? NaN : Number(raw);
   if (kind.type === 'intList') value = raw.split(',').map((s) => (s.trim() === '' ? NaN : Number(s)));
   const ok = check(kind, value);
   if (ok === undefined) throw invalidOption(option.key, expected(kind), raw);
@@ -275,6 +297,9 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
   if (config.listen) splitHostPort(config.listen);
   if (config.threads === 0 && !config.listen) {
     throw incompatibleOptions('threads0');
+  }
+  if (config.minWorkers > 0 && !config.listen) {
+    throw incompatibleOptions('minWorkers');
   }
   if ((config.tlsCert === null) !== (config.tlsKey === null)) {
     throw incompatibleOptions('tls');

@@ -24,12 +24,14 @@ export function unknownOption(key: string, known: readonly string[]): TypeError 
   return new TypeError(`unknown option "${key}" (known options: ${known.join(', ')})`);
 }
 
-export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'tls' | 'token', detail: Record<string, unknown> = {}): TypeError {
+export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWorkers' | 'tls' | 'token', detail: Record<string, unknown> = {}): TypeError {
   switch (problem) {
     case 'microBatch':
       return new TypeError(`option "microBatch" (${detail.microBatch}) must not exceed "batchSize" (${detail.batchSize})`);
     case 'threads0':
       return new TypeError('option "threads" may be 0 only with "listen": then remote workers compute; give --listen HOST:PORT or at least 1 thread');
+    case 'minWorkers':
+      return new TypeError('option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0');
     case 'tls':
       return new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither');
     case 'token':
@@ -93,6 +95,10 @@ export function nonFiniteGradient(step: number, where: string): DtrainError {
 
 export function nonFiniteLoss(step: number, where: string): DtrainError {
   return fail('ERR_NONFINITE', `step ${step}: non-finite loss in ${where}; training stopped with the last good parameters kept`);
+}
+
+export function workersMissing(wanted: number, joined: number, waitedMs: number): DtrainError {
+  return fail('ERR_WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): start them with dtrain worker --connect, or raise --join-timeout-ms`);
 }
 
 export function checkpointInvalid(file: string, problem: string): DtrainError {

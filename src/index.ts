@@ -7,6 +7,8 @@ export { loadDataset, embeddedMnistDir, toSplit, type Dataset, type Split } from
 export { readIdxFile, parseIdx } from './data/idx.js';
 export { makeSpec, paramLayout, type ModelSpec } from './model/spec.js';
 export { initParams } from './model/init.js';
-export { createEngine, type Engine } from './engine/engine.js';
-export { paramsSha256, type RunSummary } from './report/summary.js';
+export { createEngine } from './engine/create.js';
+export type { Engine } from './engine/engine.js';
+export {  type RunSummary  } from './report/summary.js';
+export { paramsSha256 } from './model/checksum.js';
 export { DtrainError } from './errors.js';

@@ -13,7 +13,7 @@ export const packageRoot = (() => {
   return dir;
 })();
 
-/** A file of the compiled build, e.g. compiled('cluster/thread_worker.js') → ROOT/dist/src/cluster/thread_worker.js. */
+/** A file of the compiled build, e.g. compiled('cluster/team_thread.js') → ROOT/dist/src/cluster/team_thread.js. */
 export function compiled(pathUnderSrc: string): string {
   return join(packageRoot, 'dist', 'src', pathUnderSrc);
 }

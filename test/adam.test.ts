@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { createEngine } from '../src/engine/engine.js';
+import { createEngine } from '../src/engine/create.js';
 import { makeSpec } from '../src/model/spec.js';
 import { adamKernel, adamRange, adamScalars, ADAM_DEFAULTS } from '../src/optim/adam.js';
 import { ADAM_WASM_BASE64, ADAM_WASM_UNSHARED_BASE64 } from '../src/optim/adam_wasm.js';

@@ -23,13 +23,31 @@ describe('checkpoints and exact resume', () => {
     expect(first.steps).toBe(4);
     expect(readCheckpoint(listCheckpoints(runDir)[0]).header).toMatchObject({ step: 4, epoch: 2, batch: 1 });
     const events: TrainEvent[] = [];
-    const resumed = await train({ resume: runDir, threads: 1 }, { onEvent: (e) => events.push(e) });
+    // --steps 0 given again: run all epochs (alone, --resume would finish the 4 steps the run was given).
+    const resumed = await train({ resume: runDir, threads: 1, steps: 0 }, { onEvent: (e) => events.push(e) });
     expect(events).toContainEqual(expect.objectContaining({ type: 'checkpoint', action: 'resumed', step: 4 }));
     expect(resumed.paramsSha256).toBe(whole.paramsSha256);
     expect(resumed.epochs.map((e) => e.testAccuracy)).toEqual(whole.epochs.map((e) => e.testAccuracy));
     // Every step is logged once, the two sessions together.
     expect(readMetrics(runDir).filter((r) => r.type === 'step').map((r) => r.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
     expect(readMetrics(runDir).filter((r) => r.type === 'epoch').map((r) => r.epoch)).toEqual([1, 2, 3]);
+  });
+
+  it('--resume alone continues the run as configured: a --steps 7 run stopped at step 3 ends at step 7, on the uninterrupted hash', async () => {
+    const whole = await train({ ...BASE, steps: 7, out: dir() });
+    const runDir = dir();
+    const abort = new AbortController();
+    await train({ ...BASE, steps: 7, out: runDir }, { signal: abort.signal, onEvent: (e) => e.type === 'step' && e.step === 3 && abort.abort() });
+    const resumed = await train({ resume: runDir });
+    expect([resumed.steps, resumed.paramsSha256]).toEqual([7, whole.paramsSha256]);
+    // Nothing left to do: said, and a normal end (also into another --out, which has no metrics of its own).
+    for (const outDir of [runDir, dir()]) {
+      const events: TrainEvent[] = [];
+      const again = await train({ resume: runDir, out: outDir }, { onEvent: (e) => events.push(e) });
+      expect(events).toContainEqual(expect.objectContaining({ type: 'finished-already', step: 7 }));
+      expect(events.some((e) => e.type === 'step')).toBe(false);
+      expect(again.paramsSha256).toBe(whole.paramsSha256);
+    }
   });
 
   it('resumes after the coordinator was SIGKILLed between two checkpoints', async () => {
@@ -66,7 +84,7 @@ describe('checkpoints and exact resume', () => {
     const skipped: string[] = [];
     expect(latestCheckpoint(runDir, (file, reason) => skipped.push(`${file}: ${reason}`)).file).toBe(previous);
     expect(skipped).toEqual([`${newest}: ${newest}: checksum mismatch (truncated or corrupt)`]);
-    const resumed = await train({ resume: runDir });
+    const resumed = await train({ resume: runDir, steps: 0 });
     expect(resumed.paramsSha256).toBe(whole.paramsSha256);
   });
 

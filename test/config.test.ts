@@ -193,7 +193,7 @@ describe('model', () => {
 
 describe('scheduling', () => {
   it('apportions work by speed, giving everyone at least one item when it can', async () => {
-    const { apportion } = await import('../src/cluster/cluster.js');
+    const { apportion } = await import('../src/cluster/plan.js');
     expect(apportion(4, [1, 1])).toEqual([2, 2]);
     expect(apportion(4, [30, 1])).toEqual([3, 1]);
     expect(apportion(10, [3, 1])).toEqual([7, 3]);

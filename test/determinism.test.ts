@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train, type TrainConfig } from '../src/index.js';
-import type { ThreadWorkers } from '../src/cluster/threads.js';
+import type { ThreadTeam } from '../src/cluster/thread_team.js';
 import { syntheticDataset } from './helpers.js';
 
 const out = mkdtempSync(join(tmpdir(), 'dtrain-det-'));
@@ -47,8 +47,8 @@ describe('data-parallel determinism (tutorial MLP on MNIST)', () => {
 
   it.each([1, 2])('finishes with the same parameters when %i pool threads die mid-step, and the pool recovers', async (deaths) => {
     const reference = await run({ threads: 3 });
-    let pool: ThreadWorkers | undefined;
-    const summary = await run({ threads: 3 }, { faults: { threadExitAtStep: 2, times: deaths }, onWorkers: (w: ThreadWorkers) => (pool = w) });
+    let pool: ThreadTeam | undefined;
+    const summary = await run({ threads: 3 }, { faults: { threadExitAtStep: 2, times: deaths }, onTeam: (w: ThreadTeam) => (pool = w) });
     // Each dead thread's task was computed again by the main thread, and only that one: piscina's
     // replacement threads rejoined the team and computed their slots of every later pass.
     expect(pool!.retries).toBe(deaths);

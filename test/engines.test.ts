@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { createEngine, type Engine, type EngineName } from '../src/engine/engine.js';
+import { createEngine } from '../src/engine/create.js';
+import type { Engine, EngineName } from '../src/engine/engine.js';
 import { makeSpec, paramLayout } from '../src/model/spec.js';
 import { initParams } from '../src/model/init.js';
 import { engineGradient, oneHot, referenceLoss } from './helpers.js';

@@ -23,6 +23,8 @@ const cases: [string, Error, string, string?][] = [
   ['nonFiniteLoss', errors.nonFiniteLoss(3, 'micro-shard 1'), 'step 3: non-finite loss in micro-shard 1; training stopped with the last good parameters kept', 'ERR_NONFINITE'],
   ['checkpointInvalid', errors.checkpointInvalid('a.ckpt', 'checksum mismatch (truncated or corrupt)'), 'a.ckpt: checksum mismatch (truncated or corrupt)', 'ERR_CHECKPOINT'],
   ['checkpointMismatch', errors.checkpointMismatch('a.ckpt', 'model', '4→2 (relu)', '5→2 (relu)'), 'a.ckpt: the checkpoint is for model 4→2 (relu), this run has 5→2 (relu)', 'ERR_CHECKPOINT'],
+  ['incompatibleOptions minWorkers', errors.incompatibleOptions('minWorkers'), 'option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0'],
+  ['workersMissing', errors.workersMissing(3, 1, 5000), '2 of 3 remote workers missing after 5000 ms (--min-workers 3): start them with dtrain worker --connect, or raise --join-timeout-ms', 'ERR_WORKERS_MISSING'],
   ['resumeConflict', errors.resumeConflict('lr', 0.01, 0.001), '--resume: option "lr" (0.01) differs from the checkpoint\'s (0.001); a resumed run keeps the checkpoint\'s model, data and optimizer options'],
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
 ];

@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { encode } from 'fast-png';
-import { createEngine } from '../src/engine/engine.js';
+import { createEngine } from '../src/engine/create.js';
 import { loadDataset } from '../src/data/datasets.js';
 import { train } from '../src/index.js';
 import { evaluateSavedModel, loadSavedModel, predictImage } from '../src/inference.js';

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { fork, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,9 +8,10 @@ import WebSocket from 'ws';
 import { train, type TrainConfig } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { readMetrics } from '../src/report/metrics.js';
+import { listCheckpoints, readCheckpoint } from '../src/train/checkpoint.js';
 import { newNonce, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
-import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
+import { PROTOCOL_VERSION, type RowsDone } from '../src/cluster/remote/messages.js';
 import { missingRanges } from '../src/cluster/plan.js';
 import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
 
@@ -139,7 +141,7 @@ describe('remote workers on loopback', () => {
     const first = await coordinator({ threads: 0, steps: 4, checkpointEvery: 2, out: runDir }, (url) => void runWorker({ connect: url, signal: abort.signal }));
     abort.abort();
     expect(first.steps).toBe(4);
-    const resumed = await train({ resume: runDir, threads: 1 });
+    const resumed = await train({ resume: runDir, threads: 1, steps: 0 });
     expect(resumed.paramsSha256).toBe(await reference());
   });
 
@@ -501,5 +503,123 @@ describe('TLS', () => {
     abort.abort();
     expect(summary.paramsSha256).toBe(await reference());
     expect(untrusted.join('\n')).toMatch(/self-signed certificate/);
+  });
+});
+
+describe('--min-workers', () => {
+  it('holds step 0 until that many remote workers joined, and ends with the same parameters', async () => {
+    const order: string[] = [];
+    const summary = await coordinator(
+      { threads: 0, minWorkers: 2 },
+      (url) => {
+        workerProcess(url);
+        setTimeout(() => workerProcess(url), 300);
+      },
+      (e) => (e.type === 'cluster' && e.event.type === 'joined' ? order.push('joined') : e.type === 'step' && order.push('step')),
+    );
+    expect(order.slice(0, 3)).toEqual(['joined', 'joined', 'step']);
+    expect(summary.paramsSha256).toBe(await reference());
+  });
+
+  it('fails after --join-timeout-ms naming how many workers are missing', async () => {
+    await expect(coordinator({ threads: 1, minWorkers: 2, joinTimeoutMs: 300 }, () => {})).rejects.toThrow(
+      '2 of 2 remote workers missing after 300 ms (--min-workers 2): start them with dtrain worker --connect, or raise --join-timeout-ms',
+    );
+  });
+});
+
+describe('a coordinator that crashes', () => {
+  it('SIGKILLed mid-run with --threads 0 and two workers, restarted with --resume alone: the workers reconnect and the run ends on the uninterrupted hash', async () => {
+    const config = { trainSamples: 2000, testSamples: 100, epochs: 2, logEvery: 1000 };
+    const whole = train({ ...config, threads: 2, out: join(out, 'crash-reference') });
+    const runDir = join(out, 'crash');
+    const port = await freePort();
+    const url = `ws://127.0.0.1:${port}`;
+    const args = ['coordinator', '--train-samples', '2000', '--test-samples', '100', '--epochs', '2', '--threads', '0', '--min-workers', '2',
+      '--checkpoint-every', '5', '--heartbeat-ms', '500', '--listen', `127.0.0.1:${port}`, '--out', runDir];
+    const first = fork(cli, args, { stdio: 'ignore' });
+    children.push(first);
+    workerProcess(url, '--max-retries', '0');
+    workerProcess(url, '--max-retries', '0');
+    const killedAt = await new Promise<number>((resolve, reject) => {
+      const poll = setInterval(() => {
+        const newest = listCheckpoints(runDir)[0];
+        if (newest && readCheckpoint(newest).header.step >= 10) {
+          clearInterval(poll);
+          first.kill('SIGKILL');
+          resolve(readCheckpoint(newest).header.step);
+        }
+      }, 5);
+      first.on('exit', () => {
+        clearInterval(poll);
+        reject(new Error('the coordinator finished before it could be killed'));
+      });
+    });
+    expect(killedAt).toBeLessThan(64);
+    await new Promise((resolve) => first.once('exit', resolve));
+    const joined: string[] = [];
+    const resumed = await train({ resume: runDir, listen: `127.0.0.1:${port}` }, { onEvent: (e) => e.type === 'cluster' && e.event.type === 'joined' && joined.push(e.event.worker) });
+    expect(joined.length).toBeGreaterThanOrEqual(1);
+    expect(resumed.steps).toBe(64);
+    expect(resumed.paramsSha256).toBe((await whole).paramsSha256);
+  });
+});
+
+/** A TCP port free right now on 127.0.0.1 (for a coordinator that must come back on the same one). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+describe('--verify', () => {
+  /** Rows a little wrong but finite: one activation of each answer moved by 1e-3. */
+  const tamper = (rows: RowsDone): RowsDone => ({ ...rows, hidden: rows.hidden.map((h, l) => (l === 0 ? h.map((v, i) => (i === 0 ? v + 1e-3 : v)) : h)) });
+
+  /**
+   * A run with one honest and one tampering in-process worker (which reconnects after each rejection, as
+   * `dtrain worker` does); returns the rejections and every id the liar was given.
+   */
+  async function withLiar(config: Partial<TrainConfig>) {
+    const rejections: string[] = [];
+    const abort = new AbortController();
+    const liar: number[] = [];
+    const summary = await coordinator(
+      { minWorkers: 2, ...config },
+      (url) => {
+        void runWorker({ connect: url, signal: abort.signal });
+        void runWorker({ connect: url, signal: abort.signal, tamperRows: tamper, onEvent: (e) => e.type === 'connected' && liar.push(e.workerId) });
+      },
+      (e) => e.type === 'cluster' && e.event.type === 'rejected' && rejections.push(`${e.event.peer}: ${e.event.reason}`),
+    );
+    abort.abort();
+    return { summary, rejections, liar };
+  }
+
+  it.each([1, 0])('at rate 1 catches a worker sending slightly wrong rows (coordinator with %i threads), and the result is unchanged', async (threads) => {
+    const { summary, rejections, liar } = await withLiar({ threads, verify: 1 });
+    expect(rejections.length).toBeGreaterThan(0);
+    for (const r of rejections) {
+      expect(r).toMatch(/^worker (\d+) .*: --verify: its rows \d+–\d+ of step \d+ differ from this coordinator's own computation$/);
+      expect(liar).toContain(Number(/^worker (\d+)/.exec(r)![1]));
+    }
+    expect(summary.paramsSha256).toBe(threads === 1 ? await reference2() : await reference());
+  });
+
+  // Below rate 1, rows not drawn are used unchecked until the worker is caught, so the result may differ:
+  // what is checked is how soon it is caught.
+  it('at rate 0.1 catches it within 60 steps (see README), and never the honest worker', async () => {
+    const config = { trainSamples: 64 * 64, epochs: 1 };
+    const { summary, rejections, liar } = await withLiar({ threads: 1, verify: 0.1, ...config });
+    expect(rejections.length).toBeGreaterThan(0);
+    expect(liar).toContain(Number(/^worker (\d+)/.exec(rejections[0])![1]));
+    expect(Number(/of step (\d+)/.exec(rejections[0])![1])).toBeLessThan(60);
+    for (const r of rejections) expect(liar).toContain(Number(/^worker (\d+)/.exec(r)![1]));
+    expect(summary.steps).toBe(64);
   });
 });

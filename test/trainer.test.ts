@@ -5,7 +5,7 @@ import { makeSpec } from '../src/model/spec.js';
 import { ADAM_DEFAULTS } from '../src/optim/adam.js';
 import { createTrainingMemory } from '../src/cluster/training_memory.js';
 import { TrainingState } from '../src/cluster/training_state.js';
-import type { Cluster } from '../src/cluster/cluster.js';
+import type { Scheduler } from '../src/cluster/scheduler.js';
 import { syntheticDataset } from './helpers.js';
 import { train } from '../src/index.js';
 import { mkdtempSync } from 'node:fs';
@@ -20,21 +20,21 @@ describe('Trainer', () => {
     const rowPasses: boolean[] = [];
     // A scheduler whose one-call step reports layer 1's gradient as non-finite, and whose row pass (the
     // recomputation) leaves a NaN in layer 1's deltas at batch row 20.
-    const cluster = {
+    const scheduler = {
       mode: 'whole',
-      stepPass: async (_step: number, _generation: number, index: Int32Array) => {
+      computeWholeStep: async (_step: number, _generation: number, index: Int32Array) => {
         memory.batch.index.set(index);
         memory.batch.rowLoss.fill(0.5);
         return [{ nonFiniteLayers: [1] }];
       },
       // The recomputation on the local slots (true: it ran there, not on remote participants).
-      localRows: async () => {
+      computeRowsHere: async () => {
         rowPasses.push(true);
         memory.batch.deltas[1][20 * dataset.classes + 2] = NaN;
       },
-    } as unknown as Cluster;
+    } as unknown as Scheduler;
     const state = new TrainingState(memory);
-    const trainer = new Trainer(resolveConfig({ threads: 1 }), dataset, cluster, memory, state, ADAM_DEFAULTS);
+    const trainer = new Trainer(resolveConfig({ threads: 1 }), dataset, scheduler, memory, state, ADAM_DEFAULTS);
     const index = Int32Array.from({ length: 64 }, (_, i) => 63 - i);
     await expect(trainer.trainStep(index)).rejects.toThrow(
       'step 0: non-finite gradient in layer 1 (W1, b1), micro-shard 1 (batch rows 16–31, first at dataset sample 43); training stopped with the last good parameters kept',

@@ -72,3 +72,30 @@ export function batchSamples(samples: number, shuffled: Uint32Array | undefined,
   }
   return index;
 }
+
+/** Shard ranges sorted, with adjacent ones merged. */
+export function coalesce(ranges: Range[]): Range[] {
+  const merged: [number, number][] = [];
+  for (const [a, b] of [...ranges].sort((x, y) => x[0] - y[0])) {
+    const last = merged[merged.length - 1];
+    if (last && last[1] === a) last[1] = b;
+    else merged.push([a, b]);
+  }
+  return merged;
+}
+
+/**
+ * Splits n items in proportion to weights (largest remainder), deterministically. While there are at
+ * least as many items as weights, everyone gets one: a slow participant gets less work, never none, so
+ * its speed keeps being measured.
+ */
+export function apportion(n: number, weights: number[]): number[] {
+  const floor = n >= weights.length ? 1 : 0;
+  const total = weights.reduce((a, b) => a + b, 0);
+  const exact = weights.map((w) => floor + ((n - floor * weights.length) * w) / total);
+  const counts = exact.map(Math.floor);
+  let left = n - counts.reduce((a, b) => a + b, 0);
+  const order = exact.map((e, i) => [e - Math.floor(e), i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+  for (let k = 0; left > 0; k++, left--) counts[order[k % order.length][1]]++;
+  return counts;
+}

@@ -10,7 +10,7 @@
 import type { ModelSpec } from '../model/spec.js';
 import type { OptimizerMemory } from '../optim/optimizer_memory.js';
 import { unitAssignment } from './plan.js';
-import type { Task } from './step_worker.js';
+import type { Task } from './slot_runner.js';
 import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 
 export interface StateArrays {

@@ -69,12 +69,3 @@ export interface EngineOptions {
   engine: EngineName;
   device: Device;
 }
-
-export async function createEngine(spec: ModelSpec, options: EngineOptions): Promise<Engine> {
-  if (options.engine === 'onnx') {
-    const { createOnnxEngine } = await import('./onnx/engine.js');
-    return createOnnxEngine(spec, options.device);
-  }
-  const { createTfjsEngine } = await import('./tfjs/engine.js');
-  return createTfjsEngine(spec, options.device);
-}

@@ -9,7 +9,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildInferenceModel } from '../engine/onnx/graph.js';
 import { paramLayout, type ModelSpec } from '../model/spec.js';
-import { paramsSha256 } from './summary.js';
+import { paramsSha256 } from '../model/checksum.js';
 
 export interface SavedModelInfo {
   spec: ModelSpec;

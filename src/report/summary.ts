@@ -1,17 +1,6 @@
-/** summary.json, the record of a run, and paramsSha256, the fingerprint runs are compared by. */
-import { createHash } from 'node:crypto';
+/** summary.json, the record of a run. */
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
-import { endianness } from 'node:os';
 import { join } from 'node:path';
-
-/** SHA-256 of the parameters as little-endian float32 in layer order (W then b of each layer). */
-export function paramsSha256(params: Float32Array): string {
-  const bytes = new Uint8Array(params.buffer, params.byteOffset, params.byteLength).slice();
-  if (endianness() === 'BE') {
-    for (let i = 0; i < bytes.length; i += 4) bytes.subarray(i, i + 4).reverse();
-  }
-  return createHash('sha256').update(bytes).digest('hex');
-}
 
 export interface EpochResult {
   epoch: number;

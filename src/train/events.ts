@@ -1,7 +1,8 @@
 /** What a run reports as it goes (it never prints), and the hooks a caller may give it. */
-import type { ClusterEvent, WorkShares } from '../cluster/cluster.js';
+import type { ClusterEvent } from '../cluster/scheduler.js';
+import type { WorkShares } from '../cluster/work_ledger.js';
+import type { Team } from '../cluster/team.js';
 import type { AdmissionStats } from '../cluster/remote/admission.js';
-import type { WorkerSet } from '../cluster/workers.js';
 import type { Dataset } from '../data/datasets.js';
 import type { EpochResult, RunSummary } from '../report/summary.js';
 
@@ -26,7 +27,7 @@ export interface TrainOptions {
   /** A dataset already in memory (tests); otherwise config.data or the embedded MNIST is loaded. */
   dataset?: Dataset;
   /** Called once the local workers are up, with the set (tests use it to inject faults). */
-  onWorkers?: (workers: WorkerSet) => void;
+  onTeam?: (workers: Team) => void;
   /**
    * Called once the coordinator listens, with its address (tests connect workers to it) and its live
    * connection counts (how many authenticate now, the most at once, how many were turned away).

@@ -3,7 +3,8 @@
  * their steps (the cursor says where the run is, the trainer takes each step), evaluate and checkpoint
  * after each epoch, and finish the session, also when a step failed (the last good state is recorded).
  */
-import { paramsSha256, type EpochResult, type RunSummary } from '../report/summary.js';
+import { type EpochResult, type RunSummary } from '../report/summary.js';
+import { paramsSha256 } from '../model/checksum.js';
 import { MetricsLog, readMetrics } from '../report/metrics.js';
 import type { TrainConfig } from '../config.js';
 import { EpochCursor } from './cursor.js';
@@ -27,12 +28,13 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
   const emit = options.onEvent ?? (() => {});
   const session = await RunSession.open(userConfig, options);
   const { config, dataset, resumed } = session;
-  const trainer = new Trainer(config, dataset, session.cluster, session.memory, session.state, session.adam);
+  const trainer = new Trainer(config, dataset, session.scheduler, session.memory, session.state, session.adam);
   const metrics = new MetricsLog(session.outDir, resumed && { step: resumed.step, epochs: resumed.epochs.length });
   const cursor = new EpochCursor(dataset.train.count, config.batchSize, config.shuffle, config.seed, resumed);
   let failure: Error | undefined;
   try {
-    if (session.workLeft) await runEpochs({ session, trainer, cursor, metrics, options, emit, bytesBefore: session.cluster.bytesMoved() });
+    if (session.workLeft && config.minWorkers > 0) await trainer.gather(config.minWorkers, config.joinTimeoutMs);
+    if (session.workLeft) await runEpochs({ session, trainer, cursor, metrics, options, emit, bytesBefore: session.scheduler.bytesMoved() });
     else emit({ type: 'finished-already', step: session.state.step, epochs: session.epochs.length });
   } catch (e) {
     // The committed generation still holds the last good state; record it before failing.
@@ -67,13 +69,13 @@ async function runEpochs(loop: Loop): Promise<void> {
 /** The steps of the current epoch; returns true when the run is to stop (--steps reached, or aborted). */
 async function runBatches(loop: Loop): Promise<boolean> {
   const { session, trainer, cursor, metrics, options, emit } = loop;
-  const { config, state, cluster, dataset } = session;
+  const { config, state, scheduler, dataset } = session;
   while (!cursor.epochDone) {
     const { index, next } = cursor.take(config.steps > 0 && state.step + 1 >= config.steps);
     if (options.beforeStep) await cursor.pause(() => options.beforeStep!(state.step));
     const stepStart = performance.now();
     const loss = await trainer.trainStep(index, next);
-    const bytes = cluster.bytesMoved();
+    const bytes = scheduler.bytesMoved();
     metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms: performance.now() - stepStart, bytes: bytes - loop.bytesBefore });
     loop.bytesBefore = bytes;
     const b = cursor.batch;
@@ -102,7 +104,7 @@ async function endEpoch(loop: Loop): Promise<number> {
   session.trainSeconds += seconds;
   session.samplesSeen += samples;
   const { accuracy, avgLoss } = await trainer.evaluate();
-  const diverged = await session.cluster.verifyReplicas(session.state.step, paramsSha256(session.state.params));
+  const diverged = await session.scheduler.verifyReplicas(session.state.step, paramsSha256(session.state.params));
   if (diverged.length > 0) emit({ type: 'cluster', event: { type: 'diverged', workers: diverged } });
   const result: EpochResult = {
     epoch: cursor.epoch,
@@ -113,7 +115,7 @@ async function endEpoch(loop: Loop): Promise<number> {
     seconds,
     samplesPerSecond: samples / seconds,
   };
-  const shares = session.cluster.takeShares();
+  const shares = session.scheduler.takeShares();
   metrics.write({ type: 'epoch', ...result, shares: shares.rows, networkWaitSeconds: shares.networkWaitSeconds });
   emit({ type: 'epoch', result, shares });
   session.epochs.push(result);

@@ -10,11 +10,13 @@ import { checkpointMismatch, plaintextListen, resumeConflict } from '../errors.j
 import { initParams } from '../model/init.js';
 import { describeSpec, makeSpec, paramLayout, type ModelSpec } from '../model/spec.js';
 import { ADAM_DEFAULTS, type AdamOptions } from '../optim/adam.js';
-import { paramsSha256, writeSummary, type EpochResult, type RunSummary } from '../report/summary.js';
-import { chooseStepMode, Cluster, type ClusterEvent } from '../cluster/cluster.js';
+import { writeSummary, type EpochResult, type RunSummary } from '../report/summary.js';
+import { paramsSha256 } from '../model/checksum.js';
+import { chooseStepMode, Scheduler, type ClusterEvent } from '../cluster/scheduler.js';
 import { createTrainingMemory, type TrainingMemory } from '../cluster/training_memory.js';
+import { RowVerifier } from '../cluster/verify.js';
 import { TrainingState } from '../cluster/training_state.js';
-import { createWorkers } from '../cluster/workers.js';
+import { createTeam } from '../cluster/create_team.js';
 import { exportModel } from '../report/export.js';
 import { plotRun } from '../report/plot.js';
 import { latestCheckpoint, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
@@ -36,7 +38,7 @@ function prepareConfig(userConfig: Partial<TrainConfig>, emit: (e: TrainEvent) =
 }
 
 /** The local slots, the remote hub when the coordinator listens, and the scheduler over both. */
-async function createCluster(config: TrainConfig, dataset: Dataset, memory: TrainingMemory, adam: AdamOptions, options: TrainOptions) {
+async function createScheduler(config: TrainConfig, dataset: Dataset, memory: TrainingMemory, adam: AdamOptions, options: TrainOptions) {
   const onEvent = (event: ClusterEvent) => options.onEvent?.({ type: 'cluster', event });
   let faults: Int32Array | undefined;
   if (options.faults) {
@@ -44,9 +46,9 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
     faults.set([options.faults.threadExitAtStep, options.faults.times]);
   }
   const engine = { engine: config.engine, device: config.device };
-  const local = await createWorkers({ memory, engine, adam, faults }, Math.max(1, config.threads));
-  options.onWorkers?.(local);
-  if (!config.listen) return { cluster: new Cluster(memory, local, chooseStepMode(config.threads, false), undefined, onEvent) };
+  const local = await createTeam({ memory, engine, adam, faults }, Math.max(1, config.threads));
+  options.onTeam?.(local);
+  if (!config.listen) return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, false), undefined, onEvent) };
   const { RemoteHub } = await import('../cluster/remote/hub.js');
   const [host, port] = splitHostPort(config.listen);
   const hub = new RemoteHub(
@@ -61,6 +63,8 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
       heartbeatMs: config.heartbeatMs,
       stepTimeoutMs: config.stepTimeoutMs,
       authTimeoutMs: 5000,
+      // Verified rows reach the other replicas only in the step's update, after the check.
+      forwardRows: config.verify === 0,
     },
     memory,
     onEvent,
@@ -70,7 +74,7 @@ async function createCluster(config: TrainConfig, dataset: Dataset, memory: Trai
     const host = address.address.includes(':') ? `[${address.address}]` : address.address;
     options.onListening?.({ host: address.address, port: address.port, connections: hub.connections });
     const listening = `${config.tlsCert ? 'wss' : 'ws'}://${host}:${address.port}`;
-    return { cluster: new Cluster(memory, local, chooseStepMode(config.threads, true), hub, onEvent), listening };
+    return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true), hub, onEvent, new RowVerifier(config.verify, config.seed)), listening };
   } catch (e) {
     await local.close();
     throw e;
@@ -91,7 +95,7 @@ export class RunSession {
     readonly spec: ModelSpec,
     readonly memory: TrainingMemory,
     readonly state: TrainingState,
-    readonly cluster: Cluster,
+    readonly scheduler: Scheduler,
     readonly resumed: CheckpointHeader | undefined,
     private readonly emit: (e: TrainEvent) => void,
   ) {
@@ -121,8 +125,8 @@ export class RunSession {
     } else {
       initParams(spec, config.seed, state.params);
     }
-    const { cluster, listening } = await createCluster(config, dataset, memory, { ...ADAM_DEFAULTS, lr: config.lr }, options);
-    const session = new RunSession(config, dataset, spec, memory, state, cluster, checkpoint?.header, emit);
+    const { scheduler, listening } = await createScheduler(config, dataset, memory, { ...ADAM_DEFAULTS, lr: config.lr }, options);
+    const session = new RunSession(config, dataset, spec, memory, state, scheduler, checkpoint?.header, emit);
     emit({
       type: 'start',
       spec: describeSpec(spec),
@@ -130,7 +134,7 @@ export class RunSession {
       dataset: dataset.name,
       trainSamples: dataset.train.count,
       testSamples: dataset.test.count,
-      workers: cluster.description,
+      workers: scheduler.description,
       listening,
     });
     if (config.listen && !config.tlsCert && !isLoopback(config.listen)) emit({ type: 'warning', message: plaintextListen(config.listen) });
@@ -174,7 +178,7 @@ export class RunSession {
       dataset: { name: dataset.name, sha256: dataset.sha256, trainSamples: dataset.train.count, testSamples: dataset.test.count },
       model: { sizes: spec.sizes, activation: spec.activation, parameters: this.layout.total },
       engine: config.engine,
-      workers: this.cluster.description,
+      workers: this.scheduler.description,
       config: { ...config, token: config.token ? '(set)' : null },
       epochs: this.epochs,
       steps: state.step,
@@ -191,7 +195,7 @@ export class RunSession {
    * logged epochs, the model unless the run failed or export is off.
    */
   async finish(failure: Error | undefined, plotted: boolean): Promise<RunSummary> {
-    await this.cluster.close();
+    await this.scheduler.close();
     const summary = this.summary(failure);
     writeSummary(this.outDir, summary);
     if (plotted) plotRun(this.outDir);

@@ -1,15 +1,15 @@
 /**
  * One optimizer step at a time: the membership boundary, the row pass on the participants, the loss, the
  * weight pass (gradient reduction and Adam) on the local slots, then commit; and evaluation on the test
- * set. Knows compute only through Cluster and the state only through TrainingState.
+ * set. Knows compute only through Scheduler and the state only through TrainingState.
  */
 import type { TrainConfig } from '../config.js';
 import type { Dataset } from '../data/datasets.js';
-import { nonFiniteGradient, nonFiniteLoss } from '../errors.js';
+import { nonFiniteGradient, nonFiniteLoss, workersMissing } from '../errors.js';
 import type { AdamOptions } from '../optim/adam.js';
-import type { Cluster } from '../cluster/cluster.js';
+import type { Scheduler } from '../cluster/scheduler.js';
 import { batchCount, evenSplit, microShards } from '../cluster/plan.js';
-import type { TaskResult } from '../cluster/step_worker.js';
+import type { TaskResult } from '../cluster/slot_runner.js';
 import type { TrainingMemory } from '../cluster/training_memory.js';
 import type { TrainingState } from '../cluster/training_state.js';
 
@@ -36,7 +36,7 @@ export class Trainer {
   constructor(
     readonly config: TrainConfig,
     readonly dataset: Dataset,
-    readonly cluster: Cluster,
+    readonly scheduler: Scheduler,
     readonly memory: TrainingMemory,
     readonly state: TrainingState,
     readonly adam: AdamOptions,
@@ -51,16 +51,16 @@ export class Trainer {
    * step's rows when known, lets remote workers start on them while this step's weight pass runs.
    */
   async trainStep(index: Int32Array, next?: Int32Array): Promise<number> {
-    if (this.cluster.mode === 'whole') {
+    if (this.scheduler.mode === 'whole') {
       // A whole step writes only into the next generation, so a non-finite loss found after it loses nothing.
-      const results = await this.cluster.stepPass(this.state.step, this.state.generation, index);
+      const results = await this.scheduler.computeWholeStep(this.state.step, this.state.generation, index);
       return this.commit(index, results, true);
     }
     // A pass that could not finish with its participants is redone after the boundary; membership
     // changes are not failures and are not counted.
     for (;;) {
       await this.boundary();
-      const pass = await this.cluster.rowPass(this.state.step, this.state.generation, index, this.config.microBatch, this.unapplied.length === 0);
+      const pass = await this.scheduler.computeRows(this.state.step, this.state.generation, index, this.config.microBatch, this.unapplied.length === 0);
       if (pass.done) return this.afterRows(index, next, pass.replicated);
       if (pass.needs === 'state') await this.current();
     }
@@ -73,21 +73,38 @@ export class Trainer {
    */
   private async boundary(): Promise<void> {
     for (;;) {
-      if (!this.cluster.hasJoiners() && !this.cluster.nobodyComputes()) return;
+      if (!this.scheduler.hasJoiners() && !this.scheduler.nobodyComputes()) return;
       await this.current();
       // Asked again: catching up takes time, and a worker may have joined meanwhile.
-      if (this.cluster.hasJoiners()) {
+      if (this.scheduler.hasJoiners()) {
         const { spec, batchSize } = this.memory;
-        this.cluster.admit({ ...this.state.snapshot(), spec, batchSize, adam: this.adam });
+        this.scheduler.admit({ ...this.state.snapshot(), spec, batchSize, adam: this.adam });
       } else {
-        await this.cluster.waitForParticipant(this.state.step);
+        await this.scheduler.waitForParticipant(this.state.step);
       }
     }
   }
 
+  /**
+   * Before the first step: waits until `count` remote workers have joined and admits them, so that a
+   * late joiner does not count as slow steps (torchrun's --nnodes); fails after `timeoutMs` naming how
+   * many are missing.
+   */
+  async gather(count: number, timeoutMs: number): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    for (let have = this.scheduler.remoteMembers(); have < count; have = this.scheduler.remoteMembers()) {
+      const left = deadline - performance.now();
+      const reason = `step ${this.state.step}: waiting for ${count - have} more of ${count} remote workers (--min-workers)`;
+      if (left <= 0 || !(await this.scheduler.waitForJoin(left, reason))) {
+        if (this.scheduler.remoteMembers() < count) throw workersMissing(count, this.scheduler.remoteMembers(), timeoutMs);
+      }
+    }
+    await this.boundary();
+  }
+
   /** After the rows: the replicas apply the step, or the weight pass runs here. */
   private async afterRows(index: Int32Array, next: Int32Array | undefined, replicated: boolean): Promise<number> {
-    if (next) this.cluster.prefetch(this.state.step + 1, next, this.config.microBatch);
+    if (next) this.scheduler.prefetch(this.state.step + 1, next, this.config.microBatch);
     if (replicated) {
       // The remote replicas apply this step; this process catches up when it needs the state.
       const loss = this.batchLoss(index.length);
@@ -97,10 +114,10 @@ export class Trainer {
       return loss;
     }
     const replayed = this.unapplied.length > 0 && (await this.current());
-    if (replayed || this.cluster.compactRows) {
+    if (replayed || this.scheduler.compactRows) {
       // No replica took this step, and the catch-up replayed steps through the batch buffers, or the remote
       // rows came without their inner deltas: compute the rows here for the weight pass.
-      await this.cluster.localRows(this.state.step, this.state.generation, index, this.config.microBatch);
+      await this.scheduler.computeRowsHere(this.state.step, this.state.generation, index, this.config.microBatch);
     }
     return this.commit(index);
   }
@@ -120,11 +137,11 @@ export class Trainer {
   private async commit(index: Int32Array, results?: TaskResult[], whole = false): Promise<number> {
     const rows = index.length;
     const loss = this.batchLoss(rows);
-    results ??= await this.cluster.weightPass(this.state.weightTasks(rows, this.cluster.local.size));
+    results ??= await this.scheduler.applyWeights(this.state.weightTasks(rows, this.scheduler.local.size));
     const bad = [...new Set(results.flatMap((r) => r.nonFiniteLayers))].sort((a, b) => a - b);
     if (bad.length > 0) {
       // A whole step keeps activations and deltas inside the engine: the row pass recomputes them to locate the culprit.
-      if (whole) await this.cluster.localRows(this.state.step, this.state.generation, index, this.config.microBatch);
+      if (whole) await this.scheduler.computeRowsHere(this.state.step, this.state.generation, index, this.config.microBatch);
       const l = bad[0];
       const { batch } = this.memory;
       const sources = [l === 0 ? batch.x : batch.hidden[l - 1], batch.deltas[l]];
@@ -143,7 +160,7 @@ export class Trainer {
    */
   async current(): Promise<boolean> {
     if (this.unapplied.length === 0) return false;
-    const taken = await this.cluster.replicaState(this.state.step);
+    const taken = await this.scheduler.replicaState(this.state.step);
     if (taken) {
       this.state.load(taken, this.state.step);
       this.unapplied = [];
@@ -152,9 +169,9 @@ export class Trainer {
     const steps = this.unapplied;
     this.unapplied = [];
     this.state.rewind(steps.length);
-    this.cluster.replaying(this.state.step, this.state.step + steps.length);
+    this.scheduler.replaying(this.state.step, this.state.step + steps.length);
     for (const index of steps) {
-      await this.cluster.localRows(this.state.step, this.state.generation, index, this.config.microBatch);
+      await this.scheduler.computeRowsHere(this.state.step, this.state.generation, index, this.config.microBatch);
       await this.commit(index);
     }
     return true;
@@ -179,7 +196,7 @@ export class Trainer {
   async evaluate(): Promise<EvalResult> {
     await this.current();
     const { test, evalLoss, evalPredicted } = this.memory;
-    await this.cluster.evalPass(this.state.step, this.state.generation, evenSplit(test.count, this.cluster.local.size));
+    await this.scheduler.evaluate(this.state.step, this.state.generation, evenSplit(test.count, this.scheduler.local.size));
     const labels = this.dataset.test.labels;
     let correct = 0;
     let lossOfBatches = 0;

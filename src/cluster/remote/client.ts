@@ -10,37 +10,11 @@
  * connection is worker_session.ts; the replica it keeps across connections is replica.ts.
  */
 import { WORKER_DEFAULTS } from '../../config.js';
-import type { Dataset } from '../../data/datasets.js';
-export { WORKER_DEFAULTS };
-import type { Device, EngineName } from '../../engine/engine.js';
+import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { session, type ReplicaSlot } from './worker_session.js';
 
-export interface WorkerOptions {
-  connect: string;
-  token?: string;
-  /** PEM file of a private CA that signed the coordinator's certificate (wss://). */
-  ca?: string;
-  threads: number;
-  engine: EngineName;
-  device: Device;
-  /** A local copy of the dataset: the coordinator then sends row indices instead of pixels. */
-  dataset?: Dataset;
-  /** Give up after this many failed connection attempts in a row (0 = never). */
-  maxRetries: number;
-  /** Largest frame accepted from the coordinator (a state snapshot of the model must fit). */
-  maxFrameBytes: number;
-  onEvent?: (event: WorkerEvent) => void;
-  signal?: AbortSignal;
-}
-
-export type WorkerEvent =
-  | { type: 'connected'; url: string; workerId: number }
-  | { type: 'synced'; step: number; parameters: number }
-  | { type: 'disconnected'; reason: string; retryInMs: number }
-  | { type: 'step'; step: number }
-  | { type: 'error'; message: string }
-  | { type: 'finished' };
-
+export { WORKER_DEFAULTS };
+export type { WorkerEvent, WorkerOptions };
 
 /** Runs a worker until the signal aborts it or it gives up reconnecting. */
 export async function runWorker(userOptions: Partial<WorkerOptions> & { connect: string }): Promise<void> {
@@ -70,12 +44,15 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
   }
 }
 
+/** Waits ms, or less if the signal aborts; leaves no listener behind (a worker may reconnect many times). */
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
+    const done = () => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
       resolve();
-    });
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done);
   });
 }

@@ -49,6 +49,11 @@ export interface HubOptions extends Partial<AdmissionOptions> {
   stepTimeoutMs: number;
   /** How long a new connection may take to authenticate. */
   authTimeoutMs: number;
+  /**
+   * Whether a peer's rows go on to the other peers as soon as they are validated (the default), or only
+   * in the step's update, after the scheduler has checked them (--verify).
+   */
+  forwardRows?: boolean;
 }
 
 export type HubEvent =
@@ -271,7 +276,7 @@ export class RemoteHub {
     },
     rowsDone: (peer, rows, frame) => {
       peer.holds.push(rows.range);
-      this.forward(peer, rows, frame);
+      if (this.options.forwardRows !== false) this.forward(peer, rows, frame);
       peer.requests.answer('rows', rows);
     },
     // A checksum nobody waits for any more (it came after the deadline) is ignored.

@@ -8,11 +8,13 @@
  */
 import type { Dataset } from '../../data/datasets.js';
 import type { Device, EngineName } from '../../engine/engine.js';
-import { paramsSha256 } from '../../report/summary.js';
-import { evenSplit, missingRanges, unitAssignment, type Range } from '../plan.js';
-import type { Task } from '../step_worker.js';
-import { createTrainingMemory, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from '../training_memory.js';
-import { createWorkers, type WorkerSet } from '../workers.js';
+import { paramsSha256 } from '../../model/checksum.js';
+import { evenSplit, missingRanges, type Range } from '../plan.js';
+import type { Task } from '../slot_runner.js';
+import { createTrainingMemory, placeBatchRows, type TrainingMemory } from '../training_memory.js';
+import { TrainingState } from '../training_state.js';
+import { createTeam } from '../create_team.js';
+import type { Team } from '../team.js';
 import { ProtocolError, type RowsDone, type RowsMessage, type StateMessage, type ToCoordinator, type UpdateMessage } from './messages.js';
 
 /** What a replica is built with: the worker's compute settings, and its own copy of the data if any. */
@@ -25,8 +27,8 @@ export interface ReplicaOptions {
 
 /** The training state a worker mirrors, and the threads that compute on it. */
 export class Replica {
-  generation: number;
-  step: number;
+  /** The mirrored state: parameters, moments, generation and step, as the coordinator's TrainingState. */
+  readonly state: TrainingState;
   /** The current step's batch size (0 before its rows request) and the rows held: computed here or forwarded. */
   private batchRows = 0;
   private held: Range[] = [];
@@ -37,12 +39,19 @@ export class Replica {
   private appliedEarly = false;
   private constructor(
     readonly memory: TrainingMemory,
-    readonly workers: WorkerSet,
-    state: StateMessage,
+    readonly team: Team,
+    initial: StateMessage,
   ) {
-    this.generation = state.generation;
-    this.step = state.step;
-    this.load(state);
+    this.state = new TrainingState(memory);
+    this.load(initial);
+  }
+
+  get step(): number {
+    return this.state.step;
+  }
+
+  private get generation(): number {
+    return this.state.generation;
   }
 
   static async create(state: StateMessage, options: ReplicaOptions): Promise<Replica> {
@@ -50,8 +59,8 @@ export class Replica {
     const classes = state.spec.sizes[state.spec.sizes.length - 1];
     const dataset: Dataset = state.useLocalData && options.dataset ? options.dataset : emptyDataset(features, classes);
     const memory = createTrainingMemory(state.spec, dataset, state.batchSize, options.threads);
-    const workers = await createWorkers({ memory, engine: { engine: options.engine, device: options.device }, adam: state.adam }, options.threads);
-    return new Replica(memory, workers, state);
+    const team = await createTeam({ memory, engine: { engine: options.engine, device: options.device }, adam: state.adam }, options.threads);
+    return new Replica(memory, team, state);
   }
 
   fits(state: StateMessage): boolean {
@@ -60,20 +69,15 @@ export class Replica {
   }
 
   load(state: StateMessage): void {
-    const optimizer = optimizerMemoryOf(this.memory);
-    this.generation = state.generation;
-    this.step = state.step;
     // Rows held from before a reconnect belong to another connection's step: a fresh snapshot starts clean.
     this.batchRows = 0;
     this.held = [];
     this.appliedEarly = false;
-    optimizer.paramsOf(state.generation).set(state.params);
-    optimizer.firstMomentOf(state.generation).set(state.m);
-    optimizer.secondMomentOf(state.generation).set(state.v);
+    this.state.load(state, state.step, state.generation);
   }
 
   /** Takes the batch's samples, computes rows message.range, and returns them for the coordinator. */
-  async rows(message: RowsMessage): Promise<ToCoordinator> {
+  async rows(message: RowsMessage): Promise<RowsDone> {
     if (message.step !== this.step) throw new ProtocolError(`rows: step ${message.step} does not follow this replica's step ${this.step}`);
     const started = performance.now();
     const { batch: b, spec, train } = this.memory;
@@ -90,8 +94,8 @@ export class Replica {
       b.target.fill(0, r * classes, (r + 1) * classes);
       b.target[r * classes + message.labels[r]] = 1;
     }
-    const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
-    await this.workers.runPass(
+    const ranges = evenSplit(r1 - r0, this.team.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
+    await this.team.runPass(
       ranges.map((range) => ({ kind: 'rows', step: this.step, generation: this.generation, batch: message.batch, range, gather: false }) as Task),
     );
     this.batchRows = message.batch;
@@ -113,8 +117,8 @@ export class Replica {
   /** Copies rows [r0, …) into the batch buffers; compact ones (last delta only) get their other deltas rebuilt. */
   private async place([r0, r1]: Range, hidden: Float32Array[], deltas: Float32Array[]): Promise<void> {
     if (!placeBatchRows(this.memory, r0, hidden, deltas)) return;
-    const ranges = evenSplit(r1 - r0, this.workers.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
-    await this.workers.runPass(ranges.map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
+    const ranges = evenSplit(r1 - r0, this.team.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
+    await this.team.runPass(ranges.map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
   }
 
   /** Rows of this step another worker computed (this replica has their samples from its rows request). */
@@ -159,39 +163,34 @@ export class Replica {
 
   /** The weight pass and Adam over the rows in the batch buffers: the replica moves to the next step. */
   private async apply(batch: number): Promise<void> {
-    const units = unitAssignment(this.memory.spec.sizes.slice(1), this.workers.size);
-    const results = await this.workers.runPass(
-      units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch, units: u, slot }) as Task),
-    );
+    const results = await this.team.runPass(this.state.weightTasks(batch, this.team.size));
     if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
-    this.generation ^= 1;
-    this.step++;
+    this.state.commit();
     this.batchRows = 0;
     this.held = [];
   }
 
   checksum(): string {
-    return paramsSha256(optimizerMemoryOf(this.memory).paramsOf(this.generation));
+    return paramsSha256(this.state.params);
   }
 
   /** The replica's state, for a coordinator that does not apply the steps itself. */
-  state(step: number): ToCoordinator {
+  stateAt(step: number): ToCoordinator {
     // A step applied early left the state before it intact in the other generation.
     const back = this.appliedEarly && step === this.step - 1 ? 1 : 0;
     if (step !== this.step - back) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
-    const optimizer = optimizerMemoryOf(this.memory);
-    const generation = this.generation ^ back;
+    const { params, m, v } = this.state.arrays(this.generation ^ back);
     return {
       t: 'replicaState',
       step,
-      params: optimizer.paramsOf(generation),
-      m: optimizer.firstMomentOf(generation),
-      v: optimizer.secondMomentOf(generation),
+      params,
+      m,
+      v,
     };
   }
 
   close(): Promise<void> {
-    return this.workers.close();
+    return this.team.close();
   }
 }
 

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { paramLayout } from '../../model/spec.js';
 import { newNonce, proof, proofMatches } from './auth.js';
-import type { WorkerEvent, WorkerOptions } from './client.js';
+import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
 import { PROTOCOL_VERSION, ProtocolError, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
 import { Replica } from './replica.js';
@@ -81,7 +81,8 @@ const HANDLERS: Handlers = {
   },
 
   async rows(s, message) {
-    s.send(await s.replica.rows(message));
+    const rows = await s.replica.rows(message);
+    s.send(s.options.tamperRows ? s.options.tamperRows(rows) : rows);
     await s.applyIfComplete(message.step);
   },
 
@@ -97,7 +98,7 @@ const HANDLERS: Handlers = {
 
   check: (s, message) => s.send({ t: 'checksum', step: message.step, sha256: s.replica.checksum() }),
 
-  snapshot: (s, message) => s.send(s.replica.state(message.step)),
+  snapshot: (s, message) => s.send(s.replica.stateAt(message.step)),
 
   error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
 };

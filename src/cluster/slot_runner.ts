@@ -4,7 +4,8 @@
  * a whole step alone, the other deltas of rows received in compact form, and evaluation of some test rows.
  * The same code runs in the coordinator's process (--threads 1) and in every worker thread.
  */
-import { createEngine, type Engine, type EngineOptions, type LayerGradient } from '../engine/engine.js';
+import { createEngine } from '../engine/create.js';
+import type { Engine, EngineOptions, LayerGradient } from '../engine/engine.js';
 import { paramLayout, type ParamLayout } from '../model/spec.js';
 import { adamKernel, adamRange, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
 import { OptimizerMemory } from '../optim/optimizer_memory.js';
@@ -34,7 +35,7 @@ export interface TaskResult {
   nonFiniteLayers: number[];
 }
 
-export interface WorkerInit {
+export interface SlotInit {
   memory: TrainingMemory;
   engine: EngineOptions;
   adam: AdamOptions;
@@ -48,14 +49,14 @@ export interface WorkerInit {
 /** Test rows per engine call: bounds the scratch memory an evaluation needs. */
 const EVAL_CHUNK = 2048;
 
-export class StepWorker {
+export class SlotRunner {
   private readonly layout: ParamLayout;
   private readonly optimizer: OptimizerMemory;
   private readonly adam: AdamKernel;
   private loadedParams = '';
 
   private constructor(
-    private readonly init: WorkerInit,
+    private readonly init: SlotInit,
     private readonly engine: Engine,
   ) {
     this.layout = paramLayout(init.memory.spec);
@@ -63,8 +64,8 @@ export class StepWorker {
     this.adam = adamKernel(init.memory.optimizer);
   }
 
-  static async create(init: WorkerInit): Promise<StepWorker> {
-    return new StepWorker(init, await createEngine(init.memory.spec, init.engine));
+  static async create(init: SlotInit): Promise<SlotRunner> {
+    return new SlotRunner(init, await createEngine(init.memory.spec, init.engine));
   }
 
   get backend(): string {

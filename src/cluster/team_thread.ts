@@ -1,22 +1,22 @@
 /**
- * The entry point of each piscina worker thread. Its StepWorker is built once from the shared memory in
+ * The entry point of each piscina worker thread. Its SlotRunner is built once from the shared memory in
  * workerData; then the thread joins the team: it runs the task its slot is given in each pass published
  * in the team's control block (team.ts), until told to exit. A task carries only step numbers and ranges.
  */
 import { workerData } from 'node:worker_threads';
-import { StepWorker, type WorkerInit } from './step_worker.js';
-import { TeamControl } from './team.js';
+import { SlotRunner, type SlotInit } from './slot_runner.js';
+import { TeamControl } from './team_control.js';
 
-export interface TeamInit extends WorkerInit {
+export interface TeamThreadInit extends SlotInit {
   team: SharedArrayBuffer;
   slots: number;
 }
 
-let worker: Promise<StepWorker> | undefined;
+let worker: Promise<SlotRunner> | undefined;
 
 export default async function runTeamSlot({ slot, startSeq }: { slot: number; startSeq: number }): Promise<string> {
-  const init = workerData as TeamInit;
-  worker ??= StepWorker.create(init);
+  const init = workerData as TeamThreadInit;
+  worker ??= SlotRunner.create(init);
   const w = await worker;
   const team = new TeamControl(init.slots, init.memory.spec.sizes.length - 1, init.team);
   team.wake();

@@ -9,20 +9,20 @@
  */
 import { Piscina } from 'piscina';
 import { compiled } from '../paths.js';
-import type { Task, TaskResult, WorkerInit } from './step_worker.js';
-import { TeamControl } from './team.js';
-import type { TeamInit } from './thread_worker.js';
-import { LocalWorker, type WorkerSet } from './workers.js';
+import type { Task, TaskResult, SlotInit } from './slot_runner.js';
+import { TeamControl } from './team_control.js';
+import type { TeamThreadInit } from './team_thread.js';
+import { MainSlot, type Team } from './team.js';
 
 /** A slot whose thread died this many times in a row is not given a thread again. */
 const MAX_REJOINS = 3;
 
-export interface ThreadOptions {
+export interface ThreadTeamOptions {
   /** Compute threads in all, the coordinator's main thread included (at least 2). */
   threads: number;
 }
 
-export class ThreadWorkers implements WorkerSet {
+export class ThreadTeam implements Team {
   /** Tasks computed again by the main thread after their pool thread threw or died. */
   retries = 0;
   /** Slots whose pool thread is running its team loop. */
@@ -32,7 +32,7 @@ export class ThreadWorkers implements WorkerSet {
   private passes: Promise<unknown> = Promise.resolve();
 
   private constructor(
-    private readonly local: LocalWorker,
+    private readonly local: MainSlot,
     private readonly pool: Piscina,
     private readonly team: TeamControl,
     readonly size: number,
@@ -41,19 +41,19 @@ export class ThreadWorkers implements WorkerSet {
     this.deaths = new Array<number>(size).fill(0);
   }
 
-  static async create(init: WorkerInit, options: ThreadOptions): Promise<ThreadWorkers> {
+  static async create(init: SlotInit, options: ThreadTeamOptions): Promise<ThreadTeam> {
     const team = new TeamControl(options.threads, init.memory.spec.sizes.length - 1);
     const poolThreads = options.threads - 1;
     const pool = new Piscina({
       // Under vitest this module is TypeScript; worker threads always load the build.
-      filename: compiled('cluster/thread_worker.js'),
+      filename: compiled('cluster/team_thread.js'),
       minThreads: poolThreads,
       maxThreads: poolThreads,
       idleTimeout: Number.MAX_SAFE_INTEGER,
       concurrentTasksPerWorker: 1,
-      workerData: { ...init, team: team.buffer, slots: options.threads } satisfies TeamInit,
+      workerData: { ...init, team: team.buffer, slots: options.threads } satisfies TeamThreadInit,
     });
-    const workers = new ThreadWorkers(await LocalWorker.create(init), pool, team, options.threads);
+    const workers = new ThreadTeam(await MainSlot.create(init), pool, team, options.threads);
     // Every slot's engine is started before the first step, so that it does not pay for session creation.
     const joined = team.signal;
     for (let slot = 1; slot < options.threads; slot++) workers.join(slot, 0);

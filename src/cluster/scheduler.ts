@@ -12,12 +12,14 @@
  */
 import type { StateSnapshot } from './training_state.js';
 import type { Range } from './plan.js';
-import { microShards, shardGroups } from './plan.js';
-import type { RemoteHub, RemotePeer as RemoteWorker, HubEvent, SuspectRows } from './remote/hub.js';
+import { apportion, coalesce, microShards, shardGroups } from './plan.js';
+import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
+import { LOCAL, smooth, WorkLedger, type WorkShares } from './work_ledger.js';
+import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
-import type { EngineCapabilities, Task, TaskResult } from './step_worker.js';
+import type { EngineCapabilities, Task, TaskResult } from './slot_runner.js';
 import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
-import type { WorkerSet } from './workers.js';
+import type { Team } from './team.js';
 
 /** What a joining worker is sent: the committed state and what it needs to compute with it. */
 export type JoinState = StateSnapshot & Pick<StateMessage, 'spec' | 'batchSize' | 'adam'>;
@@ -44,10 +46,10 @@ export function chooseStepMode(localThreads: number, remoteWorkers: boolean): St
  * replicas apply this step), or the pass could not finish and the step is redone after the boundary —
  * nobody is left to compute, or suspect rows must be judged here on a state this process does not hold yet.
  */
-export type RowPassOutcome = { done: true; replicated: boolean } | { done: false; needs: 'participant' | 'state' };
+export type RowsOutcome = { done: true; replicated: boolean } | { done: false; needs: 'participant' | 'state' };
 
 interface RemoteJob {
-  worker: RemoteWorker;
+  worker: RemotePeer;
   rows: Range;
   shardRange: Range;
   sent: number;
@@ -57,7 +59,7 @@ interface RemoteJob {
 
 /** A worker's answer of non-finite rows (its micro-shards), held until this process has computed them too. */
 interface Suspect {
-  worker: RemoteWorker;
+  worker: RemotePeer;
   reason: string;
   shardRange: Range;
 }
@@ -77,19 +79,11 @@ export type ClusterEvent =
   | { type: 'replay'; from: number; to: number };
 
 /** Rows each participant computed and the time the coordinator waited on the network, per epoch. */
-export interface WorkShares {
-  rows: Record<string, number>;
-  networkWaitSeconds: number;
-}
 
-const LOCAL = 'local';
 
-export class Cluster {
-  /** Rows per millisecond of the local slots together, smoothed. */
-  private localSpeed = 0;
-  private shares = new Map<string, number>();
+export class Scheduler {
+  private readonly ledger = new WorkLedger();
   private prefetched?: Plan;
-  private networkWaitMs = 0;
   /**
    * Remote rows travel in compact form (activations and the last layer's delta; receivers rebuild the
    * other deltas): with replicated steps, where this process never runs a weight pass on remote rows, and
@@ -99,10 +93,11 @@ export class Cluster {
 
   constructor(
     private readonly memory: TrainingMemory,
-    readonly local: WorkerSet,
+    readonly local: Team,
     readonly mode: StepMode,
     private readonly hub: RemoteHub | undefined,
     private readonly onEvent: (event: ClusterEvent) => void,
+    private readonly verifier = new RowVerifier(0, 0),
   ) {
     this.compactRows = mode === 'replicated' && local.capabilities.compactRows;
   }
@@ -138,6 +133,21 @@ export class Cluster {
     this.hub?.admit(state);
   }
 
+  /** Remote workers that joined: ready, or authenticated and waiting for the state. */
+  remoteMembers(): number {
+    return (this.hub?.ready().length ?? 0) + (this.hub?.joining().length ?? 0);
+  }
+
+  /** Resolves when some worker authenticates, or after `ms` (false then). */
+  async waitForJoin(ms: number, reason: string): Promise<boolean> {
+    this.onEvent({ type: 'waiting', reason });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+    const joined = await Promise.race([this.hub!.waitForWorker().then(() => true), timeout]);
+    clearTimeout(timer);
+    return joined;
+  }
+
   /** Waits until some worker has authenticated (the trainer then admits it). */
   async waitForParticipant(step: number): Promise<void> {
     if (this.hasJoiners()) return;
@@ -152,7 +162,7 @@ export class Cluster {
    * batch buffers hold every row's loss, activations and deltas. `stateIsHere`: this process holds the
    * committed state, so rows a worker sent back non-finite can be judged here.
    */
-  async rowPass(step: number, generation: number, index: Int32Array, microBatch: number, stateIsHere: boolean): Promise<RowPassOutcome> {
+  async computeRows(step: number, generation: number, index: Int32Array, microBatch: number, stateIsHere: boolean): Promise<RowsOutcome> {
     const batch = index.length;
     this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
@@ -167,8 +177,11 @@ export class Cluster {
       plans = [];
       todo = coalesce([...todo, ...outcomes.flatMap((o) => o.failed)]);
       const suspects = outcomes.flatMap((o) => o.suspect);
-      if (suspects.length > 0 && !stateIsHere) return { done: false, needs: 'state' };
+      const accepted = outcomes.flatMap((o) => o.accepted);
+      const toVerify = accepted.some((a) => this.verifier.pick(step, a.shardRange).length > 0);
+      if ((suspects.length > 0 || toVerify) && !stateIsHere) return { done: false, needs: 'state' };
       if (suspects.length > 0) await this.judge(suspects, step, generation, batch, shards);
+      if (toVerify) todo = coalesce([...todo, ...(await this.verify(accepted, step, generation, batch, shards))]);
     }
     if (!this.rowsFinite(0, batch)) return { done: true, replicated: false };
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
@@ -176,7 +189,7 @@ export class Cluster {
   }
 
   /** The row pass of batch `index` on the local slots alone (a replay, or rows to recompute here). */
-  async localRows(step: number, generation: number, index: Int32Array, microBatch: number): Promise<void> {
+  async computeRowsHere(step: number, generation: number, index: Int32Array, microBatch: number): Promise<void> {
     this.memory.batch.index.set(index);
     await this.runLocalRows(step, generation, index.length, microShards(index.length, microBatch));
   }
@@ -191,9 +204,30 @@ export class Cluster {
       const rows = shards.slice(shardRange[0], shardRange[1]);
       const [r0, r1] = [rows[0][0], rows[rows.length - 1][1]];
       await this.runLocalRows(step, generation, batch, rows);
-      this.credit(LOCAL, r1 - r0);
+      this.ledger.credit(LOCAL, r1 - r0);
       if (this.rowsFinite(r0, r1)) this.hub!.reject(worker, `rowsDone: ${reason.replace(/^rowsDone: /, '')}, where this coordinator computes finite values`);
     }
+  }
+
+  /**
+   * --verify: computes here the drawn micro-shards of each participant's accepted rows and compares them bit
+   * for bit with what it sent; a participant that differs is dropped, and all its rows of the step are
+   * returned to be redone (the drawn ones already hold this process's values).
+   */
+  private async verify(accepted: AcceptedRows<RemotePeer>[], step: number, generation: number, batch: number, shards: Range[]): Promise<Range[]> {
+    const redo: Range[] = [];
+    for (const { peer, shardRange } of accepted) {
+      for (const s of this.verifier.pick(step, shardRange)) {
+        const theirs = rowsOf(this.memory, shards[s], this.compactRows);
+        await this.runLocalRows(step, generation, batch, [shards[s]]);
+        if (sameBits(theirs, rowsOf(this.memory, shards[s], this.compactRows))) continue;
+        const [r0, r1] = shards[s];
+        this.hub!.reject(peer, `--verify: its rows ${r0}–${r1 - 1} of step ${step} differ from this coordinator's own computation`);
+        redo.push(shardRange);
+        break;
+      }
+    }
+    return redo;
   }
 
   /** Whether batch rows [r0, r1) have a finite loss (non-finite activations or deltas make it so too). */
@@ -238,9 +272,10 @@ export class Cluster {
   private plan(step: number, batch: number, shards: Range[], [s0, s1]: Range, index: Int32Array): Plan {
     const remotes = this.hub?.ready() ?? [];
     // A newcomer is assumed as fast as the average so far: it gets work at once, and a measured speed.
-    const known = [...(this.localSpeed ? [this.localSpeed] : []), ...remotes.filter((w) => w.speed).map((w) => w.speed)];
+    const localSpeed = this.ledger.localSpeed;
+    const known = [...(localSpeed ? [localSpeed] : []), ...remotes.filter((w) => w.speed).map((w) => w.speed)];
     const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
-    const weights = [...(this.localComputes ? [this.localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
+    const weights = [...(this.localComputes ? [localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
     const counts = apportion(s1 - s0, weights);
     const plan: Plan = { step, batch, remote: [] };
     let next = s0;
@@ -264,18 +299,18 @@ export class Cluster {
    * Computes a plan's local part and collects its remote answers; returns the shard ranges to redo, and
    * those whose rows came back non-finite (to be checked here).
    */
-  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[] }> {
+  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[]; accepted: AcceptedRows<RemotePeer>[] }> {
     const started = performance.now();
     let localDone = started;
     if (plan.local) {
       const count = plan.local[plan.local.length - 1][1] - plan.local[0][0];
       await this.runLocalRows(plan.step, generation, plan.batch, plan.local);
       localDone = performance.now();
-      this.localSpeed = smooth(this.localSpeed, count / Math.max(0.01, localDone - started));
-      this.credit(LOCAL, count);
+      this.ledger.local(count, localDone - started);
     }
     const failed: Range[] = [];
     const suspect: Suspect[] = [];
+    const accepted: AcceptedRows<RemotePeer>[] = [];
     for (const job of plan.remote) {
       const done = await job.result;
       if (isSuspect(done)) {
@@ -290,10 +325,11 @@ export class Cluster {
       const count = job.rows[1] - job.rows[0];
       this.copyRows(done.range, done.rowLoss, done.hidden, done.deltas);
       job.worker.speed = smooth(job.worker.speed, count / Math.max(0.01, performance.now() - job.sent));
-      this.credit(job.worker.name, count);
+      this.ledger.credit(job.worker.name, count);
+      accepted.push({ peer: job.worker, shardRange: job.shardRange });
     }
-    if (plan.remote.length > 0) this.networkWaitMs += Math.max(0, performance.now() - localDone);
-    return { failed, suspect };
+    if (plan.remote.length > 0) this.ledger.waited(performance.now() - localDone);
+    return { failed, suspect, accepted };
   }
 
   private async runLocalRows(step: number, generation: number, batch: number, shards: Range[]): Promise<void> {
@@ -307,27 +343,22 @@ export class Cluster {
     gatherBatchRows(this.memory, [r0, r1], true);
   }
 
-  private credit(name: string, rows: number): void {
-    this.shares.set(name, (this.shares.get(name) ?? 0) + rows);
-  }
-
   /** Both passes of a step on the single local slot ('whole' mode). */
-  async stepPass(step: number, generation: number, index: Int32Array): Promise<TaskResult[]> {
+  async computeWholeStep(step: number, generation: number, index: Int32Array): Promise<TaskResult[]> {
     const batch = index.length;
     this.memory.batch.index.set(index);
     const started = performance.now();
     const results = await this.local.runPass([{ kind: 'step', step, generation, batch }]);
-    this.localSpeed = smooth(this.localSpeed, batch / Math.max(0.01, performance.now() - started));
-    this.credit(LOCAL, batch);
+    this.ledger.local(batch, performance.now() - started);
     return results;
   }
 
   /** Gradient reduction and Adam on the local slots: the state's weight tasks (TrainingState.weightTasks). */
-  weightPass(tasks: Task[]): Promise<TaskResult[]> {
+  applyWeights(tasks: Task[]): Promise<TaskResult[]> {
     return this.local.runPass(tasks);
   }
 
-  evalPass(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {
+  evaluate(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {
     return this.local.runPass(ranges.map((range) => ({ kind: 'eval', step, generation, range }) as Task));
   }
 
@@ -351,10 +382,7 @@ export class Cluster {
 
   /** Shares of the rows computed since the last call, and the time spent waiting on the network. */
   takeShares(): WorkShares {
-    const result = { rows: Object.fromEntries(this.shares), networkWaitSeconds: this.networkWaitMs / 1000 };
-    this.shares.clear();
-    this.networkWaitMs = 0;
-    return result;
+    return this.ledger.take();
   }
 
   async close(): Promise<void> {
@@ -365,35 +393,4 @@ export class Cluster {
 // By name: the remote module (and ws) is only loaded when the coordinator listens.
 function isSuspect(result: unknown): result is SuspectRows {
   return result instanceof Error && result.name === 'SuspectRows';
-}
-
-/** Shard ranges sorted, with adjacent ones merged. */
-function coalesce(ranges: Range[]): Range[] {
-  const merged: [number, number][] = [];
-  for (const [a, b] of [...ranges].sort((x, y) => x[0] - y[0])) {
-    const last = merged[merged.length - 1];
-    if (last && last[1] === a) last[1] = b;
-    else merged.push([a, b]);
-  }
-  return merged;
-}
-
-function smooth(previous: number, sample: number): number {
-  return previous === 0 ? sample : 0.7 * previous + 0.3 * sample;
-}
-
-/**
- * Splits n items in proportion to weights (largest remainder), deterministically. While there are at
- * least as many items as weights, everyone gets one: a slow participant gets less work, never none, so
- * its speed keeps being measured.
- */
-export function apportion(n: number, weights: number[]): number[] {
-  const floor = n >= weights.length ? 1 : 0;
-  const total = weights.reduce((a, b) => a + b, 0);
-  const exact = weights.map((w) => floor + ((n - floor * weights.length) * w) / total);
-  const counts = exact.map(Math.floor);
-  let left = n - counts.reduce((a, b) => a + b, 0);
-  const order = exact.map((e, i) => [e - Math.floor(e), i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
-  for (let k = 0; left > 0; k++, left--) counts[order[k % order.length][1]]++;
-  return counts;
 }
