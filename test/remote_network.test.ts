@@ -216,6 +216,15 @@ describe('a flood of strangers', () => {
     });
   }
 
+  /** FLOOD strangers, all at once (or in batches of what the descriptor limit allows). */
+  async function flood(url: string, sockets: WebSocket[]): Promise<{ code?: number; reason?: string }[]> {
+    const results = [];
+    for (let i = 0, n = batchSize(); i < FLOOD; i += n) {
+      results.push(...(await Promise.all(Array.from({ length: Math.min(n, FLOOD - i) }, () => stranger(url, sockets)))));
+    }
+    return results;
+  }
+
   it('1,000 connections at once while training: steps go on, at most 64 authenticate at once, each refused one hears why, memory stays bounded', async () => {
     const abort = new AbortController();
     const sockets: WebSocket[] = [];
@@ -225,7 +234,7 @@ describe('a flood of strangers', () => {
     let workerJoined = () => {};
     const joined = new Promise<void>((resolve) => (workerJoined = resolve));
     const refusedLines: number[] = [];
-    let flood: Promise<{ code?: number; reason?: string }[]> | undefined;
+    let strangers: Promise<{ code?: number; reason?: string }[]> | undefined;
     let heapBefore = 0;
     let heapPeak = 0;
     let stepsDuringFlood = 0;
@@ -248,24 +257,18 @@ describe('a flood of strangers', () => {
         if (step === 1) {
           heapBefore = process.memoryUsage().heapUsed;
           flooding = true;
-          flood = (async () => {
-            const results = [];
-            for (let i = 0, n = batchSize(); i < FLOOD; i += n) {
-              results.push(...(await Promise.all(Array.from({ length: Math.min(n, FLOOD - i) }, () => stranger(address, sockets)))));
-            }
-            return results;
-          })();
+          strangers = flood(address, sockets);
         }
         if (step >= 1) heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed);
         // The last step waits for every stranger to have been let in or turned away.
         if (step === 11) {
-          await flood;
+          await strangers;
           flooding = false;
           heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed);
         }
       },
     );
-    const results = await flood!;
+    const results = await strangers!;
     expect(summary.paramsSha256).toBe(await reference());
     expect(performance.now() - started).toBeLessThan(20_000);
     expect(stepsDuringFlood).toBeGreaterThan(0);
