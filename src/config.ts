@@ -8,7 +8,17 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { DEVICES, ENGINES, type Device, type EngineName } from './engine/engine.js';
 import { ACTIVATIONS, type Activation } from './model/spec.js';
-import { configUnreadable, incompatibleOptions, invalidConfigValue, invalidOption, unknownConfigKey, unknownOption, workerNeedsConnect } from './errors.js';
+import {
+  configUnreadable,
+  incompatibleOptions,
+  invalidConfigValue,
+  invalidOption,
+  MIN_TOKEN_BYTES,
+  tokenTooShort,
+  unknownConfigKey,
+  unknownOption,
+  workerNeedsConnect,
+} from './errors.js';
 
 type Kind =
   | { type: 'int'; min: number }
@@ -364,6 +374,7 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
   if (config.listen && !config.token && !isLoopback(config.listen)) {
     throw incompatibleOptions('token', { listen: config.listen });
   }
+  checkToken(config.token);
   return config;
 }
 
@@ -374,6 +385,7 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   if (given.connect === undefined) throw workerNeedsConnect();
   // Checked here, a mistyped URL is named as the option it is, before the worker loads an engine.
   if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
+  checkToken(given.token);
   const { maxFrameBytes: _, ...defaults } = WORKER_DEFAULTS;
   return { ...defaults, ...given, connect: given.connect };
 }
@@ -394,6 +406,15 @@ export function splitHostPort(listen: string): [string, number] {
   return [match[1] ?? match[2], Number(match[3])];
 }
 
+/**
+ * A token must be long enough that guessing it is hopeless: its HMAC proofs cross the wire, and anyone who
+ * records one can try candidate tokens offline as fast as they can hash. Both sides check, with one rule.
+ */
+function checkToken(token: string | null | undefined): void {
+  if (token !== null && token !== undefined && Buffer.byteLength(token) < MIN_TOKEN_BYTES) throw tokenTooShort(Buffer.byteLength(token));
+}
+
+/** Whether --listen's host is this machine only (then no token is required, and TLS adds nothing). */
 export function isLoopback(listen: string): boolean {
   const host = listen.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);

@@ -27,6 +27,8 @@ function clusterLine(e: Extract<TrainEvent, { type: 'cluster' }>['event']): stri
       return `- ${e.worker} left: ${e.reason}`;
     case 'rejected':
       return `! ${e.peer} rejected: ${e.reason}`;
+    case 'refused':
+      return `! refused ${e.count} connection${e.count === 1 ? '' : 's'}: ${e.reason}`;
     case 'waiting':
       return `… ${e.reason}`;
     case 'redo':
@@ -45,6 +47,7 @@ const HANDLERS: { [T in TrainEvent['type']]: Handler<T> } = {
     sink.line(`workers: ${e.workers}`);
     if (e.listening) sink.line(`listening for remote workers on ${e.listening}`);
   },
+  warning: (e, { sink }) => sink.line(`! warning: ${e.message}`),
   checkpoint: (e, out) => {
     if (e.action === 'skipped') {
       out.clear();

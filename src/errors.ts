@@ -39,6 +39,24 @@ export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWor
   }
 }
 
+/** The shortest token accepted, in UTF-8 bytes: 128 bits, as much as a random 22-character base64 string holds. */
+export const MIN_TOKEN_BYTES = 16;
+
+/** The token's length only, never the token: error messages end up in logs. */
+export function tokenTooShort(bytes: number): TypeError {
+  return new TypeError(
+    `option "token" must be at least ${MIN_TOKEN_BYTES} bytes (128 bits), got ${bytes} bytes: generate one with \`openssl rand -base64 24\` and give it with --token or DTRAIN_TOKEN`,
+  );
+}
+
+/**
+ * A warning, not an error: listening beyond loopback without TLS works, but the risk is the user's to
+ * take knowingly. The token itself is safe (only HMAC proofs cross the wire); what travels is not.
+ */
+export function plaintextListen(listen: string): string {
+  return `--listen ${listen} reaches beyond loopback without TLS: the token never crosses the wire, but rows and parameters travel in clear and anyone on the path can read or alter them; give --tls-cert and --tls-key to serve wss://`;
+}
+
 export function workerNeedsConnect(): TypeError {
   return new TypeError('dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)');
 }

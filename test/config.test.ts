@@ -62,8 +62,20 @@ describe('options', () => {
     );
     expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 0 })).not.toThrow();
     expect(() => resolveConfig({ listen: '[::1]:7000' })).not.toThrow();
-    expect(() => resolveConfig({ listen: '10.0.0.5:7000', token: 's3cret' })).not.toThrow();
+    expect(() => resolveConfig({ listen: '10.0.0.5:7000', token: 's3cret-s3cret-s3' })).not.toThrow();
     expect(() => resolveConfig({ tlsCert: 'cert.pem' })).toThrow(new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither'));
+  });
+
+  it('refuses a token shorter than 16 bytes of UTF-8 on either side, wherever it listens, without quoting it', () => {
+    const short = new TypeError(
+      'option "token" must be at least 16 bytes (128 bits), got 15 bytes: generate one with `openssl rand -base64 24` and give it with --token or DTRAIN_TOKEN',
+    );
+    expect(() => resolveConfig({ listen: '127.0.0.1:7000', token: 'x'.repeat(15) })).toThrow(short);
+    expect(() => resolveConfig({ listen: '0.0.0.0:7000', token: 'x'.repeat(15) })).toThrow(short);
+    expect(() => resolveWorkerConfig({ connect: 'ws://h:1', token: 'x'.repeat(15) })).toThrow(short);
+    // Bytes, not characters: 8 two-byte characters are 16 bytes.
+    expect(() => resolveConfig({ listen: '0.0.0.0:7000', token: 'é'.repeat(8) })).not.toThrow();
+    expect(() => resolveWorkerConfig({ connect: 'ws://h:1', token: 'x'.repeat(16) })).not.toThrow();
   });
 });
 

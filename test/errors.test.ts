@@ -6,6 +6,11 @@ const cases: [string, Error, string, string?][] = [
   ['invalidOption', errors.invalidOption('threads', 'a non-negative integer', '-1'), 'option "threads" must be a non-negative integer, got "-1"'],
   ['unknownOption', errors.unknownOption('thread', ['threads', 'epochs']), 'unknown option "thread" (known options: threads, epochs)'],
   ['incompatibleOptions microBatch', errors.incompatibleOptions('microBatch', { microBatch: 128, batchSize: 64 }), 'option "microBatch" (128) must not exceed "batchSize" (64)'],
+  [
+    'tokenTooShort',
+    errors.tokenTooShort(11),
+    'option "token" must be at least 16 bytes (128 bits), got 11 bytes: generate one with `openssl rand -base64 24` and give it with --token or DTRAIN_TOKEN',
+  ],
   ['workerNeedsConnect', errors.workerNeedsConnect(), 'dtrain worker needs --connect ws://HOST:PORT (the coordinator started with --listen)'],
   ['unknownConfigKey', errors.unknownConfigKey('c.json', 'epoch', ['epochs']), 'c.json: unknown key "epoch" (known keys: epochs)'],
   ['invalidConfigValue', errors.invalidConfigValue('c.json', 'lr', 'a positive number', 'fast'), 'c.json: key "lr" must be a positive number, got "fast"'],
@@ -70,6 +75,15 @@ const cases: [string, Error, string, string?][] = [
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
 ];
 
+// Warnings: printed, not thrown, and pinned the same way.
+const warnings: [string, string, string][] = [
+  [
+    'plaintextListen',
+    errors.plaintextListen('0.0.0.0:7070'),
+    '--listen 0.0.0.0:7070 reaches beyond loopback without TLS: the token never crosses the wire, but rows and parameters travel in clear and anyone on the path can read or alter them; give --tls-cert and --tls-key to serve wss://',
+  ],
+];
+
 describe('error messages', () => {
   it.each(cases)('%s', (_, error, message, code) => {
     expect(error.message).toBe(message);
@@ -78,8 +92,13 @@ describe('error messages', () => {
     else expect(error).toBeInstanceOf(TypeError);
   });
 
+  it.each(warnings)('warning %s', (_, warning, message) => {
+    expect(warning).toBe(message);
+    expect(warning).not.toContain('\n');
+  });
+
   it('covers every factory', () => {
     const factories = Object.keys(errors).filter((k) => typeof (errors as Record<string, unknown>)[k] === 'function' && !['DtrainError', 'show'].includes(k));
-    expect(factories.sort()).toEqual([...new Set(cases.map(([name]) => name.split(' ')[0]))].sort());
+    expect(factories.sort()).toEqual([...new Set([...cases, ...warnings].map(([name]) => name.split(' ')[0]))].sort());
   });
 });

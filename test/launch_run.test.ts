@@ -40,16 +40,16 @@ describe('dtrain run: what each rank does', () => {
       'dtrain run: rank 0 listens on 0.0.0.0:29501, beyond loopback, so the ranks need a shared token: set DTRAIN_TOKEN or give --token-file FILE',
     );
     expect(() => planLaunch({}, SLURM(3), noToken)).toThrow(/so the ranks need a shared token/);
-    expect(planLaunch({}, { ...SLURM(0), DTRAIN_TOKEN: 'from env' }, noToken)).toMatchObject({ train: { listen: '0.0.0.0:29501', token: 'from env', minWorkers: 3 } });
+    expect(planLaunch({}, { ...SLURM(0), DTRAIN_TOKEN: 'from env, 16+ bytes' }, noToken)).toMatchObject({ train: { listen: '0.0.0.0:29501', token: 'from env, 16+ bytes', minWorkers: 3 } });
     const worker = planLaunch({ tokenFile: '/run/secrets/dtrain/token' }, { ...SLURM(3), DTRAIN_TOKEN: 'not this one' }, (file) => `secret of ${file}`);
     expect(worker).toMatchObject({ worker: { connect: 'ws://cn07:29501', token: 'secret of /run/secrets/dtrain/token', rank: 3 } });
   });
 
   it('takes --port, --host, --coordinator, --service and --world-size over what the environment says', () => {
-    expect(planLaunch({ port: 4000, host: '10.1.2.3' }, { ...SLURM(0), DTRAIN_TOKEN: 't' }, noToken)).toMatchObject({ train: { listen: '10.1.2.3:4000' } });
+    expect(planLaunch({ port: 4000, host: '10.1.2.3' }, { ...SLURM(0), DTRAIN_TOKEN: 'a token of 16+ bytes' }, noToken)).toMatchObject({ train: { listen: '10.1.2.3:4000' } });
     expect(planLaunch({ coordinator: 'localhost' }, { OMPI_COMM_WORLD_RANK: '1', OMPI_COMM_WORLD_SIZE: '2' }, noToken)).toMatchObject({ worker: { connect: 'ws://127.0.0.1:29501' } });
-    expect(planLaunch({ coordinator: 'fd00::1' }, { ...SLURM(1), DTRAIN_TOKEN: 't' }, noToken)).toMatchObject({ worker: { connect: 'ws://[fd00::1]:29501' } });
-    const pod = planLaunch({ service: 'ranks', worldSize: 4 }, { ...K8S(1), DTRAIN_SERVICE: 'other', DTRAIN_TOKEN: 't' }, noToken);
+    expect(planLaunch({ coordinator: 'fd00::1' }, { ...SLURM(1), DTRAIN_TOKEN: 'a token of 16+ bytes' }, noToken)).toMatchObject({ worker: { connect: 'ws://[fd00::1]:29501' } });
+    const pod = planLaunch({ service: 'ranks', worldSize: 4 }, { ...K8S(1), DTRAIN_SERVICE: 'other', DTRAIN_TOKEN: 'a token of 16+ bytes' }, noToken);
     expect(pod).toMatchObject({ worker: { connect: 'ws://mnist-0.ranks:29501', rank: 1 } });
     expect(pod.summary).toBe(
       'dtrain run: Kubernetes Indexed Job (JOB_COMPLETION_INDEX=1, DTRAIN_WORLD_SIZE=4, DTRAIN_SERVICE=ranks, HOSTNAME=mnist-1): rank 1 of 4: a worker of the coordinator at ws://mnist-0.ranks:29501',

@@ -131,7 +131,7 @@ describe('dtrain run under real launchers', () => {
       const { dir: runDir, args } = runArgs(await freePort());
       const log = join(dir, 'job.out');
       const sbatch = ['--wait', '--time=5', '--nodes=1', '--ntasks-per-node=3', '--cpus-per-task=1', '--overcommit', `--output=${log}`];
-      const result = await launch('sbatch', [...sbatch, 'examples/slurm.sbatch', ...args.slice(1)], cleanEnv({ SLURM_CONF: conf, DTRAIN_TOKEN: 'slurm job' }));
+      const result = await launch('sbatch', [...sbatch, 'examples/slurm.sbatch', ...args.slice(1)], cleanEnv({ SLURM_CONF: conf, DTRAIN_TOKEN: 'slurm job token, 16+ bytes' }));
       await expectReference({ code: result.code, output: result.output + readFileSync(log, 'utf8') }, runDir, 'Slurm');
     });
   });
@@ -141,7 +141,7 @@ describe('dtrain run in a launcher\'s environment, set by hand', () => {
   it('Slurm on several nodes: rank 0 is the first host of the compressed SLURM_JOB_NODELIST, and the token comes from DTRAIN_TOKEN', async () => {
     const port = await freePort();
     const { dir, args } = runArgs(port, '--host', '127.0.0.1');
-    const job = { SLURM_JOB_ID: '42', SLURM_STEP_ID: '0', SLURM_NTASKS: '3', SLURM_JOB_NODELIST: 'gpu[07-09]', SLURM_NNODES: '3', DTRAIN_TOKEN: 'slurm secret', DTRAIN_TEST_HOSTS: 'gpu07' };
+    const job = { SLURM_JOB_ID: '42', SLURM_STEP_ID: '0', SLURM_NTASKS: '3', SLURM_JOB_NODELIST: 'gpu[07-09]', SLURM_NNODES: '3', DTRAIN_TOKEN: 'slurm secret, 16+ bytes', DTRAIN_TEST_HOSTS: 'gpu07' };
     const results = await Promise.all([0, 1, 2].map((r) => rank(args, { ...job, SLURM_PROCID: String(r), SLURM_LOCALID: '0' })));
     const output = results.map((r) => r.output).join('');
     expect(output).toContain(`rank 2 of 3, local rank 0: a worker of the coordinator at ws://gpu07:${port}`);
@@ -150,7 +150,7 @@ describe('dtrain run in a launcher\'s environment, set by hand', () => {
 
   it('a Kubernetes Indexed Job: rank 0 is <job>-0.<service>, the token a mounted Secret (--token-file)', async () => {
     const secret = join(out, 'token');
-    writeFileSync(secret, 'k8s secret\n');
+    writeFileSync(secret, 'k8s secret, 16+ bytes\n');
     const port = await freePort();
     const { dir, args } = runArgs(port, '--host', '127.0.0.1', '--service', 'dtrain-ranks', '--token-file', secret);
     const pod = (index: number) => ({ JOB_COMPLETION_INDEX: String(index), HOSTNAME: `dtrain-mnist-${index}`, DTRAIN_WORLD_SIZE: '3', DTRAIN_TEST_HOSTS: 'dtrain-mnist-0.dtrain-ranks' });

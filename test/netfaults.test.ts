@@ -19,7 +19,7 @@ const out = mkdtempSync(join(tmpdir(), 'dtrain-netfaults-'));
 // 145 samples: 2 full batches and a short one an epoch; 3 epochs, 9 steps.
 const BASE: Partial<TrainConfig> = { trainSamples: 145, testSamples: 100, epochs: 3, logEvery: 1000 };
 /** Beyond loopback the coordinator requires a token (the workers read it from DTRAIN_TOKEN). */
-const TOKEN = 'netfaults';
+const TOKEN = 'netfaults-token-of-16+-bytes';
 /** The link of worker 0 goes down just before this step: a full batch of the first epoch, both workers in. */
 const CUT_STEP = 1;
 

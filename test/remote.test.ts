@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
+import { train, type TrainConfig } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { listCheckpoints, readCheckpoint } from '../src/train/checkpoint.js';
@@ -13,12 +13,9 @@ import { newNonce, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { PROTOCOL_VERSION, type RowsDone } from '../src/cluster/remote/messages.js';
 import { missingRanges } from '../src/cluster/plan.js';
+import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
-const out = mkdtempSync(join(tmpdir(), 'dtrain-remote-'));
-let runs = 0;
-// 145 samples: 2 full batches and a short one with a 1-row micro-shard, twice.
-const BASE: Partial<TrainConfig> = { trainSamples: 145, testSamples: 100, epochs: 2, logEvery: 1000, heartbeatMs: 500 };
 const children: ChildProcess[] = [];
 afterEach(() => {
   for (const c of children.splice(0)) c.kill('SIGKILL');
@@ -30,24 +27,6 @@ function workerProcess(url: string, ...args: string[]): ChildProcess {
   return child;
 }
 
-/** A coordinator run; `onReady` gets the ws:// URL once it listens, `onEvent` every event. */
-async function coordinator(
-  config: Partial<TrainConfig>,
-  onReady: (url: string) => void,
-  onEvent: (e: TrainEvent) => void = () => {},
-  beforeStep?: (step: number) => Promise<void> | void,
-) {
-  return train(
-    { ...BASE, listen: '127.0.0.1:0', out: join(out, String(runs++)), ...config },
-    { onListening: ({ port }) => onReady(`ws://127.0.0.1:${port}`), onEvent, beforeStep },
-  );
-}
-
-/** paramsSha256 of a run with local threads, computed once. */
-function referenceHash(config: Partial<TrainConfig>, name: string): () => Promise<string> {
-  let hash: Promise<string> | undefined;
-  return () => (hash ??= train({ ...BASE, ...config, out: join(out, name) }).then((s) => s.paramsSha256));
-}
 const reference = referenceHash({ threads: 2 }, 'reference');
 const reference3 = referenceHash({ threads: 2, epochs: 3 }, 'reference3');
 
@@ -321,13 +300,27 @@ describe('hostile peers', () => {
 
   it('refuses a frame above the size limit in ws itself', async () => {
     let closeCode = 0;
-    const { summary } = await withHostile((url) => {
+    const { summary } = await withHostile((url) =>
+      rawPeer(url, TOKEN, (m, ws) => {
+        if (m.t !== 'welcome') return;
+        ws.on('close', (code) => (closeCode = code));
+        ws.send(Buffer.alloc(16 << 20));
+      }),
+    );
+    expect(closeCode).toBe(1009);
+    expect(summary.paramsSha256).toBe(await reference2());
+  });
+
+  it('cuts off a stranger that sends more than 64 KiB before authenticating', async () => {
+    const closed: [number, string][] = [];
+    const { summary, rejections } = await withHostile((url) => {
       const ws = new WebSocket(url);
-      ws.on('open', () => ws.send(Buffer.alloc(16 << 20)));
-      ws.on('close', (code) => (closeCode = code));
+      ws.on('open', () => ws.send(Buffer.alloc(1 << 20)));
+      ws.on('close', (code, reason) => closed.push([code, String(reason)]));
       ws.on('error', () => {});
     });
-    expect(closeCode).toBe(1009);
+    expect(rejections).toEqual(['sent more than 65536 bytes before authenticating']);
+    expect(closed).toEqual([[1008, 'sent more than 65536 bytes before authenticating']]);
     expect(summary.paramsSha256).toBe(await reference2());
   });
 
@@ -383,7 +376,7 @@ describe('the coordinator survives its own handlers failing', () => {
     const dataset = syntheticDataset(8, 8, 4, 3);
     const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), dataset, 4, 1);
     const events: string[] = [];
-    const options = { host: '127.0.0.1', port: 0, engine: 'onnx', datasetSha256: dataset.sha256, heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 1000 };
+    const options = { host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', datasetSha256: dataset.sha256, heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 1000 };
     const hub = new RemoteHub(options, memory, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : ''}`));
     const { port } = await hub.start();
     (hub as unknown as { receive: () => void }).receive = () => {
@@ -505,6 +498,14 @@ describe('rows a replica still lacks', () => {
 });
 
 describe('TLS', () => {
+  const TLS_TOKEN = 'a token of 16+ bytes';
+
+  it('warns, once and in one line, when it listens beyond loopback without TLS', async () => {
+    const warnings: string[] = [];
+    await train({ ...BASE, threads: 1, steps: 1, listen: '0.0.0.0:0', token: TLS_TOKEN, out: join(out, 'plaintext') }, { onEvent: (e) => e.type === 'warning' && warnings.push(e.message) });
+    expect(warnings).toEqual([expect.stringMatching(/^--listen 0\.0\.0\.0:0 reaches beyond loopback without TLS: .*rows and parameters travel in clear/)]);
+  });
+
   it('serves wss:// that a worker trusting the certificate joins, and a worker without it cannot', async () => {
     const { execFileSync } = await import('node:child_process');
     const dir = mkdtempSync(join(tmpdir(), 'dtrain-tls-'));
@@ -515,12 +516,12 @@ describe('TLS', () => {
     const abort = new AbortController();
     const untrusted: string[] = [];
     const summary = await train(
-      { ...BASE, threads: 0, listen: '127.0.0.1:0', tlsCert: cert, tlsKey: key, token: 't', out: join(out, 'tls') },
+      { ...BASE, threads: 0, listen: '127.0.0.1:0', tlsCert: cert, tlsKey: key, token: TLS_TOKEN, out: join(out, 'tls') },
       {
         onListening: ({ port }) => {
           const url = `wss://127.0.0.1:${port}`;
-          void runWorker({ connect: url, token: 't', maxRetries: 1, onEvent: (e) => e.type === 'error' && untrusted.push(e.message) }).catch(() => {});
-          void runWorker({ connect: url, token: 't', ca: cert, signal: abort.signal });
+          void runWorker({ connect: url, token: TLS_TOKEN, maxRetries: 1, onEvent: (e) => e.type === 'error' && untrusted.push(e.message) }).catch(() => {});
+          void runWorker({ connect: url, token: TLS_TOKEN, ca: cert, signal: abort.signal });
         },
       },
     );
@@ -554,7 +555,7 @@ describe('--min-workers', () => {
   it('names the ranks of a launched job that have not joined (each worker says its rank in its hello)', async () => {
     const abort = new AbortController();
     const run = train(
-      { ...BASE, threads: 1, listen: '127.0.0.1:0', minWorkers: 3, joinTimeoutMs: 1500, out: join(out, String(runs++)) },
+      { ...BASE, threads: 1, listen: '127.0.0.1:0', minWorkers: 3, joinTimeoutMs: 1500, out: join(out, 'ranks-missing') },
       { expectedRanks: [1, 2, 3], onListening: ({ port }) => void runWorker({ connect: `ws://127.0.0.1:${port}`, rank: 2, signal: abort.signal }) },
     );
     await expect(run).rejects.toThrow(

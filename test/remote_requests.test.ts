@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { PROTOCOL_VERSION, type ReplicaState, type RowsDone } from '../src/cluster/remote/messages.js';
+import { PROTOCOL_VERSION, ProtocolError, type ReplicaState, type RowsDone } from '../src/cluster/remote/messages.js';
 import { Pending } from '../src/cluster/remote/requests.js';
 import { validateFromCoordinator, validateFromWorker } from '../src/cluster/remote/validation.js';
 
@@ -67,7 +67,7 @@ describe("the hub's one request mechanism (Pending)", () => {
 });
 
 describe('validation tables', () => {
-  const view = { spec: undefined, batchSize: 0, params: 0, features: 0 };
+  const view = { welcomed: false, spec: undefined, batchSize: 0, params: 0, features: 0 };
   const hello = { t: 'hello', protocol: PROTOCOL_VERSION, mac: new Uint8Array(0), nonce: new Uint8Array(32), engine: 'onnx', device: 'cpu', backend: 'b', threads: 1, dataSha256: '' };
 
   it('takes a hello with a rank (a launched job\'s) or without one, and nothing else in its place', () => {
@@ -81,5 +81,11 @@ describe('validation tables', () => {
   it.each(['nope', 'constructor', 'toString', '__proto__', 'hasOwnProperty'])('refuses message type %j on both sides as unknown', (t) => {
     expect(() => validateFromWorker({ t }, undefined)).toThrow(`unknown message type ${JSON.stringify(t)}`);
     expect(() => validateFromCoordinator({ t }, view)).toThrow(`unknown message type ${JSON.stringify(t)}`);
+  });
+
+  it('takes nothing past the handshake from the coordinator before its welcome proved it knows the token', () => {
+    expect(() => validateFromCoordinator({ t: 'check', step: 0 }, view)).toThrow(new ProtocolError('check: sent before the welcome'));
+    expect(validateFromCoordinator({ t: 'check', step: 0 }, { ...view, welcomed: true })).toEqual({ t: 'check', step: 0 });
+    expect(validateFromCoordinator({ t: 'error', message: 'bye' }, view)).toEqual({ t: 'error', message: 'bye' });
   });
 });

@@ -2,6 +2,7 @@
 import type { ClusterEvent } from '../cluster/scheduler.js';
 import type { WorkShares } from '../cluster/work_ledger.js';
 import type { Team } from '../cluster/team.js';
+import type { AdmissionStats } from '../cluster/remote/admission.js';
 import type { Dataset } from '../data/datasets.js';
 import type { EpochResult, RunSummary } from '../report/summary.js';
 
@@ -11,6 +12,8 @@ export type TrainEvent =
   | { type: 'log'; epoch: number; loss: number; current: number; size: number }
   | { type: 'epoch'; result: EpochResult; shares: WorkShares }
   | { type: 'cluster'; event: ClusterEvent | { type: 'diverged'; workers: string[] } }
+  /** A risk the run takes knowingly (listening beyond loopback without TLS): one line, printed with "!". */
+  | { type: 'warning'; message: string }
   | { type: 'checkpoint'; action: 'written' | 'resumed'; file: string; step: number }
   | { type: 'checkpoint'; action: 'skipped'; file: string; reason: string }
   /** A resumed run whose steps or epochs were all done already: nothing is trained. */
@@ -25,8 +28,11 @@ export interface TrainOptions {
   dataset?: Dataset;
   /** Called once the local workers are up, with the set (tests use it to inject faults). */
   onTeam?: (workers: Team) => void;
-  /** Called once the coordinator listens, with its address (tests connect workers to it). */
-  onListening?: (address: { host: string; port: number }) => void;
+  /**
+   * Called once the coordinator listens, with its address (tests connect workers to it) and its live
+   * connection counts (how many authenticate now, the most at once, how many were turned away).
+   */
+  onListening?: (address: { host: string; port: number; connections: AdmissionStats }) => void;
   /**
    * Awaited before every step, with the step about to run (to pace or coordinate a run from outside); the
    * time it takes is not counted as training time.

@@ -4,9 +4,9 @@
  * scheduler) and what is written after the last (checkpoints along the way; summary, plot and export).
  */
 import { join } from 'node:path';
-import { resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
+import { isLoopback, resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
-import { checkpointMismatch, resumeConflict } from '../errors.js';
+import { checkpointMismatch, plaintextListen, resumeConflict } from '../errors.js';
 import { initParams } from '../model/init.js';
 import { describeSpec, makeSpec, paramLayout, type ModelSpec } from '../model/spec.js';
 import { ADAM_DEFAULTS, type AdamOptions } from '../optim/adam.js';
@@ -76,7 +76,7 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
   try {
     const address = await hub.start();
     const host = address.address.includes(':') ? `[${address.address}]` : address.address;
-    options.onListening?.({ host: address.address, port: address.port });
+    options.onListening?.({ host: address.address, port: address.port, connections: hub.connections });
     const listening = `${config.tlsCert ? 'wss' : 'ws'}://${host}:${address.port}`;
     return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true), hub, onEvent, new RowVerifier(config.verify, config.seed)), listening };
   } catch (e) {
@@ -141,6 +141,7 @@ export class RunSession {
       workers: scheduler.description,
       listening,
     });
+    if (config.listen && !config.tlsCert && !isLoopback(config.listen)) emit({ type: 'warning', message: plaintextListen(config.listen) });
     if (checkpoint) emit({ type: 'checkpoint', action: 'resumed', file: checkpoint.file, step: checkpoint.header.step });
     return session;
   }

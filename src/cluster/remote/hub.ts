@@ -9,11 +9,12 @@
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
-import { WebSocketServer, type WebSocket } from 'ws';
+import type { AddressInfo, Socket } from 'node:net';
+import { WebSocketServer, type ServerOptions, type WebSocket } from 'ws';
 import { mixedDevices } from '../../errors.js';
 import { missingRanges, type Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
+import { Admission, ADMISSION_DEFAULTS, MAX_UNAUTHENTICATED_BYTES, RefusalLog, type AdmissionOptions, type AdmissionStats } from './admission.js';
 import { proof, proofMatches } from './auth.js';
 import { closeReason, decodeRaw, encode, maxFrameBytes } from './codec.js';
 import {
@@ -35,7 +36,8 @@ import { validateFromWorker, type CoordinatorView } from './validation.js';
 
 export { RemotePeer, SuspectRows } from './peer.js';
 
-export interface HubOptions {
+/** The admission control's settings (admission.ts) are optional: ADMISSION_DEFAULTS fill what is not given. */
+export interface HubOptions extends Partial<AdmissionOptions> {
   host: string;
   port: number;
   token?: string;
@@ -61,7 +63,15 @@ export interface HubOptions {
 export type HubEvent =
   | { type: 'joined'; worker: string; backend: string; threads: number }
   | { type: 'left'; worker: string; reason: string }
-  | { type: 'rejected'; peer: string; reason: string };
+  | { type: 'rejected'; peer: string; reason: string }
+  /** Connections turned away before authenticating: the first of a burst at once, then one line a second. */
+  | { type: 'refused'; count: number; reason: string };
+
+/**
+ * How long a peer that was told to go gets to complete the closing handshake before its socket is
+ * destroyed (ws waits 30 s by default: a stranger that never answers would hold its socket that long).
+ */
+const CLOSE_GRACE_MS = 2000;
 
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
@@ -73,16 +83,28 @@ export class RemoteHub {
   private nextId = 1;
   private readonly peers = new Map<number, RemotePeer>();
   private waiters: (() => void)[] = [];
+  /** Sockets of strangers told to go, until they are gone (hangUp). */
+  private readonly hungUp = new Set<Socket>();
   /** Bytes of every frame sent or received, over all peers, since the start. */
   bytesMoved = 0;
   /** Every engine/device a worker joined with, for summary.json (more than the run's own only with allowMixedDevices). */
   readonly kinds = new Set<string>();
+  private readonly admission: Admission;
+  private readonly refusals = new RefusalLog((count, reason) => this.report({ type: 'refused', count, reason }));
 
   constructor(
     private readonly options: HubOptions,
     private readonly memory: TrainingMemory,
     private readonly onEvent: (event: HubEvent) => void,
-  ) {}
+  ) {
+    const keys = Object.keys(ADMISSION_DEFAULTS) as (keyof AdmissionOptions)[];
+    this.admission = new Admission(Object.fromEntries(keys.map((k) => [k, options[k] ?? ADMISSION_DEFAULTS[k]])) as unknown as AdmissionOptions);
+  }
+
+  /** Connections authenticating now, the most there were at once, and how many were turned away. */
+  get connections(): AdmissionStats {
+    return this.admission.stats;
+  }
 
   // ---------------------------------------------------------------- listening
 
@@ -91,10 +113,18 @@ export class RemoteHub {
     const { tlsCert, tlsKey } = this.options;
     this.server = tlsCert && tlsKey ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }) : createHttpServer();
     // Workers send rows, replica states when asked, and small control messages: anything larger is refused by ws itself.
-    this.wss = new WebSocketServer({ server: this.server, maxPayload: maxFrameBytes(this.memory.spec, this.memory.batchSize) });
+    // closeTimeout is ws's (8.23 has it), not yet in its type definitions.
+    const serverOptions: ServerOptions & { closeTimeout: number } = {
+      server: this.server,
+      maxPayload: maxFrameBytes(this.memory.spec, this.memory.batchSize),
+      closeTimeout: CLOSE_GRACE_MS,
+    };
+    this.wss = new WebSocketServer(serverOptions);
     this.wss.on('connection', (ws, req) => {
       try {
-        this.accept(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+        const refusal = this.admission.admit(req.socket.remoteAddress ?? 'unknown');
+        if (refusal) this.turnAway(ws, req.socket, refusal);
+        else this.accept(ws, req.socket);
       } catch (e) {
         ws.terminate();
         this.report({ type: 'rejected', peer: String(req.socket.remoteAddress), reason: `internal error on connection: ${(e as Error).message}` });
@@ -113,6 +143,8 @@ export class RemoteHub {
 
   async close(): Promise<void> {
     clearInterval(this.heartbeat);
+    this.refusals.close();
+    for (const socket of this.hungUp) socket.destroy();
     for (const peer of this.peers.values()) {
       peer.ws.close(RUN_FINISHED, 'run finished');
       this.drop(peer, 'coordinator finished');
@@ -132,10 +164,37 @@ export class RemoteHub {
 
   // ---------------------------------------------------------------- one connection
 
-  private accept(ws: WebSocket, address: string): void {
-    const peer = new RemotePeer(this.nextId++, ws, address);
+  /** A connection admission control refused (admission.ts): told why, and logged without flooding the log. */
+  private turnAway(ws: WebSocket, socket: Socket, reason: string): void {
+    ws.on('error', () => {});
+    this.hangUp(ws, socket, 1013, reason);
+    this.refusals.add(reason);
+  }
+
+  /**
+   * Closes a connection that never authenticated without reading it any further: the close frame with
+   * the reason, then the end of the stream. Nothing it sends after is buffered (otherwise up to a whole
+   * frame of the size limit, for as long as the close grace), and the peer sees the close at once; its
+   * socket is destroyed at the end of the close grace, or when the hub closes.
+   */
+  private hangUp(ws: WebSocket, socket: Socket, code: number, reason: string): void {
+    ws.close(code, closeReason(reason));
+    ws.pause();
+    socket.end();
+    this.hungUp.add(socket);
+    socket.once('close', () => this.hungUp.delete(socket));
+  }
+
+  private accept(ws: WebSocket, socket: Socket): void {
+    const peer = new RemotePeer(this.nextId++, ws, socket);
     this.peers.set(peer.id, peer);
     const on = <A extends unknown[]>(what: string, handler: (...args: A) => void) => this.guarded(peer, what, handler);
+    // Until it authenticated a peer may send only a few frames' worth: a hello is a few hundred bytes.
+    const limitInput = on('data', () => {
+      if (!peer.holdsAuthSlot) return void socket.off('data', limitInput);
+      if (socket.bytesRead > MAX_UNAUTHENTICATED_BYTES) this.reject(peer, `sent more than ${MAX_UNAUTHENTICATED_BYTES} bytes before authenticating`);
+    });
+    socket.on('data', limitInput);
     ws.on('pong', on('pong', () => (peer.isAlive = true)));
     ws.on('message', on('message', (data: Buffer | Buffer[], isBinary: boolean) => this.receive(peer, data, isBinary)));
     ws.on('close', on('close', (code: number, reason: Buffer) => this.drop(peer, `connection closed (${code}${reason.length ? ` ${reason}` : ''})`)));
@@ -248,6 +307,8 @@ export class RemoteHub {
   private authenticate(peer: RemotePeer, hello: Hello): void {
     const token = this.options.token;
     if (token && !proofMatches(token, 'worker', peer.challenge, hello.mac)) throw new ProtocolError('authentication failed: wrong or missing token');
+    // It proved the token: whatever else is wrong with it is a configuration error, not an attack.
+    this.release(peer, true);
     const [ours, theirs] = [`${this.options.engine}/${this.options.device}`, `${hello.engine}/${hello.device}`];
     if (theirs !== ours && !this.options.allowMixedDevices) throw new ProtocolError(mixedDevices(ours, theirs).message);
     this.kinds.add(theirs);
@@ -264,7 +325,7 @@ export class RemoteHub {
     for (const wake of this.waiters.splice(0)) wake();
   }
 
-  /** Disconnects a peer with a reason (logged as a rejection). */
+  /** Disconnects a peer with a reason (logged as a rejection); a stranger is hung up on (hangUp). */
   reject(worker: RemotePeer, reason: string): void {
     if (worker.status === 'closed') return;
     this.report({ type: 'rejected', peer: worker.name, reason });
@@ -273,8 +334,17 @@ export class RemoteHub {
     } catch {
       // the socket may already be gone
     }
-    worker.ws.close(1008, closeReason(reason));
+    if (worker.holdsAuthSlot) this.hangUp(worker.ws, worker.socket, 1008, reason);
+    else worker.ws.close(1008, closeReason(reason));
     this.drop(worker, reason);
+  }
+
+  /** Gives back a peer's admission slot, once: it authenticated, or it failed to (counted against its address). */
+  private release(peer: RemotePeer, authenticated: boolean): void {
+    if (!peer.holdsAuthSlot) return;
+    peer.holdsAuthSlot = false;
+    const blocked = this.admission.settle(peer.ip, authenticated);
+    if (blocked) this.report({ type: 'rejected', peer: peer.ip, reason: blocked });
   }
 
   /** Forgets a peer: its open requests fail with the reason, and its socket is ended. */
@@ -283,6 +353,7 @@ export class RemoteHub {
     const wasMember = peer.status !== 'authenticating';
     peer.status = 'closed';
     clearTimeout(peer.authTimer);
+    this.release(peer, false);
     this.peers.delete(peer.id);
     peer.requests.close(new Error(`${peer.name} left: ${reason}`));
     if (peer.open) peer.ws.terminate();

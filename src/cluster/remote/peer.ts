@@ -3,6 +3,7 @@
  * what it said in its hello, the requests it has open, and what the scheduler and the forwarding of rows
  * keep about it. Only state: what happens to a peer is the hub's (hub.ts).
  */
+import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Range } from '../plan.js';
 import { newNonce } from './auth.js';
@@ -29,12 +30,24 @@ export class RemotePeer {
   rowsStep = -1;
   holds: Range[] = [];
   authTimer?: NodeJS.Timeout;
+  /** Whether it holds one of the admission control's slots for connections authenticating (admission.ts). */
+  holdsAuthSlot = true;
 
   constructor(
     readonly id: number,
     readonly ws: WebSocket,
-    readonly address: string,
+    /** The TCP socket under ws: what a stranger may send before it authenticates is counted on it. */
+    readonly socket: Socket,
   ) {}
+
+  /** Its IP address, which admission control counts failures by. */
+  get ip(): string {
+    return this.socket.remoteAddress ?? 'unknown';
+  }
+
+  get address(): string {
+    return `${this.ip}:${this.socket.remotePort}`;
+  }
 
   get name(): string {
     const rank = this.hello?.rank;

@@ -73,6 +73,10 @@ export class Replica {
   }
 
   load(state: StateMessage): void {
+    // Rows held from before a reconnect belong to another connection's step: a fresh snapshot starts clean.
+    this.batchRows = 0;
+    this.held = [];
+    this.appliedEarly = false;
     this.state.load(state, state.step, state.generation);
   }
 
@@ -148,6 +152,10 @@ export class Replica {
       return false;
     }
     if (message.step !== this.step) throw new ProtocolError(`update: step ${message.step} does not follow this replica's step ${this.step}`);
+    // The coordinator sends what it believes this replica lacks; rows forwarded to it but lost on the way
+    // would leave the last step's rows in the buffers, and the replica would diverge without a word.
+    const lacking = missingRanges(message.batch, [...this.held, ...message.parts.map((p) => p.range)]);
+    if (lacking.length > 0) throw new ProtocolError(`update: rows ${lacking[0][0]}–${lacking[0][1] - 1} of step ${message.step} never arrived`);
     const { batch: b, spec } = this.memory;
     for (const part of message.parts) {
       b.x.set(part.x, part.range[0] * spec.sizes[0]);

@@ -21,6 +21,26 @@ type Schemas<M extends { t: string }, View> = { [T in M['t']]: (raw: Raw, view: 
 
 // ---------------------------------------------------------------- field helpers
 
+/**
+ * A value a peer sent, quoted in a reason: cut short (reasons are logged and sent back), and safe for
+ * anything msgpack decodes, bigints included (JSON.stringify throws on them), binary shown by its size.
+ */
+function quote(v: unknown): string {
+  if (typeof v === 'bigint') return `${v}n`;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(v, function (this: Record<string, unknown>, key, x) {
+      const original = this[key];
+      if (original instanceof Uint8Array) return `<${original.length} bytes>`;
+      return typeof x === 'bigint' ? `${x}n` : x;
+    });
+  } catch {
+    // a cycle cannot come from msgpack; anything else unprintable is named by its kind
+  }
+  text ??= Object.prototype.toString.call(v);
+  return text.length > 64 ? `${text.slice(0, 61)}...` : text;
+}
+
 function field(m: Raw, name: string): unknown {
   if (!(name in m)) throw new ProtocolError(`${m.t}: missing field "${name}"`);
   return m[name];
@@ -29,7 +49,7 @@ function field(m: Raw, name: string): unknown {
 function int(m: Raw, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const v = field(m, name);
   if (!Number.isInteger(v) || (v as number) < min || (v as number) > max) {
-    throw new ProtocolError(`${m.t}: field "${name}" must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+    throw new ProtocolError(`${m.t}: field "${name}" must be an integer in [${min}, ${max}], got ${quote(v)}`);
   }
   return v as number;
 }
@@ -71,9 +91,17 @@ function floatList(m: Raw, name: string, counts: number[], finite = true): Float
 function range(m: Raw, name: string, max: number): Range {
   const v = field(m, name);
   if (!Array.isArray(v) || v.length !== 2 || !v.every(Number.isInteger) || v[0] < 0 || v[0] >= v[1] || v[1] > max) {
-    throw new ProtocolError(`${m.t}: field "${name}" must be a non-empty row range within [0, ${max}], got ${JSON.stringify(v)}`);
+    throw new ProtocolError(`${m.t}: field "${name}" must be a non-empty row range within [0, ${max}], got ${quote(v)}`);
   }
   return [v[0], v[1]];
+}
+
+/**
+ * A worker's own report of how long its rows took: it only weighs the scheduler's shares, so anything
+ * that is not a finite non-negative number (NaN, Infinity, a map) reads as 0 rather than failing the rows.
+ */
+function duration(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) ? Math.max(0, v) : 0;
 }
 
 /** Floats of each hidden layer's array for `rows` rows. */
@@ -93,7 +121,7 @@ function isCompact(m: Raw): boolean {
 
 /** The schema of message type `t` in `schemas`; an own property only, so "constructor" is unknown too. */
 function schemaOf<S extends object>(schemas: S, t: unknown): S[keyof S] {
-  if (typeof t !== 'string' || !Object.hasOwn(schemas, t)) throw new ProtocolError(`unknown message type ${JSON.stringify(t)}`);
+  if (typeof t !== 'string' || !Object.hasOwn(schemas, t)) throw new ProtocolError(`unknown message type ${quote(t)}`);
   return schemas[t as keyof S];
 }
 
@@ -152,7 +180,7 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
       rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows),
       hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows)),
       deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, view.pendingCompact)),
-      ms: Math.max(0, Number(field(raw, 'ms')) || 0),
+      ms: duration(field(raw, 'ms')),
     };
   },
 
@@ -187,6 +215,8 @@ export function validateFromWorker(raw: Raw, view: CoordinatorView | undefined):
 
 /** What a worker knows when it validates the coordinator's message. */
 export interface WorkerView {
+  /** Whether the coordinator proved it knows the token (its welcome came and checked out). */
+  welcomed: boolean;
   spec: ModelSpec | undefined;
   batchSize: number;
   params: number;
@@ -220,8 +250,10 @@ function specNeeded(view: WorkerView, t: string): ModelSpec {
 }
 
 /** One part of an update: rows the worker lacks, with their samples (not scanned: see floats). */
-function updatePart(p: Raw, batch: number, sizes: number[]) {
-  const part = { ...p, t: 'update part' };
+function updatePart(p: unknown, batch: number, sizes: number[]) {
+  // Spread below: a binary "part" would become one property per byte.
+  if (!p || typeof p !== 'object' || Array.isArray(p) || ArrayBuffer.isView(p)) throw new ProtocolError('update: each part must be a map');
+  const part = { ...(p as Raw), t: 'update part' };
   const r = range(part, 'range', batch);
   const rows = r[1] - r[0];
   return {
@@ -293,7 +325,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
     const batch = int(raw, 'batch', 1, view.batchSize);
     const parts = field(raw, 'parts');
     if (!Array.isArray(parts) || parts.length > batch) throw new ProtocolError('update: field "parts" must be a list');
-    return { t: 'update', step: int(raw, 'step'), batch, parts: parts.map((p: Raw) => updatePart(p, batch, sizes)) };
+    return { t: 'update', step: int(raw, 'step'), batch, parts: parts.map((p: unknown) => updatePart(p, batch, sizes)) };
   },
 
   check: (raw) => ({ t: 'check', step: int(raw, 'step') }),
@@ -303,7 +335,14 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
   error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
 };
 
+/**
+ * What a worker takes before the coordinator proved it knows the token: otherwise a lost welcome (or an
+ * impostor that skips it) would have the worker load a state from whoever answered.
+ */
+const HANDSHAKE: readonly string[] = ['challenge', 'welcome', 'error'];
+
 export function validateFromCoordinator(raw: Raw, view: WorkerView): ToWorker {
   const schema = schemaOf(FROM_COORDINATOR, raw.t) as (raw: Raw, view: WorkerView) => ToWorker;
+  if (!view.welcomed && !HANDSHAKE.includes(raw.t as string)) throw new ProtocolError(`${raw.t}: sent before the welcome`);
   return schema(raw, view);
 }

@@ -69,6 +69,7 @@ const HANDLERS: Handlers = {
     if (s.options.token && !proofMatches(s.options.token, 'coordinator', s.nonce, message.proof)) {
       return s.fail('the coordinator did not prove it knows the token', true);
     }
+    s.welcomed = true;
     s.watchdog.watch(message.heartbeatMs);
     s.emit({ type: 'connected', url: s.options.connect, workerId: message.workerId });
   },
@@ -115,6 +116,8 @@ class WorkerSession {
   /** The nonce the coordinator must prove it knows the token for. */
   readonly nonce = newNonce();
   readonly watchdog: Watchdog;
+  /** The coordinator proved it knows the token: only then are messages past the handshake taken. */
+  welcomed = false;
   synced = false;
   features = 0;
   private fatal = false;
@@ -200,6 +203,7 @@ class WorkerSession {
   private view(): WorkerView {
     const replica = this.slot.replica;
     return {
+      welcomed: this.welcomed,
       spec: this.synced ? replica?.memory.spec : undefined,
       batchSize: replica?.memory.batchSize ?? 0,
       params: replica ? paramLayout(replica.memory.spec).total : 0,
