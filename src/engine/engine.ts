@@ -11,8 +11,6 @@
  *
  * Arrays passed in may live in SharedArrayBuffers; an engine copies what its runtime cannot read in place.
  */
-import { engineUnavailable } from '../errors.js';
-import type { ModelSpec } from '../model/spec.js';
 import type { WebGpuAdapter } from './webgpu/adapter.js';
 
 export const ENGINES = ['onnx', 'tfjs'] as const;

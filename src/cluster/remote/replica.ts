@@ -7,7 +7,6 @@
  * Kept apart from the connection (worker_session.ts): this file knows training, not the wire.
  */
 import type { Dataset } from '../../data/datasets.js';
-import type { Device, EngineName, EngineOptions } from '../../engine/engine.js';
 import { paramsSha256 } from '../../model/checksum.js';
 import { evenSplit, missingRanges, type Range } from '../plan.js';
 import type { Task } from '../slot_runner.js';
@@ -15,18 +14,8 @@ import { createTrainingMemory, placeBatchRows, type TrainingMemory } from '../tr
 import { TrainingState } from '../training_state.js';
 import { createTeam } from '../create_team.js';
 import type { Team } from '../team.js';
+import type { ReplicaOptions } from './worker_options.js';
 import { ProtocolError, type RowsDone, type RowsMessage, type StateMessage, type ToCoordinator, type UpdateMessage } from './messages.js';
-
-/** What a replica is built with: the worker's compute settings, and its own copy of the data if any. */
-export interface ReplicaOptions {
-  threads: number;
-  engine: EngineName;
-  device: Device;
-  allowSoftwareGpu: boolean;
-  /** The adapter runWorker found at start (--device webgpu). */
-  webgpu?: EngineOptions['webgpu'];
-  dataset?: Dataset;
-}
 
 /** The training state a worker mirrors, and the threads that compute on it. */
 export class Replica {

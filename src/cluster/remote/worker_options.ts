@@ -1,24 +1,18 @@
 /** What a remote worker is started with, and what it reports (client.ts runs it, worker_session.ts uses both). */
 import type { Dataset } from '../../data/datasets.js';
-import type { Device, EngineName, EngineOptions } from '../../engine/engine.js';
+import type { WorkerConfig } from '../../config.js';
+import type { EngineOptions } from '../../engine/engine.js';
 import type { RowsDone } from './messages.js';
 
-export interface WorkerOptions {
-  connect: string;
-  token?: string;
-  /** PEM file of a private CA that signed the coordinator's certificate (wss://). */
-  ca?: string;
-  threads: number;
-  engine: EngineName;
-  device: Device;
-  /** With --device webgpu: accept a software adapter (lavapipe). */
-  allowSoftwareGpu: boolean;
+/**
+ * runWorker()'s options: what a user chooses (WorkerConfig, the `dtrain worker` table, with the data as
+ * loaded rather than its path) and what the program adds.
+ */
+export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
   /** Set by runWorker at start for --device webgpu (engine/create.ts prepareEngine): the adapter its replica computes on. */
   webgpu?: EngineOptions['webgpu'];
   /** A local copy of the dataset: the coordinator then sends row indices instead of pixels. */
   dataset?: Dataset;
-  /** Give up after this many failed connection attempts in a row (0 = never). */
-  maxRetries: number;
   /**
    * Give up when no connection has synchronised for this long (0 or absent = never): a launched rank
    * (dtrain run) waits for rank 0 no longer than rank 0 waits for it, so a job whose rank 0 is gone ends.
@@ -36,6 +30,9 @@ export interface WorkerOptions {
   tamperRows?: (rows: RowsDone) => RowsDone;
   signal?: AbortSignal;
 }
+
+/** What a worker's replica is built with: its compute settings, and its own copy of the data if any. */
+export type ReplicaOptions = Pick<WorkerOptions, 'threads' | 'engine' | 'device' | 'allowSoftwareGpu' | 'webgpu' | 'dataset'>;
 
 export type WorkerEvent =
   /** At start: what this worker computes on (for --device webgpu, the adapter). */
