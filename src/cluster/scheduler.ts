@@ -335,7 +335,10 @@ export class Scheduler {
       }
       const count = job.rows[1] - job.rows[0];
       this.copyRows(done.range, done.rowLoss, done.hidden, done.deltas);
-      job.worker.speed = smooth(job.worker.speed, count / Math.max(0.01, performance.now() - job.sent));
+      // Its speed is what it reports its rows took to compute, not the round trip: the round trip also holds
+      // the previous step's weight pass, the same for every replica whatever its share, which made the
+      // smaller share look slower per row, and shrink further (two identical workers ended near 75 % / 25 %).
+      job.worker.speed = smooth(job.worker.speed, count / Math.max(0.01, done.ms > 0 ? done.ms : performance.now() - job.sent));
       this.ledger.credit(job.worker.name, count);
       accepted.push({ peer: job.worker, shardRange: job.shardRange });
     }
