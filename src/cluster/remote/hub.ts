@@ -6,11 +6,8 @@
  * the training state in step. A misbehaving peer is disconnected with a reason; nothing a peer sends
  * can throw out of this module.
  */
-import { readFileSync } from 'node:fs';
-import { createServer as createHttpServer, type Server } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
-import { WebSocketServer, type ServerOptions, type WebSocket } from 'ws';
+import type { WebSocket } from 'ws';
 import { mixedDevices } from '../../errors.js';
 import { missingRanges, type Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
@@ -29,6 +26,7 @@ import {
   type ToCoordinator,
   type ToWorker,
 } from './messages.js';
+import { Listener } from './listener.js';
 import { rowsInput, updatePart } from './payloads.js';
 import { RemotePeer, SuspectRows } from './peer.js';
 import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
@@ -67,18 +65,11 @@ export type HubEvent =
   /** Connections turned away before authenticating: the first of a burst at once, then one line a second. */
   | { type: 'refused'; count: number; reason: string };
 
-/**
- * How long a peer that was told to go gets to complete the closing handshake before its socket is
- * destroyed (ws waits 30 s by default: a stranger that never answers would hold its socket that long).
- */
-const CLOSE_GRACE_MS = 2000;
-
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
 
 export class RemoteHub {
-  private server?: Server;
-  private wss?: WebSocketServer;
+  private listener?: Listener;
   private heartbeat?: NodeJS.Timeout;
   private nextId = 1;
   private readonly peers = new Map<number, RemotePeer>();
@@ -110,35 +101,14 @@ export class RemoteHub {
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
   async start(): Promise<AddressInfo> {
-    const { tlsCert, tlsKey } = this.options;
-    this.server = tlsCert && tlsKey ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }) : createHttpServer();
     // Workers send rows, replica states when asked, and small control messages: anything larger is refused by ws itself.
-    // closeTimeout is ws's (8.23 has it), not yet in its type definitions.
-    const serverOptions: ServerOptions & { closeTimeout: number } = {
-      server: this.server,
-      maxPayload: maxFrameBytes(this.memory.spec, this.memory.batchSize),
-      closeTimeout: CLOSE_GRACE_MS,
-    };
-    this.wss = new WebSocketServer(serverOptions);
-    this.wss.on('connection', (ws, req) => {
-      try {
-        const refusal = this.admission.admit(req.socket.remoteAddress ?? 'unknown');
-        if (refusal) this.turnAway(ws, req.socket, refusal);
-        else this.accept(ws, req.socket);
-      } catch (e) {
-        ws.terminate();
-        this.report({ type: 'rejected', peer: String(req.socket.remoteAddress), reason: `internal error on connection: ${(e as Error).message}` });
-      }
+    this.listener = new Listener(this.options, maxFrameBytes(this.memory.spec, this.memory.batchSize), {
+      connection: (ws, socket) => this.connected(ws, socket),
+      failed: (peer, reason) => this.report({ type: 'rejected', peer, reason }),
     });
-    // An error of the listening socket after start (start() itself rejects on one before): logged, never thrown.
-    this.wss.on('error', (e) => this.report({ type: 'rejected', peer: 'server', reason: `server error: ${e.message}` }));
     this.heartbeat = setInterval(() => this.beat(), this.options.heartbeatMs);
     this.heartbeat.unref();
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(this.options.port, this.options.host, () => resolve());
-    });
-    return this.server.address() as AddressInfo;
+    return this.listener.listen();
   }
 
   async close(): Promise<void> {
@@ -149,20 +119,17 @@ export class RemoteHub {
       peer.ws.close(RUN_FINISHED, 'run finished');
       this.drop(peer, 'coordinator finished');
     }
-    await new Promise<void>((resolve) => (this.wss ? this.wss.close(() => resolve()) : resolve()));
-    await new Promise<void>((resolve) => {
-      if (!this.server) return resolve();
-      // Workers get a second to finish the closing handshake (so they see RUN_FINISHED and exit); a
-      // connection still in its opening handshake would otherwise hold the server open until it times out.
-      const force = setTimeout(() => (this.server as Server & { closeAllConnections?: () => void }).closeAllConnections?.(), 1000);
-      this.server.close(() => {
-        clearTimeout(force);
-        resolve();
-      });
-    });
+    await this.listener?.close();
   }
 
   // ---------------------------------------------------------------- one connection
+
+  /** A new connection: admission control (admission.ts) lets it authenticate, or it is turned away. */
+  private connected(ws: WebSocket, socket: Socket): void {
+    const refusal = this.admission.admit(socket.remoteAddress ?? 'unknown');
+    if (refusal) this.turnAway(ws, socket, refusal);
+    else this.accept(ws, socket);
+  }
 
   /** A connection admission control refused (admission.ts): told why, and logged without flooding the log. */
   private turnAway(ws: WebSocket, socket: Socket, reason: string): void {
