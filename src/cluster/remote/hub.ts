@@ -8,15 +8,16 @@
  */
 import type { AddressInfo, Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { mixedDevices } from '../../errors.js';
 import { missingRanges, type Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
-import { Admission, ADMISSION_DEFAULTS, MAX_UNAUTHENTICATED_BYTES, RefusalLog, type AdmissionOptions, type AdmissionStats } from './admission.js';
-import { proof, proofMatches } from './auth.js';
+import type { AdmissionStats } from './admission.js';
 import { closeReason, decodeRaw, encode, maxFrameBytes } from './codec.js';
+import { Gate, type GateOptions } from './gate.js';
+import { Heartbeat } from './heartbeat.js';
+import type { HubContext, HubEvent } from './hub_context.js';
+import type { ListenOptions } from './listener.js';
 import {
   NonFiniteError,
-  PROTOCOL_VERSION,
   ProtocolError,
   RUN_FINISHED,
   type Hello,
@@ -33,24 +34,13 @@ import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
 import { validateFromWorker, type CoordinatorView } from './validation.js';
 
 export { RemotePeer, SuspectRows } from './peer.js';
+export type { HubEvent } from './hub_context.js';
 
-/** The admission control's settings (admission.ts) are optional: ADMISSION_DEFAULTS fill what is not given. */
-export interface HubOptions extends Partial<AdmissionOptions> {
-  host: string;
-  port: number;
-  token?: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  engine: string;
-  /** The run's device: a worker on another engine or device is refused unless allowMixedDevices. */
-  device: string;
-  allowMixedDevices: boolean;
+/** Where to listen (listener.ts), whom to let in (gate.ts), and the work with members. */
+export interface HubOptions extends ListenOptions, GateOptions {
   datasetSha256: string;
-  heartbeatMs: number;
   /** How long a worker may take to answer a rows request before it is dropped and its rows redone. */
   stepTimeoutMs: number;
-  /** How long a new connection may take to authenticate. */
-  authTimeoutMs: number;
   /**
    * Whether a peer's rows go on to the other peers as soon as they are validated (the default), or only
    * in the step's update, after the scheduler has checked them (--verify).
@@ -58,43 +48,44 @@ export interface HubOptions extends Partial<AdmissionOptions> {
   forwardRows?: boolean;
 }
 
-export type HubEvent =
-  | { type: 'joined'; worker: string; backend: string; threads: number }
-  | { type: 'left'; worker: string; reason: string }
-  | { type: 'rejected'; peer: string; reason: string }
-  /** Connections turned away before authenticating: the first of a burst at once, then one line a second. */
-  | { type: 'refused'; count: number; reason: string };
-
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
 
 export class RemoteHub {
   private listener?: Listener;
-  private heartbeat?: NodeJS.Timeout;
   private nextId = 1;
   private readonly peers = new Map<number, RemotePeer>();
   private waiters: (() => void)[] = [];
-  /** Sockets of strangers told to go, until they are gone (hangUp). */
-  private readonly hungUp = new Set<Socket>();
   /** Bytes of every frame sent or received, over all peers, since the start. */
   bytesMoved = 0;
   /** Every engine/device a worker joined with, for summary.json (more than the run's own only with allowMixedDevices). */
   readonly kinds = new Set<string>();
-  private readonly admission: Admission;
-  private readonly refusals = new RefusalLog((count, reason) => this.report({ type: 'refused', count, reason }));
+  /** What the parts may ask of the hub (hub_context.ts); its methods stay private to everyone else. */
+  private readonly context: HubContext = {
+    send: (peer, message) => this.send(peer, message),
+    sendFrame: (peer, frame) => this.sendFrame(peer, frame),
+    reject: (peer, reason) => this.reject(peer, reason),
+    drop: (peer, reason) => this.drop(peer, reason),
+    report: (event) => this.report(event),
+    guarded: (peer, what, handler) => this.guarded(peer, what, handler),
+    peers: () => this.peers.values(),
+    ready: () => this.ready(),
+  };
+  private readonly gate: Gate;
+  private readonly heartbeat: Heartbeat;
 
   constructor(
     private readonly options: HubOptions,
     private readonly memory: TrainingMemory,
     private readonly onEvent: (event: HubEvent) => void,
   ) {
-    const keys = Object.keys(ADMISSION_DEFAULTS) as (keyof AdmissionOptions)[];
-    this.admission = new Admission(Object.fromEntries(keys.map((k) => [k, options[k] ?? ADMISSION_DEFAULTS[k]])) as unknown as AdmissionOptions);
+    this.gate = new Gate(options, this.context);
+    this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
   }
 
   /** Connections authenticating now, the most there were at once, and how many were turned away. */
   get connections(): AdmissionStats {
-    return this.admission.stats;
+    return this.gate.stats;
   }
 
   // ---------------------------------------------------------------- listening
@@ -106,15 +97,13 @@ export class RemoteHub {
       connection: (ws, socket) => this.connected(ws, socket),
       failed: (peer, reason) => this.report({ type: 'rejected', peer, reason }),
     });
-    this.heartbeat = setInterval(() => this.beat(), this.options.heartbeatMs);
-    this.heartbeat.unref();
+    this.heartbeat.start();
     return this.listener.listen();
   }
 
   async close(): Promise<void> {
-    clearInterval(this.heartbeat);
-    this.refusals.close();
-    for (const socket of this.hungUp) socket.destroy();
+    this.heartbeat.stop();
+    this.gate.close();
     for (const peer of this.peers.values()) {
       peer.ws.close(RUN_FINISHED, 'run finished');
       this.drop(peer, 'coordinator finished');
@@ -124,53 +113,21 @@ export class RemoteHub {
 
   // ---------------------------------------------------------------- one connection
 
-  /** A new connection: admission control (admission.ts) lets it authenticate, or it is turned away. */
+  /** A new connection: it starts authenticating if the gate lets it in (gate.ts). */
   private connected(ws: WebSocket, socket: Socket): void {
-    const refusal = this.admission.admit(socket.remoteAddress ?? 'unknown');
-    if (refusal) this.turnAway(ws, socket, refusal);
-    else this.accept(ws, socket);
+    if (this.gate.letIn(ws, socket)) this.accept(ws, socket);
   }
 
-  /** A connection admission control refused (admission.ts): told why, and logged without flooding the log. */
-  private turnAway(ws: WebSocket, socket: Socket, reason: string): void {
-    ws.on('error', () => {});
-    this.hangUp(ws, socket, 1013, reason);
-    this.refusals.add(reason);
-  }
-
-  /**
-   * Closes a connection that never authenticated without reading it any further: the close frame with
-   * the reason, then the end of the stream. Nothing it sends after is buffered (otherwise up to a whole
-   * frame of the size limit, for as long as the close grace), and the peer sees the close at once; its
-   * socket is destroyed at the end of the close grace, or when the hub closes.
-   */
-  private hangUp(ws: WebSocket, socket: Socket, code: number, reason: string): void {
-    ws.close(code, closeReason(reason));
-    ws.pause();
-    socket.end();
-    this.hungUp.add(socket);
-    socket.once('close', () => this.hungUp.delete(socket));
-  }
-
+  /** A let-in connection becomes a peer: its events are handled, and the gate challenges it. */
   private accept(ws: WebSocket, socket: Socket): void {
     const peer = new RemotePeer(this.nextId++, ws, socket);
     this.peers.set(peer.id, peer);
     const on = <A extends unknown[]>(what: string, handler: (...args: A) => void) => this.guarded(peer, what, handler);
-    // Until it authenticated a peer may send only a few frames' worth: a hello is a few hundred bytes.
-    const limitInput = on('data', () => {
-      if (!peer.holdsAuthSlot) return void socket.off('data', limitInput);
-      if (socket.bytesRead > MAX_UNAUTHENTICATED_BYTES) this.reject(peer, `sent more than ${MAX_UNAUTHENTICATED_BYTES} bytes before authenticating`);
-    });
-    socket.on('data', limitInput);
-    ws.on('pong', on('pong', () => (peer.isAlive = true)));
+    ws.on('pong', on('pong', () => this.heartbeat.heard(peer)));
     ws.on('message', on('message', (data: Buffer | Buffer[], isBinary: boolean) => this.receive(peer, data, isBinary)));
     ws.on('close', on('close', (code: number, reason: Buffer) => this.drop(peer, `connection closed (${code}${reason.length ? ` ${reason}` : ''})`)));
     ws.on('error', on('error', (e: Error) => this.drop(peer, `connection error: ${e.message}`)));
-    peer.authTimer = setTimeout(
-      on('authentication timer', () => this.reject(peer, `did not authenticate within ${this.options.authTimeoutMs} ms`)),
-      this.options.authTimeoutMs,
-    );
-    this.send(peer, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: peer.challenge });
+    this.gate.challenge(peer);
   }
 
   /**
@@ -203,7 +160,10 @@ export class RemoteHub {
 
   private send(peer: RemotePeer, message: ToWorker): void {
     if (!peer.open) return;
-    const frame = encode(message);
+    this.sendFrame(peer, encode(message));
+  }
+
+  private sendFrame(peer: RemotePeer, frame: Buffer): void {
     this.bytesMoved += frame.length;
     peer.ws.send(frame);
   }
@@ -271,23 +231,9 @@ export class RemoteHub {
     this.reject(peer, e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`);
   }
 
+  /** A hello: the gate authenticates the peer (or throws why not); it joins, and waits for the state (admit). */
   private authenticate(peer: RemotePeer, hello: Hello): void {
-    const token = this.options.token;
-    if (token && !proofMatches(token, 'worker', peer.challenge, hello.mac)) throw new ProtocolError('authentication failed: wrong or missing token');
-    // It proved the token: whatever else is wrong with it is a configuration error, not an attack.
-    this.release(peer, true);
-    const [ours, theirs] = [`${this.options.engine}/${this.options.device}`, `${hello.engine}/${hello.device}`];
-    if (theirs !== ours && !this.options.allowMixedDevices) throw new ProtocolError(mixedDevices(ours, theirs).message);
-    this.kinds.add(theirs);
-    clearTimeout(peer.authTimer);
-    peer.hello = hello;
-    peer.status = 'joining';
-    this.send(peer, {
-      t: 'welcome',
-      proof: token ? proof(token, 'coordinator', hello.nonce) : new Uint8Array(0),
-      workerId: peer.id,
-      heartbeatMs: this.options.heartbeatMs,
-    });
+    this.kinds.add(this.gate.authenticate(peer, hello));
     this.report({ type: 'joined', worker: peer.name, backend: hello.backend, threads: hello.threads });
     for (const wake of this.waiters.splice(0)) wake();
   }
@@ -301,17 +247,9 @@ export class RemoteHub {
     } catch {
       // the socket may already be gone
     }
-    if (worker.holdsAuthSlot) this.hangUp(worker.ws, worker.socket, 1008, reason);
+    if (worker.holdsAuthSlot) this.gate.hangUp(worker.ws, worker.socket, 1008, reason);
     else worker.ws.close(1008, closeReason(reason));
     this.drop(worker, reason);
-  }
-
-  /** Gives back a peer's admission slot, once: it authenticated, or it failed to (counted against its address). */
-  private release(peer: RemotePeer, authenticated: boolean): void {
-    if (!peer.holdsAuthSlot) return;
-    peer.holdsAuthSlot = false;
-    const blocked = this.admission.settle(peer.ip, authenticated);
-    if (blocked) this.report({ type: 'rejected', peer: peer.ip, reason: blocked });
   }
 
   /** Forgets a peer: its open requests fail with the reason, and its socket is ended. */
@@ -320,21 +258,11 @@ export class RemoteHub {
     const wasMember = peer.status !== 'authenticating';
     peer.status = 'closed';
     clearTimeout(peer.authTimer);
-    this.release(peer, false);
+    this.gate.release(peer, false);
     this.peers.delete(peer.id);
     peer.requests.close(new Error(`${peer.name} left: ${reason}`));
     if (peer.open) peer.ws.terminate();
     if (wasMember) this.report({ type: 'left', worker: peer.name, reason });
-  }
-
-  private beat(): void {
-    for (const peer of this.peers.values()) {
-      this.guarded(peer, 'heartbeat', () => {
-        if (!peer.isAlive) return this.drop(peer, `no heartbeat for ${this.options.heartbeatMs} ms`);
-        peer.isAlive = false;
-        peer.ws.ping();
-      })();
-    }
   }
 
   // ---------------------------------------------------------------- membership
@@ -448,8 +376,7 @@ export class RemoteHub {
   private forward(from: RemotePeer, rows: RowsDone, frame: Buffer): void {
     for (const peer of this.ready()) {
       if (peer === from || peer.rowsStep !== rows.step || !peer.open) continue;
-      this.bytesMoved += frame.length;
-      peer.ws.send(frame);
+      this.sendFrame(peer, frame);
       peer.holds.push(rows.range);
     }
   }
