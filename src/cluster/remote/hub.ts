@@ -1,52 +1,31 @@
 /**
- * The coordinator's WebSocket endpoint (RemoteHub): authenticates peers (auth.ts), validates every
- * message (validation.ts), keeps them alive with ping/pong heartbeats (ws's isAlive pattern), asks them
- * for rows, replica states and checksums through one request mechanism with deadlines (requests.ts),
- * forwards each peer's rows to the others, and sends every peer what it needs to keep its replica of
- * the training state in step. A misbehaving peer is disconnected with a reason; nothing a peer sends
- * can throw out of this module.
+ * The coordinator's WebSocket endpoint (RemoteHub): its peers' lives, from connection to drop, and the
+ * events that tell of them. It composes the parts, one concern each: the listening socket (listener.ts),
+ * the door that admits and authenticates connections (gate.ts), the heartbeat (heartbeat.ts) and the
+ * training work with members (peer_work.ts); here every frame a peer sends is decoded and validated
+ * (validation.ts) before its handler runs, and every frame sent is counted. A misbehaving peer is
+ * disconnected with a reason; nothing a peer sends can throw out of the hub.
  */
 import type { AddressInfo, Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import { missingRanges, type Range } from '../plan.js';
+import type { Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { AdmissionStats } from './admission.js';
 import { closeReason, decodeRaw, encode, maxFrameBytes } from './codec.js';
 import { Gate, type GateOptions } from './gate.js';
 import { Heartbeat } from './heartbeat.js';
 import type { HubContext, HubEvent } from './hub_context.js';
-import type { ListenOptions } from './listener.js';
-import {
-  NonFiniteError,
-  ProtocolError,
-  RUN_FINISHED,
-  type Hello,
-  type ReplicaState,
-  type RowsDone,
-  type StateMessage,
-  type ToCoordinator,
-  type ToWorker,
-} from './messages.js';
-import { Listener } from './listener.js';
-import { rowsInput, updatePart } from './payloads.js';
+import { Listener, type ListenOptions } from './listener.js';
+import { NonFiniteError, ProtocolError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
 import { RemotePeer, SuspectRows } from './peer.js';
-import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
-import { validateFromWorker, type CoordinatorView } from './validation.js';
+import { PeerWork, type Snapshot, type WorkOptions } from './peer_work.js';
+import { validateFromWorker } from './validation.js';
 
 export { RemotePeer, SuspectRows } from './peer.js';
 export type { HubEvent } from './hub_context.js';
 
-/** Where to listen (listener.ts), whom to let in (gate.ts), and the work with members. */
-export interface HubOptions extends ListenOptions, GateOptions {
-  datasetSha256: string;
-  /** How long a worker may take to answer a rows request before it is dropped and its rows redone. */
-  stepTimeoutMs: number;
-  /**
-   * Whether a peer's rows go on to the other peers as soon as they are validated (the default), or only
-   * in the step's update, after the scheduler has checked them (--verify).
-   */
-  forwardRows?: boolean;
-}
+/** Where to listen (listener.ts), whom to let in (gate.ts), and the work with members (peer_work.ts). */
+export interface HubOptions extends ListenOptions, GateOptions, WorkOptions {}
 
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
@@ -73,6 +52,7 @@ export class RemoteHub {
   };
   private readonly gate: Gate;
   private readonly heartbeat: Heartbeat;
+  private readonly work: PeerWork;
 
   constructor(
     private readonly options: HubOptions,
@@ -81,6 +61,7 @@ export class RemoteHub {
   ) {
     this.gate = new Gate(options, this.context);
     this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
+    this.work = new PeerWork(options, memory, this.context);
   }
 
   /** Connections authenticating now, the most there were at once, and how many were turned away. */
@@ -178,7 +159,7 @@ export class RemoteHub {
       this.bytesMoved += frame.length;
       const raw = decodeRaw(frame);
       type = raw.t;
-      const message = validateFromWorker(raw, this.viewOf(peer));
+      const message = validateFromWorker(raw, peer.status === 'authenticating' ? undefined : this.work.viewOf(peer));
       if (peer.status === 'authenticating') {
         if (message.t !== 'hello') throw new ProtocolError(`expected hello, got ${message.t}`);
         return this.authenticate(peer, message);
@@ -189,32 +170,13 @@ export class RemoteHub {
     }
   }
 
-  /** What validation knows of a peer: the model, and what the peer owes (its open requests). */
-  private viewOf(peer: RemotePeer): CoordinatorView | undefined {
-    if (peer.status === 'authenticating') return undefined;
-    const rows = peer.requests.keyOf('rows');
-    return {
-      spec: this.memory.spec,
-      batchSize: this.memory.batchSize,
-      pendingStep: rows?.step,
-      pendingRange: rows?.range,
-      pendingSnapshot: peer.requests.keyOf('snapshot')?.step,
-      pendingCompact: rows?.compact ?? false,
-    };
-  }
-
   private readonly handlers: Handlers = {
     hello: () => {
       throw new ProtocolError('hello sent twice');
     },
-    rowsDone: (peer, rows, frame) => {
-      peer.holds.push(rows.range);
-      if (this.options.forwardRows !== false) this.forward(peer, rows, frame);
-      peer.requests.answer('rows', rows);
-    },
-    // A checksum nobody waits for any more (it came after the deadline) is ignored.
-    checksum: (peer, message) => void peer.requests.answer('checksum', message.sha256),
-    replicaState: (peer, state) => void peer.requests.answer('snapshot', state),
+    rowsDone: (peer, rows, frame) => this.work.rowsDone(peer, rows, frame),
+    checksum: (peer, message) => this.work.checksum(peer, message.sha256),
+    replicaState: (peer, state) => this.work.replicaState(peer, state),
     error: (peer, message) => {
       this.drop(peer, `worker reported: ${message.message}`);
       peer.ws.close(1011, 'worker error');
@@ -278,15 +240,11 @@ export class RemoteHub {
   }
 
   /** Sends the committed state to workers that joined since the last step, which makes them ready. */
-  admit(snapshot: Omit<StateMessage, 't' | 'useLocalData'>): void {
+  admit(snapshot: Snapshot): void {
     for (const peer of this.joining()) {
-      this.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer) });
+      this.work.sendState(peer, snapshot);
       peer.status = 'ready';
     }
-  }
-
-  private usesLocalData(peer: RemotePeer): boolean {
-    return !!peer.hello?.dataSha256 && peer.hello.dataSha256 === this.options.datasetSha256;
   }
 
   /** Resolves when some worker has authenticated (used when there is nobody to compute). */
@@ -299,100 +257,25 @@ export class RemoteHub {
     if (worker.status === 'ready') worker.status = 'joining';
   }
 
-  // ---------------------------------------------------------------- requests
+  // ---------------------------------------------------------------- the work with members (peer_work.ts)
 
-  /**
-   * Sends a peer `message` as a request of `kind` and resolves with the answer (requests.ts): rejected
-   * when the peer drops; at the deadline `onTimeout` runs (dropping the peer), or else only the request fails.
-   */
-  private ask<K extends RequestKind>(
-    peer: RemotePeer,
-    kind: K,
-    key: RequestKey<K>,
-    message: ToWorker,
-    timeoutMs: number,
-    onTimeout?: () => void,
-  ): Promise<RequestAnswer<K>> {
-    const answer = peer.requests.expect(kind, key, timeoutMs, onTimeout);
-    try {
-      this.send(peer, message);
-    } catch (e) {
-      peer.requests.fail(kind, e as Error);
-    }
-    return answer;
-  }
-
-  /** The deadline policy of rows and states: the peer is dropped (and what it owed is redone by others). */
-  private dropAtDeadline(peer: RemotePeer, reason: string): () => void {
-    return this.guarded(peer, 'request timer', () => this.reject(peer, reason));
-  }
-
-  /**
-   * Asks a worker for the rows pass over `range`; resolves with its validated answer. The request carries
-   * the samples of the whole batch (`samples`, dataset indices), so that the rows others compute can be
-   * forwarded to it without their pixels.
-   */
+  /** Asks a worker for the rows pass over `range` of the batch `samples`; resolves with its validated answer. */
   requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, compact: boolean): Promise<RowsDone> {
-    const { x, index, labels } = rowsInput(this.memory, samples, this.usesLocalData(worker));
-    if (worker.rowsStep !== step) {
-      worker.rowsStep = step;
-      worker.holds = [];
-    }
-    const ms = this.options.stepTimeoutMs;
-    const message: ToWorker = { t: 'rows', step, batch, range, labels, compact, ...(x ? { x } : { index }) };
-    return this.ask(worker, 'rows', { step, range, compact }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
+    return this.work.requestRows(worker, step, batch, range, samples, compact);
   }
 
-  /** Asks a worker for its replica's state at `step` (answered once it has applied every step before). */
+  /** Asks a worker for its replica's state at `step`. */
   fetchState(worker: RemotePeer, step: number): Promise<ReplicaState> {
-    const ms = this.options.stepTimeoutMs;
-    const reason = `did not send its state of step ${step} within ${ms} ms`;
-    return this.ask(worker, 'snapshot', { step }, { t: 'snapshot', step }, ms, this.dropAtDeadline(worker, reason));
+    return this.work.fetchState(worker, step);
   }
 
-  /**
-   * Asks every ready worker for the SHA-256 of its parameters; resolves with the answers that came within
-   * `timeoutMs` (a worker late with its checksum stays: only its answer is missing).
-   */
-  async checksumsAt(step: number, timeoutMs: number): Promise<Map<RemotePeer, string>> {
-    const answers = new Map<RemotePeer, string>();
-    const askOne = async (peer: RemotePeer) => {
-      try {
-        answers.set(peer, await this.ask(peer, 'checksum', { step }, { t: 'check', step }, timeoutMs));
-      } catch {
-        // late, or gone: no answer
-      }
-    };
-    await Promise.all(this.ready().map(askOne));
-    return answers;
+  /** The SHA-256 of every ready worker's parameters that came within `timeoutMs`. */
+  checksumsAt(step: number, timeoutMs: number): Promise<Map<RemotePeer, string>> {
+    return this.work.checksumsAt(step, timeoutMs);
   }
 
-  // ---------------------------------------------------------------- the replicas' rows
-
-  /**
-   * Sends a peer's validated rows, as the very frame it sent, to every other peer computing rows of the
-   * same step: they get them while still computing their own, rather than after the whole batch.
-   */
-  private forward(from: RemotePeer, rows: RowsDone, frame: Buffer): void {
-    for (const peer of this.ready()) {
-      if (peer === from || peer.rowsStep !== rows.step || !peer.open) continue;
-      this.sendFrame(peer, frame);
-      peer.holds.push(rows.range);
-    }
-  }
-
-  /**
-   * Sends every ready worker the rows of step `step` it does not hold yet (it was not asked for rows of
-   * this step, or the coordinator computed them), compact if the rows came so, which tells it to apply
-   * the step; returns how many workers it told.
-   */
+  /** Sends every ready worker the rows of step `step` it lacks, which tells it to apply the step; returns how many. */
   broadcastUpdate(step: number, batch: number, compact: boolean): number {
-    const ready = this.ready();
-    for (const peer of ready) {
-      const held = peer.rowsStep === step ? peer.holds : [];
-      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, compact));
-      this.send(peer, { t: 'update', step, batch, parts });
-    }
-    return ready.length;
+    return this.work.broadcastUpdate(step, batch, compact);
   }
 }
