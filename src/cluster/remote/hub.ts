@@ -269,9 +269,9 @@ export class RemoteHub {
     return this.work.fetchState(worker, step);
   }
 
-  /** The SHA-256 of every ready worker's parameters that came within `timeoutMs`. */
-  checksumsAt(step: number, timeoutMs: number): Promise<Map<RemotePeer, string>> {
-    return this.work.checksumsAt(step, timeoutMs);
+  /** The SHA-256 of every ready worker's parameters that came within the step deadline (stepTimeoutMs). */
+  checksumsAt(step: number): Promise<Map<RemotePeer, string>> {
+    return this.work.checksumsAt(step);
   }
 
   /** Sends every ready worker the rows of step `step` it lacks, which tells it to apply the step; returns how many. */

@@ -18,7 +18,10 @@ import type { CoordinatorView } from './validation.js';
 export interface WorkOptions {
   /** The run's dataset: a worker that has the same (its hello says) gets dataset indices instead of pixels. */
   datasetSha256: string;
-  /** How long a worker may take to answer a rows request before it is dropped and its rows redone. */
+  /**
+   * The step deadline, which bounds every wait on a peer: a worker that has not answered a rows or state
+   * request by then is dropped (its rows redone), one that has not sent its checksum goes unanswered.
+   */
   stepTimeoutMs: number;
   /**
    * Whether a peer's rows go on to the other peers as soon as they are validated (the default), or only
@@ -82,13 +85,14 @@ export class PeerWork {
 
   /**
    * Asks every ready worker for the SHA-256 of its parameters; resolves with the answers that came within
-   * `timeoutMs` (a worker late with its checksum stays: only its answer is missing).
+   * the step deadline (a worker late with its checksum stays: only its answer is missing).
    */
-  async checksumsAt(step: number, timeoutMs: number): Promise<Map<RemotePeer, string>> {
+  async checksumsAt(step: number): Promise<Map<RemotePeer, string>> {
     const answers = new Map<RemotePeer, string>();
+    const ms = this.options.stepTimeoutMs;
     const askOne = async (peer: RemotePeer) => {
       try {
-        answers.set(peer, await this.ask(peer, 'checksum', { step }, { t: 'check', step }, timeoutMs));
+        answers.set(peer, await this.ask(peer, 'checksum', { step }, { t: 'check', step }, ms));
       } catch {
         // late, or gone: no answer
       }
