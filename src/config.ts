@@ -166,7 +166,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   tlsCert: { flag: '--tls-cert <file>', description: 'PEM certificate: serve wss:// instead of ws://', kind: { type: 'string' } },
   tlsKey: { flag: '--tls-key <file>', description: 'PEM private key of --tls-cert', kind: { type: 'string' } },
   heartbeatMs: { flag: '--heartbeat-ms <ms>', description: 'ping remote workers this often; one that misses a pong is dropped', kind: { type: 'int', min: 100 } },
-  stepTimeoutMs: { flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone', kind: { type: 'int', min: 100 } },
+  stepTimeoutMs: { flag: '--step-timeout-ms <ms>', description: 'a remote worker that has not answered a step by then is dropped and its rows redone; also bounds the wait for its state or checksum', kind: { type: 'int', min: 100 } },
   minWorkers: { flag: '--min-workers <n>', description: 'step 0 waits until n remote workers have joined (what torchrun\'s --nnodes gives)', kind: { type: 'int', min: 0 } },
   joinTimeoutMs: { flag: '--join-timeout-ms <ms>', description: 'how long step 0 waits for --min-workers before the run fails, naming how many are missing', kind: { type: 'int', min: 100 } },
   verify: {

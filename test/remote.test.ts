@@ -407,6 +407,50 @@ describe('the coordinator survives its own handlers failing', () => {
   });
 });
 
+describe('the epoch-end replica checksum round', () => {
+  it('waits for a peer that never answers no longer than the step deadline (--step-timeout-ms)', async () => {
+    const { RemoteHub } = await import('../src/cluster/remote/hub.js');
+    const { Scheduler } = await import('../src/cluster/scheduler.js');
+    const { createTrainingMemory } = await import('../src/cluster/training_memory.js');
+    const { syntheticDataset } = await import('./helpers.js');
+    const { makeSpec } = await import('../src/model/spec.js');
+    const dataset = syntheticDataset(8, 8, 4, 3);
+    const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), dataset, 4, 1);
+    const stepTimeoutMs = 300;
+    const options = { host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', allowMixedDevices: false, datasetSha256: dataset.sha256, heartbeatMs: 10_000, stepTimeoutMs, authTimeoutMs: 1000 };
+    let joined = 0;
+    let bothJoined = () => {};
+    const ready = new Promise<void>((resolve) => (bothJoined = resolve));
+    const hub = new RemoteHub(options, memory, (e) => e.type === 'joined' && ++joined === 2 && bothJoined());
+    const { port } = await hub.start();
+    const url = `ws://127.0.0.1:${port}`;
+    const sha256 = 'ab'.repeat(32);
+    const honest = rawPeer(url, undefined, (m, ws) => m.t === 'check' && ws.send(encode({ t: 'checksum', step: m.step as number, sha256 })));
+    const silent = rawPeer(url, undefined, () => {});
+    try {
+      await ready;
+      hub.admit({ step: 7 } as never);
+      expect(hub.ready()).toHaveLength(2);
+      let start = performance.now();
+      const answers = await hub.checksumsAt(7);
+      const waited = performance.now() - start;
+      expect([...answers.values()]).toEqual([sha256]);
+      expect(waited).toBeGreaterThanOrEqual(stepTimeoutMs - 10);
+      expect(waited).toBeLessThan(stepTimeoutMs + 1000);
+      // The scheduler's round at an epoch's end waits the same deadline, and keeps the late peer.
+      const scheduler = new Scheduler(memory, { capabilities: { compactRows: false } } as never, 'split', hub, () => {});
+      start = performance.now();
+      expect(await scheduler.verifyReplicas(7, sha256)).toEqual([]);
+      expect(performance.now() - start).toBeLessThan(stepTimeoutMs + 1000);
+      expect(hub.ready()).toHaveLength(2);
+    } finally {
+      honest.close();
+      silent.close();
+      await hub.close();
+    }
+  });
+});
+
 describe('a worker whose coordinator goes silent', () => {
   it('says so, terminates the socket and reconnects, after a few heartbeat periods without a ping', async () => {
     const { WebSocketServer } = await import('ws');

@@ -10,7 +10,7 @@
  *
  * Both rest on the engine giving a row, and a unit, the same bits whatever the call's shape: true of
  * onnxruntime's CPU kernels and of its WebGPU provider (checked on lavapipe: test/webgpu.test.ts). The bits
- * still depend on the device kind, so a run keeps to one (remote/hub.ts refuses others unless allowed).
+ * still depend on the device kind, so a run keeps to one (remote/gate.ts refuses others unless allowed).
  */
 export type Range = readonly [number, number];
 

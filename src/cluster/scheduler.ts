@@ -376,11 +376,14 @@ export class Scheduler {
     return this.local.runPass(ranges.map((range) => ({ kind: 'eval', step, generation, range }) as Task));
   }
 
-  /** Compares every remote replica with the coordinator's parameters; a diverged one is resynchronised. */
+  /**
+   * Compares every remote replica with the coordinator's parameters; a diverged one is resynchronised.
+   * A replica that has not answered by the step deadline (--step-timeout-ms) is not compared this time.
+   */
   async verifyReplicas(step: number, sha256: string): Promise<string[]> {
     if (!this.hub) return [];
     const diverged: string[] = [];
-    for (const [worker, sha] of await this.hub.checksumsAt(step, 5000)) {
+    for (const [worker, sha] of await this.hub.checksumsAt(step)) {
       if (sha !== sha256) {
         diverged.push(worker.name);
         this.hub.resync(worker);

@@ -1,209 +1,114 @@
 /**
- * The coordinator's WebSocket endpoint (RemoteHub): authenticates peers (auth.ts), validates every
- * message (validation.ts), keeps them alive with ping/pong heartbeats (ws's isAlive pattern), asks them
- * for rows, replica states and checksums through one request mechanism with deadlines (requests.ts),
- * forwards each peer's rows to the others, and sends every peer what it needs to keep its replica of
- * the training state in step. A misbehaving peer is disconnected with a reason; nothing a peer sends
- * can throw out of this module.
+ * The coordinator's WebSocket endpoint (RemoteHub): its peers' lives, from connection to drop, and the
+ * events that tell of them. It composes the parts, one concern each: the listening socket (listener.ts),
+ * the door that admits and authenticates connections (gate.ts), the heartbeat (heartbeat.ts) and the
+ * training work with members (peer_work.ts); here every frame a peer sends is decoded and validated
+ * (validation.ts) before its handler runs, and every frame sent is counted. A misbehaving peer is
+ * disconnected with a reason; nothing a peer sends can throw out of the hub.
  */
-import { readFileSync } from 'node:fs';
-import { createServer as createHttpServer, type Server } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
-import { WebSocketServer, type ServerOptions, type WebSocket } from 'ws';
-import { mixedDevices } from '../../errors.js';
-import { missingRanges, type Range } from '../plan.js';
+import type { WebSocket } from 'ws';
+import type { Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
-import { Admission, ADMISSION_DEFAULTS, MAX_UNAUTHENTICATED_BYTES, RefusalLog, type AdmissionOptions, type AdmissionStats } from './admission.js';
-import { proof, proofMatches } from './auth.js';
+import type { AdmissionStats } from './admission.js';
 import { closeReason, decodeRaw, encode, maxFrameBytes } from './codec.js';
-import {
-  NonFiniteError,
-  PROTOCOL_VERSION,
-  ProtocolError,
-  RUN_FINISHED,
-  type Hello,
-  type ReplicaState,
-  type RowsDone,
-  type StateMessage,
-  type ToCoordinator,
-  type ToWorker,
-} from './messages.js';
-import { rowsInput, updatePart } from './payloads.js';
+import { Gate, type GateOptions } from './gate.js';
+import { Heartbeat } from './heartbeat.js';
+import type { HubContext, HubEvent } from './hub_context.js';
+import { Listener, type ListenOptions } from './listener.js';
+import { NonFiniteError, ProtocolError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
 import { RemotePeer, SuspectRows } from './peer.js';
-import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
-import { validateFromWorker, type CoordinatorView } from './validation.js';
+import { PeerWork, type Snapshot, type WorkOptions } from './peer_work.js';
+import { validateFromWorker } from './validation.js';
 
 export { RemotePeer, SuspectRows } from './peer.js';
+export type { HubEvent } from './hub_context.js';
 
-/** The admission control's settings (admission.ts) are optional: ADMISSION_DEFAULTS fill what is not given. */
-export interface HubOptions extends Partial<AdmissionOptions> {
-  host: string;
-  port: number;
-  token?: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  engine: string;
-  /** The run's device: a worker on another engine or device is refused unless allowMixedDevices. */
-  device: string;
-  allowMixedDevices: boolean;
-  datasetSha256: string;
-  heartbeatMs: number;
-  /** How long a worker may take to answer a rows request before it is dropped and its rows redone. */
-  stepTimeoutMs: number;
-  /** How long a new connection may take to authenticate. */
-  authTimeoutMs: number;
-  /**
-   * Whether a peer's rows go on to the other peers as soon as they are validated (the default), or only
-   * in the step's update, after the scheduler has checked them (--verify).
-   */
-  forwardRows?: boolean;
-}
-
-export type HubEvent =
-  | { type: 'joined'; worker: string; backend: string; threads: number }
-  | { type: 'left'; worker: string; reason: string }
-  | { type: 'rejected'; peer: string; reason: string }
-  /** Connections turned away before authenticating: the first of a burst at once, then one line a second. */
-  | { type: 'refused'; count: number; reason: string };
-
-/**
- * How long a peer that was told to go gets to complete the closing handshake before its socket is
- * destroyed (ws waits 30 s by default: a stranger that never answers would hold its socket that long).
- */
-const CLOSE_GRACE_MS = 2000;
+/** Where to listen (listener.ts), whom to let in (gate.ts), and the work with members (peer_work.ts). */
+export interface HubOptions extends ListenOptions, GateOptions, WorkOptions {}
 
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
 
 export class RemoteHub {
-  private server?: Server;
-  private wss?: WebSocketServer;
-  private heartbeat?: NodeJS.Timeout;
+  private listener?: Listener;
   private nextId = 1;
   private readonly peers = new Map<number, RemotePeer>();
   private waiters: (() => void)[] = [];
-  /** Sockets of strangers told to go, until they are gone (hangUp). */
-  private readonly hungUp = new Set<Socket>();
   /** Bytes of every frame sent or received, over all peers, since the start. */
   bytesMoved = 0;
   /** Every engine/device a worker joined with, for summary.json (more than the run's own only with allowMixedDevices). */
   readonly kinds = new Set<string>();
-  private readonly admission: Admission;
-  private readonly refusals = new RefusalLog((count, reason) => this.report({ type: 'refused', count, reason }));
+  /** What the parts may ask of the hub (hub_context.ts); its methods stay private to everyone else. */
+  private readonly context: HubContext = {
+    send: (peer, message) => this.send(peer, message),
+    sendFrame: (peer, frame) => this.sendFrame(peer, frame),
+    reject: (peer, reason) => this.reject(peer, reason),
+    drop: (peer, reason) => this.drop(peer, reason),
+    report: (event) => this.report(event),
+    guarded: (peer, what, handler) => this.guarded(peer, what, handler),
+    peers: () => this.peers.values(),
+    ready: () => this.ready(),
+  };
+  private readonly gate: Gate;
+  private readonly heartbeat: Heartbeat;
+  private readonly work: PeerWork;
 
   constructor(
     private readonly options: HubOptions,
     private readonly memory: TrainingMemory,
     private readonly onEvent: (event: HubEvent) => void,
   ) {
-    const keys = Object.keys(ADMISSION_DEFAULTS) as (keyof AdmissionOptions)[];
-    this.admission = new Admission(Object.fromEntries(keys.map((k) => [k, options[k] ?? ADMISSION_DEFAULTS[k]])) as unknown as AdmissionOptions);
+    this.gate = new Gate(options, this.context);
+    this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
+    this.work = new PeerWork(options, memory, this.context);
   }
 
   /** Connections authenticating now, the most there were at once, and how many were turned away. */
   get connections(): AdmissionStats {
-    return this.admission.stats;
+    return this.gate.stats;
   }
 
   // ---------------------------------------------------------------- listening
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
   async start(): Promise<AddressInfo> {
-    const { tlsCert, tlsKey } = this.options;
-    this.server = tlsCert && tlsKey ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }) : createHttpServer();
     // Workers send rows, replica states when asked, and small control messages: anything larger is refused by ws itself.
-    // closeTimeout is ws's (8.23 has it), not yet in its type definitions.
-    const serverOptions: ServerOptions & { closeTimeout: number } = {
-      server: this.server,
-      maxPayload: maxFrameBytes(this.memory.spec, this.memory.batchSize),
-      closeTimeout: CLOSE_GRACE_MS,
-    };
-    this.wss = new WebSocketServer(serverOptions);
-    this.wss.on('connection', (ws, req) => {
-      try {
-        const refusal = this.admission.admit(req.socket.remoteAddress ?? 'unknown');
-        if (refusal) this.turnAway(ws, req.socket, refusal);
-        else this.accept(ws, req.socket);
-      } catch (e) {
-        ws.terminate();
-        this.report({ type: 'rejected', peer: String(req.socket.remoteAddress), reason: `internal error on connection: ${(e as Error).message}` });
-      }
+    this.listener = new Listener(this.options, maxFrameBytes(this.memory.spec, this.memory.batchSize), {
+      connection: (ws, socket) => this.connected(ws, socket),
+      failed: (peer, reason) => this.report({ type: 'rejected', peer, reason }),
     });
-    // An error of the listening socket after start (start() itself rejects on one before): logged, never thrown.
-    this.wss.on('error', (e) => this.report({ type: 'rejected', peer: 'server', reason: `server error: ${e.message}` }));
-    this.heartbeat = setInterval(() => this.beat(), this.options.heartbeatMs);
-    this.heartbeat.unref();
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(this.options.port, this.options.host, () => resolve());
-    });
-    return this.server.address() as AddressInfo;
+    this.heartbeat.start();
+    return this.listener.listen();
   }
 
   async close(): Promise<void> {
-    clearInterval(this.heartbeat);
-    this.refusals.close();
-    for (const socket of this.hungUp) socket.destroy();
+    this.heartbeat.stop();
+    this.gate.close();
     for (const peer of this.peers.values()) {
       peer.ws.close(RUN_FINISHED, 'run finished');
       this.drop(peer, 'coordinator finished');
     }
-    await new Promise<void>((resolve) => (this.wss ? this.wss.close(() => resolve()) : resolve()));
-    await new Promise<void>((resolve) => {
-      if (!this.server) return resolve();
-      // Workers get a second to finish the closing handshake (so they see RUN_FINISHED and exit); a
-      // connection still in its opening handshake would otherwise hold the server open until it times out.
-      const force = setTimeout(() => (this.server as Server & { closeAllConnections?: () => void }).closeAllConnections?.(), 1000);
-      this.server.close(() => {
-        clearTimeout(force);
-        resolve();
-      });
-    });
+    await this.listener?.close();
   }
 
   // ---------------------------------------------------------------- one connection
 
-  /** A connection admission control refused (admission.ts): told why, and logged without flooding the log. */
-  private turnAway(ws: WebSocket, socket: Socket, reason: string): void {
-    ws.on('error', () => {});
-    this.hangUp(ws, socket, 1013, reason);
-    this.refusals.add(reason);
+  /** A new connection: it starts authenticating if the gate lets it in (gate.ts). */
+  private connected(ws: WebSocket, socket: Socket): void {
+    if (this.gate.letIn(ws, socket)) this.accept(ws, socket);
   }
 
-  /**
-   * Closes a connection that never authenticated without reading it any further: the close frame with
-   * the reason, then the end of the stream. Nothing it sends after is buffered (otherwise up to a whole
-   * frame of the size limit, for as long as the close grace), and the peer sees the close at once; its
-   * socket is destroyed at the end of the close grace, or when the hub closes.
-   */
-  private hangUp(ws: WebSocket, socket: Socket, code: number, reason: string): void {
-    ws.close(code, closeReason(reason));
-    ws.pause();
-    socket.end();
-    this.hungUp.add(socket);
-    socket.once('close', () => this.hungUp.delete(socket));
-  }
-
+  /** A let-in connection becomes a peer: its events are handled, and the gate challenges it. */
   private accept(ws: WebSocket, socket: Socket): void {
     const peer = new RemotePeer(this.nextId++, ws, socket);
     this.peers.set(peer.id, peer);
     const on = <A extends unknown[]>(what: string, handler: (...args: A) => void) => this.guarded(peer, what, handler);
-    // Until it authenticated a peer may send only a few frames' worth: a hello is a few hundred bytes.
-    const limitInput = on('data', () => {
-      if (!peer.holdsAuthSlot) return void socket.off('data', limitInput);
-      if (socket.bytesRead > MAX_UNAUTHENTICATED_BYTES) this.reject(peer, `sent more than ${MAX_UNAUTHENTICATED_BYTES} bytes before authenticating`);
-    });
-    socket.on('data', limitInput);
-    ws.on('pong', on('pong', () => (peer.isAlive = true)));
+    ws.on('pong', on('pong', () => this.heartbeat.heard(peer)));
     ws.on('message', on('message', (data: Buffer | Buffer[], isBinary: boolean) => this.receive(peer, data, isBinary)));
     ws.on('close', on('close', (code: number, reason: Buffer) => this.drop(peer, `connection closed (${code}${reason.length ? ` ${reason}` : ''})`)));
     ws.on('error', on('error', (e: Error) => this.drop(peer, `connection error: ${e.message}`)));
-    peer.authTimer = setTimeout(
-      on('authentication timer', () => this.reject(peer, `did not authenticate within ${this.options.authTimeoutMs} ms`)),
-      this.options.authTimeoutMs,
-    );
-    this.send(peer, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: peer.challenge });
+    this.gate.challenge(peer);
   }
 
   /**
@@ -236,7 +141,10 @@ export class RemoteHub {
 
   private send(peer: RemotePeer, message: ToWorker): void {
     if (!peer.open) return;
-    const frame = encode(message);
+    this.sendFrame(peer, encode(message));
+  }
+
+  private sendFrame(peer: RemotePeer, frame: Buffer): void {
     this.bytesMoved += frame.length;
     peer.ws.send(frame);
   }
@@ -251,7 +159,7 @@ export class RemoteHub {
       this.bytesMoved += frame.length;
       const raw = decodeRaw(frame);
       type = raw.t;
-      const message = validateFromWorker(raw, this.viewOf(peer));
+      const message = validateFromWorker(raw, peer.status === 'authenticating' ? undefined : this.work.viewOf(peer));
       if (peer.status === 'authenticating') {
         if (message.t !== 'hello') throw new ProtocolError(`expected hello, got ${message.t}`);
         return this.authenticate(peer, message);
@@ -262,32 +170,13 @@ export class RemoteHub {
     }
   }
 
-  /** What validation knows of a peer: the model, and what the peer owes (its open requests). */
-  private viewOf(peer: RemotePeer): CoordinatorView | undefined {
-    if (peer.status === 'authenticating') return undefined;
-    const rows = peer.requests.keyOf('rows');
-    return {
-      spec: this.memory.spec,
-      batchSize: this.memory.batchSize,
-      pendingStep: rows?.step,
-      pendingRange: rows?.range,
-      pendingSnapshot: peer.requests.keyOf('snapshot')?.step,
-      pendingCompact: rows?.compact ?? false,
-    };
-  }
-
   private readonly handlers: Handlers = {
     hello: () => {
       throw new ProtocolError('hello sent twice');
     },
-    rowsDone: (peer, rows, frame) => {
-      peer.holds.push(rows.range);
-      if (this.options.forwardRows !== false) this.forward(peer, rows, frame);
-      peer.requests.answer('rows', rows);
-    },
-    // A checksum nobody waits for any more (it came after the deadline) is ignored.
-    checksum: (peer, message) => void peer.requests.answer('checksum', message.sha256),
-    replicaState: (peer, state) => void peer.requests.answer('snapshot', state),
+    rowsDone: (peer, rows, frame) => this.work.rowsDone(peer, rows, frame),
+    checksum: (peer, message) => this.work.checksum(peer, message.sha256),
+    replicaState: (peer, state) => this.work.replicaState(peer, state),
     error: (peer, message) => {
       this.drop(peer, `worker reported: ${message.message}`);
       peer.ws.close(1011, 'worker error');
@@ -304,23 +193,9 @@ export class RemoteHub {
     this.reject(peer, e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`);
   }
 
+  /** A hello: the gate authenticates the peer (or throws why not); it joins, and waits for the state (admit). */
   private authenticate(peer: RemotePeer, hello: Hello): void {
-    const token = this.options.token;
-    if (token && !proofMatches(token, 'worker', peer.challenge, hello.mac)) throw new ProtocolError('authentication failed: wrong or missing token');
-    // It proved the token: whatever else is wrong with it is a configuration error, not an attack.
-    this.release(peer, true);
-    const [ours, theirs] = [`${this.options.engine}/${this.options.device}`, `${hello.engine}/${hello.device}`];
-    if (theirs !== ours && !this.options.allowMixedDevices) throw new ProtocolError(mixedDevices(ours, theirs).message);
-    this.kinds.add(theirs);
-    clearTimeout(peer.authTimer);
-    peer.hello = hello;
-    peer.status = 'joining';
-    this.send(peer, {
-      t: 'welcome',
-      proof: token ? proof(token, 'coordinator', hello.nonce) : new Uint8Array(0),
-      workerId: peer.id,
-      heartbeatMs: this.options.heartbeatMs,
-    });
+    this.kinds.add(this.gate.authenticate(peer, hello));
     this.report({ type: 'joined', worker: peer.name, backend: hello.backend, threads: hello.threads });
     for (const wake of this.waiters.splice(0)) wake();
   }
@@ -334,17 +209,9 @@ export class RemoteHub {
     } catch {
       // the socket may already be gone
     }
-    if (worker.holdsAuthSlot) this.hangUp(worker.ws, worker.socket, 1008, reason);
+    if (worker.holdsAuthSlot) this.gate.hangUp(worker.ws, worker.socket, 1008, reason);
     else worker.ws.close(1008, closeReason(reason));
     this.drop(worker, reason);
-  }
-
-  /** Gives back a peer's admission slot, once: it authenticated, or it failed to (counted against its address). */
-  private release(peer: RemotePeer, authenticated: boolean): void {
-    if (!peer.holdsAuthSlot) return;
-    peer.holdsAuthSlot = false;
-    const blocked = this.admission.settle(peer.ip, authenticated);
-    if (blocked) this.report({ type: 'rejected', peer: peer.ip, reason: blocked });
   }
 
   /** Forgets a peer: its open requests fail with the reason, and its socket is ended. */
@@ -353,21 +220,11 @@ export class RemoteHub {
     const wasMember = peer.status !== 'authenticating';
     peer.status = 'closed';
     clearTimeout(peer.authTimer);
-    this.release(peer, false);
+    this.gate.release(peer, false);
     this.peers.delete(peer.id);
     peer.requests.close(new Error(`${peer.name} left: ${reason}`));
     if (peer.open) peer.ws.terminate();
     if (wasMember) this.report({ type: 'left', worker: peer.name, reason });
-  }
-
-  private beat(): void {
-    for (const peer of this.peers.values()) {
-      this.guarded(peer, 'heartbeat', () => {
-        if (!peer.isAlive) return this.drop(peer, `no heartbeat for ${this.options.heartbeatMs} ms`);
-        peer.isAlive = false;
-        peer.ws.ping();
-      })();
-    }
   }
 
   // ---------------------------------------------------------------- membership
@@ -383,15 +240,11 @@ export class RemoteHub {
   }
 
   /** Sends the committed state to workers that joined since the last step, which makes them ready. */
-  admit(snapshot: Omit<StateMessage, 't' | 'useLocalData'>): void {
+  admit(snapshot: Snapshot): void {
     for (const peer of this.joining()) {
-      this.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer) });
+      this.work.sendState(peer, snapshot);
       peer.status = 'ready';
     }
-  }
-
-  private usesLocalData(peer: RemotePeer): boolean {
-    return !!peer.hello?.dataSha256 && peer.hello.dataSha256 === this.options.datasetSha256;
   }
 
   /** Resolves when some worker has authenticated (used when there is nobody to compute). */
@@ -404,101 +257,25 @@ export class RemoteHub {
     if (worker.status === 'ready') worker.status = 'joining';
   }
 
-  // ---------------------------------------------------------------- requests
+  // ---------------------------------------------------------------- the work with members (peer_work.ts)
 
-  /**
-   * Sends a peer `message` as a request of `kind` and resolves with the answer (requests.ts): rejected
-   * when the peer drops; at the deadline `onTimeout` runs (dropping the peer), or else only the request fails.
-   */
-  private ask<K extends RequestKind>(
-    peer: RemotePeer,
-    kind: K,
-    key: RequestKey<K>,
-    message: ToWorker,
-    timeoutMs: number,
-    onTimeout?: () => void,
-  ): Promise<RequestAnswer<K>> {
-    const answer = peer.requests.expect(kind, key, timeoutMs, onTimeout);
-    try {
-      this.send(peer, message);
-    } catch (e) {
-      peer.requests.fail(kind, e as Error);
-    }
-    return answer;
-  }
-
-  /** The deadline policy of rows and states: the peer is dropped (and what it owed is redone by others). */
-  private dropAtDeadline(peer: RemotePeer, reason: string): () => void {
-    return this.guarded(peer, 'request timer', () => this.reject(peer, reason));
-  }
-
-  /**
-   * Asks a worker for the rows pass over `range`; resolves with its validated answer. The request carries
-   * the samples of the whole batch (`samples`, dataset indices), so that the rows others compute can be
-   * forwarded to it without their pixels.
-   */
+  /** Asks a worker for the rows pass over `range` of the batch `samples`; resolves with its validated answer. */
   requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, compact: boolean): Promise<RowsDone> {
-    const { x, index, labels } = rowsInput(this.memory, samples, this.usesLocalData(worker));
-    if (worker.rowsStep !== step) {
-      worker.rowsStep = step;
-      worker.holds = [];
-    }
-    const ms = this.options.stepTimeoutMs;
-    const message: ToWorker = { t: 'rows', step, batch, range, labels, compact, ...(x ? { x } : { index }) };
-    return this.ask(worker, 'rows', { step, range, compact }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
+    return this.work.requestRows(worker, step, batch, range, samples, compact);
   }
 
-  /** Asks a worker for its replica's state at `step` (answered once it has applied every step before). */
+  /** Asks a worker for its replica's state at `step`. */
   fetchState(worker: RemotePeer, step: number): Promise<ReplicaState> {
-    const ms = this.options.stepTimeoutMs;
-    const reason = `did not send its state of step ${step} within ${ms} ms`;
-    return this.ask(worker, 'snapshot', { step }, { t: 'snapshot', step }, ms, this.dropAtDeadline(worker, reason));
+    return this.work.fetchState(worker, step);
   }
 
-  /**
-   * Asks every ready worker for the SHA-256 of its parameters; resolves with the answers that came within
-   * `timeoutMs` (a worker late with its checksum stays: only its answer is missing).
-   */
-  async checksumsAt(step: number, timeoutMs: number): Promise<Map<RemotePeer, string>> {
-    const answers = new Map<RemotePeer, string>();
-    const askOne = async (peer: RemotePeer) => {
-      try {
-        answers.set(peer, await this.ask(peer, 'checksum', { step }, { t: 'check', step }, timeoutMs));
-      } catch {
-        // late, or gone: no answer
-      }
-    };
-    await Promise.all(this.ready().map(askOne));
-    return answers;
+  /** The SHA-256 of every ready worker's parameters that came within the step deadline (stepTimeoutMs). */
+  checksumsAt(step: number): Promise<Map<RemotePeer, string>> {
+    return this.work.checksumsAt(step);
   }
 
-  // ---------------------------------------------------------------- the replicas' rows
-
-  /**
-   * Sends a peer's validated rows, as the very frame it sent, to every other peer computing rows of the
-   * same step: they get them while still computing their own, rather than after the whole batch.
-   */
-  private forward(from: RemotePeer, rows: RowsDone, frame: Buffer): void {
-    for (const peer of this.ready()) {
-      if (peer === from || peer.rowsStep !== rows.step || !peer.open) continue;
-      this.bytesMoved += frame.length;
-      peer.ws.send(frame);
-      peer.holds.push(rows.range);
-    }
-  }
-
-  /**
-   * Sends every ready worker the rows of step `step` it does not hold yet (it was not asked for rows of
-   * this step, or the coordinator computed them), compact if the rows came so, which tells it to apply
-   * the step; returns how many workers it told.
-   */
+  /** Sends every ready worker the rows of step `step` it lacks, which tells it to apply the step; returns how many. */
   broadcastUpdate(step: number, batch: number, compact: boolean): number {
-    const ready = this.ready();
-    for (const peer of ready) {
-      const held = peer.rowsStep === step ? peer.holds : [];
-      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, compact));
-      this.send(peer, { t: 'update', step, batch, parts });
-    }
-    return ready.length;
+    return this.work.broadcastUpdate(step, batch, compact);
   }
 }

@@ -1,7 +1,7 @@
 /**
  * One connection to the hub (a peer): where it is in its life (authenticating, joining, ready, closed),
  * what it said in its hello, the requests it has open, and what the scheduler and the forwarding of rows
- * keep about it. Only state: what happens to a peer is the hub's (hub.ts).
+ * keep about it. Only state: what happens to a peer is the hub's (hub.ts and the parts it composes).
  */
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';

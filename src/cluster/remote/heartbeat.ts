@@ -1,0 +1,41 @@
+/**
+ * The hub's half of the heartbeat, ws's isAlive pattern: every period each peer is pinged, and a peer
+ * that did not answer the previous ping with a pong is dropped (a host that died or a link that was cut
+ * tells TCP nothing for minutes). The worker's half is watchdog.ts. Kept apart so that the hub only says
+ * when it starts and stops, and what hears a pong.
+ */
+import type { HubContext } from './hub_context.js';
+import type { RemotePeer } from './peer.js';
+
+export class Heartbeat {
+  private timer?: NodeJS.Timeout;
+
+  constructor(
+    private readonly periodMs: number,
+    private readonly hub: Pick<HubContext, 'peers' | 'drop' | 'guarded'>,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => this.beat(), this.periodMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  /** A pong from the peer: it is alive. */
+  heard(peer: RemotePeer): void {
+    peer.isAlive = true;
+  }
+
+  private beat(): void {
+    for (const peer of this.hub.peers()) {
+      this.hub.guarded(peer, 'heartbeat', () => {
+        if (!peer.isAlive) return this.hub.drop(peer, `no heartbeat for ${this.periodMs} ms`);
+        peer.isAlive = false;
+        peer.ws.ping();
+      })();
+    }
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * The training work the hub does with its members, all over the one request mechanism with deadlines
+ * (requests.ts): the state sent to a joiner, rows asked for and forwarded to the others as they come,
+ * the step's update to every replica, a replica's state or checksum fetched, and the answers that end
+ * those requests. Kept apart from the hub, which decides who is a member, so that what a step asks of a
+ * peer and what a late answer costs read in one place: rows and states late by the step deadline drop
+ * the peer, a checksum only goes unanswered.
+ */
+import { missingRanges, type Range } from '../plan.js';
+import type { TrainingMemory } from '../training_memory.js';
+import type { HubContext } from './hub_context.js';
+import type { ReplicaState, RowsDone, StateMessage, ToWorker } from './messages.js';
+import { rowsInput, updatePart } from './payloads.js';
+import type { RemotePeer } from './peer.js';
+import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
+import type { CoordinatorView } from './validation.js';
+
+export interface WorkOptions {
+  /** The run's dataset: a worker that has the same (its hello says) gets dataset indices instead of pixels. */
+  datasetSha256: string;
+  /**
+   * The step deadline, which bounds every wait on a peer: a worker that has not answered a rows or state
+   * request by then is dropped (its rows redone), one that has not sent its checksum goes unanswered.
+   */
+  stepTimeoutMs: number;
+  /**
+   * Whether a peer's rows go on to the other peers as soon as they are validated (the default), or only
+   * in the step's update, after the scheduler has checked them (--verify).
+   */
+  forwardRows?: boolean;
+}
+
+/** The committed state for a joiner: the state message but for what the hub fills in per peer. */
+export type Snapshot = Omit<StateMessage, 't' | 'useLocalData'>;
+
+export class PeerWork {
+  constructor(
+    private readonly options: WorkOptions,
+    private readonly memory: TrainingMemory,
+    private readonly hub: Pick<HubContext, 'send' | 'sendFrame' | 'reject' | 'guarded' | 'ready'>,
+  ) {}
+
+  /** What validation knows of a member: the model, and what the peer owes (its open requests). */
+  viewOf(peer: RemotePeer): CoordinatorView {
+    const rows = peer.requests.keyOf('rows');
+    return {
+      spec: this.memory.spec,
+      batchSize: this.memory.batchSize,
+      pendingStep: rows?.step,
+      pendingRange: rows?.range,
+      pendingSnapshot: peer.requests.keyOf('snapshot')?.step,
+      pendingCompact: rows?.compact ?? false,
+    };
+  }
+
+  /** Sends a joiner the committed state (with pixels, or not when it has the data). */
+  sendState(peer: RemotePeer, snapshot: Snapshot): void {
+    this.hub.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer) });
+  }
+
+  // ---------------------------------------------------------------- requests
+
+  /**
+   * Asks a worker for the rows pass over `range`; resolves with its validated answer. The request carries
+   * the samples of the whole batch (`samples`, dataset indices), so that the rows others compute can be
+   * forwarded to it without their pixels.
+   */
+  requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, compact: boolean): Promise<RowsDone> {
+    const { x, index, labels } = rowsInput(this.memory, samples, this.usesLocalData(worker));
+    if (worker.rowsStep !== step) {
+      worker.rowsStep = step;
+      worker.holds = [];
+    }
+    const ms = this.options.stepTimeoutMs;
+    const message: ToWorker = { t: 'rows', step, batch, range, labels, compact, ...(x ? { x } : { index }) };
+    return this.ask(worker, 'rows', { step, range, compact }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
+  }
+
+  /** Asks a worker for its replica's state at `step` (answered once it has applied every step before). */
+  fetchState(worker: RemotePeer, step: number): Promise<ReplicaState> {
+    const ms = this.options.stepTimeoutMs;
+    const reason = `did not send its state of step ${step} within ${ms} ms`;
+    return this.ask(worker, 'snapshot', { step }, { t: 'snapshot', step }, ms, this.dropAtDeadline(worker, reason));
+  }
+
+  /**
+   * Asks every ready worker for the SHA-256 of its parameters; resolves with the answers that came within
+   * the step deadline (a worker late with its checksum stays: only its answer is missing).
+   */
+  async checksumsAt(step: number): Promise<Map<RemotePeer, string>> {
+    const answers = new Map<RemotePeer, string>();
+    const ms = this.options.stepTimeoutMs;
+    const askOne = async (peer: RemotePeer) => {
+      try {
+        answers.set(peer, await this.ask(peer, 'checksum', { step }, { t: 'check', step }, ms));
+      } catch {
+        // late, or gone: no answer
+      }
+    };
+    await Promise.all(this.hub.ready().map(askOne));
+    return answers;
+  }
+
+  // ---------------------------------------------------------------- answers
+
+  /** A peer's validated rows: it holds them, the others get them now (unless held for --verify), and its request ends. */
+  rowsDone(peer: RemotePeer, rows: RowsDone, frame: Buffer): void {
+    peer.holds.push(rows.range);
+    if (this.options.forwardRows !== false) this.forward(peer, rows, frame);
+    peer.requests.answer('rows', rows);
+  }
+
+  /** A checksum nobody waits for any more (it came after the deadline) is ignored. */
+  checksum(peer: RemotePeer, sha256: string): void {
+    peer.requests.answer('checksum', sha256);
+  }
+
+  replicaState(peer: RemotePeer, state: ReplicaState): void {
+    peer.requests.answer('snapshot', state);
+  }
+
+  // ---------------------------------------------------------------- the replicas' rows
+
+  /**
+   * Sends every ready worker the rows of step `step` it does not hold yet (it was not asked for rows of
+   * this step, or the coordinator computed them), compact if the rows came so, which tells it to apply
+   * the step; returns how many workers it told.
+   */
+  broadcastUpdate(step: number, batch: number, compact: boolean): number {
+    const ready = this.hub.ready();
+    for (const peer of ready) {
+      const held = peer.rowsStep === step ? peer.holds : [];
+      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, compact));
+      this.hub.send(peer, { t: 'update', step, batch, parts });
+    }
+    return ready.length;
+  }
+
+  /**
+   * Sends a peer's validated rows, as the very frame it sent, to every other peer computing rows of the
+   * same step: they get them while still computing their own, rather than after the whole batch.
+   */
+  private forward(from: RemotePeer, rows: RowsDone, frame: Buffer): void {
+    for (const peer of this.hub.ready()) {
+      if (peer === from || peer.rowsStep !== rows.step || !peer.open) continue;
+      this.hub.sendFrame(peer, frame);
+      peer.holds.push(rows.range);
+    }
+  }
+
+  /**
+   * Sends a peer `message` as a request of `kind` and resolves with the answer (requests.ts): rejected
+   * when the peer drops; at the deadline `onTimeout` runs (dropping the peer), or else only the request fails.
+   */
+  private ask<K extends RequestKind>(
+    peer: RemotePeer,
+    kind: K,
+    key: RequestKey<K>,
+    message: ToWorker,
+    timeoutMs: number,
+    onTimeout?: () => void,
+  ): Promise<RequestAnswer<K>> {
+    const answer = peer.requests.expect(kind, key, timeoutMs, onTimeout);
+    try {
+      this.hub.send(peer, message);
+    } catch (e) {
+      peer.requests.fail(kind, e as Error);
+    }
+    return answer;
+  }
+
+  /** The deadline policy of rows and states: the peer is dropped (and what it owed is redone by others). */
+  private dropAtDeadline(peer: RemotePeer, reason: string): () => void {
+    return this.hub.guarded(peer, 'request timer', () => this.hub.reject(peer, reason));
+  }
+
+  private usesLocalData(peer: RemotePeer): boolean {
+    return !!peer.hello?.dataSha256 && peer.hello.dataSha256 === this.options.datasetSha256;
+  }
+}
