@@ -368,7 +368,28 @@ describe('hostile peers', () => {
 const reference2 = referenceHash({ threads: 1 }, 'reference2');
 
 describe('the coordinator survives its own handlers failing', () => {
-  it('drops a peer whose message handler throws, with the reason, and keeps accepting others', async () => {
+  /** How to make one connection handler of the hub throw, and how a peer then sets it off. */
+  const FAULTS: [string, (hub: Record<string, any>) => void, (ws: WebSocket) => void][] = [
+    ['message', (hub) => (hub.receive = boom()), (ws) => ws.send(Buffer.from([0x80]))],
+    ['pong', (hub) => (hub.heartbeat.heard = boom()), (ws) => ws.pong()],
+    ['close', (hub) => (hub.drop = boomOnce(hub.drop.bind(hub))), (ws) => ws.close(1000, 'bye')],
+  ];
+  function boom() {
+    return () => {
+      throw new Error('boom');
+    };
+  }
+  /** Throws the first time only: the guard's own clean-up goes through the same method. */
+  function boomOnce(original: (...args: unknown[]) => void) {
+    let thrown = false;
+    return (...args: unknown[]) => {
+      if (thrown) return original(...args);
+      thrown = true;
+      throw new Error('boom');
+    };
+  }
+
+  it.each(FAULTS)('drops a peer whose %s handler throws, with the reason, and keeps accepting others', async (what, breakIt, setOff) => {
     const { RemoteHub } = await import('../src/cluster/remote/hub.js');
     const { createTrainingMemory } = await import('../src/cluster/training_memory.js');
     const { syntheticDataset } = await import('./helpers.js');
@@ -379,20 +400,19 @@ describe('the coordinator survives its own handlers failing', () => {
     const options = { host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', datasetSha256: dataset.sha256, heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 1000 };
     const hub = new RemoteHub(options, memory, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : ''}`));
     const { port } = await hub.start();
-    (hub as unknown as { receive: () => void }).receive = () => {
-      throw new Error('boom');
-    };
-    const closed = (ws: WebSocket) => new Promise<string>((resolve) => ws.on('close', (_, reason) => resolve(String(reason))));
+    breakIt(hub as unknown as Record<string, any>);
     const first = rawPeer(`ws://127.0.0.1:${port}`, undefined, () => {});
-    first.on('open', () => first.send(Buffer.from([0x80])));
-    expect(await closed(first)).toBe('internal error in its message handler: boom');
+    const closed = new Promise<void>((resolve) => first.on('close', () => resolve()));
+    first.on('open', () => setOff(first));
+    await closed;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(events).toContain(`rejected: internal error in its ${what} handler: boom`);
     const second = new WebSocket(`ws://127.0.0.1:${port}`);
     second.on('error', () => {});
     const challenge = await new Promise((resolve) => second.on('message', (d) => resolve(decodeRaw(d as Buffer).t)));
     expect(challenge).toBe('challenge');
     second.close();
     await hub.close();
-    expect(events).toContain('rejected: internal error in its message handler: boom');
   });
 
   it('cuts close reasons to 123 bytes of UTF-8 on a character boundary', async () => {
