@@ -25,6 +25,7 @@
  *   alias(shared: Float32Array) -> Float32Array
  */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <node_api.h>
 #include <stdint.h>
@@ -89,6 +90,8 @@ static int failed(napi_env napi, OrtStatus *status, const char *what) {
   return 1;
 }
 
+static napi_value LoadLocked(napi_env napi, const char *path, const OrtApiBase **baseOut);
+
 static napi_value Load(napi_env napi, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -100,15 +103,31 @@ static napi_value Load(napi_env napi, napi_callback_info info) {
     return NULL;
   }
   static const OrtApiBase *base;
+  // Every worker thread loads this addon and calls load(): the table, the environment and the memory info
+  // are process-wide, so one thread sets them up while the others wait.
+  static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&once);
+  napi_value result = LoadLocked(napi, path, &base);
+  pthread_mutex_unlock(&once);
+  return result;
+}
+
+/* load()'s body, under its lock; `api` is published only once the environment exists. */
+static napi_value LoadLocked(napi_env napi, const char *path, const OrtApiBase **baseOut) {
+  const OrtApiBase *base = *baseOut;
   if (!api) {
     void *library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     const OrtApiBase *(*getBase)(void) = library ? (const OrtApiBase *(*)(void))dlsym(library, "OrtGetApiBase") : NULL;
     base = getBase ? getBase() : NULL;
-    api = base ? (void *const *)base->GetApi(ORT_API_VERSION) : NULL;
-    if (!api) {
-      napi_throw_error(napi, NULL, "dtrain_native.load: no onnxruntime C API of version 29 or later in that library");
+    void *const *table = base ? (void *const *)base->GetApi(ORT_API_VERSION) : NULL;
+    if (!table) {
+      char message[512];
+      snprintf(message, sizeof message, "dtrain_native.load: no onnxruntime C API of version 29 or later in that library (%s)",
+               !library ? dlerror() : !getBase ? "it has no OrtGetApiBase" : "GetApi refused the version");
+      napi_throw_error(napi, NULL, message);
       return NULL;
     }
+    api = table;
     typedef OrtStatus *(*CreateEnvFn)(int, const char *, OrtEnv **);
     typedef OrtStatus *(*CreateCpuMemoryInfoFn)(int, int, OrtMemoryInfo **);
     if (failed(napi, ENTRY(CREATE_ENV, CreateEnvFn)(LOGGING_WARNING, "dtrain", &ortEnv), "CreateEnv") ||
@@ -116,6 +135,7 @@ static napi_value Load(napi_env napi, napi_callback_info info) {
       api = NULL;
       return NULL;
     }
+    *baseOut = base;
   }
   napi_value version;
   napi_create_string_utf8(napi, base->GetVersionString(), NAPI_AUTO_LENGTH, &version);
@@ -283,7 +303,11 @@ static OrtValue *tensor(napi_env napi, napi_value array, napi_value dimsList) {
       napi_throw_type_error(napi, NULL, "dtrain_native.run: dims must be numbers");
       return NULL;
     }
-    count *= dims[d];
+    // Negative dims, or a product that overflows, must not pass for the array's length.
+    if (dims[d] < 0 || __builtin_mul_overflow(count, dims[d], &count)) {
+      napi_throw_range_error(napi, NULL, "dtrain_native.run: a tensor's dims must be non-negative and their product fit in 64 bits");
+      return NULL;
+    }
   }
   if (count != (int64_t)length) {
     napi_throw_range_error(napi, NULL, "dtrain_native.run: a tensor's dims do not match its length");

@@ -61,17 +61,31 @@ async function trainOnConsole(config: Partial<TrainConfig>, options: Pick<TrainO
     line: (text) => console.log(text),
     status: tty ? (text) => process.stderr.write(`\r\x1b[2K${text}`) : undefined,
   });
+  await untilSignalled(
+    (signal) => train(config, { ...options, onEvent: report, signal }),
+    () => process.stderr.write('\ndtrain: stopping after the current step (Ctrl-C again to quit now)\n'),
+  );
+}
+
+/**
+ * Runs `work` with a signal that SIGINT or SIGTERM aborts (a second one exits at once). SIGTERM too: it is
+ * what scancel, a Slurm time limit and a Kubernetes pod deletion send, and a coordinator stopped by it
+ * still writes its summary and final state.
+ */
+async function untilSignalled(work: (signal: AbortSignal) => Promise<unknown>, onFirst: () => void = () => {}): Promise<void> {
   const abort = new AbortController();
-  const onSigint = () => {
+  const onSignal = () => {
     if (abort.signal.aborted) process.exit(130);
-    process.stderr.write('\ndtrain: stopping after the current step (Ctrl-C again to quit now)\n');
+    onFirst();
     abort.abort();
   };
-  process.on('SIGINT', onSigint);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
-    await train(config, { ...options, onEvent: report, signal: abort.signal });
+    await work(abort.signal);
   } finally {
-    process.off('SIGINT', onSigint);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }
 
@@ -86,24 +100,9 @@ async function workOnConsole(
   prefix = '',
 ): Promise<void> {
   const { runWorker } = await import('./cluster/remote/client.js');
-  const abort = new AbortController();
-  const onSigint = () => {
-    if (abort.signal.aborted) process.exit(130);
-    abort.abort();
-  };
-  process.on('SIGINT', onSigint);
-  process.on('SIGTERM', onSigint);
-  let dataset;
-  if (data !== undefined) {
-    const { loadDataset } = await import('./data/datasets.js');
-    dataset = loadDataset(data === 'embedded' ? undefined : data);
-  }
-  try {
-    await runWorker({ ...config, dataset, signal: abort.signal, onEvent: (e) => logWorkerEvent(e, prefix) });
-  } finally {
-    process.off('SIGINT', onSigint);
-    process.off('SIGTERM', onSigint);
-  }
+  const { loadDataset } = await import('./data/datasets.js');
+  const dataset = data === undefined ? undefined : loadDataset(data === 'embedded' ? undefined : data);
+  await untilSignalled((signal) => runWorker({ ...config, dataset, signal, onEvent: (e) => logWorkerEvent(e, prefix) }));
 }
 
 /** `dtrain run`: this rank's role from the launcher's environment, then the coordinator's or a worker's run. */

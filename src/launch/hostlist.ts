@@ -11,9 +11,14 @@ export function expandHostList(list: string): string[] {
   return hosts;
 }
 
-/** The first host of a compressed list (task 0's, rank 0's). */
+/**
+ * The first host of a compressed list (task 0's, rank 0's): the first item with each bracket group at its
+ * first value, without expanding the rest (a list such as `a[0-999999]-[0-999999]` would be 10^12 names).
+ */
 export function firstHost(list: string): string {
-  return expandHostList(list)[0];
+  const first = splitTopLevel(list)[0];
+  if (first === undefined) throw new Error('no host in the list');
+  return expandItem(first.replace(/\[([^\]]*)\]/g, (_, inside: string) => `[${inside.split(',')[0].trim()}]`).replace(/\[(\d+)-\d+\]/g, '[$1]'))[0];
 }
 
 /** Splits at the commas outside brackets: `a[1,2],b` is `a[1,2]` and `b`. */

@@ -30,12 +30,17 @@ export class Heartbeat {
   }
 
   private beat(): void {
-    for (const peer of this.hub.peers()) {
-      this.hub.guarded(peer, 'heartbeat', () => {
-        if (!peer.isAlive) return this.hub.drop(peer, `no heartbeat for ${this.periodMs} ms`);
-        peer.isAlive = false;
-        peer.ws.ping();
-      })();
-    }
+    // Timers run before the event loop reads sockets: after a long synchronous pass on this thread, pongs
+    // may be waiting unread. Decide only once the frames that arrived meanwhile have been handled (as the
+    // worker's watchdog does).
+    setImmediate(() => {
+      for (const peer of this.hub.peers()) {
+        this.hub.guarded(peer, 'heartbeat', () => {
+          if (!peer.isAlive) return this.hub.drop(peer, `no heartbeat for ${this.periodMs} ms`);
+          peer.isAlive = false;
+          peer.ws.ping();
+        })();
+      }
+    });
   }
 }

@@ -175,11 +175,12 @@ export class RemoteHub {
       throw new ProtocolError('hello sent twice');
     },
     rowsDone: (peer, rows, frame) => this.work.rowsDone(peer, rows, frame),
-    checksum: (peer, message) => this.work.checksum(peer, message.sha256),
+    checksum: (peer, message) => this.work.checksum(peer, message.step, message.sha256),
     replicaState: (peer, state) => this.work.replicaState(peer, state),
     error: (peer, message) => {
-      this.drop(peer, `worker reported: ${message.message}`);
+      // Closed first: drop() terminates a socket still open, and the 1011 would never be sent.
       peer.ws.close(1011, 'worker error');
+      this.drop(peer, `worker reported: ${message.message}`);
     },
   };
 

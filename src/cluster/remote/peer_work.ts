@@ -55,6 +55,9 @@ export class PeerWork {
 
   /** Sends a joiner the committed state (with pixels, or not when it has the data). */
   sendState(peer: RemotePeer, snapshot: Snapshot): void {
+    // A reloaded replica holds no rows: what it held before (a resync at the same step) must be sent again.
+    peer.rowsStep = -1;
+    peer.holds = [];
     this.hub.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer) });
   }
 
@@ -110,8 +113,12 @@ export class PeerWork {
     peer.requests.answer('rows', rows);
   }
 
-  /** A checksum nobody waits for any more (it came after the deadline) is ignored. */
-  checksum(peer: RemotePeer, sha256: string): void {
+  /**
+   * A checksum nobody waits for any more (it came after the deadline) is ignored, and so is one of another
+   * step than the one asked (a late answer to an earlier check must not pass for the current one).
+   */
+  checksum(peer: RemotePeer, step: number, sha256: string): void {
+    if (peer.requests.keyOf('checksum')?.step !== step) return;
     peer.requests.answer('checksum', sha256);
   }
 
