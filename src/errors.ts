@@ -158,6 +158,10 @@ export function checkpointInvalid(file: string, problem: string): DtrainError {
   return fail('ERR_CHECKPOINT', `${file}: ${problem}`);
 }
 
+export function outHoldsCheckpoints(dir: string, step: number): DtrainError {
+  return fail('ERR_CHECKPOINT', `${dir} holds the checkpoints of an earlier run (newest at step ${step}): continue it with --resume ${dir}, or give another --out`);
+}
+
 export function checkpointMismatch(file: string, what: string, theirs: string, ours: string): DtrainError {
   return fail('ERR_CHECKPOINT', `${file}: the checkpoint is for ${what} ${theirs}, this run has ${ours}`);
 }

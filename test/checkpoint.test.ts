@@ -86,6 +86,9 @@ describe('checkpoints and exact resume', () => {
     expect(skipped).toEqual([`${newest}: ${newest}: checksum mismatch (truncated or corrupt)`]);
     const resumed = await train({ resume: runDir, steps: 0 });
     expect(resumed.paramsSha256).toBe(whole.paramsSha256);
+    // The corrupt one was an abandoned future of the run: the first checkpoint written after the resume removed it.
+    expect(listCheckpoints(runDir)).not.toContain(newest);
+    await expect(train({ ...BASE, out: runDir })).rejects.toThrow(`${runDir} holds the checkpoints of an earlier run (newest at step 9)`);
   });
 
   it('refuses to resume with other model, data or optimizer options, naming the option', async () => {

@@ -49,6 +49,8 @@ describe('dtrain run: what each rank does', () => {
     expect(planLaunch({ port: 4000, host: '10.1.2.3' }, { ...SLURM(0), DTRAIN_TOKEN: 'a token of 16+ bytes' }, noToken)).toMatchObject({ train: { listen: '10.1.2.3:4000' } });
     expect(planLaunch({ coordinator: 'localhost' }, { OMPI_COMM_WORLD_RANK: '1', OMPI_COMM_WORLD_SIZE: '2' }, noToken)).toMatchObject({ worker: { connect: 'ws://127.0.0.1:29501' } });
     expect(planLaunch({ coordinator: 'fd00::1' }, { ...SLURM(1), DTRAIN_TOKEN: 'a token of 16+ bytes' }, noToken)).toMatchObject({ worker: { connect: 'ws://[fd00::1]:29501' } });
+    // One host, rank 0 told where to listen: the other ranks dial that address, not 127.0.0.1.
+    expect(planLaunch({ host: '10.0.0.5' }, { ...TORCHRUN(1), DTRAIN_TOKEN: 'a token of 16+ bytes' }, noToken)).toMatchObject({ worker: { connect: 'ws://10.0.0.5:29501' } });
     const pod = planLaunch({ service: 'ranks', worldSize: 4 }, { ...K8S(1), DTRAIN_SERVICE: 'other', DTRAIN_TOKEN: 'a token of 16+ bytes' }, noToken);
     expect(pod).toMatchObject({ worker: { connect: 'ws://mnist-0.ranks:29501', rank: 1 } });
     expect(pod.summary).toBe(

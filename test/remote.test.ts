@@ -692,6 +692,7 @@ describe('--verify', () => {
    */
   async function withLiar(config: Partial<TrainConfig>) {
     const rejections: string[] = [];
+    const left: string[] = [];
     const abort = new AbortController();
     const liar: number[] = [];
     const summary = await coordinator(
@@ -700,9 +701,15 @@ describe('--verify', () => {
         void runWorker({ connect: url, signal: abort.signal });
         void runWorker({ connect: url, signal: abort.signal, tamperRows: tamper, onEvent: (e) => e.type === 'connected' && liar.push(e.workerId) });
       },
-      (e) => e.type === 'cluster' && e.event.type === 'rejected' && rejections.push(`${e.event.peer}: ${e.event.reason}`),
+      (e) => {
+        if (e.type === 'cluster' && e.event.type === 'rejected') rejections.push(`${e.event.peer}: ${e.event.reason}`);
+        if (e.type === 'cluster' && e.event.type === 'left' && e.event.reason !== 'coordinator finished') left.push(e.event.worker);
+      },
     );
     abort.abort();
+    // The honest worker never leaves before the end (it was dropped when a step was asked of it twice).
+    const honestLeft = left.filter((w) => !liar.includes(Number(/^worker (\d+)/.exec(w)![1])));
+    expect(honestLeft).toEqual([]);
     return { summary, rejections, liar };
   }
 

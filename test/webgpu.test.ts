@@ -179,14 +179,14 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
 
   it('names the adapter at start, runs every node on the device (ReLU too), and refuses a software adapter unless allowed', async () => {
     const args = ['coordinator', '--device', 'webgpu', '--hidden', '32', '--activation', 'relu', '--steps', '3', '--epochs', '1'];
-    const small = ['--train-samples', '256', '--test-samples', '64', '--threads', '1', '--no-export', '--out', join(out, 'cli')];
-    const ran = await dtrain(...args, ...small, '--allow-software-gpu');
+    const small = (dir: string) => ['--train-samples', '256', '--test-samples', '64', '--threads', '1', '--no-export', '--out', join(out, dir)];
+    const ran = await dtrain(...args, ...small('cli'), '--allow-software-gpu');
     expect(ran.code).toBe(0);
     expect(ran.stdout).toMatch(/^workers: this process × onnxruntime-node \S+ \(webgpu on [^,]+, [^,]+, .+, through its C API\)$/m);
     // onnxruntime warns when it places a node on the CPU for want of a device kernel.
     expect(ran.stderr).not.toContain('not assigned to the preferred execution providers');
     if (!/webgpu on [^,]+, software,/.test(ran.stdout)) return;
-    const refused = await dtrain(...args, ...small);
+    const refused = await dtrain(...args, ...small('cli-refused'));
     expect(refused.code).toBe(1);
     expect(refused.stderr.trim()).toMatch(/^dtrain: error: --device webgpu: the only WebGPU adapter is a software one \(.+\), slower than --device cpu; give --allow-software-gpu to use it anyway$/);
   });

@@ -78,9 +78,6 @@ export type ClusterEvent =
   | { type: 'redo'; rows: Range; reason: string }
   | { type: 'replay'; from: number; to: number };
 
-/** Rows each participant computed and the time the coordinator waited on the network, per epoch. */
-
-
 export class Scheduler {
   private readonly ledger = new WorkLedger();
   private prefetched?: Plan;
@@ -100,6 +97,11 @@ export class Scheduler {
     private readonly verifier = new RowVerifier(0, 0),
   ) {
     this.compactRows = mode === 'replicated' && local.capabilities.compactRows;
+  }
+
+  /** Whether rows are verified here (--verify): the committed state must then be here before a row pass. */
+  get verifying(): boolean {
+    return this.verifier.enabled;
   }
 
   get capabilities(): EngineCapabilities {

@@ -1,7 +1,7 @@
 /**
  * What the trainer sees of the machines that compute: a set of worker slots that each run one task of a
  * pass on the shared training memory. The trainer plans one task per slot and never cares how a slot is
- * implemented (this process, a worker thread, or a remote machine).
+ * implemented (this process alone, or with worker threads; remote machines are participants of the scheduler instead).
  */
 import type { EngineCapabilities, SlotRunner, Task, TaskResult, SlotInit } from './slot_runner.js';
 

@@ -1,7 +1,7 @@
 /**
  * The entry point of each piscina worker thread. Its SlotRunner is built once from the shared memory in
  * workerData; then the thread joins the team: it runs the task its slot is given in each pass published
- * in the team's control block (team.ts), until told to exit. A task carries only step numbers and ranges.
+ * in the team's control block (team_control.ts), until told to exit. A task carries only step numbers and ranges.
  */
 import { workerData } from 'node:worker_threads';
 import { SlotRunner, type SlotInit } from './slot_runner.js';

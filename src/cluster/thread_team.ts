@@ -1,9 +1,9 @@
 /**
  * Local worker threads: the coordinator's main thread computes slot 0 itself and a team of threads - 1
  * piscina threads computes the others, so N threads keep exactly N cores busy. Each pool thread runs one
- * long piscina task, a loop over the passes published in a shared control block (team.ts).
+ * long piscina task, a loop over the passes published in a shared control block (team_control.ts).
  *
- * Tasks are idempotent (a step reads generation g and writes g + 1), so the task of a thread that threw
+ * Tasks are idempotent (a step reads generation g and writes g ^ 1), so the task of a thread that threw
  * or died is simply computed again by the main thread, with the same result; piscina replaces a dead
  * thread and it rejoins the team at the next pass.
  */

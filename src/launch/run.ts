@@ -55,10 +55,10 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
     const summary = `${said}: the coordinator, listening on ${listen} for ${others} worker${others === 1 ? '' : 's'}`;
     return { role: 'coordinator', launch, summary, train, expectedRanks };
   }
-  // Dial where rank 0 listens: the --host it was given (unless a wildcard), else on one host 127.0.0.1 ("localhost"
-  // may resolve to ::1 first, where a rank 0 on 127.0.0.1 does not listen), else the launcher's rank-0 host.
+  // Dial the launcher's rank-0 host; on one host, where rank 0 listens: the --host it was given (unless a
+  // wildcard), else 127.0.0.1 ("localhost" may resolve to ::1 first, where a rank 0 on 127.0.0.1 does not listen).
   const wildcard = host === undefined || host === '0.0.0.0' || host === '::';
-  const dial = !wildcard ? host : loopback ? '127.0.0.1' : launch.coordinatorHost;
+  const dial = !loopback ? launch.coordinatorHost : wildcard ? '127.0.0.1' : host;
   const connect = `ws://${hostPort(dial, listenPort)}`;
   const worker: WorkerPlan = {
     connect,

@@ -85,9 +85,15 @@ export function writeCheckpoint(runDir: string, header: Omit<CheckpointHeader, '
   } finally {
     closeSync(dirFd);
   }
-  for (const old of listCheckpoints(runDir).slice(keep)) rmSync(old, { force: true });
+  // Newer files than this one are an abandoned future of the run (it was resumed from an earlier or a
+  // valid checkpoint past a corrupt one): they go, and of the rest the newest `keep` stay.
+  const files = listCheckpoints(runDir);
+  const later = files.filter((f) => stepOf(f) > header.step);
+  for (const old of [...later, ...files.filter((f) => stepOf(f) <= header.step).slice(keep)]) rmSync(old, { force: true });
   return file;
 }
+
+const stepOf = (file: string) => Number(/step-(\d+)\.ckpt$/.exec(file)![1]);
 
 /** Checkpoint files of a run, newest first. */
 export function listCheckpoints(runDir: string): string[] {

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { isLoopback, resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
-import { checkpointMismatch, plaintextListen, resumeConflict } from '../errors.js';
+import { checkpointMismatch, outHoldsCheckpoints, plaintextListen, resumeConflict } from '../errors.js';
 import { initParams } from '../model/init.js';
 import { describeSpec, makeSpec, paramLayout, type ModelSpec } from '../model/spec.js';
 import { ADAM_DEFAULTS, type AdamOptions } from '../optim/adam.js';
@@ -20,12 +20,18 @@ import { createTeam } from '../cluster/create_team.js';
 import { prepareEngine } from '../engine/create.js';
 import { exportModel } from '../report/export.js';
 import { plotRun } from '../report/plot.js';
-import { latestCheckpoint, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
+import { latestCheckpoint, listCheckpoints, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
 import type { TrainEvent, TrainOptions } from './events.js';
 
 /** Where a run starts: from scratch, or from a checkpoint (with the options merged from it). */
 function prepareConfig(userConfig: Partial<TrainConfig>, emit: (e: TrainEvent) => void): { config: TrainConfig; checkpoint?: Checkpoint } {
-  if (!userConfig.resume) return { config: resolveConfig(userConfig) };
+  if (!userConfig.resume) {
+    const config = resolveConfig(userConfig);
+    // A new run would prune the other run's checkpoints as its own, and a later --resume would mix them.
+    const earlier = config.out ? listCheckpoints(config.out)[0] : undefined;
+    if (earlier) throw outHoldsCheckpoints(config.out!, Number(/step-(\d+)\.ckpt$/.exec(earlier)![1]));
+    return { config };
+  }
   const checkpoint = latestCheckpoint(userConfig.resume, (file, reason) => emit({ type: 'checkpoint', action: 'skipped', file, reason }));
   const saved = checkpoint.header.config as Partial<TrainConfig>;
   for (const [key, value] of Object.entries(userConfig)) {

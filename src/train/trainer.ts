@@ -60,6 +60,9 @@ export class Trainer {
     // changes are not failures and are not counted.
     for (;;) {
       await this.boundary();
+      // Verifying computes rows here, on the committed state: take it before the pass, not after the rows
+      // came (a retry would ask a replica for a step it may already have applied).
+      if (this.scheduler.verifying) await this.current();
       const pass = await this.scheduler.computeRows(this.state.step, this.state.generation, index, this.config.microBatch, this.unapplied.length === 0);
       if (pass.done) return this.afterRows(index, next, pass.replicated);
       if (pass.needs === 'state') await this.current();
@@ -111,6 +114,8 @@ export class Trainer {
 
   /** After the rows: the replicas apply the step, or the weight pass runs here. */
   private async afterRows(index: Int32Array, next: Int32Array | undefined, replicated: boolean): Promise<number> {
+    // The loss first: rows of the next step are asked for only when this one goes on.
+    this.batchLoss(index.length);
     if (next) this.scheduler.prefetch(this.state.step + 1, next, this.config.microBatch);
     if (replicated) {
       // The remote replicas apply this step; this process catches up when it needs the state.

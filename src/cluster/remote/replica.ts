@@ -163,14 +163,20 @@ export class Replica {
     this.held = [];
   }
 
-  checksum(): string {
-    return paramsSha256(this.state.params);
+  /** SHA-256 of its parameters at `step` (the state before a step applied early is still there). */
+  checksumAt(step: number): string {
+    return paramsSha256(this.state.arrays(this.state.generation ^ this.back(step)).params);
+  }
+
+  /** 1 when `step` is the state before the step this replica applied early, else 0. */
+  private back(step: number): number {
+    return this.appliedEarly && step === this.step - 1 ? 1 : 0;
   }
 
   /** The replica's state, for a coordinator that does not apply the steps itself. */
   stateAt(step: number): ToCoordinator {
     // A step applied early left the state before it intact in the other generation.
-    const back = this.appliedEarly && step === this.step - 1 ? 1 : 0;
+    const back = this.back(step);
     if (step !== this.step - back) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
     const { params, m, v } = this.state.arrays(this.generation ^ back);
     return {

@@ -104,7 +104,7 @@ const HANDLERS: Handlers = {
     if (await s.replica.update(message)) s.emit({ type: 'step', step: message.step });
   },
 
-  check: (s, message) => s.send({ t: 'checksum', step: message.step, sha256: s.replica.checksum() }),
+  check: (s, message) => s.send({ t: 'checksum', step: message.step, sha256: s.replica.checksumAt(message.step) }),
 
   snapshot: (s, message) => s.send(s.replica.stateAt(message.step)),
 
