@@ -735,3 +735,25 @@ describe('--verify', () => {
     expect(summary.steps).toBe(64);
   });
 });
+
+describe('a worker refused at the door', () => {
+  it('stops with the coordinator\'s reason instead of retrying (a wrong token cannot get better)', async () => {
+    let connects = 0;
+    const abort = new AbortController();
+    const stopped = new Promise<string>((resolve) => {
+      void coordinator(
+        { threads: 1, token: 'the right token, 16+ bytes', steps: 2, epochs: 1 },
+        (url) =>
+          runWorker({ connect: url, token: 'a wrong token of 16+ bytes', maxRetries: 5, signal: abort.signal, onEvent: (e) => e.type === 'connected' && connects++ }).then(
+            () => resolve('returned'),
+            (e: Error) => resolve(e.message),
+          ),
+        () => {},
+        () => stopped.then(() => undefined),
+      );
+    });
+    expect(await stopped).toBe('the coordinator refused this worker: authentication failed: wrong or missing token');
+    abort.abort();
+    expect(connects).toBe(0);
+  });
+});

@@ -108,7 +108,12 @@ const HANDLERS: Handlers = {
 
   snapshot: (s, message) => s.send(s.replica.stateAt(message.step)),
 
-  error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
+  error: (s, message) => {
+    s.emit({ type: 'error', message: `coordinator: ${message.message}` });
+    // Refused at the door (a wrong token, another engine or device): retrying cannot help, and every
+    // failed try counts against this address.
+    if (!s.welcomed) s.refused(message.message);
+  },
 };
 
 class WorkerSession {
@@ -121,7 +126,7 @@ class WorkerSession {
   synced = false;
   features = 0;
   private fatal = false;
-  /** Why the watchdog ended the connection, if it did. */
+  /** Why the connection ended, when this side knows better than the close frame: silence, or a refusal. */
   private silence?: string;
   /** Messages are handled strictly in order: a step's update must be applied before the next rows. */
   private queue: Promise<void> = Promise.resolve();
@@ -158,6 +163,9 @@ class WorkerSession {
       ws.on('close', (code, reason) => {
         watchdog.stop();
         options.signal?.removeEventListener('abort', abort);
+        // A policy close before the welcome: the coordinator refused this worker's hello (its error message may
+        // come too late to be read, the socket closing behind it).
+        if (code === 1008 && !this.welcomed && !this.silence) this.refused(String(reason));
         const why = this.silence ?? `closed (${code}${reason.length ? ` ${reason}` : ''})`;
         void this.queue.then(() => resolve({ synced: this.synced, fatal: this.fatal, finished: code === RUN_FINISHED, reason: why }));
       });
@@ -171,6 +179,12 @@ class WorkerSession {
 
   send(message: ToCoordinator): void {
     if (this.ws.readyState === this.ws.OPEN) this.ws.send(encode(message));
+  }
+
+  /** The coordinator refused this worker before welcoming it: the session ends, and runWorker with it. */
+  refused(reason: string): void {
+    this.fatal = true;
+    this.silence = `the coordinator refused this worker: ${reason}`;
   }
 
   /** Tells the coordinator why and closes; a fatal reason ends runWorker instead of reconnecting. */
