@@ -154,6 +154,10 @@ export function tokenFileUnreadable(file: string, reason: string): DtrainError {
   return fail('ERR_TOKEN_FILE', `--token-file ${file}: ${reason}`);
 }
 
+export function stoppedWaiting(step: number): DtrainError {
+  return fail('ERR_STOPPED', `step ${step}: stopped while waiting for remote workers; the last good state is kept`);
+}
+
 export function checkpointInvalid(file: string, problem: string): DtrainError {
   return fail('ERR_CHECKPOINT', `${file}: ${problem}`);
 }

@@ -50,6 +50,7 @@ const cases: [string, Error, string, string?][] = [
   ['incompatibleOptions minWorkers', errors.incompatibleOptions('minWorkers'), 'option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0'],
   ['workersMissing', errors.workersMissing(3, 1, 5000), '2 of 3 remote workers missing after 5000 ms (--min-workers 3): start them with dtrain worker --connect, or raise --join-timeout-ms', 'ERR_WORKERS_MISSING'],
   ['outHoldsCheckpoints', errors.outHoldsCheckpoints('runs/a', 40), 'runs/a holds the checkpoints of an earlier run (newest at step 40): continue it with --resume runs/a, or give another --out', 'ERR_CHECKPOINT'],
+  ['stoppedWaiting', errors.stoppedWaiting(5), 'step 5: stopped while waiting for remote workers; the last good state is kept', 'ERR_STOPPED'],
   ['resumeConflict', errors.resumeConflict('lr', 0.01, 0.001), '--resume: option "lr" (0.01) differs from the checkpoint\'s (0.001); a resumed run keeps the checkpoint\'s model, data and optimizer options'],
   [
     'workersMissingRanks',

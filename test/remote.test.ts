@@ -757,3 +757,14 @@ describe('a worker refused at the door', () => {
     expect(connects).toBe(0);
   });
 });
+
+describe('a run stopped while it waits for workers', () => {
+  it('ends with a one-line reason instead of waiting on (--threads 0, nobody connected)', async () => {
+    const abort = new AbortController();
+    const run = train(
+      { ...BASE, threads: 0, listen: '127.0.0.1:0', out: join(out, 'stopped-waiting') },
+      { signal: abort.signal, onEvent: (e) => e.type === 'cluster' && e.event.type === 'waiting' && setTimeout(() => abort.abort(), 100) },
+    );
+    await expect(run).rejects.toThrow('step 0: stopped while waiting for remote workers; the last good state is kept');
+  });
+});

@@ -18,6 +18,7 @@ import { LOCAL, smooth, WorkLedger, type WorkShares } from './work_ledger.js';
 import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
 import type { EngineCapabilities, Task, TaskResult } from './slot_runner.js';
+import { stoppedWaiting } from '../errors.js';
 import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
 import type { Team } from './team.js';
 
@@ -151,21 +152,31 @@ export class Scheduler {
     return new Set(members.flatMap((w) => (w.rank === undefined ? [] : [w.rank])));
   }
 
-  /** Resolves when some worker authenticates, or after `ms` (false then). */
-  async waitForJoin(ms: number, reason: string): Promise<boolean> {
+  /**
+   * Announces `reason` and waits until some worker authenticates (true), `ms` pass (false), or `signal`
+   * aborts (throws: a run stopped while it waits for workers ends like one stopped mid-step).
+   */
+  async waitForJoin(step: number, reason: string, { ms, signal }: { ms?: number; signal?: AbortSignal } = {}): Promise<boolean> {
     this.onEvent({ type: 'waiting', reason });
+    if (signal?.aborted) throw stoppedWaiting(step);
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-    const joined = await Promise.race([this.hub!.waitForWorker().then(() => true), timeout]);
-    clearTimeout(timer);
-    return joined;
+    let onAbort = () => {};
+    const ends = [
+      this.hub!.waitForWorker().then(() => true),
+      new Promise<boolean>((resolve) => ms !== undefined && (timer = setTimeout(() => resolve(false), ms))),
+      new Promise<boolean>((_, reject) => signal?.addEventListener('abort', (onAbort = () => reject(stoppedWaiting(step))))),
+    ];
+    try {
+      return await Promise.race(ends);
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    }
   }
 
   /** Waits until some worker has authenticated (the trainer then admits it). */
-  async waitForParticipant(step: number): Promise<void> {
-    if (this.hasJoiners()) return;
-    this.onEvent({ type: 'waiting', reason: `step ${step}: no worker is connected; waiting for one` });
-    await this.hub!.waitForWorker();
+  async waitForParticipant(step: number, signal?: AbortSignal): Promise<void> {
+    if (!this.hasJoiners()) await this.waitForJoin(step, `step ${step}: no worker is connected; waiting for one`, { signal });
   }
 
   // ------------------------------------------------------------ the row pass

@@ -28,7 +28,7 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
   const emit = options.onEvent ?? (() => {});
   const session = await RunSession.open(userConfig, options);
   const { config, dataset, resumed } = session;
-  const trainer = new Trainer(config, dataset, session.scheduler, session.memory, session.state, session.adam);
+  const trainer = new Trainer(config, dataset, session.scheduler, session.memory, session.state, session.adam, options.signal);
   const metrics = new MetricsLog(session.outDir, resumed && { step: resumed.step, epochs: resumed.epochs.length });
   const cursor = new EpochCursor(dataset.train.count, config.batchSize, config.shuffle, config.seed, resumed);
   let failure: Error | undefined;

@@ -40,6 +40,8 @@ export class Trainer {
     readonly memory: TrainingMemory,
     readonly state: TrainingState,
     readonly adam: AdamOptions,
+    /** Aborts a wait for workers too (a run stopped with nobody to compute). */
+    private readonly signal?: AbortSignal,
   ) {}
 
   get step(): number {
@@ -83,7 +85,7 @@ export class Trainer {
         const { spec, batchSize } = this.memory;
         this.scheduler.admit({ ...this.state.snapshot(), spec, batchSize, adam: this.adam });
       } else {
-        await this.scheduler.waitForParticipant(this.state.step);
+        await this.scheduler.waitForParticipant(this.state.step, this.signal);
       }
     }
   }
@@ -98,7 +100,7 @@ export class Trainer {
     for (let have = this.scheduler.remoteMembers(); have < count; have = this.scheduler.remoteMembers()) {
       const left = deadline - performance.now();
       const reason = `step ${this.state.step}: waiting for ${count - have} more of ${count} remote workers (--min-workers)`;
-      if (left <= 0 || !(await this.scheduler.waitForJoin(left, reason))) {
+      if (left <= 0 || !(await this.scheduler.waitForJoin(this.state.step, reason, { ms: left, signal: this.signal }))) {
         if (this.scheduler.remoteMembers() < count) throw this.missing(count, timeoutMs, ranks);
       }
     }
