@@ -10,7 +10,7 @@
  * npm ci); every dtrain config then runs with it too, interleaved, as "baseline:<engine>:<threads>".
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetrics } from '../src/report/metrics.js';
@@ -40,7 +40,10 @@ function measure(config: string): { mean: number; median: number } {
     { encoding: 'utf8' },
   );
   const stepMs = readMetrics(outDir).flatMap((r) => (r.type === 'step' ? [r.ms] : []));
-  return { mean: JSON.parse(readFileSync(join(outDir, 'summary.json'), 'utf8')).msPerStep, median: median(stepMs) };
+  const mean = JSON.parse(readFileSync(join(outDir, 'summary.json'), 'utf8')).msPerStep as number;
+  // Each run leaves a checkpoint (~7 MB for the tutorial MLP): not kept once read.
+  rmSync(outDir, { recursive: true, force: true });
+  return { mean, median: median(stepMs) };
 }
 
 const samples = new Map<string, number[]>(configs.map((c) => [c, []]));
