@@ -63,9 +63,12 @@ function required(env: Env, launcher: string, present: string, name: string, hin
   return value;
 }
 
-function integer(name: string, value: string, min: number): number {
+function integer(name: string, value: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   const n = /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
-  if (!Number.isSafeInteger(n) || n < min) throw launchVariableInvalid(name, min === 0 ? 'a non-negative integer' : `an integer of at least ${min}`, value);
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const expected = max < Number.MAX_SAFE_INTEGER ? `an integer from ${min} to ${max}` : min === 0 ? 'a non-negative integer' : `an integer of at least ${min}`;
+    throw launchVariableInvalid(name, expected, value);
+  }
   return n;
 }
 
@@ -98,7 +101,8 @@ function torchrun(env: Env): Launch {
   const w = world(env, launcher, 'RANK', 'WORLD_SIZE', 'the launcher sets both for every process');
   const present = 'RANK';
   const addr = required(env, launcher, present, 'MASTER_ADDR', 'it names rank 0\'s host');
-  const port = integer('MASTER_PORT', required(env, launcher, present, 'MASTER_PORT', 'dtrain listens beside it'), 1);
+  // dtrain listens on MASTER_PORT + 1 unless told otherwise: that must be a port too.
+  const port = integer('MASTER_PORT', required(env, launcher, present, 'MASTER_PORT', 'dtrain listens beside it'), 1, 65534);
   const localRank = optionalInteger(env, 'LOCAL_RANK', 0);
   const localWorldSize = optionalInteger(env, 'LOCAL_WORLD_SIZE', 1);
   // Every rank on this host (torchrun --standalone, one node): rank 0 is reached on loopback, without a token.
