@@ -169,7 +169,7 @@ describe('launcher detection', () => {
     expect(failure(() => detectLaunch({ ...TORCHRUN, LOCAL_RANK: '1.5' }))).toBe('environment variable LOCAL_RANK must be a non-negative integer, got "1.5"');
     // dtrain listens on MASTER_PORT + 1: 65535 would leave it no port.
     expect(failure(() => detectLaunch({ ...TORCHRUN, MASTER_PORT: '65535' }))).toBe('environment variable MASTER_PORT must be an integer from 1 to 65534, got "65535"');
-    expect(failure(() => detectLaunch({ ...TORCHRUN, MASTER_PORT: 'http' }))).toBe('environment variable MASTER_PORT must be an integer of at least 1, got "http"');
+    expect(failure(() => detectLaunch({ ...TORCHRUN, MASTER_PORT: 'http' }))).toBe('environment variable MASTER_PORT must be an integer from 1 to 65534, got "http"');
     expect(failure(() => detectLaunch({ ...K8S, JOB_COMPLETION_INDEX: '4' }))).toBe('environment variable JOB_COMPLETION_INDEX must be below DTRAIN_WORLD_SIZE (4), got "4"');
     expect(failure(() => detectLaunch({ ...K8S, HOSTNAME: 'laptop' }))).toBe('environment variable HOSTNAME must be <job name>-2 (the pod of an Indexed Job), got "laptop"');
     expect(failure(() => detectLaunch({ ...SLURM, SLURM_STEP_NODELIST: 'node[1-' }))).toBe(
