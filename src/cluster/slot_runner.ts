@@ -96,7 +96,7 @@ export class SlotRunner {
   }
 
   private useParams(step: number, generation: number): void {
-    const key = `${step}/${generation}`;
+    const key = `${step}/${generation}/${Atomics.load(this.init.memory.stateLoads, 0)}`;
     if (this.loadedParams === key) return;
     this.engine.setParams(this.optimizer.paramsOf(generation));
     this.loadedParams = key;

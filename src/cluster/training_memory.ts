@@ -35,6 +35,12 @@ export interface TrainingMemory {
   test: SplitBuffers;
   evalLoss: Float32Array;
   evalPredicted: Int32Array;
+  /**
+   * How many times a state was loaded into the optimizer memory (TrainingState.load): a slot that cached
+   * its engine's parameters for a step and generation must reload them when this moves (a replica
+   * resynchronised at the same step).
+   */
+  stateLoads: Int32Array;
 }
 
 /**
@@ -65,6 +71,7 @@ export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSiz
     test: { count: dataset.test.count, images: dataset.test.images, targets: dataset.test.targets },
     evalLoss: f32(dataset.test.count),
     evalPredicted: new Int32Array(buffer(4 * dataset.test.count)),
+    stateLoads: new Int32Array(buffer(4)),
   };
 }
 

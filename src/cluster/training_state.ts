@@ -32,7 +32,7 @@ export class TrainingState {
   generation = 0;
   step = 0;
 
-  constructor(memory: TrainingMemory) {
+  constructor(private readonly memory: TrainingMemory) {
     this.spec = memory.spec;
     this.optimizer = optimizerMemoryOf(memory);
   }
@@ -63,6 +63,7 @@ export class TrainingState {
     into.params.set(arrays.params);
     into.m.set(arrays.m);
     into.v.set(arrays.v);
+    Atomics.add(this.memory.stateLoads, 0, 1);
   }
 
   /**
