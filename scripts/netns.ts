@@ -138,6 +138,18 @@ export class TestNetwork {
   }
 
   /**
+   * Limits the loopback inside worker i's namespace to `bitsPerSecond` (tbf), for programs whose processes
+   * all talk over 127.0.0.1 (PyTorch DDP's ranks): their traffic then crosses that one limit. The MTU
+   * becomes a veth's 1500 bytes, as the workers' links have, and because tbf drops any frame larger than
+   * its burst (loopback's are 64 KiB).
+   */
+  shapeLoopback(i: number, bitsPerSecond: number): void {
+    const { ns } = this.links[i];
+    run('ip', ['-n', ns, 'link', 'set', 'lo', 'mtu', '1500']);
+    run('tc', ['-n', ns, 'qdisc', 'replace', 'dev', 'lo', 'root', 'tbf', 'rate', `${Math.round(bitsPerSecond)}bit`, 'burst', String(Math.max(16384, Math.round(bitsPerSecond / 800))), 'latency', '100ms']);
+  }
+
+  /**
    * Cuts worker i's link: its root-side end goes down, so nothing passes either way. Sockets are not
    * told: TCP keeps retransmitting, with backoff, until the link is restored or someone gives up.
    */
