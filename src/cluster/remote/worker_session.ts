@@ -110,9 +110,7 @@ const HANDLERS: Handlers = {
 
   error: (s, message) => {
     s.emit({ type: 'error', message: `coordinator: ${message.message}` });
-    // Refused at the door (a wrong token, another engine or device): retrying cannot help, and every
-    // failed try counts against this address.
-    if (!s.welcomed) s.refused(message.message);
+    if (!s.welcomed && isConfigurationRefusal(message.message)) s.refused(message.message);
   },
 };
 
@@ -165,7 +163,7 @@ class WorkerSession {
         options.signal?.removeEventListener('abort', abort);
         // A policy close before the welcome: the coordinator refused this worker's hello (its error message may
         // come too late to be read, the socket closing behind it).
-        if (code === 1008 && !this.welcomed && !this.silence) this.refused(String(reason));
+        if (code === 1008 && !this.welcomed && !this.silence && isConfigurationRefusal(String(reason))) this.refused(String(reason));
         const why = this.silence ?? `closed (${code}${reason.length ? ` ${reason}` : ''})`;
         void this.queue.then(() => resolve({ synced: this.synced, fatal: this.fatal, finished: code === RUN_FINISHED, reason: why }));
       });
@@ -229,4 +227,13 @@ class WorkerSession {
 /** One connection, from connect to close. */
 export function session(options: WorkerOptions, emit: (e: WorkerEvent) => void, slot: ReplicaSlot): Promise<SessionOutcome> {
   return new WorkerSession(options, emit, slot).run();
+}
+
+/**
+ * Refusals of this worker's configuration — a wrong token, another engine, device or protocol version —
+ * end it: retrying cannot help, and every failed try counts against its address. Anything else (a hello
+ * damaged on the way, say) is retried.
+ */
+function isConfigurationRefusal(reason: string): boolean {
+  return /^(authentication failed|engine mismatch|mixed devices|hello: protocol version)/.test(reason);
 }
