@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { latestCheckpoint, listCheckpoints, readCheckpoint } from '../src/train/checkpoint.js';
 import { readMetrics } from '../src/report/metrics.js';
-import { syntheticDataset } from './helpers.js';
+import { killAtCheckpoint, syntheticDataset } from './helpers.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 const out = mkdtempSync(join(tmpdir(), 'dtrain-ckpt-'));
@@ -56,20 +56,7 @@ describe('checkpoints and exact resume', () => {
     const runDir = dir();
     const args = ['coordinator', '--train-samples', '1000', '--test-samples', '100', '--epochs', '2', '--shuffle', '--threads', '2', '--checkpoint-every', '5', '--out', runDir];
     const child = fork(cli, args, { stdio: 'ignore' });
-    const killedAt = await new Promise<number>((resolve, reject) => {
-      const poll = setInterval(() => {
-        const newest = listCheckpoints(runDir)[0];
-        if (newest && readCheckpoint(newest).header.step >= 10) {
-          clearInterval(poll);
-          child.kill('SIGKILL');
-          resolve(readCheckpoint(newest).header.step);
-        }
-      }, 5);
-      child.on('exit', () => {
-        clearInterval(poll);
-        reject(new Error('the coordinator finished before it could be killed'));
-      });
-    });
+    const killedAt = await killAtCheckpoint(child, runDir, 10);
     expect(killedAt).toBeLessThan(32);
     const resumed = await train({ resume: runDir });
     expect(resumed.paramsSha256).toBe(whole.paramsSha256);

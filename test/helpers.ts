@@ -1,7 +1,11 @@
 /** Shared test helpers: whole-batch gradients through an engine, and an independent float64 reference. */
+import type { ChildProcess } from 'node:child_process';
 import type { Engine } from '../src/engine/engine.js';
+import { RemoteHub, type HubEvent } from '../src/cluster/remote/hub.js';
+import { createTrainingMemory } from '../src/cluster/training_memory.js';
+import { listCheckpoints, readCheckpoint } from '../src/train/checkpoint.js';
 import { toSplit, type Dataset } from '../src/data/datasets.js';
-import { paramLayout, type ModelSpec } from '../src/model/spec.js';
+import { makeSpec, paramLayout, type ModelSpec } from '../src/model/spec.js';
 
 export function oneHot(labels: ArrayLike<number>, classes: number): Float32Array {
   const t = new Float32Array(labels.length * classes);
@@ -64,4 +68,38 @@ export function syntheticDataset(train: number, test: number, features = 20, cla
     return toSplit(pixels, labels, count, features, classes);
   };
   return { name: 'synthetic', dir: '', features, classes, train: split(train), test: split(test), sha256: 'synthetic' };
+}
+
+/**
+ * SIGKILLs a coordinator process as soon as its run directory holds a checkpoint of at least `step`;
+ * resolves with that checkpoint's step (rejects if the run ended first).
+ */
+export function killAtCheckpoint(child: ChildProcess, runDir: string, step: number): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const poll = setInterval(() => {
+      const newest = listCheckpoints(runDir)[0];
+      if (newest && readCheckpoint(newest).header.step >= step) {
+        clearInterval(poll);
+        child.kill('SIGKILL');
+        resolve(readCheckpoint(newest).header.step);
+      }
+    }, 5);
+    child.on('exit', () => {
+      clearInterval(poll);
+      reject(new Error('the coordinator finished before it could be killed'));
+    });
+  });
+}
+
+/** A hub on a free loopback port over a tiny model, for tests of its connection handling. */
+export async function smallHub(options: { stepTimeoutMs?: number; heartbeatMs?: number } = {}, onEvent: (e: HubEvent) => void = () => {}) {
+  const dataset = syntheticDataset(8, 8, 4, 3);
+  const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), dataset, 4, 1);
+  const hubOptions = {
+    host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', allowMixedDevices: false, datasetSha256: dataset.sha256,
+    heartbeatMs: options.heartbeatMs ?? 1000, stepTimeoutMs: options.stepTimeoutMs ?? 1000, authTimeoutMs: 1000,
+  };
+  const hub = new RemoteHub(hubOptions, memory, onEvent);
+  const { port } = await hub.start();
+  return { hub, port, memory };
 }

@@ -8,12 +8,12 @@ import WebSocket from 'ws';
 import { train, type TrainConfig } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { readMetrics } from '../src/report/metrics.js';
-import { listCheckpoints, readCheckpoint } from '../src/train/checkpoint.js';
 import { newNonce, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { PROTOCOL_VERSION, type RowsDone } from '../src/cluster/remote/messages.js';
 import { missingRanges } from '../src/cluster/plan.js';
 import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
+import { killAtCheckpoint, smallHub } from './helpers.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 const children: ChildProcess[] = [];
@@ -390,16 +390,8 @@ describe('the coordinator survives its own handlers failing', () => {
   }
 
   it.each(FAULTS)('drops a peer whose %s handler throws, with the reason, and keeps accepting others', async (what, breakIt, setOff) => {
-    const { RemoteHub } = await import('../src/cluster/remote/hub.js');
-    const { createTrainingMemory } = await import('../src/cluster/training_memory.js');
-    const { syntheticDataset } = await import('./helpers.js');
-    const { makeSpec } = await import('../src/model/spec.js');
-    const dataset = syntheticDataset(8, 8, 4, 3);
-    const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), dataset, 4, 1);
     const events: string[] = [];
-    const options = { host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', datasetSha256: dataset.sha256, heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 1000 };
-    const hub = new RemoteHub(options, memory, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : ''}`));
-    const { port } = await hub.start();
+    const { hub, port } = await smallHub({}, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : ''}`));
     breakIt(hub as unknown as Record<string, any>);
     const first = rawPeer(`ws://127.0.0.1:${port}`, undefined, () => {});
     const closed = new Promise<void>((resolve) => first.on('close', () => resolve()));
@@ -429,20 +421,12 @@ describe('the coordinator survives its own handlers failing', () => {
 
 describe('the epoch-end replica checksum round', () => {
   it('waits for a peer that never answers no longer than the step deadline (--step-timeout-ms)', async () => {
-    const { RemoteHub } = await import('../src/cluster/remote/hub.js');
     const { Scheduler } = await import('../src/cluster/scheduler.js');
-    const { createTrainingMemory } = await import('../src/cluster/training_memory.js');
-    const { syntheticDataset } = await import('./helpers.js');
-    const { makeSpec } = await import('../src/model/spec.js');
-    const dataset = syntheticDataset(8, 8, 4, 3);
-    const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), dataset, 4, 1);
     const stepTimeoutMs = 300;
-    const options = { host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', allowMixedDevices: false, datasetSha256: dataset.sha256, heartbeatMs: 10_000, stepTimeoutMs, authTimeoutMs: 1000 };
     let joined = 0;
     let bothJoined = () => {};
     const ready = new Promise<void>((resolve) => (bothJoined = resolve));
-    const hub = new RemoteHub(options, memory, (e) => e.type === 'joined' && ++joined === 2 && bothJoined());
-    const { port } = await hub.start();
+    const { hub, port, memory } = await smallHub({ stepTimeoutMs, heartbeatMs: 10_000 }, (e) => e.type === 'joined' && ++joined === 2 && bothJoined());
     const url = `ws://127.0.0.1:${port}`;
     const sha256 = 'ab'.repeat(32);
     const honest = rawPeer(url, undefined, (m, ws) => m.t === 'check' && ws.send(encode({ t: 'checksum', step: m.step as number, sha256 })));
@@ -646,20 +630,7 @@ describe('a coordinator that crashes', () => {
     children.push(first);
     workerProcess(url, '--max-retries', '0');
     workerProcess(url, '--max-retries', '0');
-    const killedAt = await new Promise<number>((resolve, reject) => {
-      const poll = setInterval(() => {
-        const newest = listCheckpoints(runDir)[0];
-        if (newest && readCheckpoint(newest).header.step >= 10) {
-          clearInterval(poll);
-          first.kill('SIGKILL');
-          resolve(readCheckpoint(newest).header.step);
-        }
-      }, 5);
-      first.on('exit', () => {
-        clearInterval(poll);
-        reject(new Error('the coordinator finished before it could be killed'));
-      });
-    });
+    const killedAt = await killAtCheckpoint(first, runDir, 10);
     expect(killedAt).toBeLessThan(64);
     await new Promise((resolve) => first.once('exit', resolve));
     const joined: string[] = [];
