@@ -153,9 +153,16 @@ export class TeamControl {
     }
   }
 
-  /** Main thread: resolves when the signal moves past `seen` (without blocking the event loop). */
+  /**
+   * How long the main thread spins for the team before it yields to the event loop (Atomics.waitAsync, whose
+   * wake-up goes through the loop: ~0.1–1 ms late, twice a step). Long only when every slot has a core of
+   * its own: spinning on a shared core would take it from the threads it waits for.
+   */
+  mainSpins = 2_000;
+
+  /** Main thread: resolves when the signal moves past `seen` (without blocking the event loop for long). */
   async awaitSignal(seen: number): Promise<void> {
-    for (let spin = 0; spin < 2000; spin++) if (Atomics.load(this.words, SIGNAL) !== seen) return;
+    for (let spin = 0; spin < this.mainSpins; spin++) if (Atomics.load(this.words, SIGNAL) !== seen) return;
     const { async, value } = waitAsync(this.words, SIGNAL, seen, 100);
     if (async) await value;
   }
