@@ -117,11 +117,10 @@ export class Trainer {
   /** After the rows: the replicas apply the step, or the weight pass runs here. */
   private async afterRows(index: Int32Array, next: Int32Array | undefined, replicated: boolean): Promise<number> {
     // The loss first: rows of the next step are asked for only when this one goes on.
-    this.batchLoss(index.length);
+    const loss = this.batchLoss(index.length);
     if (next) this.scheduler.prefetch(this.state.step + 1, next, this.config.microBatch);
     if (replicated) {
       // The remote replicas apply this step; this process catches up when it needs the state.
-      const loss = this.batchLoss(index.length);
       this.unapplied.push(index.slice());
       this.state.commit();
       if (this.unapplied.length >= MAX_UNAPPLIED) await this.current();
