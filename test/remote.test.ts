@@ -739,3 +739,24 @@ describe('a run stopped while it waits for workers', () => {
     await expect(run).rejects.toThrow('step 0: stopped while waiting for remote workers; the last good state is kept');
   });
 });
+
+describe('a peer that reads slower than it is sent to', () => {
+  it('is dropped once its backlog passes 4 of the largest frames, instead of growing the coordinator', async () => {
+    const events: string[] = [];
+    const { hub, port } = await smallHub({}, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : ''}`));
+    const joined = new Promise<void>((resolve) => hub.waitForWorker().then(() => resolve()));
+    const slow = rawPeer(`ws://127.0.0.1:${port}`, undefined, () => {});
+    await joined;
+    // It stops reading: what the hub sends piles up in the kernel's buffers, then in ws's.
+    (slow as unknown as { _socket: { pause(): void } })._socket.pause();
+    const [peer] = hub.joining();
+    const send = (hub as unknown as { sendFrame(p: unknown, f: Buffer): void }).sendFrame.bind(hub);
+    for (let i = 0; i < 200 && !events.some((e) => e.includes('fell behind')); i++) {
+      send(peer, Buffer.alloc(1 << 20));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(events).toContainEqual(expect.stringMatching(/^rejected: fell behind: \d+ MiB not yet sent to it \(more than 4 of the largest frames\)$/));
+    slow.terminate();
+    await hub.close();
+  });
+});

@@ -30,6 +30,9 @@ export interface HubOptions extends ListenOptions, GateOptions, WorkOptions {}
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
 
+/** How many of the largest frames (a state snapshot) may wait to be sent to one peer before it is dropped. */
+const BACKLOG_FRAMES = 4;
+
 export class RemoteHub {
   private listener?: Listener;
   private nextId = 1;
@@ -144,7 +147,22 @@ export class RemoteHub {
     this.sendFrame(peer, encode(message));
   }
 
+  /**
+   * Sends a frame, unless the peer already has more than BACKLOG_FRAMES of the largest frames waiting to go
+   * out: a peer that reads slower than it is sent to would grow this process without bound, so it is
+   * dropped instead (it reconnects and resynchronises from a snapshot).
+   */
   private sendFrame(peer: RemotePeer, frame: Buffer): void {
+    const waiting = peer.ws.bufferedAmount;
+    const limit = BACKLOG_FRAMES * maxFrameBytes(this.memory.spec, this.memory.batchSize);
+    if (waiting > limit) {
+      // Not reject(): its error message would queue behind the backlog too. The socket goes at once.
+      const reason = `fell behind: ${(waiting / 2 ** 20).toFixed(0)} MiB not yet sent to it (more than ${BACKLOG_FRAMES} of the largest frames)`;
+      this.report({ type: 'rejected', peer: peer.name, reason });
+      peer.ws.terminate();
+      this.drop(peer, reason);
+      return;
+    }
     this.bytesMoved += frame.length;
     peer.ws.send(frame);
   }
