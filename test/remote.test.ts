@@ -760,3 +760,19 @@ describe('a peer that reads slower than it is sent to', () => {
     await hub.close();
   });
 });
+
+describe('a model too large for a worker\'s frame limit', () => {
+  it('ends the worker with the limit named, instead of reconnecting for ever', async () => {
+    const abort = new AbortController();
+    const ended = new Promise<string>((resolve) => {
+      // --min-workers 1: the worker is sent the state (2.3 MB of parameters, 6.9 MB in all) before step 0.
+      void coordinator({ threads: 1, steps: 2, epochs: 1, minWorkers: 1 }, (url) =>
+        runWorker({ connect: url, maxFrameBytes: 1 << 20, maxRetries: 5, signal: abort.signal }).then(() => resolve('returned'), (e: Error) => resolve(e.message)),
+      );
+    });
+    expect(await ended).toBe(
+      "a frame from the coordinator is larger than this worker's limit of 1 MiB (maxFrameBytes): its model's state snapshot (12 bytes a parameter) does not fit",
+    );
+    abort.abort();
+  });
+});

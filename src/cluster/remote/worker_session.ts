@@ -157,13 +157,22 @@ class WorkerSession {
         watchdog.heard();
         this.queue = this.queue.then(() => this.receive(data as Buffer, isBinary));
       });
-      ws.on('error', (e) => this.emit({ type: 'error', message: `connection: ${e.message}` }));
+      ws.on('error', (e) => {
+        this.emit({ type: 'error', message: `connection: ${e.message}` });
+        // A frame over maxPayload: the model's snapshot does not fit, and never will.
+        if ((e as Error & { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' && !this.silence) {
+          this.fatal = true;
+          const mib = Math.round(options.maxFrameBytes / 2 ** 20);
+          this.silence = `a frame from the coordinator is larger than this worker's limit of ${mib} MiB (maxFrameBytes): its model's state snapshot (12 bytes a parameter) does not fit`;
+        }
+      });
       ws.on('close', (code, reason) => {
         watchdog.stop();
         options.signal?.removeEventListener('abort', abort);
         // A policy close before the welcome: the coordinator refused this worker's hello (its error message may
         // come too late to be read, the socket closing behind it).
         if (code === 1008 && !this.welcomed && !this.silence && isConfigurationRefusal(String(reason))) this.refused(String(reason));
+
         const why = this.silence ?? `closed (${code}${reason.length ? ` ${reason}` : ''})`;
         void this.queue.then(() => resolve({ synced: this.synced, fatal: this.fatal, finished: code === RUN_FINISHED, reason: why }));
       });
