@@ -210,10 +210,12 @@ export interface WorkerConfig {
   /** A local copy of the dataset ("embedded": the built-in MNIST), used only if its checksum matches. */
   data?: string;
   maxRetries: number;
+  /** Largest frame taken from the coordinator: its state snapshot (12 bytes a parameter) must fit. */
+  maxFrameBytes: number;
 }
 
-/** Defaults of dtrain worker and of runWorker(); maxFrameBytes is a protocol limit, so it has no flag. */
-export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'allowSoftwareGpu' | 'maxRetries'> & { maxFrameBytes: number } = {
+/** Defaults of dtrain worker and of runWorker(). */
+export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'allowSoftwareGpu' | 'maxRetries' | 'maxFrameBytes'> = {
   threads: 1,
   engine: 'onnx',
   device: 'cpu',
@@ -236,6 +238,11 @@ export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
     kind: { type: 'string' },
   },
   maxRetries: { flag: '--max-retries <n>', description: 'give up after n failed connection attempts in a row (0 = keep trying)', kind: { type: 'int', min: 0 } },
+  maxFrameBytes: {
+    flag: '--max-frame-bytes <n>',
+    description: 'largest frame taken from the coordinator; its state snapshot, 12 bytes a parameter, must fit (default 256 MiB: ~22 M parameters)',
+    kind: { type: 'int', min: 1 << 20 },
+  },
 };
 
 export const WORKER_OPTIONS = rowsOf(WORKER_OPTION_TABLE);
@@ -386,8 +393,7 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   // Checked here, a mistyped URL is named as the option it is, before the worker loads an engine.
   if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
   checkToken(given.token);
-  const { maxFrameBytes: _, ...defaults } = WORKER_DEFAULTS;
-  return { ...defaults, ...given, connect: given.connect };
+  return { ...WORKER_DEFAULTS, ...given, connect: given.connect };
 }
 
 /**

@@ -771,7 +771,7 @@ describe('a model too large for a worker\'s frame limit', () => {
       );
     });
     expect(await ended).toBe(
-      "a frame from the coordinator is larger than this worker's limit of 1 MiB (maxFrameBytes): its model's state snapshot (12 bytes a parameter) does not fit",
+      "a frame from the coordinator is larger than this worker's limit of 1 MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit",
     );
     abort.abort();
   });

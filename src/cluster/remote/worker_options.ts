@@ -20,8 +20,6 @@ export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
   retryForMs?: number;
   /** This process's rank in a launched job (dtrain run), sent in the hello: a coordinator then names missing ranks. */
   rank?: number;
-  /** Largest frame accepted from the coordinator (a state snapshot of the model must fit). */
-  maxFrameBytes: number;
   onEvent?: (event: WorkerEvent) => void;
   /**
    * Fault injection (tests): what this worker sends instead of the rows it computed, as a faulty or

@@ -163,7 +163,7 @@ class WorkerSession {
         if ((e as Error & { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' && !this.silence) {
           this.fatal = true;
           const mib = Math.round(options.maxFrameBytes / 2 ** 20);
-          this.silence = `a frame from the coordinator is larger than this worker's limit of ${mib} MiB (maxFrameBytes): its model's state snapshot (12 bytes a parameter) does not fit`;
+          this.silence = `a frame from the coordinator is larger than this worker's limit of ${mib} MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit`;
         }
       });
       ws.on('close', (code, reason) => {
