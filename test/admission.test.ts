@@ -4,7 +4,7 @@ import { Admission, ADMISSION_DEFAULTS, RefusalLog } from '../src/cluster/remote
 import { newNonce, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { RemoteHub, type HubEvent } from '../src/cluster/remote/hub.js';
-import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
+import { PROTOCOL_VERSION, REFUSED } from '../src/cluster/remote/messages.js';
 import { createTrainingMemory } from '../src/cluster/training_memory.js';
 import { makeSpec } from '../src/model/spec.js';
 import { syntheticDataset } from './helpers.js';
@@ -108,7 +108,7 @@ describe('a hub turning strangers away', () => {
     const hub = new RemoteHub(options, memory, (e) => events.push(e));
     const { port } = await hub.start();
     try {
-      for (let i = 0; i < 3; i++) expect(await knock(port, '127.0.0.3', 'not the token at all')).toMatchObject({ challenged: true, code: 1008 });
+      for (let i = 0; i < 3; i++) expect(await knock(port, '127.0.0.3', 'not the token at all')).toMatchObject({ challenged: true, code: REFUSED });
       expect(events.filter((e) => e.type === 'rejected').map((e) => e.type === 'rejected' && `${e.peer}: ${e.reason}`)).toEqual([
         expect.stringMatching(/^worker 1 \(127\.0\.0\.3:\d+\): authentication failed: wrong or missing token$/),
         expect.stringMatching(/^worker 2 \(127\.0\.0\.3:\d+\): authentication failed/),

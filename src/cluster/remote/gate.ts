@@ -13,7 +13,7 @@ import { Admission, ADMISSION_DEFAULTS, MAX_UNAUTHENTICATED_BYTES, RefusalLog, t
 import { proof, proofMatches } from './auth.js';
 import { closeReason } from './codec.js';
 import type { HubContext } from './hub_context.js';
-import { PROTOCOL_VERSION, ProtocolError, type Hello } from './messages.js';
+import { PROTOCOL_VERSION, RefusedError, type Hello } from './messages.js';
 import type { RemotePeer } from './peer.js';
 
 /** The admission control's settings (admission.ts) are optional: ADMISSION_DEFAULTS fill what is not given. */
@@ -72,16 +72,16 @@ export class Gate {
 
   /**
    * Takes a peer's hello: the token must be proved, then the engine and device must be the run's (or
-   * mixed devices allowed), else a ProtocolError says why. A peer that passes is welcomed and joining;
+   * mixed devices allowed), else a RefusedError says why. A peer that passes is welcomed and joining;
    * returns its engine/device.
    */
   authenticate(peer: RemotePeer, hello: Hello): string {
     const token = this.options.token;
-    if (token && !proofMatches(token, 'worker', peer.challenge, hello.mac)) throw new ProtocolError('authentication failed: wrong or missing token');
+    if (token && !proofMatches(token, 'worker', peer.challenge, hello.mac)) throw new RefusedError('authentication failed: wrong or missing token');
     // It proved the token: whatever else is wrong with it is a configuration error, not an attack.
     this.release(peer, true);
     const [ours, theirs] = [`${this.options.engine}/${this.options.device}`, `${hello.engine}/${hello.device}`];
-    if (theirs !== ours && !this.options.allowMixedDevices) throw new ProtocolError(mixedDevices(ours, theirs).message);
+    if (theirs !== ours && !this.options.allowMixedDevices) throw new RefusedError(mixedDevices(ours, theirs).message);
     clearTimeout(peer.authTimer);
     peer.hello = hello;
     peer.status = 'joining';

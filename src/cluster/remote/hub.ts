@@ -16,7 +16,7 @@ import { Gate, type GateOptions } from './gate.js';
 import { Heartbeat } from './heartbeat.js';
 import type { HubContext, HubEvent } from './hub_context.js';
 import { Listener, type ListenOptions } from './listener.js';
-import { NonFiniteError, ProtocolError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
+import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
 import { RemotePeer, SuspectRows } from './peer.js';
 import { PeerWork, type Snapshot, type WorkOptions } from './peer_work.js';
 import { validateFromWorker } from './validation.js';
@@ -209,7 +209,7 @@ export class RemoteHub {
       peer.requests.fail('rows', new SuspectRows(peer, e.message));
       return;
     }
-    this.reject(peer, e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`);
+    this.reject(peer, e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`, e instanceof RefusedError ? REFUSED : 1008);
   }
 
   /** A hello: the gate authenticates the peer (or throws why not); it joins, and waits for the state (admit). */
@@ -219,8 +219,11 @@ export class RemoteHub {
     for (const wake of this.waiters.splice(0)) wake();
   }
 
-  /** Disconnects a peer with a reason (logged as a rejection); a stranger is hung up on (hangUp). */
-  reject(worker: RemotePeer, reason: string): void {
+  /**
+   * Disconnects a peer with a reason (logged as a rejection); a stranger is hung up on (hangUp). The close
+   * code is 1008, or REFUSED for a configuration the worker should not retry with.
+   */
+  reject(worker: RemotePeer, reason: string, code = 1008): void {
     if (worker.status === 'closed') return;
     this.report({ type: 'rejected', peer: worker.name, reason });
     try {
@@ -228,8 +231,8 @@ export class RemoteHub {
     } catch {
       // the socket may already be gone
     }
-    if (worker.holdsAuthSlot) this.gate.hangUp(worker.ws, worker.socket, 1008, reason);
-    else worker.ws.close(1008, closeReason(reason));
+    if (worker.holdsAuthSlot) this.gate.hangUp(worker.ws, worker.socket, code, reason);
+    else worker.ws.close(code, closeReason(reason));
     this.drop(worker, reason);
   }
 

@@ -22,7 +22,8 @@
  *                         the replica's state at a step: what the coordinator takes instead of applying
  *                         every step itself when it has no compute threads of its own (--threads 0)
  *   either → other        error {message}
- *   coordinator closes    with RUN_FINISHED when the run is over (the worker exits instead of reconnecting)
+ *   coordinator closes    with RUN_FINISHED when the run is over (the worker exits instead of reconnecting),
+ *                         with REFUSED when the worker's configuration is refused (it stops too)
  *
  * Encoding: codec.ts; what each side accepts: validation.ts; the token handshake: auth.ts.
  */
@@ -35,6 +36,12 @@ export const PROTOCOL_VERSION = 4;
 
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
+
+/**
+ * Close code that tells a worker it was refused for its configuration — its token, engine, device or
+ * protocol version: retrying cannot help (and each failed try counts against its address), so it stops.
+ */
+export const REFUSED = 4001;
 
 export interface Challenge { t: 'challenge'; protocol: number; nonce: Uint8Array }
 export interface Hello {
@@ -121,4 +128,9 @@ export class ProtocolError extends Error {
  */
 export class NonFiniteError extends ProtocolError {
   override name = 'NonFiniteError';
+}
+
+/** A hello refused for the worker's configuration (token, engine, device, protocol version): closed with REFUSED. */
+export class RefusedError extends ProtocolError {
+  override name = 'RefusedError';
 }

@@ -11,7 +11,7 @@
 import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
-import { NonFiniteError, PROTOCOL_VERSION, ProtocolError, type RowsMessage, type ToCoordinator, type ToWorker } from './messages.js';
+import { NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type RowsMessage, type ToCoordinator, type ToWorker } from './messages.js';
 
 /** A decoded message before validation (codec.ts guarantees a map with a string "t"). */
 type Raw = Record<string, unknown>;
@@ -144,7 +144,7 @@ export interface CoordinatorView {
 const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
   hello(raw) {
     const protocol = int(raw, 'protocol');
-    if (protocol !== PROTOCOL_VERSION) throw new ProtocolError(`hello: protocol version ${protocol} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
+    if (protocol !== PROTOCOL_VERSION) throw new RefusedError(`hello: protocol version ${protocol} is not supported (this coordinator speaks ${PROTOCOL_VERSION})`);
     return {
       t: 'hello',
       protocol,

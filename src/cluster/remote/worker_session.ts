@@ -13,7 +13,7 @@ import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
-import { PROTOCOL_VERSION, ProtocolError, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
+import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
 import { Replica } from './replica.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
 import { Watchdog } from './watchdog.js';
@@ -108,10 +108,7 @@ const HANDLERS: Handlers = {
 
   snapshot: (s, message) => s.send(s.replica.stateAt(message.step)),
 
-  error: (s, message) => {
-    s.emit({ type: 'error', message: `coordinator: ${message.message}` });
-    if (!s.welcomed && isConfigurationRefusal(message.message)) s.refused(message.message);
-  },
+  error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
 };
 
 class WorkerSession {
@@ -169,9 +166,7 @@ class WorkerSession {
       ws.on('close', (code, reason) => {
         watchdog.stop();
         options.signal?.removeEventListener('abort', abort);
-        // A policy close before the welcome: the coordinator refused this worker's hello (its error message may
-        // come too late to be read, the socket closing behind it).
-        if (code === 1008 && !this.welcomed && !this.silence && isConfigurationRefusal(String(reason))) this.refused(String(reason));
+        if (code === REFUSED && !this.silence) this.refused(String(reason));
 
         const why = this.silence ?? `closed (${code}${reason.length ? ` ${reason}` : ''})`;
         void this.queue.then(() => resolve({ synced: this.synced, fatal: this.fatal, finished: code === RUN_FINISHED, reason: why }));
@@ -238,11 +233,3 @@ export function session(options: WorkerOptions, emit: (e: WorkerEvent) => void, 
   return new WorkerSession(options, emit, slot).run();
 }
 
-/**
- * Refusals of this worker's configuration — a wrong token, another engine, device or protocol version —
- * end it: retrying cannot help, and every failed try counts against its address. Anything else (a hello
- * damaged on the way, say) is retried.
- */
-function isConfigurationRefusal(reason: string): boolean {
-  return /^(authentication failed|engine mismatch|mixed devices|hello: protocol version)/.test(reason);
-}
