@@ -134,8 +134,19 @@ export const DEFAULTS: TrainConfig = {
   export: true,
 };
 
-const DEVICE_HELP = 'where the engine computes (webgpu: onnx on a GPU through Vulkan; cuda/gpu need a GPU build installed)';
-const ALLOW_SOFTWARE_GPU_HELP = 'with --device webgpu, accept a software adapter such as lavapipe (for tests: slower than --device cpu)';
+/** The device rows, the same for a run and for a worker. */
+const DEVICE_ROWS: Pick<OptionTable<TrainConfig & WorkerConfig>, 'device' | 'allowSoftwareGpu'> = {
+  device: {
+    flag: '--device <name>',
+    description: 'where the engine computes (webgpu: onnx on a GPU through Vulkan; cuda/gpu need a GPU build installed)',
+    kind: { type: 'enum', choices: DEVICES },
+  },
+  allowSoftwareGpu: {
+    flag: '--allow-software-gpu',
+    description: 'with --device webgpu, accept a software adapter such as lavapipe (for tests: slower than --device cpu)',
+    kind: { type: 'bool' },
+  },
+};
 
 export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   data: { flag: '--data <dir>', description: 'IDX dataset directory (MNIST file names, plain or .gz); default: the embedded MNIST', kind: { type: 'string' } },
@@ -145,8 +156,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   activation: { flag: '--activation <name>', description: 'activation after each hidden layer', kind: { type: 'enum', choices: ACTIVATIONS } },
   seed: { flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
   engine: { flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ENGINES } },
-  device: { flag: '--device <name>', description: DEVICE_HELP, kind: { type: 'enum', choices: DEVICES } },
-  allowSoftwareGpu: { flag: '--allow-software-gpu', description: ALLOW_SOFTWARE_GPU_HELP, kind: { type: 'bool' } },
+  ...DEVICE_ROWS,
   allowMixedDevices: {
     flag: '--allow-mixed-devices',
     description: 'accept remote workers on another engine or device than this run\'s (results then depend on who computed what; recorded in summary.json)',
@@ -230,8 +240,7 @@ export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
   ca: { flag: '--ca <file>', description: 'PEM certificate of a private CA that signed the coordinator\'s TLS certificate', kind: { type: 'string' } },
   threads: { flag: '--threads <n>', description: 'compute threads on this machine', kind: { type: 'int', min: 1 } },
   engine: { flag: '--engine <name>', description: 'compute engine (must match the coordinator\'s)', kind: { type: 'enum', choices: ENGINES } },
-  device: { flag: '--device <name>', description: DEVICE_HELP, kind: { type: 'enum', choices: DEVICES } },
-  allowSoftwareGpu: { flag: '--allow-software-gpu', description: ALLOW_SOFTWARE_GPU_HELP, kind: { type: 'bool' } },
+  ...DEVICE_ROWS,
   data: {
     flag: '--data <dir>',
     description: 'a local copy of the dataset ("embedded" for the built-in MNIST); used only if its checksum matches the coordinator\'s',

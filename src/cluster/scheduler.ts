@@ -202,7 +202,8 @@ export class Scheduler {
       todo = coalesce([...todo, ...outcomes.flatMap((o) => o.failed)]);
       const suspects = outcomes.flatMap((o) => o.suspect);
       const accepted = outcomes.flatMap((o) => o.accepted);
-      const toVerify = accepted.some((a) => this.verifier.pick(step, a.shardRange).length > 0);
+      // Without --verify nothing is drawn: the row pass is the training step's hot path.
+      const toVerify = this.verifier.enabled && accepted.some((a) => this.verifier.pick(step, a.shardRange).length > 0);
       if ((suspects.length > 0 || toVerify) && !stateIsHere) return { done: false, needs: 'state' };
       if (suspects.length > 0) await this.judge(suspects, step, generation, batch, shards);
       if (toVerify) todo = coalesce([...todo, ...(await this.verify(accepted, step, generation, batch, shards))]);

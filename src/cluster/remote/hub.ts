@@ -57,11 +57,15 @@ export class RemoteHub {
   private readonly heartbeat: Heartbeat;
   private readonly work: PeerWork;
 
+  /** Bytes that may wait to be sent to one peer (sendFrame): fixed for the run's model and batch. */
+  private readonly maxBacklog: number;
+
   constructor(
     private readonly options: HubOptions,
     private readonly memory: TrainingMemory,
     private readonly onEvent: (event: HubEvent) => void,
   ) {
+    this.maxBacklog = BACKLOG_FRAMES * maxFrameBytes(memory.spec, memory.batchSize);
     this.gate = new Gate(options, this.context);
     this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
     this.work = new PeerWork(options, memory, this.context);
@@ -154,8 +158,7 @@ export class RemoteHub {
    */
   private sendFrame(peer: RemotePeer, frame: Buffer): void {
     const waiting = peer.ws.bufferedAmount;
-    const limit = BACKLOG_FRAMES * maxFrameBytes(this.memory.spec, this.memory.batchSize);
-    if (waiting > limit) {
+    if (waiting > this.maxBacklog) {
       // Not reject(): its error message would queue behind the backlog too. The socket goes at once.
       const reason = `fell behind: ${(waiting / 2 ** 20).toFixed(0)} MiB not yet sent to it (more than ${BACKLOG_FRAMES} of the largest frames)`;
       this.report({ type: 'rejected', peer: peer.name, reason });
