@@ -17,7 +17,7 @@ import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
 import { LOCAL, smooth, WorkLedger, type WorkShares } from './work_ledger.js';
 import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
 import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
-import type { EngineCapabilities, Task, TaskResult } from './slot_runner.js';
+import type { Task, TaskResult } from './slot_runner.js';
 import { stoppedWaiting } from '../errors.js';
 import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
 import type { Team } from './team.js';
@@ -105,10 +105,6 @@ export class Scheduler {
     return this.verifier.enabled;
   }
 
-  get capabilities(): EngineCapabilities {
-    return this.local.capabilities;
-  }
-
   /** False with --threads 0: local slots then only apply the optimizer and evaluate. */
   private get localComputes(): boolean {
     return this.mode !== 'replicated';
@@ -176,7 +172,7 @@ export class Scheduler {
 
   /** Waits until some worker has authenticated (the trainer then admits it). */
   async waitForParticipant(step: number, signal?: AbortSignal): Promise<void> {
-    if (!this.hasJoiners()) await this.waitForJoin(step, `step ${step}: no worker is connected; waiting for one`, { signal });
+    await this.waitForJoin(step, `step ${step}: no worker is connected; waiting for one`, { signal });
   }
 
   // ------------------------------------------------------------ the row pass

@@ -44,10 +44,6 @@ export class Trainer {
     private readonly signal?: AbortSignal,
   ) {}
 
-  get step(): number {
-    return this.state.step;
-  }
-
   /**
    * One optimizer step on the given dataset rows; returns the batch-mean loss. `next`, the following
    * step's rows when known, lets remote workers start on them while this step's weight pass runs.
