@@ -9,13 +9,13 @@ const LAYERS = [
   ['config', '^src/config\\.ts$'],
   ['compute', '^src/cluster/[^/]+\\.ts$'],
   ['remote', '^src/cluster/remote/'],
-  ['scheduler', '^src/cluster/scheduler\\.ts$'],
+  ['scheduler', '^src/cluster/(scheduler|sharded_steps)\\.ts$'],
   ['report', '^src/report/'],
   ['train', '^src/train/'],
   ['entry', '^src/(index|cli|console|inference)\\.ts$|^src/launch/'],
 ];
 
-// 'compute' matches scheduler.ts too: the scheduler is excluded from it by name.
+// 'compute' matches the scheduler's modules too: they are excluded from it by name.
 const pathOf = ([name, path]) => ({ path, ...(name === 'compute' ? { pathNot: LAYERS[5][1] } : {}) });
 
 const upward = LAYERS.slice(0, -1).map((layer, i) => ({

@@ -15,9 +15,10 @@
  * way (scripts/netns.ts; the coordinator's side, the bridge, is not limited). --torch adds PyTorch rows:
  * single-process (the tutorial model at batch 64 only: that is what torch_mlp.py runs) and DDP over gloo
  * for the remote-worker counts, whose processes share one loopback limited to world × RATE under --link.
+ * --plan: the remote rows once per plan (--threads 0 runs: sharded weight pass or replicated steps).
  *
  *   npm run scaling -- [--hidden 512,256,128,64] [--batch-size 64] [--weak] [--threads 1,2] [--remote 1,2]
- *     [--micro-batch 16] [--steps 300] [--warmup 10] [--local-data] [--torch] [--link 1gbit] [--out DIR]
+ *     [--micro-batch 16] [--plan sharded,replicated] [--steps 300] [--warmup 10] [--local-data] [--torch] [--link 1gbit] [--out DIR]
  *   npm run scaling -- --combine DIR1,DIR2 --out DIR     (one plot of the rows of earlier runs)
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -25,6 +26,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train, type TrainConfig } from '../src/index.js';
+import { PLANS, type StepPlan } from '../src/config.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { panel, svgDocument } from '../src/report/plot.js';
 import { TestNetwork } from './netns.js';
@@ -33,6 +35,8 @@ import { argValue, median, projectRoot, torchAvailable, torchDdpStepMs, torchSte
 export interface ScalingOptions {
   threads: number[];
   remote: number[];
+  /** The plans the remote rows run with, each a row of its own. */
+  plans: StepPlan[];
   microBatch: number[];
   steps: number;
   /** Steps left out of the timing at the start of every run. */
@@ -59,6 +63,8 @@ export interface ScalingRow {
   globalBatch: number;
   /** The link each remote participant has: a rate, 'loopback', or '–' for one process. */
   link: string;
+  /** The remote workers' plan; '–' for the other kinds. */
+  plan: string;
   /** dtrain's micro-shard rows; 0 for PyTorch. */
   microBatch: number;
   /** Mean step after the warm-up. */
@@ -74,7 +80,7 @@ export interface ScalingRow {
 }
 
 export const DEFAULTS: ScalingOptions = {
-  threads: [1, 2], remote: [1, 2], microBatch: [16], steps: 300, warmup: 10, trainSamples: 0, out: 'scaling',
+  threads: [1, 2], remote: [1, 2], plans: ['sharded'], microBatch: [16], steps: 300, warmup: 10, trainSamples: 0, out: 'scaling',
   torch: false, localData: false, hidden: [512, 256, 128, 64], batchSize: 64, weak: false, link: null,
 };
 const TUTORIAL = '784-512-256-128-64-10';
@@ -125,7 +131,7 @@ function remoteWorkers(count: number, o: ScalingOptions) {
 }
 
 /** One dtrain run; its times are metrics.jsonl's per-step ms after the warm-up. */
-async function runDtrain(kind: 'local threads' | 'remote workers', n: number, microBatch: number, o: ScalingOptions): Promise<ScalingRow> {
+async function runDtrain(kind: 'local threads' | 'remote workers', n: number, microBatch: number, o: ScalingOptions, plan: StepPlan = 'auto'): Promise<ScalingRow> {
   const out = mkdtempSync(join(o.out, 'run-'));
   const batch = globalBatch(o, n);
   const remote = kind === 'remote workers' ? remoteWorkers(n, o) : undefined;
@@ -133,7 +139,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
     steps: o.steps, trainSamples: o.trainSamples, testSamples: 200, hidden: o.hidden, batchSize: batch, microBatch,
     logEvery: 1_000_000, export: false, out, keepCheckpoints: 1,
     // Step 0 waits for every worker: no step is timed with fewer participants than the row says.
-    ...(remote ? { threads: 0, listen: remote.listen, token: remote.token, minWorkers: n, joinTimeoutMs: 60_000 } : { threads: n }),
+    ...(remote ? { threads: 0, plan, listen: remote.listen, token: remote.token, minWorkers: n, joinTimeoutMs: 60_000 } : { threads: n }),
   };
   try {
     const summary = await train(config, { onListening: ({ port }) => remote?.start(port) });
@@ -144,7 +150,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
     const seconds = epochs.reduce((s, r) => s + r.seconds, 0);
     const msPerStep = mean(timed);
     return {
-      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', microBatch,
+      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: remote ? plan : '–', microBatch,
       msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
       bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
       networkWaitShare: seconds > 0 ? epochs.reduce((s, r) => s + r.networkWaitSeconds, 0) / seconds : 0,
@@ -162,7 +168,7 @@ function torchRows(o: ScalingOptions, log: (line: string) => void): ScalingRow[]
   const rows: ScalingRow[] = [];
   const model = modelLabel(o.hidden);
   const row = (kind: RunKind, participants: number, link: string, msPerStep: number, medianStepMs: number): ScalingRow => ({
-    kind, participants, model, globalBatch: globalBatch(o, participants), link, microBatch: 0, msPerStep, medianStepMs,
+    kind, participants, model, globalBatch: globalBatch(o, participants), link, plan: '–', microBatch: 0, msPerStep, medianStepMs,
     samplesPerSecond: (1000 * globalBatch(o, participants)) / msPerStep, efficiency: 0, bytesPerStep: 0, networkWaitShare: 0, paramsSha256: '',
   });
   for (const threads of o.threads) {
@@ -205,12 +211,14 @@ export async function runScaling(options: Partial<ScalingOptions> = {}, log: (li
   mkdirSync(o.out, { recursive: true });
   const rows: ScalingRow[] = [];
   for (const microBatch of o.microBatch) {
-    for (const [kind, counts] of [['local threads', o.threads], ['remote workers', o.remote]] as const) {
-      for (const n of counts) {
-        const r = await runDtrain(kind, n, microBatch, o);
-        rows.push(r);
-        log(`${kind} ${n}, batch ${r.globalBatch}, micro-batch ${microBatch}: ${r.msPerStep.toFixed(2)} ms/step`);
-      }
+    const runs = [
+      ...o.threads.map((n) => ['local threads', n, undefined] as const),
+      ...o.remote.flatMap((n) => o.plans.map((plan) => ['remote workers', n, plan] as const)),
+    ];
+    for (const [kind, n, plan] of runs) {
+      const r = await runDtrain(kind, n, microBatch, o, plan);
+      rows.push(r);
+      log(`${kind} ${n}${plan ? ` (${plan})` : ''}, batch ${r.globalBatch}, micro-batch ${microBatch}: ${r.msPerStep.toFixed(2)} ms/step`);
     }
   }
   if (o.torch && torchAvailable()) rows.push(...torchRows(o, log));
@@ -245,11 +253,11 @@ function markdown(rows: ScalingRow[], groups: Map<number, Set<string>>, o: Scali
       `${o.link ? `; each remote worker behind a ${o.link} link (tc tbf, each way), DDP's processes sharing world × ${o.link}` : ''}. ` +
       'efficiency = samples/s ÷ (participants × samples/s of 1 local thread).',
     '',
-    '| run | model | global batch | link | participants | micro-batch | ms/step | median step (ms) | s/epoch | samples/s | efficiency | wire bytes/step | waiting on the wire |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| run | plan | model | global batch | link | participants | micro-batch | ms/step | median step (ms) | s/epoch | samples/s | efficiency | wire bytes/step | waiting on the wire |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map(
       (r) =>
-        `| ${r.kind} | ${r.model} | ${r.globalBatch} | ${r.link} | ${r.participants} | ${r.microBatch || '–'} | ${ms(r.msPerStep)} | ${ms(r.medianStepMs)} | ` +
+        `| ${r.kind} | ${r.plan ?? '–'} | ${r.model} | ${r.globalBatch} | ${r.link} | ${r.participants} | ${r.microBatch || '–'} | ${ms(r.msPerStep)} | ${ms(r.medianStepMs)} | ` +
         `${((r.msPerStep * Math.ceil(60000 / r.globalBatch)) / 1000).toFixed(2)} | ${Math.round(r.samplesPerSecond)} | ${r.efficiency.toFixed(2)} | ` +
         `${network(r) ? `${(r.bytesPerStep / 1e6).toFixed(2)} MB` : '–'} | ${network(r) ? `${(100 * r.networkWaitShare).toFixed(0)}%` : '–'} |`,
     ),
@@ -272,7 +280,7 @@ const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#7f7f7f', '#d62728', '#9467bd'
  */
 export function plot(rows: ScalingRow[]): string {
   const models = new Set(rows.map((r) => r.model));
-  const name = (r: ScalingRow) => [r.kind, ...(r.link === '–' ? [] : [r.link]), ...(models.size > 1 ? [r.model] : [])].join(', ');
+  const name = (r: ScalingRow) => [r.kind, ...(r.plan && r.plan !== '–' ? [r.plan] : []), ...(r.link === '–' ? [] : [r.link]), ...(models.size > 1 ? [r.model] : [])].join(', ');
   const firstMicro = new Map<string, number>();
   for (const r of rows) if (!firstMicro.has(name(r))) firstMicro.set(name(r), r.microBatch);
   const names = [...firstMicro.keys()];
@@ -304,11 +312,19 @@ export function combine(dirs: string[], out: string): string {
   return svg;
 }
 
+function plansOf(text: string): StepPlan[] {
+  const plans = text.split(',');
+  const wrong = plans.find((p) => !(PLANS as readonly string[]).includes(p));
+  if (wrong !== undefined) throw new Error(`--plan ${text}: expected a comma-separated list of ${PLANS.join(' | ')}, got ${wrong}`);
+  return plans as StepPlan[];
+}
+
 function optionsFromArgs(): Partial<ScalingOptions> {
   const list = (name: string, fallback: string) => argValue(name, fallback).split(',').map(Number);
   return {
     threads: list('threads', '1,2'),
     remote: list('remote', '1,2'),
+    plans: plansOf(argValue('plan', 'sharded')),
     microBatch: list('micro-batch', '16'),
     hidden: list('hidden', DEFAULTS.hidden.join(',')),
     batchSize: Number(argValue('batch-size', String(DEFAULTS.batchSize))),

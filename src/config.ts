@@ -8,6 +8,14 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { DEVICES, ENGINES, type Device, type EngineName } from './engine/engine.js';
 import { ACTIVATIONS, type Activation } from './model/spec.js';
+
+/**
+ * How a run without local compute (--threads 0) distributes a step among remote replicas: each applies the
+ * whole step (replicated: fewest bytes, the weight pass repeated everywhere), or each its share of the
+ * output units with the parameters all-gathered (sharded: the weight pass divided). auto: sharded.
+ */
+export const PLANS = ['auto', 'replicated', 'sharded'] as const;
+export type StepPlan = (typeof PLANS)[number];
 import {
   configUnreadable,
   incompatibleOptions,
@@ -76,6 +84,7 @@ export interface TrainConfig {
   allowSoftwareGpu: boolean;
   allowMixedDevices: boolean;
   threads: number;
+  plan: StepPlan;
   epochs: number;
   steps: number;
   batchSize: number;
@@ -111,6 +120,7 @@ export const DEFAULTS: TrainConfig = {
   allowSoftwareGpu: false,
   allowMixedDevices: false,
   threads: availableParallelism(),
+  plan: 'auto',
   epochs: 26,
   steps: 0,
   batchSize: 64,
@@ -163,6 +173,11 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
     kind: { type: 'bool' },
   },
   threads: { flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
+  plan: {
+    flag: '--plan <name>',
+    description: 'with --threads 0: replicated (every replica applies the whole step) or sharded (each its share of the output units, parameters all-gathered); auto: sharded',
+    kind: { type: 'enum', choices: PLANS },
+  },
   epochs: { flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
   steps: { flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
   batchSize: { flag: '--batch-size <n>', description: 'samples per optimizer step', kind: { type: 'int', min: 1 } },
@@ -203,7 +218,7 @@ export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'liste
  * the checkpoint (or be left out, and are then taken from it).
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
-  'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
+  'threads', 'plan', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
   'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device', 'allowSoftwareGpu',
   'allowMixedDevices',
 ];

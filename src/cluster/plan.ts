@@ -62,8 +62,25 @@ export function shardGroups(shards: Range[], workers: number): Range[] {
 
 /** For each worker, the range of output units it reduces in each layer. */
 export function unitAssignment(fanOuts: number[], workers: number): Range[][] {
-  const perLayer = fanOuts.map((n) => evenSplit(n, workers));
+  return splitUnits(fanOuts.map((n) => [0, n] as Range), workers);
+}
+
+/** Each layer's range of units split evenly among `workers` (a remote participant's share among its threads). */
+export function splitUnits(units: readonly Range[], workers: number): Range[][] {
+  const perLayer = units.map(([u0, u1]) => evenSplit(u1 - u0, workers).map(([a, b]) => [u0 + a, u0 + b] as Range));
   return Array.from({ length: workers }, (_, w) => perLayer.map((ranges) => ranges[w]));
+}
+
+/**
+ * Each layer's output units shared among participants in proportion to their speed (apportion): the
+ * sharded weight pass, where a slower machine gets fewer units.
+ */
+export function shareUnits(fanOuts: number[], speeds: number[]): Range[][] {
+  const perLayer = fanOuts.map((n) => {
+    let next = 0;
+    return apportion(n, speeds).map((count) => [next, (next += count)] as Range);
+  });
+  return speeds.map((_, p) => perLayer.map((ranges) => ranges[p]));
 }
 
 /** The training samples of one batch of an epoch, in order (shuffled: the epoch's permutation). */

@@ -10,13 +10,15 @@
  * that cannot finish with the participants it has says so and the trainer redoes the step after the
  * boundary; the scheduler never calls back into the trainer.
  */
-import type { StateSnapshot } from './training_state.js';
+import type { StepPlan } from '../config.js';
+import type { StateArrays, StateSnapshot } from './training_state.js';
+import { ShardedSteps } from './sharded_steps.js';
 import type { Range } from './plan.js';
 import { apportion, coalesce, microShards, shardGroups } from './plan.js';
 import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
 import { LOCAL, smooth, WorkLedger, type WorkShares } from './work_ledger.js';
 import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
-import type { ReplicaState, RowsDone, StateMessage } from './remote/messages.js';
+import type { RowsDone, StateMessage } from './remote/messages.js';
 import type { Task, TaskResult } from './slot_runner.js';
 import { stoppedWaiting } from '../errors.js';
 import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
@@ -34,11 +36,16 @@ export type StepMode =
   | 'whole'
   /** Rows on every participant, then the weight pass on the local slots. */
   | 'split'
-  /** No local compute (--threads 0): remote replicas compute the rows and each applies the step itself. */
-  | 'replicated';
+  /** No local compute (--threads 0): remote replicas compute the rows and each applies the whole step itself. */
+  | 'replicated'
+  /**
+   * No local compute (--threads 0): remote replicas compute the rows, each reduces and updates its share of
+   * the output units, and the new parameters are all-gathered (sharded_steps.ts).
+   */
+  | 'sharded';
 
-export function chooseStepMode(localThreads: number, remoteWorkers: boolean): StepMode {
-  if (localThreads === 0) return 'replicated';
+export function chooseStepMode(localThreads: number, remoteWorkers: boolean, plan: StepPlan = 'auto'): StepMode {
+  if (localThreads === 0) return plan === 'replicated' ? 'replicated' : 'sharded';
   return localThreads === 1 && !remoteWorkers ? 'whole' : 'split';
 }
 
@@ -88,6 +95,8 @@ export class Scheduler {
    * an engine that can rebuild them (Engine.deltasPass).
    */
   readonly compactRows: boolean;
+  /** The sharded plan's owners and slices (mode 'sharded'). */
+  private readonly sharded?: ShardedSteps;
 
   constructor(
     private readonly memory: TrainingMemory,
@@ -98,6 +107,7 @@ export class Scheduler {
     private readonly verifier = new RowVerifier(0, 0),
   ) {
     this.compactRows = mode === 'replicated' && local.capabilities.compactRows;
+    if (mode === 'sharded' && hub) this.sharded = new ShardedSteps(hub, memory.spec);
   }
 
   /** Whether rows are verified here (--verify): the committed state must then be here before a row pass. */
@@ -107,12 +117,13 @@ export class Scheduler {
 
   /** False with --threads 0: local slots then only apply the optimizer and evaluate. */
   private get localComputes(): boolean {
-    return this.mode !== 'replicated';
+    return this.mode !== 'replicated' && this.mode !== 'sharded';
   }
 
   get description(): string {
     const remote = this.hub ? `, remote workers via ${this.hub.ready().length ? `${this.hub.ready().length} connected` : 'none yet'}` : '';
-    return `${this.localComputes ? this.local.description : 'no local compute (remote replicas apply the steps; evaluation here)'}${remote}`;
+    const replicas = this.mode === 'sharded' ? 'remote replicas share the weight pass by output units' : 'remote replicas apply the steps';
+    return `${this.localComputes ? this.local.description : `no local compute (${replicas}; evaluation here)`}${remote}`;
   }
 
   /** Every engine/device a remote worker joined with (see RemoteHub.kinds). */
@@ -122,9 +133,12 @@ export class Scheduler {
 
   // ------------------------------------------------------------ membership, at step boundaries only
 
-  /** Whether workers authenticated (or must resynchronise) and wait for the committed state. */
+  /**
+   * Whether workers authenticated (or must resynchronise) and wait for the committed state; sharded, also
+   * when the units must be shared anew (an owner left, or its slice was lost).
+   */
   hasJoiners(): boolean {
-    return (this.hub?.joining().length ?? 0) > 0;
+    return (this.hub?.joining().length ?? 0) > 0 || (this.sharded?.stale ?? false);
   }
 
   /** Whether nobody could compute rows now: no local compute and no ready remote worker. */
@@ -134,7 +148,8 @@ export class Scheduler {
 
   /** Sends the committed state to the joiners, which makes them participants from this step on. */
   admit(state: JoinState): void {
-    this.hub?.admit(state);
+    if (this.sharded) this.sharded.admit(state);
+    else this.hub?.admit(state);
   }
 
   /** Remote workers that joined: ready, or authenticated and waiting for the state. */
@@ -184,6 +199,8 @@ export class Scheduler {
    */
   async computeRows(step: number, generation: number, index: Int32Array, microBatch: number, stateIsHere: boolean): Promise<RowsOutcome> {
     const batch = index.length;
+    // Sharded: the last step must have landed on every owner, and the owners must still be the members.
+    if (this.sharded && (!(await this.sharded.settle()) || this.sharded.stale)) return { done: false, needs: 'state' };
     this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
     let plans: Plan[] = this.prefetched?.step === step ? [this.prefetched] : [];
@@ -205,6 +222,12 @@ export class Scheduler {
       if (toVerify) todo = coalesce([...todo, ...(await this.verify(accepted, step, generation, batch, shards))]);
     }
     if (!this.rowsFinite(0, batch)) return { done: true, replicated: false };
+    if (this.sharded) {
+      // An owner lost during the row pass leaves units nobody can update: shared anew after the boundary.
+      if (this.sharded.stale) return { done: false, needs: 'state' };
+      this.sharded.request(step, batch);
+      return { done: true, replicated: true };
+    }
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
     return { done: true, replicated: !this.localComputes && replicas > 0 };
   }
@@ -259,10 +282,11 @@ export class Scheduler {
   }
 
   /**
-   * The state of step `step` from a remote replica (trying each ready one in turn), or undefined when no
-   * replica could give it.
+   * The state of step `step` from a remote replica (trying each ready one in turn; sharded, put together
+   * from every owner's shard), or undefined when no replica could give it.
    */
-  async replicaState(step: number): Promise<ReplicaState | undefined> {
+  async replicaState(step: number): Promise<StateArrays | undefined> {
+    if (this.sharded) return this.sharded.gather(step);
     for (const worker of this.hub?.ready() ?? []) {
       try {
         return await this.hub!.fetchState(worker, step);
@@ -284,7 +308,8 @@ export class Scheduler {
    * only copied into the batch buffers when that step's row pass begins.
    */
   prefetch(step: number, index: Int32Array, microBatch: number): void {
-    if (!this.hub || this.hub.ready().length === 0) return;
+    // Sharded: a replica computes the next rows only once every slice of this step came (nothing to gain).
+    if (!this.hub || this.hub.ready().length === 0 || this.sharded) return;
     const shards = microShards(index.length, microBatch);
     this.prefetched = this.plan(step, index.length, shards, [0, shards.length], index);
   }

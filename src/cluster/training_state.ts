@@ -9,7 +9,7 @@
  */
 import type { ModelSpec } from '../model/spec.js';
 import type { OptimizerMemory } from '../optim/optimizer_memory.js';
-import { unitAssignment } from './plan.js';
+import { splitUnits, unitAssignment, type Range } from './plan.js';
 import type { Task } from './slot_runner.js';
 import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 
@@ -69,9 +69,10 @@ export class TrainingState {
   /**
    * The weight pass of the current step on `slots` local slots: each reduces the gradient of its share of
    * every layer's output units over the batch's rows and applies Adam to it, into the next generation.
+   * `within`: only these units of each layer (a participant's share of a sharded weight pass).
    */
-  weightTasks(batch: number, slots: number): Task[] {
-    const units = unitAssignment(this.spec.sizes.slice(1), slots);
+  weightTasks(batch: number, slots: number, within?: readonly Range[]): Task[] {
+    const units = within ? splitUnits(within, slots) : unitAssignment(this.spec.sizes.slice(1), slots);
     return units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch, units: u, slot }));
   }
 

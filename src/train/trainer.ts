@@ -21,6 +21,12 @@ import type { TrainingState } from '../cluster/training_state.js';
  */
 const MAX_UNAPPLIED = 1000;
 
+/**
+ * The same bound for sharded steps: there every owner's loss takes a replay from the last gathered state
+ * (its moments go with it), so the state is gathered more often; a gather moves 12 bytes a parameter once.
+ */
+const MAX_UNAPPLIED_SHARDED = 100;
+
 export interface EvalResult {
   accuracy: number;
   avgLoss: number;
@@ -119,7 +125,7 @@ export class Trainer {
       // The remote replicas apply this step; this process catches up when it needs the state.
       this.unapplied.push(index.slice());
       this.state.commit();
-      if (this.unapplied.length >= MAX_UNAPPLIED) await this.current();
+      if (this.unapplied.length >= (this.scheduler.mode === 'sharded' ? MAX_UNAPPLIED_SHARDED : MAX_UNAPPLIED)) await this.current();
       return loss;
     }
     const replayed = this.unapplied.length > 0 && (await this.current());

@@ -16,7 +16,7 @@ import { Gate, type GateOptions } from './gate.js';
 import { Heartbeat } from './heartbeat.js';
 import type { HubContext, HubEvent } from './hub_context.js';
 import { Listener, type ListenOptions } from './listener.js';
-import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
+import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type SliceMessage, type ToCoordinator, type ToWorker } from './messages.js';
 import { RemotePeer, SuspectRows } from './peer.js';
 import { PeerWork, type Snapshot, type WorkOptions } from './peer_work.js';
 import { validateFromWorker } from './validation.js';
@@ -196,6 +196,7 @@ export class RemoteHub {
       throw new ProtocolError('hello sent twice');
     },
     rowsDone: (peer, rows, frame) => this.work.rowsDone(peer, rows, frame),
+    slice: (peer, slice, frame) => this.work.slice(peer, slice, frame),
     checksum: (peer, message) => this.work.checksum(peer, message.step, message.sha256),
     replicaState: (peer, state) => this.work.replicaState(peer, state),
     error: (peer, message) => {
@@ -264,10 +265,13 @@ export class RemoteHub {
     return [...this.peers.values()].filter((w) => w.status === 'joining');
   }
 
-  /** Sends the committed state to workers that joined since the last step, which makes them ready. */
-  admit(snapshot: Snapshot): void {
+  /**
+   * Sends the committed state to workers that joined since the last step, which makes them ready;
+   * `sharded`: its steps come sharded (update.units).
+   */
+  admit(snapshot: Snapshot, sharded = false): void {
     for (const peer of this.joining()) {
-      this.work.sendState(peer, snapshot);
+      this.work.sendState(peer, snapshot, sharded);
       peer.status = 'ready';
     }
   }
@@ -289,9 +293,14 @@ export class RemoteHub {
     return this.work.requestRows(worker, step, batch, range, samples, compact);
   }
 
-  /** Asks a worker for its replica's state at `step`. */
-  fetchState(worker: RemotePeer, step: number): Promise<ReplicaState> {
-    return this.work.fetchState(worker, step);
+  /** Asks a worker for its replica's state at `step` (with `units`: its shard of a sharded run). */
+  fetchState(worker: RemotePeer, step: number, units?: Range[]): Promise<ReplicaState> {
+    return this.work.fetchState(worker, step, units);
+  }
+
+  /** Sends a sharded step's update to its owners; resolves per owner with its units' new parameters. */
+  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[] {
+    return this.work.requestSlices(step, batch, owners);
   }
 
   /** The SHA-256 of every ready worker's parameters that came within the step deadline (stepTimeoutMs). */

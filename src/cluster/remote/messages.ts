@@ -11,16 +11,22 @@
  *                         for the world names who is missing; optional
  *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
  *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
- *   coordinator → worker  state {spec, ..., step, generation, params, m, v}   a full snapshot, on join
+ *   coordinator → worker  state {spec, ..., step, generation, params, m, v, sharded}   a full snapshot, on join
  *   coordinator → worker  rows {step, range, batch, x | index, labels, compact}   compute rows `range`
  *                         (x | index and labels: of the whole batch; compact: send only the last delta)
  *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
  *   coordinator → worker  rowsDone {…}                            another worker's rows, forwarded as sent
- *   coordinator → worker  update {step, batch, parts}             the rows it lacks still: apply the step
+ *   coordinator → worker  update {step, batch, parts, units?}     the rows it lacks still: apply the step
+ *                         (units: a sharded step — apply only these output units of each layer, then:)
+ *   worker → coordinator  slice {step, units, params}             its units' new parameters, packed
+ *                         (unit_slices.ts); forwarded as sent to the other workers, which commit the step
+ *                         once slices cover every unit
  *   coordinator → worker  check {step}  → worker  checksum {step, sha256}      replica verification
- *   coordinator → worker  snapshot {step} → worker  replicaState {step, params, m, v}
+ *   coordinator → worker  snapshot {step, units?} → worker  replicaState {step, params, m, v}
  *                         the replica's state at a step: what the coordinator takes instead of applying
- *                         every step itself when it has no compute threads of its own (--threads 0)
+ *                         every step itself when it has no compute threads of its own (--threads 0);
+ *                         with units (sharded steps: each owner's moments are current only for its
+ *                         units) the three arrays are packed slices of those units
  *   either → other        error {message}
  *   coordinator closes    with RUN_FINISHED when the run is over (the worker exits instead of reconnecting),
  *                         with REFUSED when the worker's configuration is refused (it stops too)
@@ -31,8 +37,8 @@ import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
-/** 4: hello carries the worker's device (mixed devices are refused unless the run allows them). */
-export const PROTOCOL_VERSION = 4;
+/** 5: sharded steps (update.units, slice, snapshot.units). */
+export const PROTOCOL_VERSION = 5;
 
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
@@ -75,6 +81,8 @@ export interface StateMessage {
   v: Float32Array;
   /** True when the coordinator accepted the worker's local dataset copy: rows then come as indices. */
   useLocalData: boolean;
+  /** Steps come sharded: apply only the units an update names, never as soon as the rows are complete. */
+  sharded: boolean;
 }
 export interface RowsMessage {
   t: 'rows';
@@ -107,15 +115,24 @@ export interface UpdatePart {
   /** As in RowsDone: every layer's, or only the last layer's. */
   deltas: Float32Array[];
 }
-export interface UpdateMessage { t: 'update'; step: number; batch: number; parts: UpdatePart[] }
+export interface UpdateMessage {
+  t: 'update';
+  step: number;
+  batch: number;
+  parts: UpdatePart[];
+  /** A sharded step: the output units of each layer this worker owns (it reduces and updates only those). */
+  units?: Range[];
+}
+/** An owner's units after a sharded step: their new parameters, packed (unit_slices.ts). */
+export interface SliceMessage { t: 'slice'; step: number; units: Range[]; params: Float32Array }
 export interface CheckMessage { t: 'check'; step: number }
-export interface SnapshotRequest { t: 'snapshot'; step: number }
+export interface SnapshotRequest { t: 'snapshot'; step: number; units?: Range[] }
 export interface ReplicaState { t: 'replicaState'; step: number; params: Float32Array; m: Float32Array; v: Float32Array }
 export interface ChecksumMessage { t: 'checksum'; step: number; sha256: string }
 export interface ErrorMessage { t: 'error'; message: string }
 
-export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | RowsDone | UpdateMessage | CheckMessage | SnapshotRequest | ErrorMessage;
-export type ToCoordinator = Hello | RowsDone | ChecksumMessage | ReplicaState | ErrorMessage;
+export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | RowsDone | UpdateMessage | SliceMessage | CheckMessage | SnapshotRequest | ErrorMessage;
+export type ToCoordinator = Hello | RowsDone | SliceMessage | ChecksumMessage | ReplicaState | ErrorMessage;
 
 /** Thrown for anything a peer sent that is not a valid message; the text names what was wrong. */
 export class ProtocolError extends Error {

@@ -9,7 +9,7 @@
 import { missingRanges, type Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { HubContext } from './hub_context.js';
-import type { ReplicaState, RowsDone, StateMessage, ToWorker } from './messages.js';
+import type { ReplicaState, RowsDone, SliceMessage, StateMessage, ToWorker } from './messages.js';
 import { rowsInput, updatePart } from './payloads.js';
 import type { RemotePeer } from './peer.js';
 import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
@@ -31,7 +31,7 @@ export interface WorkOptions {
 }
 
 /** The committed state for a joiner: the state message but for what the hub fills in per peer. */
-export type Snapshot = Omit<StateMessage, 't' | 'useLocalData'>;
+export type Snapshot = Omit<StateMessage, 't' | 'useLocalData' | 'sharded'>;
 
 export class PeerWork {
   constructor(
@@ -43,22 +43,25 @@ export class PeerWork {
   /** What validation knows of a member: the model, and what the peer owes (its open requests). */
   viewOf(peer: RemotePeer): CoordinatorView {
     const rows = peer.requests.keyOf('rows');
+    const snapshot = peer.requests.keyOf('snapshot');
     return {
       spec: this.memory.spec,
       batchSize: this.memory.batchSize,
       pendingStep: rows?.step,
       pendingRange: rows?.range,
-      pendingSnapshot: peer.requests.keyOf('snapshot')?.step,
+      pendingSnapshot: snapshot?.step,
+      pendingSnapshotUnits: snapshot?.units,
+      pendingSlice: peer.requests.keyOf('slice'),
       pendingCompact: rows?.compact ?? false,
     };
   }
 
-  /** Sends a joiner the committed state (with pixels, or not when it has the data). */
-  sendState(peer: RemotePeer, snapshot: Snapshot): void {
+  /** Sends a joiner the committed state (with pixels, or not when it has the data), and whether steps come sharded. */
+  sendState(peer: RemotePeer, snapshot: Snapshot, sharded: boolean): void {
     // A reloaded replica holds no rows: what it held before (a resync at the same step) must be sent again.
     peer.rowsStep = -1;
     peer.holds = [];
-    this.hub.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer) });
+    this.hub.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer), sharded });
   }
 
   // ---------------------------------------------------------------- requests
@@ -79,11 +82,30 @@ export class PeerWork {
     return this.ask(worker, 'rows', { step, range, compact }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
   }
 
-  /** Asks a worker for its replica's state at `step` (answered once it has applied every step before). */
-  fetchState(worker: RemotePeer, step: number): Promise<ReplicaState> {
+  /**
+   * Asks a worker for its replica's state at `step` (answered once it has applied every step before);
+   * with `units`, an owner's shard of a sharded run: packed slices of those units.
+   */
+  fetchState(worker: RemotePeer, step: number, units?: Range[]): Promise<ReplicaState> {
     const ms = this.options.stepTimeoutMs;
     const reason = `did not send its state of step ${step} within ${ms} ms`;
-    return this.ask(worker, 'snapshot', { step }, { t: 'snapshot', step }, ms, this.dropAtDeadline(worker, reason));
+    const key = units ? { step, units } : { step };
+    return this.ask(worker, 'snapshot', key, { t: 'snapshot', ...key }, ms, this.dropAtDeadline(worker, reason));
+  }
+
+  /**
+   * A sharded step's update: every owner gets the rows it lacks and its units, applies the step to those
+   * units only and sends their new parameters back (a slice), which the others get as soon as it comes.
+   * Resolves per owner with its validated slice; an owner late by the step deadline is dropped.
+   */
+  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[] {
+    const ms = this.options.stepTimeoutMs;
+    return [...owners].map(([peer, units]) => {
+      const held = peer.rowsStep === step ? peer.holds : [];
+      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, false));
+      const reason = `did not send its units of step ${step} within ${ms} ms`;
+      return this.ask(peer, 'slice', { step, units }, { t: 'update', step, batch, parts, units }, ms, this.dropAtDeadline(peer, reason));
+    });
   }
 
   /**
@@ -124,6 +146,12 @@ export class PeerWork {
 
   replicaState(peer: RemotePeer, state: ReplicaState): void {
     peer.requests.answer('snapshot', state);
+  }
+
+  /** An owner's validated units of a sharded step: the other owners get the very frame now, and its request ends. */
+  slice(peer: RemotePeer, slice: SliceMessage, frame: Buffer): void {
+    for (const other of this.hub.ready()) if (other !== peer && other.open) this.hub.sendFrame(other, frame);
+    peer.requests.answer('slice', slice);
   }
 
   // ---------------------------------------------------------------- the replicas' rows

@@ -15,7 +15,8 @@ import { TrainingState } from '../training_state.js';
 import { createTeam } from '../create_team.js';
 import type { Team } from '../team.js';
 import type { ReplicaOptions } from './worker_options.js';
-import { ProtocolError, type RowsDone, type RowsMessage, type StateMessage, type ToCoordinator, type UpdateMessage } from './messages.js';
+import { packSlice, placeSlice, unitsIn } from '../unit_slices.js';
+import { ProtocolError, type RowsDone, type RowsMessage, type SliceMessage, type StateMessage, type ToCoordinator, type UpdateMessage } from './messages.js';
 
 /** The training state a worker mirrors, and the threads that compute on it. */
 export class Replica {
@@ -29,12 +30,22 @@ export class Replica {
    * (which then only confirms: the step's rows are accepted once forwarded, so its result is settled).
    */
   private appliedEarly = false;
+  /**
+   * Steps come sharded (the state message says): the replica applies only its units when the update names
+   * them, never early, and commits once the slices (its own and the others') cover every unit.
+   */
+  private sharded = false;
+  /** Units of the current sharded step applied here or received, and whether its own were applied. */
+  private covered = 0;
+  private ownApplied = false;
+  private readonly allUnits: number;
   private constructor(
     readonly memory: TrainingMemory,
     readonly team: Team,
     initial: StateMessage,
   ) {
     this.state = new TrainingState(memory);
+    this.allUnits = memory.spec.sizes.slice(1).reduce((a, b) => a + b, 0);
     this.load(initial);
   }
 
@@ -66,6 +77,9 @@ export class Replica {
     this.batchRows = 0;
     this.held = [];
     this.appliedEarly = false;
+    this.sharded = state.sharded;
+    this.covered = 0;
+    this.ownApplied = false;
     this.state.load(state, state.step, state.generation);
   }
 
@@ -127,7 +141,7 @@ export class Replica {
    * Returns true if it did.
    */
   async applyIfComplete(): Promise<boolean> {
-    if (this.batchRows === 0 || missingRanges(this.batchRows, this.held).length > 0) return false;
+    if (this.sharded || this.batchRows === 0 || missingRanges(this.batchRows, this.held).length > 0) return false;
     await this.apply(this.batchRows);
     this.appliedEarly = true;
     return true;
@@ -141,6 +155,13 @@ export class Replica {
       return false;
     }
     if (message.step !== this.step) throw new ProtocolError(`update: step ${message.step} does not follow this replica's step ${this.step}`);
+    await this.placeLacking(message);
+    await this.apply(message.batch);
+    return true;
+  }
+
+  /** Places the rows of an update this replica still lacked; fails if any row of the batch would be missing. */
+  private async placeLacking(message: UpdateMessage): Promise<void> {
     // The coordinator sends what it believes this replica lacks; rows forwarded to it but lost on the way
     // would leave the last step's rows in the buffers, and the replica would diverge without a word.
     const lacking = missingRanges(message.batch, [...this.held, ...message.parts.map((p) => p.range)]);
@@ -150,7 +171,42 @@ export class Replica {
       b.x.set(part.x, part.range[0] * spec.sizes[0]);
       await this.place(part.range, part.hidden, part.deltas);
     }
-    await this.apply(message.batch);
+  }
+
+  /**
+   * A sharded step's update: places the rows it lacked, reduces and updates only its units (split among
+   * its threads) into the next generation, and returns their new parameters for the others, and whether
+   * the step committed (it does once the slices cover every unit: at once when it owns them all).
+   */
+  async applyUnits(message: UpdateMessage, units: Range[]): Promise<{ slice: SliceMessage; committed: boolean }> {
+    if (!this.sharded) throw new ProtocolError('update: units sent to a replica whose state did not say the run is sharded');
+    if (message.step !== this.step || this.ownApplied) throw new ProtocolError(`update: sharded step ${message.step} does not follow this replica's step ${this.step}`);
+    await this.placeLacking(message);
+    const results = await this.team.runPass(this.state.weightTasks(message.batch, this.team.size, units));
+    if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
+    const params = packSlice(this.memory.spec, this.state.arrays(this.generation ^ 1).params, units);
+    this.ownApplied = true;
+    const slice: SliceMessage = { t: 'slice', step: message.step, units, params };
+    return { slice, committed: this.cover(units) };
+  }
+
+  /** Another owner's units of the current sharded step, into the next generation; true if the step committed. */
+  slice(message: SliceMessage): boolean {
+    if (!this.sharded || message.step !== this.step) throw new ProtocolError(`slice: step ${message.step} does not follow this replica's step ${this.step}`);
+    placeSlice(this.memory.spec, this.state.arrays(this.generation ^ 1).params, message.units, message.params);
+    return this.cover(message.units);
+  }
+
+  /** Counts a slice's units; commits the step once every unit is covered and its own were applied. */
+  private cover(units: Range[]): boolean {
+    this.covered += unitsIn(units);
+    if (this.covered > this.allUnits) throw new ProtocolError(`slice: step ${this.step} got slices covering more than its ${this.allUnits} units`);
+    if (!this.ownApplied || this.covered < this.allUnits) return false;
+    this.state.commit();
+    this.batchRows = 0;
+    this.held = [];
+    this.covered = 0;
+    this.ownApplied = false;
     return true;
   }
 
@@ -173,19 +229,18 @@ export class Replica {
     return this.appliedEarly && step === this.step - 1 ? 1 : 0;
   }
 
-  /** The replica's state, for a coordinator that does not apply the steps itself. */
-  stateAt(step: number): ToCoordinator {
+  /**
+   * The replica's state, for a coordinator that does not apply the steps itself; with `units` (an owner of
+   * a sharded run, whose moments are current only there) packed slices of those units.
+   */
+  stateAt(step: number, units?: Range[]): ToCoordinator {
     // A step applied early left the state before it intact in the other generation.
     const back = this.back(step);
     if (step !== this.step - back) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
     const { params, m, v } = this.state.arrays(this.generation ^ back);
-    return {
-      t: 'replicaState',
-      step,
-      params,
-      m,
-      v,
-    };
+    if (!units) return { t: 'replicaState', step, params, m, v };
+    const pack = (a: Float32Array) => packSlice(this.memory.spec, a, units);
+    return { t: 'replicaState', step, params: pack(params), m: pack(m), v: pack(v) };
   }
 
   close(): Promise<void> {

@@ -7,15 +7,18 @@
  *
  * Why one mechanism: rows, snapshots and checksums each had their own (fields on the peer, a map of
  * callbacks), each clearing timers and failing on a drop in its own way. What a late answer costs is the
- * caller's policy: rows and snapshots drop the peer, a checksum only goes unanswered.
+ * caller's policy: rows, slices and snapshots drop the peer, a checksum only goes unanswered.
  */
 import type { Range } from '../plan.js';
-import type { ReplicaState, RowsDone } from './messages.js';
+import type { ReplicaState, RowsDone, SliceMessage } from './messages.js';
 
 /** Each kind of request: what it asked for (its key) and what it resolves with. */
 export interface RequestKinds {
   rows: { key: { step: number; range: Range; compact: boolean }; answer: RowsDone };
-  snapshot: { key: { step: number }; answer: ReplicaState };
+  /** units: the owner's units of a sharded run (the state comes as packed slices of them). */
+  snapshot: { key: { step: number; units?: Range[] }; answer: ReplicaState };
+  /** An owner's units of a sharded step, applied: their new parameters. */
+  slice: { key: { step: number; units: Range[] }; answer: SliceMessage };
   checksum: { key: { step: number }; answer: string };
 }
 export type RequestKind = keyof RequestKinds;

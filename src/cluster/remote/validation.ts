@@ -11,7 +11,8 @@
 import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
-import { NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type RowsMessage, type ToCoordinator, type ToWorker } from './messages.js';
+import { sliceLength } from '../unit_slices.js';
+import { NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
 
 /** A decoded message before validation (codec.ts guarantees a map with a string "t"). */
 type Raw = Record<string, unknown>;
@@ -97,6 +98,23 @@ function range(m: Raw, name: string, max: number): Range {
 }
 
 /**
+ * A range of output units for each layer (a participant's share of a sharded step): within the layer's
+ * width, possibly empty (a layer narrower than the number of participants).
+ */
+function unitRanges(m: Raw, name: string, fanOuts: number[]): Range[] {
+  const v = field(m, name);
+  const valid = (r: unknown, n: number) => Array.isArray(r) && r.length === 2 && r.every(Number.isInteger) && r[0] >= 0 && r[0] <= r[1] && r[1] <= n;
+  if (!Array.isArray(v) || v.length !== fanOuts.length || !v.every((r, l) => valid(r, fanOuts[l]))) {
+    throw new ProtocolError(`${m.t}: field "${name}" must be one unit range per layer within its width (${fanOuts.join(', ')}), got ${quote(v)}`);
+  }
+  return v.map((r: number[]) => [r[0], r[1]] as Range);
+}
+
+function sameUnits(a: readonly Range[], b: readonly Range[]): boolean {
+  return a.length === b.length && a.every((r, l) => r[0] === b[l][0] && r[1] === b[l][1]);
+}
+
+/**
  * A worker's own report of how long its rows took: it only weighs the scheduler's shares, so anything
  * that is not a finite non-negative number (NaN, Infinity, a map) reads as 0 rather than failing the rows.
  */
@@ -134,8 +152,11 @@ export interface CoordinatorView {
   /** The step whose rows this worker owes, or undefined when it owes none. */
   pendingStep: number | undefined;
   pendingRange: Range | undefined;
-  /** The step whose state this worker was asked for, or undefined. */
+  /** The step whose state this worker was asked for, or undefined; and its units when it owns a shard. */
   pendingSnapshot: number | undefined;
+  pendingSnapshotUnits?: Range[];
+  /** The sharded step and units whose slice this worker owes, if any. */
+  pendingSlice?: { step: number; units: Range[] };
   /** Whether the rows it owes come in compact form. */
   pendingCompact: boolean;
 }
@@ -193,7 +214,9 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
     if (view.pendingSnapshot === undefined || step !== view.pendingSnapshot) {
       throw new ProtocolError(`replicaState: the state of step ${step} was not asked for (expected ${view.pendingSnapshot ?? 'none'})`);
     }
-    const total = paramLayout(view.spec).total;
+    // An owner's shard comes packed: its units' parameters and moments only.
+    const units = view.pendingSnapshotUnits;
+    const total = units ? sliceLength(view.spec, units) : paramLayout(view.spec).total;
     return {
       t: 'replicaState',
       step,
@@ -201,6 +224,17 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
       m: floats('replicaState: m', field(raw, 'm'), total),
       v: floats('replicaState: v', field(raw, 'v'), total),
     };
+  },
+
+  /** Its units of the sharded step it was asked to apply: exactly those, finite. */
+  slice(raw, view) {
+    if (!view) throw new ProtocolError('slice: sent before the worker was set up');
+    const step = int(raw, 'step');
+    const owed = view.pendingSlice;
+    if (!owed || step !== owed.step) throw new ProtocolError(`slice: step ${step} was not asked for (expected ${owed?.step ?? 'none'}): stale or replayed`);
+    const units = unitRanges(raw, 'units', view.spec.sizes.slice(1));
+    if (!sameUnits(units, owed.units)) throw new ProtocolError(`slice: units ${quote(units)} are not the ones it owns (${quote(owed.units)})`);
+    return { t: 'slice', step, units, params: floats('slice: params', field(raw, 'params'), sliceLength(view.spec, units)) };
   },
 
   error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
@@ -285,6 +319,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
       m: floats('state: m', field(raw, 'm'), total),
       v: floats('state: v', field(raw, 'v'), total),
       useLocalData: field(raw, 'useLocalData') === true,
+      sharded: raw.sharded === true,
     };
   },
 
@@ -325,12 +360,25 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
     const batch = int(raw, 'batch', 1, view.batchSize);
     const parts = field(raw, 'parts');
     if (!Array.isArray(parts) || parts.length > batch) throw new ProtocolError('update: field "parts" must be a list');
-    return { t: 'update', step: int(raw, 'step'), batch, parts: parts.map((p: unknown) => updatePart(p, batch, sizes)) };
+    const message: UpdateMessage = { t: 'update', step: int(raw, 'step'), batch, parts: parts.map((p: unknown) => updatePart(p, batch, sizes)) };
+    if (raw.units !== undefined) message.units = unitRanges(raw, 'units', sizes.slice(1));
+    return message;
+  },
+
+  /** Another owner's units of a sharded step, forwarded as the coordinator received (and validated) them. */
+  slice(raw, view) {
+    const spec = specNeeded(view, 'slice');
+    const units = unitRanges(raw, 'units', spec.sizes.slice(1));
+    return { t: 'slice', step: int(raw, 'step'), units, params: floats('slice: params', field(raw, 'params'), sliceLength(spec, units), false) };
   },
 
   check: (raw) => ({ t: 'check', step: int(raw, 'step') }),
 
-  snapshot: (raw) => ({ t: 'snapshot', step: int(raw, 'step') }),
+  snapshot(raw, view) {
+    const request: SnapshotRequest = { t: 'snapshot', step: int(raw, 'step') };
+    if (raw.units !== undefined) request.units = unitRanges(raw, 'units', specNeeded(view, 'snapshot').sizes.slice(1));
+    return request;
+  },
 
   error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
 };

@@ -101,12 +101,21 @@ const HANDLERS: Handlers = {
   },
 
   async update(s, message) {
-    if (await s.replica.update(message)) s.emit({ type: 'step', step: message.step });
+    if (message.units) {
+      const { slice, committed } = await s.replica.applyUnits(message, message.units);
+      s.send(slice);
+      if (committed) s.emit({ type: 'step', step: message.step });
+    } else if (await s.replica.update(message)) s.emit({ type: 'step', step: message.step });
+  },
+
+  /** Another owner's units of a sharded step, forwarded by the coordinator. */
+  slice(s, message) {
+    if (s.replica.slice(message)) s.emit({ type: 'step', step: message.step });
   },
 
   check: (s, message) => s.send({ t: 'checksum', step: message.step, sha256: s.replica.checksumAt(message.step) }),
 
-  snapshot: (s, message) => s.send(s.replica.stateAt(message.step)),
+  snapshot: (s, message) => s.send(s.replica.stateAt(message.step, message.units)),
 
   error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
 };
