@@ -18,7 +18,7 @@
  * --plan: the remote rows once per plan (--threads 0 runs: sharded weight pass or replicated steps).
  *
  *   npm run scaling -- [--hidden 512,256,128,64] [--batch-size 64] [--weak] [--threads 1,2] [--remote 1,2]
- *     [--micro-batch 16] [--plan sharded,replicated] [--steps 300] [--warmup 10] [--local-data] [--torch] [--link 1gbit] [--out DIR]
+ *     [--micro-batch 16] [--plan replicated,sharded] [--steps 300] [--warmup 10] [--local-data] [--torch] [--link 1gbit] [--out DIR]
  *   npm run scaling -- --combine DIR1,DIR2 --out DIR     (one plot of the rows of earlier runs)
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -80,7 +80,7 @@ export interface ScalingRow {
 }
 
 export const DEFAULTS: ScalingOptions = {
-  threads: [1, 2], remote: [1, 2], plans: ['sharded'], microBatch: [16], steps: 300, warmup: 10, trainSamples: 0, out: 'scaling',
+  threads: [1, 2], remote: [1, 2], plans: ['auto'], microBatch: [16], steps: 300, warmup: 10, trainSamples: 0, out: 'scaling',
   torch: false, localData: false, hidden: [512, 256, 128, 64], batchSize: 64, weak: false, link: null,
 };
 const TUTORIAL = '784-512-256-128-64-10';
@@ -324,7 +324,7 @@ function optionsFromArgs(): Partial<ScalingOptions> {
   return {
     threads: list('threads', '1,2'),
     remote: list('remote', '1,2'),
-    plans: plansOf(argValue('plan', 'sharded')),
+    plans: plansOf(argValue('plan', 'auto')),
     microBatch: list('micro-batch', '16'),
     hidden: list('hidden', DEFAULTS.hidden.join(',')),
     batchSize: Number(argValue('batch-size', String(DEFAULTS.batchSize))),

@@ -46,8 +46,8 @@ interface Damage {
   dropped: number;
 }
 
-/** The message type a frame names (msgpackr writes a message as a map16 with "t" first). */
-const typeOf = (frame: Buffer) => frame.subarray(6, 6 + (frame[5] & 0x1f)).toString();
+/** The message type a frame names (after the u32 header length, msgpackr writes the header as a map16 with "t" first). */
+const typeOf = (frame: Buffer) => frame.subarray(10, 10 + (frame[9] & 0x1f)).toString();
 
 /**
  * Damages `rate` of the frames going either way: flips a byte of the frame's head (its map header and

@@ -16,8 +16,8 @@ describe('scaling experiment', () => {
     expect(result.rows).toHaveLength(6);
     expect(result.rows.every((r) => r.globalBatch === 32 && r.model === '784-32-16-10')).toBe(true);
     expect(result.identical).toBe(true);
-    expect(result.table).toMatch(/^\| remote workers \| 784-32-16-10 \| 32 \| loopback \| 1 \| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+ \| [\d.]+ MB \| \d+% \|$/m);
-    expect(result.table).toMatch(/^\| local threads \| 784-32-16-10 \| 32 \| – \| 2 \| 8 \| /m);
+    expect(result.table).toMatch(/^\| remote workers \| auto \| 784-32-16-10 \| 32 \| loopback \| 1 \| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+ \| [\d.]+ MB \| \d+% \|$/m);
+    expect(result.table).toMatch(/^\| local threads \| – \| 784-32-16-10 \| 32 \| – \| 2 \| 8 \| /m);
     expect(result.table).toContain('Every dtrain run at global batch 32 ended with paramsSha256 ');
     expect(['md', 'json', 'svg'].every((ext) => existsSync(join(out, `scaling.${ext}`)))).toBe(true);
     expect(JSON.parse(readFileSync(join(out, 'scaling.json'), 'utf8')).rows).toHaveLength(6);
@@ -27,11 +27,12 @@ describe('scaling experiment', () => {
 
   it('weak scaling: the global batch grows with the participants, one paramsSha256 per global batch', async () => {
     const out = mkdtempSync(join(tmpdir(), 'dtrain-scaling-'));
-    const result = await runScaling({ ...tiny, batchSize: 16, weak: true, threads: [1, 2], remote: [2], microBatch: [8], out });
-    expect(result.rows.map((r) => [r.kind, r.participants, r.globalBatch])).toEqual([
-      ['local threads', 1, 16],
-      ['local threads', 2, 32],
-      ['remote workers', 2, 32],
+    const result = await runScaling({ ...tiny, batchSize: 16, weak: true, threads: [1, 2], remote: [2], plans: ['replicated', 'sharded'], microBatch: [8], out });
+    expect(result.rows.map((r) => [r.kind, r.plan, r.participants, r.globalBatch])).toEqual([
+      ['local threads', '–', 1, 16],
+      ['local threads', '–', 2, 32],
+      ['remote workers', 'replicated', 2, 32],
+      ['remote workers', 'sharded', 2, 32],
     ]);
     expect(result.identical).toBe(true);
     expect(result.table).toContain('Weak scaling');

@@ -13,6 +13,8 @@ import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { PROTOCOL_VERSION, ProtocolError, type ToCoordinator, type ToWorker } from '../src/cluster/remote/messages.js';
 import { validateFromCoordinator, validateFromWorker, type CoordinatorView, type WorkerView } from '../src/cluster/remote/validation.js';
 import { makeSpec, paramLayout } from '../src/model/spec.js';
+import { sliceLength } from '../src/cluster/unit_slices.js';
+import type { Range } from '../src/cluster/plan.js';
 
 const RUNS = { numRuns: 300 };
 
@@ -23,6 +25,9 @@ const total = paramLayout(spec).total;
 const BATCH = 6;
 const STEP = 7;
 const ASKED: [number, number] = [2, 5];
+// A share of a sharded step: some units of each layer (fan-outs 3, 5, 2), one layer's share empty.
+const UNITS: Range[] = [[0, 2], [1, 5], [1, 1]];
+const SHARE = sliceLength(spec, UNITS);
 
 const floats = (n: number) => new Float32Array(n).fill(0.25);
 const hiddenCounts = (rows: number) => sizes.slice(1, -1).map((n) => rows * n);
@@ -31,9 +36,11 @@ const rowArrays = (rows: number, compact: boolean) => ({ hidden: hiddenCounts(ro
 
 // ---------------------------------------------------------------- views and valid messages
 
-const owes = (compact: boolean): CoordinatorView => ({ spec, batchSize: BATCH, pendingStep: STEP, pendingRange: ASKED, pendingSnapshot: STEP, pendingCompact: compact });
-const owesNothing: CoordinatorView = { ...owes(false), pendingStep: undefined, pendingRange: undefined, pendingSnapshot: undefined };
-const COORDINATOR_VIEWS: (CoordinatorView | undefined)[] = [undefined, owes(false), owes(true), owesNothing];
+const owes = (compact: boolean): CoordinatorView => ({ spec, batchSize: BATCH, pendingStep: STEP, pendingRange: ASKED, pendingSnapshot: STEP, pendingCompact: compact, pendingSlice: { step: STEP, units: UNITS } });
+const owesNothing: CoordinatorView = { ...owes(false), pendingStep: undefined, pendingRange: undefined, pendingSnapshot: undefined, pendingSlice: undefined };
+/** An owner of a sharded run asked for its shard of the state. */
+const owesShard: CoordinatorView = { ...owes(false), pendingSnapshotUnits: UNITS };
+const COORDINATOR_VIEWS: (CoordinatorView | undefined)[] = [undefined, owes(false), owes(true), owesNothing, owesShard];
 
 const beforeWelcome: WorkerView = { welcomed: false, spec: undefined, batchSize: 0, params: 0, features: 0 };
 const beforeState: WorkerView = { ...beforeWelcome, welcomed: true };
@@ -47,6 +54,8 @@ const FROM_WORKER: [ToCoordinator, CoordinatorView | undefined][] = [
   [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, true), ms: 1.5 }, owes(true)],
   [{ t: 'checksum', step: STEP, sha256: 'ab'.repeat(32) }, owes(false)],
   [{ t: 'replicaState', step: STEP, params: floats(total), m: floats(total), v: floats(total) }, owes(false)],
+  [{ t: 'replicaState', step: STEP, params: floats(SHARE), m: floats(SHARE), v: floats(SHARE) }, owesShard],
+  [{ t: 'slice', step: STEP, units: UNITS, params: floats(SHARE) }, owes(false)],
   [{ t: 'error', message: 'out of memory' }, undefined],
 ];
 
@@ -65,6 +74,7 @@ const FROM_COORDINATOR: [ToWorker, WorkerView][] = [
       m: floats(total),
       v: floats(total),
       useLocalData: false,
+      sharded: false,
     },
     beforeState,
   ],
@@ -84,8 +94,11 @@ const FROM_COORDINATOR: [ToWorker, WorkerView][] = [
     },
     synced,
   ],
+  [{ t: 'update', step: STEP, batch: BATCH, parts: [], units: UNITS }, synced],
+  [{ t: 'slice', step: STEP, units: UNITS, params: floats(SHARE) }, synced],
   [{ t: 'check', step: STEP }, synced],
   [{ t: 'snapshot', step: STEP }, synced],
+  [{ t: 'snapshot', step: STEP, units: UNITS }, synced],
   [{ t: 'error', message: 'worker 3 did not answer' }, beforeWelcome],
 ];
 
@@ -113,6 +126,12 @@ function expectRowArrays(m: { hidden: unknown[]; deltas: unknown[] }, rows: numb
   deltas.forEach((n, i) => expectFloats(m.deltas[i], n, finite));
 }
 
+/** One unit range per layer, within its fan-out (possibly empty). */
+function expectUnits(units: Range[]): void {
+  expect(units).toHaveLength(sizes.length - 1);
+  units.forEach(([u0, u1], l) => expect(Number.isInteger(u0) && Number.isInteger(u1) && u0 >= 0 && u0 <= u1 && u1 <= sizes[l + 1]).toBe(true));
+}
+
 function expectInt(v: unknown, min = 0, max = Number.MAX_SAFE_INTEGER): void {
   expect(Number.isInteger(v) && (v as number) >= min && (v as number) <= max).toBe(true);
 }
@@ -133,7 +152,12 @@ function expectWorkerShape(m: ToCoordinator, view: CoordinatorView | undefined):
     expect(Number.isFinite(m.ms) && m.ms >= 0).toBe(true);
   } else if (m.t === 'replicaState') {
     expect(m.step).toBe(view!.pendingSnapshot);
-    for (const a of [m.params, m.m, m.v]) expectFloats(a, total, true);
+    const units = view!.pendingSnapshotUnits;
+    for (const a of [m.params, m.m, m.v]) expectFloats(a, units ? sliceLength(spec, units) : total, true);
+  } else if (m.t === 'slice') {
+    expect(m.step).toBe(view!.pendingSlice!.step);
+    expect(m.units).toEqual(view!.pendingSlice!.units);
+    expectFloats(m.params, sliceLength(spec, m.units), true);
   } else if (m.t === 'checksum') {
     expectInt(m.step);
     expect(typeof m.sha256).toBe('string');
@@ -169,7 +193,14 @@ function expectCoordinatorShape(m: ToWorker, view: WorkerView): void {
       expectFloats(m.rowLoss, b - a, false);
       return expectRowArrays(m, b - a, undefined, false);
     }
+    case 'slice':
+      expectUnits(m.units);
+      return expectFloats(m.params, sliceLength(spec, m.units), false);
+    case 'snapshot':
+      if (m.units) expectUnits(m.units);
+      return;
     case 'update':
+      if (m.units) expectUnits(m.units);
       expectInt(m.batch, 1, view.batchSize);
       for (const part of m.parts) {
         const [a, b] = expectRange(part.range, m.batch);

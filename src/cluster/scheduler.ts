@@ -45,7 +45,7 @@ export type StepMode =
   | 'sharded';
 
 export function chooseStepMode(localThreads: number, remoteWorkers: boolean, plan: StepPlan = 'auto'): StepMode {
-  if (localThreads === 0) return plan === 'replicated' ? 'replicated' : 'sharded';
+  if (localThreads === 0) return plan === 'sharded' ? 'sharded' : 'replicated';
   return localThreads === 1 && !remoteWorkers ? 'whole' : 'split';
 }
 
@@ -92,7 +92,8 @@ export class Scheduler {
   /**
    * Remote rows travel in compact form (activations and the last layer's delta; receivers rebuild the
    * other deltas): with replicated steps, where this process never runs a weight pass on remote rows, and
-   * an engine that can rebuild them (Engine.deltasPass).
+   * an engine that can rebuild them (Engine.deltasPass). Not with sharded steps: an owner's weight pass
+   * reads its units' deltas of every layer, cheaper sent than rebuilt.
    */
   readonly compactRows: boolean;
   /** The sharded plan's owners and slices (mode 'sharded'). */
@@ -222,9 +223,9 @@ export class Scheduler {
       if (toVerify) todo = coalesce([...todo, ...(await this.verify(accepted, step, generation, batch, shards))]);
     }
     if (!this.rowsFinite(0, batch)) return { done: true, replicated: false };
-    if (this.sharded) {
-      // An owner lost during the row pass leaves units nobody can update: shared anew after the boundary.
-      if (this.sharded.stale) return { done: false, needs: 'state' };
+    // An owner lost during the row pass leaves units nobody can update: shared anew after the boundary.
+    if (this.sharded?.stale) return { done: false, needs: 'state' };
+    if (this.sharded?.active) {
       this.sharded.request(step, batch);
       return { done: true, replicated: true };
     }
@@ -308,8 +309,9 @@ export class Scheduler {
    * only copied into the batch buffers when that step's row pass begins.
    */
   prefetch(step: number, index: Int32Array, microBatch: number): void {
-    // Sharded: a replica computes the next rows only once every slice of this step came (nothing to gain).
-    if (!this.hub || this.hub.ready().length === 0 || this.sharded) return;
+    // Sharded among several owners: a replica could compute the next rows only once every slice of this
+    // step came, which is after the rows request would have come anyway.
+    if (!this.hub || this.hub.ready().length === 0 || this.sharded?.active) return;
     const shards = microShards(index.length, microBatch);
     this.prefetched = this.plan(step, index.length, shards, [0, shards.length], index);
   }

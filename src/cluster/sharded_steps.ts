@@ -36,9 +36,12 @@ export class ShardedSteps {
     return this.torn || ready.length !== this.owners.size || ready.some((p) => !this.owners.has(p));
   }
 
-  /** The owners and their units, in the order they were shared. */
-  get shares(): ReadonlyMap<RemotePeer, Range[]> {
-    return this.owners;
+  /**
+   * Whether steps are sharded now: with a sole owner there is nobody to share the units with, and it
+   * gets plain updates (the whole step) and the next step's rows early, as a replicated run's replica.
+   */
+  get active(): boolean {
+    return this.owners.size > 1;
   }
 
   /**
@@ -58,15 +61,8 @@ export class ShardedSteps {
     this.torn = false;
   }
 
-  /**
-   * Sends the step's update to the owners; settle() awaits their slices. A sole owner has nobody to send
-   * its units to: it gets a plain update and applies the whole step, as a replicated run's replica does.
-   */
+  /** Sends the step's update to the owners (active() only); settle() awaits their slices. */
   request(step: number, batch: number): void {
-    if (this.owners.size === 1) {
-      this.hub.broadcastUpdate(step, batch, false);
-      return;
-    }
     const answers = this.hub.requestSlices(step, batch, this.owners);
     this.inFlight = Promise.all(answers).then(
       () => {},

@@ -26,6 +26,8 @@ export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
    * dishonest machine would (its own replica keeps the right ones).
    */
   tamperRows?: (rows: RowsDone) => RowsDone;
+  /** Fault injection (tests): called as this worker starts its units of a sharded step (it may stop the worker there). */
+  onUnits?: (step: number) => void;
   signal?: AbortSignal;
 }
 

@@ -18,6 +18,10 @@ import { Replica } from './replica.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
 import { Watchdog } from './watchdog.js';
 
+function zeroMask(mask: Buffer): void {
+  mask.fill(0);
+}
+
 /** The coordinator's heartbeat period assumed until its welcome says (config DEFAULTS.heartbeatMs). */
 const DEFAULT_HEARTBEAT_MS = 5000;
 
@@ -102,6 +106,7 @@ const HANDLERS: Handlers = {
 
   async update(s, message) {
     if (message.units) {
+      s.options.onUnits?.(message.step);
       const { slice, committed } = await s.replica.applyUnits(message, message.units);
       s.send(slice);
       if (committed) s.emit({ type: 'step', step: message.step });
@@ -142,6 +147,10 @@ class WorkerSession {
   ) {
     this.ws = new WebSocket(options.connect, {
       maxPayload: options.maxFrameBytes,
+      // A zero masking key: ws then sends the frame's bytes as they are instead of a masked copy of each
+      // (megabytes a step). Masking guards proxies against a browser script's chosen bytes; a worker is no
+      // browser, and whatever it sends is validated by the coordinator anyway.
+      generateMask: zeroMask,
       ca: options.ca ? readFileSync(options.ca) : undefined,
       handshakeTimeout: 10_000,
     });
