@@ -90,12 +90,12 @@ export class Scheduler {
   private readonly ledger = new WorkLedger();
   private prefetched?: Plan;
   /**
-   * Remote rows travel in compact form (activations and the last layer's delta; receivers rebuild the
-   * other deltas): with replicated steps, where this process never runs a weight pass on remote rows, and
-   * an engine that can rebuild them (Engine.deltasPass). Not with sharded steps: an owner's weight pass
-   * reads its units' deltas of every layer, cheaper sent than rebuilt.
+   * Remote rows may travel in compact form (activations and the last layer's delta; receivers rebuild the
+   * other deltas): without local compute, where this process never runs a weight pass on remote rows, and
+   * with an engine that can rebuild them (Engine.deltasPass). Not while steps are sharded among several
+   * owners: an owner's weight pass reads its units' deltas of every layer, cheaper sent than rebuilt.
    */
-  readonly compactRows: boolean;
+  private readonly compactCapable: boolean;
   /** The sharded plan's owners and slices (mode 'sharded'). */
   private readonly sharded?: ShardedSteps;
 
@@ -107,8 +107,13 @@ export class Scheduler {
     private readonly onEvent: (event: ClusterEvent) => void,
     private readonly verifier = new RowVerifier(0, 0),
   ) {
-    this.compactRows = mode === 'replicated' && local.capabilities.compactRows;
+    this.compactCapable = (mode === 'replicated' || mode === 'sharded') && local.capabilities.compactRows;
     if (mode === 'sharded' && hub) this.sharded = new ShardedSteps(hub, memory.spec);
+  }
+
+  /** Whether remote rows travel compact (see compactCapable); changes only when members are admitted. */
+  get compactRows(): boolean {
+    return this.compactCapable && !this.sharded?.active;
   }
 
   /** Whether rows are verified here (--verify): the committed state must then be here before a row pass. */
@@ -148,9 +153,14 @@ export class Scheduler {
   }
 
   /** Sends the committed state to the joiners, which makes them participants from this step on. */
-  admit(state: JoinState): void {
-    if (this.sharded) this.sharded.admit(state);
-    else this.hub?.admit(state);
+  async admit(state: JoinState): Promise<void> {
+    if (!this.sharded) return this.hub?.admit(state);
+    // Admission may change whether rows travel compact: rows asked for early in the old form are awaited
+    // (and dropped) first, so that no answer in one form meets a request in the other.
+    const early = this.prefetched?.remote.map((job) => job.result) ?? [];
+    this.prefetched = undefined;
+    await Promise.all(early);
+    this.sharded.admit(state);
   }
 
   /** Remote workers that joined: ready, or authenticated and waiting for the state. */

@@ -37,8 +37,8 @@ export class ShardedSteps {
   }
 
   /**
-   * Whether steps are sharded now: with a sole owner there is nobody to share the units with, and it
-   * gets plain updates (the whole step) and the next step's rows early, as a replicated run's replica.
+   * Whether steps are sharded now: with a sole owner there is nobody to share the units with, and it runs
+   * as a replicated run's replica (compact rows, the next rows asked for early, plain updates).
    */
   get active(): boolean {
     return this.owners.size > 1;
@@ -50,7 +50,7 @@ export class ShardedSteps {
    */
   admit(snapshot: Snapshot): void {
     for (const peer of this.hub.ready()) this.hub.resync(peer);
-    this.hub.admit(snapshot, true);
+    this.hub.admit(snapshot, this.hub.joining().length > 1);
     const members = this.hub.ready();
     // A newcomer is assumed as fast as the average so far (as rows are shared: Scheduler.plan).
     const known = members.filter((p) => p.speed > 0).map((p) => p.speed);

@@ -85,7 +85,7 @@ export class Trainer {
       // Asked again: catching up takes time, and a worker may have joined meanwhile.
       if (this.scheduler.hasJoiners()) {
         const { spec, batchSize } = this.memory;
-        this.scheduler.admit({ ...this.state.snapshot(), spec, batchSize, adam: this.adam });
+        await this.scheduler.admit({ ...this.state.snapshot(), spec, batchSize, adam: this.adam });
       } else {
         await this.scheduler.waitForParticipant(this.state.step, this.signal);
       }
