@@ -76,6 +76,8 @@ export interface ScalingRow {
   /** Mean bytes on the wire per step (remote runs), and the share of the run spent waiting on them. */
   bytesPerStep: number;
   networkWaitShare: number;
+  /** Mean CPU ms of the coordinator's process per step (remote runs: what relaying the bytes costs it). */
+  coordinatorCpuMs: number;
   paramsSha256: string;
 }
 
@@ -153,6 +155,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
       kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: remote ? plan : '–', microBatch,
       msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
       bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
+      coordinatorCpuMs: mean(steps.slice(warmupOf(o)).map((r) => r.cpuMs)),
       networkWaitShare: seconds > 0 ? epochs.reduce((s, r) => s + r.networkWaitSeconds, 0) / seconds : 0,
       paramsSha256: summary.paramsSha256,
     };
@@ -169,7 +172,7 @@ function torchRows(o: ScalingOptions, log: (line: string) => void): ScalingRow[]
   const model = modelLabel(o.hidden);
   const row = (kind: RunKind, participants: number, link: string, msPerStep: number, medianStepMs: number): ScalingRow => ({
     kind, participants, model, globalBatch: globalBatch(o, participants), link, plan: '–', microBatch: 0, msPerStep, medianStepMs,
-    samplesPerSecond: (1000 * globalBatch(o, participants)) / msPerStep, efficiency: 0, bytesPerStep: 0, networkWaitShare: 0, paramsSha256: '',
+    samplesPerSecond: (1000 * globalBatch(o, participants)) / msPerStep, efficiency: 0, bytesPerStep: 0, networkWaitShare: 0, coordinatorCpuMs: NaN, paramsSha256: '',
   });
   for (const threads of o.threads) {
     if (model !== TUTORIAL || globalBatch(o, threads) !== 64) {
@@ -251,15 +254,15 @@ function markdown(rows: ScalingRow[], groups: Map<number, Set<string>>, o: Scali
     `${o.weak ? 'Weak' : 'Strong'} scaling: ${o.steps} steps from seed 0 per run, global batch ${o.weak ? `participants × ${o.batchSize}` : o.batchSize}; ` +
       `ms/step and the median are over the steps after the first ${warmupOf(o)}${o.localData ? '; remote workers with their own copy of the data' : ''}` +
       `${o.link ? `; each remote worker behind a ${o.link} link (tc tbf, each way), DDP's processes sharing world × ${o.link}` : ''}. ` +
-      'efficiency = samples/s ÷ (participants × samples/s of 1 local thread).',
+      'efficiency = samples/s ÷ (participants × samples/s of 1 local thread); coordinator CPU: its process\'s CPU time a step (remote runs: relaying the bytes).',
     '',
-    '| run | plan | model | global batch | link | participants | micro-batch | ms/step | median step (ms) | s/epoch | samples/s | efficiency | wire bytes/step | waiting on the wire |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| run | plan | model | global batch | link | participants | micro-batch | ms/step | median step (ms) | s/epoch | samples/s | efficiency | wire bytes/step | waiting on the wire | coordinator CPU (ms/step) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map(
       (r) =>
         `| ${r.kind} | ${r.plan ?? '–'} | ${r.model} | ${r.globalBatch} | ${r.link} | ${r.participants} | ${r.microBatch || '–'} | ${ms(r.msPerStep)} | ${ms(r.medianStepMs)} | ` +
         `${((r.msPerStep * Math.ceil(60000 / r.globalBatch)) / 1000).toFixed(2)} | ${Math.round(r.samplesPerSecond)} | ${r.efficiency.toFixed(2)} | ` +
-        `${network(r) ? `${(r.bytesPerStep / 1e6).toFixed(2)} MB` : '–'} | ${network(r) ? `${(100 * r.networkWaitShare).toFixed(0)}%` : '–'} |`,
+        `${network(r) ? `${(r.bytesPerStep / 1e6).toFixed(2)} MB` : '–'} | ${network(r) ? `${(100 * r.networkWaitShare).toFixed(0)}%` : '–'} | ${network(r) ? ms(r.coordinatorCpuMs) : '–'} |`,
     ),
     '',
     ...[...groups].map(([batch, hashes]) =>

@@ -1,5 +1,5 @@
 /**
- * metrics.jsonl: one JSON object per line — per step {type:"step", step, epoch, loss, ms, bytes} and per
+ * metrics.jsonl: one JSON object per line — per step {type:"step", step, epoch, loss, ms, bytes, cpuMs} and per
  * epoch {type:"epoch", epoch, steps, testAccuracy, testAvgLoss, trainLoss, seconds, samplesPerSecond,
  * shares, networkWaitSeconds}. Appended as the run goes, through one write stream.
  */
@@ -14,6 +14,11 @@ export interface StepRecord {
   loss: number;
   ms: number;
   bytes: number;
+  /**
+   * CPU time the coordinator's process spent in the step (all its threads): with --threads 0, what
+   * relaying the workers' bytes costs it.
+   */
+  cpuMs: number;
 }
 
 export interface EpochRecord extends EpochResult {

@@ -17,6 +17,8 @@ export interface RunSummary {
   model: { sizes: number[]; activation: string; parameters: number };
   engine: string;
   workers: string;
+  /** How steps were distributed: whole, split, replicated or sharded (cluster/scheduler.ts StepMode). */
+  plan: string;
   /** Every engine/device that computed, e.g. ["onnx/webgpu"]; more than one only with --allow-mixed-devices. */
   devices: string[];
   /** Workers on other engines or devices took part: the result then depends on who computed what. */

@@ -74,9 +74,12 @@ async function runBatches(loop: Loop): Promise<boolean> {
     const { index, next } = cursor.take(config.steps > 0 && state.step + 1 >= config.steps);
     if (options.beforeStep) await cursor.pause(() => options.beforeStep!(state.step));
     const stepStart = performance.now();
+    const cpuStart = process.cpuUsage();
     const loss = await trainer.trainStep(index, next);
     const bytes = scheduler.bytesMoved();
-    metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms: performance.now() - stepStart, bytes: bytes - loop.bytesBefore });
+    const cpu = process.cpuUsage(cpuStart);
+    const cpuMs = (cpu.user + cpu.system) / 1000;
+    metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms: performance.now() - stepStart, bytes: bytes - loop.bytesBefore, cpuMs });
     loop.bytesBefore = bytes;
     const b = cursor.batch;
     cursor.advance(index.length, loss);

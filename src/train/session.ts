@@ -189,6 +189,7 @@ export class RunSession {
       model: { sizes: spec.sizes, activation: spec.activation, parameters: this.layout.total },
       engine: config.engine,
       workers: this.scheduler.description,
+      plan: this.scheduler.mode,
       ...this.devices(),
       config: { ...config, token: config.token ? '(set)' : null },
       epochs: this.epochs,
