@@ -9,7 +9,7 @@ const LAYERS = [
   ['config', '^src/config\\.ts$'],
   ['compute', '^src/cluster/[^/]+\\.ts$'],
   ['remote', '^src/cluster/remote/'],
-  ['scheduler', '^src/cluster/(scheduler|sharded_steps)\\.ts$'],
+  ['scheduler', '^src/cluster/(scheduler|replica_plan)\\.ts$'],
   ['report', '^src/report/'],
   ['train', '^src/train/'],
   ['entry', '^src/(index|cli|console|inference)\\.ts$|^src/launch/'],

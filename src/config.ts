@@ -12,8 +12,8 @@ import { ACTIVATIONS, type Activation } from './model/spec.js';
 /**
  * How a run without local compute (--threads 0) distributes a step among remote replicas: each applies the
  * whole step (replicated: fewest bytes, the weight pass repeated everywhere), or each its share of the
- * output units with the parameters all-gathered (sharded: the weight pass divided). auto: replicated, the
- * faster of the two on every configuration measured on this project's machine (README, "Plans").
+ * output units with the parameters all-gathered (sharded: the weight pass divided). auto: the first steps
+ * replicated, then the cheaper by the cost model from the measured members (cluster/replica_plan.ts).
  */
 export const PLANS = ['auto', 'replicated', 'sharded'] as const;
 export type StepPlan = (typeof PLANS)[number];
@@ -176,7 +176,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   threads: { flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
   plan: {
     flag: '--plan <name>',
-    description: 'with --threads 0: replicated (every replica applies the whole step) or sharded (each its share of the output units, parameters all-gathered); auto: replicated (see README, Plans)',
+    description: 'with --threads 0: replicated (every replica applies the whole step) or sharded (each its share of the output units, parameters all-gathered); auto: the cheaper by a cost model from the measured workers, planned again when they change',
     kind: { type: 'enum', choices: PLANS },
   },
   epochs: { flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },

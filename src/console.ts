@@ -34,7 +34,11 @@ function clusterLine(e: Extract<TrainEvent, { type: 'cluster' }>['event']): stri
     case 'redo':
       return `↻ rows ${e.rows[0]}–${e.rows[1] - 1} redone elsewhere: ${e.reason}`;
     case 'replay':
-      return `↻ no replica left: replaying steps ${e.from}–${e.to - 1} here from the last state taken`;
+      return `↻ no replica can give the state (none left, or a sharded owner lost): replaying steps ${e.from}–${e.to - 1} here from the last state taken`;
+    case 'plan': {
+      const estimates = e.estimates.map((x) => `${x.plan} ${x.ms.toFixed(1)} ms`).join(', ');
+      return `⇄ step ${e.step}: plan ${e.plan} (${e.reason}${estimates ? `; estimated a step: ${estimates}` : ''})`;
+    }
     case 'diverged':
       return `! replicas of ${e.workers.join(', ')} differ from the coordinator's parameters: resynchronising`;
   }

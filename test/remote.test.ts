@@ -614,6 +614,47 @@ describe('the sharded plan (--plan sharded)', () => {
   });
 });
 
+describe('--plan auto', () => {
+  const reference4 = referenceHash({ threads: 2, epochs: 4 }, 'reference4');
+
+  it('changes plan by the cost model, and plans again after a join and a death, without changing the result', async () => {
+    // Workers that report their rows as slow make compute look dear and bytes cheap: the model then shards.
+    const slow = (rows: RowsDone): RowsDone => ({ ...rows, ms: 1000 });
+    const abort = new AbortController();
+    const quitter = new AbortController();
+    let address = '';
+    const plans: string[] = [];
+    const events: string[] = [];
+    const summary = await coordinator(
+      { threads: 0, epochs: 4, minWorkers: 2 },
+      (url) => {
+        address = url;
+        void runWorker({ connect: url, signal: abort.signal, tamperRows: slow });
+        void runWorker({ connect: url, signal: quitter.signal, tamperRows: slow, onUnits: (step) => step === 11 && quitter.abort() });
+      },
+      (e) => {
+        if (e.type !== 'cluster') return;
+        events.push(e.event.type);
+        if (e.event.type === 'plan') plans.push(`${e.event.step}: ${e.event.plan}`);
+      },
+      (step) => {
+        if (step === 9) void runWorker({ connect: address, signal: abort.signal, tamperRows: slow });
+      },
+    );
+    abort.abort();
+    expect(plans[0]).toBe('0: replicated');
+    expect(plans[1]).toBe('8: sharded');
+    expect(events.filter((e) => e === 'joined')).toHaveLength(3);
+    expect(events).toContain('left');
+    expect(events).toContain('replay');
+    expect(summary.plan).toBe('sharded');
+    const choices = summary.plans;
+    expect(choices[1].estimates.map((e) => e.plan)).toEqual(['sharded', 'replicated']);
+    expect(choices[1].measuredMs).toBeGreaterThan(0);
+    expect(summary.paramsSha256).toBe(await reference4());
+  });
+});
+
 describe('rows a replica still lacks', () => {
   it('are the parts of the batch that its own and the forwarded rows do not cover', () => {
     expect(missingRanges(64, [])).toEqual([[0, 64]]);

@@ -12,7 +12,7 @@
  */
 import type { StepPlan } from '../config.js';
 import type { StateArrays, StateSnapshot } from './training_state.js';
-import { ShardedSteps } from './sharded_steps.js';
+import { ReplicaPlan, type PlanChoice } from './replica_plan.js';
 import type { Range } from './plan.js';
 import { apportion, coalesce, microShards, shardGroups } from './plan.js';
 import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
@@ -36,16 +36,14 @@ export type StepMode =
   | 'whole'
   /** Rows on every participant, then the weight pass on the local slots. */
   | 'split'
-  /** No local compute (--threads 0): remote replicas compute the rows and each applies the whole step itself. */
-  | 'replicated'
   /**
-   * No local compute (--threads 0): remote replicas compute the rows, each reduces and updates its share of
-   * the output units, and the new parameters are all-gathered (sharded_steps.ts).
+   * No local compute (--threads 0): remote replicas compute the rows and apply the steps themselves, each
+   * the whole step or its share of the units (the plan: replica_plan.ts).
    */
-  | 'sharded';
+  | 'replicated';
 
-export function chooseStepMode(localThreads: number, remoteWorkers: boolean, plan: StepPlan = 'auto'): StepMode {
-  if (localThreads === 0) return plan === 'sharded' ? 'sharded' : 'replicated';
+export function chooseStepMode(localThreads: number, remoteWorkers: boolean): StepMode {
+  if (localThreads === 0) return 'replicated';
   return localThreads === 1 && !remoteWorkers ? 'whole' : 'split';
 }
 
@@ -84,7 +82,8 @@ export type ClusterEvent =
   | HubEvent
   | { type: 'waiting'; reason: string }
   | { type: 'redo'; rows: Range; reason: string }
-  | { type: 'replay'; from: number; to: number };
+  | { type: 'replay'; from: number; to: number }
+  | ({ type: 'plan' } & PlanChoice);
 
 export class Scheduler {
   private readonly ledger = new WorkLedger();
@@ -96,8 +95,8 @@ export class Scheduler {
    * owners: an owner's weight pass reads its units' deltas of every layer, cheaper sent than rebuilt.
    */
   private readonly compactCapable: boolean;
-  /** The sharded plan's owners and slices (mode 'sharded'). */
-  private readonly sharded?: ShardedSteps;
+  /** How the remote replicas run the steps, and the sharded plan's owners and slices (mode 'replicated'). */
+  private readonly sharded?: ReplicaPlan;
 
   constructor(
     private readonly memory: TrainingMemory,
@@ -106,14 +105,25 @@ export class Scheduler {
     private readonly hub: RemoteHub | undefined,
     private readonly onEvent: (event: ClusterEvent) => void,
     private readonly verifier = new RowVerifier(0, 0),
+    plan: StepPlan = 'auto',
   ) {
-    this.compactCapable = (mode === 'replicated' || mode === 'sharded') && local.capabilities.compactRows;
-    if (mode === 'sharded' && hub) this.sharded = new ShardedSteps(hub, memory.spec);
+    this.compactCapable = mode === 'replicated' && local.capabilities.compactRows;
+    if (mode === 'replicated' && hub) this.sharded = new ReplicaPlan(hub, memory.spec, memory.batchSize, plan, (c) => onEvent({ type: 'plan', ...c }));
   }
 
   /** Whether remote rows travel compact (see compactCapable); changes only when members are admitted. */
   get compactRows(): boolean {
     return this.compactCapable && !this.sharded?.active;
+  }
+
+  /** How steps are distributed now: the step mode, or with remote replicas their plan (replicated or sharded). */
+  get planName(): string {
+    return this.sharded?.current ?? this.mode;
+  }
+
+  /** The plans chosen so far, with the cost model's estimates (remote replicas only). */
+  get planChoices(): readonly PlanChoice[] {
+    return this.sharded?.choices ?? [];
   }
 
   /** Whether rows are verified here (--verify): the committed state must then be here before a row pass. */
@@ -123,12 +133,12 @@ export class Scheduler {
 
   /** False with --threads 0: local slots then only apply the optimizer and evaluate. */
   private get localComputes(): boolean {
-    return this.mode !== 'replicated' && this.mode !== 'sharded';
+    return this.mode !== 'replicated';
   }
 
   get description(): string {
     const remote = this.hub ? `, remote workers via ${this.hub.ready().length ? `${this.hub.ready().length} connected` : 'none yet'}` : '';
-    const replicas = this.mode === 'sharded' ? 'remote replicas share the weight pass by output units' : 'remote replicas apply the steps';
+    const replicas = this.sharded?.current === 'sharded' ? 'remote replicas share the weight pass by output units' : 'remote replicas apply the steps';
     return `${this.localComputes ? this.local.description : `no local compute (${replicas}; evaluation here)`}${remote}`;
   }
 
@@ -155,12 +165,14 @@ export class Scheduler {
   /** Sends the committed state to the joiners, which makes them participants from this step on. */
   async admit(state: JoinState): Promise<void> {
     if (!this.sharded) return this.hub?.admit(state);
-    // Admission may change whether rows travel compact: rows asked for early in the old form are awaited
-    // (and dropped) first, so that no answer in one form meets a request in the other.
-    const early = this.prefetched?.remote.map((job) => job.result) ?? [];
+    const compact = this.compactRows;
+    this.sharded.admit(state);
+    if (this.compactRows === compact || !this.prefetched) return;
+    // The plan changed whether rows travel compact: rows asked for early in the old form are awaited and
+    // dropped (the members, sent the state after them, compute this step's rows again, in the new form).
+    const early = this.prefetched.remote.map((job) => job.result);
     this.prefetched = undefined;
     await Promise.all(early);
-    this.sharded.admit(state);
   }
 
   /** Remote workers that joined: ready, or authenticated and waiting for the state. */
@@ -211,6 +223,7 @@ export class Scheduler {
   async computeRows(step: number, generation: number, index: Int32Array, microBatch: number, stateIsHere: boolean): Promise<RowsOutcome> {
     const batch = index.length;
     // Sharded: the last step must have landed on every owner, and the owners must still be the members.
+    this.sharded?.beginStep(step);
     if (this.sharded && (!(await this.sharded.settle()) || this.sharded.stale)) return { done: false, needs: 'state' };
     this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
@@ -297,7 +310,7 @@ export class Scheduler {
    * from every owner's shard), or undefined when no replica could give it.
    */
   async replicaState(step: number): Promise<StateArrays | undefined> {
-    if (this.sharded) return this.sharded.gather(step);
+    if (this.sharded?.current === 'sharded') return this.sharded.gather(step);
     for (const worker of this.hub?.ready() ?? []) {
       try {
         return await this.hub!.fetchState(worker, step);

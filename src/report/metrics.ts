@@ -19,6 +19,8 @@ export interface StepRecord {
    * relaying the workers' bytes costs it.
    */
   cpuMs: number;
+  /** How the step was distributed (whole, split, replicated, sharded). */
+  plan: string;
 }
 
 export interface EpochRecord extends EpochResult {

@@ -79,7 +79,9 @@ async function runBatches(loop: Loop): Promise<boolean> {
     const bytes = scheduler.bytesMoved();
     const cpu = process.cpuUsage(cpuStart);
     const cpuMs = (cpu.user + cpu.system) / 1000;
-    metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms: performance.now() - stepStart, bytes: bytes - loop.bytesBefore, cpuMs });
+    const ms = performance.now() - stepStart;
+    session.stepTimed(ms);
+    metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms, bytes: bytes - loop.bytesBefore, cpuMs, plan: scheduler.planName });
     loop.bytesBefore = bytes;
     const b = cursor.batch;
     cursor.advance(index.length, loss);

@@ -84,7 +84,7 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
     const host = address.address.includes(':') ? `[${address.address}]` : address.address;
     options.onListening?.({ host: address.address, port: address.port, connections: hub.connections });
     const listening = `${config.tlsCert ? 'wss' : 'ws'}://${host}:${address.port}`;
-    return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true, config.plan), hub, onEvent, new RowVerifier(config.verify, config.seed)), listening };
+    return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true), hub, onEvent, new RowVerifier(config.verify, config.seed), config.plan), listening };
   } catch (e) {
     await local.close();
     throw e;
@@ -98,6 +98,8 @@ export class RunSession {
   readonly epochs: EpochResult[];
   trainSeconds: number;
   samplesSeen: number;
+  /** Step times under each plan chosen (the scheduler's planChoices, by index): what summary.json measures them by. */
+  private readonly planSteps: { ms: number; steps: number }[] = [];
 
   private constructor(
     readonly config: TrainConfig,
@@ -181,6 +183,15 @@ export class RunSession {
     this.emit({ type: 'checkpoint', action: 'written', file, step: state.step });
   }
 
+  /** A step took `ms` under the plan chosen last. */
+  stepTimed(ms: number): void {
+    const i = this.scheduler.planChoices.length - 1;
+    if (i < 0) return;
+    this.planSteps[i] ??= { ms: 0, steps: 0 };
+    this.planSteps[i].ms += ms;
+    this.planSteps[i].steps++;
+  }
+
   /** The summary of the run as it stands (failure: the error that stopped it). */
   summary(failure?: Error): RunSummary {
     const { config, dataset, state, spec } = this;
@@ -189,7 +200,8 @@ export class RunSession {
       model: { sizes: spec.sizes, activation: spec.activation, parameters: this.layout.total },
       engine: config.engine,
       workers: this.scheduler.description,
-      plan: this.scheduler.mode,
+      plan: this.scheduler.planName,
+      plans: this.scheduler.planChoices.map((c, i) => ({ ...c, measuredMs: this.planSteps[i] ? this.planSteps[i].ms / this.planSteps[i].steps : null })),
       ...this.devices(),
       config: { ...config, token: config.token ? '(set)' : null },
       epochs: this.epochs,

@@ -125,7 +125,7 @@ export class Trainer {
       // The remote replicas apply this step; this process catches up when it needs the state.
       this.unapplied.push(index.slice());
       this.state.commit();
-      if (this.unapplied.length >= (this.scheduler.mode === 'sharded' ? MAX_UNAPPLIED_SHARDED : MAX_UNAPPLIED)) await this.current();
+      if (this.unapplied.length >= (this.scheduler.planName === 'sharded' ? MAX_UNAPPLIED_SHARDED : MAX_UNAPPLIED)) await this.current();
       return loss;
     }
     const replayed = this.unapplied.length > 0 && (await this.current());

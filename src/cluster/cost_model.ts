@@ -1,0 +1,99 @@
+/**
+ * What a step costs under each plan that distributes it among remote replicas (--threads 0), estimated
+ * from the model's FLOPs and bytes and the members' measured speed; `--plan auto` takes the cheaper
+ * (replica_plan.ts), and the README's figures for 8–64 machines come from the same formulas.
+ *
+ * A member's compute rate is its measured row rate times the FLOPs of a row (forward, and backward to the
+ * first hidden layer). Per plan, a member's step is its compute plus its bytes at a cost per byte, and the
+ * step is the slowest member's:
+ *
+ *   replicated  rows of its share, the other rows' inner deltas rebuilt (compact rows), the whole weight
+ *               pass and Adam; bytes: every row of the batch once (its own out, the others' in), compact
+ *   sharded     rows of its share; the weight pass and Adam of its units; bytes: every row in full, its
+ *               units' parameters out and everyone else's in
+ *
+ * The cost per byte is not a link's nominal rate: it is calibrated from the measured steps of the plan that
+ * runs (what a step took beyond the estimated compute, per byte a member moves), so that it holds what the
+ * bytes really cost there — loopback copies, the coordinator's relay and validation on shared cores, or a
+ * real link — with what overlaps already netted out. test/cost_model.test.ts states the factor it holds within.
+ */
+import { paramLayout, type ModelSpec } from '../model/spec.js';
+
+export const REMOTE_PLANS = ['replicated', 'sharded'] as const;
+export type RemotePlan = (typeof REMOTE_PLANS)[number];
+
+/** What is measured of a member: rows of the row pass per millisecond, as it reports its compute. */
+export interface MemberCost {
+  rowsPerMs: number;
+}
+
+export interface PlanEstimate {
+  plan: RemotePlan;
+  /** The estimated step: the slowest member's compute plus wire. */
+  ms: number;
+  computeMs: number;
+  wireMs: number;
+}
+
+/**
+ * Adam in FLOPs of the row pass a parameter costs as much as: it reads and writes four floats a parameter
+ * and is bound by memory, ~1.3 ns a parameter against ~0.01 ns a GEMM FLOP on this project's machine.
+ */
+const ADAM_FLOPS_PER_PARAMETER = 130;
+
+/** The sizes a plan's cost is made of, for one step of `batch` rows. */
+export function stepSizes(spec: ModelSpec, batch: number) {
+  const { layers, total } = paramLayout(spec);
+  const macs = layers.map((l) => l.fanIn * l.fanOut);
+  const all = macs.reduce((a, b) => a + b, 0);
+  const hidden = spec.sizes.slice(1, -1).reduce((a, b) => a + b, 0);
+  const outputs = spec.sizes.slice(1).reduce((a, b) => a + b, 0);
+  return {
+    parameters: total,
+    /** Forward, and backward down to the first hidden layer's delta. */
+    rowFlops: 2 * all + 2 * (all - macs[0]),
+    /** Rebuilding a compact row's inner deltas from its last one. */
+    rebuildFlops: 2 * (all - macs[0]),
+    /** The weight pass over the whole batch, and Adam, as row-pass FLOPs. */
+    weightFlops: 2 * batch * all + ADAM_FLOPS_PER_PARAMETER * total,
+    /** A row on the wire: activations and the last delta (compact), or every delta too (full). */
+    compactRowBytes: 4 * (hidden + spec.sizes[spec.sizes.length - 1]),
+    fullRowBytes: 4 * (hidden + outputs),
+  };
+}
+
+/** Each member's compute (ms) and bytes under `plan`; members share rows and units by speed. */
+function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan) {
+  const size = stepSizes(spec, batch);
+  const total = members.reduce((a, m) => a + m.rowsPerMs, 0);
+  return members.map((m) => {
+    const share = m.rowsPerMs / total;
+    const rows = share * batch;
+    const flops =
+      plan === 'replicated'
+        ? rows * size.rowFlops + (batch - rows) * size.rebuildFlops + size.weightFlops
+        : rows * size.rowFlops + share * size.weightFlops;
+    // Its own rows out and the others' in, then (sharded) its units' parameters out and the others' in.
+    const bytes = plan === 'replicated' ? batch * size.compactRowBytes : batch * size.fullRowBytes + 4 * size.parameters;
+    return { computeMs: flops / (m.rowsPerMs * size.rowFlops), bytes };
+  });
+}
+
+/**
+ * The cost of a byte (ms) that makes `plan`'s estimate meet its measured step: what the step took beyond
+ * the slowest member's compute, over that member's bytes (at least a nanosecond's millionth: never free).
+ */
+export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, measuredMs: number): number {
+  const slowest = perMember(spec, batch, members, plan).reduce((a, b) => (b.computeMs > a.computeMs ? b : a));
+  return Math.max(1e-12, (measuredMs - slowest.computeMs) / slowest.bytes);
+}
+
+/** Each plan's estimated step for these members at `msPerByte`, cheapest first. */
+export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number): PlanEstimate[] {
+  const estimates = REMOTE_PLANS.map((plan) => {
+    const costs = perMember(spec, batch, members, plan).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
+    const slowest = costs.reduce((a, b) => (b.computeMs + b.wireMs > a.computeMs + a.wireMs ? b : a));
+    return { plan, ms: slowest.computeMs + slowest.wireMs, ...slowest };
+  });
+  return estimates.sort((a, b) => a.ms - b.ms);
+}

@@ -1,0 +1,206 @@
+/**
+ * How remote replicas run the steps when the coordinator computes nothing itself (--threads 0), and who
+ * owns what:
+ *
+ * - replicated: every replica applies the whole step (the fewest bytes; the weight pass repeated on each);
+ * - sharded: each replica (an owner) reduces and updates only its share of every layer's output units, and
+ *   the new parameters are all-gathered through the hub (remote/peer_work.ts requestSlices and slice).
+ *
+ * `--plan replicated|sharded` fixes the plan; `auto` (the default) runs the first steps replicated, then
+ * takes the cheaper plan by the cost model (cost_model.ts: the members' measured speed, and a byte's cost
+ * calibrated from the measured steps), and plans again whenever the members change. Both plans give the same bits (every unit's gradient is one
+ * reduction over the whole batch: cluster/plan.ts), so a change of plan changes only the speed.
+ *
+ * An owner's Adam moments are current only for its own units, so the shares are fixed from the moment every
+ * member was sent the full state (admit) until membership or the plan changes: then the state is gathered
+ * from the owners' shards (or, when an owner or its slice was lost, replayed by the trainer from the last
+ * state gathered) and sent to every member again.
+ */
+import type { StepPlan } from '../config.js';
+import type { ModelSpec } from '../model/spec.js';
+import { paramLayout } from '../model/spec.js';
+import { byteCost, estimatePlans, type PlanEstimate, type RemotePlan } from './cost_model.js';
+import { shareUnits, type Range } from './plan.js';
+import type { RemoteHub, RemotePeer } from './remote/hub.js';
+import type { Snapshot } from './remote/peer_work.js';
+import type { StateArrays } from './training_state.js';
+import { placeSlice } from './unit_slices.js';
+
+/** Steps after an admission left out of its timing (the state just sent, rows asked for anew). */
+const SETTLING_STEPS = 2;
+
+/** Steps timed after those before `auto` judges the plan (by the median step: an epoch's end is an outlier). */
+const TIMED_STEPS = 6;
+
+/** `auto` changes plan only for an estimated gain above this share (a change costs every member a state). */
+const REPLAN_GAIN = 0.1;
+
+/** A choice of plan, with what the cost model estimated, for the console, summary.json and metrics.jsonl. */
+export interface PlanChoice {
+  step: number;
+  plan: RemotePlan;
+  /** Why: as asked (--plan), not measured yet, or the cost model's estimates (cheapest first). */
+  reason: string;
+  estimates: PlanEstimate[];
+}
+
+export class ReplicaPlan {
+  private plan: RemotePlan = 'replicated';
+  private owners = new Map<RemotePeer, Range[]>();
+  /** The last step's slices, until settled. */
+  private inFlight?: Promise<void>;
+  /** A slice was lost (its owner dropped): the replicas are torn mid-step, and only a replay mends the state. */
+  private torn = false;
+  /** When each row pass since the last admission began, and whether `auto` judged the plan since. */
+  private starts: number[] = [];
+  private judged = false;
+  /** The cost of a byte (ms), calibrated from the measured steps when `auto` last judged; 0 before. */
+  private msPerByte = 0;
+  private due?: RemotePlan;
+  readonly choices: PlanChoice[] = [];
+
+  constructor(
+    private readonly hub: RemoteHub,
+    private readonly spec: ModelSpec,
+    private readonly batchSize: number,
+    private readonly asked: StepPlan,
+    private readonly onChoice: (choice: PlanChoice) => void,
+  ) {}
+
+  /** The plan the members run now. */
+  get current(): RemotePlan {
+    return this.plan;
+  }
+
+  /**
+   * Whether steps are sharded now: with a sole owner there is nobody to share the units with, and it runs
+   * as a replicated run's replica (compact rows, the next rows asked for early, plain updates).
+   */
+  get active(): boolean {
+    return this.plan === 'sharded' && this.owners.size > 1;
+  }
+
+  /**
+   * Whether the members must be sent the state again before the next step: `auto` chose another plan, or
+   * (sharded) a slice was lost, an owner left or a member owns nothing.
+   */
+  get stale(): boolean {
+    if (this.due) return true;
+    if (this.plan !== 'sharded') return false;
+    const ready = this.hub.ready();
+    return this.torn || ready.length !== this.owners.size || ready.some((p) => !this.owners.has(p));
+  }
+
+  /** A row pass begins: `auto` judges the plan once the steps since the last admission have been timed. */
+  beginStep(step: number): void {
+    this.starts.push(performance.now());
+    if (this.asked !== 'auto' || this.judged || this.starts.length <= SETTLING_STEPS + TIMED_STEPS) return;
+    const members = this.hub.ready();
+    if (members.length < 2 || members.some((p) => p.speed === 0)) return;
+    this.judged = true;
+    const intervals = this.starts.slice(SETTLING_STEPS).map((t, i, a) => (i === 0 ? NaN : t - a[i - 1])).slice(1);
+    const measured = [...intervals].sort((a, b) => a - b)[Math.floor(intervals.length / 2)];
+    this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured);
+    const estimates = this.estimate(members);
+    // Recorded whether it changes the plan or not: summary.json then holds the estimate beside the measured steps.
+    if (this.worthChanging(estimates)) this.due = estimates[0].plan;
+    this.choose({ step, plan: this.due ?? this.plan, reason: `the cost model, from the measured workers${this.due ? '' : ': kept'}`, estimates });
+  }
+
+  /** Whether the cheapest plan is not the current one by more than REPLAN_GAIN (a change costs a state each). */
+  private worthChanging(estimates: PlanEstimate[]): boolean {
+    const now = estimates.find((e) => e.plan === this.plan)!;
+    return estimates[0].plan !== this.plan && estimates[0].ms < (1 - REPLAN_GAIN) * now.ms;
+  }
+
+  /**
+   * Sends the committed state to the joiners — and to every member when the plan is or becomes sharded
+   * (units move, and each owner's moments must be current for its new ones) — and shares the units.
+   */
+  admit(snapshot: Snapshot): void {
+    const plan = this.due ?? this.decide(snapshot.step);
+    if (plan === 'sharded' || this.plan === 'sharded') for (const peer of this.hub.ready()) this.hub.resync(peer);
+    this.plan = plan;
+    this.hub.admit(snapshot, plan === 'sharded' && this.hub.joining().length + this.hub.ready().length > 1);
+    const members = this.hub.ready();
+    // A newcomer is assumed as fast as the average so far (as rows are shared: Scheduler.plan).
+    const speeds = withAverage(members.map((p) => p.speed));
+    const shares = plan === 'sharded' && members.length ? shareUnits(this.spec.sizes.slice(1), speeds) : [];
+    this.owners = new Map(shares.map((units, i) => [members[i], units]));
+    this.torn = false;
+    this.due = undefined;
+    this.starts = [];
+    this.judged = false;
+  }
+
+  /** The plan for the members about to be admitted: as asked, or by the cost model once they are measured. */
+  private decide(step: number): RemotePlan {
+    const first = this.choices.length === 0;
+    if (this.asked !== 'auto') {
+      if (first) this.choose({ step, plan: this.asked, reason: 'as asked (--plan)', estimates: [] });
+      return this.asked;
+    }
+    const members = [...this.hub.ready(), ...this.hub.joining()];
+    if (members.length < 2 || this.msPerByte === 0) {
+      if (first) this.choose({ step, plan: this.plan, reason: 'auto: until the workers are measured', estimates: [] });
+      return this.plan;
+    }
+    const estimates = this.estimate(members);
+    if (!this.worthChanging(estimates)) return this.plan;
+    this.choose({ step, plan: estimates[0].plan, reason: 'the cost model, as the workers changed', estimates });
+    return estimates[0].plan;
+  }
+
+  private estimate(members: RemotePeer[]): PlanEstimate[] {
+    return estimatePlans(this.spec, this.batchSize, withAverage(members.map((p) => p.speed)).map((rowsPerMs) => ({ rowsPerMs })), this.msPerByte);
+  }
+
+  private choose(choice: PlanChoice): void {
+    this.choices.push(choice);
+    this.onChoice(choice);
+  }
+
+  /** Sends the step's update to the owners (active() only); settle() awaits their slices. */
+  request(step: number, batch: number): void {
+    const answers = this.hub.requestSlices(step, batch, this.owners);
+    this.inFlight = Promise.all(answers).then(
+      () => {},
+      () => {
+        this.torn = true;
+      },
+    );
+  }
+
+  /** Waits for the last step's slices (each came, or its owner was dropped); false when one was lost. */
+  async settle(): Promise<boolean> {
+    await this.inFlight;
+    this.inFlight = undefined;
+    return !this.torn;
+  }
+
+  /** Sharded: the full state of `step` put together from the owners' shards, or undefined when an owner is gone. */
+  async gather(step: number): Promise<StateArrays | undefined> {
+    if (!(await this.settle()) || this.stale || this.owners.size === 0) return undefined;
+    const total = paramLayout(this.spec).total;
+    const state: StateArrays = { params: new Float32Array(total), m: new Float32Array(total), v: new Float32Array(total) };
+    try {
+      const shards = await Promise.all([...this.owners].map(async ([peer, units]) => ({ units, shard: await this.hub.fetchState(peer, step, units) })));
+      for (const { units, shard } of shards) {
+        placeSlice(this.spec, state.params, units, shard.params);
+        placeSlice(this.spec, state.m, units, shard.m);
+        placeSlice(this.spec, state.v, units, shard.v);
+      }
+      return state;
+    } catch {
+      // an owner left or timed out (and was dropped): its moments are gone with it
+      return undefined;
+    }
+  }
+}
+
+/** Values with the unknown ones (0) replaced by the average of the known, or 1 when none is known. */
+function withAverage(values: number[]): number[] {
+  const known = values.filter((v) => v > 0);
+  const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
+  return values.map((v) => v || average);
+}

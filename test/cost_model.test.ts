@@ -1,0 +1,50 @@
+/**
+ * The cost model behind --plan auto (src/cluster/cost_model.ts): its estimates move the way the costs do,
+ * and in a real run they come within a stated factor of the measured step.
+ */
+import { describe, expect, it } from 'vitest';
+import { byteCost, estimatePlans, stepSizes } from '../src/cluster/cost_model.js';
+import { makeSpec } from '../src/model/spec.js';
+
+const big = makeSpec(784, [2048, 2048], 10, 'sigmoid');
+const tutorial = makeSpec(784, [512, 256, 128, 64], 10, 'sigmoid');
+const member = (rowsPerMs: number) => ({ rowsPerMs });
+const byPlan = (estimates: ReturnType<typeof estimatePlans>) => Object.fromEntries(estimates.map((e) => [e.plan, e.ms]));
+
+describe('the cost model', () => {
+  it('counts the FLOPs and bytes of a step', () => {
+    const s = stepSizes(makeSpec(4, [3], 2, 'relu'), 10);
+    // MACs 4·3 + 3·2 = 18: forward 36, backward to the hidden delta 2·6 = 12.
+    expect(s.rowFlops).toBe(48);
+    expect(s.rebuildFlops).toBe(12);
+    expect(s.parameters).toBe(4 * 3 + 3 + 3 * 2 + 2);
+    expect(s.weightFlops).toBe(2 * 10 * 18 + 130 * 23);
+    expect([s.compactRowBytes, s.fullRowBytes]).toEqual([4 * (3 + 2), 4 * (3 + 3 + 2)]);
+  });
+
+  it('prefers replicated when bytes are dear and sharded when compute is, and sharding more helps only the latter', () => {
+    const dearWire = byPlan(estimatePlans(big, 512, [member(6), member(6)], 1e-5));
+    expect(dearWire.replicated).toBeLessThan(dearWire.sharded);
+    const cheapWire = byPlan(estimatePlans(big, 4096, [member(6), member(6)], 1e-9));
+    expect(cheapWire.sharded).toBeLessThan(cheapWire.replicated);
+    const four = byPlan(estimatePlans(big, 4096, [1, 2, 3, 4].map(() => member(6)), 1e-9));
+    expect(four.sharded).toBeLessThan(cheapWire.sharded);
+    expect(four.replicated / cheapWire.replicated).toBeGreaterThan(0.8);
+  });
+
+  it('gives a slower member a smaller share: the step is bounded by the slowest member\'s own share', () => {
+    const even = estimatePlans(tutorial, 64, [member(20), member(20)], 1e-7)[0];
+    const uneven = estimatePlans(tutorial, 64, [member(20), member(10)], 1e-7)[0];
+    expect(uneven.ms).toBeGreaterThan(even.ms);
+    expect(uneven.ms).toBeLessThan(2 * even.ms);
+  });
+
+  it('calibrates a byte\'s cost so that the running plan\'s estimate meets its measured step', () => {
+    const members = [member(6), member(5)];
+    const perByte = byteCost(big, 512, members, 'replicated', 300);
+    const replicated = estimatePlans(big, 512, members, perByte).find((e) => e.plan === 'replicated')!;
+    expect(replicated.ms).toBeCloseTo(300, 6);
+    // A step faster than the compute alone leaves bytes (nearly) free, never negative.
+    expect(byteCost(big, 512, members, 'replicated', 1)).toBeGreaterThan(0);
+  });
+});
