@@ -48,3 +48,15 @@ describe('the cost model', () => {
     expect(byteCost(big, 512, members, 'replicated', 1)).toBeGreaterThan(0);
   });
 });
+
+describe('npm run plans', () => {
+  it('predicts every model, link and machine count, and the star saturating as machines are added on a slow link', async () => {
+    const { predictions } = await import('../scripts/plans.js');
+    const rows = predictions(100);
+    expect(rows).toHaveLength(3 * 3 * 6);
+    const busy = (row: string) => Number(/\| (\d+) % \|$/.exec(row)![1]);
+    const slow = rows.filter((r) => r.startsWith('| tutorial MLP, batch 64 | 1 Gbit/s |'));
+    expect(busy(slow[slow.length - 1])).toBe(100);
+    expect(busy(slow[0])).toBeLessThan(100);
+  });
+});

@@ -88,12 +88,28 @@ export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], 
   return Math.max(1e-12, (measuredMs - slowest.computeMs) / slowest.bytes);
 }
 
-/** Each plan's estimated step for these members at `msPerByte`, cheapest first. */
-export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number): PlanEstimate[] {
+/**
+ * The bytes the coordinator sends a step, the busier direction of its link: every member gets the rows it
+ * did not compute, and (sharded) the parameters of the units it does not own. In a star this grows with
+ * the members while each member's own bytes do not: it is where the star saturates.
+ */
+export function coordinatorBytes(spec: ModelSpec, batch: number, members: number, plan: RemotePlan): number {
+  const size = stepSizes(spec, batch);
+  const perMemberOut = plan === 'replicated' ? batch * size.compactRowBytes : batch * size.fullRowBytes + 4 * size.parameters;
+  return (members - 1) * perMemberOut;
+}
+
+/**
+ * Each plan's estimated step for these members at `msPerByte`, cheapest first. `starMsPerByte`: the cost
+ * of a byte on the coordinator's own link, when it is a real link of known rate (predictions for many
+ * machines); on loopback it is part of the calibrated msPerByte, and left at 0.
+ */
+export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number, starMsPerByte = 0): PlanEstimate[] {
   const estimates = REMOTE_PLANS.map((plan) => {
     const costs = perMember(spec, batch, members, plan).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
     const slowest = costs.reduce((a, b) => (b.computeMs + b.wireMs > a.computeMs + a.wireMs ? b : a));
-    return { plan, ms: slowest.computeMs + slowest.wireMs, ...slowest };
+    const star = coordinatorBytes(spec, batch, members.length, plan) * starMsPerByte;
+    return { plan, ms: Math.max(slowest.computeMs + slowest.wireMs, star), ...slowest };
   });
   return estimates.sort((a, b) => a.ms - b.ms);
 }
