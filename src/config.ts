@@ -212,7 +212,7 @@ export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
  * Options that belong to one session of a run and are never taken from a checkpoint. Everything else,
  * --steps and --epochs included, is: `--resume DIR` alone continues the run as it was configured.
  */
-export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'listen', 'token', 'tlsCert', 'tlsKey', 'minWorkers', 'joinTimeoutMs'];
+export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'listen', 'token', 'tlsCert', 'tlsKey', 'minWorkers', 'joinTimeoutMs', 'plan'];
 
 /**
  * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
@@ -396,6 +396,9 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
   if (config.listen) splitHostPort(config.listen);
   if (config.threads === 0 && !config.listen) {
     throw incompatibleOptions('threads0');
+  }
+  if (config.plan !== 'auto' && config.threads > 0) {
+    throw incompatibleOptions('plan', config as unknown as Record<string, unknown>);
   }
   if (config.minWorkers > 0 && !config.listen) {
     throw incompatibleOptions('minWorkers');

@@ -61,6 +61,8 @@ describe('options', () => {
       new TypeError('option "listen" (0.0.0.0:7000) reaches beyond loopback, so a "token" is required: give --token or set DTRAIN_TOKEN'),
     );
     expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 0 })).not.toThrow();
+    expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 2, plan: 'sharded' })).toThrow(/^option "plan" \(sharded\) says how remote replicas share a step/);
+    expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 0, plan: 'sharded' })).not.toThrow();
     expect(() => resolveConfig({ listen: '[::1]:7000' })).not.toThrow();
     expect(() => resolveConfig({ listen: '10.0.0.5:7000', token: 's3cret-s3cret-s3' })).not.toThrow();
     expect(() => resolveConfig({ tlsCert: 'cert.pem' })).toThrow(new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither'));

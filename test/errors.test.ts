@@ -48,6 +48,7 @@ const cases: [string, Error, string, string?][] = [
   ['checkpointInvalid', errors.checkpointInvalid('a.ckpt', 'checksum mismatch (truncated or corrupt)'), 'a.ckpt: checksum mismatch (truncated or corrupt)', 'ERR_CHECKPOINT'],
   ['checkpointMismatch', errors.checkpointMismatch('a.ckpt', 'model', '4→2 (relu)', '5→2 (relu)'), 'a.ckpt: the checkpoint is for model 4→2 (relu), this run has 5→2 (relu)', 'ERR_CHECKPOINT'],
   ['incompatibleOptions minWorkers', errors.incompatibleOptions('minWorkers'), 'option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0'],
+  ['incompatibleOptions plan', errors.incompatibleOptions('plan', { plan: 'sharded', threads: 2 }), 'option "plan" (sharded) says how remote replicas share a step, which they do only with "threads" 0 (got 2): give --threads 0 or leave --plan out'],
   ['workersMissing', errors.workersMissing(3, 1, 5000), '2 of 3 remote workers missing after 5000 ms (--min-workers 3): start them with dtrain worker --connect, or raise --join-timeout-ms', 'ERR_WORKERS_MISSING'],
   ['outHoldsCheckpoints', errors.outHoldsCheckpoints('runs/a', 40), 'runs/a holds the checkpoints of an earlier run (newest at step 40): continue it with --resume runs/a, or give another --out', 'ERR_CHECKPOINT'],
   ['stoppedWaiting', errors.stoppedWaiting(5), 'step 5: stopped while waiting for remote workers; the last good state is kept', 'ERR_STOPPED'],
