@@ -217,10 +217,55 @@ describe('--device webgpu without a usable device (no GPU needed)', () => {
       /^dtrain: error: --device webgpu: (no Vulkan loader|a Vulkan loader but no Vulkan driver|no WebGPU adapter) \(.+\); .+, check with vulkaninfo --summary, or for a software device run eval "\$\(scripts\/software-gpu.sh\)" and give --allow-software-gpu$/,
     );
   });
+});
 
-  it('is refused for the tfjs engine, which has no WebGPU path here', async () => {
-    await expect(prepareEngine({ engine: 'tfjs', device: 'webgpu' })).rejects.toThrow(
-      'engine "tfjs" is not available: --device webgpu is onnxruntime\'s WebGPU provider: use --engine onnx',
-    );
+gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 'tfjs-backend-webgpu on Dawn\'s Node bindings'})`, () => {
+  const tfjsGpu = async (spec: ModelSpec) => createEngine(spec, await prepareEngine({ engine: 'tfjs', ...WEBGPU } as EngineOptions));
+
+  it('gives the wasm backend\'s loss and gradient within 1e-5, names the adapter, and keeps a row\'s bits in calls of 1 to 64 rows and a unit\'s in any split', async () => {
+    const spec = makeSpec(784, [128, 64], 10, 'sigmoid');
+    const widths = spec.sizes.slice(1);
+    const params = initParams(spec, 3);
+    const { x, target, labels } = batch(spec, 64);
+    const gpu = await tfjsGpu(spec);
+    const wasm = await createEngine(spec, { engine: 'tfjs', device: 'cpu' });
+    expect(gpu.backend).toMatch(/^tfjs [\d.]+ \(webgpu on .+\)$/);
+    const expected = await engineGradient(wasm, spec, params, x, labels);
+    const got = await engineGradient(gpu, spec, params, x, labels);
+    expect(Math.abs(got.loss - expected.loss) / expected.loss).toBeLessThan(1e-6);
+    expect(relativeError(got.grad, expected.grad)).toBeLessThan(1e-5);
+    gpu.setParams(params);
+    const rowsOf = async (from: number, rows: number) => {
+      const out = { rowLoss: new Float32Array(rows), hidden: widths.slice(0, -1).map((w) => new Float32Array(rows * w)), deltas: widths.map((w) => new Float32Array(rows * w)) };
+      await gpu.rowPass(x.subarray(from * 784), target.subarray(from * 10), rows, 1 / 64, out);
+      return out;
+    };
+    const whole = await rowsOf(0, 64);
+    for (const [from, rows] of [[63, 1], [60, 4], [0, 7], [16, 16], [0, 33]]) {
+      const part = await rowsOf(from, rows);
+      expect(part.rowLoss).toEqual(whole.rowLoss.subarray(from, from + rows));
+      part.hidden.forEach((h, l) => expect(h).toEqual(whole.hidden[l].subarray(from * widths[l], (from + rows) * widths[l])));
+      part.deltas.forEach((d, l) => expect(d).toEqual(whole.deltas[l].subarray(from * widths[l], (from + rows) * widths[l])));
+    }
+    const inputs = [x, ...whole.hidden];
+    const all = (await gpu.weightPass(inputs, whole.deltas, 64, widths.map((w) => [0, w] as const))).map((g) => ({ weight: g.weight.slice(), bias: g.bias.slice() }));
+    const units = widths.map((w) => [Math.floor(w / 3), Math.floor((2 * w) / 3)] as const);
+    (await gpu.weightPass(inputs, whole.deltas, 64, units)).forEach((g, l) => {
+      expect(g.weight).toEqual(all[l].weight.subarray(units[l][0] * spec.sizes[l], units[l][1] * spec.sizes[l]));
+      expect(g.bias).toEqual(all[l].bias.subarray(units[l][0], units[l][1]));
+    });
+    await Promise.all([gpu.dispose(), wasm.dispose()]);
+  });
+
+  it('trains with the wasm backend\'s losses (within 1e-4), and ends with the same parameters on one and two threads', async () => {
+    const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
+    const [wasm, one, two]: number[][] = [[], [], []];
+    const config = { engine: 'tfjs', hidden: [64, 32], steps: 20 } as const;
+    await run({ ...config, threads: 1 }, losses(wasm));
+    const a = await run({ ...config, ...WEBGPU, threads: 1 }, losses(one));
+    const b = await run({ ...config, ...WEBGPU, threads: 2 }, losses(two));
+    expect(one).toHaveLength(20);
+    one.forEach((loss, i) => expect(Math.abs(loss - wasm[i]) / wasm[i]).toBeLessThan(1e-4));
+    expect(b.paramsSha256).toBe(a.paramsSha256);
   });
 });

@@ -1,8 +1,10 @@
 /**
  * The TensorFlow.js engine: tfjs-node-gpu or tfjs-node when the user installed one (they download
  * libtensorflow at install time, so they are optional and loaded only when present), else tfjs's own wasm
- * backend. The backward pass is written out with explicit transposes and plain matMuls: wasm runs
- * transposed matMuls (what autodiff emits) at 0.7–1.6 GFLOP/s against 16–21 for plain ones.
+ * backend; with --device webgpu, tfjs's WebGPU backend on Dawn's Node bindings (the npm package `webgpu`),
+ * loaded only then. The backward pass is written out with explicit transposes and plain matMuls: wasm runs
+ * transposed matMuls (what autodiff emits) at 0.7–1.6 GFLOP/s against 16–21 for plain ones, and no
+ * autodiff means tfjs-core's kernels are all it needs.
  */
 import type * as TfCore from '@tensorflow/tfjs-core';
 import { engineUnavailable } from '../../errors.js';
@@ -25,7 +27,35 @@ async function importOptional(name: string): Promise<Tf | undefined> {
   }
 }
 
-async function loadTf(device: Device): Promise<{ tf: Tf; backend: string }> {
+/**
+ * The object Dawn's `create()` returns, kept for the whole process: once it is garbage-collected, Dawn
+ * crashes at the next buffer mapping (SIGSEGV or abort, reproduced).
+ */
+let dawn: unknown;
+
+/** tfjs-backend-webgpu's MatMulProgramType.MatMulPackedProgram: tiles of rows and columns, each output summed over K in one order. */
+const MATMUL_PACKED_PROGRAM = 3;
+
+/** tfjs-core on its WebGPU backend, over the adapter that prepareEngine named (the high-performance one). */
+async function loadTfWebGpu(adapter: string): Promise<{ tf: Tf; backend: string }> {
+  const webgpu = (await import('webgpu')) as { create(flags: string[]): unknown; globals: object };
+  // The backend reads navigator.gpu and WebGPU's global constants (GPUBufferUsage, …), as in a browser.
+  Object.assign(globalThis, webgpu.globals);
+  dawn ??= webgpu.create([]);
+  const navigator = ((globalThis as { navigator?: object }).navigator ??= {});
+  Object.defineProperty(navigator, 'gpu', { value: dawn, configurable: true });
+  const tf = (await import('@tensorflow/tfjs-core')) as Tf;
+  await import('@tensorflow/tfjs-backend-webgpu');
+  if (!(await tf.setBackend('webgpu'))) throw engineUnavailable('tfjs', 'the WebGPU backend failed to initialise on Dawn');
+  await tf.ready();
+  // One matMul program for every shape: by default the backend picks one by size (split-K and small-output
+  // programs for few rows), whose sums round differently, and a row's bits would depend on its call's rows.
+  tf.env().set('WEBGPU_MATMUL_PROGRAM_TYPE', MATMUL_PACKED_PROGRAM);
+  return { tf, backend: `tfjs ${tf.version_core} (webgpu on ${adapter})` };
+}
+
+async function loadTf(device: Device, adapter?: string): Promise<{ tf: Tf; backend: string }> {
+  if (device === 'webgpu') return loadTfWebGpu(adapter ?? 'the default adapter');
   if (device === 'gpu' || device === 'cuda') {
     const tf = await importOptional(NATIVE_GPU);
     if (!tf) {
@@ -47,8 +77,9 @@ async function loadTf(device: Device): Promise<{ tf: Tf; backend: string }> {
   return { tf, backend: `tfjs ${tf.version_core} (wasm)` };
 }
 
-export async function createTfjsEngine(spec: ModelSpec, device: Device): Promise<Engine> {
-  const { tf, backend } = await loadTf(device);
+/** `adapter`: for --device webgpu, the adapter in words (engine/webgpu/adapter.ts describeAdapter). */
+export async function createTfjsEngine(spec: ModelSpec, device: Device, adapter?: string): Promise<Engine> {
+  const { tf, backend } = await loadTf(device, adapter);
   return new TfjsEngine(tf, spec, backend);
 }
 
@@ -127,8 +158,14 @@ class TfjsEngine implements Engine {
 
   async rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
     const tf = this.tf;
+    // A one-row matMul takes another kernel (a vector product on WebGPU) that rounds differently: a single
+    // row runs as two copies of itself, so that a row has the same bits in any call (cluster/plan.ts).
+    const padded = rows < 2;
+    const twice = (a: Float32Array, width: number) => Float32Array.of(...a.subarray(0, width), ...a.subarray(0, width));
     const results = tf.tidy(() => {
-      const f = this.forward(x, target, rows);
+      const f = padded
+        ? this.forward(twice(x, this.spec.sizes[0]), twice(target, this.spec.sizes[this.spec.sizes.length - 1]), 2)
+        : this.forward(x, target, rows);
       const deltas: TfCore.Tensor[] = [];
       let delta = tf.mul(tf.sub(tf.exp(f.logp), f.target), invBatch);
       deltas.unshift(delta);
@@ -142,9 +179,8 @@ class TfjsEngine implements Engine {
     const data = await Promise.all(results.map((t) => t.data() as Promise<Float32Array>));
     tf.dispose(results);
     let i = 0;
-    out.rowLoss.set(data[i++]);
-    for (const h of out.hidden) h.set(data[i++]);
-    for (const d of out.deltas) d.set(data[i++]);
+    // Each output's first `rows` rows (all of them unless padded).
+    for (const into of [out.rowLoss, ...out.hidden, ...out.deltas]) into.set(data[i++].subarray(0, into.length));
   }
 
   async weightPass(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): Promise<LayerGradient[]> {
