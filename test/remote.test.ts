@@ -617,6 +617,22 @@ describe('the sharded plan (--plan sharded)', () => {
 describe('--plan auto', () => {
   const reference4 = referenceHash({ threads: 2, epochs: 4 }, 'reference4');
 
+  it('estimates the step of the plan it keeps within a factor of 3 of the measured one (a tiny configuration)', async () => {
+    const abort = new AbortController();
+    const summary = await coordinator({ threads: 0, epochs: 4, minWorkers: 2 }, (url) => {
+      for (let i = 0; i < 2; i++) void runWorker({ connect: url, signal: abort.signal });
+    });
+    abort.abort();
+    const [first, judged] = summary.plans;
+    expect([first.plan, first.reason]).toEqual(['replicated', 'auto: until the workers are measured']);
+    // The byte's cost is calibrated from steps 2–7; the estimate is then checked against steps 8–11.
+    expect(judged.step).toBe(8);
+    const estimate = judged.estimates.find((e) => e.plan === judged.plan)!.ms;
+    expect(judged.measuredMs! / estimate).toBeGreaterThan(1 / 3);
+    expect(judged.measuredMs! / estimate).toBeLessThan(3);
+    expect(summary.paramsSha256).toBe(await reference4());
+  });
+
   it('changes plan by the cost model, and plans again after a join and a death, without changing the result', async () => {
     // Workers that report their rows as slow make compute look dear and bytes cheap: the model then shards.
     const slow = (rows: RowsDone): RowsDone => ({ ...rows, ms: 1000 });
