@@ -48,6 +48,8 @@ describe('the frame format', () => {
       frameOf({ t: 'slice', params: { '@b': [0, 8] } }, 8),
       frameOf({ t: 'slice', params: { '@b': [1000, 8] } }, 8),
       frameOf({ t: 'slice', params: { '@b': 'x' } }),
+      // Nesting deeper than any message: refused before a walk over it could exhaust the stack.
+      frameOf({ t: 'slice', params: JSON.parse('['.repeat(20) + ']'.repeat(20)) }),
     ];
     for (const frame of bad) {
       expect(() => decodeRaw(frame)).toThrow(ProtocolError);

@@ -680,6 +680,28 @@ describe('rows a replica still lacks', () => {
   });
 });
 
+describe('a replica of a sharded run', () => {
+  it('places other owners\' slices, refuses one that overlaps units already covered, and commits only once every unit is', async () => {
+    const { Replica } = await import('../src/cluster/remote/replica.js');
+    const { makeSpec, paramLayout } = await import('../src/model/spec.js');
+    const { packSlice } = await import('../src/cluster/unit_slices.js');
+    const spec = makeSpec(4, [3], 2, 'sigmoid');
+    const total = paramLayout(spec).total;
+    const zeros = () => new Float32Array(total);
+    const adam = { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+    const state = { t: 'state', spec, batchSize: 4, adam, step: 5, generation: 0, params: zeros(), m: zeros(), v: zeros(), useLocalData: false, sharded: true } as const;
+    const replica = await Replica.create(state, { threads: 1, engine: 'onnx', device: 'cpu', allowSoftwareGpu: false });
+    const next = Float32Array.from({ length: total }, (_, i) => i + 1);
+    const slice = (units: [number, number][]) => ({ t: 'slice' as const, step: 5, units, params: packSlice(spec, next, units) });
+    expect(replica.slice(slice([[0, 2], [0, 1]]))).toBe(false);
+    expect(() => replica.slice(slice([[1, 3], [1, 2]]))).toThrow('slice: units 1–2 of layer 0 overlap units 0–1 already applied at step 5');
+    // Every unit covered by slices, but its own units never applied: no commit.
+    expect(replica.slice(slice([[2, 3], [1, 2]]))).toBe(false);
+    expect(replica.step).toBe(5);
+    await replica.close();
+  });
+});
+
 describe('TLS', () => {
   const TLS_TOKEN = 'a token of 16+ bytes';
 

@@ -56,6 +56,11 @@ export class ReplicaPlan {
   private judged = false;
   /** The cost of a byte (ms), calibrated from the measured steps when `auto` last judged; 0 before. */
   private msPerByte = 0;
+  /**
+   * The median step measured under each plan since the members last changed: a plan measured slower is
+   * not taken again for the model's estimate (which a byte's cost, calibrated under one plan, can flatter).
+   */
+  private readonly measured = new Map<RemotePlan, number>();
   private due?: RemotePlan;
   readonly choices: PlanChoice[] = [];
 
@@ -80,31 +85,42 @@ export class ReplicaPlan {
     return this.plan === 'sharded' && this.owners.size > 1;
   }
 
-  /**
-   * Whether the members must be sent the state again before the next step: `auto` chose another plan, or
-   * (sharded) a slice was lost, an owner left or a member owns nothing.
-   */
-  get stale(): boolean {
-    if (this.due) return true;
+  /** Sharded: the owners no longer hold the state together — a slice was lost, an owner left, or a member owns nothing. */
+  private get ownersChanged(): boolean {
     if (this.plan !== 'sharded') return false;
     const ready = this.hub.ready();
     return this.torn || ready.length !== this.owners.size || ready.some((p) => !this.owners.has(p));
   }
 
+  /** Whether the members must be sent the state again before the next step: `auto` chose another plan, or the owners changed. */
+  get stale(): boolean {
+    return this.due !== undefined || this.ownersChanged;
+  }
+
   /** A row pass begins: `auto` judges the plan once the steps since the last admission have been timed. */
   beginStep(step: number): void {
+    if (this.asked !== 'auto' || this.judged) return;
     this.starts.push(performance.now());
-    if (this.asked !== 'auto' || this.judged || this.starts.length <= SETTLING_STEPS + TIMED_STEPS) return;
+    if (this.starts.length <= SETTLING_STEPS + TIMED_STEPS) return;
     const members = this.hub.ready();
     if (members.length < 2 || members.some((p) => p.speed === 0)) return;
     this.judged = true;
     const intervals = this.starts.slice(SETTLING_STEPS).map((t, i, a) => (i === 0 ? NaN : t - a[i - 1])).slice(1);
     const measured = [...intervals].sort((a, b) => a - b)[Math.floor(intervals.length / 2)];
+    this.measured.set(this.plan, measured);
     this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured);
     const estimates = this.estimate(members);
+    const other: RemotePlan = this.plan === 'sharded' ? 'replicated' : 'sharded';
+    const otherMeasured = this.measured.get(other);
+    // A plan already measured with these members is judged by its measurement, not by the model.
+    const better = otherMeasured === undefined ? this.worthChanging(estimates) : otherMeasured < (1 - REPLAN_GAIN) * measured;
+    if (better) this.due = other;
+    const why =
+      otherMeasured === undefined
+        ? `the cost model, from the measured workers${better ? '' : ': kept'}`
+        : `measured: ${other} ${otherMeasured.toFixed(1)} ms a step, ${this.plan} ${measured.toFixed(1)} ms${better ? '' : ': kept'}`;
     // Recorded whether it changes the plan or not: summary.json then holds the estimate beside the measured steps.
-    if (this.worthChanging(estimates)) this.due = estimates[0].plan;
-    this.choose({ step, plan: this.due ?? this.plan, reason: `the cost model, from the measured workers${this.due ? '' : ': kept'}`, estimates });
+    this.choose({ step, plan: this.due ?? this.plan, reason: why, estimates });
   }
 
   /** Whether the cheapest plan is not the current one by more than REPLAN_GAIN (a change costs a state each). */
@@ -117,7 +133,11 @@ export class ReplicaPlan {
    * Sends the committed state to the joiners — and to every member when the plan is or becomes sharded
    * (units move, and each owner's moments must be current for its new ones) — and shares the units.
    */
-  admit(snapshot: Snapshot): void {
+  async admit(snapshot: Snapshot): Promise<void> {
+    // Every slice of the last step has come, or its owner was dropped: none reaches a member after its new state.
+    await this.settle();
+    // Measurements hold for these members only: a change of plan alone keeps them.
+    if (this.due === undefined || this.ownersChanged || this.hub.joining().length > 0) this.measured.clear();
     const plan = this.due ?? this.decide(snapshot.step);
     if (plan === 'sharded' || this.plan === 'sharded') for (const peer of this.hub.ready()) this.hub.resync(peer);
     this.plan = plan;
@@ -162,13 +182,11 @@ export class ReplicaPlan {
 
   /** Sends the step's update to the owners (active() only); settle() awaits their slices. */
   request(step: number, batch: number): void {
-    const answers = this.hub.requestSlices(step, batch, this.owners);
-    this.inFlight = Promise.all(answers).then(
-      () => {},
-      () => {
-        this.torn = true;
-      },
-    );
+    // Every owner's answer is awaited, not only up to the first loss: a slice still on its way when the state is
+    // sent again would reach members that moved on.
+    this.inFlight = Promise.allSettled(this.hub.requestSlices(step, batch, this.owners)).then((results) => {
+      if (results.some((r) => r.status === 'rejected')) this.torn = true;
+    });
   }
 
   /** Waits for the last step's slices (each came, or its owner was dropped); false when one was lost. */
@@ -180,7 +198,8 @@ export class ReplicaPlan {
 
   /** Sharded: the full state of `step` put together from the owners' shards, or undefined when an owner is gone. */
   async gather(step: number): Promise<StateArrays | undefined> {
-    if (!(await this.settle()) || this.stale || this.owners.size === 0) return undefined;
+    // Not when only the plan is to change: the owners still hold the state together.
+    if (!(await this.settle()) || this.ownersChanged || this.owners.size === 0) return undefined;
     const total = paramLayout(this.spec).total;
     const state: StateArrays = { params: new Float32Array(total), m: new Float32Array(total), v: new Float32Array(total) };
     try {

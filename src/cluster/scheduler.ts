@@ -166,7 +166,7 @@ export class Scheduler {
   async admit(state: JoinState): Promise<void> {
     if (!this.sharded) return this.hub?.admit(state);
     const compact = this.compactRows;
-    this.sharded.admit(state);
+    await this.sharded.admit(state);
     if (this.compactRows === compact || !this.prefetched) return;
     // The plan changed whether rows travel compact: rows asked for early in the old form are awaited and
     // dropped (the members, sent the state after them, compute this step's rows again, in the new form).

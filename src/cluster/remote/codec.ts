@@ -57,6 +57,8 @@ export function encode(message: ToWorker | ToCoordinator): Buffer {
     offset = align4(offset + b.byteLength);
     return span;
   });
+  // Offsets are reserved as u32: a frame of 4 GiB (~360 M parameters in a state) would outgrow them.
+  if (offset > 0xffffffff) throw new RangeError(`a frame of ${offset} bytes is larger than the 4 GiB this format addresses`);
   const header = packr.pack(placeBlobs(indexed, spans));
   const frame = Buffer.allocUnsafe(offset);
   frame.writeUInt32LE(header.length, 0);
@@ -72,20 +74,25 @@ export function encode(message: ToWorker | ToCoordinator): Buffer {
   return frame;
 }
 
-/** Array references replaced by views of the frame's bytes (checked to lie within it). */
-function resolveBlobs(value: unknown, frame: Buffer, from: number): unknown {
-  if (Array.isArray(value)) return value.map((v) => resolveBlobs(v, frame, from));
-  if (value && typeof value === 'object' && !(value instanceof Uint8Array)) {
-    const map = value as Record<string, unknown>;
-    if (BLOB in map) {
-      const span = map[BLOB];
-      const ok = Array.isArray(span) && span.length === 2 && span.every(Number.isInteger) && span[0] >= from && span[1] >= 0 && span[0] + span[1] <= frame.length;
-      if (!ok) throw new ProtocolError(`undecodable frame (an array reference ${JSON.stringify(span)?.slice(0, 40)} does not lie within it)`);
-      return frame.subarray(span[0], span[0] + span[1]);
-    }
-    return Object.fromEntries(Object.entries(map).map(([k, v]) => [k, resolveBlobs(v, frame, from)]));
+/** How deep a message nests (its deepest is a list of arrays in a map in a list): more is refused. */
+const MAX_DEPTH = 8;
+
+/**
+ * Array references replaced by views of the frame's bytes (checked to lie within it). References may
+ * overlap: every receiver copies what it keeps, and a frame is never written to (it may be forwarded).
+ */
+function resolveBlobs(value: unknown, frame: Buffer, from: number, depth = 0): unknown {
+  if (!value || typeof value !== 'object' || value instanceof Uint8Array) return value;
+  if (depth > MAX_DEPTH) throw new ProtocolError(`undecodable frame (nested deeper than ${MAX_DEPTH} levels)`);
+  if (Array.isArray(value)) return value.map((v) => resolveBlobs(v, frame, from, depth + 1));
+  const map = value as Record<string, unknown>;
+  if (BLOB in map) {
+    const span = map[BLOB];
+    const ok = Array.isArray(span) && span.length === 2 && span.every(Number.isInteger) && span[0] >= from && span[1] >= 0 && span[0] + span[1] <= frame.length;
+    if (!ok) throw new ProtocolError(`undecodable frame (an array reference does not lie within its ${frame.length} bytes)`);
+    return frame.subarray(span[0], span[0] + span[1]);
   }
-  return value;
+  return Object.fromEntries(Object.entries(map).map(([k, v]) => [k, resolveBlobs(v, frame, from, depth + 1)]));
 }
 
 export function decodeRaw(data: Buffer | ArrayBuffer | Buffer[]): Record<string, unknown> {

@@ -1,10 +1,11 @@
 /**
  * The training work the hub does with its members, all over the one request mechanism with deadlines
  * (requests.ts): the state sent to a joiner, rows asked for and forwarded to the others as they come,
- * the step's update to every replica, a replica's state or checksum fetched, and the answers that end
- * those requests. Kept apart from the hub, which decides who is a member, so that what a step asks of a
- * peer and what a late answer costs read in one place: rows and states late by the step deadline drop
- * the peer, a checksum only goes unanswered.
+ * the step's update to every replica (sharded: to every owner, whose slices go on to the others as they
+ * come), a replica's state or checksum fetched, and the answers that end those requests. Kept apart from
+ * the hub, which decides who is a member, so that what a step asks of a peer and what a late answer costs
+ * read in one place: rows, slices and states late by the step deadline drop the peer, a checksum only goes
+ * unanswered.
  */
 import { missingRanges, type Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';

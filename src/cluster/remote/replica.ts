@@ -35,8 +35,11 @@ export class Replica {
    * them, never early, and commits once the slices (its own and the others') cover every unit.
    */
   private sharded = false;
-  /** Units of the current sharded step applied here or received, and whether its own were applied. */
-  private covered = 0;
+  /**
+   * The unit ranges of each layer the current sharded step has been applied to, here or by the slices
+   * received (never overlapping), and whether its own were applied.
+   */
+  private covered: Range[][] = [];
   private ownApplied = false;
   private readonly allUnits: number;
   private constructor(
@@ -78,7 +81,7 @@ export class Replica {
     this.held = [];
     this.appliedEarly = false;
     this.sharded = state.sharded;
-    this.covered = 0;
+    this.covered = [];
     this.ownApplied = false;
     this.state.load(state, state.step, state.generation);
   }
@@ -197,15 +200,21 @@ export class Replica {
     return this.cover(message.units);
   }
 
-  /** Counts a slice's units; commits the step once every unit is covered and its own were applied. */
+  /**
+   * Records a slice's units (refused if they overlap units already covered: some unit would then never be
+   * updated); commits the step once every unit is covered and its own were applied.
+   */
   private cover(units: Range[]): boolean {
-    this.covered += unitsIn(units);
-    if (this.covered > this.allUnits) throw new ProtocolError(`slice: step ${this.step} got slices covering more than its ${this.allUnits} units`);
-    if (!this.ownApplied || this.covered < this.allUnits) return false;
+    units.forEach(([u0, u1], l) => {
+      const clash = (this.covered[l] ??= []).find(([a, b]) => u0 < b && a < u1 && u0 < u1);
+      if (clash) throw new ProtocolError(`slice: units ${u0}–${u1 - 1} of layer ${l} overlap units ${clash[0]}–${clash[1] - 1} already applied at step ${this.step}`);
+      if (u0 < u1) this.covered[l].push([u0, u1]);
+    });
+    if (!this.ownApplied || unitsIn(this.covered.flat()) < this.allUnits) return false;
     this.state.commit();
     this.batchRows = 0;
     this.held = [];
-    this.covered = 0;
+    this.covered = [];
     this.ownApplied = false;
     return true;
   }
