@@ -19,7 +19,7 @@ describe('the cost model', () => {
     expect(s.rebuildFlops).toBe(12);
     expect(s.parameters).toBe(4 * 3 + 3 + 3 * 2 + 2);
     expect(s.weightFlops).toBe(2 * 10 * 18 + 130 * 23);
-    expect(s.compactRowBytes).toBe(4 * (3 + 2));
+    expect([s.compactRowBytes, s.fullRowBytes]).toEqual([4 * (3 + 2), 4 * (3 + 3 + 2)]);
   });
 
   it('prefers replicated when bytes are dear and sharded when compute is, and sharding more helps only the latter', () => {

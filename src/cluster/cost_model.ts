@@ -9,8 +9,8 @@
  *
  *   replicated  rows of its share, the other rows' inner deltas rebuilt (compact rows), the whole weight
  *               pass and Adam; bytes: every row of the batch once (its own out, the others' in), compact
- *   sharded     rows of its share, the other rows' inner deltas rebuilt; the weight pass and Adam of its
- *               units; bytes: every row once, compact, then its units' parameters out and everyone else's in
+ *   sharded     rows of its share; the weight pass and Adam of its units; bytes: every row in full, its
+ *               units' parameters out and everyone else's in
  *
  * The cost per byte is not a link's nominal rate: it is calibrated from the measured steps of the plan that
  * runs (what a step took beyond the estimated compute, per byte a member moves), so that it holds what the
@@ -47,6 +47,7 @@ export function stepSizes(spec: ModelSpec, batch: number) {
   const macs = layers.map((l) => l.fanIn * l.fanOut);
   const all = macs.reduce((a, b) => a + b, 0);
   const hidden = spec.sizes.slice(1, -1).reduce((a, b) => a + b, 0);
+  const outputs = spec.sizes.slice(1).reduce((a, b) => a + b, 0);
   return {
     parameters: total,
     /** Forward, and backward down to the first hidden layer's delta. */
@@ -55,8 +56,9 @@ export function stepSizes(spec: ModelSpec, batch: number) {
     rebuildFlops: 2 * (all - macs[0]),
     /** The weight pass over the whole batch, and Adam, as row-pass FLOPs. */
     weightFlops: 2 * batch * all + ADAM_FLOPS_PER_PARAMETER * total,
-    /** A row on the wire (compact): activations and the last delta. */
+    /** A row on the wire: activations and the last delta (compact), or every delta too (full). */
     compactRowBytes: 4 * (hidden + spec.sizes[spec.sizes.length - 1]),
+    fullRowBytes: 4 * (hidden + outputs),
   };
 }
 
@@ -67,9 +69,12 @@ function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: 
   return members.map((m) => {
     const share = m.rowsPerMs / total;
     const rows = share * batch;
-    const flops = rows * size.rowFlops + (batch - rows) * size.rebuildFlops + (plan === 'replicated' ? 1 : share) * size.weightFlops;
+    const flops =
+      plan === 'replicated'
+        ? rows * size.rowFlops + (batch - rows) * size.rebuildFlops + size.weightFlops
+        : rows * size.rowFlops + share * size.weightFlops;
     // Its own rows out and the others' in, then (sharded) its units' parameters out and the others' in.
-    const bytes = batch * size.compactRowBytes + (plan === 'sharded' ? 4 * size.parameters : 0);
+    const bytes = plan === 'replicated' ? batch * size.compactRowBytes : batch * size.fullRowBytes + 4 * size.parameters;
     return { computeMs: flops / (m.rowsPerMs * size.rowFlops), bytes };
   });
 }
@@ -90,7 +95,7 @@ export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], 
  */
 export function coordinatorBytes(spec: ModelSpec, batch: number, members: number, plan: RemotePlan): number {
   const size = stepSizes(spec, batch);
-  const perMemberOut = batch * size.compactRowBytes + (plan === 'sharded' ? 4 * size.parameters : 0);
+  const perMemberOut = plan === 'replicated' ? batch * size.compactRowBytes : batch * size.fullRowBytes + 4 * size.parameters;
   return (members - 1) * perMemberOut;
 }
 

@@ -79,7 +79,7 @@ export class ReplicaPlan {
 
   /**
    * Whether steps are sharded now: with a sole owner there is nobody to share the units with, and it runs
-   * as a replicated run's replica (the next rows asked for early, plain updates, applied once its rows are all here).
+   * as a replicated run's replica (compact rows, the next rows asked for early, plain updates).
    */
   get active(): boolean {
     return this.plan === 'sharded' && this.owners.size > 1;
@@ -180,11 +180,11 @@ export class ReplicaPlan {
     this.onChoice(choice);
   }
 
-  /** Sends the step's update to the owners (active() only), with rows compact or not; settle() awaits their slices. */
-  request(step: number, batch: number, compact: boolean): void {
+  /** Sends the step's update to the owners (active() only); settle() awaits their slices. */
+  request(step: number, batch: number): void {
     // Every owner's answer is awaited, not only up to the first loss: a slice still on its way when the state is
     // sent again would reach members that moved on.
-    this.inFlight = Promise.allSettled(this.hub.requestSlices(step, batch, this.owners, compact)).then((results) => {
+    this.inFlight = Promise.allSettled(this.hub.requestSlices(step, batch, this.owners)).then((results) => {
       if (results.some((r) => r.status === 'rejected')) this.torn = true;
     });
   }

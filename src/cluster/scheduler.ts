@@ -89,12 +89,12 @@ export class Scheduler {
   private readonly ledger = new WorkLedger();
   private prefetched?: Plan;
   /**
-   * Remote rows travel in compact form (activations and the last layer's delta; receivers rebuild the
+   * Remote rows may travel in compact form (activations and the last layer's delta; receivers rebuild the
    * other deltas): without local compute, where this process never runs a weight pass on remote rows, and
-   * with an engine that can rebuild them (Engine.deltasPass). Sharded too: rebuilding the deltas cost the
-   * 784→2048→2048→10 model less than sending them (111 against 119 ms a step with two workers here).
+   * with an engine that can rebuild them (Engine.deltasPass). Not while steps are sharded among several
+   * owners: an owner's weight pass reads its units' deltas of every layer, cheaper sent than rebuilt.
    */
-  readonly compactRows: boolean;
+  private readonly compactCapable: boolean;
   /** How the remote replicas run the steps, and the sharded plan's owners and slices (mode 'replicated'). */
   private readonly sharded?: ReplicaPlan;
 
@@ -107,8 +107,13 @@ export class Scheduler {
     private readonly verifier = new RowVerifier(0, 0),
     plan: StepPlan = 'auto',
   ) {
-    this.compactRows = mode === 'replicated' && local.capabilities.compactRows;
+    this.compactCapable = mode === 'replicated' && local.capabilities.compactRows;
     if (mode === 'replicated' && hub) this.sharded = new ReplicaPlan(hub, memory.spec, memory.batchSize, plan, (c) => onEvent({ type: 'plan', ...c }));
+  }
+
+  /** Whether remote rows travel compact (see compactCapable); changes only when members are admitted. */
+  get compactRows(): boolean {
+    return this.compactCapable && !this.sharded?.active;
   }
 
   /** How steps are distributed now: the step mode, or with remote replicas their plan (replicated or sharded). */
@@ -160,7 +165,14 @@ export class Scheduler {
   /** Sends the committed state to the joiners, which makes them participants from this step on. */
   async admit(state: JoinState): Promise<void> {
     if (!this.sharded) return this.hub?.admit(state);
+    const compact = this.compactRows;
     await this.sharded.admit(state);
+    if (this.compactRows === compact || !this.prefetched) return;
+    // The plan changed whether rows travel compact: rows asked for early in the old form are awaited and
+    // dropped (the members, sent the state after them, compute this step's rows again, in the new form).
+    const early = this.prefetched.remote.map((job) => job.result);
+    this.prefetched = undefined;
+    await Promise.all(early);
   }
 
   /** Remote workers that joined: ready, or authenticated and waiting for the state. */
@@ -237,7 +249,7 @@ export class Scheduler {
     // An owner lost during the row pass leaves units nobody can update: shared anew after the boundary.
     if (this.sharded?.stale) return { done: false, needs: 'state' };
     if (this.sharded?.active) {
-      this.sharded.request(step, batch, this.compactRows);
+      this.sharded.request(step, batch);
       return { done: true, replicated: true };
     }
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;

@@ -299,8 +299,8 @@ export class RemoteHub {
   }
 
   /** Sends a sharded step's update to its owners; resolves per owner with its units' new parameters. */
-  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>, compact: boolean): Promise<SliceMessage>[] {
-    return this.work.requestSlices(step, batch, owners, compact);
+  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[] {
+    return this.work.requestSlices(step, batch, owners);
   }
 
   /** The SHA-256 of every ready worker's parameters that came within the step deadline (stepTimeoutMs). */

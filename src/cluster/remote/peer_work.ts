@@ -99,11 +99,11 @@ export class PeerWork {
    * units only and sends their new parameters back (a slice), which the others get as soon as it comes.
    * Resolves per owner with its validated slice; an owner late by the step deadline is dropped.
    */
-  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>, compact: boolean): Promise<SliceMessage>[] {
+  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[] {
     const ms = this.options.stepTimeoutMs;
     return [...owners].map(([peer, units]) => {
       const held = peer.rowsStep === step ? peer.holds : [];
-      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, compact));
+      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, false));
       const reason = `did not send its units of step ${step} within ${ms} ms`;
       return this.ask(peer, 'slice', { step, units }, { t: 'update', step, batch, parts, units }, ms, this.dropAtDeadline(peer, reason));
     });
