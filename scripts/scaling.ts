@@ -132,6 +132,14 @@ function remoteWorkers(count: number, o: ScalingOptions) {
   };
 }
 
+/** A row's plan: as asked, and for auto the plans it ran, in order (e.g. "auto: replicated → sharded"). */
+function planLabel(asked: StepPlan | undefined, chosen: readonly { plan: string }[]): string {
+  if (!asked) return '–';
+  if (asked !== 'auto') return asked;
+  const ran = chosen.map((c) => c.plan).filter((p, i, all) => i === 0 || p !== all[i - 1]);
+  return `auto: ${ran.join(' → ') || 'replicated'}`;
+}
+
 /** One dtrain run; its times are metrics.jsonl's per-step ms after the warm-up. */
 async function runDtrain(kind: 'local threads' | 'remote workers', n: number, microBatch: number, o: ScalingOptions, plan: StepPlan = 'auto'): Promise<ScalingRow> {
   const out = mkdtempSync(join(o.out, 'run-'));
@@ -152,7 +160,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
     const seconds = epochs.reduce((s, r) => s + r.seconds, 0);
     const msPerStep = mean(timed);
     return {
-      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: remote ? plan : '–', microBatch,
+      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: planLabel(remote ? plan : undefined, summary.plans), microBatch,
       msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
       bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
       coordinatorCpuMs: mean(steps.slice(warmupOf(o)).map((r) => r.cpuMs)),

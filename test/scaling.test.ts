@@ -16,7 +16,7 @@ describe('scaling experiment', () => {
     expect(result.rows).toHaveLength(6);
     expect(result.rows.every((r) => r.globalBatch === 32 && r.model === '784-32-16-10')).toBe(true);
     expect(result.identical).toBe(true);
-    expect(result.table).toMatch(/^\| remote workers \| auto \| 784-32-16-10 \| 32 \| loopback \| 1 \| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+ \| [\d.]+ MB \| \d+% \| [\d.]+ \|$/m);
+    expect(result.table).toMatch(/^\| remote workers \| auto: replicated \| 784-32-16-10 \| 32 \| loopback \| 1 \| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+ \| [\d.]+ MB \| \d+% \| [\d.]+ \|$/m);
     expect(result.table).toMatch(/^\| local threads \| – \| 784-32-16-10 \| 32 \| – \| 2 \| 8 \| /m);
     expect(result.table).toContain('Every dtrain run at global batch 32 ended with paramsSha256 ');
     expect(['md', 'json', 'svg'].every((ext) => existsSync(join(out, `scaling.${ext}`)))).toBe(true);
