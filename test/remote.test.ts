@@ -841,8 +841,12 @@ describe('--verify', () => {
     return { summary, rejections, liar };
   }
 
-  it.each([1, 0])('at rate 1 catches a worker sending slightly wrong rows (coordinator with %i threads), and the result is unchanged', async (threads) => {
-    const { summary, rejections, liar } = await withLiar({ threads, verify: 1 });
+  it.each([
+    [1, 'auto'],
+    [0, 'auto'],
+    [0, 'sharded'],
+  ] as const)('at rate 1 catches a worker sending slightly wrong rows (coordinator with %i threads, --plan %s), and the result is unchanged', async (threads, plan) => {
+    const { summary, rejections, liar } = await withLiar({ threads, verify: 1, plan });
     expect(rejections.length).toBeGreaterThan(0);
     for (const r of rejections) {
       expect(r).toMatch(/^worker (\d+) .*: --verify: its rows \d+–\d+ of step \d+ differ from this coordinator's own computation$/);
