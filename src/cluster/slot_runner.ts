@@ -40,8 +40,10 @@ export interface SlotInit {
   engine: EngineOptions;
   adam: AdamOptions;
   /**
-   * Fault injection for tests of fault tolerance: [step, times]. A pool thread that receives the weights
-   * task of that step exits in the middle of it, as a crashed thread would, until `times` is used up.
+   * Fault injection for tests of fault tolerance: [step, times, stall step, stall ms]. A pool thread that
+   * receives the weights task of `step` exits in the middle of it, as a crashed thread would, until `times`
+   * is used up; one that is handed the weights task of `stall step` sleeps `stall ms` before it claims it
+   * (once), as a descheduled thread would.
    */
   faults?: Int32Array;
 }

@@ -5,7 +5,12 @@
  * the main thread on the completion counter, so a pass costs microseconds of hand-off instead of a
  * message round trip per task (~0.1 ms each way through piscina's queue, measured).
  *
- *   [SEQ] [SIGNAL] then per slot: [done seq] [failed seq] [bad-layer bits] [kind step generation batch a b gather] [units…]
+ *   [SEQ] [SIGNAL] then per slot: [done seq] [failed seq] [bad-layer bits] [kind step generation batch a b gather]
+ *                                 [claimed seq] [units…]
+ *
+ * A slot's task of a pass is run by whoever claims it first (claim): its pool thread, or the main thread,
+ * which takes the task of a thread that has not started it by the time the main thread's own is done (a
+ * thread descheduled on a busy machine would otherwise hold the whole pass).
  *
  * Every field of a task crosses the block: one left out takes its default on the pool thread (a rows task
  * whose gather flag was dropped re-gathered the batch from a stale index, and remote workers with local
@@ -19,7 +24,9 @@ const SEQ = 0;
 const SIGNAL = 1;
 const HEADER = 2;
 const KIND = { none: 0, rows: 1, weights: 2, eval: 3, step: 4, deltas: 5, exit: 9 } as const;
-const FIELDS = 10;
+const FIELDS = 11;
+/** Per slot: the last pass whose task was claimed. */
+const CLAIMED = 10;
 
 // Atomics.waitAsync is in Node 20 but not in the ES2022 library typings.
 const waitAsync = (Atomics as unknown as {
@@ -84,6 +91,17 @@ export class TeamControl {
     const seq = Atomics.add(this.words, SEQ, 1) + 1;
     Atomics.notify(this.words, SEQ);
     return seq;
+  }
+
+  /**
+   * Either side: claims the slot's task of pass `seq`; false if it was claimed already. Claimed passes only
+   * grow, so whoever moves the word to `seq` first runs the task, and the other does not. A pool thread
+   * claims before it reads its task: the main thread rewrites a record only once the pass it held is done.
+   */
+  claim(slot: number, seq: number): boolean {
+    const at = this.base(slot) + CLAIMED;
+    const last = Atomics.load(this.words, at);
+    return last < seq && Atomics.compareExchange(this.words, at, last, seq) === last;
   }
 
   /** Pool thread: its task of the current pass. */

@@ -14,6 +14,13 @@ export interface TeamThreadInit extends SlotInit {
 
 let worker: Promise<SlotRunner> | undefined;
 
+/** Fault injection (SlotInit.faults): sleeps before claiming the weights task of the stall step, once. */
+function stallIfAsked(faults: Int32Array, task: ReturnType<TeamControl['read']>): void {
+  if (task?.kind !== 'weights' || task.step !== faults[2]) return;
+  const ms = Atomics.exchange(faults, 3, 0);
+  if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 export default async function runTeamSlot({ slot, startSeq }: { slot: number; startSeq: number }): Promise<string> {
   const init = workerData as TeamThreadInit;
   worker ??= SlotRunner.create(init);
@@ -22,6 +29,9 @@ export default async function runTeamSlot({ slot, startSeq }: { slot: number; st
   team.wake();
   for (let seen = startSeq; ; ) {
     seen = team.awaitPass(seen);
+    if (init.faults) stallIfAsked(init.faults, team.read(slot));
+    // The main thread may have taken this pass's task already (this thread came late to it).
+    if (!team.claim(slot, seen)) continue;
     const task = team.read(slot);
     if (task?.kind === 'exit') return w.backend;
     if (!task) {

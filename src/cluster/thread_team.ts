@@ -26,6 +26,8 @@ export interface ThreadTeamOptions {
 export class ThreadTeam implements Team {
   /** Tasks computed again by the main thread after their pool thread threw or died. */
   retries = 0;
+  /** Tasks the main thread took because their pool thread had not started them when its own was done. */
+  taken = 0;
   /** Slots whose pool thread is running its team loop. */
   private readonly alive: boolean[];
   /** Deaths of each slot's thread in a row; after MAX_REJOINS the main thread keeps the slot's work. */
@@ -101,6 +103,12 @@ export class ThreadTeam implements Team {
     const seq = this.team.publish();
     const results: (TaskResult | undefined)[] = [await this.local.run(tasks[0])];
     for (let slot = 1; slot < this.size; slot++) {
+      if (this.team.claim(slot, seq)) {
+        // Its thread has not started it (descheduled, or still waking): computed here, with the same result.
+        this.taken++;
+        results[slot] = tasks[slot] ? await this.local.run(tasks[slot]) : { nonFiniteLayers: [] };
+        continue;
+      }
       for (;;) {
         const seen = this.team.signal;
         const outcome = this.team.outcome(slot, seq);

@@ -44,5 +44,5 @@ export interface TrainOptions {
    */
   expectedRanks?: readonly number[];
   /** Fault injection (tests): pool threads die in the middle of this step's weight pass, `times` times. */
-  faults?: { threadExitAtStep: number; times: number };
+  faults?: { threadExitAtStep?: number; times?: number; threadStallAtStep?: number; stallMs?: number };
 }

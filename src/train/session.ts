@@ -49,8 +49,9 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
   const onEvent = (event: ClusterEvent) => options.onEvent?.({ type: 'cluster', event });
   let faults: Int32Array | undefined;
   if (options.faults) {
-    faults = new Int32Array(new SharedArrayBuffer(8));
-    faults.set([options.faults.threadExitAtStep, options.faults.times]);
+    const { threadExitAtStep = -1, times = 0, threadStallAtStep = -1, stallMs = 0 } = options.faults;
+    faults = new Int32Array(new SharedArrayBuffer(16));
+    faults.set([threadExitAtStep, times, threadStallAtStep, stallMs]);
   }
   // Once in this thread: the GPU adapter is found (and named in the workers' line) before any slot opens.
   const engine = await prepareEngine({ engine: config.engine, device: config.device, allowSoftwareGpu: config.allowSoftwareGpu });
