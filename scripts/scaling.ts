@@ -78,6 +78,8 @@ export interface ScalingRow {
   networkWaitShare: number;
   /** Mean CPU ms of the coordinator's process per step (remote runs: what relaying the bytes costs it). */
   coordinatorCpuMs: number;
+  /** The cost model's estimate of a step under the plan the run ended on (remote runs of 2+ workers that ran long enough), else NaN. */
+  estimatedMs: number;
   paramsSha256: string;
 }
 
@@ -132,6 +134,12 @@ function remoteWorkers(count: number, o: ScalingOptions) {
   };
 }
 
+/** The cost model's last estimate of `plan`'s step in a run (summary.json plans), or NaN. */
+function estimateOf(plan: string, chosen: readonly { estimates: readonly { plan: string; ms: number }[] }[]): number {
+  const last = [...chosen].reverse().find((c) => c.estimates.length > 0);
+  return last?.estimates.find((e) => e.plan === plan)?.ms ?? NaN;
+}
+
 /** A row's plan: as asked, and for auto the plans it ran, in order (e.g. "auto: replicated → sharded"). */
 function planLabel(asked: StepPlan | undefined, chosen: readonly { plan: string }[]): string {
   if (!asked) return '–';
@@ -164,6 +172,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
       msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
       bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
       coordinatorCpuMs: mean(steps.slice(warmupOf(o)).map((r) => r.cpuMs)),
+      estimatedMs: estimateOf(summary.plan, summary.plans),
       networkWaitShare: seconds > 0 ? epochs.reduce((s, r) => s + r.networkWaitSeconds, 0) / seconds : 0,
       paramsSha256: summary.paramsSha256,
     };
@@ -180,7 +189,7 @@ function torchRows(o: ScalingOptions, log: (line: string) => void): ScalingRow[]
   const model = modelLabel(o.hidden);
   const row = (kind: RunKind, participants: number, link: string, msPerStep: number, medianStepMs: number): ScalingRow => ({
     kind, participants, model, globalBatch: globalBatch(o, participants), link, plan: '–', microBatch: 0, msPerStep, medianStepMs,
-    samplesPerSecond: (1000 * globalBatch(o, participants)) / msPerStep, efficiency: 0, bytesPerStep: 0, networkWaitShare: 0, coordinatorCpuMs: NaN, paramsSha256: '',
+    samplesPerSecond: (1000 * globalBatch(o, participants)) / msPerStep, efficiency: 0, bytesPerStep: 0, networkWaitShare: 0, coordinatorCpuMs: NaN, estimatedMs: NaN, paramsSha256: '',
   });
   for (const threads of o.threads) {
     if (model !== TUTORIAL || globalBatch(o, threads) !== 64) {
@@ -264,13 +273,13 @@ function markdown(rows: ScalingRow[], groups: Map<number, Set<string>>, o: Scali
       `${o.link ? `; each remote worker behind a ${o.link} link (tc tbf, each way), DDP's processes sharing world × ${o.link}` : ''}. ` +
       'efficiency = samples/s ÷ (participants × samples/s of 1 local thread); coordinator CPU: its process\'s CPU time a step (remote runs: relaying the bytes).',
     '',
-    '| run | plan | model | global batch | link | participants | micro-batch | ms/step | median step (ms) | s/epoch | samples/s | efficiency | wire bytes/step | waiting on the wire | coordinator CPU (ms/step) |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| run | plan | model | global batch | link | participants | micro-batch | ms/step | median step (ms) | s/epoch | samples/s | efficiency | wire bytes/step | waiting on the wire | coordinator CPU (ms/step) | cost model (ms/step) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map(
       (r) =>
         `| ${r.kind} | ${r.plan ?? '–'} | ${r.model} | ${r.globalBatch} | ${r.link} | ${r.participants} | ${r.microBatch || '–'} | ${ms(r.msPerStep)} | ${ms(r.medianStepMs)} | ` +
         `${((r.msPerStep * Math.ceil(60000 / r.globalBatch)) / 1000).toFixed(2)} | ${Math.round(r.samplesPerSecond)} | ${r.efficiency.toFixed(2)} | ` +
-        `${network(r) ? `${(r.bytesPerStep / 1e6).toFixed(2)} MB` : '–'} | ${network(r) ? `${(100 * r.networkWaitShare).toFixed(0)}%` : '–'} | ${network(r) ? ms(r.coordinatorCpuMs) : '–'} |`,
+        `${network(r) ? `${(r.bytesPerStep / 1e6).toFixed(2)} MB` : '–'} | ${network(r) ? `${(100 * r.networkWaitShare).toFixed(0)}%` : '–'} | ${network(r) ? ms(r.coordinatorCpuMs) : '–'} | ${ms(r.estimatedMs ?? NaN)} |`,
     ),
     '',
     ...[...groups].map(([batch, hashes]) =>
@@ -304,10 +313,14 @@ export function plot(rows: ScalingRow[]): string {
         .filter((r, j) => name(r) === n && r.microBatch === firstMicro.get(n) && rows.findIndex((q) => name(q) === n && q.microBatch === r.microBatch && q.participants === r.participants) === j)
         .map((r) => [r.participants, value(r)] as [number, number]),
     }));
+  // The cost model's estimate beside each measured series that has one (remote runs of 2+ workers).
+  const estimated = series((r) => Math.round((1000 * r.globalBatch) / r.estimatedMs))
+    .map((s, i) => ({ ...s, name: `${s.name} (cost model)`, color: COLORS[(names.length + i) % COLORS.length], points: s.points.filter(([, y]) => Number.isFinite(y)) }))
+    .filter((s) => s.points.length > 0);
   const title = models.size === 1 ? `dtrain scaling: ${[...models][0]}` : 'dtrain scaling';
   return svgDocument(
     [
-      panel('Throughput (samples/s)', 'participants', series((r) => Math.round(r.samplesPerSecond)), 0),
+      panel('Throughput (samples/s)', 'participants', [...series((r) => Math.round(r.samplesPerSecond)), ...estimated], 0),
       panel('Efficiency', 'participants', series((r) => Number(r.efficiency.toFixed(3))), 420),
     ],
     title,

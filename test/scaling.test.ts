@@ -16,13 +16,22 @@ describe('scaling experiment', () => {
     expect(result.rows).toHaveLength(6);
     expect(result.rows.every((r) => r.globalBatch === 32 && r.model === '784-32-16-10')).toBe(true);
     expect(result.identical).toBe(true);
-    expect(result.table).toMatch(/^\| remote workers \| auto: replicated \| 784-32-16-10 \| 32 \| loopback \| 1 \| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+ \| [\d.]+ MB \| \d+% \| [\d.]+ \|$/m);
+    expect(result.table).toMatch(/^\| remote workers \| auto: replicated \| 784-32-16-10 \| 32 \| loopback \| 1 \| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+ \| [\d.]+ MB \| \d+% \| [\d.]+ \| – \|$/m);
     expect(result.table).toMatch(/^\| local threads \| – \| 784-32-16-10 \| 32 \| – \| 2 \| 8 \| /m);
     expect(result.table).toContain('Every dtrain run at global batch 32 ended with paramsSha256 ');
     expect(['md', 'json', 'svg'].every((ext) => existsSync(join(out, `scaling.${ext}`)))).toBe(true);
     expect(JSON.parse(readFileSync(join(out, 'scaling.json'), 'utf8')).rows).toHaveLength(6);
     // One series per kind, drawn for the first micro-batch: 2 points of local threads in each of the two panels.
     expect(result.svg.match(/<circle class="point" data-series="local threads"/g)).toHaveLength(4);
+  });
+
+  it('puts the cost model\'s estimate beside a remote run of two workers, in the table and the plot', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'dtrain-scaling-'));
+    const result = await runScaling({ ...tiny, steps: 14, batchSize: 32, threads: [1], remote: [2], plans: ['replicated'], microBatch: [8], out });
+    const remote = result.rows.find((r) => r.kind === 'remote workers')!;
+    expect(remote.estimatedMs).toBeGreaterThan(0);
+    expect(result.table).toMatch(/^\| remote workers \| replicated \|.* \| [\d.]+ \|$/m);
+    expect(result.svg).toContain('remote workers, replicated, loopback (cost model)');
   });
 
   it('weak scaling: the global batch grows with the participants, one paramsSha256 per global batch', async () => {

@@ -97,9 +97,13 @@ export class ReplicaPlan {
     return this.due !== undefined || this.ownersChanged;
   }
 
-  /** A row pass begins: `auto` judges the plan once the steps since the last admission have been timed. */
+  /**
+   * A row pass begins: once the steps since the last admission have been timed, the cost model estimates
+   * both plans (recorded whatever --plan says, so that estimates stand beside measurements), and `auto`
+   * changes plan when the other is cheaper.
+   */
   beginStep(step: number): void {
-    if (this.asked !== 'auto' || this.judged) return;
+    if (this.judged) return;
     this.starts.push(performance.now());
     if (this.starts.length <= SETTLING_STEPS + TIMED_STEPS) return;
     const members = this.hub.ready();
@@ -110,6 +114,10 @@ export class ReplicaPlan {
     this.measured.set(this.plan, measured);
     this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured);
     const estimates = this.estimate(members);
+    if (this.asked !== 'auto') {
+      this.choose({ step, plan: this.plan, reason: 'as asked (--plan); the cost model\'s estimates', estimates });
+      return;
+    }
     const other: RemotePlan = this.plan === 'sharded' ? 'replicated' : 'sharded';
     const otherMeasured = this.measured.get(other);
     // A plan already measured with these members is judged by its measurement, not by the model.
