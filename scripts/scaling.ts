@@ -141,11 +141,12 @@ function estimateOf(plan: string, chosen: readonly { estimates: readonly { plan:
 }
 
 /** A row's plan: as asked, and for auto the plans it ran, in order (e.g. "auto: replicated → sharded"). */
-function planLabel(asked: StepPlan | undefined, chosen: readonly { plan: string }[]): string {
+function planLabel(asked: StepPlan | undefined, chosen: readonly { plan: string; rowsOnOne?: boolean }[]): string {
   if (!asked) return '–';
   if (asked !== 'auto') return asked;
   const ran = chosen.map((c) => c.plan).filter((p, i, all) => i === 0 || p !== all[i - 1]);
-  return `auto: ${ran.join(' → ') || 'replicated'}`;
+  const onOne = [...chosen].reverse().find((c) => c.rowsOnOne !== undefined)?.rowsOnOne;
+  return `auto: ${ran.join(' → ') || 'replicated'}${onOne ? ', rows on one worker' : ''}`;
 }
 
 /** One dtrain run; its times are metrics.jsonl's per-step ms after the warm-up. */

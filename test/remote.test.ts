@@ -616,21 +616,40 @@ describe('the sharded plan (--plan sharded)', () => {
 
 describe('--plan auto', () => {
   const reference4 = referenceHash({ threads: 2, epochs: 4 }, 'reference4');
+  const reference8 = referenceHash({ threads: 2, epochs: 8 }, 'reference8');
 
-  it('estimates the step of the plan it keeps within a factor of 3 of the measured one (a tiny configuration)', async () => {
+  it('estimates the step of the plan a run takes within a factor of 3 of the measured one (a tiny configuration)', async () => {
     const abort = new AbortController();
-    const summary = await coordinator({ threads: 0, epochs: 4, minWorkers: 2 }, (url) => {
+    const summary = await coordinator({ threads: 0, epochs: 4, minWorkers: 2, plan: 'replicated' }, (url) => {
       for (let i = 0; i < 2; i++) void runWorker({ connect: url, signal: abort.signal });
     });
     abort.abort();
     const [first, judged] = summary.plans;
-    expect([first.plan, first.reason]).toEqual(['replicated', 'auto: until the workers are measured']);
+    expect([first.plan, first.reason]).toEqual(['replicated', 'as asked (--plan)']);
     // The byte's cost is calibrated from steps 2–7; the estimate is then checked against steps 8–11.
     expect(judged.step).toBe(8);
     const estimate = judged.estimates.find((e) => e.plan === judged.plan)!.ms;
     expect(judged.measuredMs! / estimate).toBeGreaterThan(1 / 3);
     expect(judged.measuredMs! / estimate).toBeLessThan(3);
     expect(summary.paramsSha256).toBe(await reference4());
+  });
+
+  it('tries every row on one worker once the plan is judged, keeps what measured faster, and ends on the same result', async () => {
+    const abort = new AbortController();
+    const shares: Record<string, number>[] = [];
+    const summary = await coordinator(
+      { threads: 0, epochs: 8, minWorkers: 2 },
+      (url) => {
+        for (let i = 0; i < 2; i++) void runWorker({ connect: url, signal: abort.signal });
+      },
+      (e) => e.type === 'epoch' && shares.push(e.shares.rows),
+    );
+    abort.abort();
+    const trial = summary.plans.find((c) => c.rowsOnOne !== undefined)!;
+    expect(trial.reason).toMatch(/^measured: rows on one worker [\d.]+ ms a step, shared [\d.]+ ms: (on one|shared)$/);
+    // Steps 9–11 are in the trial: one worker computed every row of that epoch.
+    expect(Object.keys(shares[3])).toHaveLength(1);
+    expect(summary.paramsSha256).toBe(await reference8());
   });
 
   it('changes plan by the cost model, and plans again after a join and a death, without changing the result', async () => {

@@ -42,6 +42,8 @@ export interface PlanChoice {
   /** Why: as asked (--plan), not measured yet, or the cost model's estimates (cheapest first). */
   reason: string;
   estimates: PlanEstimate[];
+  /** Replicated: every row of a step goes to the fastest worker (auto kept it after measuring it faster). */
+  rowsOnOne?: boolean;
 }
 
 export class ReplicaPlan {
@@ -61,6 +63,15 @@ export class ReplicaPlan {
    * not taken again for the model's estimate (which a byte's cost, calibrated under one plan, can flatter).
    */
   private readonly measured = new Map<RemotePlan, number>();
+  /**
+   * Replicated, `auto`: every row of a step to the fastest member, the others applying the step from its
+   * rows off the step's critical path. Splitting the rows halves their compute but puts a relay of rows
+   * and every worker's rebuild of the others' deltas on the path of each step: for a small model that can
+   * cost more than it saves. Tried once the plan is judged (a timed trial, `trial`), kept if faster.
+   */
+  private rowsOnOne = false;
+  private trial?: { sharedMs: number };
+  private rowsOnOneTried = false;
   private due?: RemotePlan;
   readonly choices: PlanChoice[] = [];
 
@@ -92,6 +103,11 @@ export class ReplicaPlan {
     return this.torn || ready.length !== this.owners.size || ready.some((p) => !this.owners.has(p));
   }
 
+  /** Whether every row of a step goes to the fastest member (see rowsOnOne). */
+  get concentrated(): boolean {
+    return this.rowsOnOne;
+  }
+
   /** Whether the members must be sent the state again before the next step: `auto` chose another plan, or the owners changed. */
   get stale(): boolean {
     return this.due !== undefined || this.ownersChanged;
@@ -111,6 +127,7 @@ export class ReplicaPlan {
     this.judged = true;
     const intervals = this.starts.slice(SETTLING_STEPS).map((t, i, a) => (i === 0 ? NaN : t - a[i - 1])).slice(1);
     const measured = [...intervals].sort((a, b) => a - b)[Math.floor(intervals.length / 2)];
+    if (this.trial) return this.endTrial(step, measured);
     this.measured.set(this.plan, measured);
     this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured);
     const estimates = this.estimate(members);
@@ -129,6 +146,25 @@ export class ReplicaPlan {
         : `measured: ${other} ${otherMeasured.toFixed(1)} ms a step, ${this.plan} ${measured.toFixed(1)} ms${better ? '' : ': kept'}`;
     // Recorded whether it changes the plan or not: summary.json then holds the estimate beside the measured steps.
     this.choose({ step, plan: this.due ?? this.plan, reason: why, estimates });
+    if (!this.due && this.plan === 'replicated' && !this.rowsOnOneTried) this.startTrial(measured);
+  }
+
+  /** Times the next steps with every row on the fastest member (no state moves: every replica applies every step). */
+  private startTrial(sharedMs: number): void {
+    this.trial = { sharedMs };
+    this.rowsOnOneTried = true;
+    this.rowsOnOne = true;
+    this.judged = false;
+    this.starts = [];
+  }
+
+  /** Keeps the rows on one member if that measured faster than sharing them, by more than REPLAN_GAIN. */
+  private endTrial(step: number, onOneMs: number): void {
+    const { sharedMs } = this.trial!;
+    this.trial = undefined;
+    this.rowsOnOne = onOneMs < (1 - REPLAN_GAIN) * sharedMs;
+    const said = `measured: rows on one worker ${onOneMs.toFixed(1)} ms a step, shared ${sharedMs.toFixed(1)} ms`;
+    this.choose({ step, plan: this.plan, reason: `${said}: ${this.rowsOnOne ? 'on one' : 'shared'}`, estimates: [], rowsOnOne: this.rowsOnOne });
   }
 
   /** Whether the cheapest plan is not the current one by more than REPLAN_GAIN (a change costs a state each). */
@@ -159,6 +195,10 @@ export class ReplicaPlan {
     this.due = undefined;
     this.starts = [];
     this.judged = false;
+    // New members or a new plan: rows are shared again, until measured otherwise.
+    this.rowsOnOne = false;
+    this.trial = undefined;
+    this.rowsOnOneTried = false;
   }
 
   /** The plan for the members about to be admitted: as asked, or by the cost model once they are measured. */

@@ -347,7 +347,7 @@ export class Scheduler {
     const known = [...(localSpeed ? [localSpeed] : []), ...remotes.filter((w) => w.speed).map((w) => w.speed)];
     const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
     const weights = [...(this.localComputes ? [localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
-    const counts = apportion(s1 - s0, weights);
+    const counts = this.sharded?.concentrated ? onFastest(s1 - s0, weights) : apportion(s1 - s0, weights);
     const plan: Plan = { step, batch, remote: [] };
     let next = s0;
     if (this.localComputes) {
@@ -465,6 +465,12 @@ export class Scheduler {
   async close(): Promise<void> {
     await Promise.all([this.local.close(), this.hub?.close()]);
   }
+}
+
+/** All `n` items to the fastest participant (the first of the fastest), none to the others. */
+function onFastest(n: number, weights: number[]): number[] {
+  const fastest = weights.indexOf(Math.max(...weights));
+  return weights.map((_, i) => (i === fastest ? n : 0));
 }
 
 // By name: the remote module (and ws) is only loaded when the coordinator listens.

@@ -20,7 +20,7 @@ export interface RunSummary {
   /** How steps were distributed at the end: whole, split, or with remote replicas replicated or sharded. */
   plan: string;
   /** With remote replicas: each plan chosen, from which step, why, the cost model's estimates and the measured mean (ms a step). */
-  plans: readonly { step: number; plan: string; reason: string; estimates: readonly { plan: string; ms: number }[]; measuredMs: number | null }[];
+  plans: readonly { step: number; plan: string; reason: string; estimates: readonly { plan: string; ms: number }[]; rowsOnOne?: boolean; measuredMs: number | null }[];
   /** Every engine/device that computed, e.g. ["onnx/webgpu"]; more than one only with --allow-mixed-devices. */
   devices: string[];
   /** Workers on other engines or devices took part: the result then depends on who computed what. */
