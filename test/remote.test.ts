@@ -615,30 +615,31 @@ describe('the sharded plan (--plan sharded)', () => {
 });
 
 describe('--plan auto', () => {
-  const reference4 = referenceHash({ threads: 2, epochs: 4 }, 'reference4');
+  const reference7 = referenceHash({ threads: 2, epochs: 7 }, 'reference7');
   const reference8 = referenceHash({ threads: 2, epochs: 8 }, 'reference8');
+  const reference11 = referenceHash({ threads: 2, epochs: 11 }, 'reference11');
 
   it('estimates the step of the plan a run takes within a factor of 3 of the measured one (a tiny configuration)', async () => {
     const abort = new AbortController();
-    const summary = await coordinator({ threads: 0, epochs: 4, minWorkers: 2, plan: 'replicated' }, (url) => {
+    const summary = await coordinator({ threads: 0, epochs: 7, minWorkers: 2, plan: 'replicated' }, (url) => {
       for (let i = 0; i < 2; i++) void runWorker({ connect: url, signal: abort.signal });
     });
     abort.abort();
     const [first, judged] = summary.plans;
     expect([first.plan, first.reason]).toEqual(['replicated', 'as asked (--plan)']);
-    // The byte's cost is calibrated from steps 2–7; the estimate is then checked against steps 8–11.
-    expect(judged.step).toBe(8);
+    // The byte's cost is calibrated from steps 2–13; the estimate is then checked against steps 14–20.
+    expect(judged.step).toBe(14);
     const estimate = judged.estimates.find((e) => e.plan === judged.plan)!.ms;
     expect(judged.measuredMs! / estimate).toBeGreaterThan(1 / 3);
     expect(judged.measuredMs! / estimate).toBeLessThan(3);
-    expect(summary.paramsSha256).toBe(await reference4());
+    expect(summary.paramsSha256).toBe(await reference7());
   });
 
   it('tries every row on one worker once the plan is judged, keeps what measured faster, and ends on the same result', async () => {
     const abort = new AbortController();
     const shares: Record<string, number>[] = [];
     const summary = await coordinator(
-      { threads: 0, epochs: 8, minWorkers: 2 },
+      { threads: 0, epochs: 11, minWorkers: 2 },
       (url) => {
         for (let i = 0; i < 2; i++) void runWorker({ connect: url, signal: abort.signal });
       },
@@ -647,9 +648,9 @@ describe('--plan auto', () => {
     abort.abort();
     const trial = summary.plans.find((c) => c.rowsOnOne !== undefined)!;
     expect(trial.reason).toMatch(/^measured: rows on one worker [\d.]+ ms a step, shared [\d.]+ ms: (on one|shared)$/);
-    // Steps 9–11 are in the trial: one worker computed every row of that epoch.
-    expect(Object.keys(shares[3])).toHaveLength(1);
-    expect(summary.paramsSha256).toBe(await reference8());
+    // Steps 18–20 are in the trial: one worker computed every row of that epoch.
+    expect(Object.keys(shares[6])).toHaveLength(1);
+    expect(summary.paramsSha256).toBe(await reference11());
   });
 
   it('changes plan by the cost model, and plans again after a join and a death, without changing the result', async () => {
@@ -661,11 +662,11 @@ describe('--plan auto', () => {
     const plans: string[] = [];
     const events: string[] = [];
     const summary = await coordinator(
-      { threads: 0, epochs: 4, minWorkers: 2 },
+      { threads: 0, epochs: 8, minWorkers: 2 },
       (url) => {
         address = url;
         void runWorker({ connect: url, signal: abort.signal, tamperRows: slow });
-        void runWorker({ connect: url, signal: quitter.signal, tamperRows: slow, onUnits: (step) => step === 11 && quitter.abort() });
+        void runWorker({ connect: url, signal: quitter.signal, tamperRows: slow, onUnits: (step) => step === 21 && quitter.abort() });
       },
       (e) => {
         if (e.type !== 'cluster') return;
@@ -673,12 +674,12 @@ describe('--plan auto', () => {
         if (e.event.type === 'plan') plans.push(`${e.event.step}: ${e.event.plan}`);
       },
       (step) => {
-        if (step === 9) void runWorker({ connect: address, signal: abort.signal, tamperRows: slow });
+        if (step === 17) void runWorker({ connect: address, signal: abort.signal, tamperRows: slow });
       },
     );
     abort.abort();
     expect(plans[0]).toBe('0: replicated');
-    expect(plans[1]).toBe('8: sharded');
+    expect(plans[1]).toBe('14: sharded');
     expect(events.filter((e) => e === 'joined')).toHaveLength(3);
     expect(events).toContain('left');
     expect(events).toContain('replay');
@@ -686,7 +687,7 @@ describe('--plan auto', () => {
     const choices = summary.plans;
     expect(choices[1].estimates.map((e) => e.plan)).toEqual(['sharded', 'replicated']);
     expect(choices[1].measuredMs).toBeGreaterThan(0);
-    expect(summary.paramsSha256).toBe(await reference4());
+    expect(summary.paramsSha256).toBe(await reference8());
   });
 });
 

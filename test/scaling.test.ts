@@ -27,7 +27,7 @@ describe('scaling experiment', () => {
 
   it('puts the cost model\'s estimate beside a remote run of two workers, in the table and the plot', async () => {
     const out = mkdtempSync(join(tmpdir(), 'dtrain-scaling-'));
-    const result = await runScaling({ ...tiny, steps: 14, batchSize: 32, threads: [1], remote: [2], plans: ['replicated'], microBatch: [8], out });
+    const result = await runScaling({ ...tiny, steps: 20, batchSize: 32, threads: [1], remote: [2], plans: ['replicated'], microBatch: [8], out });
     const remote = result.rows.find((r) => r.kind === 'remote workers')!;
     expect(remote.estimatedMs).toBeGreaterThan(0);
     expect(result.table).toMatch(/^\| remote workers \| replicated \|.* \| [\d.]+ \|$/m);
