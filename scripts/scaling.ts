@@ -63,8 +63,10 @@ export interface ScalingRow {
   globalBatch: number;
   /** The link each remote participant has: a rate, 'loopback', or '–' for one process. */
   link: string;
-  /** The remote workers' plan; '–' for the other kinds. */
+  /** The remote workers' plan as it ran (auto: what it chose); '–' for the other kinds. */
   plan: string;
+  /** The plan asked for (--plan), which names a series of the plot; '–' for the other kinds. */
+  planAsked?: string;
   /** dtrain's micro-shard rows; 0 for PyTorch. */
   microBatch: number;
   /** Mean step after the warm-up. */
@@ -134,8 +136,9 @@ function remoteWorkers(count: number, o: ScalingOptions) {
   };
 }
 
-/** The cost model's last estimate of `plan`'s step in a run (summary.json plans), or NaN. */
-function estimateOf(plan: string, chosen: readonly { estimates: readonly { plan: string; ms: number }[] }[]): number {
+/** The cost model's last estimate of `plan`'s step in a run (summary.json plans), or NaN (none, or rows ran on one worker: not modelled). */
+function estimateOf(plan: string, chosen: readonly { estimates: readonly { plan: string; ms: number }[]; rowsOnOne?: boolean }[]): number {
+  if ([...chosen].reverse().find((c) => c.rowsOnOne !== undefined)?.rowsOnOne) return NaN;
   const last = [...chosen].reverse().find((c) => c.estimates.length > 0);
   return last?.estimates.find((e) => e.plan === plan)?.ms ?? NaN;
 }
@@ -169,7 +172,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
     const seconds = epochs.reduce((s, r) => s + r.seconds, 0);
     const msPerStep = mean(timed);
     return {
-      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: planLabel(remote ? plan : undefined, summary.plans), microBatch,
+      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: planLabel(remote ? plan : undefined, summary.plans), planAsked: remote ? plan : '–', microBatch,
       msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
       bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
       coordinatorCpuMs: mean(steps.slice(warmupOf(o)).map((r) => r.cpuMs)),
@@ -301,7 +304,8 @@ const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#7f7f7f', '#d62728', '#9467bd'
  */
 export function plot(rows: ScalingRow[]): string {
   const models = new Set(rows.map((r) => r.model));
-  const name = (r: ScalingRow) => [r.kind, ...(r.plan && r.plan !== '–' ? [r.plan] : []), ...(r.link === '–' ? [] : [r.link]), ...(models.size > 1 ? [r.model] : [])].join(', ');
+  const asked = (r: ScalingRow) => r.planAsked ?? r.plan;
+  const name = (r: ScalingRow) => [r.kind, ...(asked(r) && asked(r) !== '–' ? [asked(r)] : []), ...(r.link === '–' ? [] : [r.link]), ...(models.size > 1 ? [r.model] : [])].join(', ');
   const firstMicro = new Map<string, number>();
   for (const r of rows) if (!firstMicro.has(name(r))) firstMicro.set(name(r), r.microBatch);
   const names = [...firstMicro.keys()];

@@ -39,6 +39,12 @@ describe('the cost model', () => {
     expect(uneven.ms).toBeLessThan(2 * even.ms);
   });
 
+  it('prices replicated rows in full, with nothing to rebuild, when the engine cannot rebuild them (tfjs)', () => {
+    const replicated = (compact: boolean) => estimatePlans(big, 512, [member(6), member(6)], 1e-6, 0, compact).find((e) => e.plan === 'replicated')!;
+    expect(replicated(false).computeMs).toBeLessThan(replicated(true).computeMs);
+    expect(replicated(false).wireMs).toBeGreaterThan(replicated(true).wireMs);
+  });
+
   it('calibrates a byte\'s cost so that the running plan\'s estimate meets its measured step', () => {
     const members = [member(6), member(5)];
     const perByte = byteCost(big, 512, members, 'replicated', 300);

@@ -646,7 +646,8 @@ describe('--plan auto', () => {
       (e) => e.type === 'epoch' && shares.push(e.shares.rows),
     );
     abort.abort();
-    const trial = summary.plans.find((c) => c.rowsOnOne !== undefined)!;
+    expect(summary.plans.find((c) => c.rowsOnOne)?.reason).toBe('trial: every row of a step on the fastest worker');
+    const trial = summary.plans.find((c) => c.reason.startsWith('measured: rows on one'))!;
     expect(trial.reason).toMatch(/^measured: rows on one worker [\d.]+ ms a step, shared [\d.]+ ms: (on one|shared)$/);
     // Steps 18–20 are in the trial: one worker computed every row of that epoch.
     expect(Object.keys(shares[6])).toHaveLength(1);

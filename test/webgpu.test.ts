@@ -257,6 +257,28 @@ gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 't
     await Promise.all([gpu.dispose(), wasm.dispose()]);
   });
 
+  it('gives a unit the same bits in a share of one unit, with widths and a batch that are not multiples of 4', async () => {
+    // One unit makes a one-row product: another kernel (a vector product) unless padded to two.
+    const spec = makeSpec(784, [30, 14], 10, 'relu');
+    const widths = spec.sizes.slice(1);
+    const rows = 50;
+    const { x, target } = batch(spec, rows);
+    const gpu = await tfjsGpu(spec);
+    gpu.setParams(initParams(spec, 4));
+    const out = { rowLoss: new Float32Array(rows), hidden: widths.slice(0, -1).map((w) => new Float32Array(rows * w)), deltas: widths.map((w) => new Float32Array(rows * w)) };
+    await gpu.rowPass(x, target, rows, 1 / rows, out);
+    const inputs = [x, ...out.hidden];
+    const all = (await gpu.weightPass(inputs, out.deltas, rows, widths.map((w) => [0, w] as const))).map((g) => ({ weight: g.weight.slice(), bias: g.bias.slice() }));
+    for (const unit of [0, 7, 9]) {
+      const units = widths.map(() => [unit, unit + 1] as const);
+      (await gpu.weightPass(inputs, out.deltas, rows, units)).forEach((g, l) => {
+        expect(g.weight).toEqual(all[l].weight.subarray(unit * spec.sizes[l], (unit + 1) * spec.sizes[l]));
+        expect(g.bias).toEqual(all[l].bias.subarray(unit, unit + 1));
+      });
+    }
+    await gpu.dispose();
+  });
+
   it('trains with the wasm backend\'s losses (within 1e-4), and ends with the same parameters on one and two threads', async () => {
     const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
     const [wasm, one, two]: number[][] = [[], [], []];

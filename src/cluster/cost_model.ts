@@ -7,8 +7,9 @@
  * first hidden layer). Per plan, a member's step is its compute plus its bytes at a cost per byte, and the
  * step is the slowest member's:
  *
- *   replicated  rows of its share, the other rows' inner deltas rebuilt (compact rows), the whole weight
- *               pass and Adam; bytes: every row of the batch once (its own out, the others' in), compact
+ *   replicated  rows of its share, the other rows' inner deltas rebuilt (compact rows, when the engine can
+ *               rebuild them), the whole weight pass and Adam; bytes: every row of the batch once (its own
+ *               out, the others' in), compact or in full
  *   sharded     rows of its share; the weight pass and Adam of its units; bytes: every row in full, its
  *               units' parameters out and everyone else's in
  *
@@ -63,18 +64,21 @@ export function stepSizes(spec: ModelSpec, batch: number) {
 }
 
 /** Each member's compute (ms) and bytes under `plan`; members share rows and units by speed. */
-function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan) {
+function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, compact: boolean) {
   const size = stepSizes(spec, batch);
   const total = members.reduce((a, m) => a + m.rowsPerMs, 0);
+  // Replicated rows travel compact (and the others' inner deltas are rebuilt) when the engine can rebuild them.
+  const rebuild = plan === 'replicated' && compact;
   return members.map((m) => {
     const share = m.rowsPerMs / total;
     const rows = share * batch;
     const flops =
       plan === 'replicated'
-        ? rows * size.rowFlops + (batch - rows) * size.rebuildFlops + size.weightFlops
+        ? rows * size.rowFlops + (rebuild ? (batch - rows) * size.rebuildFlops : 0) + size.weightFlops
         : rows * size.rowFlops + share * size.weightFlops;
     // Its own rows out and the others' in, then (sharded) its units' parameters out and the others' in.
-    const bytes = plan === 'replicated' ? batch * size.compactRowBytes : batch * size.fullRowBytes + 4 * size.parameters;
+    const rowBytes = rebuild ? size.compactRowBytes : size.fullRowBytes;
+    const bytes = batch * rowBytes + (plan === 'sharded' ? 4 * size.parameters : 0);
     return { computeMs: flops / (m.rowsPerMs * size.rowFlops), bytes };
   });
 }
@@ -83,8 +87,8 @@ function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: 
  * The cost of a byte (ms) that makes `plan`'s estimate meet its measured step: what the step took beyond
  * the slowest member's compute, over that member's bytes (at least a nanosecond's millionth: never free).
  */
-export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, measuredMs: number): number {
-  const slowest = perMember(spec, batch, members, plan).reduce((a, b) => (b.computeMs > a.computeMs ? b : a));
+export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, measuredMs: number, compact = true): number {
+  const slowest = perMember(spec, batch, members, plan, compact).reduce((a, b) => (b.computeMs > a.computeMs ? b : a));
   return Math.max(1e-12, (measuredMs - slowest.computeMs) / slowest.bytes);
 }
 
@@ -93,9 +97,9 @@ export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], 
  * did not compute, and (sharded) the parameters of the units it does not own. In a star this grows with
  * the members while each member's own bytes do not: it is where the star saturates.
  */
-export function coordinatorBytes(spec: ModelSpec, batch: number, members: number, plan: RemotePlan): number {
+export function coordinatorBytes(spec: ModelSpec, batch: number, members: number, plan: RemotePlan, compact = true): number {
   const size = stepSizes(spec, batch);
-  const perMemberOut = plan === 'replicated' ? batch * size.compactRowBytes : batch * size.fullRowBytes + 4 * size.parameters;
+  const perMemberOut = plan === 'replicated' ? batch * (compact ? size.compactRowBytes : size.fullRowBytes) : batch * size.fullRowBytes + 4 * size.parameters;
   return (members - 1) * perMemberOut;
 }
 
@@ -104,11 +108,11 @@ export function coordinatorBytes(spec: ModelSpec, batch: number, members: number
  * of a byte on the coordinator's own link, when it is a real link of known rate (predictions for many
  * machines); on loopback it is part of the calibrated msPerByte, and left at 0.
  */
-export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number, starMsPerByte = 0): PlanEstimate[] {
+export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number, starMsPerByte = 0, compact = true): PlanEstimate[] {
   const estimates = REMOTE_PLANS.map((plan) => {
-    const costs = perMember(spec, batch, members, plan).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
+    const costs = perMember(spec, batch, members, plan, compact).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
     const slowest = costs.reduce((a, b) => (b.computeMs + b.wireMs > a.computeMs + a.wireMs ? b : a));
-    const star = coordinatorBytes(spec, batch, members.length, plan) * starMsPerByte;
+    const star = coordinatorBytes(spec, batch, members.length, plan, compact) * starMsPerByte;
     return { plan, ms: Math.max(slowest.computeMs + slowest.wireMs, star), ...slowest };
   });
   return estimates.sort((a, b) => a.ms - b.ms);

@@ -75,6 +75,11 @@ export class ReplicaPlan {
   private rowsOnOne = false;
   private trial?: { sharedMs: number };
   private rowsOnOneTried = false;
+  /**
+   * The members the steps since the last admission were timed with: one that leaves without an admission
+   * (the replicated plan needs none) makes the timing, the trial and the measurements start over.
+   */
+  private timedWith = '';
   private due?: RemotePlan;
   readonly choices: PlanChoice[] = [];
 
@@ -84,6 +89,8 @@ export class ReplicaPlan {
     private readonly batchSize: number,
     private readonly asked: StepPlan,
     private readonly onChoice: (choice: PlanChoice) => void,
+    /** Whether replicated rows travel compact (Scheduler.compactRows): what they cost depends on it. */
+    private readonly compactRows = true,
   ) {}
 
   /** The plan the members run now. */
@@ -122,17 +129,19 @@ export class ReplicaPlan {
    * changes plan when the other is cheaper.
    */
   beginStep(step: number): void {
-    if (this.judged) return;
-    this.starts.push(performance.now());
-    if (this.starts.length <= SETTLING_STEPS + TIMED_STEPS) return;
     const members = this.hub.ready();
-    if (members.length < 2 || members.some((p) => p.speed === 0)) return;
+    const timedWith = members.map((p) => p.id).join();
+    if (timedWith !== this.timedWith) this.retime(timedWith);
+    // One member has no plan to choose: nothing is timed (an admission starts over when one joins).
+    if (this.judged || members.length < 2) return;
+    this.starts.push(performance.now());
+    if (this.starts.length <= SETTLING_STEPS + TIMED_STEPS || members.some((p) => p.speed === 0)) return;
     this.judged = true;
     const intervals = this.starts.slice(SETTLING_STEPS).map((t, i, a) => (i === 0 ? NaN : t - a[i - 1])).slice(1);
     const measured = [...intervals].sort((a, b) => a - b)[Math.floor(intervals.length / 2)];
     if (this.trial) return this.endTrial(step, measured);
     this.measured.set(this.plan, measured);
-    this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured);
+    this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured, this.compactRows);
     const estimates = this.estimate(members);
     if (this.asked !== 'auto') {
       this.choose({ step, plan: this.plan, reason: 'as asked (--plan); the cost model\'s estimates', estimates });
@@ -149,16 +158,29 @@ export class ReplicaPlan {
         : `measured: ${other} ${otherMeasured.toFixed(1)} ms a step, ${this.plan} ${measured.toFixed(1)} ms${better ? '' : ': kept'}`;
     // Recorded whether it changes the plan or not: summary.json then holds the estimate beside the measured steps.
     this.choose({ step, plan: this.due ?? this.plan, reason: why, estimates });
-    if (!this.due && this.plan === 'replicated' && !this.rowsOnOneTried) this.startTrial(measured);
+    if (!this.due && this.plan === 'replicated' && !this.rowsOnOneTried) this.startTrial(step, measured);
+  }
+
+  /** The members changed: what was timed, tried and measured held for others; rows are shared again. */
+  private retime(timedWith: string): void {
+    this.timedWith = timedWith;
+    this.starts = [];
+    this.judged = false;
+    this.trial = undefined;
+    this.rowsOnOne = false;
+    this.rowsOnOneTried = false;
+    this.measured.clear();
   }
 
   /** Times the next steps with every row on the fastest member (no state moves: every replica applies every step). */
-  private startTrial(sharedMs: number): void {
+  private startTrial(step: number, sharedMs: number): void {
     this.trial = { sharedMs };
     this.rowsOnOneTried = true;
     this.rowsOnOne = true;
     this.judged = false;
     this.starts = [];
+    // Its own entry, so that the trial's steps are not measured as the shared ones (summary.json measuredMs).
+    this.choose({ step, plan: this.plan, reason: 'trial: every row of a step on the fastest worker', estimates: [], rowsOnOne: true });
   }
 
   /** Keeps the rows on one member if that measured faster than sharing them, by more than REPLAN_GAIN. */
@@ -202,6 +224,7 @@ export class ReplicaPlan {
     this.rowsOnOne = false;
     this.trial = undefined;
     this.rowsOnOneTried = false;
+    this.timedWith = members.map((p) => p.id).join();
   }
 
   /** The plan for the members about to be admitted: as asked, or by the cost model once they are measured. */
@@ -223,7 +246,8 @@ export class ReplicaPlan {
   }
 
   private estimate(members: RemotePeer[]): PlanEstimate[] {
-    return estimatePlans(this.spec, this.batchSize, withAverage(members.map((p) => p.speed)).map((rowsPerMs) => ({ rowsPerMs })), this.msPerByte);
+    const costs = withAverage(members.map((p) => p.speed)).map((rowsPerMs) => ({ rowsPerMs }));
+    return estimatePlans(this.spec, this.batchSize, costs, this.msPerByte, 0, this.compactRows);
   }
 
   private choose(choice: PlanChoice): void {

@@ -108,7 +108,7 @@ export class Scheduler {
     plan: StepPlan = 'auto',
   ) {
     this.compactCapable = mode === 'replicated' && local.capabilities.compactRows;
-    if (mode === 'replicated' && hub) this.sharded = new ReplicaPlan(hub, memory.spec, memory.batchSize, plan, (c) => onEvent({ type: 'plan', ...c }));
+    if (mode === 'replicated' && hub) this.sharded = new ReplicaPlan(hub, memory.spec, memory.batchSize, plan, (c) => onEvent({ type: 'plan', ...c }), this.compactRows);
   }
 
   /** Whether remote rows travel compact (see compactCapable); changes only when members are admitted. */

@@ -103,12 +103,14 @@ export class ThreadTeam implements Team {
     const seq = this.team.publish();
     const results: (TaskResult | undefined)[] = [await this.local.run(tasks[0])];
     for (let slot = 1; slot < this.size; slot++) {
-      if (this.team.claim(slot, seq)) {
-        // Its thread has not started it (descheduled, or still waking): computed here, with the same result.
+      // Before waiting on this slot: every task still unstarted, this one's or a later one's, is taken here
+      // (its thread descheduled, or still waking), with the same result.
+      for (let later = slot; later < this.size; later++) {
+        if (results[later] || !this.team.claim(later, seq)) continue;
         this.taken++;
-        results[slot] = tasks[slot] ? await this.local.run(tasks[slot]) : { nonFiniteLayers: [] };
-        continue;
+        results[later] = tasks[later] ? await this.local.run(tasks[later]) : { nonFiniteLayers: [] };
       }
+      if (results[slot]) continue;
       for (;;) {
         const seen = this.team.signal;
         const outcome = this.team.outcome(slot, seq);

@@ -156,16 +156,21 @@ class TfjsEngine implements Engine {
     return { hidden, logits, logp, rowLoss, target: tt };
   }
 
+  /**
+   * forward(), but a single row runs as two copies of itself: a one-row matMul takes another kernel (a
+   * vector product on WebGPU) that rounds differently, and a row must have the same bits in any call
+   * (cluster/plan.ts). The outputs then hold two rows, of which the first is the row's.
+   */
+  private forwardPadded(x: Float32Array, target: Float32Array, rows: number) {
+    if (rows >= 2) return this.forward(x, target, rows);
+    const twice = (a: Float32Array, width: number) => Float32Array.of(...a.subarray(0, width), ...a.subarray(0, width));
+    return this.forward(twice(x, this.spec.sizes[0]), twice(target, this.spec.sizes[this.spec.sizes.length - 1]), 2);
+  }
+
   async rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
     const tf = this.tf;
-    // A one-row matMul takes another kernel (a vector product on WebGPU) that rounds differently: a single
-    // row runs as two copies of itself, so that a row has the same bits in any call (cluster/plan.ts).
-    const padded = rows < 2;
-    const twice = (a: Float32Array, width: number) => Float32Array.of(...a.subarray(0, width), ...a.subarray(0, width));
     const results = tf.tidy(() => {
-      const f = padded
-        ? this.forward(twice(x, this.spec.sizes[0]), twice(target, this.spec.sizes[this.spec.sizes.length - 1]), 2)
-        : this.forward(x, target, rows);
+      const f = this.forwardPadded(x, target, rows);
       const deltas: TfCore.Tensor[] = [];
       let delta = tf.mul(tf.sub(tf.exp(f.logp), f.target), invBatch);
       deltas.unshift(delta);
@@ -189,8 +194,14 @@ class TfjsEngine implements Engine {
       this.layout.layers.flatMap(({ fanIn, fanOut }, l) => {
         const a = tf.tensor2d(inputs[l].slice(0, batch * fanIn), [batch, fanIn]);
         const d = tf.tensor2d(deltas[l].slice(0, batch * fanOut), [batch, fanOut]);
-        const part = tf.slice(d, [0, units[l][0]], [batch, units[l][1] - units[l][0]]);
-        return [tf.matMul(tf.transpose(part), a), tf.sum(part, 0)];
+        // A share of one unit would make a one-row product, which takes another kernel than a wider share
+        // (a vector product on WebGPU) and rounds differently: it runs as two copies of its column.
+        const width = units[l][1] - units[l][0];
+        const one = tf.slice(d, [0, units[l][0]], [batch, width]);
+        const part = width === 1 ? tf.concat([one, one], 1) : one;
+        const dW = tf.matMul(tf.transpose(part), a);
+        const db = tf.sum(part, 0);
+        return width === 1 ? [tf.slice(dW, [0, 0], [1, fanIn]), tf.slice(db, [0], [1])] : [dW, db];
       }),
     );
     const data = (await Promise.all(tensors.map((t) => t.data()))) as Float32Array[];
@@ -201,11 +212,12 @@ class TfjsEngine implements Engine {
   async evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void> {
     const tf = this.tf;
     const [rowLoss, predicted] = tf.tidy(() => {
-      const f = this.forward(x, target, rows);
+      const f = this.forwardPadded(x, target, rows);
       return [f.rowLoss, tf.argMax(f.logits, 1)];
     });
-    out.rowLoss.set((await rowLoss.data()) as Float32Array);
-    out.predicted.set((await predicted.data()) as Int32Array);
+    // The first `rows` rows (all of them unless padded).
+    out.rowLoss.set(((await rowLoss.data()) as Float32Array).subarray(0, rows));
+    out.predicted.set(((await predicted.data()) as Int32Array).subarray(0, rows));
     tf.dispose([rowLoss, predicted]);
   }
 
