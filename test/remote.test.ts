@@ -10,7 +10,7 @@ import { runWorker } from '../src/cluster/remote/client.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { newNonce, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
-import { PROTOCOL_VERSION, type RowsDone } from '../src/cluster/remote/messages.js';
+import { PROTOCOL_VERSION, type RowsDone, type SliceMessage } from '../src/cluster/remote/messages.js';
 import { missingRanges } from '../src/cluster/plan.js';
 import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
 import { killAtCheckpoint, smallHub } from './helpers.js';
@@ -874,6 +874,29 @@ describe('--verify', () => {
       expect(liar).toContain(Number(/^worker (\d+)/.exec(r)![1]));
     }
     expect(summary.paramsSha256).toBe(threads === 1 ? await reference2() : await reference());
+  });
+
+  it('at rate 1 catches an owner sending wrong parameters of its units (--plan sharded), and the result is unchanged', async () => {
+    const abort = new AbortController();
+    const liar: number[] = [];
+    const rejections: string[] = [];
+    const wrongSlice = (slice: SliceMessage): SliceMessage => ({ ...slice, params: slice.params.map((v, i) => (i === 0 ? v + 1e-3 : v)) });
+    const summary = await coordinator(
+      { threads: 0, plan: 'sharded', verify: 1, minWorkers: 3 },
+      (url) => {
+        void runWorker({ connect: url, signal: abort.signal });
+        void runWorker({ connect: url, signal: abort.signal });
+        void runWorker({ connect: url, signal: abort.signal, tamperSlice: wrongSlice, onEvent: (e) => e.type === 'connected' && liar.push(e.workerId) });
+      },
+      (e) => e.type === 'cluster' && e.event.type === 'rejected' && rejections.push(`${e.event.peer}: ${e.event.reason}`),
+    );
+    abort.abort();
+    expect(rejections.length).toBeGreaterThan(0);
+    for (const r of rejections) {
+      expect(r).toMatch(/^worker (\d+) .*: --verify: its parameters of step \d+ differ from this coordinator's own computation$/);
+      expect(liar).toContain(Number(/^worker (\d+)/.exec(r)![1]));
+    }
+    expect(summary.paramsSha256).toBe(await reference());
   });
 
   // Below rate 1, rows not drawn are used unchecked until the worker is caught, so the result may differ:

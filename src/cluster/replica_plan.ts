@@ -23,6 +23,7 @@ import { byteCost, estimatePlans, type PlanEstimate, type RemotePlan } from './c
 import { shareUnits, type Range } from './plan.js';
 import type { RemoteHub, RemotePeer } from './remote/hub.js';
 import type { Snapshot } from './remote/peer_work.js';
+import type { SliceMessage } from './remote/messages.js';
 import type { StateArrays } from './training_state.js';
 import { placeSlice } from './unit_slices.js';
 
@@ -37,6 +38,16 @@ const TIMED_STEPS = 12;
 
 /** `auto` changes plan only for an estimated gain above this share (a change costs every member a state). */
 const REPLAN_GAIN = 0.1;
+
+/** The slices of a sharded step as they came, for --verify: its step and batch, and each owner's slice. */
+export interface StepSlices {
+  step: number;
+  batch: number;
+  slices: Map<RemotePeer, SliceMessage>;
+}
+
+/** Checks a step's slices on this process; returns the owners whose slice was wrong (they are dropped). */
+export type SliceCheck = (slices: StepSlices) => Promise<RemotePeer[]>;
 
 /** A choice of plan, with what the cost model estimated, for the console, summary.json and metrics.jsonl. */
 export interface PlanChoice {
@@ -54,6 +65,8 @@ export class ReplicaPlan {
   private owners = new Map<RemotePeer, Range[]>();
   /** The last step's slices, until settled. */
   private inFlight?: Promise<void>;
+  /** The last sharded step's slices, once all came (for --verify). */
+  private landed?: StepSlices;
   /** A slice was lost (its owner dropped): the replicas are torn mid-step, and only a replay mends the state. */
   private torn = false;
   /** When each row pass since the last admission began, and whether `auto` judged the plan since. */
@@ -259,8 +272,11 @@ export class ReplicaPlan {
   request(step: number, batch: number): void {
     // Every owner's answer is awaited, not only up to the first loss: a slice still on its way when the state is
     // sent again would reach members that moved on.
+    const owners = [...this.owners.keys()];
+    this.landed = undefined;
     this.inFlight = Promise.allSettled(this.hub.requestSlices(step, batch, this.owners)).then((results) => {
       if (results.some((r) => r.status === 'rejected')) this.torn = true;
+      else this.landed = { step, batch, slices: new Map(results.map((r, i) => [owners[i], (r as PromiseFulfilledResult<SliceMessage>).value])) };
     });
   }
 
@@ -271,10 +287,17 @@ export class ReplicaPlan {
     return !this.torn;
   }
 
-  /** Sharded: the full state of `step` put together from the owners' shards, or undefined when an owner is gone. */
-  async gather(step: number): Promise<StateArrays | undefined> {
+  /**
+   * Sharded: the full state of `step` put together from the owners' shards, or undefined when an owner is
+   * gone. `check` (--verify) first judges the last step's slices: a wrong one drops its owner, and the state
+   * is then replayed here.
+   */
+  async gather(step: number, check?: SliceCheck): Promise<StateArrays | undefined> {
     // Not when only the plan is to change: the owners still hold the state together.
     if (!(await this.settle()) || this.ownersChanged || this.owners.size === 0) return undefined;
+    const landed = this.landed;
+    this.landed = undefined;
+    if (check && landed && (await check(landed)).length > 0) return undefined;
     const total = paramLayout(this.spec).total;
     const state: StateArrays = { params: new Float32Array(total), m: new Float32Array(total), v: new Float32Array(total) };
     try {

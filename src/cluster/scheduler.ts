@@ -12,7 +12,8 @@
  */
 import type { StepPlan } from '../config.js';
 import type { StateArrays, StateSnapshot } from './training_state.js';
-import { ReplicaPlan, type PlanChoice } from './replica_plan.js';
+import { ReplicaPlan, type PlanChoice, type StepSlices } from './replica_plan.js';
+import { packSlice, placeSlice } from './unit_slices.js';
 import type { Range } from './plan.js';
 import { apportion, coalesce, microShards, shardGroups } from './plan.js';
 import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
@@ -21,7 +22,7 @@ import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.
 import type { RowsDone, StateMessage } from './remote/messages.js';
 import type { Task, TaskResult } from './slot_runner.js';
 import { stoppedWaiting } from '../errors.js';
-import { gatherBatchRows, placeBatchRows, type TrainingMemory } from './training_memory.js';
+import { gatherBatchRows, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from './training_memory.js';
 import type { Team } from './team.js';
 
 /** What a joining worker is sent: the committed state and what it needs to compute with it. */
@@ -97,6 +98,8 @@ export class Scheduler {
   private readonly compactCapable: boolean;
   /** How the remote replicas run the steps, and the sharded plan's owners and slices (mode 'replicated'). */
   private readonly sharded?: ReplicaPlan;
+  /** The generation the last row pass read: with --verify, a sharded step's slices are checked against it. */
+  private rowsGeneration = 0;
 
   constructor(
     private readonly memory: TrainingMemory,
@@ -224,6 +227,7 @@ export class Scheduler {
     const batch = index.length;
     // Sharded: the last step must have landed on every owner, and the owners must still be the members.
     this.sharded?.beginStep(step);
+    this.rowsGeneration = generation;
     if (this.sharded && (!(await this.sharded.settle()) || this.sharded.stale)) return { done: false, needs: 'state' };
     this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
@@ -310,7 +314,7 @@ export class Scheduler {
    * from every owner's shard), or undefined when no replica could give it.
    */
   async replicaState(step: number): Promise<StateArrays | undefined> {
-    if (this.sharded?.current === 'sharded') return this.sharded.gather(step);
+    if (this.sharded?.current === 'sharded') return this.sharded.gather(step, this.verifier.enabled ? (s) => this.checkSlices(s) : undefined);
     for (const worker of this.hub?.ready() ?? []) {
       try {
         return await this.hub!.fetchState(worker, step);
@@ -319,6 +323,29 @@ export class Scheduler {
       }
     }
     return undefined;
+  }
+
+  /**
+   * --verify, sharded steps: for a drawn step, one unit of each layer of each owner's share is computed
+   * again here from that step's state and rows (still in memory: verifying keeps the state here before every
+   * row pass, and sharded rows come in full), and compared bit for bit with the owner's slice; an owner whose
+   * parameters differ is dropped (its slice reached the others: they are sent the state again).
+   */
+  private async checkSlices({ step, batch, slices }: StepSlices): Promise<RemotePeer[]> {
+    if (this.verifier.pick(step, [0, 1]).length === 0) return [];
+    const spec = this.memory.spec;
+    const next = optimizerMemoryOf(this.memory).paramsOf(this.rowsGeneration ^ 1);
+    const wrong: RemotePeer[] = [];
+    for (const [peer, slice] of slices) {
+      const units = slice.units.map(([u0, u1]) => [u0, Math.min(u1, u0 + 1)] as Range);
+      await this.local.runPass([{ kind: 'weights', step, generation: this.rowsGeneration, batch, units, slot: 0 }]);
+      const theirs = new Float32Array(next.length);
+      placeSlice(spec, theirs, slice.units, slice.params);
+      if (sameBits([packSlice(spec, next, units)], [packSlice(spec, theirs, units)])) continue;
+      this.hub!.reject(peer, `--verify: its parameters of step ${step} differ from this coordinator's own computation`);
+      wrong.push(peer);
+    }
+    return wrong;
   }
 
   /** Reports that the local slots replay steps the replicas had applied (they are all gone). */

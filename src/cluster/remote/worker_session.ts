@@ -108,7 +108,7 @@ const HANDLERS: Handlers = {
     if (message.units) {
       s.options.onUnits?.(message.step);
       const { slice, committed } = await s.replica.applyUnits(message, message.units);
-      s.send(slice);
+      s.send(s.options.tamperSlice ? s.options.tamperSlice(slice) : slice);
       if (committed) s.emit({ type: 'step', step: message.step });
     } else if (await s.replica.update(message)) s.emit({ type: 'step', step: message.step });
   },
