@@ -58,6 +58,43 @@ function batch(spec: ModelSpec, rows: number) {
   return { x, labels, target: oneHot(labels, spec.sizes[spec.sizes.length - 1]) };
 }
 
+type Units = readonly (readonly [number, number])[];
+
+/**
+ * The first half of cluster/plan.ts's invariant on an engine: rows computed in calls of `calls` ([from, rows])
+ * have the bits of the same rows in one call of all `total` rows. Returns the outputs of that one call.
+ */
+async function expectRowLocality(engine: Engine, spec: ModelSpec, x: Float32Array, target: Float32Array, total: number, calls: number[][]) {
+  const widths = spec.sizes.slice(1);
+  const [features, classes] = [spec.sizes[0], widths[widths.length - 1]];
+  const rowsOf = async (from: number, rows: number) => {
+    const out = { rowLoss: new Float32Array(rows), hidden: widths.slice(0, -1).map((w) => new Float32Array(rows * w)), deltas: widths.map((w) => new Float32Array(rows * w)) };
+    await engine.rowPass(x.subarray(from * features), target.subarray(from * classes), rows, 1 / total, out);
+    return out;
+  };
+  const whole = await rowsOf(0, total);
+  for (const [from, rows] of calls) {
+    const part = await rowsOf(from, rows);
+    expect(part.rowLoss).toEqual(whole.rowLoss.subarray(from, from + rows));
+    part.hidden.forEach((h, l) => expect(h).toEqual(whole.hidden[l].subarray(from * widths[l], (from + rows) * widths[l])));
+    part.deltas.forEach((d, l) => expect(d).toEqual(whole.deltas[l].subarray(from * widths[l], (from + rows) * widths[l])));
+  }
+  return whole;
+}
+
+/** The second half: each share's gradients have the bits of the same units in the whole layer's. Returns the whole layers'. */
+async function expectUnitSplits(engine: Engine, spec: ModelSpec, inputs: Float32Array[], deltas: Float32Array[], batch: number, shares: Units[]) {
+  const widths = spec.sizes.slice(1);
+  const all = (await engine.weightPass(inputs, deltas, batch, widths.map((w) => [0, w] as const))).map((g) => ({ weight: g.weight.slice(), bias: g.bias.slice() }));
+  for (const units of shares) {
+    (await engine.weightPass(inputs, deltas, batch, units)).forEach((g, l) => {
+      expect(g.weight).toEqual(all[l].weight.subarray(units[l][0] * spec.sizes[l], units[l][1] * spec.sizes[l]));
+      expect(g.bias).toEqual(all[l].bias.subarray(units[l][0], units[l][1]));
+    });
+  }
+  return all;
+}
+
 /** The largest difference relative to the largest magnitude: a gradient's error as a share of its scale. */
 function relativeError(a: Float32Array, b: Float32Array): number {
   let diff = 0;
@@ -102,28 +139,9 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     const { x, target, labels } = batch(spec, 64);
     const gpu = await webgpuEngine(spec);
     gpu.setParams(initParams(spec, 5));
-    const rowsOf = async (from: number, rows: number) => {
-      const got = { rowLoss: new Float32Array(rows), hidden: widths.slice(0, -1).map((w) => new Float32Array(rows * w)), deltas: widths.map((w) => new Float32Array(rows * w)) };
-      await gpu.rowPass(x.subarray(from * 784), target.subarray(from * 10), rows, 1 / 64, got);
-      return got;
-    };
-    const whole = await rowsOf(0, 64);
-    for (const [from, rows] of [[0, 16], [16, 16], [48, 16], [63, 1]]) {
-      const part = await rowsOf(from, rows);
-      expect(part.rowLoss).toEqual(whole.rowLoss.subarray(from, from + rows));
-      part.deltas.forEach((d, l) => expect(d).toEqual(whole.deltas[l].subarray(from * widths[l], (from + rows) * widths[l])));
-      part.hidden.forEach((h, l) => expect(h).toEqual(whole.hidden[l].subarray(from * widths[l], (from + rows) * widths[l])));
-    }
-    const inputs = [x, ...whole.hidden];
-    const all = (await gpu.weightPass(inputs, whole.deltas, 64, widths.map((w) => [0, w] as const))).map((g) => ({ weight: g.weight.slice(), bias: g.bias.slice() }));
-    for (const part of [0, 1, 2]) {
-      const units = widths.map((w) => [Math.floor((w * part) / 3), Math.floor((w * (part + 1)) / 3)] as const);
-      const some = await gpu.weightPass(inputs, whole.deltas, 64, units);
-      some.forEach((g, l) => {
-        expect(g.weight).toEqual(all[l].weight.subarray(units[l][0] * spec.sizes[l], units[l][1] * spec.sizes[l]));
-        expect(g.bias).toEqual(all[l].bias.subarray(units[l][0], units[l][1]));
-      });
-    }
+    const whole = await expectRowLocality(gpu, spec, x, target, 64, [[0, 16], [16, 16], [48, 16], [63, 1]]);
+    const thirds = [0, 1, 2].map((part) => widths.map((w) => [Math.floor((w * part) / 3), Math.floor((w * (part + 1)) / 3)] as const));
+    const all = await expectUnitSplits(gpu, spec, [x, ...whole.hidden], whole.deltas, 64, thirds);
     const rowLoss = new Float32Array(64);
     const step = await gpu.stepPass!(x, target, labels.length, rowLoss);
     expect(rowLoss).toEqual(whole.rowLoss);
@@ -235,25 +253,8 @@ gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 't
     expect(Math.abs(got.loss - expected.loss) / expected.loss).toBeLessThan(1e-6);
     expect(relativeError(got.grad, expected.grad)).toBeLessThan(1e-5);
     gpu.setParams(params);
-    const rowsOf = async (from: number, rows: number) => {
-      const out = { rowLoss: new Float32Array(rows), hidden: widths.slice(0, -1).map((w) => new Float32Array(rows * w)), deltas: widths.map((w) => new Float32Array(rows * w)) };
-      await gpu.rowPass(x.subarray(from * 784), target.subarray(from * 10), rows, 1 / 64, out);
-      return out;
-    };
-    const whole = await rowsOf(0, 64);
-    for (const [from, rows] of [[63, 1], [60, 4], [0, 7], [16, 16], [0, 33]]) {
-      const part = await rowsOf(from, rows);
-      expect(part.rowLoss).toEqual(whole.rowLoss.subarray(from, from + rows));
-      part.hidden.forEach((h, l) => expect(h).toEqual(whole.hidden[l].subarray(from * widths[l], (from + rows) * widths[l])));
-      part.deltas.forEach((d, l) => expect(d).toEqual(whole.deltas[l].subarray(from * widths[l], (from + rows) * widths[l])));
-    }
-    const inputs = [x, ...whole.hidden];
-    const all = (await gpu.weightPass(inputs, whole.deltas, 64, widths.map((w) => [0, w] as const))).map((g) => ({ weight: g.weight.slice(), bias: g.bias.slice() }));
-    const units = widths.map((w) => [Math.floor(w / 3), Math.floor((2 * w) / 3)] as const);
-    (await gpu.weightPass(inputs, whole.deltas, 64, units)).forEach((g, l) => {
-      expect(g.weight).toEqual(all[l].weight.subarray(units[l][0] * spec.sizes[l], units[l][1] * spec.sizes[l]));
-      expect(g.bias).toEqual(all[l].bias.subarray(units[l][0], units[l][1]));
-    });
+    const whole = await expectRowLocality(gpu, spec, x, target, 64, [[63, 1], [60, 4], [0, 7], [16, 16], [0, 33]]);
+    await expectUnitSplits(gpu, spec, [x, ...whole.hidden], whole.deltas, 64, [widths.map((w) => [Math.floor(w / 3), Math.floor((2 * w) / 3)] as const)]);
     await Promise.all([gpu.dispose(), wasm.dispose()]);
   });
 
@@ -265,17 +266,8 @@ gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 't
     const { x, target } = batch(spec, rows);
     const gpu = await tfjsGpu(spec);
     gpu.setParams(initParams(spec, 4));
-    const out = { rowLoss: new Float32Array(rows), hidden: widths.slice(0, -1).map((w) => new Float32Array(rows * w)), deltas: widths.map((w) => new Float32Array(rows * w)) };
-    await gpu.rowPass(x, target, rows, 1 / rows, out);
-    const inputs = [x, ...out.hidden];
-    const all = (await gpu.weightPass(inputs, out.deltas, rows, widths.map((w) => [0, w] as const))).map((g) => ({ weight: g.weight.slice(), bias: g.bias.slice() }));
-    for (const unit of [0, 7, 9]) {
-      const units = widths.map(() => [unit, unit + 1] as const);
-      (await gpu.weightPass(inputs, out.deltas, rows, units)).forEach((g, l) => {
-        expect(g.weight).toEqual(all[l].weight.subarray(unit * spec.sizes[l], (unit + 1) * spec.sizes[l]));
-        expect(g.bias).toEqual(all[l].bias.subarray(unit, unit + 1));
-      });
-    }
+    const whole = await expectRowLocality(gpu, spec, x, target, rows, []);
+    await expectUnitSplits(gpu, spec, [x, ...whole.hidden], whole.deltas, rows, [0, 7, 9].map((unit) => widths.map(() => [unit, unit + 1] as const)));
     await gpu.dispose();
   });
 

@@ -174,15 +174,20 @@ export class ReplicaPlan {
     if (!this.due && this.plan === 'replicated' && !this.rowsOnOneTried) this.startTrial(step, measured);
   }
 
-  /** The members changed: what was timed, tried and measured held for others; rows are shared again. */
+  /** The members changed: what was timed, tried and measured held for others. */
   private retime(timedWith: string): void {
+    this.restartTiming(timedWith);
+    this.measured.clear();
+  }
+
+  /** Timing starts over with these members, and rows are shared again until measured otherwise. */
+  private restartTiming(timedWith: string): void {
     this.timedWith = timedWith;
     this.starts = [];
     this.judged = false;
     this.trial = undefined;
     this.rowsOnOne = false;
     this.rowsOnOneTried = false;
-    this.measured.clear();
   }
 
   /** Times the next steps with every row on the fastest member (no state moves: every replica applies every step). */
@@ -231,13 +236,7 @@ export class ReplicaPlan {
     this.owners = new Map(shares.map((units, i) => [members[i], units]));
     this.torn = false;
     this.due = undefined;
-    this.starts = [];
-    this.judged = false;
-    // New members or a new plan: rows are shared again, until measured otherwise.
-    this.rowsOnOne = false;
-    this.trial = undefined;
-    this.rowsOnOneTried = false;
-    this.timedWith = members.map((p) => p.id).join();
+    this.restartTiming(members.map((p) => p.id).join());
   }
 
   /** The plan for the members about to be admitted: as asked, or by the cost model once they are measured. */
