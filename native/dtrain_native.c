@@ -203,15 +203,21 @@ static OrtSessionOptions *sessionOptions(napi_env napi, napi_value object) {
   return options;
 }
 
+/* A typed array's element type, data and length (in elements); false if the value is not a typed array. */
+static int typedArray(napi_env napi, napi_value value, napi_typedarray_type *type, void **data, size_t *length) {
+  size_t offset;
+  napi_value buffer;
+  return napi_get_typedarray_info(napi, value, type, length, data, &buffer, &offset) == napi_ok;
+}
+
 static napi_value Session(napi_env napi, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   napi_typedarray_type type;
-  size_t length, offset;
+  size_t length;
   void *model;
-  napi_value buffer;
   if (!api || napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
-      napi_get_typedarray_info(napi, argv[0], &type, &length, &model, &buffer, &offset) != napi_ok || type != napi_uint8_array) {
+      !typedArray(napi, argv[0], &type, &model, &length) || type != napi_uint8_array) {
     napi_throw_type_error(napi, NULL, "dtrain_native.session: expected (model: Uint8Array, options), after load");
     return NULL;
   }
@@ -285,12 +291,11 @@ static napi_value MakePlan(napi_env napi, napi_callback_info info) {
 /* An OrtValue over a typed array's memory, with the dims given in a JS array; NULL after throwing. */
 static OrtValue *tensor(napi_env napi, napi_value array, napi_value dimsList) {
   napi_typedarray_type type;
-  size_t length, offset;
+  size_t length;
   void *data;
-  napi_value buffer;
   uint32_t rank;
   int64_t dims[8];
-  if (napi_get_typedarray_info(napi, array, &type, &length, &data, &buffer, &offset) != napi_ok ||
+  if (!typedArray(napi, array, &type, &data, &length) ||
       (type != napi_float32_array && type != napi_bigint64_array) ||
       napi_get_array_length(napi, dimsList, &rank) != napi_ok || rank > 8) {
     napi_throw_type_error(napi, NULL, "dtrain_native.run: tensors must be Float32Array or BigInt64Array with up to 8 dims");
@@ -365,11 +370,10 @@ static napi_value Alias(napi_env napi, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   napi_typedarray_type type;
-  size_t length, offset;
+  size_t length;
   void *data;
-  napi_value buffer, external, result;
-  if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
-      napi_get_typedarray_info(napi, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok ||
+  napi_value external, result;
+  if (napi_get_cb_info(napi, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 || !typedArray(napi, argv[0], &type, &data, &length) ||
       type != napi_float32_array) {
     napi_throw_type_error(napi, NULL, "shared_alias: expected a Float32Array");
     return NULL;
