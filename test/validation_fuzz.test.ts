@@ -331,47 +331,34 @@ function mutated<M extends ToCoordinator | ToWorker, V>(cases: [M, V][]) {
 
 // ---------------------------------------------------------------- properties
 
-describe('validation of what a worker sends (the coordinator side)', () => {
+/** Both directions, each with its valid messages, the views its receiver may be in, and its validation. */
+const SIDES = [
+  { side: 'a worker sends (the coordinator side)', cases: FROM_WORKER, views: COORDINATOR_VIEWS, validate: validateFromWorker, check: checkFromWorker },
+  { side: 'the coordinator sends (the worker side)', cases: FROM_COORDINATOR, views: WORKER_VIEWS, validate: validateFromCoordinator, check: checkFromCoordinator },
+] as unknown as {
+  side: string;
+  cases: [ToCoordinator | ToWorker, unknown][];
+  views: unknown[];
+  validate: (raw: Record<string, unknown>, view: unknown) => ToCoordinator | ToWorker;
+  check: (raw: Record<string, unknown>, view: unknown) => void;
+}[];
+
+describe.each(SIDES)('validation of what $side', ({ cases, views, validate, check }) => {
   it('accepts every valid message in the view it was made for', () => {
-    for (const [message, view] of FROM_WORKER) expect(wire(validateFromWorker(decodeRaw(encode(message)), view))).toBe(wire(message));
+    for (const [message, view] of cases) expect(wire(validate(decodeRaw(encode(message)), view))).toBe(wire(message));
   });
 
   it('throws only ProtocolError, and accepts only well-shaped messages, for any value in any view', () => {
     fc.assert(
-      fc.property(fc.oneof(typedObject, fc.object({ maxDepth: 2 })), fc.constantFrom(...COORDINATOR_VIEWS), (raw, view) => checkFromWorker(raw, view)),
+      fc.property(fc.oneof(typedObject, fc.object({ maxDepth: 2 })), fc.constantFrom(...views), (raw, view) => check(raw, view)),
       RUNS,
     );
   });
 
   it('refuses or shapes right every mutation of a valid message (dropped and retyped fields, resized arrays, NaN, ranges)', () => {
     fc.assert(
-      fc.property(mutated(FROM_WORKER), fc.constantFrom(...COORDINATOR_VIEWS, 'own' as const), ({ raw, view }, other) => {
-        checkFromWorker(raw, other === 'own' ? view : other);
-      }),
-      { numRuns: 500 },
-    );
-  });
-});
-
-describe('validation of what the coordinator sends (the worker side)', () => {
-  it('accepts every valid message in the view it was made for', () => {
-    for (const [message, view] of FROM_COORDINATOR) {
-      const accepted = validateFromCoordinator(decodeRaw(encode(message)), view);
-      expect(wire(accepted)).toBe(wire(message));
-    }
-  });
-
-  it('throws only ProtocolError, and accepts only well-shaped messages, for any value in any view', () => {
-    fc.assert(
-      fc.property(fc.oneof(typedObject, fc.object({ maxDepth: 2 })), fc.constantFrom(...WORKER_VIEWS), (raw, view) => checkFromCoordinator(raw, view)),
-      RUNS,
-    );
-  });
-
-  it('refuses or shapes right every mutation of a valid message', () => {
-    fc.assert(
-      fc.property(mutated(FROM_COORDINATOR), fc.constantFrom(...WORKER_VIEWS, 'own' as const), ({ raw, view }, other) => {
-        checkFromCoordinator(raw, other === 'own' ? view : other);
+      fc.property(mutated(cases), fc.constantFrom(...views, 'own' as const), ({ raw, view }, other) => {
+        check(raw, other === 'own' ? view : other);
       }),
       { numRuns: 500 },
     );
