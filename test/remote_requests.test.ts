@@ -67,7 +67,7 @@ describe("the hub's one request mechanism (Pending)", () => {
 });
 
 describe('validation tables', () => {
-  const view = { welcomed: false, spec: undefined, batchSize: 0, params: 0, features: 0 };
+  const view = { welcomed: false, spec: undefined, batchSize: 0 };
   const hello = { t: 'hello', protocol: PROTOCOL_VERSION, mac: new Uint8Array(0), nonce: new Uint8Array(32), engine: 'onnx', device: 'cpu', backend: 'b', threads: 1, dataSha256: '' };
 
   it('takes a hello with a rank (a launched job\'s) or without one, and nothing else in its place', () => {

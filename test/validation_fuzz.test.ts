@@ -42,9 +42,9 @@ const owesNothing: CoordinatorView = { ...owes(false), pendingStep: undefined, p
 const owesShard: CoordinatorView = { ...owes(false), pendingSnapshotUnits: UNITS };
 const COORDINATOR_VIEWS: (CoordinatorView | undefined)[] = [undefined, owes(false), owes(true), owesNothing, owesShard];
 
-const beforeWelcome: WorkerView = { welcomed: false, spec: undefined, batchSize: 0, params: 0, features: 0 };
+const beforeWelcome: WorkerView = { welcomed: false, spec: undefined, batchSize: 0 };
 const beforeState: WorkerView = { ...beforeWelcome, welcomed: true };
-const synced: WorkerView = { welcomed: true, spec, batchSize: BATCH, params: total, features: sizes[0] };
+const synced: WorkerView = { welcomed: true, spec, batchSize: BATCH };
 const WORKER_VIEWS = [beforeWelcome, beforeState, synced];
 
 /** Each valid message of a direction, with the view that accepts it. */
@@ -184,7 +184,7 @@ function expectCoordinatorShape(m: ToWorker, view: WorkerView): void {
       expectRange(m.range, m.batch);
       expect(m.labels).toHaveLength(m.batch);
       expect(m.labels.every((l) => l < sizes[sizes.length - 1])).toBe(true);
-      if (m.x) expectFloats(m.x, m.batch * view.features, false);
+      if (m.x) expectFloats(m.x, m.batch * sizes[0], false);
       else expect(m.index).toBeInstanceOf(Int32Array), expect(m.index).toHaveLength(m.batch);
       return;
     }

@@ -26,6 +26,7 @@ import type { Snapshot } from './remote/peer_work.js';
 import type { SliceMessage } from './remote/messages.js';
 import type { StateArrays } from './training_state.js';
 import { placeSlice } from './unit_slices.js';
+import { withAverage } from './work_ledger.js';
 
 /** Steps after an admission left out of its timing (the state just sent, rows asked for anew). */
 const SETTLING_STEPS = 2;
@@ -314,9 +315,3 @@ export class ReplicaPlan {
   }
 }
 
-/** Values with the unknown ones (0) replaced by the average of the known, or 1 when none is known. */
-function withAverage(values: number[]): number[] {
-  const known = values.filter((v) => v > 0);
-  const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
-  return values.map((v) => v || average);
-}

@@ -17,7 +17,7 @@ import { packSlice, placeSlice } from './unit_slices.js';
 import type { Range } from './plan.js';
 import { apportion, coalesce, microShards, shardGroups } from './plan.js';
 import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
-import { LOCAL, smooth, WorkLedger, type WorkShares } from './work_ledger.js';
+import { LOCAL, smooth, withAverage, WorkLedger, type WorkShares } from './work_ledger.js';
 import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
 import type { RowsDone, StateMessage } from './remote/messages.js';
 import type { Task, TaskResult } from './slot_runner.js';
@@ -75,6 +75,8 @@ interface Suspect {
 interface Plan {
   step: number;
   batch: number;
+  /** The form its remote rows were asked in (Scheduler.compactRows when it was made). */
+  compact: boolean;
   local?: Range[];
   remote: RemoteJob[];
 }
@@ -111,7 +113,7 @@ export class Scheduler {
     plan: StepPlan = 'auto',
   ) {
     this.compactCapable = mode === 'replicated' && local.capabilities.compactRows;
-    if (mode === 'replicated' && hub) this.sharded = new ReplicaPlan(hub, memory.spec, memory.batchSize, plan, (c) => onEvent({ type: 'plan', ...c }), this.compactRows);
+    if (mode === 'replicated' && hub) this.sharded = new ReplicaPlan(hub, memory.spec, memory.batchSize, plan, (c) => onEvent({ type: 'plan', ...c }), this.compactCapable);
   }
 
   /** Whether remote rows travel compact (see compactCapable); changes only when members are admitted. */
@@ -167,15 +169,8 @@ export class Scheduler {
 
   /** Sends the committed state to the joiners, which makes them participants from this step on. */
   async admit(state: JoinState): Promise<void> {
-    if (!this.sharded) return this.hub?.admit(state);
-    const compact = this.compactRows;
-    await this.sharded.admit(state);
-    if (this.compactRows === compact || !this.prefetched) return;
-    // The plan changed whether rows travel compact: rows asked for early in the old form are awaited and
-    // dropped (the members, sent the state after them, compute this step's rows again, in the new form).
-    const early = this.prefetched.remote.map((job) => job.result);
-    this.prefetched = undefined;
-    await Promise.all(early);
+    if (this.sharded) await this.sharded.admit(state);
+    else this.hub?.admit(state);
   }
 
   /** Remote workers that joined: ready, or authenticated and waiting for the state. */
@@ -231,9 +226,8 @@ export class Scheduler {
     if (this.sharded && (!(await this.sharded.settle()) || this.sharded.stale)) return { done: false, needs: 'state' };
     this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
-    let plans: Plan[] = this.prefetched?.step === step ? [this.prefetched] : [];
+    let plans: Plan[] = await this.takePrefetched(step);
     let todo: Range[] = plans.length > 0 ? [] : [[0, shards.length]];
-    this.prefetched = undefined;
     while (plans.length > 0 || todo.length > 0) {
       if (todo.length > 0 && this.nobodyComputes()) return { done: false, needs: 'participant' };
       // One range a round: a remote worker holds one rows request at a time.
@@ -366,16 +360,26 @@ export class Scheduler {
     this.prefetched = this.plan(step, index.length, shards, [0, shards.length], index);
   }
 
+  /**
+   * The plan asked for early for `step`, if it still holds: rows asked for in another form than rows travel
+   * in now (the plan changed at an admission) are awaited and dropped — the members, sent the state after
+   * those requests, compute the step's rows again in the new form.
+   */
+  private async takePrefetched(step: number): Promise<Plan[]> {
+    const early = this.prefetched;
+    this.prefetched = undefined;
+    if (early?.step !== step) return [];
+    if (early.compact === this.compactRows) return [early];
+    await Promise.all(early.remote.map((job) => job.result));
+    return [];
+  }
+
   /** Assigns micro-shards [s0, s1) to the participants by speed, and sends the remote requests at once. */
   private plan(step: number, batch: number, shards: Range[], [s0, s1]: Range, index: Int32Array): Plan {
     const remotes = this.hub?.ready() ?? [];
-    // A newcomer is assumed as fast as the average so far: it gets work at once, and a measured speed.
-    const localSpeed = this.ledger.localSpeed;
-    const known = [...(localSpeed ? [localSpeed] : []), ...remotes.filter((w) => w.speed).map((w) => w.speed)];
-    const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
-    const weights = [...(this.localComputes ? [localSpeed || average] : []), ...remotes.map((w) => w.speed || average)];
+    const weights = withAverage([...(this.localComputes ? [this.ledger.localSpeed] : []), ...remotes.map((w) => w.speed)]);
     const counts = this.sharded?.concentrated ? onFastest(s1 - s0, weights) : apportion(s1 - s0, weights);
-    const plan: Plan = { step, batch, remote: [] };
+    const plan: Plan = { step, batch, compact: this.compactRows, remote: [] };
     let next = s0;
     if (this.localComputes) {
       if (counts[0] > 0) plan.local = shards.slice(next, next + counts[0]);

@@ -15,6 +15,16 @@ export function smooth(previous: number, sample: number): number {
   return previous === 0 ? sample : 0.7 * previous + 0.3 * sample;
 }
 
+/**
+ * Speeds with the unknown ones (0) replaced by the average of the known, or 1 when none is known: a
+ * newcomer is assumed as fast as the average so far, so that it gets work at once and a measured speed.
+ */
+export function withAverage(speeds: number[]): number[] {
+  const known = speeds.filter((v) => v > 0);
+  const average = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
+  return speeds.map((v) => v || average);
+}
+
 export class WorkLedger {
   /** Rows per millisecond of the local slots together, smoothed. */
   localSpeed = 0;

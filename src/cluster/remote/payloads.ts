@@ -8,17 +8,35 @@ import type { Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { UpdatePart } from './messages.js';
 
-/** The rows' samples (dataset indices given): pixels, or just the indices when the worker has the data. */
-export function rowsInput(memory: TrainingMemory, samples: Int32Array, useLocalData: boolean): { x?: Float32Array; index?: Int32Array; labels: Uint8Array } {
-  const { train, spec } = memory;
-  const features = spec.sizes[0];
-  const classes = spec.sizes[spec.sizes.length - 1];
-  const labels = new Uint8Array(samples.length);
-  samples.forEach((i, r) => (labels[r] = train.targets.subarray(i * classes, (i + 1) * classes).indexOf(1)));
-  if (useLocalData) return { index: samples.slice(), labels };
-  const x = new Float32Array(samples.length * features);
-  samples.forEach((i, r) => x.set(train.images.subarray(i * features, (i + 1) * features), r * features));
-  return { x, labels };
+/**
+ * The rows' samples (dataset indices given): pixels, or just the indices when the worker has the data.
+ * Every worker of a step is sent the same batch: its labels and pixels are built once per batch (the
+ * last one asked for, by identity) and the encoding of each request copies them.
+ */
+export class RowsInputs {
+  private samples?: Int32Array;
+  private labels = new Uint8Array(0);
+  private x?: Float32Array;
+
+  constructor(private readonly memory: TrainingMemory) {}
+
+  of(samples: Int32Array, useLocalData: boolean): { x?: Float32Array; index?: Int32Array; labels: Uint8Array } {
+    const { train, spec } = this.memory;
+    const classes = spec.sizes[spec.sizes.length - 1];
+    if (samples !== this.samples) {
+      this.samples = samples;
+      this.x = undefined;
+      this.labels = new Uint8Array(samples.length);
+      samples.forEach((i, r) => (this.labels[r] = train.targets.subarray(i * classes, (i + 1) * classes).indexOf(1)));
+    }
+    if (useLocalData) return { index: samples, labels: this.labels };
+    if (!this.x) {
+      const features = spec.sizes[0];
+      const x = (this.x = new Float32Array(samples.length * features));
+      samples.forEach((i, r) => x.set(train.images.subarray(i * features, (i + 1) * features), r * features));
+    }
+    return { x: this.x, labels: this.labels };
+  }
 }
 
 /**

@@ -10,8 +10,8 @@
 import { missingRanges, type Range } from '../plan.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { HubContext } from './hub_context.js';
-import type { ReplicaState, RowsDone, SliceMessage, StateMessage, ToWorker } from './messages.js';
-import { rowsInput, updatePart } from './payloads.js';
+import type { ReplicaState, RowsDone, SliceMessage, StateMessage, ToWorker, UpdatePart } from './messages.js';
+import { RowsInputs, updatePart } from './payloads.js';
 import type { RemotePeer } from './peer.js';
 import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
 import type { CoordinatorView } from './validation.js';
@@ -35,11 +35,15 @@ export interface WorkOptions {
 export type Snapshot = Omit<StateMessage, 't' | 'useLocalData' | 'sharded'>;
 
 export class PeerWork {
+  private readonly inputs: RowsInputs;
+
   constructor(
     private readonly options: WorkOptions,
     private readonly memory: TrainingMemory,
     private readonly hub: Pick<HubContext, 'send' | 'sendFrame' | 'reject' | 'guarded' | 'ready'>,
-  ) {}
+  ) {
+    this.inputs = new RowsInputs(memory);
+  }
 
   /** What validation knows of a member: the model, and what the peer owes (its open requests). */
   viewOf(peer: RemotePeer): CoordinatorView {
@@ -73,7 +77,7 @@ export class PeerWork {
    * forwarded to it without their pixels.
    */
   requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, compact: boolean): Promise<RowsDone> {
-    const { x, index, labels } = rowsInput(this.memory, samples, this.usesLocalData(worker));
+    const { x, index, labels } = this.inputs.of(samples, this.usesLocalData(worker));
     if (worker.rowsStep !== step) {
       worker.rowsStep = step;
       worker.holds = [];
@@ -102,8 +106,7 @@ export class PeerWork {
   requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[] {
     const ms = this.options.stepTimeoutMs;
     return [...owners].map(([peer, units]) => {
-      const held = peer.rowsStep === step ? peer.holds : [];
-      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, false));
+      const parts = this.lacking(peer, step, batch, false);
       const reason = `did not send its units of step ${step} within ${ms} ms`;
       return this.ask(peer, 'slice', { step, units }, { t: 'update', step, batch, parts, units }, ms, this.dropAtDeadline(peer, reason));
     });
@@ -165,11 +168,16 @@ export class PeerWork {
   broadcastUpdate(step: number, batch: number, compact: boolean): number {
     const ready = this.hub.ready();
     for (const peer of ready) {
-      const held = peer.rowsStep === step ? peer.holds : [];
-      const parts = missingRanges(batch, held).map((range) => updatePart(this.memory, range, compact));
+      const parts = this.lacking(peer, step, batch, compact);
       this.hub.send(peer, { t: 'update', step, batch, parts });
     }
     return ready.length;
+  }
+
+  /** The rows of step `step` a peer does not hold (it was not asked for rows of it, or they came from elsewhere), as update parts. */
+  private lacking(peer: RemotePeer, step: number, batch: number, compact: boolean): UpdatePart[] {
+    const held = peer.rowsStep === step ? peer.holds : [];
+    return missingRanges(batch, held).map((range) => updatePart(this.memory, range, compact));
   }
 
   /**

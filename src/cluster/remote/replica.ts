@@ -10,7 +10,7 @@ import type { Dataset } from '../../data/datasets.js';
 import { paramsSha256 } from '../../model/checksum.js';
 import { evenSplit, missingRanges, type Range } from '../plan.js';
 import type { Task } from '../slot_runner.js';
-import { createTrainingMemory, placeBatchRows, type TrainingMemory } from '../training_memory.js';
+import { createTrainingMemory, gatherBatchRows, placeBatchRows, type TrainingMemory } from '../training_memory.js';
 import { TrainingState } from '../training_state.js';
 import { createTeam } from '../create_team.js';
 import type { Team } from '../team.js';
@@ -92,21 +92,20 @@ export class Replica {
     const started = performance.now();
     const { batch: b, spec, train } = this.memory;
     const [r0, r1] = message.range;
-    const features = spec.sizes[0];
     const classes = spec.sizes[spec.sizes.length - 1];
     if (message.x) b.x.set(message.x);
+    else {
+      const outside = message.index!.find((i) => i < 0 || i >= train.count);
+      if (outside !== undefined) throw new ProtocolError(`rows: sample ${outside} is outside the local dataset of ${train.count}`);
+      b.index.set(message.index!);
+      gatherBatchRows(this.memory, [0, message.batch], true);
+    }
     for (let r = 0; r < message.batch; r++) {
-      if (!message.x) {
-        const i = message.index![r];
-        if (i < 0 || i >= train.count) throw new ProtocolError(`rows: sample ${i} is outside the local dataset of ${train.count}`);
-        b.x.set(train.images.subarray(i * features, (i + 1) * features), r * features);
-      }
       b.target.fill(0, r * classes, (r + 1) * classes);
       b.target[r * classes + message.labels[r]] = 1;
     }
-    const ranges = evenSplit(r1 - r0, this.team.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
     await this.team.runPass(
-      ranges.map((range) => ({ kind: 'rows', step: this.step, generation: this.generation, batch: message.batch, range, gather: false }) as Task),
+      this.split(message.range).map((range) => ({ kind: 'rows', step: this.step, generation: this.generation, batch: message.batch, range, gather: false }) as Task),
     );
     this.batchRows = message.batch;
     // Rows that are not finite are the coordinator's to judge: this replica then waits for its update.
@@ -127,8 +126,12 @@ export class Replica {
   /** Copies rows [r0, …) into the batch buffers; compact ones (last delta only) get their other deltas rebuilt. */
   private async place([r0, r1]: Range, hidden: Float32Array[], deltas: Float32Array[]): Promise<void> {
     if (!placeBatchRows(this.memory, r0, hidden, deltas)) return;
-    const ranges = evenSplit(r1 - r0, this.team.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
-    await this.team.runPass(ranges.map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
+    await this.team.runPass(this.split([r0, r1]).map((range) => ({ kind: 'deltas', step: this.step, generation: this.generation, range }) as Task));
+  }
+
+  /** Batch rows `range` split evenly among this replica's threads. */
+  private split([r0, r1]: Range): Range[] {
+    return evenSplit(r1 - r0, this.team.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
   }
 
   /** Rows of this step another worker computed (this replica has their samples from its rows request). */
@@ -211,21 +214,24 @@ export class Replica {
       if (u0 < u1) this.covered[l].push([u0, u1]);
     });
     if (!this.ownApplied || unitsIn(this.covered.flat()) < this.allUnits) return false;
+    this.committed();
+    return true;
+  }
+
+  /** The step is applied: the next generation becomes the state, and nothing of the step is held any more. */
+  private committed(): void {
     this.state.commit();
     this.batchRows = 0;
     this.held = [];
     this.covered = [];
     this.ownApplied = false;
-    return true;
   }
 
   /** The weight pass and Adam over the rows in the batch buffers: the replica moves to the next step. */
   private async apply(batch: number): Promise<void> {
     const results = await this.team.runPass(this.state.weightTasks(batch, this.team.size));
     if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
-    this.state.commit();
-    this.batchRows = 0;
-    this.held = [];
+    this.committed();
   }
 
   /** SHA-256 of its parameters at `step` (the state before a step applied early is still there). */

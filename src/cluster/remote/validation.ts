@@ -271,8 +271,6 @@ export interface WorkerView {
   welcomed: boolean;
   spec: ModelSpec | undefined;
   batchSize: number;
-  params: number;
-  features: number;
 }
 
 function specOf(raw: Raw): ModelSpec {
@@ -347,7 +345,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
     const r = range(raw, 'range', batch);
     // The samples of the whole batch: the rows others compute are forwarded without them.
     const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch, range: r, labels: bytes(raw, 'labels', batch), compact: raw.compact === true };
-    if (raw.x !== undefined) message.x = floats('rows: x', raw.x, batch * view.features, false);
+    if (raw.x !== undefined) message.x = floats('rows: x', raw.x, batch * spec.sizes[0], false);
     else {
       const index = bytes(raw, 'index', batch * 4);
       message.index = new Int32Array(new Uint8Array(index).buffer);

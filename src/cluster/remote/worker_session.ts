@@ -8,7 +8,6 @@
  */
 import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
-import { paramLayout } from '../../model/spec.js';
 import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
@@ -87,7 +86,6 @@ const HANDLERS: Handlers = {
     }
     if (replica) replica.load(message);
     else s.slot.replica = await Replica.create(message, s.options);
-    s.features = message.spec.sizes[0];
     s.synced = true;
     s.emit({ type: 'synced', step: message.step, parameters: message.params.length });
   },
@@ -133,7 +131,6 @@ class WorkerSession {
   /** The coordinator proved it knows the token: only then are messages past the handshake taken. */
   welcomed = false;
   synced = false;
-  features = 0;
   private fatal = false;
   /** Why the connection ended, when this side knows better than the close frame: silence, or a refusal. */
   private silence?: string;
@@ -240,8 +237,6 @@ class WorkerSession {
       welcomed: this.welcomed,
       spec: this.synced ? replica?.memory.spec : undefined,
       batchSize: replica?.memory.batchSize ?? 0,
-      params: replica ? paramLayout(replica.memory.spec).total : 0,
-      features: this.features,
     };
   }
 }
