@@ -15,7 +15,9 @@ import { ACTIVATIONS, type Activation } from './model/spec.js';
  * output units with the parameters all-gathered (sharded: the weight pass divided). auto: the first steps
  * replicated, then the cheaper by the cost model from the measured members (cluster/replica_plan.ts).
  */
-export const PLANS = ['auto', 'replicated', 'sharded'] as const;
+export const REMOTE_PLANS = ['replicated', 'sharded'] as const;
+export type RemotePlan = (typeof REMOTE_PLANS)[number];
+export const PLANS = ['auto', ...REMOTE_PLANS] as const;
 export type StepPlan = (typeof PLANS)[number];
 import {
   configUnreadable,

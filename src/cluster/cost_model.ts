@@ -20,8 +20,9 @@
  */
 import { paramLayout, type ModelSpec } from '../model/spec.js';
 
-export const REMOTE_PLANS = ['replicated', 'sharded'] as const;
-export type RemotePlan = (typeof REMOTE_PLANS)[number];
+import { REMOTE_PLANS, type RemotePlan } from '../config.js';
+
+export type { RemotePlan };
 
 /** What is measured of a member: rows of the row pass per millisecond, as it reports its compute. */
 export interface MemberCost {

@@ -14,6 +14,11 @@ export class BindingRunner implements GraphRunner {
   private readonly alias = sharedAlias();
   /** Per input name, where a shared input is copied when there is no alias. */
   private readonly copies = new Map<string, Float32Array>();
+  /**
+   * The tensor made of each input array, kept while the array is: an input fed again as the same array
+   * (the parameters, from one setParams to the next) is neither aliased nor copied again.
+   */
+  private readonly tensors = new WeakMap<Float32Array | BigInt64Array, Ort.Tensor>();
 
   constructor(
     private readonly ort: OrtModule,
@@ -23,7 +28,12 @@ export class BindingRunner implements GraphRunner {
   async run(feeds: Record<string, Feed>, fetches: Record<string, Fetch>): Promise<void> {
     const tensors: Record<string, Ort.Tensor> = {};
     for (const [name, { data, dims }] of Object.entries(feeds)) {
-      tensors[name] = data instanceof BigInt64Array ? new this.ort.Tensor('int64', data, dims) : new this.ort.Tensor('float32', this.readable(name, data), dims);
+      let tensor = this.tensors.get(data);
+      if (!tensor) {
+        tensor = data instanceof BigInt64Array ? new this.ort.Tensor('int64', data, dims) : new this.ort.Tensor('float32', this.readable(name, data), dims);
+        this.tensors.set(data, tensor);
+      }
+      tensors[name] = tensor;
     }
     const result = await this.session.run(tensors, Object.keys(fetches));
     for (const [name, { data }] of Object.entries(fetches)) (data as Float32Array).set(result[name].data as Float32Array);

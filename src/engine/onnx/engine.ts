@@ -111,6 +111,8 @@ class OnnxEngine implements Engine {
   private readonly scratch = new Scratch();
   /** The parameters last given to setParams, as they are (shared memory included). */
   private params: Float32Array = new Float32Array(0);
+  /** paramFeeds(from) of the current parameters. */
+  private readonly feedsFrom = new Map<number, Record<string, Feed>>();
   /** The rows and step graphs' input "scale": 1/batch. */
   private readonly scale = { data: new Float32Array(1), dims: [1] };
   /** The weight graph's int64 inputs start{l} and end{l}, the units of each layer. */
@@ -155,11 +157,18 @@ class OnnxEngine implements Engine {
 
   setParams(params: Float32Array): void {
     this.params = params;
+    this.feedsFrom.clear();
   }
 
-  /** The parameters of layers `from`… as feeds (the rows graph reads all; the deltas graph W1… only). */
+  /**
+   * The parameters of layers `from`… as feeds (the rows graph reads all; the deltas graph W1… only), made
+   * once per setParams: the same feed objects let the binding path keep its tensors (binding_runner.ts).
+   */
   private paramFeeds(from = 0): Record<string, Feed> {
+    const made = this.feedsFrom.get(from);
+    if (made) return made;
     const feeds: Record<string, Feed> = {};
+    this.feedsFrom.set(from, feeds);
     this.layout.layers.forEach(({ fanIn, fanOut, weightOffset, biasOffset }, l) => {
       if (l < from) return;
       feeds[weightName(l)] = { data: this.params.subarray(weightOffset, biasOffset), dims: [fanOut, fanIn] };
