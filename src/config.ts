@@ -436,6 +436,11 @@ export function validateRunConfig(user: Partial<RunConfig> = {}): Partial<RunCon
 }
 
 /** HOST:PORT (or [IPv6]:PORT) of --listen. */
+/** HOST:PORT, with an IPv6 address in brackets: the inverse of splitHostPort. */
+export function joinHostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 export function splitHostPort(listen: string): [string, number] {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
   if (!match) throw invalidOption('listen', 'HOST:PORT', listen);

@@ -9,7 +9,7 @@
  * them to join as one participant with several threads (see the README, "Locality").
  */
 import { readFileSync } from 'node:fs';
-import { DEFAULTS, isLoopback, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
+import { DEFAULTS, isLoopback, joinHostPort, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
 import type { WorkerOptions } from '../cluster/remote/client.js';
 import { launchNeedsToken, tokenFileUnreadable } from '../errors.js';
 import { COORDINATOR_VARIABLE, detectLaunch, SERVICE_VARIABLE, WORLD_SIZE_VARIABLE, type Env, type Launch } from './environment.js';
@@ -39,9 +39,9 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
   });
   const token = tokenFile !== undefined ? readToken(tokenFile) : env.DTRAIN_TOKEN || undefined;
   const listenPort = port ?? (launch.launcherPort !== undefined ? launch.launcherPort + 1 : DEFAULT_PORT);
-  const loopback = isLoopback(hostPort(launch.coordinatorHost, 0));
+  const loopback = isLoopback(joinHostPort(launch.coordinatorHost, 0));
   const listenHost = host ?? (loopback ? '127.0.0.1' : '0.0.0.0');
-  const listen = hostPort(listenHost, listenPort);
+  const listen = joinHostPort(listenHost, listenPort);
   // Checked on every rank, so that workers fail with rank 0 rather than wait for a rank 0 that refused to start.
   if (!token && !isLoopback(listen)) throw launchNeedsToken(listen);
   const train: Partial<TrainConfig> = { threads: 1, ...shared, listen, token: token ?? null, minWorkers: launch.worldSize - 1 };
@@ -59,7 +59,7 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
   // wildcard), else 127.0.0.1 ("localhost" may resolve to ::1 first, where a rank 0 on 127.0.0.1 does not listen).
   const wildcard = host === undefined || host === '0.0.0.0' || host === '::';
   const dial = !loopback ? launch.coordinatorHost : wildcard ? '127.0.0.1' : host;
-  const connect = `ws://${hostPort(dial, listenPort)}`;
+  const connect = `ws://${joinHostPort(dial, listenPort)}`;
   const worker: WorkerPlan = {
     connect,
     token,
@@ -78,11 +78,6 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
 function localRank(launch: Launch): string {
   if (launch.localRank === undefined) return '';
   return `, local rank ${launch.localRank}${launch.localWorldSize === undefined ? '' : ` of ${launch.localWorldSize}`}`;
-}
-
-/** HOST:PORT, with an IPv6 address in brackets. */
-function hostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /** The token in a file (a mounted Secret, or one written with echo): trailing whitespace is not part of it. */

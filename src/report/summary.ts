@@ -1,6 +1,7 @@
 /** summary.json, the record of a run. */
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { PlanChoice } from '../cluster/replica_plan.js';
 
 export interface EpochResult {
   epoch: number;
@@ -20,7 +21,7 @@ export interface RunSummary {
   /** How steps were distributed at the end: whole, split, or with remote replicas replicated or sharded. */
   plan: string;
   /** With remote replicas: each plan chosen, from which step, why, the cost model's estimates and the measured mean (ms a step). */
-  plans: readonly { step: number; plan: string; reason: string; estimates: readonly { plan: string; ms: number }[]; rowsOnOne?: boolean; measuredMs: number | null }[];
+  plans: readonly (PlanChoice & { measuredMs: number | null })[];
   /** Every engine/device that computed, e.g. ["onnx/webgpu"]; more than one only with --allow-mixed-devices. */
   devices: string[];
   /** Workers on other engines or devices took part: the result then depends on who computed what. */

@@ -93,7 +93,8 @@ export function writeCheckpoint(runDir: string, header: Omit<CheckpointHeader, '
   return file;
 }
 
-const stepOf = (file: string) => Number(/step-(\d+)\.ckpt$/.exec(file)![1]);
+/** The step a checkpoint file (one of listCheckpoints) was written at. */
+export const stepOf = (file: string) => Number(/step-(\d+)\.ckpt$/.exec(file)![1]);
 
 /** Checkpoint files of a run, newest first. */
 export function listCheckpoints(runDir: string): string[] {

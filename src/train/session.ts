@@ -4,7 +4,7 @@
  * scheduler) and what is written after the last (checkpoints along the way; summary, plot and export).
  */
 import { join } from 'node:path';
-import { isLoopback, resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
+import { isLoopback, joinHostPort, resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
 import { checkpointMismatch, outHoldsCheckpoints, plaintextListen, resumeConflict } from '../errors.js';
 import { initParams } from '../model/init.js';
@@ -20,7 +20,7 @@ import { createTeam } from '../cluster/create_team.js';
 import { prepareEngine } from '../engine/create.js';
 import { exportModel } from '../report/export.js';
 import { plotRun } from '../report/plot.js';
-import { latestCheckpoint, listCheckpoints, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
+import { latestCheckpoint, listCheckpoints, stepOf, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
 import type { TrainEvent, TrainOptions } from './events.js';
 
 /** Where a run starts: from scratch, or from a checkpoint (with the options merged from it). */
@@ -29,7 +29,7 @@ function prepareConfig(userConfig: Partial<TrainConfig>, emit: (e: TrainEvent) =
     const config = resolveConfig(userConfig);
     // A new run would prune the other run's checkpoints as its own, and a later --resume would mix them.
     const earlier = config.out ? listCheckpoints(config.out)[0] : undefined;
-    if (earlier) throw outHoldsCheckpoints(config.out!, Number(/step-(\d+)\.ckpt$/.exec(earlier)![1]));
+    if (earlier) throw outHoldsCheckpoints(config.out!, stepOf(earlier));
     return { config };
   }
   const checkpoint = latestCheckpoint(userConfig.resume, (file, reason) => emit({ type: 'checkpoint', action: 'skipped', file, reason }));
@@ -82,9 +82,8 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
   );
   try {
     const address = await hub.start();
-    const host = address.address.includes(':') ? `[${address.address}]` : address.address;
     options.onListening?.({ host: address.address, port: address.port, connections: hub.connections });
-    const listening = `${config.tlsCert ? 'wss' : 'ws'}://${host}:${address.port}`;
+    const listening = `${config.tlsCert ? 'wss' : 'ws'}://${joinHostPort(address.address, address.port)}`;
     return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true), hub, onEvent, new RowVerifier(config.verify, config.seed), config.plan), listening };
   } catch (e) {
     await local.close();
@@ -93,7 +92,6 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
 }
 
 export class RunSession {
-  readonly adam: AdamOptions;
   readonly layout;
   readonly outDir: string;
   readonly epochs: EpochResult[];
@@ -111,8 +109,8 @@ export class RunSession {
     readonly scheduler: Scheduler,
     readonly resumed: CheckpointHeader | undefined,
     private readonly emit: (e: TrainEvent) => void,
+    readonly adam: AdamOptions,
   ) {
-    this.adam = { ...ADAM_DEFAULTS, lr: config.lr };
     this.layout = paramLayout(spec);
     this.outDir = config.out ?? join('runs', new Date().toISOString().replace(/[:.]/g, '-'));
     this.epochs = resumed ? [...resumed.epochs] : [];
@@ -138,8 +136,9 @@ export class RunSession {
     } else {
       initParams(spec, config.seed, state.params);
     }
-    const { scheduler, listening } = await createScheduler(config, dataset, memory, { ...ADAM_DEFAULTS, lr: config.lr }, options);
-    const session = new RunSession(config, dataset, spec, memory, state, scheduler, checkpoint?.header, emit);
+    const adam: AdamOptions = { ...ADAM_DEFAULTS, lr: config.lr };
+    const { scheduler, listening } = await createScheduler(config, dataset, memory, adam, options);
+    const session = new RunSession(config, dataset, spec, memory, state, scheduler, checkpoint?.header, emit, adam);
     emit({
       type: 'start',
       spec: describeSpec(spec),

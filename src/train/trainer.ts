@@ -58,7 +58,7 @@ export class Trainer {
     if (this.scheduler.mode === 'whole') {
       // A whole step writes only into the next generation, so a non-finite loss found after it loses nothing.
       const results = await this.scheduler.computeWholeStep(this.state.step, this.state.generation, index);
-      return this.commit(index, results, true);
+      return this.commit(index, results);
     }
     // A pass that could not finish with its participants is redone after the boundary; membership
     // changes are not failures and are not counted.
@@ -149,7 +149,8 @@ export class Trainer {
    * Checks the loss, runs the weight pass on the local slots (unless a whole-step task already did:
    * `results`), checks the gradient and commits the step.
    */
-  private async commit(index: Int32Array, results?: TaskResult[], whole = false): Promise<number> {
+  private async commit(index: Int32Array, results?: TaskResult[]): Promise<number> {
+    const whole = results !== undefined;
     const rows = index.length;
     const loss = this.batchLoss(rows);
     results ??= await this.scheduler.applyWeights(this.state.weightTasks(rows, this.scheduler.local.size));
