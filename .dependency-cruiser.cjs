@@ -1,7 +1,7 @@
 /**
  * The layers of src/, lowest first; a module may import its own layer and the ones below, never above,
- * and no import circle is allowed. `npm test` runs this (pretest) and test/architecture.test.ts checks
- * that it does catch an upward import and a circle.
+ * and no import circle is allowed. `npm test` checks it (test/architecture.test.ts: src/ holds to it, and an
+ * upward import and a circle in a fixture are caught).
  */
 const LAYERS = [
   ['foundation', '^src/(errors|paths)\\.ts$|^src/(model|data|optim)/'],

@@ -6,7 +6,8 @@ const require = createRequire(import.meta.url);
 const ruleSet = require('../.dependency-cruiser.cjs');
 
 async function violations(baseDir: string): Promise<string[]> {
-  const { output } = await cruise(['src'], { validate: true, ruleSet, baseDir, tsPreCompilationDeps: true, exclude: { path: '^(dist|node_modules)/' } });
+  // The options the rules file states (tsPreCompilationDeps, exclude, doNotFollow), not a copy of them.
+  const { output } = await cruise(['src'], { validate: true, ruleSet, baseDir, ...ruleSet.options });
   if (typeof output === 'string') throw new Error('expected a cruise result object');
   return output.summary.violations.map((v) => `${v.rule.name}: ${v.from} -> ${v.to}`);
 }

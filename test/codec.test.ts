@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Packr } from 'msgpackr';
-import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
+import { closeReason, decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { ProtocolError } from '../src/cluster/remote/messages.js';
 import { validateFromWorker, type CoordinatorView } from '../src/cluster/remote/validation.js';
 import { makeSpec } from '../src/model/spec.js';
@@ -55,5 +55,15 @@ describe('the frame format', () => {
       expect(() => decodeRaw(frame)).toThrow(ProtocolError);
       expect(() => decodeRaw(frame)).toThrow(/^undecodable frame/);
     }
+  });
+
+  it('cuts close reasons to 123 bytes of UTF-8 on a character boundary', () => {
+    for (const text of ['é'.repeat(100), '中'.repeat(100), '😀'.repeat(100), 'a'.repeat(200)]) {
+      const reason = closeReason(text);
+      expect(Buffer.byteLength(reason)).toBeLessThanOrEqual(123);
+      expect(reason.endsWith('...')).toBe(true);
+      expect(text.startsWith(reason.slice(0, -3))).toBe(true);
+    }
+    expect(closeReason('short')).toBe('short');
   });
 });

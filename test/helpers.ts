@@ -1,5 +1,6 @@
 /** Shared test helpers: whole-batch gradients through an engine, and an independent float64 reference. */
 import type { ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import type { Engine } from '../src/engine/engine.js';
 import { RemoteHub, type HubEvent } from '../src/cluster/remote/hub.js';
 import { createTrainingMemory } from '../src/cluster/training_memory.js';
@@ -102,4 +103,16 @@ export async function smallHub(options: { stepTimeoutMs?: number; heartbeatMs?: 
   const hub = new RemoteHub(hubOptions, memory, onEvent);
   const { port } = await hub.start();
   return { hub, port, memory };
+}
+
+/** A TCP port free on loopback now (for a server a test starts on a known port). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
 }

@@ -8,11 +8,11 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { train } from '../src/index.js';
+import { referenceHash } from './remote_helpers.js';
+import { freePort } from './helpers.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(root, 'dist/src/cli.js');
@@ -22,8 +22,7 @@ let runs = 0;
 // The tiny run of test/remote.test.ts: 145 samples, 2 full batches and a short one, twice.
 const TRAIN = ['--train-samples', '145', '--test-samples', '100', '--epochs', '2', '--log-every', '1000', '--heartbeat-ms', '500', '--no-export'];
 
-let referenceHash: Promise<string> | undefined;
-const reference = () => (referenceHash ??= train({ trainSamples: 145, testSamples: 100, epochs: 2, logEvery: 1000, threads: 2, export: false, out: join(out, 'reference') }).then((s) => s.paramsSha256));
+const reference = referenceHash({ threads: 2, export: false }, 'reference');
 
 /** The environment of the tests without any launcher's variables (CI may itself run inside a Slurm job). */
 function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
@@ -31,13 +30,6 @@ function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   return { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !launcherVariable.test(k))), ...extra };
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await new Promise((r) => server.once('listening', r));
-  const { port } = server.address() as { port: number };
-  await new Promise((r) => server.close(r));
-  return port;
-}
 
 /** `dtrain run` arguments for one run: a fresh --out directory, and the port when given. */
 function runArgs(port?: number, ...more: string[]) {

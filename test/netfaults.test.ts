@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { TestNetwork } from '../scripts/netns.js';
+import { referenceHash } from './remote_helpers.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 const out = mkdtempSync(join(tmpdir(), 'dtrain-netfaults-'));
@@ -31,8 +32,7 @@ let net: TestNetwork | undefined;
 afterEach(() => net?.remove());
 
 /** paramsSha256 of the same run on 2 local threads, computed once. */
-let referenceHash: Promise<string> | undefined;
-const reference = () => (referenceHash ??= train({ ...BASE, threads: 2, out: join(out, 'reference') }).then((s) => s.paramsSha256));
+const reference = referenceHash({ threads: 2, epochs: 3 }, 'reference3');
 
 /** What a run showed: cluster events in order ("left worker 2 (10.77.x.2:port): reason"), worker output. */
 interface Seen {

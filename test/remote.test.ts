@@ -1,6 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { fork, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +12,7 @@ import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { PROTOCOL_VERSION, type RowsDone, type SliceMessage } from '../src/cluster/remote/messages.js';
 import { missingRanges } from '../src/cluster/plan.js';
 import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
-import { killAtCheckpoint, smallHub } from './helpers.js';
+import { freePort, killAtCheckpoint, smallHub } from './helpers.js';
 
 const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 const children: ChildProcess[] = [];
@@ -413,17 +412,6 @@ describe('the coordinator survives its own handlers failing', () => {
     second.close();
     await hub.close();
   });
-
-  it('cuts close reasons to 123 bytes of UTF-8 on a character boundary', async () => {
-    const { closeReason } = await import('../src/cluster/remote/codec.js');
-    for (const text of ['é'.repeat(100), '中'.repeat(100), '😀'.repeat(100), 'a'.repeat(200)]) {
-      const reason = closeReason(text);
-      expect(Buffer.byteLength(reason)).toBeLessThanOrEqual(123);
-      expect(reason.endsWith('...')).toBe(true);
-      expect(text.startsWith(reason.slice(0, -3))).toBe(true);
-    }
-    expect(closeReason('short')).toBe('short');
-  });
 });
 
 describe('the epoch-end replica checksum round', () => {
@@ -820,16 +808,6 @@ describe('a coordinator that crashes', () => {
 });
 
 /** A TCP port free right now on 127.0.0.1 (for a coordinator that must come back on the same one). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 describe('--verify', () => {
   /** Rows a little wrong but finite: one activation of each answer moved by 1e-3. */
