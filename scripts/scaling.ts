@@ -26,7 +26,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train, type TrainConfig } from '../src/index.js';
-import { PLANS, type StepPlan } from '../src/config.js';
+import { DEFAULTS as TRAIN_DEFAULTS, PLANS, type StepPlan } from '../src/config.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { panel, svgDocument } from '../src/report/plot.js';
 import { TestNetwork } from './netns.js';
@@ -54,7 +54,7 @@ export interface ScalingOptions {
   link: string | null;
 }
 
-export type RunKind = 'local threads' | 'remote workers' | 'PyTorch reference' | 'PyTorch DDP (gloo)';
+type RunKind = 'local threads' | 'remote workers' | 'PyTorch reference' | 'PyTorch DDP (gloo)';
 
 export interface ScalingRow {
   kind: RunKind;
@@ -85,9 +85,9 @@ export interface ScalingRow {
   paramsSha256: string;
 }
 
-export const DEFAULTS: ScalingOptions = {
+const DEFAULTS: ScalingOptions = {
   threads: [1, 2], remote: [1, 2], plans: ['auto'], microBatch: [16], steps: 300, warmup: 10, trainSamples: 0, out: 'scaling',
-  torch: false, localData: false, hidden: [512, 256, 128, 64], batchSize: 64, weak: false, link: null,
+  torch: false, localData: false, hidden: TRAIN_DEFAULTS.hidden, batchSize: TRAIN_DEFAULTS.batchSize, weak: false, link: null,
 };
 const TUTORIAL = '784-512-256-128-64-10';
 /** Beyond loopback the coordinator requires a token; the workers read it from DTRAIN_TOKEN. */
@@ -302,7 +302,7 @@ const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#7f7f7f', '#d62728', '#9467bd'
  * Throughput and efficiency against participants, one series per run kind and configuration (the link
  * for the networked kinds, the model where the rows hold more than one), first micro-batch of each only.
  */
-export function plot(rows: ScalingRow[]): string {
+function plot(rows: ScalingRow[]): string {
   const models = new Set(rows.map((r) => r.model));
   const asked = (r: ScalingRow) => r.planAsked ?? r.plan;
   const name = (r: ScalingRow) => [r.kind, ...(asked(r) && asked(r) !== '–' ? [asked(r)] : []), ...(r.link === '–' ? [] : [r.link]), ...(models.size > 1 ? [r.model] : [])].join(', ');
@@ -333,7 +333,7 @@ export function plot(rows: ScalingRow[]): string {
 }
 
 /** One plot of the rows of earlier runs (their scaling.json), e.g. with and without a link limit. */
-export function combine(dirs: string[], out: string): string {
+function combine(dirs: string[], out: string): string {
   const rows = dirs.flatMap((d) => (JSON.parse(readFileSync(join(d, 'scaling.json'), 'utf8')) as { rows: ScalingRow[] }).rows);
   mkdirSync(out, { recursive: true });
   const svg = plot(rows);
@@ -349,17 +349,18 @@ function plansOf(text: string): StepPlan[] {
 }
 
 function optionsFromArgs(): Partial<ScalingOptions> {
-  const list = (name: string, fallback: string) => argValue(name, fallback).split(',').map(Number);
+  // Every fallback is DEFAULTS' own value, so that the two cannot drift apart.
+  const list = (name: string, fallback: number[]) => argValue(name, fallback.join(',')).split(',').map(Number);
   return {
-    threads: list('threads', '1,2'),
-    remote: list('remote', '1,2'),
-    plans: plansOf(argValue('plan', 'auto')),
-    microBatch: list('micro-batch', '16'),
-    hidden: list('hidden', DEFAULTS.hidden.join(',')),
+    threads: list('threads', DEFAULTS.threads),
+    remote: list('remote', DEFAULTS.remote),
+    plans: plansOf(argValue('plan', DEFAULTS.plans.join(','))),
+    microBatch: list('micro-batch', DEFAULTS.microBatch),
+    hidden: list('hidden', DEFAULTS.hidden),
     batchSize: Number(argValue('batch-size', String(DEFAULTS.batchSize))),
     weak: process.argv.includes('--weak'),
     link: argValue('link', '') || null,
-    steps: Number(argValue('steps', '300')),
+    steps: Number(argValue('steps', String(DEFAULTS.steps))),
     warmup: Number(argValue('warmup', String(DEFAULTS.warmup))),
     out: argValue('out', mkdtempSync(join(tmpdir(), 'dtrain-scaling-'))),
     torch: process.argv.includes('--torch'),
