@@ -220,29 +220,22 @@ const wire = (m: ToCoordinator | ToWorker) => encode(m).toString('hex');
  * Validates `raw`: a ProtocolError is a fine answer; an accepted message must have the expected shape and
  * survive the wire again unchanged. Any other exception fails the property.
  */
-function checkFromWorker(raw: Record<string, unknown>, view: CoordinatorView | undefined): void {
-  let accepted: ToCoordinator;
-  try {
-    accepted = validateFromWorker(raw, view);
-  } catch (e) {
-    if (e instanceof ProtocolError) return;
-    throw e;
-  }
-  expectWorkerShape(accepted, view);
-  expect(wire(validateFromWorker(decodeRaw(encode(accepted)), view))).toEqual(wire(accepted));
+function checked<V, M extends ToCoordinator | ToWorker>(validate: (raw: Record<string, unknown>, view: V) => M, expectShape: (m: M, view: V) => void) {
+  return (raw: Record<string, unknown>, view: V): void => {
+    let accepted: M;
+    try {
+      accepted = validate(raw, view);
+    } catch (e) {
+      if (e instanceof ProtocolError) return;
+      throw e;
+    }
+    expectShape(accepted, view);
+    expect(wire(validate(decodeRaw(encode(accepted)), view))).toEqual(wire(accepted));
+  };
 }
 
-function checkFromCoordinator(raw: Record<string, unknown>, view: WorkerView): void {
-  let accepted: ToWorker;
-  try {
-    accepted = validateFromCoordinator(raw, view);
-  } catch (e) {
-    if (e instanceof ProtocolError) return;
-    throw e;
-  }
-  expectCoordinatorShape(accepted, view);
-  expect(wire(validateFromCoordinator(decodeRaw(encode(accepted)), view))).toEqual(wire(accepted));
-}
+const checkFromWorker = checked(validateFromWorker, expectWorkerShape);
+const checkFromCoordinator = checked(validateFromCoordinator, expectCoordinatorShape);
 
 // ---------------------------------------------------------------- arbitraries
 
