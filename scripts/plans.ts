@@ -5,11 +5,12 @@
  * coordinator's own link is busy (at 100 % the star is saturated: more machines make the step longer).
  *
  * Every machine is assumed to compute at --gflops (default 100: what one core of this project's machine
- * runs the big model's GEMMs at); a byte costs its link's time, full duplex not assumed (a member's bytes
- * in and out are added), and nothing overlaps — an upper bound, as on loopback the model was within
- * 5–50 % of measured steps (README, Plans).
+ * runs the big model's GEMMs at), the coordinator's weight pass (server plan) at --coordinator-gflops (by
+ * default as fast); a byte costs its link's time, full duplex not assumed (a member's bytes in and out are
+ * added), and nothing overlaps — an upper bound, as on loopback the model was within 5–50 % of measured
+ * steps (README, Plans).
  *
- *   npm run plans -- [--gflops 100] [--out DIR]      (a Markdown table on stdout, and DIR/plans.md)
+ *   npm run plans -- [--gflops 100] [--coordinator-gflops 100] [--out DIR]   (Markdown on stdout, and DIR/plans.md)
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,21 +27,22 @@ const MACHINES = [1, 2, 4, 8, 16, 32, 64];
 const LINKS_GBIT = [1, 10, 100];
 
 /** One row per model, link and machine count. */
-export function predictions(gflops: number): string[] {
+export function predictions(gflops: number, coordinatorGflops = gflops): string[] {
   const rows: string[] = [];
   for (const [name, spec, batch] of MODELS) {
     const rowsPerMs = (gflops * 1e6) / stepSizes(spec, batch).rowFlops;
+    const coordinator = { rowsPerMs: (coordinatorGflops * 1e6) / stepSizes(spec, batch).rowFlops };
     const alone = estimatePlans(spec, batch, [{ rowsPerMs }], 0).find((e) => e.plan === 'replicated')!.ms;
     for (const gbit of LINKS_GBIT) {
       const msPerByte = 1000 / ((gbit * 1e9) / 8);
       for (const n of MACHINES.slice(1)) {
         const members = Array.from({ length: n }, () => ({ rowsPerMs }));
-        const estimates = estimatePlans(spec, batch, members, msPerByte, msPerByte);
+        const estimates = estimatePlans(spec, batch, members, msPerByte, msPerByte, true, coordinator);
         const ms = Object.fromEntries(estimates.map((e) => [e.plan, e.ms]));
         const best = estimates[0];
         const star = (coordinatorBytes(spec, batch, n, best.plan) * msPerByte) / best.ms;
         rows.push(
-          `| ${name} | ${gbit} Gbit/s | ${n} | ${ms.replicated.toFixed(2)} | ${ms.sharded.toFixed(2)} | ${best.plan} | ` +
+          `| ${name} | ${gbit} Gbit/s | ${n} | ${ms.replicated.toFixed(2)} | ${ms.sharded.toFixed(2)} | ${ms.server.toFixed(2)} | ${best.plan} | ` +
             `${(alone / best.ms).toFixed(2)}× | ${Math.round(100 * star)} % |`,
         );
       }
@@ -49,15 +51,21 @@ export function predictions(gflops: number): string[] {
   return rows;
 }
 
+function positive(name: string, fallback: string): number {
+  const value = Number(argValue(name, fallback));
+  if (!(value > 0)) throw new Error(`--${name} ${argValue(name, '')}: expected a positive number`);
+  return value;
+}
+
 function main(): void {
-  const gflops = Number(argValue('gflops', '100'));
-  if (!(gflops > 0)) throw new Error(`--gflops ${argValue('gflops', '')}: expected a positive number`);
+  const gflops = positive('gflops', '100');
+  const coordinatorGflops = positive('coordinator-gflops', String(gflops));
   const table = [
-    `Predicted by the cost model at ${gflops} GFLOP/s a machine (one machine alone: no wire).`,
+    `Predicted by the cost model at ${gflops} GFLOP/s a machine, the coordinator's weight pass (server) at ${coordinatorGflops} (one machine alone: no wire).`,
     '',
-    '| model | link | machines | replicated (ms/step) | sharded (ms/step) | auto takes | speed-up over 1 machine | coordinator link busy |',
-    '|---|---|---|---|---|---|---|---|',
-    ...predictions(gflops),
+    '| model | link | machines | replicated (ms/step) | sharded (ms/step) | server (ms/step) | auto takes | speed-up over 1 machine | coordinator link busy |',
+    '|---|---|---|---|---|---|---|---|---|',
+    ...predictions(gflops, coordinatorGflops),
     '',
   ].join('\n');
   console.log(table);

@@ -10,12 +10,14 @@ import { DEVICES, ENGINES, type Device, type EngineName } from './engine/engine.
 import { ACTIVATIONS, type Activation } from './model/spec.js';
 
 /**
- * How a run without local compute (--threads 0) distributes a step among remote replicas: each applies the
- * whole step (replicated: fewest bytes, the weight pass repeated everywhere), or each its share of the
- * output units with the parameters all-gathered (sharded: the weight pass divided). auto: the first steps
- * replicated, then the cheaper by the cost model from the measured members (cluster/replica_plan.ts).
+ * How a run without local compute (--threads 0) distributes a step among remote workers: each applies the
+ * whole step (replicated: fewest bytes, the weight pass repeated everywhere), each its share of the output
+ * units with the parameters all-gathered (sharded: the weight pass divided), or the workers compute rows
+ * and the coordinator reduces, applies Adam and sends the parameters back (server: a parameter server).
+ * auto: the first steps replicated, then the cheapest by the cost model from the measured members
+ * (cluster/replica_plan.ts).
  */
-export const REMOTE_PLANS = ['replicated', 'sharded'] as const;
+export const REMOTE_PLANS = ['replicated', 'sharded', 'server'] as const;
 export type RemotePlan = (typeof REMOTE_PLANS)[number];
 export const PLANS = ['auto', ...REMOTE_PLANS] as const;
 export type StepPlan = (typeof PLANS)[number];
@@ -178,7 +180,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   threads: { flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
   plan: {
     flag: '--plan <name>',
-    description: 'with --threads 0: replicated (every replica applies the whole step) or sharded (each its share of the output units, parameters all-gathered); auto: the cheaper by a cost model from the measured workers, planned again when they change',
+    description: 'with --threads 0: replicated (every replica applies the whole step), sharded (each its share of the output units, parameters all-gathered) or server (workers compute rows; the coordinator reduces, applies Adam and sends the parameters back); auto: the cheapest by a cost model from the measured workers, planned again when they change',
     kind: { type: 'enum', choices: PLANS },
   },
   epochs: { flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },

@@ -3,7 +3,7 @@
  * and in a real run they come within a stated factor of the measured step.
  */
 import { describe, expect, it } from 'vitest';
-import { byteCost, estimatePlans, stepSizes } from '../src/cluster/cost_model.js';
+import { byteCost, coordinatorBytes, estimatePlans, stepSizes } from '../src/cluster/cost_model.js';
 import { makeSpec } from '../src/model/spec.js';
 
 const big = makeSpec(784, [2048, 2048], 10, 'sigmoid');
@@ -45,11 +45,28 @@ describe('the cost model', () => {
     expect(replicated(false).wireMs).toBeGreaterThan(replicated(true).wireMs);
   });
 
+  it('prefers the parameter server for a coordinator much faster than its members, and prices its weight pass and fan-out', () => {
+    const members = [member(6), member(6)];
+    const same = byPlan(estimatePlans(big, 512, members, 1e-7));
+    const strong = byPlan(estimatePlans(big, 512, members, 1e-7, 0, true, member(60)));
+    // As fast as a member, it does the whole weight pass alone after the rows: dearer than sharing it.
+    expect(same.server).toBeGreaterThan(same.sharded);
+    // Ten times faster (a GPU coordinator, CPU workers): its weight pass is the cheap part.
+    expect(strong.server).toBeLessThan(Math.min(strong.sharded, strong.replicated));
+    expect(same.server - strong.server).toBeCloseTo((stepSizes(big, 512).weightFlops / stepSizes(big, 512).rowFlops) * (1 / 6 - 1 / 60), 6);
+    // Every member is sent every parameter: the coordinator's link carries N times the model.
+    expect(coordinatorBytes(big, 512, 8, 'server')).toBe(8 * 4 * stepSizes(big, 512).parameters);
+  });
+
   it('calibrates a byte\'s cost so that the running plan\'s estimate meets its measured step', () => {
     const members = [member(6), member(5)];
     const perByte = byteCost(big, 512, members, 'replicated', 300);
     const replicated = estimatePlans(big, 512, members, perByte).find((e) => e.plan === 'replicated')!;
     expect(replicated.ms).toBeCloseTo(300, 6);
+    // The same for the server plan, whose estimate holds the coordinator's weight pass too.
+    const coordinator = member(9);
+    const serverByte = byteCost(big, 512, members, 'server', 300, true, coordinator);
+    expect(estimatePlans(big, 512, members, serverByte, 0, true, coordinator).find((e) => e.plan === 'server')!.ms).toBeCloseTo(300, 6);
     // A step faster than the compute alone leaves bytes (nearly) free, never negative.
     expect(byteCost(big, 512, members, 'replicated', 1)).toBeGreaterThan(0);
   });

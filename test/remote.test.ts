@@ -41,7 +41,7 @@ function twoWorkers() {
 }
 
 describe('remote workers on loopback', () => {
-  it.each(['replicated', 'sharded'] as const)('two remote workers and no local threads (--plan %s) end with the same parameters as 2 local threads', async (plan) => {
+  it.each(['replicated', 'sharded', 'server'] as const)('two remote workers and no local threads (--plan %s) end with the same parameters as 2 local threads', async (plan) => {
     const joined: string[] = [];
     const summary = await coordinator(
       { threads: 0, plan },
@@ -77,7 +77,7 @@ describe('remote workers on loopback', () => {
     expect(summary.paramsSha256).toBe(await reference());
   });
 
-  it.each(['replicated', 'sharded'] as const)('keeps the result when a worker is SIGKILLed mid-run and another joins mid-run (--plan %s)', async (plan) => {
+  it.each(['replicated', 'sharded', 'server'] as const)('keeps the result when a worker is SIGKILLed mid-run and another joins mid-run (--plan %s)', async (plan) => {
     const { workers, url, onReady } = twoWorkers();
     const events: string[] = [];
     let joined = 0;
@@ -602,6 +602,33 @@ describe('the sharded plan (--plan sharded)', () => {
   });
 });
 
+describe('the server plan (--plan server)', () => {
+  it('ends on the threads-only hash with 1, 3 and 4 remote workers and with 2 worker threads each on their own copy of the data, the weight pass here and the parameters sent back', async () => {
+    const { loadDataset } = await import('../src/data/datasets.js');
+    const dataset = loadDataset();
+    for (const [count, extra] of [[1, {}], [3, {}], [4, {}], [2, { threads: 2, dataset }]] as const) {
+      const abort = new AbortController();
+      const steps: number[] = Array.from({ length: count }, () => 0);
+      const summary = await coordinator({ threads: 0, plan: 'server', minWorkers: count }, (url) => {
+        for (let i = 0; i < count; i++) {
+          void runWorker({
+            connect: url,
+            signal: abort.signal,
+            ...extra,
+            onEvent: (e) => e.type === 'step' && steps[i]++,
+          });
+        }
+      });
+      abort.abort();
+      const label = `${count} workers ${JSON.stringify(Object.keys(extra))}`;
+      expect(summary.paramsSha256, label).toBe(await reference());
+      expect(summary.plan, label).toBe('server');
+      // Every worker committed the coordinator's parameters of each of the 6 steps.
+      expect(steps, label).toEqual(Array.from({ length: count }, () => 6));
+    }
+  });
+});
+
 describe('--plan auto', () => {
   const reference7 = referenceHash({ threads: 2, epochs: 7 }, 'reference7');
   const reference8 = referenceHash({ threads: 2, epochs: 8 }, 'reference8');
@@ -647,7 +674,8 @@ describe('--plan auto', () => {
   });
 
   it('changes plan by the cost model, and plans again after a join and a death, without changing the result', async () => {
-    // Workers that report their rows as slow make compute look dear and bytes cheap: the model then shards.
+    // Workers that report their rows as slow make compute look dear and bytes cheap: the model then shards
+    // (the coordinator, not measured yet, is assumed as slow as they are).
     const slow = (rows: RowsDone): RowsDone => ({ ...rows, ms: 1000 });
     const abort = new AbortController();
     const quitter = new AbortController();
@@ -671,15 +699,20 @@ describe('--plan auto', () => {
       },
     );
     abort.abort();
+    console.log(JSON.stringify(summary.plans, null, 1));
     expect(plans[0]).toBe('0: replicated');
     expect(plans[1]).toBe('14: sharded');
     expect(events.filter((e) => e === 'joined')).toHaveLength(3);
     expect(events).toContain('left');
     expect(events).toContain('replay');
-    expect(summary.plan).toBe('sharded');
     const choices = summary.plans;
-    expect(choices[1].estimates.map((e) => e.plan)).toEqual(['sharded', 'replicated']);
+    expect(choices[1].estimates.map((e) => e.plan)).toEqual(['sharded', 'server', 'replicated']);
     expect(choices[1].measuredMs).toBeGreaterThan(0);
+    // The owner's death made the coordinator replay, which measured its own weight pass: far faster than the
+    // workers claim their rows are, so the parameter server is now the cheapest plan.
+    const last = choices[choices.length - 1];
+    expect([last.plan, last.reason, last.estimates[0].plan]).toEqual(['server', 'the cost model, as the workers changed', 'server']);
+    expect(summary.plan).toBe('server');
     expect(summary.paramsSha256).toBe(await reference8());
   });
 });
@@ -693,24 +726,47 @@ describe('rows a replica still lacks', () => {
   });
 });
 
+/**
+ * A replica of a 4→3→2 model at step 5 whose steps come by `plan`, the parameters every slice of its tests
+ * carries (1, 2, 3, …), and slice(units): those units of them, packed.
+ */
+async function replicaOf(plan: 'sharded' | 'server') {
+  const { Replica } = await import('../src/cluster/remote/replica.js');
+  const { makeSpec, paramLayout } = await import('../src/model/spec.js');
+  const { packSlice } = await import('../src/cluster/unit_slices.js');
+  const spec = makeSpec(4, [3], 2, 'sigmoid');
+  const total = paramLayout(spec).total;
+  const zeros = () => new Float32Array(total);
+  const adam = { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+  const state = { t: 'state', spec, batchSize: 4, adam, step: 5, generation: 0, params: zeros(), m: zeros(), v: zeros(), useLocalData: false, plan } as const;
+  const replica = await Replica.create(state, { threads: 1, engine: 'onnx', device: 'cpu', allowSoftwareGpu: false });
+  const next = Float32Array.from({ length: total }, (_, i) => i + 1);
+  const slice = (units: [number, number][]) => ({ t: 'slice' as const, step: 5, units, params: packSlice(spec, next, units) });
+  return { replica, next, slice };
+}
+
 describe('a replica of a sharded run', () => {
   it('places other owners\' slices, refuses one that overlaps units already covered, and commits only once every unit is', async () => {
-    const { Replica } = await import('../src/cluster/remote/replica.js');
-    const { makeSpec, paramLayout } = await import('../src/model/spec.js');
-    const { packSlice } = await import('../src/cluster/unit_slices.js');
-    const spec = makeSpec(4, [3], 2, 'sigmoid');
-    const total = paramLayout(spec).total;
-    const zeros = () => new Float32Array(total);
-    const adam = { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
-    const state = { t: 'state', spec, batchSize: 4, adam, step: 5, generation: 0, params: zeros(), m: zeros(), v: zeros(), useLocalData: false, sharded: true } as const;
-    const replica = await Replica.create(state, { threads: 1, engine: 'onnx', device: 'cpu', allowSoftwareGpu: false });
-    const next = Float32Array.from({ length: total }, (_, i) => i + 1);
-    const slice = (units: [number, number][]) => ({ t: 'slice' as const, step: 5, units, params: packSlice(spec, next, units) });
+    const { replica, slice } = await replicaOf('sharded');
     expect(replica.slice(slice([[0, 2], [0, 1]]))).toBe(false);
     expect(() => replica.slice(slice([[1, 3], [1, 2]]))).toThrow('slice: units 1–2 of layer 0 overlap units 0–1 already applied at step 5');
     // Every unit covered by slices, but its own units never applied: no commit.
     expect(replica.slice(slice([[2, 3], [1, 2]]))).toBe(false);
     expect(replica.step).toBe(5);
+    await replica.close();
+  });
+});
+
+describe('a replica of a server plan', () => {
+  it('commits the coordinator\'s parameters of every unit without applying the step, and refuses updates and snapshots', async () => {
+    const { replica, next, slice } = await replicaOf('server');
+    await expect(replica.update({ t: 'update', step: 5, batch: 4, parts: [] })).rejects.toThrow('update: a whole step sent to a replica whose state said its steps come server');
+    expect(() => replica.stateAt(5)).toThrow('snapshot: this replica only mirrors the parameters (server plan)');
+    // Not every unit yet: no commit.
+    expect(replica.slice(slice([[0, 2], [0, 2]]))).toBe(false);
+    expect(replica.slice(slice([[2, 3], [0, 0]]))).toBe(true);
+    expect(replica.step).toBe(6);
+    expect(replica.state.params).toEqual(next);
     await replica.close();
   });
 });
@@ -848,6 +904,7 @@ describe('--verify', () => {
     [1, 'auto'],
     [0, 'auto'],
     [0, 'sharded'],
+    [0, 'server'],
   ] as const)('at rate 1 catches a worker sending slightly wrong rows (coordinator with %i threads, --plan %s), and the result is unchanged', async (threads, plan) => {
     const { summary, rejections, liar } = await withLiar({ threads, verify: 1, plan });
     expect(rejections.length).toBeGreaterThan(0);

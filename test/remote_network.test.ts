@@ -290,7 +290,7 @@ describe('a replica', () => {
   it('refuses an update that leaves rows of the batch missing (forwarded rows lost on the way)', async () => {
     const spec = makeSpec(4, [3], 2, 'sigmoid');
     const total = paramLayout(spec).total;
-    const state = { t: 'state' as const, spec, batchSize: 4, adam: ADAM_DEFAULTS, step: 0, generation: 0, params: new Float32Array(total), m: new Float32Array(total), v: new Float32Array(total), useLocalData: false };
+    const state = { t: 'state' as const, spec, batchSize: 4, adam: ADAM_DEFAULTS, step: 0, generation: 0, params: new Float32Array(total), m: new Float32Array(total), v: new Float32Array(total), useLocalData: false, plan: 'replicated' as const };
     const replica = await Replica.create(state, { threads: 1, engine: 'onnx', device: 'cpu' });
     try {
       const part = (r0: number, r1: number) => ({ range: [r0, r1] as [number, number], x: new Float32Array((r1 - r0) * 4), hidden: [new Float32Array((r1 - r0) * 3)], deltas: [new Float32Array((r1 - r0) * 2)] });

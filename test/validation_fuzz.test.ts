@@ -74,7 +74,7 @@ const FROM_COORDINATOR: [ToWorker, WorkerView][] = [
       m: floats(total),
       v: floats(total),
       useLocalData: false,
-      sharded: false,
+      plan: 'replicated',
     },
     beforeState,
   ],

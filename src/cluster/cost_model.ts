@@ -1,6 +1,6 @@
 /**
- * What a step costs under each plan that distributes it among remote replicas (--threads 0), estimated
- * from the model's FLOPs and bytes and the members' measured speed; `--plan auto` takes the cheaper
+ * What a step costs under each plan that distributes it among remote workers (--threads 0), estimated
+ * from the model's FLOPs and bytes and the members' measured speed; `--plan auto` takes the cheapest
  * (replica_plan.ts), and the README's figures for 8–64 machines come from the same formulas.
  *
  * A member's compute rate is its measured row rate times the FLOPs of a row (forward, and backward to the
@@ -12,6 +12,9 @@
  *               out, the others' in), compact or in full
  *   sharded     rows of its share; the weight pass and Adam of its units; bytes: every row in full, its
  *               units' parameters out and everyone else's in
+ *   server      rows of its share, then (after the slowest member's rows) the coordinator's whole weight
+ *               pass and Adam, at the coordinator's rate; bytes: its own rows in full out, every
+ *               parameter in
  *
  * The cost per byte is not a link's nominal rate: it is calibrated from the measured steps of the plan that
  * runs (what a step took beyond the estimated compute, per byte a member moves), so that it holds what the
@@ -64,23 +67,31 @@ export function stepSizes(spec: ModelSpec, batch: number) {
   };
 }
 
-/** Each member's compute (ms) and bytes under `plan`; members share rows and units by speed. */
-function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, compact: boolean) {
+/** The coordinator's rate when it was not measured: as fast as the average member. */
+function averageMember(members: MemberCost[]): MemberCost {
+  return { rowsPerMs: members.reduce((a, m) => a + m.rowsPerMs, 0) / members.length };
+}
+
+/**
+ * Each member's compute (ms) and bytes under `plan`; members share rows and units by speed. The server
+ * plan's compute holds the coordinator's weight pass too: it follows every member's rows.
+ */
+function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, compact: boolean, coordinator = averageMember(members)) {
   const size = stepSizes(spec, batch);
   const total = members.reduce((a, m) => a + m.rowsPerMs, 0);
   // Replicated rows travel compact (and the others' inner deltas are rebuilt) when the engine can rebuild them.
   const rebuild = plan === 'replicated' && compact;
+  const serverMs = size.weightFlops / (coordinator.rowsPerMs * size.rowFlops);
   return members.map((m) => {
     const share = m.rowsPerMs / total;
     const rows = share * batch;
-    const flops =
-      plan === 'replicated'
-        ? rows * size.rowFlops + (rebuild ? (batch - rows) * size.rebuildFlops : 0) + size.weightFlops
-        : rows * size.rowFlops + share * size.weightFlops;
+    const rowsMs = (rows * size.rowFlops) / (m.rowsPerMs * size.rowFlops);
+    if (plan === 'server') return { computeMs: rowsMs + serverMs, bytes: rows * size.fullRowBytes + 4 * size.parameters };
+    const flops = plan === 'replicated' ? (rebuild ? (batch - rows) * size.rebuildFlops : 0) + size.weightFlops : share * size.weightFlops;
     // Its own rows out and the others' in, then (sharded) its units' parameters out and the others' in.
     const rowBytes = rebuild ? size.compactRowBytes : size.fullRowBytes;
     const bytes = batch * rowBytes + (plan === 'sharded' ? 4 * size.parameters : 0);
-    return { computeMs: flops / (m.rowsPerMs * size.rowFlops), bytes };
+    return { computeMs: rowsMs + flops / (m.rowsPerMs * size.rowFlops), bytes };
   });
 }
 
@@ -88,18 +99,20 @@ function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: 
  * The cost of a byte (ms) that makes `plan`'s estimate meet its measured step: what the step took beyond
  * the slowest member's compute, over that member's bytes (at least a nanosecond's millionth: never free).
  */
-export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, measuredMs: number, compact = true): number {
-  const slowest = perMember(spec, batch, members, plan, compact).reduce((a, b) => (b.computeMs > a.computeMs ? b : a));
+export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, measuredMs: number, compact = true, coordinator?: MemberCost): number {
+  const slowest = perMember(spec, batch, members, plan, compact, coordinator).reduce((a, b) => (b.computeMs > a.computeMs ? b : a));
   return Math.max(1e-12, (measuredMs - slowest.computeMs) / slowest.bytes);
 }
 
 /**
  * The bytes the coordinator sends a step, the busier direction of its link: every member gets the rows it
- * did not compute, and (sharded) the parameters of the units it does not own. In a star this grows with
- * the members while each member's own bytes do not: it is where the star saturates.
+ * did not compute, and (sharded) the parameters of the units it does not own; (server) every member gets
+ * every parameter. In a star this grows with the members while each member's own bytes do not: it is
+ * where the star saturates.
  */
 export function coordinatorBytes(spec: ModelSpec, batch: number, members: number, plan: RemotePlan, compact = true): number {
   const size = stepSizes(spec, batch);
+  if (plan === 'server') return members * 4 * size.parameters;
   const perMemberOut = plan === 'replicated' ? batch * (compact ? size.compactRowBytes : size.fullRowBytes) : batch * size.fullRowBytes + 4 * size.parameters;
   return (members - 1) * perMemberOut;
 }
@@ -107,11 +120,12 @@ export function coordinatorBytes(spec: ModelSpec, batch: number, members: number
 /**
  * Each plan's estimated step for these members at `msPerByte`, cheapest first. `starMsPerByte`: the cost
  * of a byte on the coordinator's own link, when it is a real link of known rate (predictions for many
- * machines); on loopback it is part of the calibrated msPerByte, and left at 0.
+ * machines); on loopback it is part of the calibrated msPerByte, and left at 0. `coordinator`: its rate
+ * for the server plan's weight pass (measured, or else assumed the average member's).
  */
-export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number, starMsPerByte = 0, compact = true): PlanEstimate[] {
+export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number, starMsPerByte = 0, compact = true, coordinator?: MemberCost): PlanEstimate[] {
   const estimates = REMOTE_PLANS.map((plan) => {
-    const costs = perMember(spec, batch, members, plan, compact).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
+    const costs = perMember(spec, batch, members, plan, compact, coordinator).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
     const slowest = costs.reduce((a, b) => (b.computeMs + b.wireMs > a.computeMs + a.wireMs ? b : a));
     const star = coordinatorBytes(spec, batch, members.length, plan, compact) * starMsPerByte;
     return { plan, ms: Math.max(slowest.computeMs + slowest.wireMs, star), ...slowest };

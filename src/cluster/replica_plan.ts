@@ -1,15 +1,20 @@
 /**
- * How remote replicas run the steps when the coordinator computes nothing itself (--threads 0), and who
+ * How remote replicas run the steps when the coordinator computes no rows itself (--threads 0), and who
  * owns what:
  *
  * - replicated: every replica applies the whole step (the fewest bytes; the weight pass repeated on each);
  * - sharded: each replica (an owner) reduces and updates only its share of every layer's output units, and
- *   the new parameters are all-gathered through the hub (remote/peer_work.ts requestSlices and slice).
+ *   the new parameters are all-gathered through the hub (remote/peer_work.ts requestSlices and slice);
+ * - server: the replicas compute rows only; the coordinator reduces them, applies Adam and sends every
+ *   replica the new parameters (peer_work.ts broadcastParams), as a parameter server. The gradients travel
+ *   in their factored form, each row's activations and deltas, which the coordinator reduces in the one
+ *   call every plan uses: a dense gradient per micro-shard, summed here, would end on other bits.
  *
- * `--plan replicated|sharded` fixes the plan; `auto` (the default) runs the first steps replicated, then
- * takes the cheaper plan by the cost model (cost_model.ts: the members' measured speed, and a byte's cost
- * calibrated from the measured steps), and plans again whenever the members change. Both plans give the same bits (every unit's gradient is one
- * reduction over the whole batch: cluster/plan.ts), so a change of plan changes only the speed.
+ * `--plan replicated|sharded|server` fixes the plan; `auto` (the default) runs the first steps replicated,
+ * then takes the cheapest plan by the cost model (cost_model.ts: the members' measured speed, and a byte's
+ * cost calibrated from the measured steps), and plans again whenever the members change. Every plan gives
+ * the same bits (every unit's gradient is one reduction over the whole batch: cluster/plan.ts), so a
+ * change of plan changes only the speed.
  *
  * An owner's Adam moments are current only for its own units, so the shares are fixed from the moment every
  * member was sent the full state (admit) until membership or the plan changes: then the state is gathered
@@ -19,14 +24,14 @@
 import type { StepPlan } from '../config.js';
 import type { ModelSpec } from '../model/spec.js';
 import { paramLayout } from '../model/spec.js';
-import { byteCost, estimatePlans, type PlanEstimate, type RemotePlan } from './cost_model.js';
+import { byteCost, estimatePlans, stepSizes, type MemberCost, type PlanEstimate, type RemotePlan } from './cost_model.js';
 import { shareUnits, type Range } from './plan.js';
 import type { RemoteHub, RemotePeer } from './remote/hub.js';
 import type { Snapshot } from './remote/peer_work.js';
 import type { SliceMessage } from './remote/messages.js';
 import type { StateArrays } from './training_state.js';
 import { placeSlice } from './unit_slices.js';
-import { withAverage } from './work_ledger.js';
+import { smooth, withAverage } from './work_ledger.js';
 
 /** Steps after an admission left out of its timing (the state just sent, rows asked for anew). */
 const SETTLING_STEPS = 2;
@@ -95,6 +100,8 @@ export class ReplicaPlan {
    */
   private timedWith = '';
   private due?: RemotePlan;
+  /** The coordinator's measured rate for a weight pass (weighed); until then, assumed the average member's. */
+  private coordinator?: MemberCost;
   readonly choices: PlanChoice[] = [];
 
   constructor(
@@ -127,6 +134,20 @@ export class ReplicaPlan {
     return this.torn || ready.length !== this.owners.size || ready.some((p) => !this.owners.has(p));
   }
 
+  /** Whether the coordinator applies the steps and sends the parameters (the server plan). */
+  get serving(): boolean {
+    return this.plan === 'server';
+  }
+
+  /**
+   * The coordinator's weight pass over a whole batch took `ms` (the server plan's, or a replay's): its rate,
+   * in the cost model's terms, for the server plan's estimate.
+   */
+  weighed(ms: number): void {
+    const { weightFlops, rowFlops } = stepSizes(this.spec, this.batchSize);
+    this.coordinator = { rowsPerMs: smooth(this.coordinator?.rowsPerMs ?? 0, weightFlops / (Math.max(0.01, ms) * rowFlops)) };
+  }
+
   /** Whether every row of a step goes to the fastest member (see rowsOnOne). */
   get concentrated(): boolean {
     return this.rowsOnOne;
@@ -155,21 +176,19 @@ export class ReplicaPlan {
     const measured = [...intervals].sort((a, b) => a - b)[Math.floor(intervals.length / 2)];
     if (this.trial) return this.endTrial(step, measured);
     this.measured.set(this.plan, measured);
-    this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured, this.compactRows);
+    this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured, this.compactRows, this.coordinator);
     const estimates = this.estimate(members);
     if (this.asked !== 'auto') {
       this.choose({ step, plan: this.plan, reason: 'as asked (--plan); the cost model\'s estimates', estimates });
       return;
     }
-    const other: RemotePlan = this.plan === 'sharded' ? 'replicated' : 'sharded';
-    const otherMeasured = this.measured.get(other);
-    // A plan already measured with these members is judged by its measurement, not by the model.
-    const better = otherMeasured === undefined ? this.worthChanging(estimates) : otherMeasured < (1 - REPLAN_GAIN) * measured;
-    if (better) this.due = other;
+    const best = this.bestOther(estimates, measured);
+    if (best.ratio < 1 - REPLAN_GAIN) this.due = best.plan;
+    const kept = this.due ? '' : ': kept';
     const why =
-      otherMeasured === undefined
-        ? `the cost model, from the measured workers${better ? '' : ': kept'}`
-        : `measured: ${other} ${otherMeasured.toFixed(1)} ms a step, ${this.plan} ${measured.toFixed(1)} ms${better ? '' : ': kept'}`;
+      best.measuredMs === undefined
+        ? `the cost model, from the measured workers${kept}`
+        : `measured: ${best.plan} ${best.measuredMs.toFixed(1)} ms a step, ${this.plan} ${measured.toFixed(1)} ms${kept}`;
     // Recorded whether it changes the plan or not: summary.json then holds the estimate beside the measured steps.
     this.choose({ step, plan: this.due ?? this.plan, reason: why, estimates });
     if (!this.due && this.plan === 'replicated' && !this.rowsOnOneTried) this.startTrial(step, measured);
@@ -211,6 +230,22 @@ export class ReplicaPlan {
     this.choose({ step, plan: this.plan, reason: `${said}: ${this.rowsOnOne ? 'on one' : 'shared'}`, estimates: [], rowsOnOne: this.rowsOnOne });
   }
 
+  /**
+   * The other plan that promises most against the current one (measured `measuredMs`): by its own
+   * measurement with these members when it has one (a byte's cost calibrated under one plan can flatter
+   * another), else by the model's estimate against the current plan's.
+   */
+  private bestOther(estimates: PlanEstimate[], measuredMs: number): { plan: RemotePlan; ratio: number; measuredMs?: number } {
+    const now = estimates.find((e) => e.plan === this.plan)!.ms;
+    const others = estimates
+      .filter((e) => e.plan !== this.plan)
+      .map((e) => {
+        const theirs = this.measured.get(e.plan);
+        return { plan: e.plan, ratio: theirs === undefined ? e.ms / now : theirs / measuredMs, measuredMs: theirs };
+      });
+    return others.sort((a, b) => a.ratio - b.ratio)[0];
+  }
+
   /** Whether the cheapest plan is not the current one by more than REPLAN_GAIN (a change costs a state each). */
   private worthChanging(estimates: PlanEstimate[]): boolean {
     const now = estimates.find((e) => e.plan === this.plan)!;
@@ -227,9 +262,12 @@ export class ReplicaPlan {
     // Measurements hold for these members only: a change of plan alone keeps them.
     if (this.due === undefined || this.ownersChanged || this.hub.joining().length > 0) this.measured.clear();
     const plan = this.due ?? this.decide(snapshot.step);
-    if (plan === 'sharded' || this.plan === 'sharded') for (const peer of this.hub.ready()) this.hub.resync(peer);
+    // Every member is told a new plan with the state; sharded, units move too. (A server plan's replicas
+    // hold stale moments: the state they leave it with is the coordinator's.)
+    if (plan === 'sharded' || plan !== this.plan) for (const peer of this.hub.ready()) this.hub.resync(peer);
     this.plan = plan;
-    this.hub.admit(snapshot, plan === 'sharded' && this.hub.joining().length + this.hub.ready().length > 1);
+    const alone = this.hub.joining().length + this.hub.ready().length <= 1;
+    this.hub.admit(snapshot, plan === 'sharded' && alone ? 'replicated' : plan);
     const members = this.hub.ready();
     // A newcomer is assumed as fast as the average so far (as rows are shared: Scheduler.plan).
     const speeds = withAverage(members.map((p) => p.speed));
@@ -260,7 +298,7 @@ export class ReplicaPlan {
 
   private estimate(members: RemotePeer[]): PlanEstimate[] {
     const costs = withAverage(members.map((p) => p.speed)).map((rowsPerMs) => ({ rowsPerMs }));
-    return estimatePlans(this.spec, this.batchSize, costs, this.msPerByte, 0, this.compactRows);
+    return estimatePlans(this.spec, this.batchSize, costs, this.msPerByte, 0, this.compactRows, this.coordinator);
   }
 
   private choose(choice: PlanChoice): void {

@@ -91,6 +91,8 @@ export type ClusterEvent =
 export class Scheduler {
   private readonly ledger = new WorkLedger();
   private prefetched?: Plan;
+  /** Server plan: the next step's rows, asked for once this step's parameters are sent (committed()). */
+  private deferred?: { step: number; index: Int32Array; microBatch: number };
   /**
    * Remote rows may travel in compact form (activations and the last layer's delta; receivers rebuild the
    * other deltas): without local compute, where this process never runs a weight pass on remote rows, and
@@ -99,7 +101,7 @@ export class Scheduler {
    */
   private readonly compactCapable: boolean;
   /** How the remote replicas run the steps, and the sharded plan's owners and slices (mode 'replicated'). */
-  private readonly sharded?: ReplicaPlan;
+  private readonly remotePlan?: ReplicaPlan;
   /** The generation the last row pass read: with --verify, a sharded step's slices are checked against it. */
   private rowsGeneration = 0;
 
@@ -113,22 +115,30 @@ export class Scheduler {
     plan: StepPlan = 'auto',
   ) {
     this.compactCapable = mode === 'replicated' && local.capabilities.compactRows;
-    if (mode === 'replicated' && hub) this.sharded = new ReplicaPlan(hub, memory.spec, memory.batchSize, plan, (c) => onEvent({ type: 'plan', ...c }), this.compactCapable);
+    if (mode === 'replicated' && hub) this.remotePlan = new ReplicaPlan(hub, memory.spec, memory.batchSize, plan, (c) => onEvent({ type: 'plan', ...c }), this.compactCapable);
   }
 
-  /** Whether remote rows travel compact (see compactCapable); changes only when members are admitted. */
+  /**
+   * Whether remote rows travel compact (see compactCapable); changes only when members are admitted. Not
+   * in the server plan either: this process runs the weight pass on every row, and would rebuild them.
+   */
   get compactRows(): boolean {
-    return this.compactCapable && !this.sharded?.active;
+    return this.compactCapable && !this.remotePlan?.active && !this.serving;
+  }
+
+  /** The server plan: remote workers compute rows, the weight pass runs here and the parameters go back. */
+  private get serving(): boolean {
+    return this.remotePlan?.serving ?? false;
   }
 
   /** How steps are distributed now: the step mode, or with remote replicas their plan (replicated or sharded). */
   get planName(): string {
-    return this.sharded?.current ?? this.mode;
+    return this.remotePlan?.current ?? this.mode;
   }
 
   /** The plans chosen so far, with the cost model's estimates (remote replicas only). */
   get planChoices(): readonly PlanChoice[] {
-    return this.sharded?.choices ?? [];
+    return this.remotePlan?.choices ?? [];
   }
 
   /** Whether rows are verified here (--verify): the committed state must then be here before a row pass. */
@@ -143,7 +153,11 @@ export class Scheduler {
 
   get description(): string {
     const remote = this.hub ? `, remote workers via ${this.hub.ready().length ? `${this.hub.ready().length} connected` : 'none yet'}` : '';
-    const replicas = this.sharded?.current === 'sharded' ? 'remote replicas share the weight pass by output units' : 'remote replicas apply the steps';
+    const replicas = {
+      replicated: 'remote replicas apply the steps',
+      sharded: 'remote replicas share the weight pass by output units',
+      server: 'remote workers compute rows; the weight pass here, parameters sent back',
+    }[this.remotePlan?.current ?? 'replicated'];
     return `${this.localComputes ? this.local.description : `no local compute (${replicas}; evaluation here)`}${remote}`;
   }
 
@@ -159,7 +173,7 @@ export class Scheduler {
    * when the units must be shared anew (an owner left, or its slice was lost).
    */
   hasJoiners(): boolean {
-    return (this.hub?.joining().length ?? 0) > 0 || (this.sharded?.stale ?? false);
+    return (this.hub?.joining().length ?? 0) > 0 || (this.remotePlan?.stale ?? false);
   }
 
   /** Whether nobody could compute rows now: no local compute and no ready remote worker. */
@@ -169,7 +183,7 @@ export class Scheduler {
 
   /** Sends the committed state to the joiners, which makes them participants from this step on. */
   async admit(state: JoinState): Promise<void> {
-    if (this.sharded) await this.sharded.admit(state);
+    if (this.remotePlan) await this.remotePlan.admit(state);
     else this.hub?.admit(state);
   }
 
@@ -221,9 +235,10 @@ export class Scheduler {
   async computeRows(step: number, generation: number, index: Int32Array, microBatch: number, stateIsHere: boolean): Promise<RowsOutcome> {
     const batch = index.length;
     // Sharded: the last step must have landed on every owner, and the owners must still be the members.
-    this.sharded?.beginStep(step);
+    this.remotePlan?.beginStep(step);
     this.rowsGeneration = generation;
-    if (this.sharded && (!(await this.sharded.settle()) || this.sharded.stale)) return { done: false, needs: 'state' };
+    this.deferred = undefined;
+    if (this.remotePlan && (!(await this.remotePlan.settle()) || this.remotePlan.stale)) return { done: false, needs: 'state' };
     this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
     let plans: Plan[] = await this.takePrefetched(step);
@@ -245,11 +260,13 @@ export class Scheduler {
     }
     if (!this.rowsFinite(0, batch)) return { done: true, replicated: false };
     // An owner lost during the row pass leaves units nobody can update: shared anew after the boundary.
-    if (this.sharded?.stale) return { done: false, needs: 'state' };
-    if (this.sharded?.active) {
-      this.sharded.request(step, batch);
+    if (this.remotePlan?.stale) return { done: false, needs: 'state' };
+    if (this.remotePlan?.active) {
+      this.remotePlan.request(step, batch);
       return { done: true, replicated: true };
     }
+    // The server plan's step is applied here (the trainer's weight pass), and then sent (committed()).
+    if (this.serving) return { done: true, replicated: false };
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
     return { done: true, replicated: !this.localComputes && replicas > 0 };
   }
@@ -308,7 +325,7 @@ export class Scheduler {
    * from every owner's shard), or undefined when no replica could give it.
    */
   async replicaState(step: number): Promise<StateArrays | undefined> {
-    if (this.sharded?.current === 'sharded') return this.sharded.gather(step, this.verifier.enabled ? (s) => this.checkSlices(s) : undefined);
+    if (this.remotePlan?.current === 'sharded') return this.remotePlan.gather(step, this.verifier.enabled ? (s) => this.checkSlices(s) : undefined);
     for (const worker of this.hub?.ready() ?? []) {
       try {
         return await this.hub!.fetchState(worker, step);
@@ -355,9 +372,26 @@ export class Scheduler {
   prefetch(step: number, index: Int32Array, microBatch: number): void {
     // Sharded among several owners: a replica could compute the next rows only once every slice of this
     // step came, which is after the rows request would have come anyway.
-    if (!this.hub || this.hub.ready().length === 0 || this.sharded?.active) return;
+    if (!this.hub || this.hub.ready().length === 0 || this.remotePlan?.active) return;
+    // Server plan: asked right after this step's parameters (committed()), which the rows need.
+    if (this.serving) {
+      this.deferred = { step, index, microBatch };
+      return;
+    }
     const shards = microShards(index.length, microBatch);
     this.prefetched = this.plan(step, index.length, shards, [0, shards.length], index);
+  }
+
+  /**
+   * A step was applied here (its weight pass and commit): in the server plan its new parameters go to every
+   * worker, then the next step's rows are asked for (prefetch).
+   */
+  committed(step: number, params: Float32Array): void {
+    const next = this.deferred;
+    this.deferred = undefined;
+    if (!this.serving || !this.hub) return;
+    this.hub.broadcastParams(step, params);
+    if (next?.step === step + 1) this.prefetch(next.step, next.index, next.microBatch);
   }
 
   /**
@@ -378,7 +412,7 @@ export class Scheduler {
   private plan(step: number, batch: number, shards: Range[], [s0, s1]: Range, index: Int32Array): Plan {
     const remotes = this.hub?.ready() ?? [];
     const weights = withAverage([...(this.localComputes ? [this.ledger.localSpeed] : []), ...remotes.map((w) => w.speed)]);
-    const counts = this.sharded?.concentrated ? onFastest(s1 - s0, weights) : apportion(s1 - s0, weights);
+    const counts = this.remotePlan?.concentrated ? onFastest(s1 - s0, weights) : apportion(s1 - s0, weights);
     const plan: Plan = { step, batch, compact: this.compactRows, remote: [] };
     let next = s0;
     if (this.localComputes) {
@@ -459,8 +493,12 @@ export class Scheduler {
   }
 
   /** Gradient reduction and Adam on the local slots: the state's weight tasks (TrainingState.weightTasks). */
-  applyWeights(tasks: Task[]): Promise<TaskResult[]> {
-    return this.local.runPass(tasks);
+  async applyWeights(tasks: Task[]): Promise<TaskResult[]> {
+    const started = performance.now();
+    const results = await this.local.runPass(tasks);
+    // The coordinator's rate for the server plan's estimate (its whole weight pass, here).
+    this.remotePlan?.weighed(performance.now() - started);
+    return results;
   }
 
   evaluate(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {

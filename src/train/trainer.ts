@@ -134,7 +134,10 @@ export class Trainer {
       // rows came without their inner deltas: compute the rows here for the weight pass.
       await this.scheduler.computeRowsHere(this.state.step, this.state.generation, index, this.config.microBatch);
     }
-    return this.commit(index);
+    const step = this.state.step;
+    await this.commit(index);
+    this.scheduler.committed(step, this.state.params);
+    return loss;
   }
 
   /** The batch-mean loss of the rows in the batch buffers; throws if it is not finite. */

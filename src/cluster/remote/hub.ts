@@ -9,6 +9,7 @@
 import type { AddressInfo, Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Range } from '../plan.js';
+import type { RemotePlan } from '../../config.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { AdmissionStats } from './admission.js';
 import { closeReason, decodeRaw, encode, maxFrameBytes } from './codec.js';
@@ -266,12 +267,14 @@ export class RemoteHub {
   }
 
   /**
-   * Sends the committed state to workers that joined since the last step, which makes them ready;
-   * `sharded`: its steps come sharded (update.units).
+   * Sends the committed state to workers that joined since the last step, which makes them ready; `plan`:
+   * how their steps come (sharded: update.units; server: the coordinator's parameters, and no member's rows
+   * are relayed to the others).
    */
-  admit(snapshot: Snapshot, sharded = false): void {
+  admit(snapshot: Snapshot, plan: RemotePlan = 'replicated'): void {
+    this.work.relayRows = plan !== 'server';
     for (const peer of this.joining()) {
-      this.work.sendState(peer, snapshot, sharded);
+      this.work.sendState(peer, snapshot, plan);
       peer.status = 'ready';
     }
   }
@@ -306,6 +309,11 @@ export class RemoteHub {
   /** The SHA-256 of every ready worker's parameters that came within the step deadline (stepTimeoutMs). */
   checksumsAt(step: number): Promise<Map<RemotePeer, string>> {
     return this.work.checksumsAt(step);
+  }
+
+  /** Server plan: sends every ready worker the parameters of step `step`'s result, which it commits; returns how many. */
+  broadcastParams(step: number, params: Float32Array): number {
+    return this.work.broadcastParams(step, params);
   }
 
   /** Sends every ready worker the rows of step `step` it lacks, which tells it to apply the step; returns how many. */

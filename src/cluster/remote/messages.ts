@@ -11,7 +11,8 @@
  *                         for the world names who is missing; optional
  *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
  *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
- *   coordinator → worker  state {spec, ..., step, generation, params, m, v, sharded}   a full snapshot, on join
+ *   coordinator → worker  state {spec, ..., step, generation, params, m, v, plan}   a full snapshot, on join; plan:
+ *                         how its steps come (replicated: update; sharded: update.units; server: slice)
  *   coordinator → worker  rows {step, range, batch, x | index, labels, compact}   compute rows `range`
  *                         (x | index and labels: of the whole batch; compact: send only the last delta)
  *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
@@ -21,6 +22,8 @@
  *   worker → coordinator  slice {step, units, params}             its units' new parameters, packed
  *                         (unit_slices.ts); forwarded as sent to the other workers, which commit the step
  *                         once slices cover every unit
+ *   coordinator → worker  slice {step, units: all, params}        server plan: the coordinator applied the
+ *                         step itself; the new parameters, which the worker commits (its moments go unused)
  *   coordinator → worker  check {step}  → worker  checksum {step, sha256}      replica verification
  *   coordinator → worker  snapshot {step, units?} → worker  replicaState {step, params, m, v}
  *                         the replica's state at a step: what the coordinator takes instead of applying
@@ -33,12 +36,13 @@
  *
  * Encoding: codec.ts; what each side accepts: validation.ts; the token handshake: auth.ts.
  */
+import type { RemotePlan } from '../../config.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
-/** 5: sharded steps (update.units, slice, snapshot.units). */
-export const PROTOCOL_VERSION = 5;
+/** 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices). */
+export const PROTOCOL_VERSION = 6;
 
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
@@ -81,8 +85,12 @@ export interface StateMessage {
   v: Float32Array;
   /** True when the coordinator accepted the worker's local dataset copy: rows then come as indices. */
   useLocalData: boolean;
-  /** Steps come sharded: apply only the units an update names, never as soon as the rows are complete. */
-  sharded: boolean;
+  /**
+   * How steps come: replicated (apply each as soon as its rows are here, or at its update), sharded (apply
+   * only the units an update names; commit once slices cover every unit) or server (never apply: commit the
+   * coordinator's slice of every unit).
+   */
+  plan: RemotePlan;
 }
 export interface RowsMessage {
   t: 'rows';

@@ -7,7 +7,9 @@
  * read in one place: rows, slices and states late by the step deadline drop the peer, a checksum only goes
  * unanswered.
  */
+import type { RemotePlan } from '../../config.js';
 import { missingRanges, type Range } from '../plan.js';
+import { encode } from './codec.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { HubContext } from './hub_context.js';
 import type { ReplicaState, RowsDone, SliceMessage, StateMessage, ToWorker, UpdatePart } from './messages.js';
@@ -32,10 +34,15 @@ export interface WorkOptions {
 }
 
 /** The committed state for a joiner: the state message but for what the hub fills in per peer. */
-export type Snapshot = Omit<StateMessage, 't' | 'useLocalData' | 'sharded'>;
+export type Snapshot = Omit<StateMessage, 't' | 'useLocalData' | 'plan'>;
 
 export class PeerWork {
   private readonly inputs: RowsInputs;
+  /**
+   * Whether a member's rows go on to the others: not in the server plan, where only the coordinator reduces
+   * them (and the members get the parameters instead).
+   */
+  relayRows = true;
 
   constructor(
     private readonly options: WorkOptions,
@@ -61,12 +68,12 @@ export class PeerWork {
     };
   }
 
-  /** Sends a joiner the committed state (with pixels, or not when it has the data), and whether steps come sharded. */
-  sendState(peer: RemotePeer, snapshot: Snapshot, sharded: boolean): void {
+  /** Sends a joiner the committed state (with pixels, or not when it has the data), and how its steps come. */
+  sendState(peer: RemotePeer, snapshot: Snapshot, plan: RemotePlan): void {
     // A reloaded replica holds no rows: what it held before (a resync at the same step) must be sent again.
     peer.rowsStep = -1;
     peer.holds = [];
-    this.hub.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer), sharded });
+    this.hub.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer), plan });
   }
 
   // ---------------------------------------------------------------- requests
@@ -135,7 +142,7 @@ export class PeerWork {
   /** A peer's validated rows: it holds them, the others get them now (unless held for --verify), and its request ends. */
   rowsDone(peer: RemotePeer, rows: RowsDone, frame: Buffer): void {
     peer.holds.push(rows.range);
-    if (this.options.forwardRows !== false) this.forward(peer, rows, frame);
+    if (this.options.forwardRows !== false && this.relayRows) this.forward(peer, rows, frame);
     peer.requests.answer('rows', rows);
   }
 
@@ -171,6 +178,19 @@ export class PeerWork {
       const parts = this.lacking(peer, step, batch, compact);
       this.hub.send(peer, { t: 'update', step, batch, parts });
     }
+    return ready.length;
+  }
+
+  /**
+   * Server plan: the parameters the coordinator computed for step `step` (every unit of every layer, one
+   * frame encoded once) to every ready worker, which commits them; returns how many it told.
+   */
+  broadcastParams(step: number, params: Float32Array): number {
+    const units = this.memory.spec.sizes.slice(1).map((n) => [0, n] as Range);
+    const ready = this.hub.ready();
+    if (ready.length === 0) return 0;
+    const frame = encode({ t: 'slice', step, units, params });
+    for (const peer of ready) if (peer.open) this.hub.sendFrame(peer, frame);
     return ready.length;
   }
 

@@ -6,6 +6,7 @@
  * connection: after a reconnect a fresh snapshot is loaded into it if the model still fits.
  * Kept apart from the connection (worker_session.ts): this file knows training, not the wire.
  */
+import type { RemotePlan } from '../../config.js';
 import type { Dataset } from '../../data/datasets.js';
 import { paramsSha256 } from '../../model/checksum.js';
 import { evenSplit, missingRanges, type Range } from '../plan.js';
@@ -31,10 +32,11 @@ export class Replica {
    */
   private appliedEarly = false;
   /**
-   * Steps come sharded (the state message says): the replica applies only its units when the update names
-   * them, never early, and commits once the slices (its own and the others') cover every unit.
+   * How steps come (the state message says): replicated, each applied here; sharded, only its units when
+   * the update names them, never early, committed once the slices (its own and the others') cover every
+   * unit; server, never applied here: the coordinator's slice of every unit is committed.
    */
-  private sharded = false;
+  private plan: RemotePlan = 'replicated';
   /**
    * The unit ranges of each layer the current sharded step has been applied to, here or by the slices
    * received (never overlapping), and whether its own were applied.
@@ -80,7 +82,7 @@ export class Replica {
     this.batchRows = 0;
     this.held = [];
     this.appliedEarly = false;
-    this.sharded = state.sharded;
+    this.plan = state.plan;
     this.covered = [];
     this.ownApplied = false;
     this.state.load(state, state.step, state.generation);
@@ -147,7 +149,7 @@ export class Replica {
    * Returns true if it did.
    */
   async applyIfComplete(): Promise<boolean> {
-    if (this.sharded || this.batchRows === 0 || missingRanges(this.batchRows, this.held).length > 0) return false;
+    if (this.plan !== 'replicated' || this.batchRows === 0 || missingRanges(this.batchRows, this.held).length > 0) return false;
     await this.apply(this.batchRows);
     this.appliedEarly = true;
     return true;
@@ -161,6 +163,7 @@ export class Replica {
       return false;
     }
     if (message.step !== this.step) throw new ProtocolError(`update: step ${message.step} does not follow this replica's step ${this.step}`);
+    if (this.plan !== 'replicated') throw new ProtocolError(`update: a whole step sent to a replica whose state said its steps come ${this.plan}`);
     await this.placeLacking(message);
     await this.apply(message.batch);
     return true;
@@ -185,7 +188,7 @@ export class Replica {
    * the step committed (it does once the slices cover every unit: at once when it owns them all).
    */
   async applyUnits(message: UpdateMessage, units: Range[]): Promise<{ slice: SliceMessage; committed: boolean }> {
-    if (!this.sharded) throw new ProtocolError('update: units sent to a replica whose state did not say the run is sharded');
+    if (this.plan !== 'sharded') throw new ProtocolError(`update: units sent to a replica whose state said its steps come ${this.plan}`);
     if (message.step !== this.step || this.ownApplied) throw new ProtocolError(`update: sharded step ${message.step} does not follow this replica's step ${this.step}`);
     await this.placeLacking(message);
     const results = await this.team.runPass(this.state.weightTasks(message.batch, this.team.size, units));
@@ -196,16 +199,21 @@ export class Replica {
     return { slice, committed: this.cover(units) };
   }
 
-  /** Another owner's units of the current sharded step, into the next generation; true if the step committed. */
+  /**
+   * Another owner's units of the current sharded step, or (server plan) the coordinator's new parameters,
+   * into the next generation; true if the step committed.
+   */
   slice(message: SliceMessage): boolean {
-    if (!this.sharded || message.step !== this.step) throw new ProtocolError(`slice: step ${message.step} does not follow this replica's step ${this.step}`);
+    if (this.plan === 'replicated') throw new ProtocolError('slice: sent to a replica whose state said its steps come replicated');
+    if (message.step !== this.step) throw new ProtocolError(`slice: step ${message.step} does not follow this replica's step ${this.step}`);
     placeSlice(this.memory.spec, this.state.arrays(this.generation ^ 1).params, message.units, message.params);
     return this.cover(message.units);
   }
 
   /**
    * Records a slice's units (refused if they overlap units already covered: some unit would then never be
-   * updated); commits the step once every unit is covered and its own were applied.
+   * updated); commits the step once every unit is covered and (sharded) its own were applied. A server
+   * plan's replica owns no units; its moments, which nothing here reads, stay as they were.
    */
   private cover(units: Range[]): boolean {
     units.forEach(([u0, u1], l) => {
@@ -213,7 +221,7 @@ export class Replica {
       if (clash) throw new ProtocolError(`slice: units ${u0}–${u1 - 1} of layer ${l} overlap units ${clash[0]}–${clash[1] - 1} already applied at step ${this.step}`);
       if (u0 < u1) this.covered[l].push([u0, u1]);
     });
-    if (!this.ownApplied || unitsIn(this.covered.flat()) < this.allUnits) return false;
+    if ((this.plan === 'sharded' && !this.ownApplied) || unitsIn(this.covered.flat()) < this.allUnits) return false;
     this.committed();
     return true;
   }
@@ -250,6 +258,7 @@ export class Replica {
    */
   stateAt(step: number, units?: Range[]): ToCoordinator {
     // A step applied early left the state before it intact in the other generation.
+    if (this.plan === 'server') throw new ProtocolError('snapshot: this replica only mirrors the parameters (server plan): the coordinator holds the moments');
     const back = this.back(step);
     if (step !== this.step - back) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
     const { params, m, v } = this.state.arrays(this.generation ^ back);

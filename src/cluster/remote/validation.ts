@@ -8,6 +8,7 @@
  * returns that type's message, so a new message cannot be sent without saying what the receiver accepts.
  * The schemas read what a side knows (its view: the model, what it asked for) to check sizes and steps.
  */
+import { REMOTE_PLANS } from '../../config.js';
 import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
@@ -59,6 +60,12 @@ function str(m: Raw, name: string, maxLength = 256): string {
   const v = field(m, name);
   if (typeof v !== 'string' || v.length > maxLength) throw new ProtocolError(`${m.t}: field "${name}" must be a string of at most ${maxLength} characters`);
   return v;
+}
+
+function oneOf<T extends string>(m: Raw, name: string, choices: readonly T[]): T {
+  const v = field(m, name);
+  if (!(choices as readonly unknown[]).includes(v)) throw new ProtocolError(`${m.t}: field "${name}" must be one of ${choices.join(', ')}, got ${quote(v)}`);
+  return v as T;
 }
 
 function bytes(m: Raw, name: string, length?: number): Uint8Array {
@@ -335,7 +342,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
       m: floats('state: m', field(raw, 'm'), total),
       v: floats('state: v', field(raw, 'v'), total),
       useLocalData: field(raw, 'useLocalData') === true,
-      sharded: raw.sharded === true,
+      plan: oneOf(raw, 'plan', REMOTE_PLANS),
     };
   },
 
