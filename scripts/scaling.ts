@@ -15,10 +15,12 @@
  * way (scripts/netns.ts; the coordinator's side, the bridge, is not limited). --torch adds PyTorch rows:
  * single-process (the tutorial model at batch 64 only: that is what torch_mlp.py runs) and DDP over gloo
  * for the remote-worker counts, whose processes share one loopback limited to world × RATE under --link.
- * --plan: the remote rows once per plan (--threads 0 runs: sharded weight pass or replicated steps).
+ * --plan: the remote rows once per plan (--threads 0 runs: replicated steps, sharded weight pass, or the
+ * weight pass on the coordinator, the server plan, on --server-threads of its own, at least 1).
  *
  *   npm run scaling -- [--hidden 512,256,128,64] [--batch-size 64] [--weak] [--threads 1,2] [--remote 1,2]
- *     [--micro-batch 16] [--plan replicated,sharded] [--steps 300] [--warmup 10] [--local-data] [--torch] [--link 1gbit] [--out DIR]
+ *     [--micro-batch 16] [--plan replicated,sharded,server] [--server-threads 1] [--steps 300] [--warmup 10]
+ *     [--local-data] [--torch] [--link 1gbit] [--out DIR]
  *   npm run scaling -- --combine DIR1,DIR2 --out DIR     (one plot of the rows of earlier runs)
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -52,6 +54,8 @@ export interface ScalingOptions {
   weak: boolean;
   /** Each remote worker's link, as tc writes a rate (1gbit, 100mbit); null: loopback, no limit. */
   link: string | null;
+  /** The coordinator's threads in server-plan runs (its weight pass and Adam); the other plans' coordinators compute nothing. */
+  serverThreads: number;
 }
 
 type RunKind = 'local threads' | 'remote workers' | 'PyTorch reference' | 'PyTorch DDP (gloo)';
@@ -87,7 +91,7 @@ export interface ScalingRow {
 
 const DEFAULTS: ScalingOptions = {
   threads: [1, 2], remote: [1, 2], plans: ['auto'], microBatch: [16], steps: 300, warmup: 10, trainSamples: 0, out: 'scaling',
-  torch: false, localData: false, hidden: TRAIN_DEFAULTS.hidden, batchSize: TRAIN_DEFAULTS.batchSize, weak: false, link: null,
+  torch: false, localData: false, hidden: TRAIN_DEFAULTS.hidden, batchSize: TRAIN_DEFAULTS.batchSize, weak: false, link: null, serverThreads: 1,
 };
 const TUTORIAL = '784-512-256-128-64-10';
 /** Beyond loopback the coordinator requires a token; the workers read it from DTRAIN_TOKEN. */
@@ -144,8 +148,9 @@ function estimateOf(plan: string, chosen: readonly { estimates: readonly { plan:
 }
 
 /** A row's plan: as asked, and for auto the plans it ran, in order (e.g. "auto: replicated → sharded"). */
-function planLabel(asked: StepPlan | undefined, chosen: readonly { plan: string; rowsOnOne?: boolean }[]): string {
+function planLabel(asked: StepPlan | undefined, chosen: readonly { plan: string; rowsOnOne?: boolean }[], serverThreads: number): string {
   if (!asked) return '–';
+  if (asked === 'server') return `server (${serverThreads} coordinator thread${serverThreads === 1 ? '' : 's'})`;
   if (asked !== 'auto') return asked;
   const ran = chosen.map((c) => c.plan).filter((p, i, all) => i === 0 || p !== all[i - 1]);
   const onOne = [...chosen].reverse().find((c) => c.rowsOnOne !== undefined)?.rowsOnOne;
@@ -161,7 +166,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
     steps: o.steps, trainSamples: o.trainSamples, testSamples: 200, hidden: o.hidden, batchSize: batch, microBatch,
     logEvery: 1_000_000, export: false, out, keepCheckpoints: 1,
     // Step 0 waits for every worker: no step is timed with fewer participants than the row says.
-    ...(remote ? { threads: 0, plan, listen: remote.listen, token: remote.token, minWorkers: n, joinTimeoutMs: 60_000 } : { threads: n }),
+    ...(remote ? { threads: plan === 'server' ? o.serverThreads : 0, plan, listen: remote.listen, token: remote.token, minWorkers: n, joinTimeoutMs: 60_000 } : { threads: n }),
   };
   try {
     const summary = await train(config, { onListening: ({ port }) => remote?.start(port) });
@@ -172,7 +177,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
     const seconds = epochs.reduce((s, r) => s + r.seconds, 0);
     const msPerStep = mean(timed);
     return {
-      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: planLabel(remote ? plan : undefined, summary.plans), planAsked: remote ? plan : '–', microBatch,
+      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: planLabel(remote ? plan : undefined, summary.plans, o.serverThreads), planAsked: remote ? plan : '–', microBatch,
       msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
       bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
       coordinatorCpuMs: mean(steps.slice(warmupOf(o)).map((r) => r.cpuMs)),
@@ -227,6 +232,7 @@ function ddpRun(o: ScalingOptions, world: number, port: number): number {
 
 export async function runScaling(options: Partial<ScalingOptions> = {}, log: (line: string) => void = () => {}) {
   const o: ScalingOptions = { ...DEFAULTS, ...options };
+  if (!(Number.isInteger(o.serverThreads) && o.serverThreads >= 1)) throw new Error(`--server-threads ${o.serverThreads}: expected an integer of at least 1`);
   if (o.link) {
     parseRate(o.link);
     const why = TestNetwork.unavailable();
@@ -360,6 +366,7 @@ function optionsFromArgs(): Partial<ScalingOptions> {
     batchSize: Number(argValue('batch-size', String(DEFAULTS.batchSize))),
     weak: process.argv.includes('--weak'),
     link: argValue('link', '') || null,
+    serverThreads: Number(argValue('server-threads', String(DEFAULTS.serverThreads))),
     steps: Number(argValue('steps', String(DEFAULTS.steps))),
     warmup: Number(argValue('warmup', String(DEFAULTS.warmup))),
     out: argValue('out', mkdtempSync(join(tmpdir(), 'dtrain-scaling-'))),

@@ -24,7 +24,7 @@ export function unknownOption(key: string, known: readonly string[]): TypeError 
   return new TypeError(`unknown option "${key}" (known options: ${known.join(', ')})`);
 }
 
-export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWorkers' | 'tls' | 'token' | 'plan', detail: Record<string, unknown> = {}): TypeError {
+export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWorkers' | 'tls' | 'token' | 'plan' | 'server', detail: Record<string, unknown> = {}): TypeError {
   switch (problem) {
     case 'microBatch':
       return new TypeError(`option "microBatch" (${detail.microBatch}) must not exceed "batchSize" (${detail.batchSize})`);
@@ -37,7 +37,9 @@ export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWor
     case 'token':
       return new TypeError(`option "listen" (${detail.listen}) reaches beyond loopback, so a "token" is required: give --token or set DTRAIN_TOKEN`);
     case 'plan':
-      return new TypeError(`option "plan" (${detail.plan}) says how remote replicas share a step, which they do only with "threads" 0 (got ${detail.threads}): give --threads 0 or leave --plan out`);
+      return new TypeError(`option "plan" (${detail.plan}) says how remote replicas share a step, which they do only with "threads" 0 (got ${detail.threads}): give --threads 0, --plan server (whose threads run only the weight pass) or leave --plan out`);
+    case 'server':
+      return new TypeError('option "plan" server serves the parameters to remote workers, which need "listen": give --listen HOST:PORT or leave --plan out');
   }
 }
 

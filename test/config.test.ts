@@ -63,6 +63,9 @@ describe('options', () => {
     expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 0 })).not.toThrow();
     expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 2, plan: 'sharded' })).toThrow(/^option "plan" \(sharded\) says how remote replicas share a step/);
     expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 0, plan: 'sharded' })).not.toThrow();
+    // The server plan's threads run the weight pass: any number, but it serves remote workers.
+    expect(() => resolveConfig({ listen: '127.0.0.1:7000', threads: 2, plan: 'server' })).not.toThrow();
+    expect(() => resolveConfig({ threads: 2, plan: 'server' })).toThrow(/^option "plan" server serves the parameters to remote workers, which need "listen"/);
     expect(() => resolveConfig({ listen: '[::1]:7000' })).not.toThrow();
     expect(() => resolveConfig({ listen: '10.0.0.5:7000', token: 's3cret-s3cret-s3' })).not.toThrow();
     expect(() => resolveConfig({ tlsCert: 'cert.pem' })).toThrow(new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither'));

@@ -603,13 +603,16 @@ describe('the sharded plan (--plan sharded)', () => {
 });
 
 describe('the server plan (--plan server)', () => {
-  it('ends on the threads-only hash with 1, 3 and 4 remote workers and with 2 worker threads each on their own copy of the data, the weight pass here and the parameters sent back', async () => {
+  it('ends on the threads-only hash with 1, 3 and 4 remote workers, 2 worker threads each on their own copy of the data, and 2 coordinator threads, the weight pass here and the parameters sent back', async () => {
     const { loadDataset } = await import('../src/data/datasets.js');
     const dataset = loadDataset();
-    for (const [count, extra] of [[1, {}], [3, {}], [4, {}], [2, { threads: 2, dataset }]] as const) {
+    // The last: the coordinator's two threads share the weight pass (and compute no rows).
+    const runs = [[1, {}, 0], [3, {}, 0], [4, {}, 0], [2, { threads: 2, dataset }, 0], [2, {}, 2]] as const;
+    for (const [count, extra, threads] of runs) {
       const abort = new AbortController();
       const steps: number[] = Array.from({ length: count }, () => 0);
-      const summary = await coordinator({ threads: 0, plan: 'server', minWorkers: count }, (url) => {
+      const shares: Record<string, number>[] = [];
+      const summary = await coordinator({ threads, plan: 'server', minWorkers: count }, (url) => {
         for (let i = 0; i < count; i++) {
           void runWorker({
             connect: url,
@@ -618,9 +621,10 @@ describe('the server plan (--plan server)', () => {
             onEvent: (e) => e.type === 'step' && steps[i]++,
           });
         }
-      });
+      }, (e) => e.type === 'epoch' && shares.push(e.shares.rows));
       abort.abort();
-      const label = `${count} workers ${JSON.stringify(Object.keys(extra))}`;
+      const label = `${count} workers ${JSON.stringify(Object.keys(extra))}, ${threads} coordinator threads`;
+      expect(shares.flatMap((s) => Object.keys(s)).filter((who) => !who.startsWith('worker')), label).toEqual([]);
       expect(summary.paramsSha256, label).toBe(await reference());
       expect(summary.plan, label).toBe('server');
       // Every worker committed the coordinator's parameters of each of the 6 steps.

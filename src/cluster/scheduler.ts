@@ -38,13 +38,14 @@ export type StepMode =
   /** Rows on every participant, then the weight pass on the local slots. */
   | 'split'
   /**
-   * No local compute (--threads 0): remote replicas compute the rows and apply the steps themselves, each
-   * the whole step or its share of the units (the plan: replica_plan.ts).
+   * No local rows (--threads 0, or --plan server): remote replicas compute the rows, and the steps are
+   * applied by them, each the whole step or its share of the units, or here (the server plan, on the local
+   * threads) — the plan: replica_plan.ts.
    */
   | 'replicated';
 
-export function chooseStepMode(localThreads: number, remoteWorkers: boolean): StepMode {
-  if (localThreads === 0) return 'replicated';
+export function chooseStepMode(localThreads: number, remoteWorkers: boolean, plan: StepPlan = 'auto'): StepMode {
+  if (localThreads === 0 || (remoteWorkers && plan === 'server')) return 'replicated';
   return localThreads === 1 && !remoteWorkers ? 'whole' : 'split';
 }
 

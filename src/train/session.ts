@@ -84,7 +84,7 @@ async function createScheduler(config: TrainConfig, dataset: Dataset, memory: Tr
     const address = await hub.start();
     options.onListening?.({ host: address.address, port: address.port, connections: hub.connections });
     const listening = `${config.tlsCert ? 'wss' : 'ws'}://${joinHostPort(address.address, address.port)}`;
-    return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true), hub, onEvent, new RowVerifier(config.verify, config.seed), config.plan), listening };
+    return { scheduler: new Scheduler(memory, local, chooseStepMode(config.threads, true, config.plan), hub, onEvent, new RowVerifier(config.verify, config.seed), config.plan), listening };
   } catch (e) {
     await local.close();
     throw e;
