@@ -12,7 +12,9 @@ import { promisify } from 'node:util';
 import onnxProto from 'onnx-proto';
 import { describe, expect, it } from 'vitest';
 import { createEngine, prepareEngine } from '../src/engine/create.js';
-import type { Engine, EngineOptions } from '../src/engine/engine.js';
+import type { Engine, EngineOptions, StateTensors } from '../src/engine/engine.js';
+import { adamKernel, adamRange, adamScalars, ADAM_DEFAULTS } from '../src/optim/adam.js';
+import { OptimizerMemory } from '../src/optim/optimizer_memory.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { probeWebGpuAdapter } from '../src/engine/webgpu/adapter.js';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
@@ -150,6 +152,49 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     await gpu.dispose();
   });
 
+  it('keeps the state on the device between whole steps: Adam there gives the host kernel\'s bits, a non-finite step leaves the state held, and read brings it back', async () => {
+    const spec = makeSpec(784, [64, 32], 10, 'sigmoid');
+    const { total, layers } = paramLayout(spec);
+    const { x, target } = batch(spec, 20);
+    const gpu = await webgpuEngine(spec);
+    const device = await gpu.deviceState!();
+    const memory = OptimizerMemory.allocate(total, false);
+    memory.paramsOf(0).set(initParams(spec, 9));
+    memory.firstMomentOf(0).set(Float32Array.from({ length: total }, (_, i) => ((i % 13) - 6) * 1e-4));
+    memory.secondMomentOf(0).set(Float32Array.from({ length: total }, (_, i) => (i % 11) * 1e-6));
+    const stateOf = (g: number) => ({ params: memory.paramsOf(g), m: memory.firstMomentOf(g), v: memory.secondMomentOf(g) });
+    const copy = ({ params, m, v }: StateTensors) => ({ params: params.slice(), m: m.slice(), v: v.slice() });
+    const before = copy(stateOf(0));
+    const scalars = adamScalars(ADAM_DEFAULTS, 3);
+    await device.load(stateOf(0), 'a');
+    const rowLoss = new Float32Array(20);
+    expect(await device.step(x, target, 20, rowLoss, scalars, 'b')).toEqual([]);
+    expect([device.holds('a'), device.holds('b')]).toEqual([false, true]);
+    const got = copy(stateOf(1));
+    await device.read(got);
+    // The host's way: the step's gradient from stepPass, then the wasm kernel, generation 0 → 1.
+    gpu.setParams(memory.paramsOf(0));
+    const hostLoss = new Float32Array(20);
+    const gradients = await gpu.stepPass!(x, target, 20, hostLoss);
+    const kernel = adamKernel(memory.memory);
+    layers.forEach(({ weightOffset, biasOffset }, l) => {
+      expect(adamRange(kernel, memory, 0, 0, weightOffset, gradients[l].weight, scalars)).toBe(false);
+      expect(adamRange(kernel, memory, 0, 0, biasOffset, gradients[l].bias, scalars)).toBe(false);
+    });
+    expect(rowLoss).toEqual(hostLoss);
+    expect(got).toEqual(copy(stateOf(1)));
+    expect(got.params).not.toEqual(before.params);
+    // A NaN parameter makes every layer's gradient non-finite: nothing is applied, the state held stays.
+    const poisoned = { ...before, params: before.params.slice() };
+    poisoned.params[5] = NaN;
+    await device.load(poisoned, 'c');
+    expect(await device.step(x, target, 20, rowLoss, scalars, 'd')).toEqual([0, 1, 2]);
+    expect([device.holds('c'), device.holds('d')]).toEqual([true, false]);
+    await device.read(got);
+    expect(got).toEqual(poisoned);
+    await gpu.dispose();
+  });
+
   it.skipIf(!!process.env.DTRAIN_NO_NATIVE)('gives the same bits through the C API and through onnxruntime-node\'s binding', async () => {
     const { createOnnxEngine } = await import('../src/engine/onnx/engine.js');
     const spec = makeSpec(784, [64, 32], 10, 'relu');
@@ -178,8 +223,17 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     one.forEach((loss, i) => expect(Math.abs(loss - cpu[i]) / cpu[i]).toBeLessThan(1e-4));
     expect(b.paramsSha256).toBe(a.paramsSha256);
     expect(two).toEqual(one);
-    expect(a.workers).toMatch(/webgpu on /);
+    expect(a.workers).toMatch(/webgpu on .*, parameters and Adam moments kept on the device$/);
+    expect(b.workers).not.toMatch(/kept on the device/);
     expect([a.devices, a.mixedDevices]).toEqual([['onnx/webgpu'], false]);
+  });
+
+  it('resumes a run whose state stayed on the device from its checkpoint, to the uninterrupted run\'s parameters', async () => {
+    const dir = join(out, 'resumed');
+    const first = await run({ ...WEBGPU, threads: 1, steps: 20, out: dir });
+    expect(first.steps).toBe(20);
+    const resumed = await train({ resume: dir, steps: 50, ...WEBGPU }, {});
+    expect(resumed.paramsSha256).toBe((await oneThread()).paramsSha256);
   });
 
   it('gives a remote worker on the device, computing every row for a coordinator without threads, the local threads\' parameters', async () => {
@@ -202,8 +256,8 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     const small = (dir: string) => ['--train-samples', '256', '--test-samples', '64', '--threads', '1', '--no-export', '--out', join(out, dir)];
     const ran = await dtrain(...args, ...small('cli'), '--allow-software-gpu');
     expect(ran.code).toBe(0);
-    expect(ran.stdout).toMatch(/^workers: this process × onnxruntime-node \S+ \(webgpu on [^,]+, [^,]+, .+, through its C API\)$/m);
-    // onnxruntime warns when it places a node on the CPU for want of a device kernel.
+    expect(ran.stdout).toMatch(/^workers: this process × onnxruntime-node \S+ \(webgpu on [^,]+, [^,]+, .+, through its C API\), parameters and Adam moments kept on the device$/m);
+    // onnxruntime warns when it places a node on the CPU for want of a device kernel (the train graph's Adam too).
     expect(ran.stderr).not.toContain('not assigned to the preferred execution providers');
     if (!/webgpu on [^,]+, software,/.test(ran.stdout)) return;
     const refused = await dtrain(...args, ...small('cli-refused'));

@@ -159,7 +159,8 @@ export class Scheduler {
       sharded: 'remote replicas share the weight pass by output units',
       server: 'remote workers compute rows; the weight pass here, parameters sent back',
     }[this.remotePlan?.current ?? 'replicated'];
-    return `${this.localComputes ? this.local.description : `no local compute (${replicas}; evaluation here)`}${remote}`;
+    const resident = this.mode === 'whole' && this.local.capabilities.deviceState ? ', parameters and Adam moments kept on the device' : '';
+    return `${this.localComputes ? `${this.local.description}${resident}` : `no local compute (${replicas}; evaluation here)`}${remote}`;
   }
 
   /** Every engine/device a remote worker joined with (see RemoteHub.kinds). */
@@ -500,6 +501,11 @@ export class Scheduler {
     // The coordinator's rate for the server plan's estimate (its whole weight pass, here).
     this.remotePlan?.weighed(performance.now() - started);
     return results;
+  }
+
+  /** The committed state from the local slot's device (whole steps on a GPU) into the shared memory. */
+  async pullState(step: number, generation: number): Promise<void> {
+    await this.local.runPass([{ kind: 'pull', step, generation }]);
   }
 
   evaluate(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {

@@ -5,7 +5,7 @@
  * The same code runs in the coordinator's process (--threads 1) and in every worker thread.
  */
 import { createEngine } from '../engine/create.js';
-import type { Engine, EngineOptions, LayerGradient } from '../engine/engine.js';
+import type { DeviceState, Engine, EngineOptions, LayerGradient, StateTensors } from '../engine/engine.js';
 import { paramLayout, type ParamLayout } from '../model/spec.js';
 import { adamKernel, adamRange, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
 import { OptimizerMemory } from '../optim/optimizer_memory.js';
@@ -21,13 +21,17 @@ export type Task =
   | { kind: 'step'; step: number; generation: number; batch: number }
   /** Rows whose activations and last-layer delta arrived from another worker: their other deltas. */
   | { kind: 'deltas'; step: number; generation: number; range: Range }
-  | { kind: 'eval'; step: number; generation: number; range: Range };
+  | { kind: 'eval'; step: number; generation: number; range: Range }
+  /** The committed state from this slot's device (Engine.deviceState) into the optimizer memory's `generation`. */
+  | { kind: 'pull'; step: number; generation: number };
 
 export interface EngineCapabilities {
   /** Engine.stepPass: both passes in one call. */
   wholeStep: boolean;
   /** Engine.deltasPass: rows can travel compact (activations and the last delta). */
   compactRows: boolean;
+  /** Engine.deviceState: whole steps keep the state on the device. */
+  deviceState: boolean;
 }
 
 export interface TaskResult {
@@ -76,7 +80,7 @@ export class SlotRunner {
 
   /** What this slot's engine can do beyond the two passes (the step mode is chosen from it). */
   get capabilities(): EngineCapabilities {
-    return { wholeStep: !!this.engine.stepPass, compactRows: !!this.engine.deltasPass };
+    return { wholeStep: !!this.engine.stepPass, compactRows: !!this.engine.deltasPass, deviceState: !!this.engine.deviceState };
   }
 
   async run(task: Task): Promise<TaskResult> {
@@ -94,11 +98,19 @@ export class SlotRunner {
       case 'eval':
         await this.evaluate(task.step, task.generation, task.range);
         return { nonFiniteLayers: [] };
+      case 'pull':
+        await this.pull(task.step, task.generation);
+        return { nonFiniteLayers: [] };
     }
   }
 
+  /** What names the state of `step` in `generation` as loaded here (TrainingState.load moves stateLoads). */
+  private stateKey(step: number, generation: number): string {
+    return `${step}/${generation}/${Atomics.load(this.init.memory.stateLoads, 0)}`;
+  }
+
   private useParams(step: number, generation: number): void {
-    const key = `${step}/${generation}/${Atomics.load(this.init.memory.stateLoads, 0)}`;
+    const key = this.stateKey(step, generation);
     if (this.loadedParams === key) return;
     this.engine.setParams(this.optimizer.paramsOf(generation));
     this.loadedParams = key;
@@ -133,6 +145,7 @@ export class SlotRunner {
 
   private async wholeStep({ step, generation, batch }: Extract<Task, { kind: 'step' }>): Promise<number[]> {
     const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
+    if (this.engine.deviceState && batch >= 2) return this.deviceStep(await this.engine.deviceState(), step, generation, batch);
     if (!this.engine.stepPass || batch < 2) {
       await this.rows(step, generation, batch, [0, batch], true);
       return this.weights({ kind: 'weights', step, generation, batch, units, slot: 0 });
@@ -143,6 +156,35 @@ export class SlotRunner {
     const classes = spec.sizes[spec.sizes.length - 1];
     const gradients = await this.engine.stepPass(b.x.subarray(0, batch * spec.sizes[0]), b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch));
     return this.applyAdam(step, generation, gradients, units, 0);
+  }
+
+  /**
+   * A whole step with the state on the device: loaded there when the device does not hold this step's (the
+   * first step, or after a load here), advanced there, and left there: the memory says so until a pull.
+   */
+  private async deviceStep(device: DeviceState, step: number, generation: number, batch: number): Promise<number[]> {
+    const key = this.stateKey(step, generation);
+    if (!device.holds(key)) await device.load(this.stateOf(generation), key);
+    const { batch: b, spec } = this.init.memory;
+    gatherBatchRows(this.init.memory, [0, batch]);
+    const classes = spec.sizes[spec.sizes.length - 1];
+    const x = b.x.subarray(0, batch * spec.sizes[0]);
+    const bad = await device.step(x, b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch), adamScalars(this.init.adam, step + 1), this.stateKey(step + 1, generation ^ 1));
+    if (bad.length === 0) Atomics.store(this.init.memory.stateOnDevice, 0, 1);
+    return bad;
+  }
+
+  /** The device's state of `step` into `generation` here; the memory holds the state again. */
+  private async pull(step: number, generation: number): Promise<void> {
+    const key = this.stateKey(step, generation);
+    const device = this.engine.deviceState && (await this.engine.deviceState());
+    if (!device?.holds(key)) throw new Error(`internal: pull of the state of step ${step} from a device that does not hold it`);
+    await device.read(this.stateOf(generation));
+    Atomics.store(this.init.memory.stateOnDevice, 0, 0);
+  }
+
+  private stateOf(generation: number): StateTensors {
+    return { params: this.optimizer.paramsOf(generation), m: this.optimizer.firstMomentOf(generation), v: this.optimizer.secondMomentOf(generation) };
   }
 
   private async deltas(step: number, generation: number, [r0, r1]: Range): Promise<void> {

@@ -23,7 +23,7 @@ const SEQ = 0;
 /** Incremented (and notified) whenever a slot finishes or dies: what the main thread waits on. */
 const SIGNAL = 1;
 const HEADER = 2;
-const KIND = { none: 0, rows: 1, weights: 2, eval: 3, step: 4, deltas: 5, exit: 9 } as const;
+const KIND = { none: 0, rows: 1, weights: 2, eval: 3, step: 4, deltas: 5, pull: 6, exit: 9 } as const;
 const FIELDS = 11;
 /** Per slot: the last pass whose task was claimed. */
 const CLAIMED = 10;
@@ -73,14 +73,14 @@ export class TeamControl {
     if (!task || task.kind === 'exit') return;
     w[b + 4] = task.step;
     w[b + 5] = task.generation;
-    w[b + 6] = task.kind === 'eval' || task.kind === 'deltas' ? 0 : task.batch;
+    w[b + 6] = task.kind === 'eval' || task.kind === 'deltas' || task.kind === 'pull' ? 0 : task.batch;
     if (task.kind === 'weights') {
       w[b + 7] = task.slot;
       task.units.forEach(([u0, u1], l) => {
         w[b + FIELDS + 2 * l] = u0;
         w[b + FIELDS + 2 * l + 1] = u1;
       });
-    } else if (task.kind !== 'step') {
+    } else if (task.kind !== 'step' && task.kind !== 'pull') {
       [w[b + 7], w[b + 8]] = task.range;
       w[b + 9] = task.kind === 'rows' && task.gather === false ? 0 : 1;
     }
@@ -123,6 +123,8 @@ export class TeamControl {
         return { kind: 'step', ...base, batch: w[b + 6] };
       case KIND.deltas:
         return { kind: 'deltas', ...base, range: [w[b + 7], w[b + 8]] };
+      case KIND.pull:
+        return { kind: 'pull', ...base };
       case KIND.exit:
         return { kind: 'exit' };
       default:

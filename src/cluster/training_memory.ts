@@ -41,6 +41,11 @@ export interface TrainingMemory {
    * resynchronised at the same step).
    */
   stateLoads: Int32Array;
+  /**
+   * 1 while the committed state is newer on a slot's device than here (Engine.deviceState: whole steps on a
+   * GPU), until that slot's 'pull' task brings it back; TrainingState refuses to be read meanwhile.
+   */
+  stateOnDevice: Int32Array;
 }
 
 /**
@@ -72,6 +77,7 @@ export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSiz
     evalLoss: f32(dataset.test.count),
     evalPredicted: new Int32Array(buffer(4 * dataset.test.count)),
     stateLoads: new Int32Array(buffer(4)),
+    stateOnDevice: new Int32Array(buffer(4)),
   };
 }
 

@@ -39,11 +39,20 @@ export class TrainingState {
 
   /** Parameters of the committed state. */
   get params(): Float32Array {
-    return this.optimizer.paramsOf(this.generation);
+    return this.arrays().params;
   }
 
-  /** The arrays of a generation (the committed one by default). */
+  /** Whether a slot's device holds a newer committed state than this memory (see TrainingMemory.stateOnDevice). */
+  get onDevice(): boolean {
+    return Atomics.load(this.memory.stateOnDevice, 0) === 1;
+  }
+
+  /**
+   * The arrays of a generation (the committed one by default). The committed one may not be read while a
+   * device holds a newer state: a read there would get an old state without a word.
+   */
   arrays(generation = this.generation): StateArrays {
+    if (generation === this.generation && this.onDevice) throw new Error(`internal: the state of step ${this.step} was read here while a device holds it (pull it first)`);
     return {
       params: this.optimizer.paramsOf(generation),
       m: this.optimizer.firstMomentOf(generation),
@@ -59,6 +68,8 @@ export class TrainingState {
   load(arrays: StateArrays, step: number, generation = this.generation): void {
     this.generation = generation & 1;
     this.step = step;
+    // What is loaded here is the state now: a device's is older.
+    Atomics.store(this.memory.stateOnDevice, 0, 0);
     const into = this.arrays();
     into.params.set(arrays.params);
     into.m.set(arrays.m);

@@ -11,6 +11,7 @@
  *
  * Arrays passed in may live in SharedArrayBuffers; an engine copies what its runtime cannot read in place.
  */
+import type { AdamScalars } from '../optim/adam.js';
 import type { WebGpuAdapter } from './webgpu/adapter.js';
 
 export const ENGINES = ['onnx', 'tfjs'] as const;
@@ -63,7 +64,38 @@ export interface Engine {
    */
   deltasPass?(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void>;
   evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void>;
+  /**
+   * Optional (a GPU): the training state kept on the device between whole steps, Adam applied there (see
+   * DeviceState), opened on first call. A slot computing whole steps alone uses it instead of stepPass.
+   */
+  deviceState?(): Promise<DeviceState>;
   dispose(): Promise<void>;
+}
+
+/** Parameters and Adam's moments, flat in the parameter layout (model/spec.ts). */
+export interface StateTensors {
+  params: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+}
+
+/**
+ * The state on a device: uploaded once (load), advanced by whole steps that run forward, backward and Adam
+ * there and bring back only the rows' losses, and downloaded when the host needs it (read). Each state it
+ * holds is named by a key the caller chooses, so the caller knows whether it still holds the one wanted.
+ */
+export interface DeviceState {
+  /** Whether the device holds the state named `key`. */
+  holds(key: string): boolean;
+  load(state: StateTensors, key: string): Promise<void>;
+  /**
+   * A whole step over `rows` rows (at least 2) from the state held: the loss of each row into rowLoss; the
+   * device then holds the next state as `nextKey`, unless a layer's gradient was not finite: those layers
+   * are returned, and the state held stays as it was.
+   */
+  step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]>;
+  /** The state held, into the host's arrays. */
+  read(into: StateTensors): Promise<void>;
 }
 
 export interface EngineOptions {

@@ -38,6 +38,8 @@ export function adamKernel(memory: WebAssembly.Memory): AdamKernel {
   return instance.exports.adam as AdamKernel;
 }
 
+export type AdamScalars = ReturnType<typeof adamScalars>;
+
 /** The per-step scalars, computed in double precision as PyTorch's Python-side code does. */
 export function adamScalars(options: AdamOptions, step: number) {
   const bc1 = 1 - options.beta1 ** step;
@@ -63,7 +65,7 @@ export function adamRange(
   generation: number,
   offset: number,
   gradient: Float32Array,
-  s: ReturnType<typeof adamScalars>,
+  s: AdamScalars,
 ): boolean {
   const { generations } = memory.layout;
   const from = generations[generation & 1];

@@ -160,7 +160,10 @@ export class Trainer {
     const bad = [...new Set(results.flatMap((r) => r.nonFiniteLayers))].sort((a, b) => a - b);
     if (bad.length > 0) {
       // A whole step keeps activations and deltas inside the engine: the row pass recomputes them to locate the culprit.
-      if (whole) await this.scheduler.computeRowsHere(this.state.step, this.state.generation, index, this.config.microBatch);
+      if (whole) {
+        await this.current();
+        await this.scheduler.computeRowsHere(this.state.step, this.state.generation, index, this.config.microBatch);
+      }
       const l = bad[0];
       const { batch } = this.memory;
       const sources = [l === 0 ? batch.x : batch.hidden[l - 1], batch.deltas[l]];
@@ -172,12 +175,14 @@ export class Trainer {
   }
 
   /**
-   * Makes this process's state the committed one after steps that only the remote replicas applied: it
-   * takes a replica's state, or, when no replica is left, replays those steps on the local slots from the
-   * state it last had (the batches are known and the result is bitwise the same). Returns true if it
-   * replayed (which reuses the batch buffers).
+   * Makes this process's state the committed one: from the GPU that holds it after whole steps there, and
+   * after steps that only the remote replicas applied: it takes a replica's state, or, when no replica is
+   * left, replays those steps on the local slots from the state it last had (the batches are known and the
+   * result is bitwise the same). Returns true if it replayed (which reuses the batch buffers).
    */
   async current(): Promise<boolean> {
+    // Whole steps on a GPU leave the state there (Engine.deviceState): it comes back first.
+    if (this.state.onDevice) await this.scheduler.pullState(this.state.step, this.state.generation);
     if (this.unapplied.length === 0) return false;
     const taken = await this.scheduler.replicaState(this.state.step);
     if (taken) {

@@ -10,10 +10,30 @@ import type { Feed, Fetch, GraphRunner } from './runner.js';
 
 type OrtModule = typeof Ort;
 
-export class BindingRunner implements GraphRunner {
+/**
+ * Float32 inputs as the binding takes them: the data itself, or for data in shared memory its alias (the
+ * native addon's) or a copy, kept per input name for the next call.
+ */
+export class PlainViews {
   private readonly alias = sharedAlias();
-  /** Per input name, where a shared input is copied when there is no alias. */
   private readonly copies = new Map<string, Float32Array>();
+
+  of(name: string, data: Float32Array): Float32Array {
+    if (!(data.buffer instanceof SharedArrayBuffer)) return data;
+    if (this.alias) return this.alias(data);
+    let copy = this.copies.get(name);
+    if (!copy || copy.length < data.length) {
+      copy = new Float32Array(data.length);
+      this.copies.set(name, copy);
+    }
+    const view = copy.subarray(0, data.length);
+    view.set(data);
+    return view;
+  }
+}
+
+export class BindingRunner implements GraphRunner {
+  private readonly plain = new PlainViews();
   /**
    * The tensor made of each input array, kept while the array is: an input fed again as the same array
    * (the parameters, from one setParams to the next) is neither aliased nor copied again.
@@ -30,27 +50,13 @@ export class BindingRunner implements GraphRunner {
     for (const [name, { data, dims }] of Object.entries(feeds)) {
       let tensor = this.tensors.get(data);
       if (!tensor) {
-        tensor = data instanceof BigInt64Array ? new this.ort.Tensor('int64', data, dims) : new this.ort.Tensor('float32', this.readable(name, data), dims);
+        tensor = data instanceof BigInt64Array ? new this.ort.Tensor('int64', data, dims) : new this.ort.Tensor('float32', this.plain.of(name, data), dims);
         this.tensors.set(data, tensor);
       }
       tensors[name] = tensor;
     }
     const result = await this.session.run(tensors, Object.keys(fetches));
     for (const [name, { data }] of Object.entries(fetches)) (data as Float32Array).set(result[name].data as Float32Array);
-  }
-
-  /** The data itself, or for data in shared memory its alias or a copy. */
-  private readable(name: string, data: Float32Array): Float32Array {
-    if (!(data.buffer instanceof SharedArrayBuffer)) return data;
-    if (this.alias) return this.alias(data);
-    let copy = this.copies.get(name);
-    if (!copy || copy.length < data.length) {
-      copy = new Float32Array(data.length);
-      this.copies.set(name, copy);
-    }
-    const view = copy.subarray(0, data.length);
-    view.set(data);
-    return view;
   }
 
   release(): Promise<void> {

@@ -10,11 +10,12 @@ import type * as Ort from 'onnxruntime-node';
 import { engineUnavailable } from '../../errors.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
-import type { Device, Engine, EngineOptions, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
+import type { Device, DeviceState, Engine, EngineOptions, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
 import { describeAdapter } from '../webgpu/adapter.js';
 import { GpuTurns } from '../webgpu/turns.js';
 import { BindingRunner } from './binding_runner.js';
 import { CApiRunner } from './c_api_runner.js';
+import { ResidentState } from './resident_state.js';
 import {
   biasName,
   buildDeltasGraph,
@@ -95,7 +96,10 @@ export async function createOnnxEngine(spec: ModelSpec, options: Pick<EngineOpti
   const version = createRequire(import.meta.url)('onnxruntime-node/package.json').version as string;
   const on = options.webgpu ? `webgpu on ${describeAdapter(options.webgpu.adapter)}` : device;
   const turns = options.webgpu ? new GpuTurns(options.webgpu.turns) : undefined;
-  const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${on}${reads})`, { webgpuOps: device === 'webgpu' }, turns);
+  const graphOptions = { webgpuOps: device === 'webgpu' };
+  // On the GPU the state may stay there between whole steps: through the binding, which keeps outputs on the device.
+  const resident = device === 'webgpu' ? () => ResidentState.open(ort, spec, graphOptions, turns) : undefined;
+  const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${on}${reads})`, graphOptions, turns, resident);
   try {
     await Promise.all(OPENED_AT_ONCE.map((graph) => engine.runner(graph)));
   } catch (e) {
@@ -129,9 +133,19 @@ class OnnxEngine implements Engine {
     private readonly graphOptions: GraphOptions,
     /** On a GPU: the process's turns on it, taken by every session's creation and run. */
     private readonly turns?: GpuTurns,
+    /** On a GPU: opens the state kept there (deviceState). */
+    private readonly openDeviceState?: () => Promise<ResidentState>,
   ) {
     this.layout = paramLayout(spec);
     this.range = new BigInt64Array(2 * this.layout.layers.length);
+  }
+
+  private resident?: Promise<ResidentState>;
+
+  /** The state kept on the GPU between whole steps (Engine.deviceState), opened on first use; not on the CPU. */
+  get deviceState(): (() => Promise<DeviceState>) | undefined {
+    const open = this.openDeviceState;
+    return open && (() => (this.resident ??= open()));
   }
 
   /** The graph's runner, opened on first use. */
@@ -259,6 +273,8 @@ class OnnxEngine implements Engine {
   }
 
   async dispose(): Promise<void> {
+    const resident = await this.resident?.catch(() => undefined);
+    await resident?.dispose();
     const opened = await Promise.allSettled(this.runners.values());
     await Promise.all(opened.map((r) => (r.status === 'fulfilled' ? r.value.release() : undefined)));
   }

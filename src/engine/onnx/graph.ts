@@ -230,10 +230,14 @@ export function buildDeltasGraph(spec: ModelSpec, options: GraphOptions = {}): U
   return g.build('dtrain_deltas');
 }
 
-/** gW_l = dᵀ · a over every row in one fixed reduction, and gb_l = Σ_rows d, as outputs gW{l} and gb{l}. */
+/** gW_l = dᵀ · a over every row in one fixed reduction, and gb_l = Σ_rows d, as values gW{l} and gb{l}. */
+function gradientOps(g: GraphBuilder, l: number, d: string, a: string): [string, string] {
+  return [g.op('Gemm', [d, a], { transA: 1 }, `gW${l}`), g.op('ReduceSum', [d, g.constInt64([0])], { keepdims: 0 }, `gb${l}`)];
+}
+
+/** gradientOps, as the graph's outputs gW{l} and gb{l}. */
 function layerGradient(g: GraphBuilder, spec: ModelSpec, l: number, d: string, a: string, units: number | string): void {
-  g.op('Gemm', [d, a], { transA: 1 }, `gW${l}`);
-  g.op('ReduceSum', [d, g.constInt64([0])], { keepdims: 0 }, `gb${l}`);
+  gradientOps(g, l, d, a);
   g.output(`gW${l}`, [units, spec.sizes[l]]);
   g.output(`gb${l}`, [units]);
 }
@@ -257,6 +261,60 @@ export function buildStepGraph(spec: ModelSpec, options: GraphOptions = {}): Uin
   const { x, hidden, deltas } = rowsForwardBackward(g, spec, options);
   deltas.forEach((d, l) => layerGradient(g, spec, l, d, l === 0 ? x : hidden[l - 1], spec.sizes[l + 1]));
   return g.build('dtrain_step');
+}
+
+/** The names of a parameter tensor's Adam moments (train graph inputs; next_… its outputs). */
+export const firstMomentName = (param: string) => `m_${param}`;
+export const secondMomentName = (param: string) => `v_${param}`;
+export const nextName = (name: string) => `next_${name}`;
+/** The train graph's per-step Adam scalars (adamScalars), each a [1] input named adam_{scalar} (b2 is also a bias's name). */
+export const ADAM_SCALARS = ['c1', 'b2', 'c2', 'negStep', 'invBc2sqrt', 'eps'] as const;
+export const adamInputName = (scalar: string) => `adam_${scalar}`;
+
+/**
+ * A whole step with the state on the device: the step graph, then Adam on every parameter tensor with the
+ * wasm kernel's operations in its order (optim/adam.wat), so the next parameters and moments never leave
+ * the device. Inputs: x, target, scale, W{l}, b{l}, their moments m_…, v_…, and ADAM_SCALARS; outputs:
+ * rowLoss, next_… of every parameter and moment, and bad{l}, Σ g·0 over layer l's gradient (NaN exactly
+ * when some element of it is not finite).
+ */
+export function buildTrainGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
+  const g = new GraphBuilder();
+  const { x, hidden, deltas } = rowsForwardBackward(g, spec, options);
+  const [c1, b2, c2, negStep, invBc2sqrt, eps] = ADAM_SCALARS.map((scalar) => g.input(adamInputName(scalar), [1]));
+  const zero = g.constFloat(0);
+  deltas.forEach((d, l) => {
+    const gradients = gradientOps(g, l, d, l === 0 ? x : hidden[l - 1]);
+    const dims = [[spec.sizes[l + 1], spec.sizes[l]], [spec.sizes[l + 1]]];
+    [weightName(l), biasName(l)].forEach((param, i) => {
+      const grad = gradients[i];
+      const m = g.input(firstMomentName(param), dims[i]);
+      const v = g.input(secondMomentName(param), dims[i]);
+      // m = m + c1·(g − m); v = v·b2 + (c2·g)·g; p = p + negStep·(m / (sqrt(v)·invBc2sqrt + eps))
+      const m2 = g.op('Add', [m, g.op('Mul', [c1, g.op('Sub', [grad, m])])], {}, nextName(m));
+      const v2 = g.op('Add', [g.op('Mul', [v, b2]), g.op('Mul', [g.op('Mul', [c2, grad]), grad])], {}, nextName(v));
+      const denominator = g.op('Add', [g.op('Mul', [g.op('Sqrt', [v2]), invBc2sqrt]), eps]);
+      g.op('Add', [param, g.op('Mul', [negStep, g.op('Div', [m2, denominator])])], {}, nextName(param));
+      for (const name of [param, m, v]) g.output(nextName(name), dims[i]);
+    });
+    const nan = (grad: string) => g.op('ReduceSum', [g.op('Mul', [grad, zero])], { keepdims: 0 });
+    g.op('Add', [nan(gradients[0]), nan(gradients[1])], {}, `bad${l}`);
+    g.output(`bad${l}`, []);
+  });
+  return g.build('dtrain_train');
+}
+
+/**
+ * A copy of each named tensor: `in_{name}` to `out_{name}`. Run with its outputs kept on the device it
+ * uploads the state; fed the device's tensors with outputs on the CPU it downloads them.
+ */
+export function buildCopyGraph(tensors: { name: string; dims: number[] }[]): Uint8Array {
+  const g = new GraphBuilder();
+  for (const { name, dims } of tensors) {
+    g.op('Identity', [g.input(`in_${name}`, dims)], {}, `out_${name}`);
+    g.output(`out_${name}`, dims);
+  }
+  return g.build('dtrain_copy');
 }
 
 /**

@@ -1,0 +1,141 @@
+/**
+ * The training state on the GPU (Engine.deviceState for onnxruntime's WebGPU provider): parameters and
+ * Adam's moments live in device tensors that each whole step (the train graph: forward, backward and Adam)
+ * reads and replaces, so no parameter crosses to the host between steps; only the rows' losses and one
+ * finiteness sum per layer come back. Through onnxruntime-node's binding, whose sessions can keep outputs
+ * on the device (preferredOutputLocation 'gpu-buffer') and take such outputs as inputs, also of another
+ * session: that is how the state is uploaded and downloaded, by a copy graph run each way (the binding
+ * cannot read a device tensor's data itself).
+ */
+import type * as Ort from 'onnxruntime-node';
+import { paramLayout, type ModelSpec } from '../../model/spec.js';
+import type { AdamScalars } from '../../optim/adam.js';
+import type { DeviceState, StateTensors } from '../engine.js';
+import type { GpuTurns } from '../webgpu/turns.js';
+import { PlainViews } from './binding_runner.js';
+import { ADAM_SCALARS, adamInputName, biasName, buildCopyGraph, buildTrainGraph, firstMomentName, nextName, secondMomentName, weightName, type GraphOptions } from './graph.js';
+import { SESSION_OPTIONS } from './runner.js';
+
+type OrtModule = typeof Ort;
+
+/** One tensor of the state: its graph name, which of the three arrays it is in, where, and its shape. */
+interface StatePart {
+  name: string;
+  array: keyof StateTensors;
+  offset: number;
+  dims: number[];
+}
+
+/** Every tensor of the state: each layer's W and b, then their first and second moments. */
+function stateParts(spec: ModelSpec): StatePart[] {
+  const params = paramLayout(spec).layers.flatMap(({ fanIn, fanOut, weightOffset, biasOffset }, l) => [
+    { name: weightName(l), offset: weightOffset, dims: [fanOut, fanIn] },
+    { name: biasName(l), offset: biasOffset, dims: [fanOut] },
+  ]);
+  return [
+    ...params.map((p) => ({ ...p, array: 'params' as const })),
+    ...params.map((p) => ({ ...p, name: firstMomentName(p.name), array: 'm' as const })),
+    ...params.map((p) => ({ ...p, name: secondMomentName(p.name), array: 'v' as const })),
+  ];
+}
+
+const size = (dims: number[]) => dims.reduce((a, b) => a * b, 1);
+
+export class ResidentState implements DeviceState {
+  private held?: Map<string, Ort.Tensor>;
+  private key = '';
+  private readonly plain = new PlainViews();
+  private readonly scalars: Record<string, Ort.Tensor>;
+
+  private constructor(
+    private readonly ort: OrtModule,
+    private readonly spec: ModelSpec,
+    private readonly parts: StatePart[],
+    private readonly sessions: { train: Ort.InferenceSession; upload: Ort.InferenceSession; download: Ort.InferenceSession },
+    private readonly turns?: GpuTurns,
+  ) {
+    this.scalars = Object.fromEntries(ADAM_SCALARS.map((scalar) => [adamInputName(scalar), new ort.Tensor('float32', new Float32Array(1), [1])]));
+  }
+
+  static async open(ort: OrtModule, spec: ModelSpec, graphOptions: GraphOptions, turns?: GpuTurns): Promise<ResidentState> {
+    const parts = stateParts(spec);
+    const options = { ...SESSION_OPTIONS, executionProviders: ['webgpu'] };
+    const onDevice = Object.fromEntries(parts.map((p) => [nextName(p.name), 'gpu-buffer' as const]));
+    const copyGraph = buildCopyGraph(parts);
+    const open = (model: Uint8Array, extra: Ort.InferenceSession.SessionOptions) => {
+      const create = () => ort.InferenceSession.create(model, { ...options, ...extra });
+      return turns ? turns.take(create) : create();
+    };
+    const [train, upload, download] = await Promise.all([
+      open(buildTrainGraph(spec, graphOptions), { preferredOutputLocation: onDevice }),
+      open(copyGraph, { preferredOutputLocation: 'gpu-buffer' }),
+      open(copyGraph, { preferredOutputLocation: 'cpu' }),
+    ]);
+    return new ResidentState(ort, spec, parts, { train, upload, download }, turns);
+  }
+
+  private run<T>(work: () => Promise<T>): Promise<T> {
+    return this.turns ? this.turns.take(work) : work();
+  }
+
+  holds(key: string): boolean {
+    return this.held !== undefined && this.key === key;
+  }
+
+  async load(state: StateTensors, key: string): Promise<void> {
+    const feeds: Record<string, Ort.Tensor> = {};
+    for (const { name, array, offset, dims } of this.parts) {
+      const data = this.plain.of(`in_${name}`, state[array].subarray(offset, offset + size(dims)));
+      feeds[`in_${name}`] = new this.ort.Tensor('float32', data, dims);
+    }
+    const copied = await this.run(() => this.sessions.upload.run(feeds));
+    this.replace(new Map(this.parts.map(({ name }) => [name, copied[`out_${name}`]])), key);
+  }
+
+  async step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]> {
+    if (!this.held) throw new Error('DeviceState.step: no state was loaded');
+    if (rows < 2) throw new RangeError('DeviceState.step needs at least 2 rows');
+    const features = this.spec.sizes[0];
+    const classes = this.spec.sizes[this.spec.sizes.length - 1];
+    for (const scalar of ADAM_SCALARS) (this.scalars[adamInputName(scalar)].data as Float32Array)[0] = adam[scalar];
+    const feeds: Record<string, Ort.Tensor> = {
+      ...Object.fromEntries(this.held),
+      ...this.scalars,
+      x: new this.ort.Tensor('float32', this.plain.of('x', x.subarray(0, rows * features)), [rows, features]),
+      target: new this.ort.Tensor('float32', this.plain.of('target', target.subarray(0, rows * classes)), [rows, classes]),
+      scale: new this.ort.Tensor('float32', Float32Array.of(1 / rows), [1]),
+    };
+    const out = await this.run(() => this.sessions.train.run(feeds));
+    rowLoss.set(out.rowLoss.data as Float32Array);
+    const layers = this.spec.sizes.length - 1;
+    const bad = Array.from({ length: layers }, (_, l) => l).filter((l) => !Number.isFinite((out[`bad${l}`].data as Float32Array)[0]));
+    const next = new Map(this.parts.map(({ name }) => [name, out[nextName(name)]]));
+    if (bad.length > 0) {
+      // The state held stays the last good one: the step's outputs are dropped.
+      for (const tensor of next.values()) tensor.dispose();
+      return bad;
+    }
+    this.replace(next, nextKey);
+    return [];
+  }
+
+  async read(into: StateTensors): Promise<void> {
+    if (!this.held) throw new Error('DeviceState.read: no state was loaded');
+    const feeds = Object.fromEntries([...this.held].map(([name, tensor]) => [`in_${name}`, tensor]));
+    const copied = await this.run(() => this.sessions.download.run(feeds));
+    for (const { name, array, offset } of this.parts) into[array].set(copied[`out_${name}`].data as Float32Array, offset);
+  }
+
+  /** The tensors now held (the ones before are released on the device). */
+  private replace(tensors: Map<string, Ort.Tensor>, key: string): void {
+    for (const tensor of this.held?.values() ?? []) tensor.dispose();
+    this.held = tensors;
+    this.key = key;
+  }
+
+  async dispose(): Promise<void> {
+    this.replace(new Map(), '');
+    this.held = undefined;
+    await Promise.all(Object.values(this.sessions).map((s) => s.release()));
+  }
+}
