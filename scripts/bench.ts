@@ -5,7 +5,10 @@
  * per-step median) and s/epoch, and ratios of both against PyTorch on 1 thread.
  *
  *   npm run bench -- [--steps 300] [--rounds 3] [--configs onnx:1,onnx:2,tfjs:1,torch:1,torch:2] [--baseline DIR]
+ *     [--device webgpu]
  *
+ * --device webgpu: dtrain's runs on the WebGPU device (a software one allowed: eval scripts/software-gpu.sh
+ * first on a machine without a GPU); the PyTorch rows stay on the CPU.
  * --baseline DIR: another built checkout of dtrain (e.g. a git worktree of an older commit, after its own
  * npm ci); every dtrain config then runs with it too, interleaved, as "baseline:<engine>:<threads>".
  */
@@ -22,6 +25,9 @@ const STEPS_PER_EPOCH = 938;
 const steps = Number(argValue('steps', '300'));
 const rounds = Number(argValue('rounds', '3'));
 const baseline = argValue('baseline', '');
+const device = argValue('device', 'cpu');
+if (device !== 'cpu' && device !== 'webgpu') throw new Error(`--device ${device}: expected cpu or webgpu`);
+const onDevice = device === 'webgpu' ? ['--device', 'webgpu', '--allow-software-gpu'] : [];
 const configs = argValue('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1')
   .split(',')
   .flatMap((c) => (baseline && !c.startsWith('torch') ? [c, `baseline:${c}`] : [c]));
@@ -36,7 +42,7 @@ function measure(config: string): { mean: number; median: number } {
   const outDir = mkdtempSync(join(tmpdir(), 'dtrain-bench-'));
   execFileSync(
     process.execPath,
-    [config.startsWith('baseline:') ? join(baseline, 'dist/src/cli.js') : cli, 'coordinator', '--engine', engine, '--threads', threads, '--steps', String(steps), '--test-samples', '1000', '--no-export', '--out', outDir],
+    [config.startsWith('baseline:') ? join(baseline, 'dist/src/cli.js') : cli, 'coordinator', '--engine', engine, '--threads', threads, '--steps', String(steps), '--test-samples', '1000', '--no-export', '--out', outDir, ...onDevice],
     { encoding: 'utf8' },
   );
   const stepMs = readMetrics(outDir).flatMap((r) => (r.type === 'step' ? [r.ms] : []));
@@ -59,7 +65,7 @@ for (let r = 0; r < rounds; r++) {
 const base = samples.has('torch:1') ? median(samples.get('torch:1')!) : undefined;
 const baseStep = stepMedians.has('torch:1') ? median(stepMedians.get('torch:1')!) : undefined;
 const names: Record<string, string> = { torch: 'PyTorch reference', onnx: 'dtrain onnx', tfjs: 'dtrain tfjs' };
-console.log(`\n${steps} steps of batch 64 per run, median of ${rounds} interleaved rounds\n`);
+console.log(`\n${steps} steps of batch 64 per run${device === 'cpu' ? '' : `, dtrain on ${device}`}, median of ${rounds} interleaved rounds\n`);
 console.log('| run | threads | ms/step (mean) | median step (ms) | s/epoch (938 steps) | × PyTorch 1 thread (means) | × PyTorch 1 thread (median steps) |');
 console.log('|---|---|---|---|---|---|---|');
 for (const [config, xs] of samples) {
