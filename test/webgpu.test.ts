@@ -152,11 +152,11 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     await gpu.dispose();
   });
 
-  it('keeps the state on the device between whole steps: Adam there gives the host kernel\'s bits, a non-finite step leaves the state held, and read brings it back', async () => {
+  it.each(['onnx', 'tfjs'] as const)('keeps the state on the device between whole steps (%s): Adam there gives the host kernel\'s bits, a non-finite step leaves the state held, and read brings it back', async (engine) => {
     const spec = makeSpec(784, [64, 32], 10, 'sigmoid');
-    const { total, layers } = paramLayout(spec);
-    const { x, target } = batch(spec, 20);
-    const gpu = await webgpuEngine(spec);
+    const { total } = paramLayout(spec);
+    const { x, target, labels } = batch(spec, 20);
+    const gpu = await createEngine(spec, await prepareEngine({ engine, ...WEBGPU } as EngineOptions));
     const device = await gpu.deviceState!();
     const memory = OptimizerMemory.allocate(total, false);
     memory.paramsOf(0).set(initParams(spec, 9));
@@ -172,16 +172,10 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     expect([device.holds('a'), device.holds('b')]).toEqual([false, true]);
     const got = copy(stateOf(1));
     await device.read(got);
-    // The host's way: the step's gradient from stepPass, then the wasm kernel, generation 0 → 1.
-    gpu.setParams(memory.paramsOf(0));
-    const hostLoss = new Float32Array(20);
-    const gradients = await gpu.stepPass!(x, target, 20, hostLoss);
-    const kernel = adamKernel(memory.memory);
-    layers.forEach(({ weightOffset, biasOffset }, l) => {
-      expect(adamRange(kernel, memory, 0, 0, weightOffset, gradients[l].weight, scalars)).toBe(false);
-      expect(adamRange(kernel, memory, 0, 0, biasOffset, gradients[l].bias, scalars)).toBe(false);
-    });
-    expect(rowLoss).toEqual(hostLoss);
+    // The host's way: the two passes' gradient on the same device, then the wasm kernel, generation 0 → 1.
+    const host = await engineGradient(gpu, spec, memory.paramsOf(0), x, labels);
+    expect(adamRange(adamKernel(memory.memory), memory, 0, 0, 0, host.grad, scalars)).toBe(false);
+    expect(rowLoss).toEqual(host.out.rowLoss);
     expect(got).toEqual(copy(stateOf(1)));
     expect(got.params).not.toEqual(before.params);
     // A NaN parameter makes every layer's gradient non-finite: nothing is applied, the state held stays.
@@ -212,7 +206,7 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     expect([binding.rowLoss, binding.gradients]).toEqual([cApi.rowLoss, cApi.gradients]);
   });
 
-  it('trains 50 steps with the CPU\'s losses (within 1e-4), and ends with the same parameters on one and two threads', async () => {
+  it('trains 50 steps with the CPU\'s losses (within 1e-4), and ends with the same parameters on one thread (state on the device) and two', async () => {
     const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
     const [cpu, two]: number[][] = [[], []];
     await run({ threads: 1, steps: 50 }, losses(cpu));
@@ -327,7 +321,7 @@ gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 't
     await gpu.dispose();
   });
 
-  it('trains with the wasm backend\'s losses (within 1e-4), and ends with the same parameters on one and two threads', async () => {
+  it('trains with the wasm backend\'s losses (within 1e-4), and ends with the same parameters on one thread (state on the device) and two', async () => {
     const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
     const [wasm, one, two]: number[][] = [[], [], []];
     const config = { engine: 'tfjs', hidden: [64, 32], steps: 20 } as const;
@@ -336,6 +330,8 @@ gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 't
     const b = await run({ ...config, ...WEBGPU, threads: 2 }, losses(two));
     expect(one).toHaveLength(20);
     one.forEach((loss, i) => expect(Math.abs(loss - wasm[i]) / wasm[i]).toBeLessThan(1e-4));
+    // One thread kept the state on the device (Adam there), two shared the weight pass with Adam on the host.
+    expect([a.workers, b.workers]).toEqual([expect.stringMatching(/kept on the device$/), expect.not.stringMatching(/kept on the device/)]);
     expect(b.paramsSha256).toBe(a.paramsSha256);
   });
 });

@@ -10,7 +10,8 @@ import type * as TfCore from '@tensorflow/tfjs-core';
 import { engineUnavailable } from '../../errors.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { paramLayout } from '../../model/spec.js';
-import type { Device, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
+import type { Device, DeviceState, Engine, EvalOutputs, LayerGradient, RowOutputs } from '../engine.js';
+import { TfjsDeviceState, type LayerTensors } from './device_state.js';
 
 type Tf = typeof TfCore;
 type Tensor2D = TfCore.Tensor2D;
@@ -80,7 +81,7 @@ async function loadTf(device: Device, adapter?: string): Promise<{ tf: Tf; backe
 /** `adapter`: for --device webgpu, the adapter in words (engine/webgpu/adapter.ts describeAdapter). */
 export async function createTfjsEngine(spec: ModelSpec, device: Device, adapter?: string): Promise<Engine> {
   const { tf, backend } = await loadTf(device, adapter);
-  return new TfjsEngine(tf, spec, backend);
+  return new TfjsEngine(tf, spec, backend, device === 'webgpu');
 }
 
 class TfjsEngine implements Engine {
@@ -95,8 +96,17 @@ class TfjsEngine implements Engine {
     private readonly tf: Tf,
     private readonly spec: ModelSpec,
     readonly backend: string,
+    /** On the GPU: whole steps keep the state there (deviceState). */
+    private readonly onGpu = false,
   ) {
     this.layout = paramLayout(spec);
+  }
+
+  private resident?: TfjsDeviceState;
+
+  /** The state kept on the GPU between whole steps (Engine.deviceState); not on the CPU. */
+  get deviceState(): (() => Promise<DeviceState>) | undefined {
+    return this.onGpu ? async () => (this.resident ??= new TfjsDeviceState(this.tf, this.layout, (W, x, t, rows) => this.stepGradients(W, x, t, rows))) : undefined;
   }
 
   setParams(params: Float32Array): void {
@@ -137,7 +147,7 @@ class TfjsEngine implements Engine {
     }
   }
 
-  private forward(x: Float32Array, target: Float32Array, rows: number) {
+  private forward(x: Float32Array, target: Float32Array, rows: number, params = this.current()) {
     const tf = this.tf;
     const features = this.spec.sizes[0];
     const classes = this.spec.sizes[this.spec.sizes.length - 1];
@@ -147,13 +157,57 @@ class TfjsEngine implements Engine {
     let h: TfCore.Tensor = xt;
     const last = this.layout.layers.length - 1;
     for (let l = 0; l < last; l++) {
-      h = this.activate(tf.add(tf.matMul(h as Tensor2D, this.weightsT[l]), this.biases[l]));
+      h = this.activate(tf.add(tf.matMul(h as Tensor2D, params.weightsT[l]), params.biases[l]));
       hidden.push(h);
     }
-    const logits = tf.add(tf.matMul(h as Tensor2D, this.weightsT[last]), this.biases[last]);
+    const logits = tf.add(tf.matMul(h as Tensor2D, params.weightsT[last]), params.biases[last]);
     const logp = tf.logSoftmax(logits);
     const rowLoss = tf.neg(tf.sum(tf.mul(tt, logp), 1));
-    return { hidden, logits, logp, rowLoss, target: tt };
+    return { x: xt, hidden, logits, logp, rowLoss, target: tt };
+  }
+
+  /** The parameters set by setParams, as forward() and the deltas read them. */
+  private current(): LayerTensors {
+    return { weights: this.weights, weightsT: this.weightsT, biases: this.biases };
+  }
+
+  /** Each layer's delta of the rows forward() computed, back through the weights. */
+  private deltasOf(f: ReturnType<TfjsEngine['forward']>, invBatch: number, weights: Tensor2D[]): TfCore.Tensor[] {
+    const tf = this.tf;
+    const deltas: TfCore.Tensor[] = [];
+    let delta = tf.mul(tf.sub(tf.exp(f.logp), f.target), invBatch);
+    deltas.unshift(delta);
+    for (let l = this.layout.layers.length - 2; l >= 0; l--) {
+      const dh = tf.matMul(delta as Tensor2D, weights[l + 1]);
+      delta = this.activationGrad(dh, f.hidden[l]);
+      deltas.unshift(delta);
+    }
+    return deltas;
+  }
+
+  /** A layer's gradient for `units` from its input a and delta d: the weight pass's ops, so its bits. */
+  private layerGradient(a: TfCore.Tensor, d: TfCore.Tensor, units: readonly [number, number], rows: number): [TfCore.Tensor, TfCore.Tensor] {
+    const tf = this.tf;
+    // A share of one unit would make a one-row product, which takes another kernel than a wider share
+    // (a vector product on WebGPU) and rounds differently: it runs as two copies of its column.
+    const width = units[1] - units[0];
+    const one = tf.slice(d, [0, units[0]], [rows, width]);
+    const part = width === 1 ? tf.concat([one, one], 1) : one;
+    const dW = tf.matMul(tf.transpose(part), a as Tensor2D);
+    const db = tf.sum(part, 0);
+    return width === 1 ? [tf.slice(dW, [0, 0], [1, a.shape[1]!]), tf.slice(db, [0], [1])] : [dW, db];
+  }
+
+  /**
+   * A whole step's loss and every layer's gradient from parameters `params` (the device state's), with the
+   * row pass's and the weight pass's ops: the rows computed in one call have the bits of any split (plan.ts).
+   */
+  private stepGradients(params: LayerTensors, x: Float32Array, target: Float32Array, rows: number) {
+    const f = this.forward(x, target, rows, params);
+    const deltas = this.deltasOf(f, 1 / rows, params.weights);
+    const inputs = [f.x, ...f.hidden];
+    const gradients = this.layout.layers.map(({ fanOut }, l) => this.layerGradient(inputs[l], deltas[l], [0, fanOut], rows));
+    return { rowLoss: f.rowLoss, gradients };
   }
 
   /**
@@ -171,15 +225,7 @@ class TfjsEngine implements Engine {
     const tf = this.tf;
     const results = tf.tidy(() => {
       const f = this.forwardPadded(x, target, rows);
-      const deltas: TfCore.Tensor[] = [];
-      let delta = tf.mul(tf.sub(tf.exp(f.logp), f.target), invBatch);
-      deltas.unshift(delta);
-      for (let l = this.layout.layers.length - 2; l >= 0; l--) {
-        const dh = tf.matMul(delta as Tensor2D, this.weights[l + 1]);
-        delta = this.activationGrad(dh, f.hidden[l]);
-        deltas.unshift(delta);
-      }
-      return [f.rowLoss, ...f.hidden, ...deltas];
+      return [f.rowLoss, ...f.hidden, ...this.deltasOf(f, invBatch, this.weights)];
     });
     const data = await Promise.all(results.map((t) => t.data() as Promise<Float32Array>));
     tf.dispose(results);
@@ -194,14 +240,7 @@ class TfjsEngine implements Engine {
       this.layout.layers.flatMap(({ fanIn, fanOut }, l) => {
         const a = tf.tensor2d(inputs[l].slice(0, batch * fanIn), [batch, fanIn]);
         const d = tf.tensor2d(deltas[l].slice(0, batch * fanOut), [batch, fanOut]);
-        // A share of one unit would make a one-row product, which takes another kernel than a wider share
-        // (a vector product on WebGPU) and rounds differently: it runs as two copies of its column.
-        const width = units[l][1] - units[l][0];
-        const one = tf.slice(d, [0, units[l][0]], [batch, width]);
-        const part = width === 1 ? tf.concat([one, one], 1) : one;
-        const dW = tf.matMul(tf.transpose(part), a);
-        const db = tf.sum(part, 0);
-        return width === 1 ? [tf.slice(dW, [0, 0], [1, fanIn]), tf.slice(db, [0], [1])] : [dW, db];
+        return this.layerGradient(a, d, units[l], batch);
       }),
     );
     const data = (await Promise.all(tensors.map((t) => t.data()))) as Float32Array[];
@@ -222,6 +261,7 @@ class TfjsEngine implements Engine {
   }
 
   async dispose(): Promise<void> {
+    this.resident?.dispose();
     this.tf.dispose([...this.weights, ...this.weightsT, ...this.biases]);
   }
 }

@@ -1,0 +1,130 @@
+/**
+ * The training state on the GPU for the tfjs engine (Engine.deviceState on its WebGPU backend): each
+ * layer's W (and Wᵀ for the forward pass), b and their Adam moments are tensors kept on the device; a whole
+ * step computes the gradient with the engine's own ops and applies Adam with tfjs ops in the wasm kernel's
+ * order (optim/adam.wat), and only the rows' losses and one finiteness sum per layer are read back.
+ */
+import type * as TfCore from '@tensorflow/tfjs-core';
+import type { ParamLayout } from '../../model/spec.js';
+import type { AdamScalars } from '../../optim/adam.js';
+import type { DeviceState, StateTensors } from '../engine.js';
+
+type Tf = typeof TfCore;
+type Tensor = TfCore.Tensor;
+type Tensor2D = TfCore.Tensor2D;
+type Tensor1D = TfCore.Tensor1D;
+
+/** The parameters as the engine's forward pass reads them. */
+export interface LayerTensors {
+  weights: Tensor2D[];
+  weightsT: Tensor2D[];
+  biases: Tensor1D[];
+}
+
+/** The engine's step: the rows' loss and each layer's [weight, bias] gradient from the given parameters. */
+type StepGradients = (params: LayerTensors, x: Float32Array, target: Float32Array, rows: number) => { rowLoss: Tensor; gradients: [Tensor, Tensor][] };
+
+/** One parameter tensor of the state and its two moments. */
+interface Held {
+  param: Tensor;
+  m: Tensor;
+  v: Tensor;
+}
+
+/** tf.tidy for a result whose tensors sit in plain objects that TensorContainer's type does not cover. */
+function tidyKeeping<T>(tf: Tf, fn: () => T): T {
+  return tf.tidy(fn as unknown as () => TfCore.TensorContainer) as unknown as T;
+}
+
+export class TfjsDeviceState implements DeviceState {
+  /** Per layer, [weight, bias]. */
+  private held?: [Held, Held][];
+  private weightsT: Tensor2D[] = [];
+  private key = '';
+
+  constructor(
+    private readonly tf: Tf,
+    private readonly layout: ParamLayout,
+    private readonly gradientsOf: StepGradients,
+  ) {}
+
+  holds(key: string): boolean {
+    return this.held !== undefined && this.key === key;
+  }
+
+  async load(state: StateTensors, key: string): Promise<void> {
+    const tf = this.tf;
+    const part = (offset: number, shape: number[]): Held => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const of = (a: Float32Array) => tf.tensor(a.slice(offset, offset + n), shape);
+      return { param: of(state.params), m: of(state.m), v: of(state.v) };
+    };
+    this.replace(
+      this.layout.layers.map(({ fanIn, fanOut, weightOffset, biasOffset }) => [part(weightOffset, [fanOut, fanIn]), part(biasOffset, [fanOut])]),
+      key,
+    );
+  }
+
+  async step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]> {
+    const held = this.held;
+    if (!held) throw new Error('DeviceState.step: no state was loaded');
+    if (rows < 2) throw new RangeError('DeviceState.step needs at least 2 rows');
+    const tf = this.tf;
+    const params: LayerTensors = { weights: held.map(([w]) => w.param as Tensor2D), weightsT: this.weightsT, biases: held.map(([, b]) => b.param as Tensor1D) };
+    // tidy keeps every tensor in what it returns, nested objects included (Held is one, untyped as a container).
+    const { loss, next, bad } = tidyKeeping(tf, () => {
+      const { rowLoss: l, gradients } = this.gradientsOf(params, x, target, rows);
+      const scalar = (v: number) => tf.scalar(v, 'float32');
+      const [c1, b2, c2, negStep, invBc2sqrt, eps] = [adam.c1, adam.b2, adam.c2, adam.negStep, adam.invBc2sqrt, adam.eps].map(scalar);
+      // m = m + c1·(g − m); v = v·b2 + (c2·g)·g; p = p + negStep·(m / (sqrt(v)·invBc2sqrt + eps))
+      const update = ({ param, m, v }: Held, g: Tensor): Held => {
+        const m2 = tf.add(m, tf.mul(c1, tf.sub(g, m)));
+        const v2 = tf.add(tf.mul(v, b2), tf.mul(tf.mul(c2, g), g));
+        return { param: tf.add(param, tf.mul(negStep, tf.div(m2, tf.add(tf.mul(tf.sqrt(v2), invBc2sqrt), eps)))), m: m2, v: v2 };
+      };
+      const nan = (g: Tensor) => tf.sum(tf.mul(g, 0));
+      return {
+        loss: l,
+        next: held.map(([w, b], i) => [update(w, gradients[i][0]), update(b, gradients[i][1])] as [Held, Held]),
+        bad: tf.stack(gradients.map(([gW, gb]) => tf.add(nan(gW), nan(gb)))),
+      };
+    });
+    const [lossData, badData] = (await Promise.all([loss.data(), bad.data()])) as Float32Array[];
+    rowLoss.set(lossData.subarray(0, rows));
+    tf.dispose([loss, bad]);
+    const layers = [...badData.keys()].filter((l) => !Number.isFinite(badData[l]));
+    if (layers.length > 0) {
+      // The state held stays the last good one: the step's outputs are dropped.
+      tf.dispose(next.flatMap(([w, b]) => [w.param, w.m, w.v, b.param, b.m, b.v]));
+      return layers;
+    }
+    this.replace(next, nextKey);
+    return [];
+  }
+
+  async read(into: StateTensors): Promise<void> {
+    if (!this.held) throw new Error('DeviceState.read: no state was loaded');
+    const reads = this.layout.layers.flatMap(({ weightOffset, biasOffset }, l) =>
+      ([weightOffset, biasOffset] as const).flatMap((offset, i) => {
+        const { param, m, v } = this.held![l][i];
+        return ([['params', param], ['m', m], ['v', v]] as const).map(async ([array, t]) => into[array].set((await t.data()) as Float32Array, offset));
+      }),
+    );
+    await Promise.all(reads);
+  }
+
+  /** The tensors now held (the ones before are disposed), with Wᵀ for the next forward pass. */
+  private replace(held: [Held, Held][], key: string): void {
+    const tf = this.tf;
+    if (this.held) tf.dispose([...this.held.flatMap(([w, b]) => [w.param, w.m, w.v, b.param, b.m, b.v]), ...this.weightsT]);
+    this.held = held;
+    this.weightsT = held.map(([w]) => tf.transpose(w.param as Tensor2D));
+    this.key = key;
+  }
+
+  dispose(): void {
+    if (this.held) this.tf.dispose([...this.held.flatMap(([w, b]) => [w.param, w.m, w.v, b.param, b.m, b.v]), ...this.weightsT]);
+    this.held = undefined;
+    this.weightsT = [];
+  }
+}
