@@ -180,7 +180,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   threads: { flag: '--threads <n>', description: 'local compute threads, this one included (0: remote workers compute everything, their replicas hold the state)', kind: { type: 'int', min: 0 } },
   plan: {
     flag: '--plan <name>',
-    description: 'with --threads 0: replicated (every replica applies the whole step), sharded (each its share of the output units, parameters all-gathered) or server (workers compute rows; the coordinator reduces, applies Adam on its --threads, at least 1, and sends the parameters back); auto: the cheapest by a cost model from the measured workers, planned again when they change',
+    description: 'how remote workers share a step, with --threads 0: replicated (every replica applies the whole step), sharded (each its share of the output units, parameters all-gathered), or server, also with --threads N (workers compute rows; the coordinator reduces, applies Adam on its threads and sends the parameters back); auto: the cheapest by a cost model from the measured workers, planned again when they change',
     kind: { type: 'enum', choices: PLANS },
   },
   epochs: { flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },

@@ -126,6 +126,11 @@ export function nonFiniteLoss(step: number, where: string): DtrainError {
   return fail('ERR_NONFINITE', `step ${step}: non-finite loss in ${where}; training stopped with the last good parameters kept`);
 }
 
+/** The GPU holding the state (whole steps there) failed before it gave it back: the run keeps an older one. */
+export function deviceStateLost(step: number, kept: number, cause: string): DtrainError {
+  return fail('ERR_DEVICE', `the device's state of step ${step} could not be read back (${cause}); the run ends on the state of step ${kept}, the last this process held`);
+}
+
 export function workersMissing(wanted: number, joined: number, waitedMs: number): DtrainError {
   return fail('ERR_WORKERS_MISSING', `${wanted - joined} of ${wanted} remote workers missing after ${waitedMs} ms (--min-workers ${wanted}): start them with dtrain worker --connect, or raise --join-timeout-ms`);
 }

@@ -54,8 +54,14 @@ describe('the cost model', () => {
     // Ten times faster (a GPU coordinator, CPU workers): its weight pass is the cheap part.
     expect(strong.server).toBeLessThan(Math.min(strong.sharded, strong.replicated));
     expect(same.server - strong.server).toBeCloseTo((stepSizes(big, 512).weightFlops / stepSizes(big, 512).rowFlops) * (1 / 6 - 1 / 60), 6);
-    // Every member is sent every parameter: the coordinator's link carries N times the model.
+    // Every member is sent every parameter: the coordinator's link carries N times the model, after its
+    // weight pass, so on a real link (the star's cost per byte given) that time adds to the step.
     expect(coordinatorBytes(big, 512, 8, 'server')).toBe(8 * 4 * stepSizes(big, 512).parameters);
+    const eight = Array.from({ length: 8 }, () => member(6));
+    const perByte = 8e-8;
+    const onLink = estimatePlans(big, 512, eight, perByte, perByte, true, member(60)).find((e) => e.plan === 'server')!;
+    const noStar = estimatePlans(big, 512, eight, perByte, 0, true, member(60)).find((e) => e.plan === 'server')!;
+    expect(onLink.ms - noStar.ms).toBeCloseTo(7 * 4 * stepSizes(big, 512).parameters * perByte, 6);
   });
 
   it('calibrates a byte\'s cost so that the running plan\'s estimate meets its measured step', () => {

@@ -43,6 +43,7 @@ const cases: [string, Error, string, string?][] = [
     'mixed devices: the run computes on onnx/cpu, the worker on onnx/webgpu, whose results differ in the last bits; give the coordinator --allow-mixed-devices to accept it (recorded in summary.json)',
     'ERR_MIXED_DEVICES',
   ],
+  ['deviceStateLost', errors.deviceStateLost(40, 30, 'device lost'), "the device's state of step 40 could not be read back (device lost); the run ends on the state of step 30, the last this process held", 'ERR_DEVICE'],
   ['nonFiniteGradient', errors.nonFiniteGradient(12, 'layer 0 (W0, b0)'), 'step 12: non-finite gradient in layer 0 (W0, b0); training stopped with the last good parameters kept', 'ERR_NONFINITE'],
   ['nonFiniteLoss', errors.nonFiniteLoss(3, 'micro-shard 1'), 'step 3: non-finite loss in micro-shard 1; training stopped with the last good parameters kept', 'ERR_NONFINITE'],
   ['checkpointInvalid', errors.checkpointInvalid('a.ckpt', 'checksum mismatch (truncated or corrupt)'), 'a.ckpt: checksum mismatch (truncated or corrupt)', 'ERR_CHECKPOINT'],

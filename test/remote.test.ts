@@ -28,6 +28,7 @@ function workerProcess(url: string, ...args: string[]): ChildProcess {
 
 const reference = referenceHash({ threads: 2 }, 'reference');
 const reference3 = referenceHash({ threads: 2, epochs: 3 }, 'reference3');
+const referenceOneEpoch = referenceHash({ threads: 2, epochs: 1 }, 'reference1');
 
 /** Two worker processes started when the coordinator listens; url() gives its address for later ones. */
 function twoWorkers() {
@@ -630,6 +631,29 @@ describe('the server plan (--plan server)', () => {
       // Every worker committed the coordinator's parameters of each of the 6 steps.
       expect(steps, label).toEqual(Array.from({ length: count }, () => 6));
     }
+  });
+});
+
+describe('the server plan asks for the next rows early', () => {
+  it('sends step s+1\'s rows request with step s\'s parameters, before step s+1 begins, so the workers compute while the coordinator moves on', async () => {
+    const abort = new AbortController();
+    const answered = new Set<number>();
+    let early = 0;
+    const summary = await coordinator(
+      { threads: 0, plan: 'server', minWorkers: 1, epochs: 1 },
+      (url) => void runWorker({ connect: url, signal: abort.signal, tamperRows: (rows) => (answered.add(rows.step), rows) }),
+      () => {},
+      async (step) => {
+        if (step === 0) return;
+        // The coordinator waits here before step `step`: only a request sent early can be answered meanwhile.
+        for (let waited = 0; waited < 2000 && !answered.has(step); waited += 10) await new Promise((r) => setTimeout(r, 10));
+        if (answered.has(step)) early++;
+      },
+    );
+    abort.abort();
+    // Steps 1 and 2 of the epoch's 3 (the next batch of the last is not known before the epoch ends).
+    expect(early).toBe(2);
+    expect(summary.paramsSha256).toBe(await referenceOneEpoch());
   });
 });
 

@@ -43,6 +43,25 @@ describe('Trainer', () => {
     expect([state.step, state.generation]).toEqual([0, 0]);
   });
 
+  it('ends on the last state this process held, saying so, when the device holding a newer one fails', async () => {
+    const dataset = syntheticDataset(64, 8);
+    const spec = makeSpec(dataset.features, [8], dataset.classes, 'sigmoid');
+    const memory = createTrainingMemory(spec, dataset, 64, 1);
+    const state = new TrainingState(memory);
+    state.commit();
+    state.commit();
+    // Steps 3 and 4 ran on a device, which then fails as its state is pulled.
+    Atomics.store(memory.stateOnDevice, 0, 1);
+    state.commit();
+    state.commit();
+    expect(() => state.params).toThrow('internal: the state of step 4 was read here while a device holds it (pull it first)');
+    const scheduler = { pullState: async () => Promise.reject(new Error('device lost')) } as unknown as Scheduler;
+    const trainer = new Trainer(resolveConfig({ threads: 1 }), dataset, scheduler, memory, state, ADAM_DEFAULTS);
+    await expect(trainer.current()).rejects.toThrow("the device's state of step 4 could not be read back (device lost); the run ends on the state of step 2, the last this process held");
+    expect([state.step, state.generation, state.onDevice]).toEqual([2, 0, false]);
+    expect(() => state.params).not.toThrow();
+  });
+
   it('does not count the time a beforeStep hook takes as training time', async () => {
     const dataset = syntheticDataset(128, 8);
     const summary = await train(

@@ -171,7 +171,11 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     expect(await device.step(x, target, 20, rowLoss, scalars, 'b')).toEqual([]);
     expect([device.holds('a'), device.holds('b')]).toEqual([false, true]);
     const got = copy(stateOf(1));
-    await device.read(got);
+    await device.read(got, 'b');
+    // The state the step started from stays readable until the next step (a step the trainer refuses).
+    const start = copy(stateOf(1));
+    await device.read(start, 'a');
+    expect(start).toEqual(before);
     // The host's way: the two passes' gradient on the same device, then the wasm kernel, generation 0 → 1.
     const host = await engineGradient(gpu, spec, memory.paramsOf(0), x, labels);
     expect(adamRange(adamKernel(memory.memory), memory, 0, 0, 0, host.grad, scalars)).toBe(false);
@@ -184,8 +188,10 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     await device.load(poisoned, 'c');
     expect(await device.step(x, target, 20, rowLoss, scalars, 'd')).toEqual([0, 1, 2]);
     expect([device.holds('c'), device.holds('d')]).toEqual([true, false]);
-    await device.read(got);
+    await device.read(got, 'c');
     expect(got).toEqual(poisoned);
+    // A load replaces what the device held.
+    await expect(device.read(got, 'b')).rejects.toThrow('DeviceState.read: the device does not hold the state b');
     await gpu.dispose();
   });
 
@@ -220,6 +226,16 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     expect(a.workers).toMatch(/webgpu on .*, parameters and Adam moments kept on the device$/);
     expect(b.workers).not.toMatch(/kept on the device/);
     expect([a.devices, a.mixedDevices]).toEqual([['onnx/webgpu'], false]);
+  });
+
+  it('runs a one-row last batch on the host after pulling the state back, and ends on two threads\' parameters', async () => {
+    // 129 samples: batches of 64, 64 and 1, for two epochs; the one-row step cannot run on the device (a
+    // one-row product takes another kernel), so the device's state must come back before it.
+    const config = { ...WEBGPU, trainSamples: 129, epochs: 2, hidden: [64, 32] };
+    const [one, two] = [await run({ ...config, threads: 1 }), await run({ ...config, threads: 2 })];
+    expect(one.steps).toBe(6);
+    expect(one.workers).toMatch(/kept on the device$/);
+    expect(one.paramsSha256).toBe(two.paramsSha256);
   });
 
   it('resumes a run whose state stayed on the device from its checkpoint, to the uninterrupted run\'s parameters', async () => {

@@ -14,7 +14,8 @@
  *               units' parameters out and everyone else's in
  *   server      rows of its share, then (after the slowest member's rows) the coordinator's whole weight
  *               pass and Adam, at the coordinator's rate; bytes: its own rows in full out, every
- *               parameter in
+ *               parameter in; on a real link the coordinator's sends of the parameters to every member
+ *               follow its weight pass, so the star's time adds to the step instead of overlapping it
  *
  * The cost per byte is not a link's nominal rate: it is calibrated from the measured steps of the plan that
  * runs (what a step took beyond the estimated compute, per byte a member moves), so that it holds what the
@@ -128,6 +129,12 @@ export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCos
     const costs = perMember(spec, batch, members, plan, compact, coordinator).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
     const slowest = costs.reduce((a, b) => (b.computeMs + b.wireMs > a.computeMs + a.wireMs ? b : a));
     const star = coordinatorBytes(spec, batch, members.length, plan, compact) * starMsPerByte;
+    if (plan === 'server') {
+      // The parameters leave only after the coordinator's weight pass, to one member after another on its
+      // link: beyond what a member's own link takes for them, the star's time adds to the step.
+      const wireMs = slowest.wireMs + Math.max(0, star - 4 * stepSizes(spec, batch).parameters * msPerByte);
+      return { plan, ms: slowest.computeMs + wireMs, computeMs: slowest.computeMs, wireMs };
+    }
     return { plan, ms: Math.max(slowest.computeMs + slowest.wireMs, star), ...slowest };
   });
   return estimates.sort((a, b) => a.ms - b.ms);

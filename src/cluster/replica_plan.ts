@@ -67,7 +67,8 @@ export interface PlanChoice {
 }
 
 export class ReplicaPlan {
-  private plan: RemotePlan = 'replicated';
+  /** As asked, or with `auto` replicated until judged. */
+  private plan: RemotePlan;
   private owners = new Map<RemotePeer, Range[]>();
   /** The last step's slices, until settled. */
   private inFlight?: Promise<void>;
@@ -112,7 +113,9 @@ export class ReplicaPlan {
     private readonly onChoice: (choice: PlanChoice) => void,
     /** Whether replicated rows travel compact (Scheduler.compactRows): what they cost depends on it. */
     private readonly compactRows = true,
-  ) {}
+  ) {
+    this.plan = asked === 'auto' ? 'replicated' : asked;
+  }
 
   /** The plan the members run now. */
   get current(): RemotePlan {
@@ -140,11 +143,11 @@ export class ReplicaPlan {
   }
 
   /**
-   * The coordinator's weight pass over a whole batch took `ms` (the server plan's, or a replay's): its rate,
-   * in the cost model's terms, for the server plan's estimate.
+   * The coordinator's weight pass over a batch of `batch` rows took `ms` (the server plan's, or a replay's):
+   * its rate, in the cost model's terms, for the server plan's estimate.
    */
-  weighed(ms: number): void {
-    const { weightFlops, rowFlops } = stepSizes(this.spec, this.batchSize);
+  weighed(ms: number, batch: number): void {
+    const { weightFlops, rowFlops } = stepSizes(this.spec, batch);
     this.coordinator = { rowsPerMs: smooth(this.coordinator?.rowsPerMs ?? 0, weightFlops / (Math.max(0.01, ms) * rowFlops)) };
   }
 
@@ -160,8 +163,8 @@ export class ReplicaPlan {
 
   /**
    * A row pass begins: once the steps since the last admission have been timed, the cost model estimates
-   * both plans (recorded whatever --plan says, so that estimates stand beside measurements), and `auto`
-   * changes plan when the other is cheaper.
+   * every plan (recorded whatever --plan says, so that estimates stand beside measurements), and `auto`
+   * changes plan when another is cheaper.
    */
   beginStep(step: number): void {
     const members = this.hub.ready();
@@ -253,8 +256,9 @@ export class ReplicaPlan {
   }
 
   /**
-   * Sends the committed state to the joiners — and to every member when the plan is or becomes sharded
-   * (units move, and each owner's moments must be current for its new ones) — and shares the units.
+   * Sends the committed state to the joiners — and to every member when the plan changes (the state says
+   * how steps come; a server plan's replicas hold stale moments) or is sharded (units move, and each owner's
+   * moments must be current for its new ones) — and shares the units.
    */
   async admit(snapshot: Snapshot): Promise<void> {
     // Every slice of the last step has come, or its owner was dropped: none reaches a member after its new state.

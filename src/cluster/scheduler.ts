@@ -132,7 +132,7 @@ export class Scheduler {
     return this.remotePlan?.serving ?? false;
   }
 
-  /** How steps are distributed now: the step mode, or with remote replicas their plan (replicated or sharded). */
+  /** How steps are distributed now: the step mode, or with remote replicas their plan (replicated, sharded or server). */
   get planName(): string {
     return this.remotePlan?.current ?? this.mode;
   }
@@ -154,13 +154,12 @@ export class Scheduler {
 
   get description(): string {
     const remote = this.hub ? `, remote workers via ${this.hub.ready().length ? `${this.hub.ready().length} connected` : 'none yet'}` : '';
-    const replicas = {
-      replicated: 'remote replicas apply the steps',
-      sharded: 'remote replicas share the weight pass by output units',
-      server: 'remote workers compute rows; the weight pass here, parameters sent back',
-    }[this.remotePlan?.current ?? 'replicated'];
     const resident = this.mode === 'whole' && this.local.capabilities.deviceState ? ', parameters and Adam moments kept on the device' : '';
-    return `${this.localComputes ? `${this.local.description}${resident}` : `no local compute (${replicas}; evaluation here)`}${remote}`;
+    if (this.localComputes) return `${this.local.description}${resident}${remote}`;
+    const plan = this.remotePlan?.current ?? 'replicated';
+    if (plan === 'server') return `no local rows (remote workers compute them; the weight pass and Adam on ${this.local.description}, parameters sent back)${remote}`;
+    const replicas = plan === 'sharded' ? 'remote replicas share the weight pass by output units' : 'remote replicas apply the steps';
+    return `no local compute (${replicas}; evaluation here)${remote}`;
   }
 
   /** Every engine/device a remote worker joined with (see RemoteHub.kinds). */
@@ -380,6 +379,10 @@ export class Scheduler {
       this.deferred = { step, index, microBatch };
       return;
     }
+    this.requestEarly(step, index, microBatch);
+  }
+
+  private requestEarly(step: number, index: Int32Array, microBatch: number): void {
     const shards = microShards(index.length, microBatch);
     this.prefetched = this.plan(step, index.length, shards, [0, shards.length], index);
   }
@@ -393,7 +396,7 @@ export class Scheduler {
     this.deferred = undefined;
     if (!this.serving || !this.hub) return;
     this.hub.broadcastParams(step, params);
-    if (next?.step === step + 1) this.prefetch(next.step, next.index, next.microBatch);
+    if (next?.step === step + 1 && this.hub.ready().length > 0) this.requestEarly(next.step, next.index, next.microBatch);
   }
 
   /**
@@ -499,7 +502,8 @@ export class Scheduler {
     const started = performance.now();
     const results = await this.local.runPass(tasks);
     // The coordinator's rate for the server plan's estimate (its whole weight pass, here).
-    this.remotePlan?.weighed(performance.now() - started);
+    const batch = tasks.find((t) => t.kind === 'weights')?.batch;
+    if (batch) this.remotePlan?.weighed(performance.now() - started, batch);
     return results;
   }
 

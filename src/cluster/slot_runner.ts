@@ -146,6 +146,8 @@ export class SlotRunner {
   private async wholeStep({ step, generation, batch }: Extract<Task, { kind: 'step' }>): Promise<number[]> {
     const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
     if (this.engine.deviceState && batch >= 2) return this.deviceStep(await this.engine.deviceState(), step, generation, batch);
+    // A one-row step runs here, on the host's state: the device's must come back first.
+    if (Atomics.load(this.init.memory.stateOnDevice, 0) === 1) await this.pull(step, generation);
     if (!this.engine.stepPass || batch < 2) {
       await this.rows(step, generation, batch, [0, batch], true);
       return this.weights({ kind: 'weights', step, generation, batch, units, slot: 0 });
@@ -174,12 +176,13 @@ export class SlotRunner {
     return bad;
   }
 
-  /** The device's state of `step` into `generation` here; the memory holds the state again. */
+  /**
+   * The device's state of `step` into `generation` here (its latest, or the one its last step started from
+   * when the trainer did not commit that step); the memory holds the state again.
+   */
   private async pull(step: number, generation: number): Promise<void> {
-    const key = this.stateKey(step, generation);
-    const device = this.engine.deviceState && (await this.engine.deviceState());
-    if (!device?.holds(key)) throw new Error(`internal: pull of the state of step ${step} from a device that does not hold it`);
-    await device.read(this.stateOf(generation));
+    if (!this.engine.deviceState) throw new Error(`internal: pull of the state of step ${step} from an engine without a device state`);
+    await (await this.engine.deviceState()).read(this.stateOf(generation), this.stateKey(step, generation));
     Atomics.store(this.init.memory.stateOnDevice, 0, 0);
   }
 

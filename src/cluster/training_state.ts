@@ -31,6 +31,11 @@ export class TrainingState {
   /** The generation (0 or 1) that holds the committed state. */
   generation = 0;
   step = 0;
+  /**
+   * The step and generation of the last committed state this memory held itself (loaded, committed with no
+   * device ahead, or pulled back): what is left when a device that holds a newer one fails.
+   */
+  private host = { step: 0, generation: 0 };
 
   constructor(private readonly memory: TrainingMemory) {
     this.spec = memory.spec;
@@ -75,6 +80,22 @@ export class TrainingState {
     into.m.set(arrays.m);
     into.v.set(arrays.v);
     Atomics.add(this.memory.stateLoads, 0, 1);
+    this.host = { step: this.step, generation: this.generation };
+  }
+
+  /** The device's state was pulled back: this memory holds the committed state again. */
+  pulled(): void {
+    this.host = { step: this.step, generation: this.generation };
+  }
+
+  /**
+   * The device that held the committed state failed before giving it back: the state becomes the last one
+   * this memory held (untouched since: device steps never write here). Returns its step.
+   */
+  fallBackToHost(): number {
+    Atomics.store(this.memory.stateOnDevice, 0, 0);
+    ({ step: this.step, generation: this.generation } = this.host);
+    return this.step;
   }
 
   /**
@@ -91,6 +112,7 @@ export class TrainingState {
   commit(): void {
     this.generation ^= 1;
     this.step++;
+    if (!this.onDevice) this.host = { step: this.step, generation: this.generation };
   }
 
   /**

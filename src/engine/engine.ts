@@ -83,19 +83,21 @@ export interface StateTensors {
  * The state on a device: uploaded once (load), advanced by whole steps that run forward, backward and Adam
  * there and bring back only the rows' losses, and downloaded when the host needs it (read). Each state it
  * holds is named by a key the caller chooses, so the caller knows whether it still holds the one wanted.
+ * The state a step started from is kept until the next step or load: a step the caller then refuses (its
+ * loss was not finite) can still be read back.
  */
 export interface DeviceState {
-  /** Whether the device holds the state named `key`. */
+  /** Whether the device's latest state is the one named `key` (the one the next step starts from). */
   holds(key: string): boolean;
   load(state: StateTensors, key: string): Promise<void>;
   /**
-   * A whole step over `rows` rows (at least 2) from the state held: the loss of each row into rowLoss; the
-   * device then holds the next state as `nextKey`, unless a layer's gradient was not finite: those layers
-   * are returned, and the state held stays as it was.
+   * A whole step over `rows` rows (at least 2) from the latest state: the loss of each row into rowLoss; the
+   * device's latest state is then the next one, named `nextKey`, unless a layer's gradient was not finite:
+   * those layers are returned, and the latest state stays as it was.
    */
   step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]>;
-  /** The state held, into the host's arrays. */
-  read(into: StateTensors): Promise<void>;
+  /** The state named `key`, the latest or the one the last step started from, into the host's arrays. */
+  read(into: StateTensors, key: string): Promise<void>;
 }
 
 export interface EngineOptions {

@@ -5,7 +5,7 @@
  */
 import type { TrainConfig } from '../config.js';
 import type { Dataset } from '../data/datasets.js';
-import { nonFiniteGradient, nonFiniteLoss, workersMissing, workersMissingRanks } from '../errors.js';
+import { deviceStateLost, nonFiniteGradient, nonFiniteLoss, workersMissing, workersMissingRanks } from '../errors.js';
 import type { AdamOptions } from '../optim/adam.js';
 import type { Scheduler } from '../cluster/scheduler.js';
 import { batchCount, evenSplit, microShards } from '../cluster/plan.js';
@@ -56,7 +56,8 @@ export class Trainer {
    */
   async trainStep(index: Int32Array, next?: Int32Array): Promise<number> {
     if (this.scheduler.mode === 'whole') {
-      // A whole step writes only into the next generation, so a non-finite loss found after it loses nothing.
+      // A whole step writes only into the next generation (on a GPU, the device keeps the state it started
+      // from), so a non-finite loss found after it loses nothing.
       const results = await this.scheduler.computeWholeStep(this.state.step, this.state.generation, index);
       return this.commit(index, results);
     }
@@ -181,8 +182,7 @@ export class Trainer {
    * result is bitwise the same). Returns true if it replayed (which reuses the batch buffers).
    */
   async current(): Promise<boolean> {
-    // Whole steps on a GPU leave the state there (Engine.deviceState): it comes back first.
-    if (this.state.onDevice) await this.scheduler.pullState(this.state.step, this.state.generation);
+    if (this.state.onDevice) await this.pullFromDevice();
     if (this.unapplied.length === 0) return false;
     const taken = await this.scheduler.replicaState(this.state.step);
     if (taken) {
@@ -199,6 +199,20 @@ export class Trainer {
       await this.commit(index);
     }
     return true;
+  }
+
+  /**
+   * Whole steps on a GPU leave the state there (Engine.deviceState): it comes back here. If the device fails
+   * first, the state is the last one this process held, and the run ends saying so.
+   */
+  private async pullFromDevice(): Promise<void> {
+    const step = this.state.step;
+    try {
+      await this.scheduler.pullState(step, this.state.generation);
+      this.state.pulled();
+    } catch (e) {
+      throw deviceStateLost(step, this.state.fallBackToHost(), (e as Error).message);
+    }
   }
 
   /** Names the micro-shard holding the first non-finite value among the batch rows of the given buffers. */

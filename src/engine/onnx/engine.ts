@@ -145,7 +145,8 @@ class OnnxEngine implements Engine {
   /** The state kept on the GPU between whole steps (Engine.deviceState), opened on first use; not on the CPU. */
   get deviceState(): (() => Promise<DeviceState>) | undefined {
     const open = this.openDeviceState;
-    return open && (() => (this.resident ??= open()));
+    // A failed opening is not kept: the next whole step tries again.
+    return open && (() => (this.resident ??= open().catch((e: Error) => ((this.resident = undefined), Promise.reject(e)))));
   }
 
   /** The graph's runner, opened on first use. */

@@ -41,9 +41,16 @@ function stateParts(spec: ModelSpec): StatePart[] {
 
 const size = (dims: number[]) => dims.reduce((a, b) => a * b, 1);
 
+/** A state on the device: its tensors by graph name, and the key it was given. */
+interface Held {
+  tensors: Map<string, Ort.Tensor>;
+  key: string;
+}
+
 export class ResidentState implements DeviceState {
-  private held?: Map<string, Ort.Tensor>;
-  private key = '';
+  /** The latest state, and the one the last step started from (kept until the next step or load). */
+  private held?: Held;
+  private previous?: Held;
   private readonly plain = new PlainViews();
   private readonly scalars: Record<string, Ort.Tensor>;
 
@@ -66,11 +73,18 @@ export class ResidentState implements DeviceState {
       const create = () => ort.InferenceSession.create(model, { ...options, ...extra });
       return turns ? turns.take(create) : create();
     };
-    const [train, upload, download] = await Promise.all([
+    const opened = await Promise.allSettled([
       open(buildTrainGraph(spec, graphOptions), { preferredOutputLocation: onDevice }),
       open(copyGraph, { preferredOutputLocation: 'gpu-buffer' }),
       open(copyGraph, { preferredOutputLocation: 'cpu' }),
     ]);
+    const failed = opened.find((o) => o.status === 'rejected');
+    if (failed) {
+      // The sessions that did open are released: the caller may try again.
+      await Promise.all(opened.map((o) => (o.status === 'fulfilled' ? o.value.release() : undefined)));
+      throw (failed as PromiseRejectedResult).reason;
+    }
+    const [train, upload, download] = opened.map((o) => (o as PromiseFulfilledResult<Ort.InferenceSession>).value);
     return new ResidentState(ort, spec, parts, { train, upload, download }, turns);
   }
 
@@ -79,7 +93,7 @@ export class ResidentState implements DeviceState {
   }
 
   holds(key: string): boolean {
-    return this.held !== undefined && this.key === key;
+    return this.held?.key === key;
   }
 
   async load(state: StateTensors, key: string): Promise<void> {
@@ -89,7 +103,7 @@ export class ResidentState implements DeviceState {
       feeds[`in_${name}`] = new this.ort.Tensor('float32', data, dims);
     }
     const copied = await this.run(() => this.sessions.upload.run(feeds));
-    this.replace(new Map(this.parts.map(({ name }) => [name, copied[`out_${name}`]])), key);
+    this.advance({ tensors: new Map(this.parts.map(({ name }) => [name, copied[`out_${name}`]])), key }, false);
   }
 
   async step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]> {
@@ -99,7 +113,7 @@ export class ResidentState implements DeviceState {
     const classes = this.spec.sizes[this.spec.sizes.length - 1];
     for (const scalar of ADAM_SCALARS) (this.scalars[adamInputName(scalar)].data as Float32Array)[0] = adam[scalar];
     const feeds: Record<string, Ort.Tensor> = {
-      ...Object.fromEntries(this.held),
+      ...Object.fromEntries(this.held.tensors),
       ...this.scalars,
       x: new this.ort.Tensor('float32', this.plain.of('x', x.subarray(0, rows * features)), [rows, features]),
       target: new this.ort.Tensor('float32', this.plain.of('target', target.subarray(0, rows * classes)), [rows, classes]),
@@ -111,31 +125,32 @@ export class ResidentState implements DeviceState {
     const bad = Array.from({ length: layers }, (_, l) => l).filter((l) => !Number.isFinite((out[`bad${l}`].data as Float32Array)[0]));
     const next = new Map(this.parts.map(({ name }) => [name, out[nextName(name)]]));
     if (bad.length > 0) {
-      // The state held stays the last good one: the step's outputs are dropped.
+      // The latest state stays the last good one: the step's outputs are dropped.
       for (const tensor of next.values()) tensor.dispose();
       return bad;
     }
-    this.replace(next, nextKey);
+    this.advance({ tensors: next, key: nextKey }, true);
     return [];
   }
 
-  async read(into: StateTensors): Promise<void> {
-    if (!this.held) throw new Error('DeviceState.read: no state was loaded');
-    const feeds = Object.fromEntries([...this.held].map(([name, tensor]) => [`in_${name}`, tensor]));
+  async read(into: StateTensors, key: string): Promise<void> {
+    const state = [this.held, this.previous].find((h) => h?.key === key);
+    if (!state) throw new Error(`DeviceState.read: the device does not hold the state ${key}`);
+    const feeds = Object.fromEntries([...state.tensors].map(([name, tensor]) => [`in_${name}`, tensor]));
     const copied = await this.run(() => this.sessions.download.run(feeds));
     for (const { name, array, offset } of this.parts) into[array].set(copied[`out_${name}`].data as Float32Array, offset);
   }
 
-  /** The tensors now held (the ones before are released on the device). */
-  private replace(tensors: Map<string, Ort.Tensor>, key: string): void {
-    for (const tensor of this.held?.values() ?? []) tensor.dispose();
-    this.held = tensors;
-    this.key = key;
+  /** `state` becomes the latest; the one before is kept as the previous after a step, else released. */
+  private advance(state: Held | undefined, keepLatest: boolean): void {
+    const released = keepLatest ? [this.previous] : [this.previous, this.held];
+    for (const h of released) for (const tensor of h?.tensors.values() ?? []) tensor.dispose();
+    this.previous = keepLatest ? this.held : undefined;
+    this.held = state;
   }
 
   async dispose(): Promise<void> {
-    this.replace(new Map(), '');
-    this.held = undefined;
+    this.advance(undefined, false);
     await Promise.all(Object.values(this.sessions).map((s) => s.release()));
   }
 }

@@ -36,11 +36,21 @@ function tidyKeeping<T>(tf: Tf, fn: () => T): T {
   return tf.tidy(fn as unknown as () => TfCore.TensorContainer) as unknown as T;
 }
 
+/** A state on the device: per layer [weight, bias] with their moments, Wᵀ for the forward pass, and its key. */
+interface State {
+  layers: [Held, Held][];
+  weightsT: Tensor2D[];
+  key: string;
+}
+
+function tensorsOf(layers: [Held, Held][]): Tensor[] {
+  return layers.flatMap(([w, b]) => [w.param, w.m, w.v, b.param, b.m, b.v]);
+}
+
 export class TfjsDeviceState implements DeviceState {
-  /** Per layer, [weight, bias]. */
-  private held?: [Held, Held][];
-  private weightsT: Tensor2D[] = [];
-  private key = '';
+  /** The latest state, and the one the last step started from (kept until the next step or load). */
+  private held?: State;
+  private previous?: State;
 
   constructor(
     private readonly tf: Tf,
@@ -49,7 +59,7 @@ export class TfjsDeviceState implements DeviceState {
   ) {}
 
   holds(key: string): boolean {
-    return this.held !== undefined && this.key === key;
+    return this.held?.key === key;
   }
 
   async load(state: StateTensors, key: string): Promise<void> {
@@ -59,18 +69,16 @@ export class TfjsDeviceState implements DeviceState {
       const of = (a: Float32Array) => tf.tensor(a.slice(offset, offset + n), shape);
       return { param: of(state.params), m: of(state.m), v: of(state.v) };
     };
-    this.replace(
-      this.layout.layers.map(({ fanIn, fanOut, weightOffset, biasOffset }) => [part(weightOffset, [fanOut, fanIn]), part(biasOffset, [fanOut])]),
-      key,
-    );
+    const layers = this.layout.layers.map(({ fanIn, fanOut, weightOffset, biasOffset }) => [part(weightOffset, [fanOut, fanIn]), part(biasOffset, [fanOut])] as [Held, Held]);
+    this.advance(this.stateOf(layers, key), false);
   }
 
   async step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]> {
-    const held = this.held;
-    if (!held) throw new Error('DeviceState.step: no state was loaded');
+    if (!this.held) throw new Error('DeviceState.step: no state was loaded');
     if (rows < 2) throw new RangeError('DeviceState.step needs at least 2 rows');
+    const { layers: held, weightsT } = this.held;
     const tf = this.tf;
-    const params: LayerTensors = { weights: held.map(([w]) => w.param as Tensor2D), weightsT: this.weightsT, biases: held.map(([, b]) => b.param as Tensor1D) };
+    const params: LayerTensors = { weights: held.map(([w]) => w.param as Tensor2D), weightsT, biases: held.map(([, b]) => b.param as Tensor1D) };
     // tidy keeps every tensor in what it returns, nested objects included (Held is one, untyped as a container).
     const { loss, next, bad } = tidyKeeping(tf, () => {
       const { rowLoss: l, gradients } = this.gradientsOf(params, x, target, rows);
@@ -94,37 +102,40 @@ export class TfjsDeviceState implements DeviceState {
     tf.dispose([loss, bad]);
     const layers = [...badData.keys()].filter((l) => !Number.isFinite(badData[l]));
     if (layers.length > 0) {
-      // The state held stays the last good one: the step's outputs are dropped.
-      tf.dispose(next.flatMap(([w, b]) => [w.param, w.m, w.v, b.param, b.m, b.v]));
+      // The latest state stays the last good one: the step's outputs are dropped.
+      tf.dispose(tensorsOf(next));
       return layers;
     }
-    this.replace(next, nextKey);
+    this.advance(this.stateOf(next, nextKey), true);
     return [];
   }
 
-  async read(into: StateTensors): Promise<void> {
-    if (!this.held) throw new Error('DeviceState.read: no state was loaded');
+  async read(into: StateTensors, key: string): Promise<void> {
+    const state = [this.held, this.previous].find((h) => h?.key === key);
+    if (!state) throw new Error(`DeviceState.read: the device does not hold the state ${key}`);
     const reads = this.layout.layers.flatMap(({ weightOffset, biasOffset }, l) =>
       ([weightOffset, biasOffset] as const).flatMap((offset, i) => {
-        const { param, m, v } = this.held![l][i];
+        const { param, m, v } = state.layers[l][i];
         return ([['params', param], ['m', m], ['v', v]] as const).map(async ([array, t]) => into[array].set((await t.data()) as Float32Array, offset));
       }),
     );
     await Promise.all(reads);
   }
 
-  /** The tensors now held (the ones before are disposed), with Wᵀ for the next forward pass. */
-  private replace(held: [Held, Held][], key: string): void {
-    const tf = this.tf;
-    if (this.held) tf.dispose([...this.held.flatMap(([w, b]) => [w.param, w.m, w.v, b.param, b.m, b.v]), ...this.weightsT]);
-    this.held = held;
-    this.weightsT = held.map(([w]) => tf.transpose(w.param as Tensor2D));
-    this.key = key;
+  /** A state of these tensors, with Wᵀ made for its forward pass. */
+  private stateOf(layers: [Held, Held][], key: string): State {
+    return { layers, weightsT: layers.map(([w]) => this.tf.transpose(w.param as Tensor2D)), key };
+  }
+
+  /** `state` becomes the latest; the one before is kept as the previous after a step, else disposed. */
+  private advance(state: State | undefined, keepLatest: boolean): void {
+    const released = keepLatest ? [this.previous] : [this.previous, this.held];
+    for (const h of released) if (h) this.tf.dispose([...tensorsOf(h.layers), ...h.weightsT]);
+    this.previous = keepLatest ? this.held : undefined;
+    this.held = state;
   }
 
   dispose(): void {
-    if (this.held) this.tf.dispose([...this.held.flatMap(([w, b]) => [w.param, w.m, w.v, b.param, b.m, b.v]), ...this.weightsT]);
-    this.held = undefined;
-    this.weightsT = [];
+    this.advance(undefined, false);
   }
 }
