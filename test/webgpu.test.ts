@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import onnxProto from 'onnx-proto';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { createEngine, prepareEngine } from '../src/engine/create.js';
 import type { Engine, EngineOptions, StateTensors } from '../src/engine/engine.js';
 import { adamKernel, adamRange, adamScalars, ADAM_DEFAULTS } from '../src/optim/adam.js';
@@ -246,7 +246,11 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     expect(resumed.paramsSha256).toBe((await oneThread()).paramsSha256);
   });
 
-  it('gives a remote worker on the device, computing every row for a coordinator without threads, the local threads\' parameters', async () => {
+  it('gives a remote worker on the device, computing every row for a coordinator without threads and keeping its replica\'s state there, the local threads\' parameters', async () => {
+    const { ResidentState } = await import('../src/engine/onnx/resident_state.js');
+    // The worker runs in this process: its replica's weight passes and Adam are counted where they run.
+    const applied = vi.spyOn(ResidentState.prototype, 'apply');
+    const rowsOnDevice = vi.spyOn(ResidentState.prototype, 'rowPass');
     const abort = new AbortController();
     const joined: string[] = [];
     const summary = await train(
@@ -258,6 +262,24 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     );
     abort.abort();
     expect(joined).toEqual([expect.stringMatching(/^onnx \(webgpu on .+\)$/)]);
+    expect(summary.paramsSha256).toBe((await oneThread()).paramsSha256);
+    // Every step was applied on the device, and every step but the first computed its rows there too.
+    expect(applied.mock.calls.length).toBeGreaterThanOrEqual(50);
+    expect(rowsOnDevice.mock.calls.length).toBeGreaterThanOrEqual(49);
+    applied.mockRestore();
+    rowsOnDevice.mockRestore();
+  });
+
+  it.each([
+    ['a coordinator thread and a remote worker share the rows', {}],
+    ['the coordinator serves the parameters (--plan server on its GPU thread)', { plan: 'server' }],
+  ] as const)('keeps the state on the device where it can when %s, with the local threads\' parameters', async (_, extra) => {
+    const abort = new AbortController();
+    const summary = await train(
+      { ...BASE, ...WEBGPU, threads: 1, steps: 50, minWorkers: 1, listen: '127.0.0.1:0', out: join(out, `split-${runs++}`), ...extra },
+      { onListening: ({ port }) => void runWorker({ connect: `ws://127.0.0.1:${port}`, device: 'webgpu', allowSoftwareGpu: true, signal: abort.signal }) },
+    );
+    abort.abort();
     expect(summary.paramsSha256).toBe((await oneThread()).paramsSha256);
   });
 

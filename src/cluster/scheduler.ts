@@ -127,6 +127,11 @@ export class Scheduler {
     return this.compactCapable && !this.remotePlan?.active && !this.serving;
   }
 
+  /** Whether each step's new parameters go to the workers (committed()): the server plan. */
+  get sendsParams(): boolean {
+    return this.serving;
+  }
+
   /** The server plan: remote workers compute rows, the weight pass runs here and the parameters go back. */
   private get serving(): boolean {
     return this.remotePlan?.serving ?? false;
@@ -388,8 +393,8 @@ export class Scheduler {
   }
 
   /**
-   * A step was applied here (its weight pass and commit): in the server plan its new parameters go to every
-   * worker, then the next step's rows are asked for (prefetch).
+   * A step was applied here (its weight pass and commit) in the server plan (sendsParams): its new parameters
+   * go to every worker, then the next step's rows are asked for (prefetch).
    */
   committed(step: number, params: Float32Array): void {
     const next = this.deferred;

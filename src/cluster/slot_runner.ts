@@ -116,15 +116,35 @@ export class SlotRunner {
     this.loadedParams = key;
   }
 
+  /** Whether a device holds a newer committed state than this memory (TrainingMemory.stateOnDevice). */
+  private get deviceAhead(): boolean {
+    return Atomics.load(this.init.memory.stateOnDevice, 0) === 1;
+  }
+
+  /**
+   * What computes rows of the state of (step, generation): the device when it is ahead and holds that
+   * state (its passes read its own parameters), else the engine on this memory's parameters (pulled back
+   * from the device first when it is ahead).
+   */
+  private async rowEngine(step: number, generation: number): Promise<Pick<Engine, 'rowPass' | 'deltasPass'>> {
+    if (this.deviceAhead) {
+      const device = await this.engine.deviceState!();
+      if (device.rowPass && device.deltasPass && device.holds(this.stateKey(step, generation))) return device as Pick<Engine, 'rowPass' | 'deltasPass'>;
+      await this.pull(step, generation);
+    }
+    this.useParams(step, generation);
+    return this.engine;
+  }
+
   private async rows(step: number, generation: number, batch: number, [r0, r1]: Range, gather: boolean): Promise<void> {
     if (r0 === r1) return;
-    this.useParams(step, generation);
+    const engine = await this.rowEngine(step, generation);
     const { batch: b, spec } = this.init.memory;
     const features = spec.sizes[0];
     const classes = spec.sizes[spec.sizes.length - 1];
     if (gather) gatherBatchRows(this.init.memory, [r0, r1]);
     const rowsOf = (a: Float32Array, width: number) => a.subarray(r0 * width, r1 * width);
-    await this.engine.rowPass(rowsOf(b.x, features), rowsOf(b.target, classes), r1 - r0, 1 / batch, {
+    await engine.rowPass(rowsOf(b.x, features), rowsOf(b.target, classes), r1 - r0, 1 / batch, {
       rowLoss: b.rowLoss.subarray(r0, r1),
       hidden: b.hidden.map((h, l) => rowsOf(h, spec.sizes[l + 1])),
       deltas: b.deltas.map((d, l) => rowsOf(d, spec.sizes[l + 1])),
@@ -134,20 +154,44 @@ export class SlotRunner {
   private async weights({ step, generation, batch, units, slot }: Extract<Task, { kind: 'weights' }>): Promise<number[]> {
     const { batch: b, spec } = this.init.memory;
     const rowsOf = (a: Float32Array, l: number) => a.subarray(0, batch * spec.sizes[l]);
-    const gradients = await this.engine.weightPass(
-      [rowsOf(b.x, 0), ...b.hidden.map((h, l) => rowsOf(h, l + 1))],
-      b.deltas.map((d, l) => rowsOf(d, l + 1)),
-      batch,
-      units,
-    );
-    return this.applyAdam(step, generation, gradients, units, slot);
+    const inputs = [rowsOf(b.x, 0), ...b.hidden.map((h, l) => rowsOf(h, l + 1))];
+    const deltas = b.deltas.map((d, l) => rowsOf(d, l + 1));
+    const device = await this.applyingDevice(units);
+    if (device) {
+      await this.onDevice(device, step, generation);
+      return this.advanced(await device.apply!(inputs, deltas, batch, adamScalars(this.init.adam, step + 1), this.stateKey(step + 1, generation ^ 1)));
+    }
+    if (this.deviceAhead) await this.pull(step, generation);
+    return this.applyAdam(step, generation, await this.engine.weightPass(inputs, deltas, batch, units), units, slot);
+  }
+
+  /** The device that applies a weight pass over `units`: a single slot's, over every unit, when it can (DeviceState.apply). */
+  private async applyingDevice(units: Range[]): Promise<DeviceState | undefined> {
+    if (!this.engine.deviceState || this.init.memory.slots !== 1) return undefined;
+    if (units.some(([u0, u1], l) => u0 !== 0 || u1 !== this.layout.layers[l].fanOut)) return undefined;
+    const device = await this.engine.deviceState();
+    return device.apply ? device : undefined;
+  }
+
+  /** Makes the device hold the state of (step, generation): loaded from here unless it holds it already. */
+  private async onDevice(device: DeviceState, step: number, generation: number): Promise<void> {
+    const key = this.stateKey(step, generation);
+    if (device.holds(key)) return;
+    if (this.deviceAhead) throw new Error(`internal: the device is ahead of this memory but does not hold the state of step ${step}`);
+    await device.load(this.stateOf(generation), key);
+  }
+
+  /** After a device advanced the state (no layer in `bad`): the memory says the device is ahead. */
+  private advanced(bad: number[]): number[] {
+    if (bad.length === 0) Atomics.store(this.init.memory.stateOnDevice, 0, 1);
+    return bad;
   }
 
   private async wholeStep({ step, generation, batch }: Extract<Task, { kind: 'step' }>): Promise<number[]> {
     const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
     if (this.engine.deviceState && batch >= 2) return this.deviceStep(await this.engine.deviceState(), step, generation, batch);
     // A one-row step runs here, on the host's state: the device's must come back first.
-    if (Atomics.load(this.init.memory.stateOnDevice, 0) === 1) await this.pull(step, generation);
+    if (this.deviceAhead) await this.pull(step, generation);
     if (!this.engine.stepPass || batch < 2) {
       await this.rows(step, generation, batch, [0, batch], true);
       return this.weights({ kind: 'weights', step, generation, batch, units, slot: 0 });
@@ -165,25 +209,26 @@ export class SlotRunner {
    * first step, or after a load here), advanced there, and left there: the memory says so until a pull.
    */
   private async deviceStep(device: DeviceState, step: number, generation: number, batch: number): Promise<number[]> {
-    const key = this.stateKey(step, generation);
-    if (!device.holds(key)) await device.load(this.stateOf(generation), key);
+    await this.onDevice(device, step, generation);
     const { batch: b, spec } = this.init.memory;
     gatherBatchRows(this.init.memory, [0, batch]);
     const classes = spec.sizes[spec.sizes.length - 1];
     const x = b.x.subarray(0, batch * spec.sizes[0]);
-    const bad = await device.step(x, b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch), adamScalars(this.init.adam, step + 1), this.stateKey(step + 1, generation ^ 1));
-    if (bad.length === 0) Atomics.store(this.init.memory.stateOnDevice, 0, 1);
-    return bad;
+    return this.advanced(await device.step(x, b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch), adamScalars(this.init.adam, step + 1), this.stateKey(step + 1, generation ^ 1)));
   }
 
   /**
-   * The device's state of `step` into `generation` here (its latest, or the one its last step started from
-   * when the trainer did not commit that step); the memory holds the state again.
+   * The device's state of `step` into `generation` here: its latest (the memory then holds the committed
+   * state again), or the one its last step started from (a step not committed, or a replica's state before
+   * a step it applied early).
    */
   private async pull(step: number, generation: number): Promise<void> {
     if (!this.engine.deviceState) throw new Error(`internal: pull of the state of step ${step} from an engine without a device state`);
-    await (await this.engine.deviceState()).read(this.stateOf(generation), this.stateKey(step, generation));
-    Atomics.store(this.init.memory.stateOnDevice, 0, 0);
+    const device = await this.engine.deviceState();
+    const key = this.stateKey(step, generation);
+    const latest = device.holds(key);
+    await device.read(this.stateOf(generation), key);
+    if (latest) Atomics.store(this.init.memory.stateOnDevice, 0, 0);
   }
 
   private stateOf(generation: number): StateTensors {
@@ -193,11 +238,11 @@ export class SlotRunner {
   private async deltas(step: number, generation: number, [r0, r1]: Range): Promise<void> {
     if (r0 === r1) return;
     if (!this.engine.deltasPass) throw new Error(`the ${this.engine.name} engine cannot rebuild deltas of compact rows`);
-    this.useParams(step, generation);
+    const engine = await this.rowEngine(step, generation);
     const { batch: b, spec } = this.init.memory;
     const rowsOf = (a: Float32Array, l: number) => a.subarray(r0 * spec.sizes[l + 1], r1 * spec.sizes[l + 1]);
     const last = b.deltas.length - 1;
-    await this.engine.deltasPass(b.hidden.map(rowsOf), rowsOf(b.deltas[last], last), r1 - r0, b.deltas.slice(0, last).map(rowsOf));
+    await engine.deltasPass!(b.hidden.map(rowsOf), rowsOf(b.deltas[last], last), r1 - r0, b.deltas.slice(0, last).map(rowsOf));
   }
 
   /** Adam over each layer's gradient (of units[l]); returns the layers whose gradient was not finite. */
@@ -216,6 +261,7 @@ export class SlotRunner {
 
   private async evaluate(step: number, generation: number, [r0, r1]: Range): Promise<void> {
     if (r0 === r1) return;
+    if (this.deviceAhead) await this.pull(step, generation);
     this.useParams(step, generation);
     const { test, evalLoss, evalPredicted, spec } = this.init.memory;
     const features = spec.sizes[0];

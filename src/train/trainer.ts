@@ -137,7 +137,11 @@ export class Trainer {
     }
     const step = this.state.step;
     await this.commit(index);
-    this.scheduler.committed(step, this.state.params);
+    // The server plan sends the new parameters to every worker, from this memory (a GPU gives them back first).
+    if (this.scheduler.sendsParams) {
+      await this.current();
+      this.scheduler.committed(step, this.state.params);
+    }
     return loss;
   }
 
@@ -182,7 +186,14 @@ export class Trainer {
    * result is bitwise the same). Returns true if it replayed (which reuses the batch buffers).
    */
   async current(): Promise<boolean> {
+    const replayed = await this.catchUp();
+    // Last: a replay on a GPU leaves the state there too.
     if (this.state.onDevice) await this.pullFromDevice();
+    return replayed;
+  }
+
+  /** The steps only the remote replicas applied: a replica's state, or a replay here. True if it replayed. */
+  private async catchUp(): Promise<boolean> {
     if (this.unapplied.length === 0) return false;
     const taken = await this.scheduler.replicaState(this.state.step);
     if (taken) {

@@ -243,8 +243,20 @@ export class Replica {
   }
 
   /** SHA-256 of its parameters at `step` (the state before a step applied early is still there). */
-  checksumAt(step: number): string {
+  async checksumAt(step: number): Promise<string> {
+    await this.onHost(step);
     return paramsSha256(this.state.arrays(this.state.generation ^ this.back(step)).params);
+  }
+
+  /**
+   * Brings the state of `step` back from the device (a GPU replica applies its steps there) before it is
+   * read here: its latest, or the one before a step applied early.
+   */
+  private async onHost(step: number): Promise<void> {
+    if (!this.state.onDevice) return;
+    const back = this.back(step);
+    await this.team.runPass([{ kind: 'pull', step: this.step - back, generation: this.generation ^ back }]);
+    if (!back) this.state.pulled();
   }
 
   /** 1 when `step` is the state before the step this replica applied early, else 0. */
@@ -256,11 +268,12 @@ export class Replica {
    * The replica's state, for a coordinator that does not apply the steps itself; with `units` (an owner of
    * a sharded run, whose moments are current only there) packed slices of those units.
    */
-  stateAt(step: number, units?: Range[]): ToCoordinator {
+  async stateAt(step: number, units?: Range[]): Promise<ToCoordinator> {
     // A step applied early left the state before it intact in the other generation.
     if (this.plan === 'server') throw new ProtocolError('snapshot: this replica only mirrors the parameters (server plan): the coordinator holds the moments');
     const back = this.back(step);
     if (step !== this.step - back) throw new ProtocolError(`snapshot: asked for step ${step}, this replica is at step ${this.step}`);
+    await this.onHost(step);
     const { params, m, v } = this.state.arrays(this.generation ^ back);
     if (!units) return { t: 'replicaState', step, params, m, v };
     const pack = (a: Float32Array) => packSlice(this.memory.spec, a, units);

@@ -116,9 +116,9 @@ const HANDLERS: Handlers = {
     if (s.replica.slice(message)) s.emit({ type: 'step', step: message.step });
   },
 
-  check: (s, message) => s.send({ t: 'checksum', step: message.step, sha256: s.replica.checksumAt(message.step) }),
+  check: async (s, message) => s.send({ t: 'checksum', step: message.step, sha256: await s.replica.checksumAt(message.step) }),
 
-  snapshot: (s, message) => s.send(s.replica.stateAt(message.step, message.units)),
+  snapshot: async (s, message) => s.send(await s.replica.stateAt(message.step, message.units)),
 
   error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
 };

@@ -45,9 +45,12 @@ export class BindingRunner implements GraphRunner {
     private readonly session: Ort.InferenceSession,
   ) {}
 
-  async run(feeds: Record<string, Feed>, fetches: Record<string, Fetch>): Promise<void> {
+  /** `given`: inputs that are tensors already (a device's, kept there): those the graph takes are fed as they are. */
+  async run(feeds: Record<string, Feed>, fetches: Record<string, Fetch>, given: Record<string, Ort.Tensor> = {}): Promise<void> {
     const tensors: Record<string, Ort.Tensor> = {};
+    for (const name of this.session.inputNames) if (given[name]) tensors[name] = given[name];
     for (const [name, { data, dims }] of Object.entries(feeds)) {
+      if (tensors[name]) continue;
       let tensor = this.tensors.get(data);
       if (!tensor) {
         tensor = data instanceof BigInt64Array ? new this.ort.Tensor('int64', data, dims) : new this.ort.Tensor('float32', this.plain.of(name, data), dims);

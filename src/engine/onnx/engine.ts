@@ -15,7 +15,7 @@ import { describeAdapter } from '../webgpu/adapter.js';
 import { GpuTurns } from '../webgpu/turns.js';
 import { BindingRunner } from './binding_runner.js';
 import { CApiRunner } from './c_api_runner.js';
-import { ResidentState } from './resident_state.js';
+import { ResidentState, type DevicePasses } from './resident_state.js';
 import {
   biasName,
   buildDeltasGraph,
@@ -97,15 +97,26 @@ export async function createOnnxEngine(spec: ModelSpec, options: Pick<EngineOpti
   const on = options.webgpu ? `webgpu on ${describeAdapter(options.webgpu.adapter)}` : device;
   const turns = options.webgpu ? new GpuTurns(options.webgpu.turns) : undefined;
   const graphOptions = { webgpuOps: device === 'webgpu' };
-  // On the GPU the state may stay there between whole steps: through the binding, which keeps outputs on the device.
-  const resident = device === 'webgpu' ? () => ResidentState.open(ort, spec, graphOptions, turns) : undefined;
-  const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${on}${reads})`, graphOptions, turns, resident);
+  // On the GPU the state may stay there: through the binding, which keeps outputs on the device and takes them as inputs.
+  let gpu: GpuState | undefined;
+  if (device === 'webgpu') {
+    const options = { ...SESSION_OPTIONS, executionProviders: ['webgpu'] };
+    const openBinding = async (model: Uint8Array) => new BindingRunner(ort, await ort.InferenceSession.create(model, options));
+    gpu = { openState: (passes) => ResidentState.open(ort, spec, graphOptions, passes, turns), openBinding };
+  }
+  const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${on}${reads})`, graphOptions, turns, gpu);
   try {
     await Promise.all(OPENED_AT_ONCE.map((graph) => engine.runner(graph)));
   } catch (e) {
     throw sessionFailed(device, e as Error);
   }
   return engine;
+}
+
+/** On a GPU: opens the state kept there, given the passes that read it; opens binding sessions. */
+interface GpuState {
+  openState(passes: DevicePasses): Promise<ResidentState>;
+  openBinding: (model: Uint8Array) => Promise<BindingRunner>;
 }
 
 class OnnxEngine implements Engine {
@@ -133,20 +144,34 @@ class OnnxEngine implements Engine {
     private readonly graphOptions: GraphOptions,
     /** On a GPU: the process's turns on it, taken by every session's creation and run. */
     private readonly turns?: GpuTurns,
-    /** On a GPU: opens the state kept there (deviceState). */
-    private readonly openDeviceState?: () => Promise<ResidentState>,
+    /** On a GPU: what opens the state kept there (deviceState) and the binding sessions that read it. */
+    private readonly gpu?: GpuState,
   ) {
     this.layout = paramLayout(spec);
     this.range = new BigInt64Array(2 * this.layout.layers.length);
   }
 
   private resident?: Promise<ResidentState>;
+  /** While set (onDeviceParams), the passes read these device tensors as the parameters, through the binding. */
+  private deviceParams?: Record<string, Ort.Tensor>;
+  private readonly deviceRunners = new Map<GraphName, Promise<BindingRunner>>();
 
-  /** The state kept on the GPU between whole steps (Engine.deviceState), opened on first use; not on the CPU. */
+  /** The state kept on the GPU (Engine.deviceState), opened on first use; not on the CPU. */
   get deviceState(): (() => Promise<DeviceState>) | undefined {
-    const open = this.openDeviceState;
-    // A failed opening is not kept: the next whole step tries again.
-    return open && (() => (this.resident ??= open().catch((e: Error) => ((this.resident = undefined), Promise.reject(e)))));
+    const gpu = this.gpu;
+    // A failed opening is not kept: the next step tries again.
+    const open = () => gpu!.openState(this).catch((e: Error) => ((this.resident = undefined), Promise.reject(e)));
+    return gpu && (() => (this.resident ??= open()));
+  }
+
+  /** Runs `work`, passes of this engine, on parameters that are device tensors instead of setParams' arrays. */
+  async onDeviceParams<T>(params: Record<string, Ort.Tensor>, work: () => Promise<T>): Promise<T> {
+    this.deviceParams = params;
+    try {
+      return await work();
+    } finally {
+      this.deviceParams = undefined;
+    }
   }
 
   /** The graph's runner, opened on first use. */
@@ -161,8 +186,21 @@ class OnnxEngine implements Engine {
   }
 
   private async run(graph: GraphName, feeds: Record<string, Feed>, fetches: Record<string, Fetch>): Promise<void> {
-    const runner = await this.runner(graph);
-    await (this.turns ? this.turns.take(() => runner.run(feeds, fetches)) : runner.run(feeds, fetches));
+    const params = this.deviceParams;
+    const runner = params ? await this.deviceRunner(graph) : await this.runner(graph);
+    const work = () => (params ? (runner as BindingRunner).run(feeds, fetches, params) : runner.run(feeds, fetches));
+    await (this.turns ? this.turns.take(work) : work());
+  }
+
+  /** The graph's binding session that reads device tensors (onDeviceParams), opened on first use. */
+  private deviceRunner(graph: GraphName): Promise<BindingRunner> {
+    let runner = this.deviceRunners.get(graph);
+    if (!runner) {
+      const model = GRAPHS[graph](this.spec, this.graphOptions);
+      runner = this.turns ? this.turns.take(() => this.gpu!.openBinding(model)) : this.gpu!.openBinding(model);
+      this.deviceRunners.set(graph, runner);
+    }
+    return runner;
   }
 
   /** Layer l's output width. */
@@ -276,7 +314,7 @@ class OnnxEngine implements Engine {
   async dispose(): Promise<void> {
     const resident = await this.resident?.catch(() => undefined);
     await resident?.dispose();
-    const opened = await Promise.allSettled(this.runners.values());
+    const opened = await Promise.allSettled([...this.runners.values(), ...this.deviceRunners.values()]);
     await Promise.all(opened.map((r) => (r.status === 'fulfilled' ? r.value.release() : undefined)));
   }
 }

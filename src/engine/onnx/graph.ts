@@ -281,27 +281,52 @@ export const adamInputName = (scalar: string) => `adam_${scalar}`;
 export function buildTrainGraph(spec: ModelSpec, options: GraphOptions = {}): Uint8Array {
   const g = new GraphBuilder();
   const { x, hidden, deltas } = rowsForwardBackward(g, spec, options);
+  const update = adamUpdate(g, spec);
+  deltas.forEach((d, l) => update(l, gradientOps(g, l, d, l === 0 ? x : hidden[l - 1])));
+  return g.build('dtrain_train');
+}
+
+/**
+ * The weight pass over every unit of the rows given (inputs a{l} and d{l}, batch × width), then Adam, as the
+ * train graph's second half: for a slot whose rows came from elsewhere (a remote replica's batch) while the
+ * state stays on the device. Inputs and outputs otherwise as buildTrainGraph's, without rowLoss.
+ */
+export function buildApplyGraph(spec: ModelSpec): Uint8Array {
+  const g = new GraphBuilder();
+  const update = adamUpdate(g, spec);
+  for (let l = 0; l + 1 < spec.sizes.length; l++) {
+    const a = g.input(`a${l}`, ['batch', spec.sizes[l]]);
+    const d = g.input(`d${l}`, ['batch', spec.sizes[l + 1]]);
+    update(l, gradientOps(g, l, d, a));
+  }
+  return g.build('dtrain_apply');
+}
+
+/**
+ * Adds the ADAM_SCALARS inputs; returns what applies Adam to layer l's parameters from its [weight, bias]
+ * gradient: inputs W{l}, b{l} and their moments, outputs next_… of each and bad{l} (Σ g·0).
+ */
+function adamUpdate(g: GraphBuilder, spec: ModelSpec): (l: number, gradients: [string, string]) => void {
   const [c1, b2, c2, negStep, invBc2sqrt, eps] = ADAM_SCALARS.map((scalar) => g.input(adamInputName(scalar), [1]));
   const zero = g.constFloat(0);
-  deltas.forEach((d, l) => {
-    const gradients = gradientOps(g, l, d, l === 0 ? x : hidden[l - 1]);
+  return (l, gradients) => {
     const dims = [[spec.sizes[l + 1], spec.sizes[l]], [spec.sizes[l + 1]]];
-    [weightName(l), biasName(l)].forEach((param, i) => {
+    [weightName(l), biasName(l)].forEach((name, i) => {
       const grad = gradients[i];
-      const m = g.input(firstMomentName(param), dims[i]);
-      const v = g.input(secondMomentName(param), dims[i]);
+      const param = g.inputs.some((input) => input.name === name) ? name : g.input(name, dims[i]);
+      const m = g.input(firstMomentName(name), dims[i]);
+      const v = g.input(secondMomentName(name), dims[i]);
       // m = m + c1·(g − m); v = v·b2 + (c2·g)·g; p = p + negStep·(m / (sqrt(v)·invBc2sqrt + eps))
       const m2 = g.op('Add', [m, g.op('Mul', [c1, g.op('Sub', [grad, m])])], {}, nextName(m));
       const v2 = g.op('Add', [g.op('Mul', [v, b2]), g.op('Mul', [g.op('Mul', [c2, grad]), grad])], {}, nextName(v));
       const denominator = g.op('Add', [g.op('Mul', [g.op('Sqrt', [v2]), invBc2sqrt]), eps]);
       g.op('Add', [param, g.op('Mul', [negStep, g.op('Div', [m2, denominator])])], {}, nextName(param));
-      for (const name of [param, m, v]) g.output(nextName(name), dims[i]);
+      for (const out of [param, m, v]) g.output(nextName(out), dims[i]);
     });
     const nan = (grad: string) => g.op('ReduceSum', [g.op('Mul', [grad, zero])], { keepdims: 0 });
     g.op('Add', [nan(gradients[0]), nan(gradients[1])], {}, `bad${l}`);
     g.output(`bad${l}`, []);
-  });
-  return g.build('dtrain_train');
+  };
 }
 
 /**

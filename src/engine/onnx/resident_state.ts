@@ -10,13 +10,20 @@
 import type * as Ort from 'onnxruntime-node';
 import { paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamScalars } from '../../optim/adam.js';
-import type { DeviceState, StateTensors } from '../engine.js';
+import type { DeviceState, RowOutputs, StateTensors } from '../engine.js';
 import type { GpuTurns } from '../webgpu/turns.js';
 import { PlainViews } from './binding_runner.js';
-import { ADAM_SCALARS, adamInputName, biasName, buildCopyGraph, buildTrainGraph, firstMomentName, nextName, secondMomentName, weightName, type GraphOptions } from './graph.js';
+import { ADAM_SCALARS, adamInputName, biasName, buildApplyGraph, buildCopyGraph, buildTrainGraph, firstMomentName, nextName, secondMomentName, weightName, type GraphOptions } from './graph.js';
 import { SESSION_OPTIONS } from './runner.js';
 
 type OrtModule = typeof Ort;
+
+/** The engine's passes, run on parameters that are device tensors (OnnxEngine.onDeviceParams). */
+export interface DevicePasses {
+  onDeviceParams<T>(params: Record<string, Ort.Tensor>, work: () => Promise<T>): Promise<T>;
+  rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
+  deltasPass(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void>;
+}
 
 /** One tensor of the state: its graph name, which of the three arrays it is in, where, and its shape. */
 interface StatePart {
@@ -41,6 +48,11 @@ function stateParts(spec: ModelSpec): StatePart[] {
 
 const size = (dims: number[]) => dims.reduce((a, b) => a * b, 1);
 
+/** The next state's outputs stay on the device (the rest, losses and finiteness sums, come to the CPU). */
+function nextOnDevice(parts: StatePart[]): Record<string, 'gpu-buffer'> {
+  return Object.fromEntries(parts.map((p) => [nextName(p.name), 'gpu-buffer' as const]));
+}
+
 /** A state on the device: its tensors by graph name, and the key it was given. */
 interface Held {
   tensors: Map<string, Ort.Tensor>;
@@ -54,27 +66,31 @@ export class ResidentState implements DeviceState {
   private readonly plain = new PlainViews();
   private readonly scalars: Record<string, Ort.Tensor>;
 
+  /** The apply graph's session (a slot whose rows come from elsewhere), opened on first use. */
+  private applySession?: Promise<Ort.InferenceSession>;
+
   private constructor(
     private readonly ort: OrtModule,
     private readonly spec: ModelSpec,
     private readonly parts: StatePart[],
     private readonly sessions: { train: Ort.InferenceSession; upload: Ort.InferenceSession; download: Ort.InferenceSession },
+    private readonly passes: DevicePasses,
+    private readonly open: (model: Uint8Array, extra: Ort.InferenceSession.SessionOptions) => Promise<Ort.InferenceSession>,
     private readonly turns?: GpuTurns,
   ) {
     this.scalars = Object.fromEntries(ADAM_SCALARS.map((scalar) => [adamInputName(scalar), new ort.Tensor('float32', new Float32Array(1), [1])]));
   }
 
-  static async open(ort: OrtModule, spec: ModelSpec, graphOptions: GraphOptions, turns?: GpuTurns): Promise<ResidentState> {
+  static async open(ort: OrtModule, spec: ModelSpec, graphOptions: GraphOptions, passes: DevicePasses, turns?: GpuTurns): Promise<ResidentState> {
     const parts = stateParts(spec);
     const options = { ...SESSION_OPTIONS, executionProviders: ['webgpu'] };
-    const onDevice = Object.fromEntries(parts.map((p) => [nextName(p.name), 'gpu-buffer' as const]));
     const copyGraph = buildCopyGraph(parts);
     const open = (model: Uint8Array, extra: Ort.InferenceSession.SessionOptions) => {
       const create = () => ort.InferenceSession.create(model, { ...options, ...extra });
       return turns ? turns.take(create) : create();
     };
     const opened = await Promise.allSettled([
-      open(buildTrainGraph(spec, graphOptions), { preferredOutputLocation: onDevice }),
+      open(buildTrainGraph(spec, graphOptions), { preferredOutputLocation: nextOnDevice(parts) }),
       open(copyGraph, { preferredOutputLocation: 'gpu-buffer' }),
       open(copyGraph, { preferredOutputLocation: 'cpu' }),
     ]);
@@ -85,7 +101,7 @@ export class ResidentState implements DeviceState {
       throw (failed as PromiseRejectedResult).reason;
     }
     const [train, upload, download] = opened.map((o) => (o as PromiseFulfilledResult<Ort.InferenceSession>).value);
-    return new ResidentState(ort, spec, parts, { train, upload, download }, turns);
+    return new ResidentState(ort, spec, parts, { train, upload, download }, passes, open, turns);
   }
 
   private run<T>(work: () => Promise<T>): Promise<T> {
@@ -111,16 +127,34 @@ export class ResidentState implements DeviceState {
     if (rows < 2) throw new RangeError('DeviceState.step needs at least 2 rows');
     const features = this.spec.sizes[0];
     const classes = this.spec.sizes[this.spec.sizes.length - 1];
-    for (const scalar of ADAM_SCALARS) (this.scalars[adamInputName(scalar)].data as Float32Array)[0] = adam[scalar];
-    const feeds: Record<string, Ort.Tensor> = {
-      ...Object.fromEntries(this.held.tensors),
-      ...this.scalars,
+    const feeds = {
       x: new this.ort.Tensor('float32', this.plain.of('x', x.subarray(0, rows * features)), [rows, features]),
       target: new this.ort.Tensor('float32', this.plain.of('target', target.subarray(0, rows * classes)), [rows, classes]),
       scale: new this.ort.Tensor('float32', Float32Array.of(1 / rows), [1]),
     };
-    const out = await this.run(() => this.sessions.train.run(feeds));
-    rowLoss.set(out.rowLoss.data as Float32Array);
+    return this.advanceBy(this.sessions.train, feeds, adam, nextKey, (out) => rowLoss.set(out.rowLoss.data as Float32Array));
+  }
+
+  async apply(inputs: Float32Array[], deltas: Float32Array[], batch: number, adam: AdamScalars, nextKey: string): Promise<number[]> {
+    if (!this.held) throw new Error('DeviceState.apply: no state was loaded');
+    this.applySession ??= this.open(buildApplyGraph(this.spec), { preferredOutputLocation: nextOnDevice(this.parts) });
+    const feeds: Record<string, Ort.Tensor> = {};
+    this.spec.sizes.slice(0, -1).forEach((fanIn, l) => {
+      const fanOut = this.spec.sizes[l + 1];
+      feeds[`a${l}`] = new this.ort.Tensor('float32', this.plain.of(`a${l}`, inputs[l].subarray(0, batch * fanIn)), [batch, fanIn]);
+      feeds[`d${l}`] = new this.ort.Tensor('float32', this.plain.of(`d${l}`, deltas[l].subarray(0, batch * fanOut)), [batch, fanOut]);
+    });
+    return this.advanceBy(await this.applySession, feeds, adam, nextKey);
+  }
+
+  /**
+   * Runs a session that advances the latest state (train or apply): the next state becomes the latest
+   * unless a layer's gradient was not finite (those layers are returned, and the outputs dropped).
+   */
+  private async advanceBy(session: Ort.InferenceSession, feeds: Record<string, Ort.Tensor>, adam: AdamScalars, nextKey: string, read?: (out: Ort.InferenceSession.ReturnType) => void): Promise<number[]> {
+    for (const scalar of ADAM_SCALARS) (this.scalars[adamInputName(scalar)].data as Float32Array)[0] = adam[scalar];
+    const out = await this.run(() => session.run({ ...Object.fromEntries(this.held!.tensors), ...this.scalars, ...feeds }));
+    read?.(out);
     const layers = this.spec.sizes.length - 1;
     const bad = Array.from({ length: layers }, (_, l) => l).filter((l) => !Number.isFinite((out[`bad${l}`].data as Float32Array)[0]));
     const next = new Map(this.parts.map(({ name }) => [name, out[nextName(name)]]));
@@ -131,6 +165,20 @@ export class ResidentState implements DeviceState {
     }
     this.advance({ tensors: next, key: nextKey }, true);
     return [];
+  }
+
+  rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
+    return this.passes.onDeviceParams(this.params(), () => this.passes.rowPass(x, target, rows, invBatch, out));
+  }
+
+  deltasPass(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void> {
+    return this.passes.onDeviceParams(this.params(), () => this.passes.deltasPass(hidden, last, rows, deltas));
+  }
+
+  /** The latest state's parameters, by graph name. */
+  private params(): Record<string, Ort.Tensor> {
+    if (!this.held) throw new Error('DeviceState: no state was loaded');
+    return Object.fromEntries(this.parts.filter((p) => p.array === 'params').map(({ name }) => [name, this.held!.tensors.get(name)!]));
   }
 
   async read(into: StateTensors, key: string): Promise<void> {
@@ -151,6 +199,7 @@ export class ResidentState implements DeviceState {
 
   async dispose(): Promise<void> {
     this.advance(undefined, false);
-    await Promise.all(Object.values(this.sessions).map((s) => s.release()));
+    const apply = await this.applySession?.catch(() => undefined);
+    await Promise.all([...Object.values(this.sessions), ...(apply ? [apply] : [])].map((s) => s.release()));
   }
 }
