@@ -137,7 +137,11 @@ export class ResidentState implements DeviceState {
 
   async apply(inputs: Float32Array[], deltas: Float32Array[], batch: number, adam: AdamScalars, nextKey: string): Promise<number[]> {
     if (!this.held) throw new Error('DeviceState.apply: no state was loaded');
-    this.applySession ??= this.open(buildApplyGraph(this.spec), { preferredOutputLocation: nextOnDevice(this.parts) });
+    // A failed opening is not kept: the next call tries again.
+    this.applySession ??= this.open(buildApplyGraph(this.spec), { preferredOutputLocation: nextOnDevice(this.parts) }).catch((e: Error) => {
+      this.applySession = undefined;
+      throw e;
+    });
     const feeds: Record<string, Ort.Tensor> = {};
     this.spec.sizes.slice(0, -1).forEach((fanIn, l) => {
       const fanOut = this.spec.sizes[l + 1];
