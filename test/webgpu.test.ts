@@ -20,7 +20,7 @@ import { probeWebGpuAdapter } from '../src/engine/webgpu/adapter.js';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { initParams } from '../src/model/init.js';
 import { makeSpec, paramLayout, type Activation, type ModelSpec } from '../src/model/spec.js';
-import { engineGradient, oneHot } from './helpers.js';
+import { engineGradient, oneHot, syntheticDataset } from './helpers.js';
 
 /** Why there is no device, or undefined when there is one. */
 function unavailable(): string | undefined {
@@ -193,6 +193,40 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     // A load replaces what the device held.
     await expect(device.read(got, 'b')).rejects.toThrow('DeviceState.read: the device does not hold the state b');
     await gpu.dispose();
+  });
+
+  it('pulls back the state a step started from when the trainer refuses that step, and the next step reloads it: the same step again gives the same state', async () => {
+    const { createTeam } = await import('../src/cluster/create_team.js');
+    const { createTrainingMemory, optimizerMemoryOf } = await import('../src/cluster/training_memory.js');
+    const { TrainingState } = await import('../src/cluster/training_state.js');
+    const dataset = syntheticDataset(64, 8, 784, 10);
+    const spec = makeSpec(784, [64, 32], 10, 'sigmoid');
+    const memory = createTrainingMemory(spec, dataset, 64, 1);
+    const state = new TrainingState(memory);
+    state.load({ params: initParams(spec, 2), m: new Float32Array(paramLayout(spec).total), v: new Float32Array(paramLayout(spec).total) }, 0);
+    const before = state.params.slice();
+    const options = await prepareEngine({ engine: 'onnx', ...WEBGPU } as EngineOptions);
+    const team = await createTeam({ memory, engine: options, adam: ADAM_DEFAULTS }, 1);
+    memory.batch.index.set(Int32Array.from({ length: 64 }, (_, i) => i));
+    const step = () => team.runPass([{ kind: 'step', step: 0, generation: 0, batch: 64 }]);
+    await step();
+    expect(state.onDevice).toBe(true);
+    const next = optimizerMemoryOf(memory).paramsOf(1);
+    // What step 0 gave, read without making it the committed state (the device stays ahead).
+    await team.runPass([{ kind: 'pull', step: 1, generation: 1, committed: false }]);
+    const first = next.slice();
+    expect(state.onDevice).toBe(true);
+    expect(first).not.toEqual(before);
+    // The trainer refuses step 0 (as for a loss that is not finite) and asks for the committed state.
+    await team.runPass([{ kind: 'pull', step: 0, generation: 0, committed: true }]);
+    expect(state.onDevice).toBe(false);
+    expect(state.params).toEqual(before);
+    expect([...memory.hostState]).toEqual([0, 0]);
+    // The device's latest is the refused step: the same step again must start from the state pulled back.
+    await step();
+    await team.runPass([{ kind: 'pull', step: 1, generation: 1, committed: true }]);
+    expect(next).toEqual(first);
+    await team.close();
   });
 
   it.skipIf(!!process.env.DTRAIN_NO_NATIVE)('gives the same bits through the C API and through onnxruntime-node\'s binding', async () => {

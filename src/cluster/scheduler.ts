@@ -512,9 +512,9 @@ export class Scheduler {
     return results;
   }
 
-  /** The committed state from the local slot's device (whole steps on a GPU) into the shared memory. */
+  /** The committed state from the local slot's device (a GPU that keeps it) into the shared memory. */
   async pullState(step: number, generation: number): Promise<void> {
-    await this.local.runPass([{ kind: 'pull', step, generation }]);
+    await this.local.runPass([{ kind: 'pull', step, generation, committed: true }]);
   }
 
   evaluate(step: number, generation: number, ranges: Range[]): Promise<TaskResult[]> {

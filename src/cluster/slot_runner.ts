@@ -22,15 +22,19 @@ export type Task =
   /** Rows whose activations and last-layer delta arrived from another worker: their other deltas. */
   | { kind: 'deltas'; step: number; generation: number; range: Range }
   | { kind: 'eval'; step: number; generation: number; range: Range }
-  /** The committed state from this slot's device (Engine.deviceState) into the optimizer memory's `generation`. */
-  | { kind: 'pull'; step: number; generation: number };
+  /**
+   * The state of `step` from this slot's device (Engine.deviceState) into the optimizer memory's `generation`:
+   * the committed state (the memory then holds it: the device is no longer ahead), or with `committed`
+   * false the one before a step a replica applied early (the device stays ahead).
+   */
+  | { kind: 'pull'; step: number; generation: number; committed: boolean };
 
 export interface EngineCapabilities {
   /** Engine.stepPass: both passes in one call. */
   wholeStep: boolean;
   /** Engine.deltasPass: rows can travel compact (activations and the last delta). */
   compactRows: boolean;
-  /** Engine.deviceState: whole steps keep the state on the device. */
+  /** Engine.deviceState: a single slot keeps the state on the device (whole steps, and shared rows where it can). */
   deviceState: boolean;
 }
 
@@ -60,6 +64,8 @@ export class SlotRunner {
   private readonly optimizer: OptimizerMemory;
   private readonly adam: AdamKernel;
   private loadedParams = '';
+  /** The device state could not be opened: the host's passes do the work. */
+  private deviceFailed = false;
 
   private constructor(
     private readonly init: SlotInit,
@@ -99,7 +105,7 @@ export class SlotRunner {
         await this.evaluate(task.step, task.generation, task.range);
         return { nonFiniteLayers: [] };
       case 'pull':
-        await this.pull(task.step, task.generation);
+        await this.pull(task.step, task.generation, task.committed);
         return { nonFiniteLayers: [] };
     }
   }
@@ -167,10 +173,26 @@ export class SlotRunner {
 
   /** The device that applies a weight pass over `units`: a single slot's, over every unit, when it can (DeviceState.apply). */
   private async applyingDevice(units: Range[]): Promise<DeviceState | undefined> {
-    if (!this.engine.deviceState || this.init.memory.slots !== 1) return undefined;
+    if (this.init.memory.slots !== 1) return undefined;
     if (units.some(([u0, u1], l) => u0 !== 0 || u1 !== this.layout.layers[l].fanOut)) return undefined;
-    const device = await this.engine.deviceState();
-    return device.apply ? device : undefined;
+    const device = await this.device();
+    return device?.apply ? device : undefined;
+  }
+
+  /**
+   * The engine's device state, or undefined when it has none or it could not be opened while this memory
+   * holds the state (the host's passes then do the work: a device state is a speed-up, not a requirement).
+   */
+  private async device(): Promise<DeviceState | undefined> {
+    if (!this.engine.deviceState || this.deviceFailed) return undefined;
+    try {
+      return await this.engine.deviceState();
+    } catch (e) {
+      if (this.deviceAhead) throw e;
+      this.deviceFailed = true;
+      process.emitWarning(`dtrain: the state stays on the host: the device could not keep it (${(e as Error).message})`);
+      return undefined;
+    }
   }
 
   /** Makes the device hold the state of (step, generation): loaded from here unless it holds it already. */
@@ -189,9 +211,9 @@ export class SlotRunner {
 
   private async wholeStep({ step, generation, batch }: Extract<Task, { kind: 'step' }>): Promise<number[]> {
     const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
-    if (this.engine.deviceState && batch >= 2) return this.deviceStep(await this.engine.deviceState(), step, generation, batch);
-    // A one-row step runs here, on the host's state: the device's must come back first.
-    if (this.deviceAhead) await this.pull(step, generation);
+    const device = batch >= 2 ? await this.device() : undefined;
+    if (device) return this.deviceStep(device, step, generation, batch);
+    // A one-row step takes the two passes (which bring the device's state back where they cannot use it).
     if (!this.engine.stepPass || batch < 2) {
       await this.rows(step, generation, batch, [0, batch], true);
       return this.weights({ kind: 'weights', step, generation, batch, units, slot: 0 });
@@ -218,17 +240,16 @@ export class SlotRunner {
   }
 
   /**
-   * The device's state of `step` into `generation` here: its latest (the memory then holds the committed
-   * state again), or the one its last step started from (a step not committed, or a replica's state before
-   * a step it applied early).
+   * The device's state of `step` into `generation` here: its latest, or the one its last step started from
+   * (a step the trainer refused, or a replica's state before a step it applied early). `committed`: it is the
+   * committed state, which the memory then holds (a device whose latest is a refused step reloads it).
    */
-  private async pull(step: number, generation: number): Promise<void> {
+  private async pull(step: number, generation: number, committed = true): Promise<void> {
     if (!this.engine.deviceState) throw new Error(`internal: pull of the state of step ${step} from an engine without a device state`);
-    const device = await this.engine.deviceState();
-    const key = this.stateKey(step, generation);
-    const latest = device.holds(key);
-    await device.read(this.stateOf(generation), key);
-    if (latest) Atomics.store(this.init.memory.stateOnDevice, 0, 0);
+    await (await this.engine.deviceState()).read(this.stateOf(generation), this.stateKey(step, generation));
+    if (!committed) return;
+    Atomics.store(this.init.memory.stateOnDevice, 0, 0);
+    this.init.memory.hostState.set([step, generation]);
   }
 
   private stateOf(generation: number): StateTensors {

@@ -73,7 +73,7 @@ export class TeamControl {
     if (!task || task.kind === 'exit') return;
     w[b + 4] = task.step;
     w[b + 5] = task.generation;
-    w[b + 6] = task.kind === 'eval' || task.kind === 'deltas' || task.kind === 'pull' ? 0 : task.batch;
+    w[b + 6] = task.kind === 'eval' || task.kind === 'deltas' ? 0 : task.kind === 'pull' ? Number(task.committed) : task.batch;
     if (task.kind === 'weights') {
       w[b + 7] = task.slot;
       task.units.forEach(([u0, u1], l) => {
@@ -124,7 +124,7 @@ export class TeamControl {
       case KIND.deltas:
         return { kind: 'deltas', ...base, range: [w[b + 7], w[b + 8]] };
       case KIND.pull:
-        return { kind: 'pull', ...base };
+        return { kind: 'pull', ...base, committed: w[b + 6] === 1 };
       case KIND.exit:
         return { kind: 'exit' };
       default:

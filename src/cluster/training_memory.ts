@@ -42,10 +42,16 @@ export interface TrainingMemory {
    */
   stateLoads: Int32Array;
   /**
-   * 1 while the committed state is newer on a slot's device than here (Engine.deviceState: whole steps on a
+   * 1 while the committed state is newer on a slot's device than here (Engine.deviceState: steps on a
    * GPU), until that slot's 'pull' task brings it back; TrainingState refuses to be read meanwhile.
    */
   stateOnDevice: Int32Array;
+  /**
+   * [step, generation] of the last committed state this memory held itself (loaded, applied here with no
+   * device ahead, or pulled back from the device as the committed one): what is left when a device that
+   * holds a newer one fails (TrainingState.fallBackToHost). Device steps never write the memory.
+   */
+  hostState: Int32Array;
 }
 
 /**
@@ -78,6 +84,7 @@ export function createTrainingMemory(spec: ModelSpec, dataset: Dataset, batchSiz
     evalPredicted: new Int32Array(buffer(4 * dataset.test.count)),
     stateLoads: new Int32Array(buffer(4)),
     stateOnDevice: new Int32Array(buffer(4)),
+    hostState: new Int32Array(buffer(8)),
   };
 }
 

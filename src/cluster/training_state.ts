@@ -31,11 +31,6 @@ export class TrainingState {
   /** The generation (0 or 1) that holds the committed state. */
   generation = 0;
   step = 0;
-  /**
-   * The step and generation of the last committed state this memory held itself (loaded, committed with no
-   * device ahead, or pulled back): what is left when a device that holds a newer one fails.
-   */
-  private host = { step: 0, generation: 0 };
 
   constructor(private readonly memory: TrainingMemory) {
     this.spec = memory.spec;
@@ -80,21 +75,21 @@ export class TrainingState {
     into.m.set(arrays.m);
     into.v.set(arrays.v);
     Atomics.add(this.memory.stateLoads, 0, 1);
-    this.host = { step: this.step, generation: this.generation };
+    this.heldHere();
   }
 
-  /** The device's state was pulled back: this memory holds the committed state again. */
-  pulled(): void {
-    this.host = { step: this.step, generation: this.generation };
+  /** This memory holds the committed state (TrainingMemory.hostState). */
+  private heldHere(): void {
+    this.memory.hostState.set([this.step, this.generation]);
   }
 
   /**
    * The device that held the committed state failed before giving it back: the state becomes the last one
-   * this memory held (untouched since: device steps never write here). Returns its step.
+   * this memory held (TrainingMemory.hostState: device steps never write the memory). Returns its step.
    */
   fallBackToHost(): number {
     Atomics.store(this.memory.stateOnDevice, 0, 0);
-    ({ step: this.step, generation: this.generation } = this.host);
+    [this.step, this.generation] = this.memory.hostState;
     return this.step;
   }
 
@@ -108,11 +103,14 @@ export class TrainingState {
     return units.map((u, slot) => ({ kind: 'weights', step: this.step, generation: this.generation, batch, units: u, slot }));
   }
 
-  /** The next generation (written by the current step's weight pass) becomes the committed state. */
-  commit(): void {
+  /**
+   * The next generation (written by the current step's weight pass) becomes the committed state. `here`:
+   * false for a step only the remote replicas applied, counted here (this memory does not hold it).
+   */
+  commit(here = true): void {
     this.generation ^= 1;
     this.step++;
-    if (!this.onDevice) this.host = { step: this.step, generation: this.generation };
+    if (here && !this.onDevice) this.heldHere();
   }
 
   /**
@@ -122,5 +120,7 @@ export class TrainingState {
   rewind(steps: number): void {
     this.step -= steps;
     this.generation ^= steps & 1;
+    // The state rewound to is the last this memory held (unless a device holds a newer one still).
+    if (!this.onDevice) this.heldHere();
   }
 }

@@ -65,8 +65,9 @@ export interface Engine {
   deltasPass?(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void>;
   evaluate(x: Float32Array, target: Float32Array, rows: number, out: EvalOutputs): Promise<void>;
   /**
-   * Optional (a GPU): the training state kept on the device between whole steps, Adam applied there (see
-   * DeviceState), opened on first call. A slot computing whole steps alone uses it instead of stepPass.
+   * Optional (a GPU): the training state kept on the device between steps, Adam applied there (see
+   * DeviceState), opened on first call. A single slot uses it for whole steps instead of stepPass, and for
+   * shared rows where the device can (its optional passes).
    */
   deviceState?(): Promise<DeviceState>;
   dispose(): Promise<void>;
@@ -80,10 +81,10 @@ export interface StateTensors {
 }
 
 /**
- * The state on a device: uploaded once (load), advanced by whole steps that run forward, backward and Adam
+ * The state on a device: uploaded once (load), advanced by steps that run forward, backward and Adam
  * there and bring back only the rows' losses, and downloaded when the host needs it (read). Each state it
  * holds is named by a key the caller chooses, so the caller knows whether it still holds the one wanted.
- * The state a step started from is kept until the next step or load: a step the caller then refuses (its
+ * The state a step (or apply) started from is kept until the next one or a load: a step the caller then refuses (its
  * loss was not finite) can still be read back.
  */
 export interface DeviceState {

@@ -125,7 +125,7 @@ export class Trainer {
     if (replicated) {
       // The remote replicas apply this step; this process catches up when it needs the state.
       this.unapplied.push(index.slice());
-      this.state.commit();
+      this.state.commit(false);
       if (this.unapplied.length >= (this.scheduler.planName === 'sharded' ? MAX_UNAPPLIED_SHARDED : MAX_UNAPPLIED)) await this.current();
       return loss;
     }
@@ -180,7 +180,7 @@ export class Trainer {
   }
 
   /**
-   * Makes this process's state the committed one: from the GPU that holds it after whole steps there, and
+   * Makes this process's state the committed one: from the GPU that holds it after steps there, and
    * after steps that only the remote replicas applied: it takes a replica's state, or, when no replica is
    * left, replays those steps on the local slots from the state it last had (the batches are known and the
    * result is bitwise the same). Returns true if it replayed (which reuses the batch buffers).
@@ -213,14 +213,13 @@ export class Trainer {
   }
 
   /**
-   * Whole steps on a GPU leave the state there (Engine.deviceState): it comes back here. If the device fails
+   * Steps on a GPU leave the state there (Engine.deviceState): it comes back here. If the device fails
    * first, the state is the last one this process held, and the run ends saying so.
    */
   private async pullFromDevice(): Promise<void> {
     const step = this.state.step;
     try {
       await this.scheduler.pullState(step, this.state.generation);
-      this.state.pulled();
     } catch (e) {
       throw deviceStateLost(step, this.state.fallBackToHost(), (e as Error).message);
     }

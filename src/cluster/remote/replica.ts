@@ -255,8 +255,7 @@ export class Replica {
   private async onHost(step: number): Promise<void> {
     if (!this.state.onDevice) return;
     const back = this.back(step);
-    await this.team.runPass([{ kind: 'pull', step: this.step - back, generation: this.generation ^ back }]);
-    if (!back) this.state.pulled();
+    await this.team.runPass([{ kind: 'pull', step: this.step - back, generation: this.generation ^ back, committed: !back }]);
   }
 
   /** 1 when `step` is the state before the step this replica applied early, else 0. */

@@ -197,7 +197,9 @@ class OnnxEngine implements Engine {
     let runner = this.deviceRunners.get(graph);
     if (!runner) {
       const model = GRAPHS[graph](this.spec, this.graphOptions);
-      runner = this.turns ? this.turns.take(() => this.gpu!.openBinding(model)) : this.gpu!.openBinding(model);
+      const opened = this.turns ? this.turns.take(() => this.gpu!.openBinding(model)) : this.gpu!.openBinding(model);
+      // A failed opening is not kept: the next pass tries again.
+      runner = opened.catch((e: Error) => (this.deviceRunners.delete(graph), Promise.reject(e)));
       this.deviceRunners.set(graph, runner);
     }
     return runner;

@@ -66,14 +66,15 @@ export class ResidentState implements DeviceState {
   private readonly plain = new PlainViews();
   private readonly scalars: Record<string, Ort.Tensor>;
 
-  /** The apply graph's session (a slot whose rows come from elsewhere), opened on first use. */
-  private applySession?: Promise<Ort.InferenceSession>;
+  /** The train and apply graphs' sessions (session()): a slot needs one of them. */
+  private readonly lazy = new Map<'train' | 'apply', Promise<Ort.InferenceSession>>();
 
   private constructor(
     private readonly ort: OrtModule,
     private readonly spec: ModelSpec,
+    private readonly graphOptions: GraphOptions,
     private readonly parts: StatePart[],
-    private readonly sessions: { train: Ort.InferenceSession; upload: Ort.InferenceSession; download: Ort.InferenceSession },
+    private readonly sessions: { upload: Ort.InferenceSession; download: Ort.InferenceSession },
     private readonly passes: DevicePasses,
     private readonly open: (model: Uint8Array, extra: Ort.InferenceSession.SessionOptions) => Promise<Ort.InferenceSession>,
     private readonly turns?: GpuTurns,
@@ -89,19 +90,27 @@ export class ResidentState implements DeviceState {
       const create = () => ort.InferenceSession.create(model, { ...options, ...extra });
       return turns ? turns.take(create) : create();
     };
-    const opened = await Promise.allSettled([
-      open(buildTrainGraph(spec, graphOptions), { preferredOutputLocation: nextOnDevice(parts) }),
-      open(copyGraph, { preferredOutputLocation: 'gpu-buffer' }),
-      open(copyGraph, { preferredOutputLocation: 'cpu' }),
-    ]);
+    const opened = await Promise.allSettled([open(copyGraph, { preferredOutputLocation: 'gpu-buffer' }), open(copyGraph, { preferredOutputLocation: 'cpu' })]);
     const failed = opened.find((o) => o.status === 'rejected');
     if (failed) {
       // The sessions that did open are released: the caller may try again.
       await Promise.all(opened.map((o) => (o.status === 'fulfilled' ? o.value.release() : undefined)));
       throw (failed as PromiseRejectedResult).reason;
     }
-    const [train, upload, download] = opened.map((o) => (o as PromiseFulfilledResult<Ort.InferenceSession>).value);
-    return new ResidentState(ort, spec, parts, { train, upload, download }, passes, open, turns);
+    const [upload, download] = opened.map((o) => (o as PromiseFulfilledResult<Ort.InferenceSession>).value);
+    return new ResidentState(ort, spec, graphOptions, parts, { upload, download }, passes, open, turns);
+  }
+
+  /** A session of its own graph for whole steps (train) or shared rows (apply), opened on first use. */
+  private session(name: 'train' | 'apply'): Promise<Ort.InferenceSession> {
+    let session = this.lazy.get(name);
+    if (!session) {
+      const model = name === 'train' ? buildTrainGraph(this.spec, this.graphOptions) : buildApplyGraph(this.spec);
+      // A failed opening is not kept: the next call tries again.
+      session = this.open(model, { preferredOutputLocation: nextOnDevice(this.parts) }).catch((e: Error) => (this.lazy.delete(name), Promise.reject(e)));
+      this.lazy.set(name, session);
+    }
+    return session;
   }
 
   private run<T>(work: () => Promise<T>): Promise<T> {
@@ -132,23 +141,18 @@ export class ResidentState implements DeviceState {
       target: new this.ort.Tensor('float32', this.plain.of('target', target.subarray(0, rows * classes)), [rows, classes]),
       scale: new this.ort.Tensor('float32', Float32Array.of(1 / rows), [1]),
     };
-    return this.advanceBy(this.sessions.train, feeds, adam, nextKey, (out) => rowLoss.set(out.rowLoss.data as Float32Array));
+    return this.advanceBy(await this.session('train'), feeds, adam, nextKey, (out) => rowLoss.set(out.rowLoss.data as Float32Array));
   }
 
   async apply(inputs: Float32Array[], deltas: Float32Array[], batch: number, adam: AdamScalars, nextKey: string): Promise<number[]> {
     if (!this.held) throw new Error('DeviceState.apply: no state was loaded');
-    // A failed opening is not kept: the next call tries again.
-    this.applySession ??= this.open(buildApplyGraph(this.spec), { preferredOutputLocation: nextOnDevice(this.parts) }).catch((e: Error) => {
-      this.applySession = undefined;
-      throw e;
-    });
     const feeds: Record<string, Ort.Tensor> = {};
     this.spec.sizes.slice(0, -1).forEach((fanIn, l) => {
       const fanOut = this.spec.sizes[l + 1];
       feeds[`a${l}`] = new this.ort.Tensor('float32', this.plain.of(`a${l}`, inputs[l].subarray(0, batch * fanIn)), [batch, fanIn]);
       feeds[`d${l}`] = new this.ort.Tensor('float32', this.plain.of(`d${l}`, deltas[l].subarray(0, batch * fanOut)), [batch, fanOut]);
     });
-    return this.advanceBy(await this.applySession, feeds, adam, nextKey);
+    return this.advanceBy(await this.session('apply'), feeds, adam, nextKey);
   }
 
   /**
@@ -158,7 +162,12 @@ export class ResidentState implements DeviceState {
   private async advanceBy(session: Ort.InferenceSession, feeds: Record<string, Ort.Tensor>, adam: AdamScalars, nextKey: string, read?: (out: Ort.InferenceSession.ReturnType) => void): Promise<number[]> {
     for (const scalar of ADAM_SCALARS) (this.scalars[adamInputName(scalar)].data as Float32Array)[0] = adam[scalar];
     const out = await this.run(() => session.run({ ...Object.fromEntries(this.held!.tensors), ...this.scalars, ...feeds }));
-    read?.(out);
+    try {
+      read?.(out);
+    } catch (e) {
+      for (const { name } of this.parts) out[nextName(name)].dispose();
+      throw e;
+    }
     const layers = this.spec.sizes.length - 1;
     const bad = Array.from({ length: layers }, (_, l) => l).filter((l) => !Number.isFinite((out[`bad${l}`].data as Float32Array)[0]));
     const next = new Map(this.parts.map(({ name }) => [name, out[nextName(name)]]));
@@ -203,7 +212,7 @@ export class ResidentState implements DeviceState {
 
   async dispose(): Promise<void> {
     this.advance(undefined, false);
-    const apply = await this.applySession?.catch(() => undefined);
-    await Promise.all([...Object.values(this.sessions), ...(apply ? [apply] : [])].map((s) => s.release()));
+    const lazy = await Promise.all([...this.lazy.values()].map((p) => p.catch(() => undefined)));
+    await Promise.all([...Object.values(this.sessions), ...lazy.filter((s) => s !== undefined)].map((s) => s!.release()));
   }
 }
