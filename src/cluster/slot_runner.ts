@@ -5,7 +5,8 @@
  * The same code runs in the coordinator's process (--threads 1) and in every worker thread.
  */
 import { createEngine } from '../engine/create.js';
-import type { DeviceState, Engine, EngineOptions, LayerGradient, StateTensors } from '../engine/engine.js';
+import type { DeviceState, Engine, EngineOptions, LayerGradient } from '../engine/engine.js';
+import { DeviceSlot, type RowPasses } from './device_slot.js';
 import { paramLayout, type ParamLayout } from '../model/spec.js';
 import { adamKernel, adamRange, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
 import { OptimizerMemory } from '../optim/optimizer_memory.js';
@@ -64,8 +65,8 @@ export class SlotRunner {
   private readonly optimizer: OptimizerMemory;
   private readonly adam: AdamKernel;
   private loadedParams = '';
-  /** The device state could not be opened: the host's passes do the work. */
-  private deviceFailed = false;
+  /** The state on the engine's device, where it keeps it (a GPU). */
+  private readonly onDevice: DeviceSlot;
 
   private constructor(
     private readonly init: SlotInit,
@@ -74,6 +75,7 @@ export class SlotRunner {
     this.layout = paramLayout(init.memory.spec);
     this.optimizer = optimizerMemoryOf(init.memory);
     this.adam = adamKernel(init.memory.optimizer);
+    this.onDevice = new DeviceSlot(init.memory, engine);
   }
 
   static async create(init: SlotInit): Promise<SlotRunner> {
@@ -105,46 +107,32 @@ export class SlotRunner {
         await this.evaluate(task.step, task.generation, task.range);
         return { nonFiniteLayers: [] };
       case 'pull':
-        await this.pull(task.step, task.generation, task.committed);
+        await this.onDevice.pull(task.step, task.generation, task.committed);
         return { nonFiniteLayers: [] };
     }
   }
 
-  /** What names the state of `step` in `generation` as loaded here (TrainingState.load moves stateLoads). */
-  private stateKey(step: number, generation: number): string {
-    return `${step}/${generation}/${Atomics.load(this.init.memory.stateLoads, 0)}`;
-  }
-
   private useParams(step: number, generation: number): void {
-    const key = this.stateKey(step, generation);
+    const key = this.onDevice.key(step, generation);
     if (this.loadedParams === key) return;
     this.engine.setParams(this.optimizer.paramsOf(generation));
     this.loadedParams = key;
   }
 
-  /** Whether a device holds a newer committed state than this memory (TrainingMemory.stateOnDevice). */
-  private get deviceAhead(): boolean {
-    return Atomics.load(this.init.memory.stateOnDevice, 0) === 1;
-  }
-
   /**
-   * What computes rows of the state of (step, generation): the device when it is ahead and holds that
-   * state (its passes read its own parameters), else the engine on this memory's parameters (pulled back
-   * from the device first when it is ahead).
+   * What computes rows of the state of (step, generation): the device when it is ahead and holds that state
+   * (its passes read its own parameters), else the engine on this memory's parameters.
    */
-  private async rowEngine(step: number, generation: number): Promise<Pick<Engine, 'rowPass' | 'deltasPass'>> {
-    if (this.deviceAhead) {
-      const device = await this.engine.deviceState!();
-      if (device.rowPass && device.deltasPass && device.holds(this.stateKey(step, generation))) return device as Pick<Engine, 'rowPass' | 'deltasPass'>;
-      await this.pull(step, generation);
-    }
+  private async rowPasses(step: number, generation: number): Promise<RowPasses> {
+    const device = await this.onDevice.rowPasses(step, generation);
+    if (device) return device;
     this.useParams(step, generation);
     return this.engine;
   }
 
   private async rows(step: number, generation: number, batch: number, [r0, r1]: Range, gather: boolean): Promise<void> {
     if (r0 === r1) return;
-    const engine = await this.rowEngine(step, generation);
+    const engine = await this.rowPasses(step, generation);
     const { batch: b, spec } = this.init.memory;
     const features = spec.sizes[0];
     const classes = spec.sizes[spec.sizes.length - 1];
@@ -162,56 +150,19 @@ export class SlotRunner {
     const rowsOf = (a: Float32Array, l: number) => a.subarray(0, batch * spec.sizes[l]);
     const inputs = [rowsOf(b.x, 0), ...b.hidden.map((h, l) => rowsOf(h, l + 1))];
     const deltas = b.deltas.map((d, l) => rowsOf(d, l + 1));
-    const device = await this.applyingDevice(units);
+    const allUnits = units.every(([u0, u1], l) => u0 === 0 && u1 === this.layout.layers[l].fanOut);
+    const device = await this.onDevice.applier(allUnits);
     if (device) {
-      await this.onDevice(device, step, generation);
-      return this.advanced(await device.apply!(inputs, deltas, batch, adamScalars(this.init.adam, step + 1), this.stateKey(step + 1, generation ^ 1)));
+      await this.onDevice.hold(device, step, generation);
+      return this.onDevice.advanced(await device.apply!(inputs, deltas, batch, adamScalars(this.init.adam, step + 1), this.onDevice.key(step + 1, generation ^ 1)));
     }
-    if (this.deviceAhead) await this.pull(step, generation);
+    await this.onDevice.current(step, generation);
     return this.applyAdam(step, generation, await this.engine.weightPass(inputs, deltas, batch, units), units, slot);
-  }
-
-  /** The device that applies a weight pass over `units`: a single slot's, over every unit, when it can (DeviceState.apply). */
-  private async applyingDevice(units: Range[]): Promise<DeviceState | undefined> {
-    if (this.init.memory.slots !== 1) return undefined;
-    if (units.some(([u0, u1], l) => u0 !== 0 || u1 !== this.layout.layers[l].fanOut)) return undefined;
-    const device = await this.device();
-    return device?.apply ? device : undefined;
-  }
-
-  /**
-   * The engine's device state, or undefined when it has none or it could not be opened while this memory
-   * holds the state (the host's passes then do the work: a device state is a speed-up, not a requirement).
-   */
-  private async device(): Promise<DeviceState | undefined> {
-    if (!this.engine.deviceState || this.deviceFailed) return undefined;
-    try {
-      return await this.engine.deviceState();
-    } catch (e) {
-      if (this.deviceAhead) throw e;
-      this.deviceFailed = true;
-      process.emitWarning(`dtrain: the state stays on the host: the device could not keep it (${(e as Error).message})`);
-      return undefined;
-    }
-  }
-
-  /** Makes the device hold the state of (step, generation): loaded from here unless it holds it already. */
-  private async onDevice(device: DeviceState, step: number, generation: number): Promise<void> {
-    const key = this.stateKey(step, generation);
-    if (device.holds(key)) return;
-    if (this.deviceAhead) throw new Error(`internal: the device is ahead of this memory but does not hold the state of step ${step}`);
-    await device.load(this.stateOf(generation), key);
-  }
-
-  /** After a device advanced the state (no layer in `bad`): the memory says the device is ahead. */
-  private advanced(bad: number[]): number[] {
-    if (bad.length === 0) Atomics.store(this.init.memory.stateOnDevice, 0, 1);
-    return bad;
   }
 
   private async wholeStep({ step, generation, batch }: Extract<Task, { kind: 'step' }>): Promise<number[]> {
     const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
-    const device = batch >= 2 ? await this.device() : undefined;
+    const device = batch >= 2 ? await this.onDevice.device() : undefined;
     if (device) return this.deviceStep(device, step, generation, batch);
     // A one-row step takes the two passes (which bring the device's state back where they cannot use it).
     if (!this.engine.stepPass || batch < 2) {
@@ -231,35 +182,19 @@ export class SlotRunner {
    * first step, or after a load here), advanced there, and left there: the memory says so until a pull.
    */
   private async deviceStep(device: DeviceState, step: number, generation: number, batch: number): Promise<number[]> {
-    await this.onDevice(device, step, generation);
+    await this.onDevice.hold(device, step, generation);
     const { batch: b, spec } = this.init.memory;
     gatherBatchRows(this.init.memory, [0, batch]);
     const classes = spec.sizes[spec.sizes.length - 1];
     const x = b.x.subarray(0, batch * spec.sizes[0]);
-    return this.advanced(await device.step(x, b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch), adamScalars(this.init.adam, step + 1), this.stateKey(step + 1, generation ^ 1)));
-  }
-
-  /**
-   * The device's state of `step` into `generation` here: its latest, or the one its last step started from
-   * (a step the trainer refused, or a replica's state before a step it applied early). `committed`: it is the
-   * committed state, which the memory then holds (a device whose latest is a refused step reloads it).
-   */
-  private async pull(step: number, generation: number, committed = true): Promise<void> {
-    if (!this.engine.deviceState) throw new Error(`internal: pull of the state of step ${step} from an engine without a device state`);
-    await (await this.engine.deviceState()).read(this.stateOf(generation), this.stateKey(step, generation));
-    if (!committed) return;
-    Atomics.store(this.init.memory.stateOnDevice, 0, 0);
-    this.init.memory.hostState.set([step, generation]);
-  }
-
-  private stateOf(generation: number): StateTensors {
-    return { params: this.optimizer.paramsOf(generation), m: this.optimizer.firstMomentOf(generation), v: this.optimizer.secondMomentOf(generation) };
+    const adam = adamScalars(this.init.adam, step + 1);
+    return this.onDevice.advanced(await device.step(x, b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch), adam, this.onDevice.key(step + 1, generation ^ 1)));
   }
 
   private async deltas(step: number, generation: number, [r0, r1]: Range): Promise<void> {
     if (r0 === r1) return;
     if (!this.engine.deltasPass) throw new Error(`the ${this.engine.name} engine cannot rebuild deltas of compact rows`);
-    const engine = await this.rowEngine(step, generation);
+    const engine = await this.rowPasses(step, generation);
     const { batch: b, spec } = this.init.memory;
     const rowsOf = (a: Float32Array, l: number) => a.subarray(r0 * spec.sizes[l + 1], r1 * spec.sizes[l + 1]);
     const last = b.deltas.length - 1;
@@ -282,7 +217,7 @@ export class SlotRunner {
 
   private async evaluate(step: number, generation: number, [r0, r1]: Range): Promise<void> {
     if (r0 === r1) return;
-    if (this.deviceAhead) await this.pull(step, generation);
+    await this.onDevice.current(step, generation);
     this.useParams(step, generation);
     const { test, evalLoss, evalPredicted, spec } = this.init.memory;
     const features = spec.sizes[0];
