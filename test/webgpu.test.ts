@@ -393,6 +393,22 @@ gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 't
     await gpu.dispose();
   });
 
+  it('gives a remote tfjs worker on the device, keeping its replica\'s state there, the parameters of one local thread', async () => {
+    const { TfjsDeviceState } = await import('../src/engine/tfjs/device_state.js');
+    const applied = vi.spyOn(TfjsDeviceState.prototype, 'apply');
+    const config = { ...WEBGPU, engine: 'tfjs', hidden: [64, 32], steps: 20 } as const;
+    const local = await run({ ...config, threads: 1 });
+    const abort = new AbortController();
+    const remote = await train(
+      { ...BASE, ...config, threads: 0, listen: '127.0.0.1:0', out: join(out, `tfjs-remote-${runs++}`) },
+      { onListening: ({ port }) => void runWorker({ connect: `ws://127.0.0.1:${port}`, engine: 'tfjs', device: 'webgpu', allowSoftwareGpu: true, signal: abort.signal }) },
+    );
+    abort.abort();
+    expect(remote.paramsSha256).toBe(local.paramsSha256);
+    expect(applied.mock.calls.length).toBeGreaterThanOrEqual(20);
+    applied.mockRestore();
+  });
+
   it('trains with the wasm backend\'s losses (within 1e-4), and ends with the same parameters on one thread (state on the device) and two', async () => {
     const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
     const [wasm, one, two]: number[][] = [[], [], []];

@@ -57,7 +57,9 @@ export class DeviceSlot {
   async rowPasses(step: number, generation: number): Promise<RowPasses | undefined> {
     if (!this.ahead) return undefined;
     const device = (await this.engine.deviceState!()) as Partial<RowPasses> & DeviceState;
-    if (device.rowPass && device.deltasPass && device.holds(this.key(step, generation))) return device as RowPasses;
+    // The deltas pass only where the engine has one (compact rows: onnx).
+    const passes = device.rowPass && (device.deltasPass || !this.engine.deltasPass);
+    if (passes && device.holds(this.key(step, generation))) return device as RowPasses;
     await this.pull(step, generation);
     return undefined;
   }

@@ -7,7 +7,7 @@
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { ParamLayout } from '../../model/spec.js';
 import type { AdamScalars } from '../../optim/adam.js';
-import type { DeviceState, StateTensors } from '../engine.js';
+import type { DeviceState, RowOutputs, StateTensors } from '../engine.js';
 
 type Tf = typeof TfCore;
 type Tensor = TfCore.Tensor;
@@ -21,8 +21,15 @@ export interface LayerTensors {
   biases: Tensor1D[];
 }
 
-/** The engine's step: the rows' loss and each layer's [weight, bias] gradient from the given parameters. */
-type StepGradients = (params: LayerTensors, x: Float32Array, target: Float32Array, rows: number) => { rowLoss: Tensor; gradients: [Tensor, Tensor][] };
+/** The engine's ops the device state runs on its own parameters (TfjsEngine's, so their bits). */
+export interface TfjsPasses {
+  /** A whole step's rows' loss and each layer's [weight, bias] gradient (inside a tidy). */
+  stepGradients(params: LayerTensors, x: Float32Array, target: Float32Array, rows: number): { rowLoss: Tensor; gradients: [Tensor, Tensor][] };
+  /** Each layer's gradient over `units` from rows given as arrays (inside a tidy). */
+  rowsGradients(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): [Tensor, Tensor][];
+  /** The row pass on these parameters. */
+  rowPassWith(params: LayerTensors, x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
+}
 
 /** One parameter tensor of the state and its two moments. */
 interface Held {
@@ -55,7 +62,7 @@ export class TfjsDeviceState implements DeviceState {
   constructor(
     private readonly tf: Tf,
     private readonly layout: ParamLayout,
-    private readonly gradientsOf: StepGradients,
+    private readonly passes: TfjsPasses,
   ) {}
 
   holds(key: string): boolean {
@@ -74,14 +81,45 @@ export class TfjsDeviceState implements DeviceState {
   }
 
   async step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]> {
-    if (!this.held) throw new Error('DeviceState.step: no state was loaded');
     if (rows < 2) throw new RangeError('DeviceState.step needs at least 2 rows');
-    const { layers: held, weightsT } = this.held;
+    const params = this.params();
+    return this.advanceBy(() => this.passes.stepGradients(params, x, target, rows), adam, nextKey, (loss) => rowLoss.set(loss.subarray(0, rows)));
+  }
+
+  /** The weight pass over every unit of the rows given, then Adam, from the latest state. */
+  async apply(inputs: Float32Array[], deltas: Float32Array[], batch: number, adam: AdamScalars, nextKey: string): Promise<number[]> {
+    const units = this.layout.layers.map(({ fanOut }) => [0, fanOut] as const);
+    return this.advanceBy(() => ({ gradients: this.passes.rowsGradients(inputs, deltas, batch, units) }), adam, nextKey);
+  }
+
+  /** The row pass with the latest state's parameters. */
+  rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
+    return this.passes.rowPassWith(this.params(), x, target, rows, invBatch, out);
+  }
+
+  /** The latest state's parameters, as the engine's passes read them. */
+  private params(): LayerTensors {
+    if (!this.held) throw new Error('DeviceState: no state was loaded');
+    const { layers, weightsT } = this.held;
+    return { weights: layers.map(([w]) => w.param as Tensor2D), weightsT, biases: layers.map(([, b]) => b.param as Tensor1D) };
+  }
+
+  /**
+   * Adam over the gradients `gradientsOf` makes (and the rows' loss, when it gives one, to `readLoss`): the
+   * next state becomes the latest unless a layer's gradient was not finite (those layers are returned).
+   */
+  private async advanceBy(
+    gradientsOf: () => { rowLoss?: Tensor; gradients: [Tensor, Tensor][] },
+    adam: AdamScalars,
+    nextKey: string,
+    readLoss?: (loss: Float32Array) => void,
+  ): Promise<number[]> {
+    if (!this.held) throw new Error('DeviceState: no state was loaded');
+    const held = this.held.layers;
     const tf = this.tf;
-    const params: LayerTensors = { weights: held.map(([w]) => w.param as Tensor2D), weightsT, biases: held.map(([, b]) => b.param as Tensor1D) };
     // tidy keeps every tensor in what it returns, nested objects included (Held is one, untyped as a container).
     const { loss, next, bad } = tidyKeeping(tf, () => {
-      const { rowLoss: l, gradients } = this.gradientsOf(params, x, target, rows);
+      const { rowLoss: l, gradients } = gradientsOf();
       const scalar = (v: number) => tf.scalar(v, 'float32');
       const [c1, b2, c2, negStep, invBc2sqrt, eps] = [adam.c1, adam.b2, adam.c2, adam.negStep, adam.invBc2sqrt, adam.eps].map(scalar);
       // m = m + c1·(g − m); v = v·b2 + (c2·g)·g; p = p + negStep·(m / (sqrt(v)·invBc2sqrt + eps))
@@ -97,9 +135,9 @@ export class TfjsDeviceState implements DeviceState {
         bad: tf.stack(gradients.map(([gW, gb]) => tf.add(nan(gW), nan(gb)))),
       };
     });
-    const [lossData, badData] = (await Promise.all([loss.data(), bad.data()])) as Float32Array[];
-    rowLoss.set(lossData.subarray(0, rows));
-    tf.dispose([loss, bad]);
+    const badData = (await bad.data()) as Float32Array;
+    if (loss) readLoss?.((await loss.data()) as Float32Array);
+    tf.dispose(loss ? [loss, bad] : [bad]);
     const layers = [...badData.keys()].filter((l) => !Number.isFinite(badData[l]));
     if (layers.length > 0) {
       // The latest state stays the last good one: the step's outputs are dropped.

@@ -106,7 +106,7 @@ class TfjsEngine implements Engine {
 
   /** The state kept on the GPU between whole steps (Engine.deviceState); not on the CPU. */
   get deviceState(): (() => Promise<DeviceState>) | undefined {
-    return this.onGpu ? async () => (this.resident ??= new TfjsDeviceState(this.tf, this.layout, (W, x, t, rows) => this.stepGradients(W, x, t, rows))) : undefined;
+    return this.onGpu ? async () => (this.resident ??= new TfjsDeviceState(this.tf, this.layout, this)) : undefined;
   }
 
   setParams(params: Float32Array): void {
@@ -198,11 +198,21 @@ class TfjsEngine implements Engine {
     return width === 1 ? [tf.slice(dW, [0, 0], [1, a.shape[1]!]), tf.slice(db, [0], [1])] : [dW, db];
   }
 
+  /** Each layer's [weight, bias] gradient for `units` from rows given as arrays (inside a tidy). */
+  rowsGradients(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): [TfCore.Tensor, TfCore.Tensor][] {
+    const tf = this.tf;
+    return this.layout.layers.map(({ fanIn, fanOut }, l) => {
+      const a = tf.tensor2d(inputs[l].slice(0, batch * fanIn), [batch, fanIn]);
+      const d = tf.tensor2d(deltas[l].slice(0, batch * fanOut), [batch, fanOut]);
+      return this.layerGradient(a, d, units[l], batch);
+    });
+  }
+
   /**
    * A whole step's loss and every layer's gradient from parameters `params` (the device state's), with the
    * row pass's and the weight pass's ops: the rows computed in one call have the bits of any split (plan.ts).
    */
-  private stepGradients(params: LayerTensors, x: Float32Array, target: Float32Array, rows: number) {
+  stepGradients(params: LayerTensors, x: Float32Array, target: Float32Array, rows: number) {
     const f = this.forward(x, target, rows, params);
     const deltas = this.deltasOf(f, 1 / rows, params.weights);
     const inputs = [f.x, ...f.hidden];
@@ -215,17 +225,22 @@ class TfjsEngine implements Engine {
    * vector product on WebGPU) that rounds differently, and a row must have the same bits in any call
    * (cluster/plan.ts). The outputs then hold two rows, of which the first is the row's.
    */
-  private forwardPadded(x: Float32Array, target: Float32Array, rows: number) {
-    if (rows >= 2) return this.forward(x, target, rows);
+  private forwardPadded(x: Float32Array, target: Float32Array, rows: number, params = this.current()) {
+    if (rows >= 2) return this.forward(x, target, rows, params);
     const twice = (a: Float32Array, width: number) => Float32Array.of(...a.subarray(0, width), ...a.subarray(0, width));
-    return this.forward(twice(x, this.spec.sizes[0]), twice(target, this.spec.sizes[this.spec.sizes.length - 1]), 2);
+    return this.forward(twice(x, this.spec.sizes[0]), twice(target, this.spec.sizes[this.spec.sizes.length - 1]), 2, params);
   }
 
-  async rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
+  rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
+    return this.rowPassWith(this.current(), x, target, rows, invBatch, out);
+  }
+
+  /** The row pass on these parameters: setParams', or the device state's (TfjsDeviceState.rowPass). */
+  async rowPassWith(params: LayerTensors, x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
     const tf = this.tf;
     const results = tf.tidy(() => {
-      const f = this.forwardPadded(x, target, rows);
-      return [f.rowLoss, ...f.hidden, ...this.deltasOf(f, invBatch, this.weights)];
+      const f = this.forwardPadded(x, target, rows, params);
+      return [f.rowLoss, ...f.hidden, ...this.deltasOf(f, invBatch, params.weights)];
     });
     const data = await Promise.all(results.map((t) => t.data() as Promise<Float32Array>));
     tf.dispose(results);
@@ -236,13 +251,7 @@ class TfjsEngine implements Engine {
 
   async weightPass(inputs: Float32Array[], deltas: Float32Array[], batch: number, units: readonly (readonly [number, number])[]): Promise<LayerGradient[]> {
     const tf = this.tf;
-    const tensors = tf.tidy(() =>
-      this.layout.layers.flatMap(({ fanIn, fanOut }, l) => {
-        const a = tf.tensor2d(inputs[l].slice(0, batch * fanIn), [batch, fanIn]);
-        const d = tf.tensor2d(deltas[l].slice(0, batch * fanOut), [batch, fanOut]);
-        return this.layerGradient(a, d, units[l], batch);
-      }),
-    );
+    const tensors = tf.tidy(() => this.rowsGradients(inputs, deltas, batch, units).flat());
     const data = (await Promise.all(tensors.map((t) => t.data()))) as Float32Array[];
     tf.dispose(tensors);
     return this.layout.layers.map((_, l) => ({ weight: data[2 * l], bias: data[2 * l + 1] }));
