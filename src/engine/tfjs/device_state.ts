@@ -1,8 +1,9 @@
 /**
  * The training state on the GPU for the tfjs engine (Engine.deviceState on its WebGPU backend): each
- * layer's W (and Wᵀ for the forward pass), b and their Adam moments are tensors kept on the device; a whole
- * step computes the gradient with the engine's own ops and applies Adam with tfjs ops in the wasm kernel's
- * order (optim/adam.wat), and only the rows' losses and one finiteness sum per layer are read back.
+ * layer's W (and Wᵀ for the forward pass), b and their Adam moments are tensors kept on the device. A whole
+ * step, or (a slot whose rows are shared) the row pass and the weight pass over the batch's rows, compute with
+ * the engine's own ops on them, and Adam runs with tfjs ops in the wasm kernel's order (optim/adam.wat); only
+ * rows, losses and one finiteness sum per layer are read back.
  */
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { ParamLayout } from '../../model/spec.js';
@@ -135,9 +136,18 @@ export class TfjsDeviceState implements DeviceState {
         bad: tf.stack(gradients.map(([gW, gb]) => tf.add(nan(gW), nan(gb)))),
       };
     });
-    const badData = (await bad.data()) as Float32Array;
-    if (loss) readLoss?.((await loss.data()) as Float32Array);
-    tf.dispose(loss ? [loss, bad] : [bad]);
+    let badData: Float32Array;
+    try {
+      // Both read back together: each is a wait on the device.
+      const [badRead, lossRead] = await Promise.all([bad.data(), loss?.data()]);
+      badData = badRead as Float32Array;
+      if (lossRead) readLoss?.(lossRead as Float32Array);
+    } catch (e) {
+      tf.dispose(tensorsOf(next));
+      throw e;
+    } finally {
+      tf.dispose(loss ? [loss, bad] : [bad]);
+    }
     const layers = [...badData.keys()].filter((l) => !Number.isFinite(badData[l]));
     if (layers.length > 0) {
       // The latest state stays the last good one: the step's outputs are dropped.

@@ -96,7 +96,7 @@ class TfjsEngine implements Engine {
     private readonly tf: Tf,
     private readonly spec: ModelSpec,
     readonly backend: string,
-    /** On the GPU: whole steps keep the state there (deviceState). */
+    /** On the GPU: a single slot keeps the state there (deviceState). */
     private readonly onGpu = false,
   ) {
     this.layout = paramLayout(spec);
@@ -104,7 +104,7 @@ class TfjsEngine implements Engine {
 
   private resident?: TfjsDeviceState;
 
-  /** The state kept on the GPU between whole steps (Engine.deviceState); not on the CPU. */
+  /** The state kept on the GPU between steps (Engine.deviceState); not on the CPU. */
   get deviceState(): (() => Promise<DeviceState>) | undefined {
     return this.onGpu ? async () => (this.resident ??= new TfjsDeviceState(this.tf, this.layout, this)) : undefined;
   }
