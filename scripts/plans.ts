@@ -30,8 +30,9 @@ const LINKS_GBIT = [1, 10, 100];
 export function predictions(gflops: number, coordinatorGflops = gflops): string[] {
   const rows: string[] = [];
   for (const [name, spec, batch] of MODELS) {
-    const rowsPerMs = (gflops * 1e6) / stepSizes(spec, batch).rowFlops;
-    const coordinator = { rowsPerMs: (coordinatorGflops * 1e6) / stepSizes(spec, batch).rowFlops };
+    const { rowFlops } = stepSizes(spec, batch);
+    const rowsPerMs = (gflops * 1e6) / rowFlops;
+    const coordinator = { rowsPerMs: (coordinatorGflops * 1e6) / rowFlops };
     const alone = estimatePlans(spec, batch, [{ rowsPerMs }], 0).find((e) => e.plan === 'replicated')!.ms;
     for (const gbit of LINKS_GBIT) {
       const msPerByte = 1000 / ((gbit * 1e9) / 8);

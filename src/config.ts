@@ -9,6 +9,18 @@ import { availableParallelism } from 'node:os';
 import { DEVICES, ENGINES, type Device, type EngineName } from './engine/engine.js';
 import { ACTIVATIONS, type Activation } from './model/spec.js';
 
+import {
+  configUnreadable,
+  incompatibleOptions,
+  invalidConfigValue,
+  invalidOption,
+  MIN_TOKEN_BYTES,
+  tokenTooShort,
+  unknownConfigKey,
+  unknownOption,
+  workerNeedsConnect,
+} from './errors.js';
+
 /**
  * How a run without local compute (--threads 0) distributes a step among remote workers: each applies the
  * whole step (replicated: fewest bytes, the weight pass repeated everywhere), each its share of the output
@@ -21,17 +33,6 @@ export const REMOTE_PLANS = ['replicated', 'sharded', 'server'] as const;
 export type RemotePlan = (typeof REMOTE_PLANS)[number];
 export const PLANS = ['auto', ...REMOTE_PLANS] as const;
 export type StepPlan = (typeof PLANS)[number];
-import {
-  configUnreadable,
-  incompatibleOptions,
-  invalidConfigValue,
-  invalidOption,
-  MIN_TOKEN_BYTES,
-  tokenTooShort,
-  unknownConfigKey,
-  unknownOption,
-  workerNeedsConnect,
-} from './errors.js';
 
 type Kind =
   | { type: 'int'; min: number }
@@ -440,12 +441,12 @@ export function validateRunConfig(user: Partial<RunConfig> = {}): Partial<RunCon
   return stripUndefined(user);
 }
 
-/** HOST:PORT (or [IPv6]:PORT) of --listen. */
 /** HOST:PORT, with an IPv6 address in brackets: the inverse of splitHostPort. */
 export function joinHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
+/** HOST:PORT (or [IPv6]:PORT) of --listen. */
 export function splitHostPort(listen: string): [string, number] {
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
   if (!match) throw invalidOption('listen', 'HOST:PORT', listen);

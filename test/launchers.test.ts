@@ -30,7 +30,6 @@ function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   return { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !launcherVariable.test(k))), ...extra };
 }
 
-
 /** `dtrain run` arguments for one run: a fresh --out directory, and the port when given. */
 function runArgs(port?: number, ...more: string[]) {
   const dir = join(out, String(runs++));

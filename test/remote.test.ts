@@ -765,7 +765,7 @@ async function replicaOf(plan: 'sharded' | 'server') {
   const spec = makeSpec(4, [3], 2, 'sigmoid');
   const total = paramLayout(spec).total;
   const zeros = () => new Float32Array(total);
-  const adam = { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+  const { ADAM_DEFAULTS: adam } = await import('../src/optim/adam.js');
   const state = { t: 'state', spec, batchSize: 4, adam, step: 5, generation: 0, params: zeros(), m: zeros(), v: zeros(), useLocalData: false, plan } as const;
   const replica = await Replica.create(state, { threads: 1, engine: 'onnx', device: 'cpu', allowSoftwareGpu: false });
   const next = Float32Array.from({ length: total }, (_, i) => i + 1);
@@ -894,8 +894,6 @@ describe('a coordinator that crashes', () => {
     expect(resumed.paramsSha256).toBe((await whole).paramsSha256);
   });
 });
-
-/** A TCP port free right now on 127.0.0.1 (for a coordinator that must come back on the same one). */
 
 describe('--verify', () => {
   /** Rows a little wrong but finite: one activation of each answer moved by 1e-3. */

@@ -39,10 +39,21 @@ const WEBGPU: Partial<TrainConfig> = { device: 'webgpu', allowSoftwareGpu: true 
 const BASE: Partial<TrainConfig> = { trainSamples: 3200, testSamples: 200, epochs: 1, logEvery: 1000, export: false };
 const run = (config: Partial<TrainConfig>, onEvent?: (e: TrainEvent) => void) => train({ ...BASE, out: join(out, String(runs++)), ...config }, { onEvent });
 
-/** 50 steps on one WebGPU thread, run once for the tests that compare with it, with its losses (whichever test runs it first). */
-const oneThreadLosses: number[] = [];
-let reference: ReturnType<typeof train> | undefined;
-const oneThread = () => (reference ??= run({ ...WEBGPU, threads: 1, steps: 50 }, (e) => void (e.type === 'step' && oneThreadLosses.push(e.loss))));
+/** A listener that collects every step's loss into `into`. */
+const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
+
+/** A run made once for the tests that compare with it, with its losses (whichever test runs it first). */
+function runOnce(config: Partial<TrainConfig>) {
+  const stepLosses: number[] = [];
+  let summary: ReturnType<typeof train> | undefined;
+  return { losses: stepLosses, summary: () => (summary ??= run(config, losses(stepLosses))) };
+}
+
+/** 50 steps on one WebGPU thread (onnx), and 20 of the smaller tfjs model. */
+const onnxOne = runOnce({ ...WEBGPU, threads: 1, steps: 50 });
+const oneThread = onnxOne.summary;
+const TFJS = { engine: 'tfjs', hidden: [64, 32], steps: 20 } as const;
+const tfjsOne = runOnce({ ...TFJS, ...WEBGPU, threads: 1 });
 
 /** dtrain's CLI in a child process: its exit code, stdout and stderr. */
 async function dtrain(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -247,11 +258,10 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
   });
 
   it('trains 50 steps with the CPU\'s losses (within 1e-4), and ends with the same parameters on one thread (state on the device) and two', async () => {
-    const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
     const [cpu, two]: number[][] = [[], []];
     await run({ threads: 1, steps: 50 }, losses(cpu));
     const a = await oneThread();
-    const one = oneThreadLosses;
+    const one = onnxOne.losses;
     const b = await run({ ...WEBGPU, threads: 2, steps: 50 }, losses(two));
     expect(one).toHaveLength(50);
     one.forEach((loss, i) => expect(Math.abs(loss - cpu[i]) / cpu[i]).toBeLessThan(1e-4));
@@ -282,6 +292,7 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
 
   it('gives a remote worker on the device, computing every row for a coordinator without threads and keeping its replica\'s state there, the local threads\' parameters', async () => {
     const { ResidentState } = await import('../src/engine/onnx/resident_state.js');
+    const expected = (await oneThread()).paramsSha256;
     // The worker runs in this process: its replica's weight passes and Adam are counted where they run.
     const applied = vi.spyOn(ResidentState.prototype, 'apply');
     const rowsOnDevice = vi.spyOn(ResidentState.prototype, 'rowPass');
@@ -296,7 +307,7 @@ gpuDescribe(`WebGPU engine (${reason ? `skipped: ${reason}` : 'software device u
     );
     abort.abort();
     expect(joined).toEqual([expect.stringMatching(/^onnx \(webgpu on .+\)$/)]);
-    expect(summary.paramsSha256).toBe((await oneThread()).paramsSha256);
+    expect(summary.paramsSha256).toBe(expected);
     // Every step was applied on the device, and every step but the first computed its rows there too.
     const counts = [applied.mock.calls.length, rowsOnDevice.mock.calls.length];
     applied.mockRestore();
@@ -396,14 +407,14 @@ gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 't
 
   it('gives a remote tfjs worker on the device, keeping its replica\'s state there, the parameters of one local thread', async () => {
     const { TfjsDeviceState } = await import('../src/engine/tfjs/device_state.js');
+    // The local run first (the shared one), so that the counts below are the remote worker's alone.
+    const local = await tfjsOne.summary();
     const applied = vi.spyOn(TfjsDeviceState.prototype, 'apply');
     const rowsOnDevice = vi.spyOn(TfjsDeviceState.prototype, 'rowPass');
     try {
-      const config = { ...WEBGPU, engine: 'tfjs', hidden: [64, 32], steps: 20 } as const;
-      const local = await run({ ...config, threads: 1 });
       const abort = new AbortController();
       const remote = await train(
-        { ...BASE, ...config, threads: 0, listen: '127.0.0.1:0', out: join(out, `tfjs-remote-${runs++}`) },
+        { ...BASE, ...TFJS, ...WEBGPU, threads: 0, listen: '127.0.0.1:0', out: join(out, `tfjs-remote-${runs++}`) },
         { onListening: ({ port }) => void runWorker({ connect: `ws://127.0.0.1:${port}`, engine: 'tfjs', device: 'webgpu', allowSoftwareGpu: true, signal: abort.signal }) },
       );
       abort.abort();
@@ -418,12 +429,11 @@ gpuDescribe(`--engine tfjs --device webgpu (${reason ? `skipped: ${reason}` : 't
   });
 
   it('trains with the wasm backend\'s losses (within 1e-4), and ends with the same parameters on one thread (state on the device) and two', async () => {
-    const losses = (into: number[]) => (e: TrainEvent) => void (e.type === 'step' && into.push(e.loss));
-    const [wasm, one, two]: number[][] = [[], [], []];
-    const config = { engine: 'tfjs', hidden: [64, 32], steps: 20 } as const;
-    await run({ ...config, threads: 1 }, losses(wasm));
-    const a = await run({ ...config, ...WEBGPU, threads: 1 }, losses(one));
-    const b = await run({ ...config, ...WEBGPU, threads: 2 }, losses(two));
+    const [wasm, two]: number[][] = [[], []];
+    await run({ ...TFJS, threads: 1 }, losses(wasm));
+    const a = await tfjsOne.summary();
+    const one = tfjsOne.losses;
+    const b = await run({ ...TFJS, ...WEBGPU, threads: 2 }, losses(two));
     expect(one).toHaveLength(20);
     one.forEach((loss, i) => expect(Math.abs(loss - wasm[i]) / wasm[i]).toBeLessThan(1e-4));
     // One thread kept the state on the device (Adam there), two shared the weight pass with Adam on the host.

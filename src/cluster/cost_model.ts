@@ -26,8 +26,6 @@ import { paramLayout, type ModelSpec } from '../model/spec.js';
 
 import { REMOTE_PLANS, type RemotePlan } from '../config.js';
 
-export type { RemotePlan };
-
 /** What is measured of a member: rows of the row pass per millisecond, as it reports its compute. */
 export interface MemberCost {
   rowsPerMs: number;
@@ -86,7 +84,7 @@ function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: 
   return members.map((m) => {
     const share = m.rowsPerMs / total;
     const rows = share * batch;
-    const rowsMs = (rows * size.rowFlops) / (m.rowsPerMs * size.rowFlops);
+    const rowsMs = rows / m.rowsPerMs;
     if (plan === 'server') return { computeMs: rowsMs + serverMs, bytes: rows * size.fullRowBytes + 4 * size.parameters };
     const flops = plan === 'replicated' ? (rebuild ? (batch - rows) * size.rebuildFlops : 0) + size.weightFlops : share * size.weightFlops;
     // Its own rows out and the others' in, then (sharded) its units' parameters out and the others' in.
@@ -97,12 +95,14 @@ function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: 
 }
 
 /**
- * The cost of a byte (ms) that makes `plan`'s estimate meet its measured step: what the step took beyond
- * the slowest member's compute, over that member's bytes (at least a nanosecond's millionth: never free).
+ * The cost of a byte (ms) that makes `plan`'s estimate meet its measured step: the estimate is the slowest
+ * member's compute plus bytes, so the cost is the least of each member's (what the step took beyond its
+ * compute, over its bytes) — the member that reaches the measured step first sets it, whether by compute
+ * or by bytes (at least a nanosecond's millionth: never free).
  */
 export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, measuredMs: number, compact = true, coordinator?: MemberCost): number {
-  const slowest = perMember(spec, batch, members, plan, compact, coordinator).reduce((a, b) => (b.computeMs > a.computeMs ? b : a));
-  return Math.max(1e-12, (measuredMs - slowest.computeMs) / slowest.bytes);
+  const each = perMember(spec, batch, members, plan, compact, coordinator).map((m) => (measuredMs - m.computeMs) / m.bytes);
+  return Math.max(1e-12, Math.min(...each));
 }
 
 /**

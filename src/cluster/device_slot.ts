@@ -5,9 +5,9 @@
  * passes on a memory made current first. The device is a speed-up, not a requirement: one that cannot open
  * its state leaves the work to the host while the memory holds the state.
  */
-import type { DeviceState, Engine, StateTensors } from '../engine/engine.js';
+import type { DeviceState, Engine } from '../engine/engine.js';
 import type { OptimizerMemory } from '../optim/optimizer_memory.js';
-import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
+import { deviceAhead, markDeviceAhead, markHeldHere, optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 
 /** The passes that read the parameters a row needs: the engine's (on setParams'), or a device's (on its own). */
 export type RowPasses = Pick<Engine, 'rowPass' | 'deltasPass'>;
@@ -31,7 +31,7 @@ export class DeviceSlot {
 
   /** Whether the device holds a newer committed state than the memory. */
   get ahead(): boolean {
-    return Atomics.load(this.memory.stateOnDevice, 0) === 1;
+    return deviceAhead(this.memory);
   }
 
   /**
@@ -56,10 +56,8 @@ export class DeviceSlot {
    */
   async rowPasses(step: number, generation: number): Promise<RowPasses | undefined> {
     if (!this.ahead) return undefined;
-    const device = (await this.engine.deviceState!()) as Partial<RowPasses> & DeviceState;
-    // The deltas pass only where the engine has one (compact rows: onnx).
-    const passes = device.rowPass && (device.deltasPass || !this.engine.deltasPass);
-    if (passes && device.holds(this.key(step, generation))) return device as RowPasses;
+    const device = await this.engine.deviceState!();
+    if (device.holds(this.key(step, generation))) return device;
     await this.pull(step, generation);
     return undefined;
   }
@@ -67,8 +65,7 @@ export class DeviceSlot {
   /** The device that applies a weight pass over every unit (DeviceState.apply), for a slot alone with the memory. */
   async applier(allUnits: boolean): Promise<DeviceState | undefined> {
     if (this.memory.slots !== 1 || !allUnits) return undefined;
-    const device = await this.device();
-    return device?.apply ? device : undefined;
+    return this.device();
   }
 
   /** Makes the device hold the state of (step, generation): loaded from the memory unless it holds it already. */
@@ -76,12 +73,12 @@ export class DeviceSlot {
     const key = this.key(step, generation);
     if (device.holds(key)) return;
     if (this.ahead) throw new Error(`internal: the device is ahead of the memory but does not hold the state of step ${step}`);
-    await device.load(this.stateOf(generation), key);
+    await device.load(this.optimizer.stateOf(generation), key);
   }
 
   /** After the device advanced the state (no layer in `bad`): the memory says the device is ahead. */
   advanced(bad: number[]): number[] {
-    if (bad.length === 0) Atomics.store(this.memory.stateOnDevice, 0, 1);
+    if (bad.length === 0) markDeviceAhead(this.memory);
     return bad;
   }
 
@@ -92,18 +89,12 @@ export class DeviceSlot {
    */
   async pull(step: number, generation: number, committed = true): Promise<void> {
     if (!this.engine.deviceState) throw new Error(`internal: pull of the state of step ${step} from an engine without a device state`);
-    await (await this.engine.deviceState()).read(this.stateOf(generation), this.key(step, generation));
-    if (!committed) return;
-    Atomics.store(this.memory.stateOnDevice, 0, 0);
-    this.memory.hostState.set([step, generation]);
+    await (await this.engine.deviceState()).read(this.optimizer.stateOf(generation), this.key(step, generation));
+    if (committed) markHeldHere(this.memory, step, generation);
   }
 
   /** Brings the state back when the device is ahead (before a pass that reads the memory). */
   async current(step: number, generation: number): Promise<void> {
     if (this.ahead) await this.pull(step, generation);
-  }
-
-  private stateOf(generation: number): StateTensors {
-    return { params: this.optimizer.paramsOf(generation), m: this.optimizer.firstMomentOf(generation), v: this.optimizer.secondMomentOf(generation) };
   }
 }

@@ -60,14 +60,24 @@ export function shardGroups(shards: Range[], workers: number): Range[] {
   return evenSplit(shards.length, workers).map(([a, b]) => (a === b ? [0, 0] : [shards[a][0], shards[b - 1][1]]) as Range);
 }
 
+/** Every output unit of each layer. */
+export function allUnits(fanOuts: number[]): Range[] {
+  return fanOuts.map((n) => [0, n] as Range);
+}
+
 /** For each worker, the range of output units it reduces in each layer. */
 export function unitAssignment(fanOuts: number[], workers: number): Range[][] {
-  return splitUnits(fanOuts.map((n) => [0, n] as Range), workers);
+  return splitUnits(allUnits(fanOuts), workers);
+}
+
+/** [r0, r1) split evenly into `parts` contiguous ranges (evenSplit, offset by r0). */
+export function splitRange([r0, r1]: Range, parts: number): Range[] {
+  return evenSplit(r1 - r0, parts).map(([a, b]) => [r0 + a, r0 + b] as Range);
 }
 
 /** Each layer's range of units split evenly among `workers` (a remote participant's share among its threads). */
 export function splitUnits(units: readonly Range[], workers: number): Range[][] {
-  const perLayer = units.map(([u0, u1]) => evenSplit(u1 - u0, workers).map(([a, b]) => [u0 + a, u0 + b] as Range));
+  const perLayer = units.map((range) => splitRange(range, workers));
   return Array.from({ length: workers }, (_, w) => perLayer.map((ranges) => ranges[w]));
 }
 

@@ -24,7 +24,8 @@
 import type { StepPlan } from '../config.js';
 import type { ModelSpec } from '../model/spec.js';
 import { paramLayout } from '../model/spec.js';
-import { byteCost, estimatePlans, stepSizes, type MemberCost, type PlanEstimate, type RemotePlan } from './cost_model.js';
+import type { RemotePlan } from '../config.js';
+import { byteCost, estimatePlans, stepSizes, type MemberCost, type PlanEstimate } from './cost_model.js';
 import { shareUnits, type Range } from './plan.js';
 import type { RemoteHub, RemotePeer } from './remote/hub.js';
 import type { Snapshot } from './remote/peer_work.js';
@@ -112,7 +113,7 @@ export class ReplicaPlan {
     private readonly asked: StepPlan,
     private readonly onChoice: (choice: PlanChoice) => void,
     /** Whether replicated rows travel compact (Scheduler.compactRows): what they cost depends on it. */
-    private readonly compactRows = true,
+    private readonly compactRows: boolean,
   ) {
     this.plan = asked === 'auto' ? 'replicated' : asked;
   }
@@ -234,25 +235,21 @@ export class ReplicaPlan {
   }
 
   /**
-   * The other plan that promises most against the current one (measured `measuredMs`): by its own
-   * measurement with these members when it has one (a byte's cost calibrated under one plan can flatter
-   * another), else by the model's estimate against the current plan's.
+   * The other plan that promises most against the current one (measured `measuredMs`, if it was): by its
+   * own measurement with these members when both have one (a byte's cost calibrated under one plan can
+   * flatter another), else by the model's estimate against the current plan's. A change pays only below
+   * 1 − REPLAN_GAIN (it costs every member a state).
    */
-  private bestOther(estimates: PlanEstimate[], measuredMs: number): { plan: RemotePlan; ratio: number; measuredMs?: number } {
+  private bestOther(estimates: PlanEstimate[], measuredMs?: number): { plan: RemotePlan; ratio: number; measuredMs?: number } {
     const now = estimates.find((e) => e.plan === this.plan)!.ms;
     const others = estimates
       .filter((e) => e.plan !== this.plan)
       .map((e) => {
         const theirs = this.measured.get(e.plan);
-        return { plan: e.plan, ratio: theirs === undefined ? e.ms / now : theirs / measuredMs, measuredMs: theirs };
+        const ratio = theirs === undefined || measuredMs === undefined ? e.ms / now : theirs / measuredMs;
+        return { plan: e.plan, ratio, measuredMs: theirs };
       });
     return others.sort((a, b) => a.ratio - b.ratio)[0];
-  }
-
-  /** Whether the cheapest plan is not the current one by more than REPLAN_GAIN (a change costs a state each). */
-  private worthChanging(estimates: PlanEstimate[]): boolean {
-    const now = estimates.find((e) => e.plan === this.plan)!;
-    return estimates[0].plan !== this.plan && estimates[0].ms < (1 - REPLAN_GAIN) * now.ms;
   }
 
   /**
@@ -295,9 +292,10 @@ export class ReplicaPlan {
       return this.plan;
     }
     const estimates = this.estimate(members);
-    if (!this.worthChanging(estimates)) return this.plan;
-    this.choose({ step, plan: estimates[0].plan, reason: 'the cost model, as the workers changed', estimates });
-    return estimates[0].plan;
+    const best = this.bestOther(estimates);
+    if (best.ratio >= 1 - REPLAN_GAIN) return this.plan;
+    this.choose({ step, plan: best.plan, reason: 'the cost model, as the workers changed', estimates });
+    return best.plan;
   }
 
   private estimate(members: RemotePeer[]): PlanEstimate[] {

@@ -92,8 +92,6 @@ export type ClusterEvent =
 export class Scheduler {
   private readonly ledger = new WorkLedger();
   private prefetched?: Plan;
-  /** Server plan: the next step's rows, asked for once this step's parameters are sent (committed()). */
-  private deferred?: { step: number; index: Int32Array; microBatch: number };
   /**
    * Remote rows may travel in compact form (activations and the last layer's delta; receivers rebuild the
    * other deltas): without local compute, where this process never runs a weight pass on remote rows, and
@@ -127,13 +125,11 @@ export class Scheduler {
     return this.compactCapable && !this.remotePlan?.active && !this.serving;
   }
 
-  /** Whether each step's new parameters go to the workers (committed()): the server plan. */
-  get sendsParams(): boolean {
-    return this.serving;
-  }
-
-  /** The server plan: remote workers compute rows, the weight pass runs here and the parameters go back. */
-  private get serving(): boolean {
+  /**
+   * The server plan: remote workers compute rows, the weight pass runs here and each step's parameters go
+   * to the workers (sendParams), before the next rows, which need them, are asked for.
+   */
+  get serving(): boolean {
     return this.remotePlan?.serving ?? false;
   }
 
@@ -243,7 +239,6 @@ export class Scheduler {
     // Sharded: the last step must have landed on every owner, and the owners must still be the members.
     this.remotePlan?.beginStep(step);
     this.rowsGeneration = generation;
-    this.deferred = undefined;
     if (this.remotePlan && (!(await this.remotePlan.settle()) || this.remotePlan.stale)) return { done: false, needs: 'state' };
     this.memory.batch.index.set(index);
     const shards = microShards(batch, microBatch);
@@ -271,7 +266,7 @@ export class Scheduler {
       this.remotePlan.request(step, batch);
       return { done: true, replicated: true };
     }
-    // The server plan's step is applied here (the trainer's weight pass), and then sent (committed()).
+    // The server plan's step is applied here (the trainer's weight pass), and then sent (sendParams).
     if (this.serving) return { done: true, replicated: false };
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
     return { done: true, replicated: !this.localComputes && replicas > 0 };
@@ -379,29 +374,13 @@ export class Scheduler {
     // Sharded among several owners: a replica could compute the next rows only once every slice of this
     // step came, which is after the rows request would have come anyway.
     if (!this.hub || this.hub.ready().length === 0 || this.remotePlan?.active) return;
-    // Server plan: asked right after this step's parameters (committed()), which the rows need.
-    if (this.serving) {
-      this.deferred = { step, index, microBatch };
-      return;
-    }
-    this.requestEarly(step, index, microBatch);
-  }
-
-  private requestEarly(step: number, index: Int32Array, microBatch: number): void {
     const shards = microShards(index.length, microBatch);
     this.prefetched = this.plan(step, index.length, shards, [0, shards.length], index);
   }
 
-  /**
-   * A step was applied here (its weight pass and commit) in the server plan (sendsParams): its new parameters
-   * go to every worker, then the next step's rows are asked for (prefetch).
-   */
-  committed(step: number, params: Float32Array): void {
-    const next = this.deferred;
-    this.deferred = undefined;
-    if (!this.serving || !this.hub) return;
-    this.hub.broadcastParams(step, params);
-    if (next?.step === step + 1 && this.hub.ready().length > 0) this.requestEarly(next.step, next.index, next.microBatch);
+  /** Server plan: the parameters step `step` gave, to every worker (which commits them). */
+  sendParams(step: number, params: Float32Array): void {
+    this.hub?.broadcastParams(step, params);
   }
 
   /**
@@ -504,11 +483,12 @@ export class Scheduler {
 
   /** Gradient reduction and Adam on the local slots: the state's weight tasks (TrainingState.weightTasks). */
   async applyWeights(tasks: Task[]): Promise<TaskResult[]> {
+    if (!this.remotePlan) return this.local.runPass(tasks);
     const started = performance.now();
     const results = await this.local.runPass(tasks);
     // The coordinator's rate for the server plan's estimate (its whole weight pass, here).
     const batch = tasks.find((t) => t.kind === 'weights')?.batch;
-    if (batch) this.remotePlan?.weighed(performance.now() - started, batch);
+    if (batch) this.remotePlan.weighed(performance.now() - started, batch);
     return results;
   }
 

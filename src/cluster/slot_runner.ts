@@ -154,27 +154,24 @@ export class SlotRunner {
     const device = await this.onDevice.applier(allUnits);
     if (device) {
       await this.onDevice.hold(device, step, generation);
-      return this.onDevice.advanced(await device.apply!(inputs, deltas, batch, adamScalars(this.init.adam, step + 1), this.onDevice.key(step + 1, generation ^ 1)));
+      return this.onDevice.advanced(await device.apply(inputs, deltas, batch, adamScalars(this.init.adam, step + 1), this.onDevice.key(step + 1, generation ^ 1)));
     }
     await this.onDevice.current(step, generation);
     return this.applyAdam(step, generation, await this.engine.weightPass(inputs, deltas, batch, units), units, slot);
   }
 
   private async wholeStep({ step, generation, batch }: Extract<Task, { kind: 'step' }>): Promise<number[]> {
-    const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
     const device = batch >= 2 ? await this.onDevice.device() : undefined;
     if (device) return this.deviceStep(device, step, generation, batch);
+    const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
     // A one-row step takes the two passes (which bring the device's state back where they cannot use it).
     if (!this.engine.stepPass || batch < 2) {
       await this.rows(step, generation, batch, [0, batch], true);
       return this.weights({ kind: 'weights', step, generation, batch, units, slot: 0 });
     }
     this.useParams(step, generation);
-    const { batch: b, spec } = this.init.memory;
-    gatherBatchRows(this.init.memory, [0, batch]);
-    const classes = spec.sizes[spec.sizes.length - 1];
-    const gradients = await this.engine.stepPass(b.x.subarray(0, batch * spec.sizes[0]), b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch));
-    return this.applyAdam(step, generation, gradients, units, 0);
+    const { x, target, rowLoss } = this.wholeBatch(batch);
+    return this.applyAdam(step, generation, await this.engine.stepPass(x, target, batch, rowLoss), units, 0);
   }
 
   /**
@@ -183,12 +180,17 @@ export class SlotRunner {
    */
   private async deviceStep(device: DeviceState, step: number, generation: number, batch: number): Promise<number[]> {
     await this.onDevice.hold(device, step, generation);
+    const { x, target, rowLoss } = this.wholeBatch(batch);
+    const next = this.onDevice.key(step + 1, generation ^ 1);
+    return this.onDevice.advanced(await device.step(x, target, batch, rowLoss, adamScalars(this.init.adam, step + 1), next));
+  }
+
+  /** The batch's samples gathered, as a whole step reads them, and where its rows' losses go. */
+  private wholeBatch(batch: number): { x: Float32Array; target: Float32Array; rowLoss: Float32Array } {
     const { batch: b, spec } = this.init.memory;
     gatherBatchRows(this.init.memory, [0, batch]);
     const classes = spec.sizes[spec.sizes.length - 1];
-    const x = b.x.subarray(0, batch * spec.sizes[0]);
-    const adam = adamScalars(this.init.adam, step + 1);
-    return this.onDevice.advanced(await device.step(x, b.target.subarray(0, batch * classes), batch, b.rowLoss.subarray(0, batch), adam, this.onDevice.key(step + 1, generation ^ 1)));
+    return { x: b.x.subarray(0, batch * spec.sizes[0]), target: b.target.subarray(0, batch * classes), rowLoss: b.rowLoss.subarray(0, batch) };
   }
 
   private async deltas(step: number, generation: number, [r0, r1]: Range): Promise<void> {

@@ -54,6 +54,22 @@ export interface TrainingMemory {
   hostState: Int32Array;
 }
 
+/** Whether a slot's device holds a newer committed state than the memory (stateOnDevice). */
+export function deviceAhead(memory: TrainingMemory): boolean {
+  return Atomics.load(memory.stateOnDevice, 0) === 1;
+}
+
+/** The device has advanced the state past the memory's. */
+export function markDeviceAhead(memory: TrainingMemory): void {
+  Atomics.store(memory.stateOnDevice, 0, 1);
+}
+
+/** The memory holds the committed state, of `step` in `generation` (no device is ahead of it). */
+export function markHeldHere(memory: TrainingMemory, step: number, generation: number): void {
+  Atomics.store(memory.stateOnDevice, 0, 0);
+  memory.hostState.set([step, generation]);
+}
+
 /**
  * `slots`: the local compute threads that will use it. A single thread gets plain buffers, which
  * onnxruntime-node's binding reads in place (it refuses SharedArrayBuffers: without the native addon,

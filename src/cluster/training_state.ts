@@ -11,13 +11,11 @@ import type { ModelSpec } from '../model/spec.js';
 import type { OptimizerMemory } from '../optim/optimizer_memory.js';
 import { splitUnits, unitAssignment, type Range } from './plan.js';
 import type { Task } from './slot_runner.js';
-import { optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
+import type { StateTensors } from '../engine/engine.js';
+import { deviceAhead, markHeldHere, optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
 
-export interface StateArrays {
-  params: Float32Array;
-  m: Float32Array;
-  v: Float32Array;
-}
+/** Parameters and Adam's moments, flat in the parameter layout (the engine's StateTensors). */
+export type StateArrays = StateTensors;
 
 /** The committed state at a step: views of the optimizer memory (copy them to keep them). */
 export interface StateSnapshot extends StateArrays {
@@ -44,7 +42,7 @@ export class TrainingState {
 
   /** Whether a slot's device holds a newer committed state than this memory (see TrainingMemory.stateOnDevice). */
   get onDevice(): boolean {
-    return Atomics.load(this.memory.stateOnDevice, 0) === 1;
+    return deviceAhead(this.memory);
   }
 
   /**
@@ -53,11 +51,7 @@ export class TrainingState {
    */
   arrays(generation = this.generation): StateArrays {
     if (generation === this.generation && this.onDevice) throw new Error(`internal: the state of step ${this.step} was read here while a device holds it (pull it first)`);
-    return {
-      params: this.optimizer.paramsOf(generation),
-      m: this.optimizer.firstMomentOf(generation),
-      v: this.optimizer.secondMomentOf(generation),
-    };
+    return this.optimizer.stateOf(generation);
   }
 
   snapshot(): StateSnapshot {
@@ -68,19 +62,13 @@ export class TrainingState {
   load(arrays: StateArrays, step: number, generation = this.generation): void {
     this.generation = generation & 1;
     this.step = step;
-    // What is loaded here is the state now: a device's is older.
-    Atomics.store(this.memory.stateOnDevice, 0, 0);
-    const into = this.arrays();
+    const into = this.optimizer.stateOf(this.generation);
     into.params.set(arrays.params);
     into.m.set(arrays.m);
     into.v.set(arrays.v);
     Atomics.add(this.memory.stateLoads, 0, 1);
-    this.heldHere();
-  }
-
-  /** This memory holds the committed state (TrainingMemory.hostState). */
-  private heldHere(): void {
-    this.memory.hostState.set([this.step, this.generation]);
+    // What is loaded here is the state now: a device's is older.
+    markHeldHere(this.memory, this.step, this.generation);
   }
 
   /**
@@ -110,7 +98,7 @@ export class TrainingState {
   commit(here = true): void {
     this.generation ^= 1;
     this.step++;
-    if (here && !this.onDevice) this.heldHere();
+    if (here && !this.onDevice) markHeldHere(this.memory, this.step, this.generation);
   }
 
   /**
@@ -121,6 +109,6 @@ export class TrainingState {
     this.step -= steps;
     this.generation ^= steps & 1;
     // The state rewound to is the last this memory held (unless a device holds a newer one still).
-    if (!this.onDevice) this.heldHere();
+    if (!this.onDevice) markHeldHere(this.memory, this.step, this.generation);
   }
 }

@@ -100,14 +100,14 @@ export interface DeviceState {
   /** The state named `key`, the latest or the one the last step started from, into the host's arrays. */
   read(into: StateTensors, key: string): Promise<void>;
   /**
-   * Optional, for a slot whose steps are not whole (a remote replica, or rows shared with remote workers):
-   * the row pass and the compact rows' deltas with the latest state's parameters (Engine.rowPass and
-   * deltasPass, with their bits), and the weight pass over every unit of the rows given followed by Adam,
-   * from the latest state (as step() for what it returns and holds).
+   * For a slot whose steps are not whole (a remote replica, or rows shared with remote workers): the row
+   * pass (and, where the engine has one, the compact rows' deltas pass) with the latest state's parameters,
+   * with the engine's bits, and the weight pass over every unit of the rows given followed by Adam, from the
+   * latest state (as step() for what it returns and holds).
    */
-  rowPass?(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
+  rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
   deltasPass?(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void>;
-  apply?(inputs: Float32Array[], deltas: Float32Array[], batch: number, adam: AdamScalars, nextKey: string): Promise<number[]>;
+  apply(inputs: Float32Array[], deltas: Float32Array[], batch: number, adam: AdamScalars, nextKey: string): Promise<number[]>;
 }
 
 export interface EngineOptions {

@@ -40,6 +40,9 @@ export function adamKernel(memory: WebAssembly.Memory): AdamKernel {
 
 export type AdamScalars = ReturnType<typeof adamScalars>;
 
+/** The per-step scalars by name, in the wasm kernel's argument order (a device's Adam takes them the same way). */
+export const ADAM_SCALARS = ['c1', 'b2', 'c2', 'negStep', 'invBc2sqrt', 'eps'] as const satisfies readonly (keyof AdamScalars)[];
+
 /** The per-step scalars, computed in double precision as PyTorch's Python-side code does. */
 export function adamScalars(options: AdamOptions, step: number) {
   const bc1 = 1 - options.beta1 ** step;

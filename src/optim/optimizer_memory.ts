@@ -75,6 +75,11 @@ export class OptimizerMemory {
     return this.view(this.layout.generations[generation & 1].v);
   }
 
+  /** A generation's parameters and moments. */
+  stateOf(generation: number): { params: Float32Array; m: Float32Array; v: Float32Array } {
+    return { params: this.paramsOf(generation), m: this.firstMomentOf(generation), v: this.secondMomentOf(generation) };
+  }
+
   /** Byte offset and view of a slot's gradient scratch. */
   scratch(slot: number): { offset: number; floats: Float32Array } {
     if (slot < 0 || slot >= this.layout.slots) throw new RangeError(`no gradient scratch for slot ${slot} (${this.layout.slots} slots)`);

@@ -121,7 +121,9 @@ export class Trainer {
   private async afterRows(index: Int32Array, next: Int32Array | undefined, replicated: boolean): Promise<number> {
     // The loss first: rows of the next step are asked for only when this one goes on.
     const loss = this.batchLoss(index.length);
-    if (next) this.scheduler.prefetch(this.state.step + 1, next, this.config.microBatch);
+    const serving = this.scheduler.serving;
+    // Server plan: the next rows need this step's parameters, so they are asked for after those are sent.
+    if (next && !serving) this.scheduler.prefetch(this.state.step + 1, next, this.config.microBatch);
     if (replicated) {
       // The remote replicas apply this step; this process catches up when it needs the state.
       this.unapplied.push(index.slice());
@@ -137,10 +139,11 @@ export class Trainer {
     }
     const step = this.state.step;
     await this.commit(index);
-    // The server plan sends the new parameters to every worker, from this memory (a GPU gives them back first).
-    if (this.scheduler.sendsParams) {
+    if (serving) {
+      // From this memory: a GPU gives them back first.
       await this.current();
-      this.scheduler.committed(step, this.state.params);
+      this.scheduler.sendParams(step, this.state.params);
+      if (next) this.scheduler.prefetch(step + 1, next, this.config.microBatch);
     }
     return loss;
   }

@@ -272,7 +272,7 @@ export class RemoteHub {
    * are relayed to the others).
    */
   admit(snapshot: Snapshot, plan: RemotePlan = 'replicated'): void {
-    this.work.relayRows = plan !== 'server';
+    this.work.setPlan(plan);
     for (const peer of this.joining()) {
       this.work.sendState(peer, snapshot, plan);
       peer.status = 'ready';
@@ -311,9 +311,9 @@ export class RemoteHub {
     return this.work.checksumsAt(step);
   }
 
-  /** Server plan: sends every ready worker the parameters of step `step`'s result, which it commits; returns how many. */
-  broadcastParams(step: number, params: Float32Array): number {
-    return this.work.broadcastParams(step, params);
+  /** Server plan: sends every ready worker the parameters of step `step`'s result, which it commits. */
+  broadcastParams(step: number, params: Float32Array): void {
+    this.work.broadcastParams(step, params);
   }
 
   /** Sends every ready worker the rows of step `step` it lacks, which tells it to apply the step; returns how many. */

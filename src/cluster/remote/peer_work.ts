@@ -8,7 +8,7 @@
  * unanswered.
  */
 import type { RemotePlan } from '../../config.js';
-import { missingRanges, type Range } from '../plan.js';
+import { allUnits, missingRanges, type Range } from '../plan.js';
 import { encode } from './codec.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { HubContext } from './hub_context.js';
@@ -39,10 +39,11 @@ export type Snapshot = Omit<StateMessage, 't' | 'useLocalData' | 'plan'>;
 export class PeerWork {
   private readonly inputs: RowsInputs;
   /**
-   * Whether a member's rows go on to the others: not in the server plan, where only the coordinator reduces
-   * them (and the members get the parameters instead).
+   * Whether a member's rows go on to the others as soon as they are validated: not when held for the
+   * step's update (--verify, options.forwardRows), nor in the server plan, where only the coordinator reduces
+   * them (the members get the parameters instead).
    */
-  relayRows = true;
+  private relayRows: boolean;
 
   constructor(
     private readonly options: WorkOptions,
@@ -50,6 +51,12 @@ export class PeerWork {
     private readonly hub: Pick<HubContext, 'send' | 'sendFrame' | 'reject' | 'guarded' | 'ready'>,
   ) {
     this.inputs = new RowsInputs(memory);
+    this.relayRows = options.forwardRows !== false;
+  }
+
+  /** The plan members are admitted to (its rows are relayed but in the server plan). */
+  setPlan(plan: RemotePlan): void {
+    this.relayRows = this.options.forwardRows !== false && plan !== 'server';
   }
 
   /** What validation knows of a member: the model, and what the peer owes (its open requests). */
@@ -142,7 +149,7 @@ export class PeerWork {
   /** A peer's validated rows: it holds them, the others get them now (unless held for --verify), and its request ends. */
   rowsDone(peer: RemotePeer, rows: RowsDone, frame: Buffer): void {
     peer.holds.push(rows.range);
-    if (this.options.forwardRows !== false && this.relayRows) this.forward(peer, rows, frame);
+    if (this.relayRows) this.forward(peer, rows, frame);
     peer.requests.answer('rows', rows);
   }
 
@@ -161,7 +168,7 @@ export class PeerWork {
 
   /** An owner's validated units of a sharded step: the other owners get the very frame now, and its request ends. */
   slice(peer: RemotePeer, slice: SliceMessage, frame: Buffer): void {
-    for (const other of this.hub.ready()) if (other !== peer && other.open) this.hub.sendFrame(other, frame);
+    this.sendToReady(frame, peer);
     peer.requests.answer('slice', slice);
   }
 
@@ -183,15 +190,16 @@ export class PeerWork {
 
   /**
    * Server plan: the parameters the coordinator computed for step `step` (every unit of every layer, one
-   * frame encoded once) to every ready worker, which commits them; returns how many it told.
+   * frame encoded once) to every ready worker, which commits them.
    */
-  broadcastParams(step: number, params: Float32Array): number {
-    const units = this.memory.spec.sizes.slice(1).map((n) => [0, n] as Range);
-    const ready = this.hub.ready();
-    if (ready.length === 0) return 0;
-    const frame = encode({ t: 'slice', step, units, params });
-    for (const peer of ready) if (peer.open) this.hub.sendFrame(peer, frame);
-    return ready.length;
+  broadcastParams(step: number, params: Float32Array): void {
+    if (this.hub.ready().length === 0) return;
+    this.sendToReady(encode({ t: 'slice', step, units: allUnits(this.memory.spec.sizes.slice(1)), params }));
+  }
+
+  /** One frame to every ready peer but `except`. */
+  private sendToReady(frame: Buffer, except?: RemotePeer): void {
+    for (const peer of this.hub.ready()) if (peer !== except && peer.open) this.hub.sendFrame(peer, frame);
   }
 
   /** The rows of step `step` a peer does not hold (it was not asked for rows of it, or they came from elsewhere), as update parts. */

@@ -9,7 +9,7 @@
 import type { RemotePlan } from '../../config.js';
 import type { Dataset } from '../../data/datasets.js';
 import { paramsSha256 } from '../../model/checksum.js';
-import { evenSplit, missingRanges, type Range } from '../plan.js';
+import { allUnits, missingRanges, splitRange, type Range } from '../plan.js';
 import type { Task } from '../slot_runner.js';
 import { createTrainingMemory, gatherBatchRows, placeBatchRows, type TrainingMemory } from '../training_memory.js';
 import { TrainingState } from '../training_state.js';
@@ -50,7 +50,7 @@ export class Replica {
     initial: StateMessage,
   ) {
     this.state = new TrainingState(memory);
-    this.allUnits = memory.spec.sizes.slice(1).reduce((a, b) => a + b, 0);
+    this.allUnits = unitsIn(allUnits(memory.spec.sizes.slice(1)));
     this.load(initial);
   }
 
@@ -132,8 +132,8 @@ export class Replica {
   }
 
   /** Batch rows `range` split evenly among this replica's threads. */
-  private split([r0, r1]: Range): Range[] {
-    return evenSplit(r1 - r0, this.team.size).map(([a, c]) => [r0 + a, r0 + c] as Range);
+  private split(range: Range): Range[] {
+    return splitRange(range, this.team.size);
   }
 
   /** Rows of this step another worker computed (this replica has their samples from its rows request). */

@@ -50,7 +50,6 @@ export class BindingRunner implements GraphRunner {
     const tensors: Record<string, Ort.Tensor> = {};
     for (const name of this.session.inputNames) if (given[name]) tensors[name] = given[name];
     for (const [name, { data, dims }] of Object.entries(feeds)) {
-      if (tensors[name]) continue;
       let tensor = this.tensors.get(data);
       if (!tensor) {
         tensor = data instanceof BigInt64Array ? new this.ort.Tensor('int64', data, dims) : new this.ort.Tensor('float32', this.plain.of(name, data), dims);

@@ -15,7 +15,7 @@ import { describeAdapter } from '../webgpu/adapter.js';
 import { GpuTurns } from '../webgpu/turns.js';
 import { BindingRunner } from './binding_runner.js';
 import { CApiRunner } from './c_api_runner.js';
-import { ResidentState, type DevicePasses } from './resident_state.js';
+import { ResidentState, type DevicePasses, type OpenSession } from './resident_state.js';
 import {
   biasName,
   buildDeltasGraph,
@@ -100,9 +100,12 @@ export async function createOnnxEngine(spec: ModelSpec, options: Pick<EngineOpti
   // On the GPU the state may stay there: through the binding, which keeps outputs on the device and takes them as inputs.
   let gpu: GpuState | undefined;
   if (device === 'webgpu') {
-    const options = { ...SESSION_OPTIONS, executionProviders: ['webgpu'] };
-    const openBinding = async (model: Uint8Array) => new BindingRunner(ort, await ort.InferenceSession.create(model, options));
-    gpu = { openState: (passes) => ResidentState.open(ort, spec, graphOptions, passes, turns), openBinding };
+    const openSession: OpenSession = (model, extra = {}) => {
+      const create = () => ort.InferenceSession.create(model, { ...SESSION_OPTIONS, executionProviders: [EXECUTION_PROVIDERS.webgpu.binding], ...extra });
+      return turns ? turns.take(create) : create();
+    };
+    const openBinding = async (model: Uint8Array) => new BindingRunner(ort, await openSession(model));
+    gpu = { openState: (passes) => ResidentState.open(ort, spec, graphOptions, passes, openSession, turns), openBinding };
   }
   const engine = new OnnxEngine(spec, open, `onnxruntime-node ${version} (${on}${reads})`, graphOptions, turns, gpu);
   try {
@@ -118,6 +121,9 @@ interface GpuState {
   openState(passes: DevicePasses): Promise<ResidentState>;
   openBinding: (model: Uint8Array) => Promise<BindingRunner>;
 }
+
+/** Parameters that are a device state's tensors, by graph input name (W{l}, b{l}). */
+type DeviceParams = Record<string, Ort.Tensor>;
 
 class OnnxEngine implements Engine {
   readonly name = 'onnx' as const;
@@ -152,8 +158,6 @@ class OnnxEngine implements Engine {
   }
 
   private resident?: Promise<ResidentState>;
-  /** While set (onDeviceParams), the passes read these device tensors as the parameters, through the binding. */
-  private deviceParams?: Record<string, Ort.Tensor>;
   private readonly deviceRunners = new Map<GraphName, Promise<BindingRunner>>();
 
   /** The state kept on the GPU (Engine.deviceState), opened on first use; not on the CPU. */
@@ -162,16 +166,6 @@ class OnnxEngine implements Engine {
     // A failed opening is not kept: the next step tries again.
     const open = () => gpu!.openState(this).catch((e: Error) => ((this.resident = undefined), Promise.reject(e)));
     return gpu && (() => (this.resident ??= open()));
-  }
-
-  /** Runs `work`, passes of this engine, on parameters that are device tensors instead of setParams' arrays. */
-  async onDeviceParams<T>(params: Record<string, Ort.Tensor>, work: () => Promise<T>): Promise<T> {
-    this.deviceParams = params;
-    try {
-      return await work();
-    } finally {
-      this.deviceParams = undefined;
-    }
   }
 
   /** The graph's runner, opened on first use. */
@@ -185,21 +179,23 @@ class OnnxEngine implements Engine {
     return runner;
   }
 
-  private async run(graph: GraphName, feeds: Record<string, Feed>, fetches: Record<string, Fetch>): Promise<void> {
-    const params = this.deviceParams;
+  /**
+   * Runs a graph on its feeds; `params`: parameters that are device tensors (a device state's), fed as they
+   * are through the binding instead of setParams' arrays.
+   */
+  private async run(graph: GraphName, feeds: Record<string, Feed>, fetches: Record<string, Fetch>, params?: DeviceParams): Promise<void> {
     const runner = params ? await this.deviceRunner(graph) : await this.runner(graph);
     const work = () => (params ? (runner as BindingRunner).run(feeds, fetches, params) : runner.run(feeds, fetches));
     await (this.turns ? this.turns.take(work) : work());
   }
 
-  /** The graph's binding session that reads device tensors (onDeviceParams), opened on first use. */
+  /** The graph's binding session that reads device tensors (run's `params`), opened on first use. */
   private deviceRunner(graph: GraphName): Promise<BindingRunner> {
     let runner = this.deviceRunners.get(graph);
     if (!runner) {
       const model = GRAPHS[graph](this.spec, this.graphOptions);
-      const opened = this.turns ? this.turns.take(() => this.gpu!.openBinding(model)) : this.gpu!.openBinding(model);
       // A failed opening is not kept: the next pass tries again.
-      runner = opened.catch((e: Error) => (this.deviceRunners.delete(graph), Promise.reject(e)));
+      runner = this.gpu!.openBinding(model).catch((e: Error) => (this.deviceRunners.delete(graph), Promise.reject(e)));
       this.deviceRunners.set(graph, runner);
     }
     return runner;
@@ -232,19 +228,24 @@ class OnnxEngine implements Engine {
     return feeds;
   }
 
-  /** The inputs x and target, and the parameters. */
-  private rowFeeds(batch: RowBatch, x: Float32Array, target: Float32Array): Record<string, Feed> {
+  /** The inputs x and target, and (unless the parameters are a device's tensors) setParams' parameters. */
+  private rowFeeds(batch: RowBatch, x: Float32Array, target: Float32Array, withParams = true): Record<string, Feed> {
     const classes = this.spec.sizes[this.spec.sizes.length - 1];
-    return { ...this.paramFeeds(), x: batch.feed('x', x, this.spec.sizes[0]), target: batch.feed('target', target, classes) };
+    return { ...(withParams ? this.paramFeeds() : {}), x: batch.feed('x', x, this.spec.sizes[0]), target: batch.feed('target', target, classes) };
   }
 
-  async rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
+  rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
+    return this.rowPassWith(undefined, x, target, rows, invBatch, out);
+  }
+
+  /** The row pass on these parameters: setParams' (undefined), or a device state's tensors. */
+  async rowPassWith(params: DeviceParams | undefined, x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
     this.scale.data[0] = invBatch;
     const batch = new RowBatch(rows, this.scratch);
     const fetches: Record<string, Fetch> = { rowLoss: batch.fetch('rowLoss', out.rowLoss) };
     out.hidden.forEach((h, l) => (fetches[hiddenName(l)] = batch.fetch(hiddenName(l), h, this.width(l))));
     out.deltas.forEach((d, l) => (fetches[deltaName(l)] = batch.fetch(deltaName(l), d, this.width(l))));
-    await this.run('rows', { ...this.rowFeeds(batch, x, target), scale: this.scale }, fetches);
+    await this.run('rows', { ...this.rowFeeds(batch, x, target, !params), scale: this.scale }, fetches, params);
     batch.copyOut();
   }
 
@@ -274,14 +275,19 @@ class OnnxEngine implements Engine {
     return gradients;
   }
 
-  async deltasPass(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void> {
+  deltasPass(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void> {
+    return this.deltasPassWith(undefined, hidden, last, rows, deltas);
+  }
+
+  /** The deltas pass on these parameters: setParams' (undefined), or a device state's tensors. */
+  async deltasPassWith(params: DeviceParams | undefined, hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void> {
     const lastLayer = this.layout.layers.length - 1;
     const batch = new RowBatch(rows, this.scratch);
-    const feeds = { ...this.paramFeeds(1), [deltaName(lastLayer)]: batch.feed(deltaName(lastLayer), last, this.width(lastLayer)) };
+    const feeds = { ...(params ? {} : this.paramFeeds(1)), [deltaName(lastLayer)]: batch.feed(deltaName(lastLayer), last, this.width(lastLayer)) };
     hidden.forEach((h, l) => (feeds[hiddenName(l)] = batch.feed(hiddenName(l), h, this.width(l))));
     const fetches: Record<string, Fetch> = {};
     deltas.forEach((d, l) => (fetches[deltaName(l)] = batch.fetch(deltaName(l), d, this.width(l))));
-    await this.run('deltas', feeds, fetches);
+    await this.run('deltas', feeds, fetches, params);
     batch.copyOut();
   }
 

@@ -13,6 +13,7 @@
  */
 import onnxProto from 'onnx-proto';
 import { paramLayout, type ModelSpec } from '../../model/spec.js';
+import { ADAM_SCALARS } from '../../optim/adam.js';
 
 const { onnx } = onnxProto;
 type INodeProto = onnxProto.onnx.INodeProto;
@@ -267,8 +268,7 @@ export function buildStepGraph(spec: ModelSpec, options: GraphOptions = {}): Uin
 export const firstMomentName = (param: string) => `m_${param}`;
 export const secondMomentName = (param: string) => `v_${param}`;
 export const nextName = (name: string) => `next_${name}`;
-/** The train graph's per-step Adam scalars (adamScalars), each a [1] input named adam_{scalar} (b2 is also a bias's name). */
-export const ADAM_SCALARS = ['c1', 'b2', 'c2', 'negStep', 'invBc2sqrt', 'eps'] as const;
+/** The train graph's per-step Adam scalar inputs (ADAM_SCALARS), each [1], named adam_{scalar} (b2 is also a bias's name). */
 export const adamInputName = (scalar: string) => `adam_${scalar}`;
 
 /**

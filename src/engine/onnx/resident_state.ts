@@ -9,20 +9,22 @@
  */
 import type * as Ort from 'onnxruntime-node';
 import { paramLayout, type ModelSpec } from '../../model/spec.js';
-import type { AdamScalars } from '../../optim/adam.js';
+import { ADAM_SCALARS, type AdamScalars } from '../../optim/adam.js';
 import type { DeviceState, RowOutputs, StateTensors } from '../engine.js';
 import type { GpuTurns } from '../webgpu/turns.js';
+import { HeldStates } from '../held_states.js';
 import { PlainViews } from './binding_runner.js';
-import { ADAM_SCALARS, adamInputName, biasName, buildApplyGraph, buildCopyGraph, buildTrainGraph, firstMomentName, nextName, secondMomentName, weightName, type GraphOptions } from './graph.js';
-import { SESSION_OPTIONS } from './runner.js';
+import { adamInputName, biasName, buildApplyGraph, buildCopyGraph, buildTrainGraph, firstMomentName, nextName, secondMomentName, weightName, type GraphOptions } from './graph.js';
 
 type OrtModule = typeof Ort;
 
-/** The engine's passes, run on parameters that are device tensors (OnnxEngine.onDeviceParams). */
+/** Opens a session on the GPU with the project's options (runner.ts SESSION_OPTIONS), taking the device's turn. */
+export type OpenSession = (model: Uint8Array, extra?: Ort.InferenceSession.SessionOptions) => Promise<Ort.InferenceSession>;
+
+/** The engine's passes, run on parameters that are device tensors (OnnxEngine's, so their bits). */
 export interface DevicePasses {
-  onDeviceParams<T>(params: Record<string, Ort.Tensor>, work: () => Promise<T>): Promise<T>;
-  rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
-  deltasPass(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void>;
+  rowPassWith(params: Record<string, Ort.Tensor>, x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void>;
+  deltasPassWith(params: Record<string, Ort.Tensor>, hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void>;
 }
 
 /** One tensor of the state: its graph name, which of the three arrays it is in, where, and its shape. */
@@ -53,16 +55,14 @@ function nextOnDevice(parts: StatePart[]): Record<string, 'gpu-buffer'> {
   return Object.fromEntries(parts.map((p) => [nextName(p.name), 'gpu-buffer' as const]));
 }
 
-/** A state on the device: its tensors by graph name, and the key it was given. */
+/** A state on the device: its tensors by graph name, and the parameters among them (what the row passes read). */
 interface Held {
-  tensors: Map<string, Ort.Tensor>;
-  key: string;
+  tensors: Record<string, Ort.Tensor>;
+  params: Record<string, Ort.Tensor>;
 }
 
 export class ResidentState implements DeviceState {
-  /** The latest state, and the one the last step started from (kept until the next step or load). */
-  private held?: Held;
-  private previous?: Held;
+  private readonly states = new HeldStates<Held>((held) => Object.values(held.tensors).forEach((t) => t.dispose()));
   private readonly plain = new PlainViews();
   private readonly scalars: Record<string, Ort.Tensor>;
 
@@ -76,20 +76,15 @@ export class ResidentState implements DeviceState {
     private readonly parts: StatePart[],
     private readonly sessions: { upload: Ort.InferenceSession; download: Ort.InferenceSession },
     private readonly passes: DevicePasses,
-    private readonly open: (model: Uint8Array, extra: Ort.InferenceSession.SessionOptions) => Promise<Ort.InferenceSession>,
+    private readonly open: OpenSession,
     private readonly turns?: GpuTurns,
   ) {
     this.scalars = Object.fromEntries(ADAM_SCALARS.map((scalar) => [adamInputName(scalar), new ort.Tensor('float32', new Float32Array(1), [1])]));
   }
 
-  static async open(ort: OrtModule, spec: ModelSpec, graphOptions: GraphOptions, passes: DevicePasses, turns?: GpuTurns): Promise<ResidentState> {
+  static async open(ort: OrtModule, spec: ModelSpec, graphOptions: GraphOptions, passes: DevicePasses, open: OpenSession, turns?: GpuTurns): Promise<ResidentState> {
     const parts = stateParts(spec);
-    const options = { ...SESSION_OPTIONS, executionProviders: ['webgpu'] };
     const copyGraph = buildCopyGraph(parts);
-    const open = (model: Uint8Array, extra: Ort.InferenceSession.SessionOptions) => {
-      const create = () => ort.InferenceSession.create(model, { ...options, ...extra });
-      return turns ? turns.take(create) : create();
-    };
     const opened = await Promise.allSettled([open(copyGraph, { preferredOutputLocation: 'gpu-buffer' }), open(copyGraph, { preferredOutputLocation: 'cpu' })]);
     const failed = opened.find((o) => o.status === 'rejected');
     if (failed) {
@@ -118,7 +113,14 @@ export class ResidentState implements DeviceState {
   }
 
   holds(key: string): boolean {
-    return this.held?.key === key;
+    return this.states.holds(key);
+  }
+
+  /** A state of these tensors (from a session's outputs named by `nameOf`). */
+  private heldOf(out: Ort.InferenceSession.ReturnType, nameOf: (name: string) => string): Held {
+    const tensors = Object.fromEntries(this.parts.map(({ name }) => [name, out[nameOf(name)]]));
+    const params = Object.fromEntries(this.parts.filter((p) => p.array === 'params').map(({ name }) => [name, tensors[name]]));
+    return { tensors, params };
   }
 
   async load(state: StateTensors, key: string): Promise<void> {
@@ -128,11 +130,10 @@ export class ResidentState implements DeviceState {
       feeds[`in_${name}`] = new this.ort.Tensor('float32', data, dims);
     }
     const copied = await this.run(() => this.sessions.upload.run(feeds));
-    this.advance({ tensors: new Map(this.parts.map(({ name }) => [name, copied[`out_${name}`]])), key }, false);
+    this.states.loaded(this.heldOf(copied, (name) => `out_${name}`), key);
   }
 
   async step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]> {
-    if (!this.held) throw new Error('DeviceState.step: no state was loaded');
     if (rows < 2) throw new RangeError('DeviceState.step needs at least 2 rows');
     const features = this.spec.sizes[0];
     const classes = this.spec.sizes[this.spec.sizes.length - 1];
@@ -141,77 +142,69 @@ export class ResidentState implements DeviceState {
       target: new this.ort.Tensor('float32', this.plain.of('target', target.subarray(0, rows * classes)), [rows, classes]),
       scale: new this.ort.Tensor('float32', Float32Array.of(1 / rows), [1]),
     };
-    return this.advanceBy(await this.session('train'), feeds, adam, nextKey, (out) => rowLoss.set(out.rowLoss.data as Float32Array));
+    return this.advanceBy('step', await this.session('train'), feeds, adam, nextKey, (out) => rowLoss.set(out.rowLoss.data as Float32Array));
   }
 
   async apply(inputs: Float32Array[], deltas: Float32Array[], batch: number, adam: AdamScalars, nextKey: string): Promise<number[]> {
-    if (!this.held) throw new Error('DeviceState.apply: no state was loaded');
     const feeds: Record<string, Ort.Tensor> = {};
     this.spec.sizes.slice(0, -1).forEach((fanIn, l) => {
       const fanOut = this.spec.sizes[l + 1];
       feeds[`a${l}`] = new this.ort.Tensor('float32', this.plain.of(`a${l}`, inputs[l].subarray(0, batch * fanIn)), [batch, fanIn]);
       feeds[`d${l}`] = new this.ort.Tensor('float32', this.plain.of(`d${l}`, deltas[l].subarray(0, batch * fanOut)), [batch, fanOut]);
     });
-    return this.advanceBy(await this.session('apply'), feeds, adam, nextKey);
+    return this.advanceBy('apply', await this.session('apply'), feeds, adam, nextKey);
   }
 
   /**
    * Runs a session that advances the latest state (train or apply): the next state becomes the latest
    * unless a layer's gradient was not finite (those layers are returned, and the outputs dropped).
    */
-  private async advanceBy(session: Ort.InferenceSession, feeds: Record<string, Ort.Tensor>, adam: AdamScalars, nextKey: string, read?: (out: Ort.InferenceSession.ReturnType) => void): Promise<number[]> {
+  private async advanceBy(
+    what: string,
+    session: Ort.InferenceSession,
+    feeds: Record<string, Ort.Tensor>,
+    adam: AdamScalars,
+    nextKey: string,
+    read?: (out: Ort.InferenceSession.ReturnType) => void,
+  ): Promise<number[]> {
+    const from = this.states.current(what);
     for (const scalar of ADAM_SCALARS) (this.scalars[adamInputName(scalar)].data as Float32Array)[0] = adam[scalar];
-    const out = await this.run(() => session.run({ ...Object.fromEntries(this.held!.tensors), ...this.scalars, ...feeds }));
+    const out = await this.run(() => session.run({ ...from.tensors, ...this.scalars, ...feeds }));
     try {
       read?.(out);
     } catch (e) {
-      for (const { name } of this.parts) out[nextName(name)].dispose();
+      Object.values(this.heldOf(out, nextName).tensors).forEach((t) => t.dispose());
       throw e;
     }
     const layers = this.spec.sizes.length - 1;
     const bad = Array.from({ length: layers }, (_, l) => l).filter((l) => !Number.isFinite((out[`bad${l}`].data as Float32Array)[0]));
-    const next = new Map(this.parts.map(({ name }) => [name, out[nextName(name)]]));
+    const next = this.heldOf(out, nextName);
     if (bad.length > 0) {
       // The latest state stays the last good one: the step's outputs are dropped.
-      for (const tensor of next.values()) tensor.dispose();
+      Object.values(next.tensors).forEach((t) => t.dispose());
       return bad;
     }
-    this.advance({ tensors: next, key: nextKey }, true);
+    this.states.stepped(next, nextKey);
     return [];
   }
 
   rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
-    return this.passes.onDeviceParams(this.params(), () => this.passes.rowPass(x, target, rows, invBatch, out));
+    return this.passes.rowPassWith(this.states.current('rowPass').params, x, target, rows, invBatch, out);
   }
 
   deltasPass(hidden: Float32Array[], last: Float32Array, rows: number, deltas: Float32Array[]): Promise<void> {
-    return this.passes.onDeviceParams(this.params(), () => this.passes.deltasPass(hidden, last, rows, deltas));
-  }
-
-  /** The latest state's parameters, by graph name. */
-  private params(): Record<string, Ort.Tensor> {
-    if (!this.held) throw new Error('DeviceState: no state was loaded');
-    return Object.fromEntries(this.parts.filter((p) => p.array === 'params').map(({ name }) => [name, this.held!.tensors.get(name)!]));
+    return this.passes.deltasPassWith(this.states.current('deltasPass').params, hidden, last, rows, deltas);
   }
 
   async read(into: StateTensors, key: string): Promise<void> {
-    const state = [this.held, this.previous].find((h) => h?.key === key);
-    if (!state) throw new Error(`DeviceState.read: the device does not hold the state ${key}`);
-    const feeds = Object.fromEntries([...state.tensors].map(([name, tensor]) => [`in_${name}`, tensor]));
+    const { tensors } = this.states.find(key);
+    const feeds = Object.fromEntries(Object.entries(tensors).map(([name, tensor]) => [`in_${name}`, tensor]));
     const copied = await this.run(() => this.sessions.download.run(feeds));
     for (const { name, array, offset } of this.parts) into[array].set(copied[`out_${name}`].data as Float32Array, offset);
   }
 
-  /** `state` becomes the latest; the one before is kept as the previous after a step, else released. */
-  private advance(state: Held | undefined, keepLatest: boolean): void {
-    const released = keepLatest ? [this.previous] : [this.previous, this.held];
-    for (const h of released) for (const tensor of h?.tensors.values() ?? []) tensor.dispose();
-    this.previous = keepLatest ? this.held : undefined;
-    this.held = state;
-  }
-
   async dispose(): Promise<void> {
-    this.advance(undefined, false);
+    this.states.clear();
     const lazy = await Promise.all([...this.lazy.values()].map((p) => p.catch(() => undefined)));
     await Promise.all([...Object.values(this.sessions), ...lazy.filter((s) => s !== undefined)].map((s) => s!.release()));
   }

@@ -7,7 +7,8 @@
  */
 import type * as TfCore from '@tensorflow/tfjs-core';
 import type { ParamLayout } from '../../model/spec.js';
-import type { AdamScalars } from '../../optim/adam.js';
+import { ADAM_SCALARS, type AdamScalars } from '../../optim/adam.js';
+import { HeldStates } from '../held_states.js';
 import type { DeviceState, RowOutputs, StateTensors } from '../engine.js';
 
 type Tf = typeof TfCore;
@@ -44,11 +45,10 @@ function tidyKeeping<T>(tf: Tf, fn: () => T): T {
   return tf.tidy(fn as unknown as () => TfCore.TensorContainer) as unknown as T;
 }
 
-/** A state on the device: per layer [weight, bias] with their moments, Wᵀ for the forward pass, and its key. */
+/** A state on the device: per layer [weight, bias] with their moments, and the parameters as the passes read them (with Wᵀ). */
 interface State {
   layers: [Held, Held][];
-  weightsT: Tensor2D[];
-  key: string;
+  params: LayerTensors;
 }
 
 function tensorsOf(layers: [Held, Held][]): Tensor[] {
@@ -56,18 +56,18 @@ function tensorsOf(layers: [Held, Held][]): Tensor[] {
 }
 
 export class TfjsDeviceState implements DeviceState {
-  /** The latest state, and the one the last step started from (kept until the next step or load). */
-  private held?: State;
-  private previous?: State;
+  private readonly states: HeldStates<State>;
 
   constructor(
     private readonly tf: Tf,
     private readonly layout: ParamLayout,
     private readonly passes: TfjsPasses,
-  ) {}
+  ) {
+    this.states = new HeldStates((state) => tf.dispose([...tensorsOf(state.layers), ...state.params.weightsT]));
+  }
 
   holds(key: string): boolean {
-    return this.held?.key === key;
+    return this.states.holds(key);
   }
 
   async load(state: StateTensors, key: string): Promise<void> {
@@ -78,31 +78,24 @@ export class TfjsDeviceState implements DeviceState {
       return { param: of(state.params), m: of(state.m), v: of(state.v) };
     };
     const layers = this.layout.layers.map(({ fanIn, fanOut, weightOffset, biasOffset }) => [part(weightOffset, [fanOut, fanIn]), part(biasOffset, [fanOut])] as [Held, Held]);
-    this.advance(this.stateOf(layers, key), false);
+    this.states.loaded(this.stateOf(layers), key);
   }
 
   async step(x: Float32Array, target: Float32Array, rows: number, rowLoss: Float32Array, adam: AdamScalars, nextKey: string): Promise<number[]> {
     if (rows < 2) throw new RangeError('DeviceState.step needs at least 2 rows');
-    const params = this.params();
-    return this.advanceBy(() => this.passes.stepGradients(params, x, target, rows), adam, nextKey, (loss) => rowLoss.set(loss.subarray(0, rows)));
+    const { params } = this.states.current('step');
+    return this.advanceBy('step', () => this.passes.stepGradients(params, x, target, rows), adam, nextKey, (loss) => rowLoss.set(loss.subarray(0, rows)));
   }
 
   /** The weight pass over every unit of the rows given, then Adam, from the latest state. */
   async apply(inputs: Float32Array[], deltas: Float32Array[], batch: number, adam: AdamScalars, nextKey: string): Promise<number[]> {
     const units = this.layout.layers.map(({ fanOut }) => [0, fanOut] as const);
-    return this.advanceBy(() => ({ gradients: this.passes.rowsGradients(inputs, deltas, batch, units) }), adam, nextKey);
+    return this.advanceBy('apply', () => ({ gradients: this.passes.rowsGradients(inputs, deltas, batch, units) }), adam, nextKey);
   }
 
   /** The row pass with the latest state's parameters. */
   rowPass(x: Float32Array, target: Float32Array, rows: number, invBatch: number, out: RowOutputs): Promise<void> {
-    return this.passes.rowPassWith(this.params(), x, target, rows, invBatch, out);
-  }
-
-  /** The latest state's parameters, as the engine's passes read them. */
-  private params(): LayerTensors {
-    if (!this.held) throw new Error('DeviceState: no state was loaded');
-    const { layers, weightsT } = this.held;
-    return { weights: layers.map(([w]) => w.param as Tensor2D), weightsT, biases: layers.map(([, b]) => b.param as Tensor1D) };
+    return this.passes.rowPassWith(this.states.current('rowPass').params, x, target, rows, invBatch, out);
   }
 
   /**
@@ -110,19 +103,19 @@ export class TfjsDeviceState implements DeviceState {
    * next state becomes the latest unless a layer's gradient was not finite (those layers are returned).
    */
   private async advanceBy(
+    what: string,
     gradientsOf: () => { rowLoss?: Tensor; gradients: [Tensor, Tensor][] },
     adam: AdamScalars,
     nextKey: string,
     readLoss?: (loss: Float32Array) => void,
   ): Promise<number[]> {
-    if (!this.held) throw new Error('DeviceState: no state was loaded');
-    const held = this.held.layers;
+    const held = this.states.current(what).layers;
     const tf = this.tf;
     // tidy keeps every tensor in what it returns, nested objects included (Held is one, untyped as a container).
     const { loss, next, bad } = tidyKeeping(tf, () => {
       const { rowLoss: l, gradients } = gradientsOf();
       const scalar = (v: number) => tf.scalar(v, 'float32');
-      const [c1, b2, c2, negStep, invBc2sqrt, eps] = [adam.c1, adam.b2, adam.c2, adam.negStep, adam.invBc2sqrt, adam.eps].map(scalar);
+      const [c1, b2, c2, negStep, invBc2sqrt, eps] = ADAM_SCALARS.map((name) => scalar(adam[name]));
       // m = m + c1·(g − m); v = v·b2 + (c2·g)·g; p = p + negStep·(m / (sqrt(v)·invBc2sqrt + eps))
       const update = ({ param, m, v }: Held, g: Tensor): Held => {
         const m2 = tf.add(m, tf.mul(c1, tf.sub(g, m)));
@@ -154,13 +147,12 @@ export class TfjsDeviceState implements DeviceState {
       tf.dispose(tensorsOf(next));
       return layers;
     }
-    this.advance(this.stateOf(next, nextKey), true);
+    this.states.stepped(this.stateOf(next), nextKey);
     return [];
   }
 
   async read(into: StateTensors, key: string): Promise<void> {
-    const state = [this.held, this.previous].find((h) => h?.key === key);
-    if (!state) throw new Error(`DeviceState.read: the device does not hold the state ${key}`);
+    const state = this.states.find(key);
     const reads = this.layout.layers.flatMap(({ weightOffset, biasOffset }, l) =>
       ([weightOffset, biasOffset] as const).flatMap((offset, i) => {
         const { param, m, v } = state.layers[l][i];
@@ -171,19 +163,13 @@ export class TfjsDeviceState implements DeviceState {
   }
 
   /** A state of these tensors, with Wᵀ made for its forward pass. */
-  private stateOf(layers: [Held, Held][], key: string): State {
-    return { layers, weightsT: layers.map(([w]) => this.tf.transpose(w.param as Tensor2D)), key };
-  }
-
-  /** `state` becomes the latest; the one before is kept as the previous after a step, else disposed. */
-  private advance(state: State | undefined, keepLatest: boolean): void {
-    const released = keepLatest ? [this.previous] : [this.previous, this.held];
-    for (const h of released) if (h) this.tf.dispose([...tensorsOf(h.layers), ...h.weightsT]);
-    this.previous = keepLatest ? this.held : undefined;
-    this.held = state;
+  private stateOf(layers: [Held, Held][]): State {
+    const weights = layers.map(([w]) => w.param as Tensor2D);
+    const params = { weights, weightsT: weights.map((w) => this.tf.transpose(w)), biases: layers.map(([, b]) => b.param as Tensor1D) };
+    return { layers, params };
   }
 
   dispose(): void {
-    this.advance(undefined, false);
+    this.states.clear();
   }
 }
