@@ -661,6 +661,7 @@ describe('--plan auto', () => {
   const reference7 = referenceHash({ threads: 2, epochs: 7 }, 'reference7');
   const reference8 = referenceHash({ threads: 2, epochs: 8 }, 'reference8');
   const reference11 = referenceHash({ threads: 2, epochs: 11 }, 'reference11');
+  const reference12 = referenceHash({ threads: 2, epochs: 12 }, 'reference12');
 
   it('estimates the step of the plan a run takes within a factor of 3 of the measured one (a tiny configuration)', async () => {
     const abort = new AbortController();
@@ -693,11 +694,75 @@ describe('--plan auto', () => {
       (e) => e.type === 'epoch' && shares.push(e.shares.rows),
     );
     abort.abort();
-    expect(summary.plans.find((c) => c.rowsOnOne)?.reason).toBe('trial: every row of a step on the fastest worker');
+    expect(summary.plans.find((c) => c.rowsOnOne)?.reason).toBe('trial: every row of a step on the fastest worker, the others on standby');
     const trial = summary.plans.find((c) => c.reason.startsWith('measured: rows on one'))!;
     expect(trial.reason).toMatch(/^measured: rows on one worker [\d.]+ ms a step, shared [\d.]+ ms: (on one|shared)$/);
     // Steps 18–20 are in the trial: one worker computed every row of that epoch.
     expect(Object.keys(shares[6])).toHaveLength(1);
+    expect(summary.paramsSha256).toBe(await reference11());
+  });
+
+  /** Blocks this process (the coordinator and the in-process workers alike) for `ms`: a worker slow in earnest. */
+  const stall = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+  /** Reports its rows twice as slow as they were: the other worker is then the fastest, and gets most rows. */
+  const slower = (rows: RowsDone): RowsDone => ({ ...rows, ms: rows.ms * 2 + 1 });
+
+  it('keeps every row on one worker when the others slow the shared steps: they stand by and apply nothing, and when the one computing leaves they are sent the replayed state', async () => {
+    const abort = new AbortController();
+    const leader = new AbortController();
+    const applied = [0, 0];
+    const synced = [0, 0];
+    const events: string[] = [];
+    const count = (i: number) => (e: { type: string }) => {
+      if (e.type === 'step') applied[i]++;
+      if (e.type === 'synced') synced[i]++;
+    };
+    const summary = await coordinator(
+      { threads: 0, epochs: 12, minWorkers: 2 },
+      (url) => {
+        void runWorker({ connect: url, signal: leader.signal, onEvent: (e) => (count(0)(e), e.type === 'step' && e.step === 31 && leader.abort()) });
+        // Each time it computes rows it holds every step that waits on them by 20 ms.
+        void runWorker({ connect: url, signal: abort.signal, onEvent: count(1), tamperRows: (rows) => (stall(20), slower(rows)) });
+      },
+      (e) => e.type === 'cluster' && events.push(e.event.type === 'plan' ? `plan ${e.event.step}` : e.event.type),
+      (step) => {
+        // From the trial on (step 14; step 13 may still be applied then) until the one computing leaves, the slow worker applies no step.
+        if (step === 16) applied[1] = 0;
+        if (step === 31) expect(applied[1]).toBe(0);
+      },
+    );
+    abort.abort();
+    const kept = summary.plans.find((c) => c.reason.startsWith('measured: rows on one'))!;
+    expect(kept.reason).toMatch(/: on one$/);
+    expect(kept.rowsOnOne).toBe(true);
+    // It was sent the state at its admission and again after the other left, from a replay here.
+    expect(synced[1]).toBe(2);
+    expect(events).toContain('left');
+    expect(events).toContain('replay');
+    expect(summary.paramsSha256).toBe(await reference12());
+  });
+
+  it('sends the state again to the workers set aside when every row on one worker measured slower, and shares the rows again', async () => {
+    const abort = new AbortController();
+    const synced = [0, 0];
+    const shares: Record<string, number>[] = [];
+    const summary = await coordinator(
+      { threads: 0, epochs: 11, minWorkers: 2 },
+      (url) => {
+        // Slow only when asked for a whole batch of 64 rows: only in the trial, whichever worker it runs on.
+        const slowAlone = (rows: RowsDone) => (rows.range[1] - rows.range[0] >= 64 && stall(20), rows);
+        for (let i = 0; i < 2; i++) void runWorker({ connect: url, signal: abort.signal, tamperRows: slowAlone, onEvent: (e) => e.type === 'synced' && synced[i]++ });
+      },
+      (e) => e.type === 'epoch' && shares.push(e.shares.rows),
+    );
+    abort.abort();
+    const lost = summary.plans.find((c) => c.reason.startsWith('measured: rows on one'))!;
+    expect(lost.reason).toMatch(/: shared$/);
+    // The one set aside was sent the state again; the other only at its admission.
+    expect(synced.sort()).toEqual([1, 2]);
+    // No new trial after it: the last epochs' rows are shared.
+    expect(summary.plans.filter((c) => c.rowsOnOne)).toHaveLength(1);
+    expect(Object.keys(shares[shares.length - 1])).toHaveLength(2);
     expect(summary.paramsSha256).toBe(await reference11());
   });
 

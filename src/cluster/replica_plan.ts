@@ -88,14 +88,19 @@ export class ReplicaPlan {
    */
   private readonly measured = new Map<RemotePlan, number>();
   /**
-   * Replicated, `auto`: every row of a step to the fastest member, the others applying the step from its
-   * rows off the step's critical path. Splitting the rows halves their compute but puts a relay of rows
-   * and every worker's rebuild of the others' deltas on the path of each step: for a small model that can
-   * cost more than it saves. Tried once the plan is judged (a timed trial, `trial`), kept if faster.
+   * Replicated, `auto`: every row of a step to the fastest member, the others on standby (RemoteHub.park:
+   * sent nothing, applying nothing). Splitting the rows halves their compute but puts a relay of rows and
+   * every worker's rebuild of the others' deltas on the path of each step, and a replica that follows
+   * every step takes CPU and the coordinator's bytes: for a small model that can cost more than it saves.
+   * Tried once the plan is judged (a timed trial, `trial`), kept if faster; the members on standby are
+   * sent the state again when the trial loses, when membership changes, or when the one computing leaves
+   * (its state is then replayed here from the last one taken: Trainer.catchUp).
    */
   private rowsOnOne = false;
   private trial?: { sharedMs: number };
   private rowsOnOneTried = false;
+  /** Members the trial put on standby and then woke (it lost): their admission is not a change of members. */
+  private woken = new Set<RemotePeer>();
   /**
    * The members the steps since the last admission were timed with: one that leaves without an admission
    * (the replicated plan needs none) makes the timing, the trial and the measurements start over.
@@ -152,14 +157,17 @@ export class ReplicaPlan {
     this.coordinator = { rowsPerMs: smooth(this.coordinator?.rowsPerMs ?? 0, weightFlops / (Math.max(0.01, ms) * rowFlops)) };
   }
 
-  /** Whether every row of a step goes to the fastest member (see rowsOnOne). */
-  get concentrated(): boolean {
-    return this.rowsOnOne;
+  /**
+   * Whether the members must be sent the state again before the next step: `auto` chose another plan, the
+   * owners changed, or members on standby must compute (the one that did left: see rowsOnOne).
+   */
+  get stale(): boolean {
+    return this.due !== undefined || this.ownersChanged || (this.hub.ready().length === 0 && this.hub.standby().length > 0);
   }
 
-  /** Whether the members must be sent the state again before the next step: `auto` chose another plan, or the owners changed. */
-  get stale(): boolean {
-    return this.due !== undefined || this.ownersChanged;
+  /** Every member, ready or on standby: what a plan is timed and judged with. */
+  private members(): RemotePeer[] {
+    return [...this.hub.ready(), ...this.hub.standby()];
   }
 
   /**
@@ -168,8 +176,8 @@ export class ReplicaPlan {
    * changes plan when another is cheaper.
    */
   beginStep(step: number): void {
-    const members = this.hub.ready();
-    const timedWith = members.map((p) => p.id).join();
+    const members = this.members();
+    const timedWith = idsOf(members);
     if (timedWith !== this.timedWith) this.retime(timedWith);
     // One member has no plan to choose: nothing is timed (an admission starts over when one joins).
     if (this.judged || members.length < 2) return;
@@ -198,10 +206,19 @@ export class ReplicaPlan {
     if (!this.due && this.plan === 'replicated' && !this.rowsOnOneTried) this.startTrial(step, measured);
   }
 
-  /** The members changed: what was timed, tried and measured held for others. */
+  /**
+   * The members changed: what was timed, tried and measured held for others; those on standby join again
+   * at the next boundary, to be judged with the rest.
+   */
   private retime(timedWith: string): void {
+    this.wakeStandby();
     this.restartTiming(timedWith);
     this.measured.clear();
+  }
+
+  /** Members on standby will be sent the state at the next boundary (they join again). */
+  private wakeStandby(): void {
+    for (const peer of this.hub.standby()) this.hub.resync(peer);
   }
 
   /** Timing starts over with these members, and rows are shared again until measured otherwise. */
@@ -214,22 +231,36 @@ export class ReplicaPlan {
     this.rowsOnOneTried = false;
   }
 
-  /** Times the next steps with every row on the fastest member (no state moves: every replica applies every step). */
+  /**
+   * Times the next steps with every row on the fastest member and the others on standby: no state moves
+   * until the trial ends (the others only fall behind).
+   */
   private startTrial(step: number, sharedMs: number): void {
     this.trial = { sharedMs };
     this.rowsOnOneTried = true;
     this.rowsOnOne = true;
     this.judged = false;
     this.starts = [];
+    // The first of the fastest, by the speed the rows are shared by (Scheduler.plan).
+    const ready = this.hub.ready();
+    const fastest = ready.reduce((best, p) => (p.speed > best.speed ? p : best));
+    for (const peer of ready) if (peer !== fastest) this.hub.park(peer);
     // Its own entry, so that the trial's steps are not measured as the shared ones (summary.json measuredMs).
-    this.choose({ step, plan: this.plan, reason: 'trial: every row of a step on the fastest worker', estimates: [], rowsOnOne: true });
+    this.choose({ step, plan: this.plan, reason: 'trial: every row of a step on the fastest worker, the others on standby', estimates: [], rowsOnOne: true });
   }
 
-  /** Keeps the rows on one member if that measured faster than sharing them, by more than REPLAN_GAIN. */
+  /**
+   * Keeps the rows on one member if that measured faster than sharing them, by more than REPLAN_GAIN; else
+   * the members on standby are sent the state at the next boundary, and the rows are shared again.
+   */
   private endTrial(step: number, onOneMs: number): void {
     const { sharedMs } = this.trial!;
     this.trial = undefined;
     this.rowsOnOne = onOneMs < (1 - REPLAN_GAIN) * sharedMs;
+    if (!this.rowsOnOne) {
+      this.woken = new Set(this.hub.standby());
+      this.wakeStandby();
+    }
     const said = `measured: rows on one worker ${onOneMs.toFixed(1)} ms a step, shared ${sharedMs.toFixed(1)} ms`;
     this.choose({ step, plan: this.plan, reason: `${said}: ${this.rowsOnOne ? 'on one' : 'shared'}`, estimates: [], rowsOnOne: this.rowsOnOne });
   }
@@ -260,6 +291,17 @@ export class ReplicaPlan {
   async admit(snapshot: Snapshot): Promise<void> {
     // Every slice of the last step has come, or its owner was dropped: none reaches a member after its new state.
     await this.settle();
+    // Members coming back from a lost trial only: the same members, timed and judged already.
+    const woken = this.woken;
+    this.woken = new Set();
+    const joining = this.hub.joining();
+    const onlyWoken = joining.length > 0 && joining.every((p) => woken.has(p)) && this.hub.standby().length === 0;
+    if (onlyWoken && this.due === undefined && !this.ownersChanged) {
+      this.hub.admit(snapshot, this.plan);
+      return;
+    }
+    // Any other admission brings every member back, to be judged together.
+    this.wakeStandby();
     // Measurements hold for these members only: a change of plan alone keeps them.
     if (this.due === undefined || this.ownersChanged || this.hub.joining().length > 0) this.measured.clear();
     const plan = this.due ?? this.decide(snapshot.step);
@@ -276,7 +318,7 @@ export class ReplicaPlan {
     this.owners = new Map(shares.map((units, i) => [members[i], units]));
     this.torn = false;
     this.due = undefined;
-    this.restartTiming(members.map((p) => p.id).join());
+    this.restartTiming(idsOf(members));
   }
 
   /** The plan for the members about to be admitted: as asked, or by the cost model once they are measured. */
@@ -355,3 +397,10 @@ export class ReplicaPlan {
   }
 }
 
+/** Who a plan was timed with, whatever their order (a member on standby comes back in another place). */
+function idsOf(members: RemotePeer[]): string {
+  return members
+    .map((p) => p.id)
+    .sort((a, b) => a - b)
+    .join();
+}

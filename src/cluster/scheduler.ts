@@ -189,15 +189,19 @@ export class Scheduler {
     else this.hub?.admit(state);
   }
 
-  /** Remote workers that joined: ready, or authenticated and waiting for the state. */
+  /** Remote workers that joined: ready, on standby, or authenticated and waiting for the state. */
   remoteMembers(): number {
-    return (this.hub?.ready().length ?? 0) + (this.hub?.joining().length ?? 0);
+    return this.joinedWorkers().length;
   }
 
   /** The ranks the joined remote workers said they have (those of a launched job; others have none). */
   remoteRanks(): Set<number> {
-    const members = [...(this.hub?.ready() ?? []), ...(this.hub?.joining() ?? [])];
+    const members = this.joinedWorkers();
     return new Set(members.flatMap((w) => (w.rank === undefined ? [] : [w.rank])));
+  }
+
+  private joinedWorkers(): RemotePeer[] {
+    return this.hub ? [...this.hub.ready(), ...this.hub.standby(), ...this.hub.joining()] : [];
   }
 
   /**
@@ -401,7 +405,7 @@ export class Scheduler {
   private plan(step: number, batch: number, shards: Range[], [s0, s1]: Range, index: Int32Array): Plan {
     const remotes = this.hub?.ready() ?? [];
     const weights = withAverage([...(this.localComputes ? [this.ledger.localSpeed] : []), ...remotes.map((w) => w.speed)]);
-    const counts = this.remotePlan?.concentrated ? onFastest(s1 - s0, weights) : apportion(s1 - s0, weights);
+    const counts = apportion(s1 - s0, weights);
     const plan: Plan = { step, batch, compact: this.compactRows, remote: [] };
     let next = s0;
     if (this.localComputes) {
@@ -530,12 +534,6 @@ export class Scheduler {
   async close(): Promise<void> {
     await Promise.all([this.local.close(), this.hub?.close()]);
   }
-}
-
-/** All `n` items to the fastest participant (the first of the fastest), none to the others. */
-function onFastest(n: number, weights: number[]): number[] {
-  const fastest = weights.indexOf(Math.max(...weights));
-  return weights.map((_, i) => (i === fastest ? n : 0));
 }
 
 // By name: the remote module (and ws) is only loaded when the coordinator listens.

@@ -209,7 +209,7 @@ export class RemoteHub {
 
   /** A message that failed: non-finite rows go to the scheduler to judge; anything else drops the peer. */
   private refuse(peer: RemotePeer, e: unknown, type: unknown): void {
-    if (e instanceof NonFiniteError && type === 'rowsDone' && peer.status === 'ready' && peer.requests.keyOf('rows')) {
+    if (e instanceof NonFiniteError && type === 'rowsDone' && (peer.status === 'ready' || peer.status === 'standby') && peer.requests.keyOf('rows')) {
       // Not dropped yet: the scheduler computes these rows itself and then knows whether the peer lied.
       peer.requests.fail('rows', new SuspectRows(peer, e.message));
       return;
@@ -284,9 +284,22 @@ export class RemoteHub {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
-  /** Makes a worker whose replica diverged fetch a fresh snapshot before its next step. */
+  /** Makes a worker whose replica diverged (or is on standby) fetch a fresh snapshot before its next step. */
   resync(worker: RemotePeer): void {
-    if (worker.status === 'ready') worker.status = 'joining';
+    if (worker.status === 'ready' || worker.status === 'standby') worker.status = 'joining';
+  }
+
+  /** Members on standby: connected and heartbeating, sent nothing, their replicas behind (see park). */
+  standby(): RemotePeer[] {
+    return [...this.peers.values()].filter((w) => w.status === 'standby');
+  }
+
+  /**
+   * Sets a ready member aside: it is sent no rows, updates or checks, and applies no step, until resync
+   * makes it join again with the state. Its answers already asked for still come and are handled.
+   */
+  park(worker: RemotePeer): void {
+    if (worker.status === 'ready') worker.status = 'standby';
   }
 
   // ---------------------------------------------------------------- the work with members (peer_work.ts)

@@ -1,5 +1,5 @@
 /**
- * One connection to the hub (a peer): where it is in its life (authenticating, joining, ready, closed),
+ * One connection to the hub (a peer): where it is in its life (authenticating, joining, ready, standby, closed),
  * what it said in its hello, the requests it has open, and what the scheduler and the forwarding of rows
  * keep about it. Only state: what happens to a peer is the hub's (hub.ts and the parts it composes).
  */
@@ -10,7 +10,11 @@ import { newNonce } from './auth.js';
 import type { Hello } from './messages.js';
 import { Pending } from './requests.js';
 
-export type PeerStatus = 'authenticating' | 'joining' | 'ready' | 'closed';
+/**
+ * standby: a member set aside while every row goes to another (ReplicaPlan): sent nothing, its replica left
+ * at the step it stopped at; it is sent the state again (joining) when it is needed.
+ */
+export type PeerStatus = 'authenticating' | 'joining' | 'ready' | 'standby' | 'closed';
 
 export class RemotePeer {
   status: PeerStatus = 'authenticating';
