@@ -257,6 +257,8 @@ export class ReplicaPlan {
     const { sharedMs } = this.trial!;
     this.trial = undefined;
     this.rowsOnOne = onOneMs < (1 - REPLAN_GAIN) * sharedMs;
+    // Lost: this step and the next (asked for already) still run on one, and rows are shared from the one
+    // after; this choice's measured step in summary.json includes those two.
     if (!this.rowsOnOne) {
       this.woken = new Set(this.hub.standby());
       this.wakeStandby();

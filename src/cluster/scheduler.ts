@@ -154,7 +154,9 @@ export class Scheduler {
   }
 
   get description(): string {
-    const remote = this.hub ? `, remote workers via ${this.hub.ready().length ? `${this.hub.ready().length} connected` : 'none yet'}` : '';
+    const joined = this.hub ? this.hub.ready().length + this.hub.standby().length : 0;
+    const standby = this.hub?.standby().length ? ` (${this.hub.standby().length} on standby)` : '';
+    const remote = this.hub ? `, remote workers via ${joined ? `${joined} connected${standby}` : 'none yet'}` : '';
     const resident = this.mode === 'whole' && this.local.capabilities.deviceState ? ', parameters and Adam moments kept on the device' : '';
     if (this.localComputes) return `${this.local.description}${resident}${remote}`;
     const plan = this.remotePlan?.current ?? 'replicated';
