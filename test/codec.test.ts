@@ -21,7 +21,7 @@ describe('the frame format', () => {
     // A large message arrives in a buffer of its own (ws allocates it): a copy at offset 0 stands for it.
     const received = Buffer.from(frame);
     expect(received.byteOffset % 4).toBe(0);
-    const view: CoordinatorView = { spec, batchSize: 4, pendingStep: undefined, pendingRange: undefined, pendingSnapshot: undefined, pendingCompact: false, pendingSlice: { step: 3, units } };
+    const view: CoordinatorView = { spec, batchSize: 4, pendingStep: undefined, pendingRange: undefined, pendingSnapshot: undefined, pendingCompact: false, pendingLossOnly: false, pendingSlice: { step: 3, units } };
     const slice = validateFromWorker(decodeRaw(received), view);
     if (slice.t !== 'slice') throw new Error('expected a slice');
     expect(slice.params.buffer).toBe(received.buffer);

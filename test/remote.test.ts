@@ -110,6 +110,54 @@ describe('remote workers on loopback', () => {
     expect(summary.paramsSha256).toBe(await reference3());
   });
 
+  it('with --threads 0, a sole worker sends its rows\' losses only; a joiner makes them come whole again (the first is sent the state too), and the result is the same', async () => {
+    const abort = new AbortController();
+    let address = '';
+    let synced = 0;
+    let joined = () => {};
+    const lost: string[] = [];
+    const summary = await coordinator(
+      { threads: 0, epochs: 3, minWorkers: 1 },
+      (url) => {
+        address = url;
+        void runWorker({ connect: url, signal: abort.signal, onEvent: (e) => e.type === 'synced' && synced++ });
+      },
+      (e) => {
+        if (e.type !== 'cluster') return;
+        if (e.event.type === 'joined') joined();
+        if (e.event.type === 'rejected' || (e.event.type === 'left' && e.event.reason !== 'coordinator finished')) lost.push(e.event.type);
+      },
+      async (step) => {
+        if (step !== 4) return;
+        // Held until it joined: admitted before step 4, whose rows the first was asked for early.
+        const joining = new Promise<void>((resolve) => (joined = resolve));
+        void runWorker({ connect: address, signal: abort.signal });
+        await joining;
+      },
+    );
+    abort.abort();
+    const bytes = readMetrics(summary.outDir!).flatMap((r) => (r.type === 'step' ? [r.bytes] : []));
+    // An epoch's last step (2, 5, 8) asks for no next rows early: what it moves is its rows' answer and the
+    // update. Alone, 17 losses and the update: well under 4 KB (its 17 rows would be ~70 KB).
+    expect(bytes[2]).toBeLessThan(4096);
+    // Two: the rows travel again, each worker's to the other.
+    expect(bytes[8]).toBeGreaterThan(50_000);
+    // It may have applied step 4 from its own rows before the joiner could get them: sent the state again
+    // (asked for those rows again instead, it would fail and be dropped).
+    expect(synced).toBe(2);
+    expect(lost).toEqual([]);
+    expect(summary.paramsSha256).toBe(await reference3());
+  });
+
+  it('with --threads 0 and --verify 1, a sole worker\'s rows still come whole (they are compared here)', async () => {
+    const abort = new AbortController();
+    const summary = await coordinator({ threads: 0, epochs: 1, minWorkers: 1, verify: 1 }, (url) => void runWorker({ connect: url, signal: abort.signal }));
+    abort.abort();
+    const bytes = readMetrics(summary.outDir!).flatMap((r) => (r.type === 'step' ? [r.bytes] : []));
+    expect(Math.min(...bytes)).toBeGreaterThan(50_000);
+    expect(summary.paramsSha256).toBe(await referenceOneEpoch());
+  });
+
   it('with --threads 0, replays locally when every replica is lost, and a newcomer continues with the same result', async () => {
     const { workers, url, onReady } = twoWorkers();
     const replays: [number, number][] = [];

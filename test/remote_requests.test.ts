@@ -12,8 +12,8 @@ describe("the hub's one request mechanism (Pending)", () => {
 
   it('resolves a request with its answer, and shows its key only while it is open', async () => {
     const pending = new Pending();
-    const asked = pending.expect('rows', { step: 2, range: [0, 1], compact: true }, 1000);
-    expect(pending.keyOf('rows')).toEqual({ step: 2, range: [0, 1], compact: true });
+    const asked = pending.expect('rows', { step: 2, range: [0, 1], compact: true, lossOnly: false }, 1000);
+    expect(pending.keyOf('rows')).toEqual({ step: 2, range: [0, 1], compact: true, lossOnly: false });
     expect(pending.keyOf('snapshot')).toBeUndefined();
     expect(pending.answer('rows', rows(2))).toBe(true);
     expect(await asked).toEqual(rows(2));
@@ -23,7 +23,7 @@ describe("the hub's one request mechanism (Pending)", () => {
 
   it('rejects every open request when the peer is gone, and every later one at once', async () => {
     const pending = new Pending();
-    const a = pending.expect('rows', { step: 0, range: [0, 1], compact: false }, 1000);
+    const a = pending.expect('rows', { step: 0, range: [0, 1], compact: false, lossOnly: false }, 1000);
     const b = pending.expect('snapshot', { step: 0 }, 1000);
     const c = pending.expect('checksum', { step: 0 }, 1000);
     pending.close(new Error('worker 1 left: gone'));
@@ -55,8 +55,8 @@ describe("the hub's one request mechanism (Pending)", () => {
   it('supersedes an open request of the same kind, whose deadline then no longer fires', async () => {
     const pending = new Pending();
     const onTimeout = vi.fn();
-    const first = pending.expect('rows', { step: 1, range: [0, 1], compact: false }, 100, onTimeout);
-    const second = pending.expect('rows', { step: 1, range: [1, 2], compact: false }, 1000);
+    const first = pending.expect('rows', { step: 1, range: [0, 1], compact: false, lossOnly: false }, 100, onTimeout);
+    const second = pending.expect('rows', { step: 1, range: [1, 2], compact: false, lossOnly: false }, 1000);
     await expect(first).rejects.toThrow('superseded by a new rows request');
     vi.advanceTimersByTime(500);
     expect(onTimeout).not.toHaveBeenCalled();

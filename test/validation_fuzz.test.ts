@@ -36,11 +36,13 @@ const rowArrays = (rows: number, compact: boolean) => ({ hidden: hiddenCounts(ro
 
 // ---------------------------------------------------------------- views and valid messages
 
-const owes = (compact: boolean): CoordinatorView => ({ spec, batchSize: BATCH, pendingStep: STEP, pendingRange: ASKED, pendingSnapshot: STEP, pendingCompact: compact, pendingSlice: { step: STEP, units: UNITS } });
+const owes = (compact: boolean): CoordinatorView => ({ spec, batchSize: BATCH, pendingStep: STEP, pendingRange: ASKED, pendingSnapshot: STEP, pendingCompact: compact, pendingLossOnly: false, pendingSlice: { step: STEP, units: UNITS } });
 const owesNothing: CoordinatorView = { ...owes(false), pendingStep: undefined, pendingRange: undefined, pendingSnapshot: undefined, pendingSlice: undefined };
 /** An owner of a sharded run asked for its shard of the state. */
 const owesShard: CoordinatorView = { ...owes(false), pendingSnapshotUnits: UNITS };
-const COORDINATOR_VIEWS: (CoordinatorView | undefined)[] = [undefined, owes(false), owes(true), owesNothing, owesShard];
+/** A sole replica asked for its rows' losses only. */
+const owesLosses: CoordinatorView = { ...owes(false), pendingLossOnly: true };
+const COORDINATOR_VIEWS: (CoordinatorView | undefined)[] = [undefined, owes(false), owes(true), owesNothing, owesShard, owesLosses];
 
 const beforeWelcome: WorkerView = { welcomed: false, spec: undefined, batchSize: 0 };
 const beforeState: WorkerView = { ...beforeWelcome, welcomed: true };
@@ -52,6 +54,7 @@ const FROM_WORKER: [ToCoordinator, CoordinatorView | undefined][] = [
   [{ t: 'hello', protocol: PROTOCOL_VERSION, mac: new Uint8Array(32), nonce: new Uint8Array(32), engine: 'onnx', device: 'cpu', backend: 'onnx (cpu)', threads: 2, dataSha256: '' }, undefined],
   [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, false), ms: 1.5 }, owes(false)],
   [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, true), ms: 1.5 }, owes(true)],
+  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), hidden: [], deltas: [], ms: 1.5 }, owesLosses],
   [{ t: 'checksum', step: STEP, sha256: 'ab'.repeat(32) }, owes(false)],
   [{ t: 'replicaState', step: STEP, params: floats(total), m: floats(total), v: floats(total) }, owes(false)],
   [{ t: 'replicaState', step: STEP, params: floats(SHARE), m: floats(SHARE), v: floats(SHARE) }, owesShard],
@@ -78,8 +81,8 @@ const FROM_COORDINATOR: [ToWorker, WorkerView][] = [
     },
     beforeState,
   ],
-  [{ t: 'rows', step: STEP, batch: BATCH, range: ASKED, labels: Uint8Array.of(0, 1, 0, 1, 0, 1), compact: false, x: floats(BATCH * sizes[0]) }, synced],
-  [{ t: 'rows', step: STEP, batch: BATCH, range: ASKED, labels: Uint8Array.of(1, 1, 0, 0, 1, 0), compact: true, index: Int32Array.of(5, 4, 3, 2, 1, 0) }, synced],
+  [{ t: 'rows', step: STEP, batch: BATCH, range: ASKED, labels: Uint8Array.of(0, 1, 0, 1, 0, 1), compact: false, lossOnly: false, x: floats(BATCH * sizes[0]) }, synced],
+  [{ t: 'rows', step: STEP, batch: BATCH, range: ASKED, labels: Uint8Array.of(1, 1, 0, 0, 1, 0), compact: true, lossOnly: true, index: Int32Array.of(5, 4, 3, 2, 1, 0) }, synced],
   [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, false), ms: 0 }, synced],
   [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, true), ms: 0 }, synced],
   [
@@ -148,7 +151,8 @@ function expectWorkerShape(m: ToCoordinator, view: CoordinatorView | undefined):
     expect(m.range).toEqual(view!.pendingRange);
     const rows = m.range[1] - m.range[0];
     expectFloats(m.rowLoss, rows, true);
-    expectRowArrays(m, rows, view!.pendingCompact, true);
+    if (view!.pendingLossOnly) expect([m.hidden, m.deltas]).toEqual([[], []]);
+    else expectRowArrays(m, rows, view!.pendingCompact, true);
     expect(Number.isFinite(m.ms) && m.ms >= 0).toBe(true);
   } else if (m.t === 'replicaState') {
     expect(m.step).toBe(view!.pendingSnapshot);

@@ -99,8 +99,8 @@ export class ReplicaPlan {
   private rowsOnOne = false;
   private trial?: { sharedMs: number };
   private rowsOnOneTried = false;
-  /** Members the trial put on standby and then woke (it lost): their admission is not a change of members. */
-  private woken = new Set<RemotePeer>();
+  /** The trial lost and woke the members it set on standby: their admission is not a change of members. */
+  private trialLost = false;
   /**
    * The members the steps since the last admission were timed with: one that leaves without an admission
    * (the replicated plan needs none) makes the timing, the trial and the measurements start over.
@@ -260,7 +260,7 @@ export class ReplicaPlan {
     // Lost: this step and the next (asked for already) still run on one, and rows are shared from the one
     // after; this choice's measured step in summary.json includes those two.
     if (!this.rowsOnOne) {
-      this.woken = new Set(this.hub.standby());
+      this.trialLost = true;
       this.wakeStandby();
     }
     const said = `measured: rows on one worker ${onOneMs.toFixed(1)} ms a step, shared ${sharedMs.toFixed(1)} ms`;
@@ -293,12 +293,12 @@ export class ReplicaPlan {
   async admit(snapshot: Snapshot): Promise<void> {
     // Every slice of the last step has come, or its owner was dropped: none reaches a member after its new state.
     await this.settle();
-    // Members coming back from a lost trial only: the same members, timed and judged already.
-    const woken = this.woken;
-    this.woken = new Set();
-    const joining = this.hub.joining();
-    const onlyWoken = joining.length > 0 && joining.every((p) => woken.has(p)) && this.hub.standby().length === 0;
-    if (onlyWoken && this.due === undefined && !this.ownersChanged) {
+    // Members coming back from a lost trial only (the one that computed may be sent the state too:
+    // Scheduler.admit): the same members, timed and judged already.
+    const woken = this.trialLost;
+    this.trialLost = false;
+    const sameMembers = this.hub.standby().length === 0 && idsOf([...this.hub.ready(), ...this.hub.joining()]) === this.timedWith;
+    if (woken && sameMembers && this.due === undefined && !this.ownersChanged) {
       this.hub.admit(snapshot, this.plan);
       return;
     }

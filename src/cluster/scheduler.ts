@@ -76,8 +76,11 @@ interface Suspect {
 interface Plan {
   step: number;
   batch: number;
-  /** The form its remote rows were asked in (Scheduler.compactRows when it was made). */
+  /** The form its remote rows were asked in (Scheduler.compactRows and lossOnly when it was made). */
   compact: boolean;
+  lossOnly: boolean;
+  /** Its remote members were sent the state since it was asked for (Scheduler.admit): its answers are dropped. */
+  resent?: boolean;
   local?: Range[];
   remote: RemoteJob[];
 }
@@ -123,6 +126,15 @@ export class Scheduler {
    */
   get compactRows(): boolean {
     return this.compactCapable && !this.remotePlan?.active && !this.serving;
+  }
+
+  /**
+   * Whether remote rows are asked for as their losses only: a sole replica computes every row of a step and
+   * applies it, and nobody else reads its rows (not while verifying, which compares them here). The
+   * coordinator then receives a few bytes a step instead of the batch's activations.
+   */
+  private get lossOnly(): boolean {
+    return this.mode === 'replicated' && !this.remotePlan?.active && !this.serving && !this.verifier.enabled && this.hub?.ready().length === 1;
   }
 
   /**
@@ -187,6 +199,13 @@ export class Scheduler {
 
   /** Sends the committed state to the joiners, which makes them participants from this step on. */
   async admit(state: JoinState): Promise<void> {
+    // A sole member asked early for a step's rows as their losses only may apply that step before anybody
+    // else could get its rows: when others are to be admitted, it is sent the state too, and those rows dropped.
+    const early = this.prefetched;
+    if (early?.lossOnly && this.hub && this.hub.joining().length + this.hub.standby().length > 0) {
+      for (const job of early.remote) this.hub.resync(job.worker);
+      early.resent = true;
+    }
     if (this.remotePlan) await this.remotePlan.admit(state);
     else this.hub?.admit(state);
   }
@@ -391,14 +410,14 @@ export class Scheduler {
 
   /**
    * The plan asked for early for `step`, if it still holds: rows asked for in another form than rows travel
-   * in now (the plan changed at an admission) are awaited and dropped — the members, sent the state after
-   * those requests, compute the step's rows again in the new form.
+   * in now (the plan changed at an admission), or of members sent the state since (admit), are awaited and
+   * dropped — the members, sent the state after those requests, compute the step's rows again in the new form.
    */
   private async takePrefetched(step: number): Promise<Plan[]> {
     const early = this.prefetched;
     this.prefetched = undefined;
     if (early?.step !== step) return [];
-    if (early.compact === this.compactRows) return [early];
+    if (early.compact === this.compactRows && !early.resent) return [early];
     await Promise.all(early.remote.map((job) => job.result));
     return [];
   }
@@ -408,7 +427,7 @@ export class Scheduler {
     const remotes = this.hub?.ready() ?? [];
     const weights = withAverage([...(this.localComputes ? [this.ledger.localSpeed] : []), ...remotes.map((w) => w.speed)]);
     const counts = apportion(s1 - s0, weights);
-    const plan: Plan = { step, batch, compact: this.compactRows, remote: [] };
+    const plan: Plan = { step, batch, compact: this.compactRows, lossOnly: this.lossOnly, remote: [] };
     let next = s0;
     if (this.localComputes) {
       if (counts[0] > 0) plan.local = shards.slice(next, next + counts[0]);
@@ -420,7 +439,8 @@ export class Scheduler {
       next += counts[i];
       const rows: Range = [shards[shardRange[0]][0], shards[shardRange[1] - 1][1]];
       const sent = performance.now();
-      const result = this.hub!.requestRows(worker, step, batch, rows, index, this.compactRows).catch((e: Error) => e);
+      const form = { compact: plan.compact, lossOnly: plan.lossOnly };
+      const result = this.hub!.requestRows(worker, step, batch, rows, index, form).catch((e: Error) => e);
       plan.remote.push({ worker, rows, shardRange, sent, result });
     });
     return plan;
@@ -454,7 +474,8 @@ export class Scheduler {
         continue;
       }
       const count = job.rows[1] - job.rows[0];
-      this.copyRows(done.range, done.rowLoss, done.hidden, done.deltas);
+      if (plan.lossOnly) this.memory.batch.rowLoss.set(done.rowLoss, done.range[0]);
+      else this.copyRows(done.range, done.rowLoss, done.hidden, done.deltas);
       // Its speed is what it reports its rows took to compute, not the round trip: the round trip also holds
       // the previous step's weight pass, the same for every replica whatever its share, which made the
       // smaller share look slower per row, and shrink further (two identical workers ended near 75 % / 25 %).

@@ -17,7 +17,7 @@ import { Gate, type GateOptions } from './gate.js';
 import { Heartbeat } from './heartbeat.js';
 import type { HubContext, HubEvent } from './hub_context.js';
 import { Listener, type ListenOptions } from './listener.js';
-import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type SliceMessage, type ToCoordinator, type ToWorker } from './messages.js';
+import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type RowsForm, type SliceMessage, type ToCoordinator, type ToWorker } from './messages.js';
 import { RemotePeer, SuspectRows } from './peer.js';
 import { PeerWork, type Snapshot, type WorkOptions } from './peer_work.js';
 import { validateFromWorker } from './validation.js';
@@ -305,8 +305,8 @@ export class RemoteHub {
   // ---------------------------------------------------------------- the work with members (peer_work.ts)
 
   /** Asks a worker for the rows pass over `range` of the batch `samples`; resolves with its validated answer. */
-  requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, compact: boolean): Promise<RowsDone> {
-    return this.work.requestRows(worker, step, batch, range, samples, compact);
+  requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, form: RowsForm): Promise<RowsDone> {
+    return this.work.requestRows(worker, step, batch, range, samples, form);
   }
 
   /** Asks a worker for its replica's state at `step` (with `units`: its shard of a sharded run). */

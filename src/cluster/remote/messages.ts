@@ -13,8 +13,9 @@
  *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v, plan}   a full snapshot, on join; plan:
  *                         how its steps come (replicated: update; sharded: update.units; server: slice)
- *   coordinator → worker  rows {step, range, batch, x | index, labels, compact}   compute rows `range`
- *                         (x | index and labels: of the whole batch; compact: send only the last delta)
+ *   coordinator → worker  rows {step, range, batch, x | index, labels, compact, lossOnly}   compute rows `range`
+ *                         (x | index and labels: of the whole batch; compact: send only the last delta;
+ *                         lossOnly: only the losses — a sole replica, whose rows nobody else reads)
  *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
  *   coordinator → worker  rowsDone {…}                            another worker's rows, forwarded as sent
  *   coordinator → worker  update {step, batch, parts, units?}     the rows it lacks still: apply the step
@@ -41,8 +42,8 @@ import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
-/** 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices). */
-export const PROTOCOL_VERSION = 6;
+/** 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices); 7: rows.lossOnly. */
+export const PROTOCOL_VERSION = 7;
 
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
@@ -105,14 +106,22 @@ export interface RowsMessage {
   labels: Uint8Array;
   /** Answer in compact form: the last layer's delta only (receivers rebuild the others, Engine.deltasPass). */
   compact: boolean;
+  /**
+   * Answer with the rows' losses only (no activations, no deltas): asked of a sole replica computing every
+   * row of its steps, whose rows nobody else reads.
+   */
+  lossOnly: boolean;
 }
+
+/** The form a rows request asks its answer in. */
+export type RowsForm = Pick<RowsMessage, 'compact' | 'lossOnly'>;
 export interface RowsDone {
   t: 'rowsDone';
   step: number;
   range: Range;
   rowLoss: Float32Array;
   hidden: Float32Array[];
-  /** Every layer's delta, or in compact form only the last layer's. */
+  /** Every layer's delta, or in compact form only the last layer's; none (nor hidden) when asked lossOnly. */
   deltas: Float32Array[];
   ms: number;
 }

@@ -12,7 +12,7 @@ import { allUnits, missingRanges, type Range } from '../plan.js';
 import { encode } from './codec.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { HubContext } from './hub_context.js';
-import type { ReplicaState, RowsDone, SliceMessage, StateMessage, ToWorker, UpdatePart } from './messages.js';
+import type { ReplicaState, RowsDone, RowsForm, SliceMessage, StateMessage, ToWorker, UpdatePart } from './messages.js';
 import { RowsInputs, updatePart } from './payloads.js';
 import type { RemotePeer } from './peer.js';
 import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
@@ -72,6 +72,7 @@ export class PeerWork {
       pendingSnapshotUnits: snapshot?.units,
       pendingSlice: peer.requests.keyOf('slice'),
       pendingCompact: rows?.compact ?? false,
+      pendingLossOnly: rows?.lossOnly ?? false,
     };
   }
 
@@ -90,15 +91,15 @@ export class PeerWork {
    * the samples of the whole batch (`samples`, dataset indices), so that the rows others compute can be
    * forwarded to it without their pixels.
    */
-  requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, compact: boolean): Promise<RowsDone> {
+  requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, form: RowsForm): Promise<RowsDone> {
     const { x, index, labels } = this.inputs.of(samples, this.usesLocalData(worker));
     if (worker.rowsStep !== step) {
       worker.rowsStep = step;
       worker.holds = [];
     }
     const ms = this.options.stepTimeoutMs;
-    const message: ToWorker = { t: 'rows', step, batch, range, labels, compact, ...(x ? { x } : { index }) };
-    return this.ask(worker, 'rows', { step, range, compact }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
+    const message: ToWorker = { t: 'rows', step, batch, range, labels, ...form, ...(x ? { x } : { index }) };
+    return this.ask(worker, 'rows', { step, range, ...form }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
   }
 
   /**

@@ -113,13 +113,13 @@ export class Replica {
     // Rows that are not finite are the coordinator's to judge: this replica then waits for its update.
     if (b.rowLoss.subarray(r0, r1).every(Number.isFinite)) this.held.push(message.range);
     const rowsOf = (a: Float32Array, width: number) => a.subarray(r0 * width, r1 * width);
-    const deltas = b.deltas.map((d, l) => rowsOf(d, spec.sizes[l + 1]));
+    const deltas = message.lossOnly ? [] : b.deltas.map((d, l) => rowsOf(d, spec.sizes[l + 1]));
     return {
       t: 'rowsDone',
       step: message.step,
       range: message.range,
       rowLoss: b.rowLoss.subarray(r0, r1),
-      hidden: b.hidden.map((h, l) => rowsOf(h, spec.sizes[l + 1])),
+      hidden: message.lossOnly ? [] : b.hidden.map((h, l) => rowsOf(h, spec.sizes[l + 1])),
       deltas: message.compact ? deltas.slice(-1) : deltas,
       ms: performance.now() - started,
     };

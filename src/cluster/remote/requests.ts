@@ -10,11 +10,11 @@
  * caller's policy: rows, slices and snapshots drop the peer, a checksum only goes unanswered.
  */
 import type { Range } from '../plan.js';
-import type { ReplicaState, RowsDone, SliceMessage } from './messages.js';
+import type { ReplicaState, RowsDone, RowsForm, SliceMessage } from './messages.js';
 
 /** Each kind of request: what it asked for (its key) and what it resolves with. */
 export interface RequestKinds {
-  rows: { key: { step: number; range: Range; compact: boolean }; answer: RowsDone };
+  rows: { key: { step: number; range: Range } & RowsForm; answer: RowsDone };
   /** units: the owner's units of a sharded run (the state comes as packed slices of them). */
   snapshot: { key: { step: number; units?: Range[] }; answer: ReplicaState };
   /** An owner's units of a sharded step, applied: their new parameters. */

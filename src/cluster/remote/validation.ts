@@ -182,8 +182,9 @@ export interface CoordinatorView {
   pendingSnapshotUnits?: Range[];
   /** The sharded step and units whose slice this worker owes, if any. */
   pendingSlice?: { step: number; units: Range[] };
-  /** Whether the rows it owes come in compact form. */
+  /** Whether the rows it owes come in compact form, or as their losses only. */
   pendingCompact: boolean;
+  pendingLossOnly: boolean;
 }
 
 /** The view is undefined until the worker authenticated: then only hello (and error) make sense. */
@@ -224,8 +225,8 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
       step,
       range: r,
       rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows),
-      hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows)),
-      deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, view.pendingCompact)),
+      hidden: floatList(raw, 'hidden', view.pendingLossOnly ? [] : hiddenCounts(sizes, rows)),
+      deltas: floatList(raw, 'deltas', view.pendingLossOnly ? [] : deltaCounts(sizes, rows, view.pendingCompact)),
       ms: duration(field(raw, 'ms')),
     };
   },
@@ -351,7 +352,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
     const batch = int(raw, 'batch', 1, view.batchSize);
     const r = range(raw, 'range', batch);
     // The samples of the whole batch: the rows others compute are forwarded without them.
-    const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch, range: r, labels: bytes(raw, 'labels', batch), compact: raw.compact === true };
+    const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch, range: r, labels: bytes(raw, 'labels', batch), compact: raw.compact === true, lossOnly: raw.lossOnly === true };
     if (raw.x !== undefined) message.x = floats('rows: x', raw.x, batch * spec.sizes[0], false);
     else {
       const index = bytes(raw, 'index', batch * 4);
