@@ -269,6 +269,7 @@ export class Scheduler {
     const shards = microShards(batch, microBatch);
     let plans: Plan[] = await this.takePrefetched(step);
     let todo: Range[] = plans.length > 0 ? [] : [[0, shards.length]];
+    let lossesOnly = false;
     while (plans.length > 0 || todo.length > 0) {
       if (todo.length > 0 && this.nobodyComputes()) return { done: false, needs: 'participant' };
       // One range a round: a remote worker holds one rows request at a time.
@@ -278,6 +279,7 @@ export class Scheduler {
       todo = coalesce([...todo, ...outcomes.flatMap((o) => o.failed)]);
       const suspects = outcomes.flatMap((o) => o.suspect);
       const accepted = outcomes.flatMap((o) => o.accepted);
+      lossesOnly ||= outcomes.some((o) => o.lossesOnly);
       // Without --verify nothing is drawn: the row pass is the training step's hot path.
       const toVerify = this.verifier.enabled && accepted.some((a) => this.verifier.pick(step, a.shardRange).length > 0);
       if ((suspects.length > 0 || toVerify) && !stateIsHere) return { done: false, needs: 'state' };
@@ -294,6 +296,9 @@ export class Scheduler {
     // The server plan's step is applied here (the trainer's weight pass), and then sent (sendParams).
     if (this.serving) return { done: true, replicated: false };
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
+    // Rows that came as their losses only are on their worker alone: gone since, it left nobody to apply
+    // the step from them, and this process does not hold them either. The step is computed again.
+    if (lossesOnly && replicas === 0) return { done: false, needs: 'participant' };
     return { done: true, replicated: !this.localComputes && replicas > 0 };
   }
 
@@ -447,10 +452,10 @@ export class Scheduler {
   }
 
   /**
-   * Computes a plan's local part and collects its remote answers; returns the shard ranges to redo, and
-   * those whose rows came back non-finite (to be checked here).
+   * Computes a plan's local part and collects its remote answers; returns the shard ranges to redo, those
+   * whose rows came back non-finite (to be checked here), and whether rows it accepted came as their losses only.
    */
-  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[]; accepted: AcceptedRows<RemotePeer>[] }> {
+  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[]; accepted: AcceptedRows<RemotePeer>[]; lossesOnly: boolean }> {
     const started = performance.now();
     let localDone = started;
     if (plan.local) {
@@ -484,7 +489,7 @@ export class Scheduler {
       accepted.push({ peer: job.worker, shardRange: job.shardRange });
     }
     if (plan.remote.length > 0) this.ledger.waited(performance.now() - localDone);
-    return { failed, suspect, accepted };
+    return { failed, suspect, accepted, lossesOnly: plan.lossOnly && accepted.length > 0 };
   }
 
   private async runLocalRows(step: number, generation: number, batch: number, shards: Range[]): Promise<void> {
