@@ -38,7 +38,7 @@ export function predictions(gflops: number, coordinatorGflops = gflops): string[
       const msPerByte = 1000 / ((gbit * 1e9) / 8);
       for (const n of MACHINES.slice(1)) {
         const members = Array.from({ length: n }, () => ({ rowsPerMs }));
-        const estimates = estimatePlans(spec, batch, members, msPerByte, msPerByte, true, coordinator);
+        const estimates = estimatePlans(spec, batch, members, msPerByte, { starMsPerByte: msPerByte, coordinator });
         const ms = Object.fromEntries(estimates.map((e) => [e.plan, e.ms]));
         const best = estimates[0];
         const star = (coordinatorBytes(spec, batch, n, best.plan) * msPerByte) / best.ms;

@@ -27,7 +27,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { train, type TrainConfig } from '../src/index.js';
+import { train, type RunSummary, type TrainConfig } from '../src/index.js';
 import { DEFAULTS as TRAIN_DEFAULTS, PLANS, type StepPlan } from '../src/config.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { panel, svgDocument } from '../src/report/plot.js';
@@ -140,21 +140,27 @@ function remoteWorkers(count: number, o: ScalingOptions) {
   };
 }
 
+type PlanChoices = RunSummary['plans'];
+
+/** Whether the run's last word on it put every row of a step on one worker (summary.json plans). */
+function rowsOnOne(chosen: PlanChoices): boolean {
+  return [...chosen].reverse().find((c) => c.rowsOnOne !== undefined)?.rowsOnOne ?? false;
+}
+
 /** The cost model's last estimate of `plan`'s step in a run (summary.json plans), or NaN (none, or rows ran on one worker: not modelled). */
-function estimateOf(plan: string, chosen: readonly { estimates: readonly { plan: string; ms: number }[]; rowsOnOne?: boolean }[]): number {
-  if ([...chosen].reverse().find((c) => c.rowsOnOne !== undefined)?.rowsOnOne) return NaN;
+function estimateOf(plan: string, chosen: PlanChoices): number {
+  if (rowsOnOne(chosen)) return NaN;
   const last = [...chosen].reverse().find((c) => c.estimates.length > 0);
   return last?.estimates.find((e) => e.plan === plan)?.ms ?? NaN;
 }
 
 /** A row's plan: as asked, and for auto the plans it ran, in order (e.g. "auto: replicated → sharded"). */
-function planLabel(asked: StepPlan | undefined, chosen: readonly { plan: string; rowsOnOne?: boolean }[], serverThreads: number): string {
+function planLabel(asked: StepPlan | undefined, chosen: PlanChoices, serverThreads: number): string {
   if (!asked) return '–';
   if (asked === 'server') return `server (${serverThreads} coordinator thread${serverThreads === 1 ? '' : 's'})`;
   if (asked !== 'auto') return asked;
   const ran = chosen.map((c) => c.plan).filter((p, i, all) => i === 0 || p !== all[i - 1]);
-  const onOne = [...chosen].reverse().find((c) => c.rowsOnOne !== undefined)?.rowsOnOne;
-  return `auto: ${ran.join(' → ') || 'replicated'}${onOne ? ', rows on one worker' : ''}`;
+  return `auto: ${ran.join(' → ') || 'replicated'}${rowsOnOne(chosen) ? ', rows on one worker' : ''}`;
 }
 
 /** One dtrain run; its times are metrics.jsonl's per-step ms after the warm-up. */

@@ -40,7 +40,7 @@ describe('the cost model', () => {
   });
 
   it('prices replicated rows in full, with nothing to rebuild, when the engine cannot rebuild them (tfjs)', () => {
-    const replicated = (compact: boolean) => estimatePlans(big, 512, [member(6), member(6)], 1e-6, 0, compact).find((e) => e.plan === 'replicated')!;
+    const replicated = (compact: boolean) => estimatePlans(big, 512, [member(6), member(6)], 1e-6, { compact }).find((e) => e.plan === 'replicated')!;
     expect(replicated(false).computeMs).toBeLessThan(replicated(true).computeMs);
     expect(replicated(false).wireMs).toBeGreaterThan(replicated(true).wireMs);
   });
@@ -48,7 +48,7 @@ describe('the cost model', () => {
   it('prefers the parameter server for a coordinator much faster than its members, and prices its weight pass and fan-out', () => {
     const members = [member(6), member(6)];
     const same = byPlan(estimatePlans(big, 512, members, 1e-7));
-    const strong = byPlan(estimatePlans(big, 512, members, 1e-7, 0, true, member(60)));
+    const strong = byPlan(estimatePlans(big, 512, members, 1e-7, { coordinator: member(60) }));
     // As fast as a member, it does the whole weight pass alone after the rows: dearer than sharing it.
     expect(same.server).toBeGreaterThan(same.sharded);
     // Ten times faster (a GPU coordinator, CPU workers): its weight pass is the cheap part.
@@ -59,8 +59,8 @@ describe('the cost model', () => {
     expect(coordinatorBytes(big, 512, 8, 'server')).toBe(8 * 4 * stepSizes(big, 512).parameters);
     const eight = Array.from({ length: 8 }, () => member(6));
     const perByte = 8e-8;
-    const onLink = estimatePlans(big, 512, eight, perByte, perByte, true, member(60)).find((e) => e.plan === 'server')!;
-    const noStar = estimatePlans(big, 512, eight, perByte, 0, true, member(60)).find((e) => e.plan === 'server')!;
+    const onLink = estimatePlans(big, 512, eight, perByte, { starMsPerByte: perByte, coordinator: member(60) }).find((e) => e.plan === 'server')!;
+    const noStar = estimatePlans(big, 512, eight, perByte, { coordinator: member(60) }).find((e) => e.plan === 'server')!;
     expect(onLink.ms - noStar.ms).toBeCloseTo(7 * 4 * stepSizes(big, 512).parameters * perByte, 6);
   });
 
@@ -71,8 +71,8 @@ describe('the cost model', () => {
     expect(replicated.ms).toBeCloseTo(300, 6);
     // The same for the server plan, whose estimate holds the coordinator's weight pass too.
     const coordinator = member(9);
-    const serverByte = byteCost(big, 512, members, 'server', 300, true, coordinator);
-    expect(estimatePlans(big, 512, members, serverByte, 0, true, coordinator).find((e) => e.plan === 'server')!.ms).toBeCloseTo(300, 6);
+    const serverByte = byteCost(big, 512, members, 'server', 300, { coordinator });
+    expect(estimatePlans(big, 512, members, serverByte, { coordinator }).find((e) => e.plan === 'server')!.ms).toBeCloseTo(300, 6);
     // A step faster than the compute alone leaves bytes (nearly) free, never negative.
     expect(byteCost(big, 512, members, 'replicated', 1)).toBeGreaterThan(0);
   });

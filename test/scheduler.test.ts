@@ -38,13 +38,13 @@ describe('Scheduler, a sole remote worker', () => {
 
   it('asks for its rows as their losses only, and lets it apply the step', async () => {
     const { scheduler, forms } = soleWorker(false);
-    expect(await scheduler.computeRows(0, 0, index, 16, true)).toEqual({ done: true, replicated: true });
+    expect(await scheduler.computeRows(0, 0, index, 16, true)).toEqual({ done: true, replicated: true, rowsHere: false });
     expect(forms).toEqual([{ compact: false, lossOnly: true }]);
   });
 
-  it('computes the step again when the worker is gone after sending only its losses: nobody holds its rows', async () => {
+  it('says the rows are not here when the worker is gone after sending only its losses: the step is applied here, from rows computed here', async () => {
     const { scheduler } = soleWorker(true);
-    // Not done: a weight pass here would read rows this process never received.
-    expect(await scheduler.computeRows(0, 0, index, 16, true)).toEqual({ done: false, needs: 'participant' });
+    // A weight pass here must not read rows this process never received (Trainer.afterRows computes them).
+    expect(await scheduler.computeRows(0, 0, index, 16, true)).toEqual({ done: true, replicated: false, rowsHere: false });
   });
 });

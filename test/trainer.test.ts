@@ -3,7 +3,7 @@ import { resolveConfig } from '../src/config.js';
 import { Trainer } from '../src/train/trainer.js';
 import { makeSpec } from '../src/model/spec.js';
 import { ADAM_DEFAULTS } from '../src/optim/adam.js';
-import { createTrainingMemory } from '../src/cluster/training_memory.js';
+import { createTrainingMemory, markDeviceAhead } from '../src/cluster/training_memory.js';
 import { TrainingState } from '../src/cluster/training_state.js';
 import type { Scheduler } from '../src/cluster/scheduler.js';
 import { syntheticDataset } from './helpers.js';
@@ -43,6 +43,29 @@ describe('Trainer', () => {
     expect([state.step, state.generation]).toEqual([0, 0]);
   });
 
+  it('computes the rows here before its weight pass when the row pass says they are not here (compact, or losses only)', async () => {
+    const dataset = syntheticDataset(64, 8);
+    const memory = createTrainingMemory(makeSpec(dataset.features, [8], dataset.classes, 'sigmoid'), dataset, 64, 1);
+    const calls: string[] = [];
+    const scheduler = {
+      mode: 'replicated',
+      serving: false,
+      verifying: false,
+      local: { size: 1 },
+      hasJoiners: () => false,
+      nobodyComputes: () => false,
+      computeRows: async () => {
+        memory.batch.rowLoss.fill(0.5);
+        return { done: true, replicated: false, rowsHere: false };
+      },
+      computeRowsHere: async () => void calls.push('rows here'),
+      applyWeights: async () => (calls.push('weights'), [{ nonFiniteLayers: [] }]),
+    } as unknown as Scheduler;
+    const trainer = new Trainer(resolveConfig({ threads: 1 }), dataset, scheduler, memory, new TrainingState(memory), ADAM_DEFAULTS);
+    await trainer.trainStep(Int32Array.from({ length: 64 }, (_, i) => i));
+    expect(calls).toEqual(['rows here', 'weights']);
+  });
+
   it('ends on the last state this process held, saying so, when the device holding a newer one fails', async () => {
     const dataset = syntheticDataset(64, 8);
     const spec = makeSpec(dataset.features, [8], dataset.classes, 'sigmoid');
@@ -51,7 +74,7 @@ describe('Trainer', () => {
     state.commit();
     state.commit();
     // Steps 3 and 4 ran on a device, which then fails as its state is pulled.
-    Atomics.store(memory.stateOnDevice, 0, 1);
+    markDeviceAhead(memory, state.step, state.generation);
     state.commit();
     state.commit();
     expect(() => state.params).toThrow('internal: the state of step 4 was read here while a device holds it (pull it first)');

@@ -66,31 +66,49 @@ export function stepSizes(spec: ModelSpec, batch: number) {
   };
 }
 
-/** The coordinator's rate when it was not measured: as fast as the average member. */
-function averageMember(members: MemberCost[]): MemberCost {
-  return { rowsPerMs: members.reduce((a, m) => a + m.rowsPerMs, 0) / members.length };
+/** What a plan's estimate needs besides the members: how rows travel, and the coordinator's link and rate. */
+export interface PlanContext {
+  /** Whether replicated rows travel compact (the engine can rebuild their inner deltas); default true. */
+  compact?: boolean;
+  /**
+   * The cost of a byte on the coordinator's own link, when it is a real link of known rate (predictions for
+   * many machines); on loopback it is part of the calibrated cost per byte, and left at 0 (the default).
+   */
+  starMsPerByte?: number;
+  /** The coordinator's rate for the server plan's weight pass (measured); by default the average member's. */
+  coordinator?: MemberCost;
+}
+
+type StepSizes = ReturnType<typeof stepSizes>;
+
+/**
+ * Replicated and sharded: what a member moves a step, in and out — every row of the batch once (its own
+ * out, the others' in; compact when the engine rebuilds them), and (sharded) every unit's parameters once
+ * (its own units' out, the others' in).
+ */
+function exchangedBytes(size: StepSizes, batch: number, plan: RemotePlan, compact: boolean): number {
+  const rowBytes = plan === 'replicated' && compact ? size.compactRowBytes : size.fullRowBytes;
+  return batch * rowBytes + (plan === 'sharded' ? 4 * size.parameters : 0);
 }
 
 /**
  * Each member's compute (ms) and bytes under `plan`; members share rows and units by speed. The server
  * plan's compute holds the coordinator's weight pass too: it follows every member's rows.
  */
-function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, compact: boolean, coordinator = averageMember(members)) {
-  const size = stepSizes(spec, batch);
+function perMember(size: StepSizes, batch: number, members: MemberCost[], plan: RemotePlan, { compact = true, coordinator }: PlanContext) {
   const total = members.reduce((a, m) => a + m.rowsPerMs, 0);
   // Replicated rows travel compact (and the others' inner deltas are rebuilt) when the engine can rebuild them.
   const rebuild = plan === 'replicated' && compact;
-  const serverMs = size.weightFlops / (coordinator.rowsPerMs * size.rowFlops);
   return members.map((m) => {
     const share = m.rowsPerMs / total;
     const rows = share * batch;
     const rowsMs = rows / m.rowsPerMs;
-    if (plan === 'server') return { computeMs: rowsMs + serverMs, bytes: rows * size.fullRowBytes + 4 * size.parameters };
+    if (plan === 'server') {
+      const serverMs = size.weightFlops / ((coordinator?.rowsPerMs ?? total / members.length) * size.rowFlops);
+      return { computeMs: rowsMs + serverMs, bytes: rows * size.fullRowBytes + 4 * size.parameters };
+    }
     const flops = plan === 'replicated' ? (rebuild ? (batch - rows) * size.rebuildFlops : 0) + size.weightFlops : share * size.weightFlops;
-    // Its own rows out and the others' in, then (sharded) its units' parameters out and the others' in.
-    const rowBytes = rebuild ? size.compactRowBytes : size.fullRowBytes;
-    const bytes = batch * rowBytes + (plan === 'sharded' ? 4 * size.parameters : 0);
-    return { computeMs: rowsMs + flops / (m.rowsPerMs * size.rowFlops), bytes };
+    return { computeMs: rowsMs + flops / (m.rowsPerMs * size.rowFlops), bytes: exchangedBytes(size, batch, plan, compact) };
   });
 }
 
@@ -100,8 +118,8 @@ function perMember(spec: ModelSpec, batch: number, members: MemberCost[], plan: 
  * compute, over its bytes) — the member that reaches the measured step first sets it, whether by compute
  * or by bytes (at least a nanosecond's millionth: never free).
  */
-export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, measuredMs: number, compact = true, coordinator?: MemberCost): number {
-  const each = perMember(spec, batch, members, plan, compact, coordinator).map((m) => (measuredMs - m.computeMs) / m.bytes);
+export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], plan: RemotePlan, measuredMs: number, context: PlanContext = {}): number {
+  const each = perMember(stepSizes(spec, batch), batch, members, plan, context).map((m) => (measuredMs - m.computeMs) / m.bytes);
   return Math.max(1e-12, Math.min(...each));
 }
 
@@ -113,26 +131,21 @@ export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], 
  */
 export function coordinatorBytes(spec: ModelSpec, batch: number, members: number, plan: RemotePlan, compact = true): number {
   const size = stepSizes(spec, batch);
-  if (plan === 'server') return members * 4 * size.parameters;
-  const perMemberOut = plan === 'replicated' ? batch * (compact ? size.compactRowBytes : size.fullRowBytes) : batch * size.fullRowBytes + 4 * size.parameters;
-  return (members - 1) * perMemberOut;
+  return plan === 'server' ? members * 4 * size.parameters : (members - 1) * exchangedBytes(size, batch, plan, compact);
 }
 
-/**
- * Each plan's estimated step for these members at `msPerByte`, cheapest first. `starMsPerByte`: the cost
- * of a byte on the coordinator's own link, when it is a real link of known rate (predictions for many
- * machines); on loopback it is part of the calibrated msPerByte, and left at 0. `coordinator`: its rate
- * for the server plan's weight pass (measured, or else assumed the average member's).
- */
-export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number, starMsPerByte = 0, compact = true, coordinator?: MemberCost): PlanEstimate[] {
+/** Each plan's estimated step for these members at `msPerByte`, cheapest first. */
+export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number, context: PlanContext = {}): PlanEstimate[] {
+  const size = stepSizes(spec, batch);
+  const { compact = true, starMsPerByte = 0 } = context;
   const estimates = REMOTE_PLANS.map((plan) => {
-    const costs = perMember(spec, batch, members, plan, compact, coordinator).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
+    const costs = perMember(size, batch, members, plan, context).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
     const slowest = costs.reduce((a, b) => (b.computeMs + b.wireMs > a.computeMs + a.wireMs ? b : a));
     const star = coordinatorBytes(spec, batch, members.length, plan, compact) * starMsPerByte;
     if (plan === 'server') {
       // The parameters leave only after the coordinator's weight pass, to one member after another on its
       // link: beyond what a member's own link takes for them, the star's time adds to the step.
-      const wireMs = slowest.wireMs + Math.max(0, star - 4 * stepSizes(spec, batch).parameters * msPerByte);
+      const wireMs = slowest.wireMs + Math.max(0, star - 4 * size.parameters * msPerByte);
       return { plan, ms: slowest.computeMs + wireMs, computeMs: slowest.computeMs, wireMs };
     }
     return { plan, ms: Math.max(slowest.computeMs + slowest.wireMs, star), ...slowest };

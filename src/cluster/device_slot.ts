@@ -1,13 +1,15 @@
 /**
  * A slot's training state on its engine's device (Engine.deviceState, a GPU): which state the device holds,
  * whether it is ahead of the shared optimizer memory (TrainingMemory.stateOnDevice), loading it there and
- * pulling it back. SlotRunner asks it what computes each pass: the device where it can, else the host's
- * passes on a memory made current first. The device is a speed-up, not a requirement: one that cannot open
- * its state leaves the work to the host while the memory holds the state.
+ * pulling it back. SlotRunner has one only when its engine keeps a state on a device, and asks it what
+ * computes each pass: the device where it can, else the host's passes on a memory made current first. The
+ * device is a speed-up, not a requirement: one that cannot open its state leaves the work to the host while
+ * the memory holds the state.
  */
 import type { DeviceState, Engine } from '../engine/engine.js';
+import type { Range } from './plan.js';
 import type { OptimizerMemory } from '../optim/optimizer_memory.js';
-import { deviceAhead, markDeviceAhead, markHeldHere, optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
+import { deviceAhead, markDeviceAhead, markHeldHere, optimizerMemoryOf, stateKey, type TrainingMemory } from './training_memory.js';
 
 /** The passes that read the parameters a row needs: the engine's (on setParams'), or a device's (on its own). */
 export type RowPasses = Pick<Engine, 'rowPass' | 'deltasPass'>;
@@ -19,14 +21,10 @@ export class DeviceSlot {
 
   constructor(
     private readonly memory: TrainingMemory,
-    private readonly engine: Engine,
+    /** The engine's Engine.deviceState: opens the state on the device on first use. */
+    private readonly open: () => Promise<DeviceState>,
   ) {
     this.optimizer = optimizerMemoryOf(memory);
-  }
-
-  /** What names the state of `step` in `generation` as loaded here (TrainingState.load moves stateLoads). */
-  key(step: number, generation: number): string {
-    return `${step}/${generation}/${Atomics.load(this.memory.stateLoads, 0)}`;
   }
 
   /** Whether the device holds a newer committed state than the memory. */
@@ -34,14 +32,11 @@ export class DeviceSlot {
     return deviceAhead(this.memory);
   }
 
-  /**
-   * The engine's device state, or undefined when it has none or it could not be opened while the memory
-   * holds the state.
-   */
+  /** The device state, or undefined when it could not be opened while the memory holds the state. */
   async device(): Promise<DeviceState | undefined> {
-    if (!this.engine.deviceState || this.failed) return undefined;
+    if (this.failed) return undefined;
     try {
-      return await this.engine.deviceState();
+      return await this.open();
     } catch (e) {
       if (this.ahead) throw e;
       this.failed = true;
@@ -56,29 +51,32 @@ export class DeviceSlot {
    */
   async rowPasses(step: number, generation: number): Promise<RowPasses | undefined> {
     if (!this.ahead) return undefined;
-    const device = await this.engine.deviceState!();
-    if (device.holds(this.key(step, generation))) return device;
+    const device = await this.open();
+    if (device.holds(stateKey(this.memory, step, generation))) return device;
     await this.pull(step, generation);
     return undefined;
   }
 
   /** The device that applies a weight pass over every unit (DeviceState.apply), for a slot alone with the memory. */
-  async applier(allUnits: boolean): Promise<DeviceState | undefined> {
-    if (this.memory.slots !== 1 || !allUnits) return undefined;
+  async applier(units: readonly Range[]): Promise<DeviceState | undefined> {
+    const sizes = this.memory.spec.sizes;
+    if (this.memory.slots !== 1 || !units.every(([u0, u1], l) => u0 === 0 && u1 === sizes[l + 1])) return undefined;
     return this.device();
   }
 
-  /** Makes the device hold the state of (step, generation): loaded from the memory unless it holds it already. */
-  async hold(device: DeviceState, step: number, generation: number): Promise<void> {
-    const key = this.key(step, generation);
-    if (device.holds(key)) return;
-    if (this.ahead) throw new Error(`internal: the device is ahead of the memory but does not hold the state of step ${step}`);
-    await device.load(this.optimizer.stateOf(generation), key);
-  }
-
-  /** After the device advanced the state (no layer in `bad`): the memory says the device is ahead. */
-  advanced(bad: number[]): number[] {
-    if (bad.length === 0) markDeviceAhead(this.memory);
+  /**
+   * Advances the state of (step, generation) on the device by `run` (a step, or a weight pass, and Adam),
+   * which writes the next state under the name it is given: loaded there first unless the device holds it
+   * already. With no layer in the bad ones it returns, the device is ahead of the memory.
+   */
+  async advance(device: DeviceState, step: number, generation: number, run: (next: string) => Promise<number[]>): Promise<number[]> {
+    const key = stateKey(this.memory, step, generation);
+    if (!device.holds(key)) {
+      if (this.ahead) throw new Error(`internal: the device is ahead of the memory but does not hold the state of step ${step}`);
+      await device.load(this.optimizer.stateOf(generation), key);
+    }
+    const bad = await run(stateKey(this.memory, step + 1, generation ^ 1));
+    if (bad.length === 0) markDeviceAhead(this.memory, step, generation);
     return bad;
   }
 
@@ -88,9 +86,8 @@ export class DeviceSlot {
    * committed state, which the memory then holds (a device whose latest is a refused step reloads it).
    */
   async pull(step: number, generation: number, committed = true): Promise<void> {
-    if (!this.engine.deviceState) throw new Error(`internal: pull of the state of step ${step} from an engine without a device state`);
-    await (await this.engine.deviceState()).read(this.optimizer.stateOf(generation), this.key(step, generation));
-    if (committed) markHeldHere(this.memory, step, generation);
+    await (await this.open()).read(this.optimizer.stateOf(generation), stateKey(this.memory, step, generation));
+    if (committed) markHeldHere(this.memory);
   }
 
   /** Brings the state back when the device is ahead (before a pass that reads the memory). */

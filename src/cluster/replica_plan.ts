@@ -25,7 +25,7 @@ import type { StepPlan } from '../config.js';
 import type { ModelSpec } from '../model/spec.js';
 import { paramLayout } from '../model/spec.js';
 import type { RemotePlan } from '../config.js';
-import { byteCost, estimatePlans, stepSizes, type MemberCost, type PlanEstimate } from './cost_model.js';
+import { byteCost, estimatePlans, stepSizes, type MemberCost, type PlanContext, type PlanEstimate } from './cost_model.js';
 import { shareUnits, type Range } from './plan.js';
 import type { RemoteHub, RemotePeer } from './remote/hub.js';
 import type { Snapshot } from './remote/peer_work.js';
@@ -92,15 +92,12 @@ export class ReplicaPlan {
    * sent nothing, applying nothing). Splitting the rows halves their compute but puts a relay of rows and
    * every worker's rebuild of the others' deltas on the path of each step, and a replica that follows
    * every step takes CPU and the coordinator's bytes: for a small model that can cost more than it saves.
-   * Tried once the plan is judged (a timed trial, `trial`), kept if faster; the members on standby are
-   * sent the state again when the trial loses, when membership changes, or when the one computing leaves
-   * (its state is then replayed here from the last one taken: Trainer.catchUp).
+   * Tried once the plan is judged (a timed trial, `trial`: the shared steps' median), kept if faster; the
+   * members on standby are sent the state again when the trial loses, when membership changes, or when the
+   * one computing leaves (its state is then replayed here from the last one taken: Trainer.catchUp).
    */
-  private rowsOnOne = false;
   private trial?: { sharedMs: number };
   private rowsOnOneTried = false;
-  /** The trial lost and woke the members it set on standby: their admission is not a change of members. */
-  private trialLost = false;
   /**
    * The members the steps since the last admission were timed with: one that leaves without an admission
    * (the replicated plan needs none) makes the timing, the trial and the measurements start over.
@@ -188,7 +185,7 @@ export class ReplicaPlan {
     const measured = [...intervals].sort((a, b) => a - b)[Math.floor(intervals.length / 2)];
     if (this.trial) return this.endTrial(step, measured);
     this.measured.set(this.plan, measured);
-    this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured, this.compactRows, this.coordinator);
+    this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured, this.context);
     const estimates = this.estimate(members);
     if (this.asked !== 'auto') {
       this.choose({ step, plan: this.plan, reason: 'as asked (--plan); the cost model\'s estimates', estimates });
@@ -227,7 +224,6 @@ export class ReplicaPlan {
     this.starts = [];
     this.judged = false;
     this.trial = undefined;
-    this.rowsOnOne = false;
     this.rowsOnOneTried = false;
   }
 
@@ -238,7 +234,6 @@ export class ReplicaPlan {
   private startTrial(step: number, sharedMs: number): void {
     this.trial = { sharedMs };
     this.rowsOnOneTried = true;
-    this.rowsOnOne = true;
     this.judged = false;
     this.starts = [];
     // The first of the fastest, by the speed the rows are shared by (Scheduler.plan).
@@ -256,15 +251,12 @@ export class ReplicaPlan {
   private endTrial(step: number, onOneMs: number): void {
     const { sharedMs } = this.trial!;
     this.trial = undefined;
-    this.rowsOnOne = onOneMs < (1 - REPLAN_GAIN) * sharedMs;
+    const onOne = onOneMs < (1 - REPLAN_GAIN) * sharedMs;
     // Lost: this step and the next (asked for already) still run on one, and rows are shared from the one
     // after; this choice's measured step in summary.json includes those two.
-    if (!this.rowsOnOne) {
-      this.trialLost = true;
-      this.wakeStandby();
-    }
+    if (!onOne) this.wakeStandby();
     const said = `measured: rows on one worker ${onOneMs.toFixed(1)} ms a step, shared ${sharedMs.toFixed(1)} ms`;
-    this.choose({ step, plan: this.plan, reason: `${said}: ${this.rowsOnOne ? 'on one' : 'shared'}`, estimates: [], rowsOnOne: this.rowsOnOne });
+    this.choose({ step, plan: this.plan, reason: `${said}: ${onOne ? 'on one' : 'shared'}`, estimates: [], rowsOnOne: onOne });
   }
 
   /**
@@ -293,12 +285,11 @@ export class ReplicaPlan {
   async admit(snapshot: Snapshot): Promise<void> {
     // Every slice of the last step has come, or its owner was dropped: none reaches a member after its new state.
     await this.settle();
-    // Members coming back from a lost trial only (the one that computed may be sent the state too:
-    // Scheduler.admit): the same members, timed and judged already.
-    const woken = this.trialLost;
-    this.trialLost = false;
+    // Members coming back from a trial that ended (lost: no one stands by) with no one else (the one that
+    // computed may be sent the state too: Scheduler.admit): the same members, timed and judged already.
+    const trialEnded = this.rowsOnOneTried && !this.trial;
     const sameMembers = this.hub.standby().length === 0 && idsOf([...this.hub.ready(), ...this.hub.joining()]) === this.timedWith;
-    if (woken && sameMembers && this.due === undefined && !this.ownersChanged) {
+    if (trialEnded && sameMembers && this.due === undefined && !this.ownersChanged) {
       this.hub.admit(snapshot, this.plan);
       return;
     }
@@ -344,7 +335,12 @@ export class ReplicaPlan {
 
   private estimate(members: RemotePeer[]): PlanEstimate[] {
     const costs = withAverage(members.map((p) => p.speed)).map((rowsPerMs) => ({ rowsPerMs }));
-    return estimatePlans(this.spec, this.batchSize, costs, this.msPerByte, 0, this.compactRows, this.coordinator);
+    return estimatePlans(this.spec, this.batchSize, costs, this.msPerByte, this.context);
+  }
+
+  /** What the cost model needs besides the members: how rows travel, and the coordinator's measured rate. */
+  private get context(): PlanContext {
+    return { compact: this.compactRows, coordinator: this.coordinator };
   }
 
   private choose(choice: PlanChoice): void {

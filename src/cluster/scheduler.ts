@@ -50,11 +50,13 @@ export function chooseStepMode(localThreads: number, remoteWorkers: boolean, pla
 }
 
 /**
- * The outcome of a row pass: every row of the batch is in the batch buffers (`replicated`: the remote
- * replicas apply this step), or the pass could not finish and the step is redone after the boundary —
- * nobody is left to compute, or suspect rows must be judged here on a state this process does not hold yet.
+ * The outcome of a row pass: every row of the batch is computed, its loss in the batch buffers
+ * (`replicated`: the remote replicas apply this step; `rowsHere`: its activations and deltas are in the
+ * buffers too, not only on the workers that sent them compact or as losses only), or the pass could not
+ * finish and the step is redone after the boundary — nobody is left to compute, or suspect rows must be
+ * judged here on a state this process does not hold yet.
  */
-export type RowsOutcome = { done: true; replicated: boolean } | { done: false; needs: 'participant' | 'state' };
+export type RowsOutcome = { done: true; replicated: boolean; rowsHere: boolean } | { done: false; needs: 'participant' | 'state' };
 
 interface RemoteJob {
   worker: RemotePeer;
@@ -124,7 +126,7 @@ export class Scheduler {
    * Whether remote rows travel compact (see compactCapable); changes only when members are admitted. Not
    * in the server plan either: this process runs the weight pass on every row, and would rebuild them.
    */
-  get compactRows(): boolean {
+  private get compactRows(): boolean {
     return this.compactCapable && !this.remotePlan?.active && !this.serving;
   }
 
@@ -269,7 +271,7 @@ export class Scheduler {
     const shards = microShards(batch, microBatch);
     let plans: Plan[] = await this.takePrefetched(step);
     let todo: Range[] = plans.length > 0 ? [] : [[0, shards.length]];
-    let lossesOnly = false;
+    let rowsHere = true;
     while (plans.length > 0 || todo.length > 0) {
       if (todo.length > 0 && this.nobodyComputes()) return { done: false, needs: 'participant' };
       // One range a round: a remote worker holds one rows request at a time.
@@ -279,27 +281,24 @@ export class Scheduler {
       todo = coalesce([...todo, ...outcomes.flatMap((o) => o.failed)]);
       const suspects = outcomes.flatMap((o) => o.suspect);
       const accepted = outcomes.flatMap((o) => o.accepted);
-      lossesOnly ||= outcomes.some((o) => o.lossesOnly);
+      rowsHere &&= outcomes.every((o) => o.rowsHere);
       // Without --verify nothing is drawn: the row pass is the training step's hot path.
       const toVerify = this.verifier.enabled && accepted.some((a) => this.verifier.pick(step, a.shardRange).length > 0);
       if ((suspects.length > 0 || toVerify) && !stateIsHere) return { done: false, needs: 'state' };
       if (suspects.length > 0) await this.judge(suspects, step, generation, batch, shards);
       if (toVerify) todo = coalesce([...todo, ...(await this.verify(accepted, step, generation, batch, shards))]);
     }
-    if (!this.rowsFinite(0, batch)) return { done: true, replicated: false };
+    if (!this.rowsFinite(0, batch)) return { done: true, replicated: false, rowsHere };
     // An owner lost during the row pass leaves units nobody can update: shared anew after the boundary.
     if (this.remotePlan?.stale) return { done: false, needs: 'state' };
     if (this.remotePlan?.active) {
       this.remotePlan.request(step, batch);
-      return { done: true, replicated: true };
+      return { done: true, replicated: true, rowsHere };
     }
     // The server plan's step is applied here (the trainer's weight pass), and then sent (sendParams).
-    if (this.serving) return { done: true, replicated: false };
+    if (this.serving) return { done: true, replicated: false, rowsHere };
     const replicas = this.hub?.broadcastUpdate(step, batch, this.compactRows) ?? 0;
-    // Rows that came as their losses only are on their worker alone: gone since, it left nobody to apply
-    // the step from them, and this process does not hold them either. The step is computed again.
-    if (lossesOnly && replicas === 0) return { done: false, needs: 'participant' };
-    return { done: true, replicated: !this.localComputes && replicas > 0 };
+    return { done: true, replicated: !this.localComputes && replicas > 0, rowsHere };
   }
 
   /** The row pass of batch `index` on the local slots alone (a replay, or rows to recompute here). */
@@ -453,9 +452,9 @@ export class Scheduler {
 
   /**
    * Computes a plan's local part and collects its remote answers; returns the shard ranges to redo, those
-   * whose rows came back non-finite (to be checked here), and whether rows it accepted came as their losses only.
+   * whose rows came back non-finite (to be checked here), and whether every row it accepted is here whole.
    */
-  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[]; accepted: AcceptedRows<RemotePeer>[]; lossesOnly: boolean }> {
+  private async execute(plan: Plan, generation: number): Promise<{ failed: Range[]; suspect: Suspect[]; accepted: AcceptedRows<RemotePeer>[]; rowsHere: boolean }> {
     const started = performance.now();
     let localDone = started;
     if (plan.local) {
@@ -489,7 +488,7 @@ export class Scheduler {
       accepted.push({ peer: job.worker, shardRange: job.shardRange });
     }
     if (plan.remote.length > 0) this.ledger.waited(performance.now() - localDone);
-    return { failed, suspect, accepted, lossesOnly: plan.lossOnly && accepted.length > 0 };
+    return { failed, suspect, accepted, rowsHere: accepted.length === 0 || !(plan.compact || plan.lossOnly) };
   }
 
   private async runLocalRows(step: number, generation: number, batch: number, shards: Range[]): Promise<void> {

@@ -5,13 +5,13 @@
  * The same code runs in the coordinator's process (--threads 1) and in every worker thread.
  */
 import { createEngine } from '../engine/create.js';
-import type { DeviceState, Engine, EngineOptions, LayerGradient } from '../engine/engine.js';
+import type { Engine, EngineOptions, LayerGradient } from '../engine/engine.js';
 import { DeviceSlot, type RowPasses } from './device_slot.js';
 import { paramLayout, type ParamLayout } from '../model/spec.js';
 import { adamKernel, adamRange, adamScalars, type AdamKernel, type AdamOptions } from '../optim/adam.js';
 import { OptimizerMemory } from '../optim/optimizer_memory.js';
 import { unitAssignment, type Range } from './plan.js';
-import { gatherBatchRows, optimizerMemoryOf, type TrainingMemory } from './training_memory.js';
+import { gatherBatchRows, optimizerMemoryOf, stateKey, type TrainingMemory } from './training_memory.js';
 
 export type Task =
   /** gather: copy the rows' samples from the training set first (false when the caller already filled them). */
@@ -65,8 +65,8 @@ export class SlotRunner {
   private readonly optimizer: OptimizerMemory;
   private readonly adam: AdamKernel;
   private loadedParams = '';
-  /** The state on the engine's device, where it keeps it (a GPU). */
-  private readonly onDevice: DeviceSlot;
+  /** The state on the engine's device, where it keeps one (a GPU); none on the CPU. */
+  private readonly onDevice?: DeviceSlot;
 
   private constructor(
     private readonly init: SlotInit,
@@ -75,7 +75,8 @@ export class SlotRunner {
     this.layout = paramLayout(init.memory.spec);
     this.optimizer = optimizerMemoryOf(init.memory);
     this.adam = adamKernel(init.memory.optimizer);
-    this.onDevice = new DeviceSlot(init.memory, engine);
+    const open = engine.deviceState;
+    if (open) this.onDevice = new DeviceSlot(init.memory, open);
   }
 
   static async create(init: SlotInit): Promise<SlotRunner> {
@@ -107,13 +108,14 @@ export class SlotRunner {
         await this.evaluate(task.step, task.generation, task.range);
         return { nonFiniteLayers: [] };
       case 'pull':
+        if (!this.onDevice) throw new Error(`internal: pull of the state of step ${task.step} from an engine without a device state`);
         await this.onDevice.pull(task.step, task.generation, task.committed);
         return { nonFiniteLayers: [] };
     }
   }
 
   private useParams(step: number, generation: number): void {
-    const key = this.onDevice.key(step, generation);
+    const key = stateKey(this.init.memory, step, generation);
     if (this.loadedParams === key) return;
     this.engine.setParams(this.optimizer.paramsOf(generation));
     this.loadedParams = key;
@@ -124,7 +126,7 @@ export class SlotRunner {
    * (its passes read its own parameters), else the engine on this memory's parameters.
    */
   private async rowPasses(step: number, generation: number): Promise<RowPasses> {
-    const device = await this.onDevice.rowPasses(step, generation);
+    const device = this.onDevice?.ahead ? await this.onDevice.rowPasses(step, generation) : undefined;
     if (device) return device;
     this.useParams(step, generation);
     return this.engine;
@@ -150,19 +152,22 @@ export class SlotRunner {
     const rowsOf = (a: Float32Array, l: number) => a.subarray(0, batch * spec.sizes[l]);
     const inputs = [rowsOf(b.x, 0), ...b.hidden.map((h, l) => rowsOf(h, l + 1))];
     const deltas = b.deltas.map((d, l) => rowsOf(d, l + 1));
-    const allUnits = units.every(([u0, u1], l) => u0 === 0 && u1 === this.layout.layers[l].fanOut);
-    const device = await this.onDevice.applier(allUnits);
-    if (device) {
-      await this.onDevice.hold(device, step, generation);
-      return this.onDevice.advanced(await device.apply(inputs, deltas, batch, adamScalars(this.init.adam, step + 1), this.onDevice.key(step + 1, generation ^ 1)));
+    if (this.onDevice) {
+      const device = await this.onDevice.applier(units);
+      if (device) return this.onDevice.advance(device, step, generation, (next) => device.apply(inputs, deltas, batch, adamScalars(this.init.adam, step + 1), next));
+      await this.onDevice.current(step, generation);
     }
-    await this.onDevice.current(step, generation);
     return this.applyAdam(step, generation, await this.engine.weightPass(inputs, deltas, batch, units), units, slot);
   }
 
   private async wholeStep({ step, generation, batch }: Extract<Task, { kind: 'step' }>): Promise<number[]> {
-    const device = batch >= 2 ? await this.onDevice.device() : undefined;
-    if (device) return this.deviceStep(device, step, generation, batch);
+    const device = this.onDevice && batch >= 2 ? await this.onDevice.device() : undefined;
+    if (device) {
+      // The state on the device: loaded there when it does not hold this step's (the first step, or after
+      // a load here), advanced there, and left there: the memory says so until a pull.
+      const { x, target, rowLoss } = this.wholeBatch(batch);
+      return this.onDevice!.advance(device, step, generation, (next) => device.step(x, target, batch, rowLoss, adamScalars(this.init.adam, step + 1), next));
+    }
     const units = unitAssignment(this.init.memory.spec.sizes.slice(1), 1)[0];
     // A one-row step takes the two passes (which bring the device's state back where they cannot use it).
     if (!this.engine.stepPass || batch < 2) {
@@ -172,17 +177,6 @@ export class SlotRunner {
     this.useParams(step, generation);
     const { x, target, rowLoss } = this.wholeBatch(batch);
     return this.applyAdam(step, generation, await this.engine.stepPass(x, target, batch, rowLoss), units, 0);
-  }
-
-  /**
-   * A whole step with the state on the device: loaded there when the device does not hold this step's (the
-   * first step, or after a load here), advanced there, and left there: the memory says so until a pull.
-   */
-  private async deviceStep(device: DeviceState, step: number, generation: number, batch: number): Promise<number[]> {
-    await this.onDevice.hold(device, step, generation);
-    const { x, target, rowLoss } = this.wholeBatch(batch);
-    const next = this.onDevice.key(step + 1, generation ^ 1);
-    return this.onDevice.advanced(await device.step(x, target, batch, rowLoss, adamScalars(this.init.adam, step + 1), next));
   }
 
   /** The batch's samples gathered, as a whole step reads them, and where its rows' losses go. */
@@ -219,7 +213,7 @@ export class SlotRunner {
 
   private async evaluate(step: number, generation: number, [r0, r1]: Range): Promise<void> {
     if (r0 === r1) return;
-    await this.onDevice.current(step, generation);
+    await this.onDevice?.current(step, generation);
     this.useParams(step, generation);
     const { test, evalLoss, evalPredicted, spec } = this.init.memory;
     const features = spec.sizes[0];

@@ -47,9 +47,9 @@ export interface TrainingMemory {
    */
   stateOnDevice: Int32Array;
   /**
-   * [step, generation] of the last committed state this memory held itself (loaded, applied here with no
-   * device ahead, or pulled back from the device as the committed one): what is left when a device that
-   * holds a newer one fails (TrainingState.fallBackToHost). Device steps never write the memory.
+   * [step, generation] of the state a slot's device started from when it last went ahead of this memory,
+   * which the memory still holds (device steps never write it): what is left when that device fails
+   * (TrainingState.fallBackToHost).
    */
   hostState: Int32Array;
 }
@@ -59,15 +59,28 @@ export function deviceAhead(memory: TrainingMemory): boolean {
   return Atomics.load(memory.stateOnDevice, 0) === 1;
 }
 
-/** The device has advanced the state past the memory's. */
-export function markDeviceAhead(memory: TrainingMemory): void {
+/**
+ * A slot's device has advanced the state of (step, generation), which the memory holds, past the memory's:
+ * that state is recorded as what is left if the device fails, the first time the device goes ahead.
+ */
+export function markDeviceAhead(memory: TrainingMemory, step: number, generation: number): void {
+  if (deviceAhead(memory)) return;
+  memory.hostState[0] = step;
+  memory.hostState[1] = generation;
   Atomics.store(memory.stateOnDevice, 0, 1);
 }
 
-/** The memory holds the committed state, of `step` in `generation` (no device is ahead of it). */
-export function markHeldHere(memory: TrainingMemory, step: number, generation: number): void {
+/** The memory holds the committed state (loaded here, or pulled back from the device): no device is ahead of it. */
+export function markHeldHere(memory: TrainingMemory): void {
   Atomics.store(memory.stateOnDevice, 0, 0);
-  memory.hostState.set([step, generation]);
+}
+
+/**
+ * What names the state of `step` in `generation` as loaded into the memory (TrainingState.load moves
+ * stateLoads): an engine's parameters, or a device's state, are that state only under the same name.
+ */
+export function stateKey(memory: TrainingMemory, step: number, generation: number): string {
+  return `${step}/${generation}/${Atomics.load(memory.stateLoads, 0)}`;
 }
 
 /**

@@ -37,7 +37,8 @@ export class TrainingState {
 
   /** Parameters of the committed state. */
   get params(): Float32Array {
-    return this.arrays().params;
+    this.guard(this.generation);
+    return this.optimizer.paramsOf(this.generation);
   }
 
   /** Whether a slot's device holds a newer committed state than this memory (see TrainingMemory.stateOnDevice). */
@@ -50,8 +51,12 @@ export class TrainingState {
    * device holds a newer state: a read there would get an old state without a word.
    */
   arrays(generation = this.generation): StateArrays {
-    if (generation === this.generation && this.onDevice) throw new Error(`internal: the state of step ${this.step} was read here while a device holds it (pull it first)`);
+    this.guard(generation);
     return this.optimizer.stateOf(generation);
+  }
+
+  private guard(generation: number): void {
+    if (generation === this.generation && this.onDevice) throw new Error(`internal: the state of step ${this.step} was read here while a device holds it (pull it first)`);
   }
 
   snapshot(): StateSnapshot {
@@ -68,7 +73,7 @@ export class TrainingState {
     into.v.set(arrays.v);
     Atomics.add(this.memory.stateLoads, 0, 1);
     // What is loaded here is the state now: a device's is older.
-    markHeldHere(this.memory, this.step, this.generation);
+    markHeldHere(this.memory);
   }
 
   /**
@@ -76,7 +81,7 @@ export class TrainingState {
    * this memory held (TrainingMemory.hostState: device steps never write the memory). Returns its step.
    */
   fallBackToHost(): number {
-    Atomics.store(this.memory.stateOnDevice, 0, 0);
+    markHeldHere(this.memory);
     [this.step, this.generation] = this.memory.hostState;
     return this.step;
   }
@@ -92,13 +97,12 @@ export class TrainingState {
   }
 
   /**
-   * The next generation (written by the current step's weight pass) becomes the committed state. `here`:
-   * false for a step only the remote replicas applied, counted here (this memory does not hold it).
+   * The next generation (written by the current step's weight pass, or only counted here when remote
+   * replicas applied the step) becomes the committed state.
    */
-  commit(here = true): void {
+  commit(): void {
     this.generation ^= 1;
     this.step++;
-    if (here && !this.onDevice) markHeldHere(this.memory, this.step, this.generation);
   }
 
   /**
@@ -108,7 +112,5 @@ export class TrainingState {
   rewind(steps: number): void {
     this.step -= steps;
     this.generation ^= steps & 1;
-    // The state rewound to is the last this memory held (unless a device holds a newer one still).
-    if (!this.onDevice) markHeldHere(this.memory, this.step, this.generation);
   }
 }

@@ -69,7 +69,7 @@ export class Trainer {
       // came (a retry would ask a replica for a step it may already have applied).
       if (this.scheduler.verifying) await this.current();
       const pass = await this.scheduler.computeRows(this.state.step, this.state.generation, index, this.config.microBatch, this.unapplied.length === 0);
-      if (pass.done) return this.afterRows(index, next, pass.replicated);
+      if (pass.done) return this.afterRows(index, next, pass);
       if (pass.needs === 'state') await this.current();
     }
   }
@@ -118,7 +118,7 @@ export class Trainer {
   }
 
   /** After the rows: the replicas apply the step, or the weight pass runs here. */
-  private async afterRows(index: Int32Array, next: Int32Array | undefined, replicated: boolean): Promise<number> {
+  private async afterRows(index: Int32Array, next: Int32Array | undefined, { replicated, rowsHere }: { replicated: boolean; rowsHere: boolean }): Promise<number> {
     // The loss first: rows of the next step are asked for only when this one goes on.
     const loss = this.batchLoss(index.length);
     const serving = this.scheduler.serving;
@@ -127,14 +127,14 @@ export class Trainer {
     if (replicated) {
       // The remote replicas apply this step; this process catches up when it needs the state.
       this.unapplied.push(index.slice());
-      this.state.commit(false);
+      this.state.commit();
       if (this.unapplied.length >= (this.scheduler.planName === 'sharded' ? MAX_UNAPPLIED_SHARDED : MAX_UNAPPLIED)) await this.current();
       return loss;
     }
     const replayed = this.unapplied.length > 0 && (await this.current());
-    if (replayed || this.scheduler.compactRows) {
+    if (replayed || !rowsHere) {
       // No replica took this step, and the catch-up replayed steps through the batch buffers, or the remote
-      // rows came without their inner deltas: compute the rows here for the weight pass.
+      // rows came without their inner deltas (compact, or losses only): compute the rows here for the weight pass.
       await this.scheduler.computeRowsHere(this.state.step, this.state.generation, index, this.config.microBatch);
     }
     const step = this.state.step;

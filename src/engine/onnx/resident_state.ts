@@ -170,15 +170,15 @@ export class ResidentState implements DeviceState {
     const from = this.states.current(what);
     for (const scalar of ADAM_SCALARS) (this.scalars[adamInputName(scalar)].data as Float32Array)[0] = adam[scalar];
     const out = await this.run(() => session.run({ ...from.tensors, ...this.scalars, ...feeds }));
+    const next = this.heldOf(out, nextName);
     try {
       read?.(out);
     } catch (e) {
-      Object.values(this.heldOf(out, nextName).tensors).forEach((t) => t.dispose());
+      Object.values(next.tensors).forEach((t) => t.dispose());
       throw e;
     }
     const layers = this.spec.sizes.length - 1;
     const bad = Array.from({ length: layers }, (_, l) => l).filter((l) => !Number.isFinite((out[`bad${l}`].data as Float32Array)[0]));
-    const next = this.heldOf(out, nextName);
     if (bad.length > 0) {
       // The latest state stays the last good one: the step's outputs are dropped.
       Object.values(next.tensors).forEach((t) => t.dispose());
