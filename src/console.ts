@@ -71,6 +71,8 @@ const HANDLERS: { [T in TrainEvent['type']]: Handler<T> } = {
     const done = Math.round((width * e.batch) / e.batches);
     out.sink.status(`epoch ${e.epoch} [${'='.repeat(done)}${' '.repeat(width - done)}] ${e.batch}/${e.batches} loss ${e.loss.toFixed(4)}`);
   },
+  // Per-participant times are for the dashboard, metrics.jsonl and TensorBoard, not the terminal.
+  participants: () => {},
   log: (e, out) => {
     out.clear();
     if (e.current <= 64) out.sink.line(`Epoch ${e.epoch}\n-------------------------------`);

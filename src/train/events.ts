@@ -1,6 +1,7 @@
 /** What a run reports as it goes (it never prints), and the hooks a caller may give it. */
 import type { ClusterEvent } from '../cluster/scheduler.js';
 import type { WorkShares } from '../cluster/work_ledger.js';
+import type { ParticipantsRecord } from '../cluster/participant_stats.js';
 import type { Team } from '../cluster/team.js';
 import type { AdmissionStats } from '../cluster/remote/admission.js';
 import type { Dataset } from '../data/datasets.js';
@@ -9,6 +10,8 @@ import type { EpochResult, RunSummary } from '../report/summary.js';
 export type TrainEvent =
   | { type: 'start'; spec: string; parameters: number; dataset: string; trainSamples: number; testSamples: number; workers: string; listening?: string }
   | { type: 'step'; step: number; epoch: number; batch: number; batches: number; loss: number }
+  /** Every participant's rows and times in this step (issue 21: dashboard, metrics.jsonl, TensorBoard). */
+  | { type: 'participants'; record: ParticipantsRecord }
   | { type: 'log'; epoch: number; loss: number; current: number; size: number }
   | { type: 'epoch'; result: EpochResult; shares: WorkShares }
   | { type: 'cluster'; event: ClusterEvent | { type: 'diverged'; workers: string[] } }
