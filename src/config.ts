@@ -36,9 +36,8 @@ export type StepPlan = (typeof PLANS)[number];
 
 type Kind =
   | { type: 'int'; min: number }
-  | { type: 'number'; min: number; max?: number }
-  /** A share: a number from 0 to 1, both included. */
-  | { type: 'fraction' }
+  /** A number from min (excluded when minExcluded) up to max (included), both finite. */
+  | { type: 'number'; min: number; minExcluded?: boolean; max?: number }
   | { type: 'string' }
   | { type: 'bool' }
   | { type: 'enum'; choices: readonly string[] }
@@ -48,7 +47,7 @@ type Kind =
 type KindOf<V> = [V] extends [boolean]
   ? Extract<Kind, { type: 'bool' }>
   : [V] extends [number]
-    ? Extract<Kind, { type: 'int' | 'number' | 'fraction' }>
+    ? Extract<Kind, { type: 'int' | 'number' }>
     : [V] extends [readonly number[]]
       ? Extract<Kind, { type: 'intList' }>
       : string extends V
@@ -188,7 +187,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   steps: { flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
   batchSize: { flag: '--batch-size <n>', description: 'samples per optimizer step', kind: { type: 'int', min: 1 } },
   microBatch: { flag: '--micro-batch <n>', description: 'rows per micro-shard, the unit of work a worker gets', kind: { type: 'int', min: 1 } },
-  lr: { flag: '--lr <rate>', description: 'Adam learning rate', kind: { type: 'number', min: 0 } },
+  lr: { flag: '--lr <rate>', description: 'Adam learning rate', kind: { type: 'number', min: 0, minExcluded: true } },
   shuffle: { flag: '--shuffle', description: 'visit the training set in a seeded random order each epoch', kind: { type: 'bool' } },
   logEvery: { flag: '--log-every <n>', description: 'print the training loss every n batches', kind: { type: 'int', min: 1 } },
   out: { flag: '--out <dir>', description: 'where summary.json goes (default runs/<timestamp>)', kind: { type: 'string' } },
@@ -203,7 +202,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   verify: {
     flag: '--verify <rate>',
     description: 'recompute this seeded random share of each remote worker\'s micro-shards here and compare bit for bit; a mismatch drops the worker and its rows are redone',
-    kind: { type: 'fraction' },
+    kind: { type: 'number', min: 0, max: 1 },
   },
   checkpointEvery: { flag: '--checkpoint-every <steps>', description: 'write a checkpoint every n steps (0: only at the end of each epoch and when stopped)', kind: { type: 'int', min: 0 } },
   keepCheckpoints: { flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
@@ -217,7 +216,7 @@ export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
  * Options that belong to one session of a run and are never taken from a checkpoint. Everything else,
  * --steps and --epochs included, is: `--resume DIR` alone continues the run as it was configured.
  */
-export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'listen', 'token', 'tlsCert', 'tlsKey', 'minWorkers', 'joinTimeoutMs', 'plan'];
+export const OPTIONS_NOT_FROM_CHECKPOINT: readonly (keyof TrainConfig)[] = ['resume', 'listen', 'token', 'tlsCert', 'tlsKey', 'minWorkers', 'joinTimeoutMs', 'plan'];
 
 /**
  * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
@@ -335,9 +334,7 @@ function expected(kind: Kind): string {
     case 'int':
       return kind.min === 0 ? 'a non-negative integer' : `an integer of at least ${kind.min}`;
     case 'number':
-      return kind.min === 0 ? 'a positive number' : `a number of at least ${kind.min}`;
-    case 'fraction':
-      return 'a number from 0 to 1';
+      return expectedNumber(kind);
     case 'string':
       return 'a string';
     case 'bool':
@@ -349,15 +346,26 @@ function expected(kind: Kind): string {
   }
 }
 
+/** What a number kind accepts, in the words of its bounds: "a positive number", "a number from 0 to 1", … */
+function expectedNumber(kind: Extract<Kind, { type: 'number' }>): string {
+  const { min, minExcluded, max } = kind;
+  if (max === undefined) {
+    if (min === 0) return minExcluded ? 'a positive number' : 'a non-negative number';
+    return minExcluded ? `a number above ${min}` : `a number of at least ${min}`;
+  }
+  return minExcluded ? `a number above ${min} and at most ${max}` : `a number from ${min} to ${max}`;
+}
+
 /** Checks an already-typed value (from JSON or code); returns it or undefined if it does not fit. */
 function check(kind: Kind, value: unknown): unknown {
   switch (kind.type) {
     case 'int':
       return Number.isInteger(value) && (value as number) >= kind.min ? value : undefined;
-    case 'number':
-      return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined;
-    case 'fraction':
-      return typeof value === 'number' && value >= 0 && value <= 1 ? value : undefined;
+    case 'number': {
+      if (typeof value !== 'number' || !Number.isFinite(value)) return undefined;
+      const aboveMin = kind.minExcluded ? value > kind.min : value >= kind.min;
+      return aboveMin && (kind.max === undefined || value <= kind.max) ? value : undefined;
+    }
     case 'string':
       return typeof value === 'string' && value.length > 0 ? value : undefined;
     case 'bool':
@@ -373,7 +381,7 @@ function check(kind: Kind, value: unknown): unknown {
 export function parseOptionValue(option: OptionSpec, raw: string): unknown {
   const kind = option.kind;
   let value: unknown = raw;
-  if (kind.type === 'int' || kind.type === 'number' || kind.type === 'fraction') value = raw.trim() === '' ? NaN : Number(raw);
+  if (kind.type === 'int' || kind.type === 'number') value = raw.trim() === '' ? NaN : Number(raw);
   if (kind.type === 'intList') value = raw.split(',').map((s) => (s.trim() === '' ? NaN : Number(s)));
   const ok = check(kind, value);
   if (ok === undefined) throw invalidOption(option.key, expected(kind), raw);

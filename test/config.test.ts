@@ -40,6 +40,32 @@ describe('options', () => {
     expect(() => parseOptionValue(option(key), raw)).toThrow(new TypeError(message));
   });
 
+  it.each([
+    ['lr', '0', 'option "lr" must be a positive number, got "0"'],
+    ['lr', '-0.1', 'option "lr" must be a positive number, got "-0.1"'],
+    ['lr', 'Infinity', 'option "lr" must be a positive number, got "Infinity"'],
+    ['verify', '-0.1', 'option "verify" must be a number from 0 to 1, got "-0.1"'],
+    ['verify', '1.5', 'option "verify" must be a number from 0 to 1, got "1.5"'],
+  ])('honours a number option\'s declared bounds: --%s %s', (key, raw, message) => {
+    expect(() => parseOptionValue(option(key), raw)).toThrow(new TypeError(message));
+  });
+
+  // The table's bounds, not hard-coded ones: every combination of min, an excluded min and max, each with the message it prints.
+  it.each([
+    [{ min: 0 }, '0', '-1', 'a non-negative number'],
+    [{ min: 0, minExcluded: true }, '0.5', '0', 'a positive number'],
+    [{ min: 2 }, '2', '1.9', 'a number of at least 2'],
+    [{ min: 2, minExcluded: true }, '2.1', '2', 'a number above 2'],
+    [{ min: 0, max: 1 }, '1', '1.01', 'a number from 0 to 1'],
+    [{ min: 0, max: 1 }, '0', '-0.01', 'a number from 0 to 1'],
+    [{ min: 1, minExcluded: true, max: 5 }, '5', '1', 'a number above 1 and at most 5'],
+    [{ min: 1, minExcluded: true, max: 5 }, '4', '5.5', 'a number above 1 and at most 5'],
+  ] as const)('a number kind %o accepts %s, refuses %s as "%s"', (bounds, good, bad, words) => {
+    const spec = { key: 'x', flag: '--x <n>', description: '', kind: { type: 'number' as const, ...bounds } };
+    expect(parseOptionValue(spec, good)).toBe(Number(good));
+    expect(() => parseOptionValue(spec, bad)).toThrow(new TypeError(`option "x" must be ${words}, got "${bad}"`));
+  });
+
   it('parses flags into typed values', () => {
     expect(parseOptionValue(option('hidden'), '32, 16')).toEqual([32, 16]);
     expect(parseOptionValue(option('lr'), '0.01')).toBe(0.01);

@@ -4,7 +4,7 @@
  * scheduler) and what is written after the last (checkpoints along the way; summary, plot and export).
  */
 import { join } from 'node:path';
-import { isLoopback, joinHostPort, resolveConfig, RESUMABLE_OPTIONS, SESSION_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
+import { isLoopback, joinHostPort, resolveConfig, RESUMABLE_OPTIONS, OPTIONS_NOT_FROM_CHECKPOINT, splitHostPort, type TrainConfig } from '../config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
 import { checkpointMismatch, outHoldsCheckpoints, plaintextListen, resumeConflict } from '../errors.js';
 import { initParams } from '../model/init.js';
@@ -39,7 +39,7 @@ function prepareConfig(userConfig: Partial<TrainConfig>, emit: (e: TrainEvent) =
     if (JSON.stringify(value) !== JSON.stringify(saved[key as keyof TrainConfig])) throw resumeConflict(key, value, saved[key as keyof TrainConfig]);
   }
   const out = userConfig.out ?? userConfig.resume.replace(/[/\\]checkpoints[/\\]?$/, '');
-  const kept = Object.fromEntries(Object.entries(saved).filter(([key]) => !SESSION_OPTIONS.includes(key as keyof TrainConfig)));
+  const kept = Object.fromEntries(Object.entries(saved).filter(([key]) => !OPTIONS_NOT_FROM_CHECKPOINT.includes(key as keyof TrainConfig)));
   const config = resolveConfig({ ...kept, ...userConfig, out });
   return { config, checkpoint };
 }
