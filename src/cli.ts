@@ -132,7 +132,7 @@ function version(): string {
 
 export function buildProgram(): Command {
   const program = new Command('dtrain')
-    .description('Distributed data-parallel MLP trainer: coordinator, local worker threads and remote workers')
+    .description('Distributed data-parallel MLP trainer: coordinator, local threads (main + pool threads) and remote workers')
     .version(version(), '-V, --version', 'print the version')
     .showHelpAfterError()
     .configureOutput({ outputError: (text, write) => write(text) });

@@ -149,6 +149,9 @@ export const DEFAULTS: TrainConfig = {
   export: true,
 };
 
+/** Defaults that depend on the machine, in words (docs/options.md must not change with the machine it is made on). */
+export const MACHINE_DEPENDENT_DEFAULTS: Partial<Record<keyof TrainConfig, string>> = { threads: 'this machine\'s cores (`os.availableParallelism()`)' };
+
 /** The device rows, the same for a run and for a worker. */
 const DEVICE_ROWS: Pick<OptionTable<TrainConfig & WorkerConfig>, 'device' | 'allowSoftwareGpu'> = {
   device: {
@@ -329,7 +332,8 @@ const OPTION_BY_KEY = new Map<string, OptionSpec>(TRAIN_OPTIONS.map((o) => [o.ke
 const WORKER_OPTION_BY_KEY = new Map<string, OptionSpec>(WORKER_OPTIONS.map((o) => [o.key, o]));
 const RUN_OPTION_BY_KEY = new Map<string, OptionSpec>(RUN_OPTIONS.map((o) => [o.key, o]));
 
-function expected(kind: Kind): string {
+/** What a kind of option accepts, as the one-line errors and docs/options.md say it. */
+export function describeKind(kind: Kind): string {
   switch (kind.type) {
     case 'int':
       return kind.min === 0 ? 'a non-negative integer' : `an integer of at least ${kind.min}`;
@@ -384,7 +388,7 @@ export function parseOptionValue(option: OptionSpec, raw: string): unknown {
   if (kind.type === 'int' || kind.type === 'number') value = raw.trim() === '' ? NaN : Number(raw);
   if (kind.type === 'intList') value = raw.split(',').map((s) => (s.trim() === '' ? NaN : Number(s)));
   const ok = check(kind, value);
-  if (ok === undefined) throw invalidOption(option.key, expected(kind), raw);
+  if (ok === undefined) throw invalidOption(option.key, describeKind(kind), raw);
   return ok;
 }
 
@@ -395,7 +399,7 @@ function validate(user: object, options: ReadonlyMap<string, OptionSpec>): void 
     const option = options.get(key);
     if (!option) throw unknownOption(key, [...options.keys()]);
     if (value === null && option.kind.type === 'string') continue;
-    if (check(option.kind, value) === undefined) throw invalidOption(key, expected(option.kind), value);
+    if (check(option.kind, value) === undefined) throw invalidOption(key, describeKind(option.kind), value);
   }
 }
 
@@ -491,7 +495,7 @@ export function readConfigFile(file: string): Partial<TrainConfig> {
     if (key === '$comment') continue;
     const option = OPTION_BY_KEY.get(key as keyof TrainConfig);
     if (!option) throw unknownConfigKey(file, key, known);
-    if (value !== null && check(option.kind, value) === undefined) throw invalidConfigValue(file, key, expected(option.kind), value);
+    if (value !== null && check(option.kind, value) === undefined) throw invalidConfigValue(file, key, describeKind(option.kind), value);
   }
   const { $comment: _, ...rest } = parsed as Record<string, unknown>;
   return rest as Partial<TrainConfig>;
