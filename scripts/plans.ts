@@ -8,7 +8,7 @@
  * runs the big model's GEMMs at), the coordinator's weight pass (server plan) at --coordinator-gflops (by
  * default as fast); a byte costs its link's time, full duplex not assumed (a member's bytes in and out are
  * added), and nothing overlaps — an upper bound, as on loopback the model was within 5–50 % of measured
- * steps (README, Plans).
+ * steps (docs/plans.md, the cost model).
  *
  *   npm run plans -- [--gflops 100] [--coordinator-gflops 100] [--out DIR]   (Markdown on stdout, and DIR/plans.md)
  */

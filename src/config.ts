@@ -173,7 +173,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   hidden: { flag: '--hidden <sizes>', description: 'hidden layer widths, comma-separated', kind: { type: 'intList', min: 1 } },
   activation: { flag: '--activation <name>', description: 'activation after each hidden layer', kind: { type: 'enum', choices: ACTIVATIONS } },
   seed: { flag: '--seed <n>', description: 'seed of the initialisation (and of --shuffle)', kind: { type: 'int', min: 0 } },
-  engine: { flag: '--engine <name>', description: 'compute engine of every worker', kind: { type: 'enum', choices: ENGINES } },
+  engine: { flag: '--engine <name>', description: 'compute engine of every participant: the local threads and remote workers', kind: { type: 'enum', choices: ENGINES } },
   ...DEVICE_ROWS,
   allowMixedDevices: {
     flag: '--allow-mixed-devices',
@@ -189,7 +189,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   epochs: { flag: '--epochs <n>', description: 'passes over the training set', kind: { type: 'int', min: 1 } },
   steps: { flag: '--steps <n>', description: 'stop after n optimizer steps (0 = run all epochs)', kind: { type: 'int', min: 0 } },
   batchSize: { flag: '--batch-size <n>', description: 'samples per optimizer step', kind: { type: 'int', min: 1 } },
-  microBatch: { flag: '--micro-batch <n>', description: 'rows per micro-shard, the unit of work a worker gets', kind: { type: 'int', min: 1 } },
+  microBatch: { flag: '--micro-batch <n>', description: 'rows per micro-shard, the unit of work a thread or remote worker gets', kind: { type: 'int', min: 1 } },
   lr: { flag: '--lr <rate>', description: 'Adam learning rate', kind: { type: 'number', min: 0, minExcluded: true } },
   shuffle: { flag: '--shuffle', description: 'visit the training set in a seeded random order each epoch', kind: { type: 'bool' } },
   logEvery: { flag: '--log-every <n>', description: 'print the training loss every n batches', kind: { type: 'int', min: 1 } },

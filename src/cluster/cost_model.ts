@@ -1,7 +1,7 @@
 /**
  * What a step costs under each plan that distributes it among remote workers (--threads 0), estimated
  * from the model's FLOPs and bytes and the members' measured speed; `--plan auto` takes the cheapest
- * (replica_plan.ts), and the README's figures for 8–64 machines come from the same formulas.
+ * (replica_plan.ts), and docs/plans.md's figures for 8–64 machines come from the same formulas.
  *
  * A member's compute rate is its measured row rate times the FLOPs of a row (forward, and backward to the
  * first hidden layer). Per plan, a member's step is its compute plus its bytes at a cost per byte, and the

@@ -1,6 +1,6 @@
 /**
  * Which launcher started this process, read from the environment it was given: this process's rank, the
- * world size, where rank 0 is reached, and the local rank (for locality, see the README). Pure: the
+ * world size, where rank 0 is reached, and the local rank (for locality, see docs/launchers.md). Pure: the
  * environment comes in as a plain object, so every launcher is unit-tested without being installed.
  *
  * When several launchers' variables are present (one launcher inside another's allocation), the one that

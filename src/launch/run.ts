@@ -6,7 +6,7 @@
  * (--min-workers = world size − 1, within --join-timeout-ms); after that the run is elastic like any other.
  *
  * Ranks on one host each join as a participant of their own: the remote-worker design has no way yet for
- * them to join as one participant with several threads (see the README, "Locality").
+ * them to join as one participant with several threads (see docs/launchers.md, "Locality").
  */
 import { readFileSync } from 'node:fs';
 import { DEFAULTS, isLoopback, joinHostPort, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
