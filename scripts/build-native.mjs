@@ -1,6 +1,7 @@
 // Builds dtrain's one native addon, native/dtrain_native.c, into build/dtrain_native.node with the C
 // compiler and Node's own headers. Optional: without it the onnx engine goes through onnxruntime-node's
-// binding and copies shared buffers (and says so in --help's engine line), so a failed build only warns.
+// binding and copies shared buffers (a run's `workers: …` line then lacks "through its C API"), so a failed build
+// only warns (README, Requirements).
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
