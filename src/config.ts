@@ -346,7 +346,7 @@ export function describeKind(kind: Kind): string {
     case 'enum':
       return `one of ${kind.choices.join(', ')}`;
     case 'intList':
-      return 'a list of positive integers';
+      return kind.min === 1 ? 'a list of positive integers' : `a list of integers of at least ${kind.min}`;
   }
 }
 

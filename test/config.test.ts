@@ -66,6 +66,13 @@ describe('options', () => {
     expect(() => parseOptionValue(spec, bad)).toThrow(new TypeError(`option "x" must be ${words}, got "${bad}"`));
   });
 
+  it('says an integer list\'s declared minimum', () => {
+    const spec = (min: number) => ({ key: 'x', flag: '--x <list>', description: '', kind: { type: 'intList' as const, min } });
+    expect(() => parseOptionValue(spec(1), '2,0')).toThrow(new TypeError('option "x" must be a list of positive integers, got "2,0"'));
+    expect(parseOptionValue(spec(0), '2,0')).toEqual([2, 0]);
+    expect(() => parseOptionValue(spec(3), '4,2')).toThrow(new TypeError('option "x" must be a list of integers of at least 3, got "4,2"'));
+  });
+
   it('parses flags into typed values', () => {
     expect(parseOptionValue(option('hidden'), '32, 16')).toEqual([32, 16]);
     expect(parseOptionValue(option('lr'), '0.01')).toBe(0.01);
