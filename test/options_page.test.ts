@@ -50,6 +50,23 @@ describe('docs/options.md', () => {
     }
   });
 
+  it('gives each default as --help does', () => {
+    const help = new Map(buildProgram().commands.map((c) => [c.name(), words(c.helpInformation())]));
+    let command = '';
+    let checked = 0;
+    for (const line of page.split('\n')) {
+      command = /^## dtrain (\S+)$/.exec(line)?.[1] ?? command;
+      // | `--flag <x>` | `key` | `default` | accepts | what it does |: a default in a code span is a value; --help leaves false out.
+      const row = /^\| `([^`]+)` \| `[^`]+`(?: \(false\))? \| `([^`]+)` \|/.exec(line);
+      if (!row || row[2] === 'false') continue;
+      // --help puts an option's shown default after its help text, so the first one after the flag is its own.
+      const after = help.get(command)!.split(`${row[1]} `)[1] ?? '';
+      expect(after.slice(after.indexOf('(default: ')), `dtrain ${command} ${row[1]}`).toMatch(new RegExp(`^\\(default: ${row[2].replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\)`));
+      checked++;
+    }
+    expect(checked).toBeGreaterThan(40);
+  });
+
   it('shows no default that depends on the machine it was made on', () => {
     expect(page).toMatch(/\| `--threads <n>` \| `threads` \| this machine's cores/);
   });
