@@ -117,6 +117,30 @@ describe('participants of each step', () => {
     expect(summary.paramsSha256).toBe(await reference());
   });
 
+  it('name ranked workers `rank-N` beside the local threads (a split step), rows summing to the batch', async () => {
+    const abort = new AbortController();
+    const events: TrainEvent[] = [];
+    const summary = await coordinator(
+      { threads: 1, minWorkers: 2 },
+      (url) => {
+        // A rank names a launched worker whatever else it is called.
+        void runWorker({ connect: url, rank: 1, name: 'ignored', signal: abort.signal });
+        void runWorker({ connect: url, rank: 2, signal: abort.signal });
+      },
+      (e) => events.push(e),
+    );
+    abort.abort();
+    const records = recordsOf(events);
+    expect(records.map(rowsOf)).toEqual(BATCHES);
+    for (const record of records) {
+      // Which worker connected first is a race: sorted by id.
+      expect(record.participants.map((p) => `${p.id} ${p.kind} ${p.state}`).sort()).toEqual(['local local computing', 'rank-1 remote computing', 'rank-2 remote computing']);
+    }
+    // The local threads computed rows, and waited for the workers' answers in some step.
+    expect(records.some((r) => r.participants[0].rows > 0 && r.participants[0].waitMs > 0)).toBe(true);
+    expect(summary.paramsSha256).toBe(await reference());
+  });
+
   it('refuse a worker name that is not A-Z a-z 0-9 . _ - in one line', async () => {
     await expect(runWorker({ connect: 'ws://127.0.0.1:9', name: 'my box' })).rejects.toThrow('option "name" must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, got "my box"');
   });
