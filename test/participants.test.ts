@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train, type TrainEvent } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
-import { slowestParticipant, type ParticipantsRecord } from '../src/cluster/participant_stats.js';
+import { ParticipantTally, slowestParticipant, type ParticipantsRecord } from '../src/cluster/participant_stats.js';
 import { MetricsLog, readMetrics, type ParticipantsMetrics } from '../src/report/metrics.js';
 import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
 
@@ -153,5 +153,24 @@ describe('participants of each step', () => {
     await log.close();
     await new MetricsLog(dir, { step: 2, epochs: 0 }).close();
     expect(readMetrics(dir).map((r) => r.type === 'participants' && r.step)).toEqual([1, 2]);
+  });
+
+  it('sum a participant\'s rounds of a step, to 10 µs, and start the next step from nothing', () => {
+    const tally = new ParticipantTally<string>();
+    tally.add('a', { rows: 16, computeMs: 1.234567 });
+    tally.add('a', { rows: 1, computeMs: 0.1, waitMs: 2.5 });
+    expect(tally.shareOf('a')).toEqual({ rows: 17, computeMs: 1.33, applyMs: 0, wireMs: 0, waitMs: 2.5 });
+    expect(tally.who()).toEqual(['a']);
+    tally.clear();
+    expect([tally.has('a'), tally.shareOf('a').rows]).toEqual([false, 0]);
+  });
+
+  it('find the slowest by rows per ms of compute, among those computing rows', () => {
+    const p = (id: string, rows: number, computeMs: number, state: 'computing' | 'dropped' = 'computing') =>
+      ({ id, kind: 'remote', state, rows, computeMs, applyMs: 0, wireMs: 0, waitMs: 0 }) as const;
+    // b computes fewer rows in less time, but at a lower rate; c is gone and d did nothing this step.
+    const record = { step: 1, epoch: 1, participants: [p('a', 48, 10), p('b', 16, 8), p('c', 1, 100, 'dropped'), p('d', 0, 0)] };
+    expect(slowestParticipant(record)).toBe('b');
+    expect(slowestParticipant({ ...record, participants: [] })).toBeUndefined();
   });
 });
