@@ -112,6 +112,7 @@ export interface TrainConfig {
   keepCheckpoints: number;
   resume: string | null;
   export: boolean;
+  tensorboard: boolean;
 }
 
 export const DEFAULTS: TrainConfig = {
@@ -148,6 +149,7 @@ export const DEFAULTS: TrainConfig = {
   keepCheckpoints: 3,
   resume: null,
   export: true,
+  tensorboard: true,
 };
 
 /** The device rows, the same for a run and for a worker. */
@@ -209,6 +211,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   keepCheckpoints: { flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
   resume: { flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
   export: { flag: '--no-export', description: 'do not write the trained model (model/: TensorFlow.js LayersModel and ONNX)', kind: { type: 'bool' } },
+  tensorboard: { flag: '--no-tensorboard', description: 'do not write TensorBoard event files (tensorboard/ in the run directory)', kind: { type: 'bool' } },
 };
 
 export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
@@ -225,7 +228,7 @@ export const SESSION_OPTIONS: readonly (keyof TrainConfig)[] = ['resume', 'liste
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'threads', 'plan', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
-  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device', 'allowSoftwareGpu',
+  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'tensorboard', 'device', 'allowSoftwareGpu',
   'allowMixedDevices',
 ];
 
