@@ -1,7 +1,7 @@
 /**
  * One TensorBoard event file (one folder is one TensorBoard "run"): events are framed as they come and
- * held in memory; the file is written only when flushed (each epoch, each checkpoint, at close, or when
- * a megabyte is waiting), so that a training step does no file I/O for it.
+ * held in memory; the file is written only when flushed (by the run's log, every few seconds at most; or
+ * here, when a megabyte is waiting), so that a training step rarely does file I/O for it.
  */
 import { appendFileSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';

@@ -10,6 +10,9 @@ import type { EpochResult } from '../summary.js';
 import { EventFileWriter, filterEventFiles } from './event_file.js';
 import type { Scalar } from './event.js';
 
+/** A TensorBoard watching a long epoch sees its steps this often (one write a folder each time). */
+const FLUSH_INTERVAL_MS = 10_000;
+
 export const tensorboardDir = (runDir: string) => join(runDir, 'tensorboard');
 
 /** The tags, grouped by TensorBoard on what precedes the slash. */
@@ -52,6 +55,7 @@ export class TensorBoardLog {
   readonly dir: string;
   private readonly run: EventFileWriter;
   private readonly byParticipant = new Map<string, EventFileWriter>();
+  private lastFlush = performance.now();
 
   /**
    * On resume, `keepThrough` drops what a killed run logged after its checkpoint, as metrics.jsonl does:
@@ -75,6 +79,7 @@ export class TensorBoardLog {
         { tag: TAGS.stepSamplesPerSecond, value: (1000 * samples) / ms },
       ],
     });
+    if (performance.now() - this.lastFlush >= FLUSH_INTERVAL_MS) this.flush();
   }
 
   epoch(result: EpochResult): void {
@@ -117,8 +122,12 @@ export class TensorBoardLog {
     return writer;
   }
 
-  /** Writes what is held: at the end of each epoch, before each checkpoint (so that a resume finds every step it keeps), at close. */
+  /**
+   * Writes what is held: at the end of each epoch, before each checkpoint (so that a resume finds every step
+   * it keeps), every 10 s of a long epoch, and at close.
+   */
   flush(): void {
+    this.lastFlush = performance.now();
     this.run.flush();
     for (const writer of this.byParticipant.values()) writer.flush();
   }
