@@ -18,6 +18,7 @@ import { frameRecord, readRecords } from '../src/report/tensorboard/tfrecord.js'
 import { decodeEventHeading, encodeFileVersionEvent, encodeScalarEvent } from '../src/report/tensorboard/event.js';
 import { participantFolder, TAGS, TensorBoardLog, tensorboardDir } from '../src/report/tensorboard/run_log.js';
 import type { ParticipantsRecord } from '../src/cluster/participant_stats.js';
+import { runWorker } from '../src/cluster/remote/client.js';
 
 const out = mkdtempSync(join(tmpdir(), 'dtrain-tensorboard-'));
 let runs = 0;
@@ -140,6 +141,30 @@ beforeAll(() => {
   if (!python) console.warn(`SKIPPED: TensorBoard's reader tests: ${found.why}`);
 }, 180_000);
 
+/**
+ * Checks each participant's folder against the participants events of the run, as TensorBoard reads it:
+ * its rows, share, compute and wire times at each step it was not dropped. Returns the folders.
+ */
+function participantsInTensorBoard(runDir: string, events: TrainEvent[]): string[] {
+  const records = events.flatMap((e) => (e.type === 'participants' ? [e.record] : []));
+  expect(records.map((r) => r.step)).toEqual(steps(runDir).map((r) => r.step));
+  const ids = [...new Set(records.flatMap((r) => r.participants.map((p) => p.id)))];
+  const folders = readdirSync(join(tensorboardDir(runDir), 'participants')).sort();
+  expect(folders).toEqual(ids.map(participantFolder).sort());
+  tensorboardScalars(...ids.map((id) => join(tensorboardDir(runDir), 'participants', participantFolder(id)))).forEach((scalars, i) => {
+    const mine = records.flatMap((r) => {
+      const rows = r.participants.reduce((sum, p) => sum + p.rows, 0);
+      return r.participants.filter((p) => p.id === ids[i] && p.state !== 'dropped').map((p) => ({ step: r.step, rows, p }));
+    });
+    expect(mine.length).toBeGreaterThan(0);
+    expect(scalars[TAGS.rows]).toEqual(mine.map(({ step, p }) => [step, p.rows]));
+    expect(scalars[TAGS.share]).toEqual(mine.map(({ step, rows, p }) => [step, f32(p.rows / rows)]));
+    expect(scalars[TAGS.computeMs]).toEqual(mine.map(({ step, p }) => [step, f32(p.computeMs)]));
+    expect(scalars[TAGS.wireMs]).toEqual(mine.map(({ step, p }) => [step, f32(p.wireMs)]));
+  });
+  return folders;
+}
+
 /** float32 as TensorBoard stores simple_value. */
 const f32 = (x: number) => Math.fround(x);
 const steps = (runDir: string) => readMetrics(runDir).filter((r): r is StepRecord => r.type === 'step');
@@ -189,20 +214,25 @@ describe('TensorBoard reads what a run writes', () => {
     expect(run[TAGS.testLoss]).toEqual(epochs(runDir).map((r) => [r.steps, f32(r.testAvgLoss)]));
     expect(run[TAGS.epochSamplesPerSecond]).toEqual(epochs(runDir).map((r) => [r.steps, f32(r.samplesPerSecond)]));
 
-    const records = events.flatMap((e) => (e.type === 'participants' ? [e.record] : []));
-    if (records.length === 0) {
-      console.warn('SKIPPED: per-participant TensorBoard scalars of a real run: this build emits no participants events yet');
-      return;
-    }
-    const ids = [...new Set(records.flatMap((r) => r.participants.map((p) => p.id)))];
-    expect(readdirSync(join(tensorboardDir(runDir), 'participants')).sort()).toEqual(ids.map(participantFolder).sort());
-    const folders = ids.map((id) => join(tensorboardDir(runDir), 'participants', participantFolder(id)));
-    tensorboardScalars(...folders).forEach((scalars, i) => {
-      const mine = records.flatMap((r) => r.participants.filter((p) => p.id === ids[i] && p.state !== 'dropped').map((p) => ({ step: r.step, p })));
-      expect(scalars[TAGS.rows]).toEqual(mine.map(({ step, p }) => [step, p.rows]));
-      expect(scalars[TAGS.computeMs]).toEqual(mine.map(({ step, p }) => [step, f32(p.computeMs)]));
-      expect(scalars[TAGS.wireMs]).toEqual(mine.map(({ step, p }) => [step, f32(p.wireMs)]));
-    });
+    expect(participantsInTensorBoard(runDir, events)).toEqual(['local']);
+  });
+
+  it('a run with two remote workers beside its thread: one folder a participant, named as the workers are, under the same tags', async (ctx) => {
+    if (!python) return ctx.skip();
+    const runDir = dir();
+    const events: TrainEvent[] = [];
+    const abort = new AbortController();
+    await train(
+      { ...BASE, epochs: 1, threads: 1, listen: '127.0.0.1:0', minWorkers: 2, heartbeatMs: 500, out: runDir },
+      {
+        onEvent: (e) => events.push(e),
+        onListening: ({ port }) => {
+          for (const name of ['fast', 'slow']) void runWorker({ connect: `ws://127.0.0.1:${port}`, name, rowDelayMs: name === 'slow' ? 5 : 0, signal: abort.signal });
+        },
+      },
+    );
+    abort.abort();
+    expect(participantsInTensorBoard(runDir, events)).toEqual(['fast', 'local', 'slow']);
   });
 
   it('--resume drops the events a killed run wrote past its checkpoint: each step once, epochs as metrics.jsonl has them', async (ctx) => {
@@ -218,10 +248,11 @@ describe('TensorBoard reads what a run writes', () => {
     expect(before.filter((e) => e.tags.includes(TAGS.testAccuracy)).map((e) => e.step)).toEqual([5, 7]);
 
     await train({ resume: runDir, steps: 0 });
-    const [run] = tensorboardScalars(tensorboardDir(runDir));
+    const [run, local] = tensorboardScalars(tensorboardDir(runDir), join(tensorboardDir(runDir), 'participants', 'local'));
     const logged = steps(runDir);
     expect(logged.map((r) => r.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     expect(run[TAGS.loss]).toEqual(logged.map((r) => [r.step, f32(r.loss)]));
+    expect(local[TAGS.rows].map(([step]) => step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     expect(run[TAGS.testAccuracy]).toEqual(epochs(runDir).map((r) => [r.steps, f32(r.testAccuracy)]));
     expect(epochs(runDir).map((r) => r.steps)).toEqual([5, 10]);
   });

@@ -26,22 +26,13 @@ interface Loop {
 }
 
 /** Runs a whole training as configured. */
-export async function train(userConfig: Partial<TrainConfig> = {}, callerOptions: TrainOptions = {}): Promise<RunSummary> {
-  // The run's logs read the events the caller is given: TensorBoard takes each step's participants from them.
-  let tensorboard: TensorBoardLog | undefined;
-  const options: TrainOptions = {
-    ...callerOptions,
-    onEvent: (event) => {
-      if (event.type === 'participants') tensorboard?.participants(event.record);
-      callerOptions.onEvent?.(event);
-    },
-  };
-  const emit = options.onEvent!;
+export async function train(userConfig: Partial<TrainConfig> = {}, options: TrainOptions = {}): Promise<RunSummary> {
+  const emit = options.onEvent ?? (() => {});
   const session = await RunSession.open(userConfig, options);
   const { config, dataset, resumed } = session;
   const trainer = new Trainer(config, dataset, session.scheduler, session.memory, session.state, session.adam, options.signal);
   const metrics = new MetricsLog(session.outDir, resumed && { step: resumed.step, epochs: resumed.epochs.length });
-  if (config.tensorboard) tensorboard = new TensorBoardLog(session.outDir, resumed && { step: resumed.step, epochStep: resumed.epochs.at(-1)?.steps ?? 0 });
+  const tensorboard = config.tensorboard ? new TensorBoardLog(session.outDir, resumed && { step: resumed.step, epochStep: resumed.epochs.at(-1)?.steps ?? 0 }) : undefined;
   const cursor = new EpochCursor(dataset.train.count, config.batchSize, config.shuffle, config.seed, resumed);
   let failure: Error | undefined;
   try {
@@ -98,6 +89,7 @@ async function runBatches(loop: Loop): Promise<boolean> {
     tensorboard?.step({ step: state.step, loss, ms, samples: index.length });
     const participants = session.participants(cursor.epoch);
     metrics.write({ type: 'participants', ...participants });
+    tensorboard?.participants(participants);
     loop.bytesBefore = bytes;
     const b = cursor.batch;
     cursor.advance(index.length, loss);
