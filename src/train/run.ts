@@ -48,8 +48,8 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
     } catch (e) {
       failure ??= e as Error;
     }
-    await metrics.close();
     tensorboard?.flush();
+    await metrics.close();
   }
   const plotted = session.epochs.length > 0 && readMetrics(session.outDir).some((r) => r.type === 'epoch');
   return session.finish(failure, plotted);
