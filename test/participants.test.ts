@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train, type TrainEvent } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
-import { slowestParticipant, type ParticipantsRecord } from '../src/cluster/participant_stats.js';
+import { ParticipantTally, slowestParticipant, type ParticipantsRecord } from '../src/cluster/participant_stats.js';
 import { MetricsLog, readMetrics, type ParticipantsMetrics } from '../src/report/metrics.js';
 import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
 
@@ -117,6 +117,30 @@ describe('participants of each step', () => {
     expect(summary.paramsSha256).toBe(await reference());
   });
 
+  it('name ranked workers `rank-N` beside the local threads (a split step), rows summing to the batch', async () => {
+    const abort = new AbortController();
+    const events: TrainEvent[] = [];
+    const summary = await coordinator(
+      { threads: 1, minWorkers: 2 },
+      (url) => {
+        // A rank names a launched worker whatever else it is called.
+        void runWorker({ connect: url, rank: 1, name: 'ignored', signal: abort.signal });
+        void runWorker({ connect: url, rank: 2, signal: abort.signal });
+      },
+      (e) => events.push(e),
+    );
+    abort.abort();
+    const records = recordsOf(events);
+    expect(records.map(rowsOf)).toEqual(BATCHES);
+    for (const record of records) {
+      // Which worker connected first is a race: sorted by id.
+      expect(record.participants.map((p) => `${p.id} ${p.kind} ${p.state}`).sort()).toEqual(['local local computing', 'rank-1 remote computing', 'rank-2 remote computing']);
+    }
+    // The local threads computed rows, and waited for the workers' answers in some step.
+    expect(records.some((r) => r.participants[0].rows > 0 && r.participants[0].waitMs > 0)).toBe(true);
+    expect(summary.paramsSha256).toBe(await reference());
+  });
+
   it('refuse a worker name that is not A-Z a-z 0-9 . _ - in one line', async () => {
     await expect(runWorker({ connect: 'ws://127.0.0.1:9', name: 'my box' })).rejects.toThrow('option "name" must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, got "my box"');
   });
@@ -129,5 +153,24 @@ describe('participants of each step', () => {
     await log.close();
     await new MetricsLog(dir, { step: 2, epochs: 0 }).close();
     expect(readMetrics(dir).map((r) => r.type === 'participants' && r.step)).toEqual([1, 2]);
+  });
+
+  it('sum a participant\'s rounds of a step, to 10 µs, and start the next step from nothing', () => {
+    const tally = new ParticipantTally<string>();
+    tally.add('a', { rows: 16, computeMs: 1.234567 });
+    tally.add('a', { rows: 1, computeMs: 0.1, waitMs: 2.5 });
+    expect(tally.shareOf('a')).toEqual({ rows: 17, computeMs: 1.33, applyMs: 0, wireMs: 0, waitMs: 2.5 });
+    expect(tally.who()).toEqual(['a']);
+    tally.clear();
+    expect([tally.has('a'), tally.shareOf('a').rows]).toEqual([false, 0]);
+  });
+
+  it('find the slowest by rows per ms of compute, among those computing rows', () => {
+    const p = (id: string, rows: number, computeMs: number, state: 'computing' | 'dropped' = 'computing') =>
+      ({ id, kind: 'remote', state, rows, computeMs, applyMs: 0, wireMs: 0, waitMs: 0 }) as const;
+    // b computes fewer rows in less time, but at a lower rate; c is gone and d did nothing this step.
+    const record = { step: 1, epoch: 1, participants: [p('a', 48, 10), p('b', 16, 8), p('c', 1, 100, 'dropped'), p('d', 0, 0)] };
+    expect(slowestParticipant(record)).toBe('b');
+    expect(slowestParticipant({ ...record, participants: [] })).toBeUndefined();
   });
 });

@@ -611,7 +611,7 @@ function remoteStep(peer: RemotePeer, share: StepShare): ParticipantStep {
     kind: 'remote',
     address: peer.address,
     state,
-    ...(state === 'dropped' ? { reason: peer.leftReason ?? 'left' } : {}),
+    ...(state === 'dropped' ? { reason: (peer.leftReason ?? 'left').split('\n')[0] } : {}),
     engine: peer.hello?.engine,
     device: peer.hello?.device,
     ...share,
