@@ -111,6 +111,7 @@ export interface TrainConfig {
   keepCheckpoints: number;
   resume: string | null;
   export: boolean;
+  tensorboard: boolean;
 }
 
 export const DEFAULTS: TrainConfig = {
@@ -147,6 +148,7 @@ export const DEFAULTS: TrainConfig = {
   keepCheckpoints: 3,
   resume: null,
   export: true,
+  tensorboard: true,
 };
 
 /** Defaults that depend on the machine, in words (docs/options.md must not change with the machine it is made on). */
@@ -211,6 +213,7 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   keepCheckpoints: { flag: '--keep-checkpoints <n>', description: 'how many of the newest checkpoints to keep', kind: { type: 'int', min: 1 } },
   resume: { flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
   export: { flag: '--no-export', description: 'do not write the trained model (model/: TensorFlow.js LayersModel and ONNX)', kind: { type: 'bool' } },
+  tensorboard: { flag: '--no-tensorboard', description: 'do not write TensorBoard event files (tensorboard/ in the run directory)', kind: { type: 'bool' } },
 };
 
 export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
@@ -227,7 +230,7 @@ export const OPTIONS_NOT_FROM_CHECKPOINT: readonly (keyof TrainConfig)[] = ['res
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'threads', 'plan', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
-  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'device', 'allowSoftwareGpu',
+  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'tensorboard', 'device', 'allowSoftwareGpu',
   'allowMixedDevices',
 ];
 

@@ -96,7 +96,8 @@ const HANDLERS: { [T in TrainEvent['type']]: Handler<T> } = {
   done: (e, out) => {
     out.clear();
     out.sink.line(`paramsSha256: ${e.summary.paramsSha256}`);
-    out.sink.line(`run: ${e.summary.outDir}/ (summary.json, metrics.jsonl, plot.svg, checkpoints/${e.summary.config.export ? ', model/' : ''})`);
+    const { export: exported, tensorboard } = e.summary.config;
+    out.sink.line(`run: ${e.summary.outDir}/ (summary.json, metrics.jsonl, plot.svg, checkpoints/${tensorboard ? ', tensorboard/' : ''}${exported ? ', model/' : ''})`);
   },
 };
 

@@ -6,6 +6,7 @@
 import { type EpochResult, type RunSummary } from '../report/summary.js';
 import { paramsSha256 } from '../model/checksum.js';
 import { MetricsLog, readMetrics } from '../report/metrics.js';
+import { TensorBoardLog } from '../report/tensorboard/run_log.js';
 import type { TrainConfig } from '../config.js';
 import { EpochCursor } from './cursor.js';
 import type { TrainEvent, TrainOptions } from './events.js';
@@ -18,6 +19,7 @@ interface Loop {
   trainer: Trainer;
   cursor: EpochCursor;
   metrics: MetricsLog;
+  tensorboard: TensorBoardLog | undefined;
   options: TrainOptions;
   emit: (e: TrainEvent) => void;
   bytesBefore: number;
@@ -30,11 +32,12 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
   const { config, dataset, resumed } = session;
   const trainer = new Trainer(config, dataset, session.scheduler, session.memory, session.state, session.adam, options.signal);
   const metrics = new MetricsLog(session.outDir, resumed && { step: resumed.step, epochs: resumed.epochs.length });
+  const tensorboard = config.tensorboard ? new TensorBoardLog(session.outDir, resumed && { step: resumed.step, epochStep: resumed.epochs.at(-1)?.steps ?? 0 }) : undefined;
   const cursor = new EpochCursor(dataset.train.count, config.batchSize, config.shuffle, config.seed, resumed);
   let failure: Error | undefined;
   try {
     if (session.workLeft && config.minWorkers > 0) await trainer.gather(config.minWorkers, config.joinTimeoutMs, options.expectedRanks);
-    if (session.workLeft) await runEpochs({ session, trainer, cursor, metrics, options, emit, bytesBefore: session.scheduler.bytesMoved() });
+    if (session.workLeft) await runEpochs({ session, trainer, cursor, metrics, tensorboard, options, emit, bytesBefore: session.scheduler.bytesMoved() });
     else emit({ type: 'finished-already', step: session.state.step, epochs: session.epochs.length });
   } catch (e) {
     // The committed generation still holds the last good state; record it before failing.
@@ -45,6 +48,7 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
     } catch (e) {
       failure ??= e as Error;
     }
+    tensorboard?.flush();
     await metrics.close();
   }
   const plotted = session.epochs.length > 0 && readMetrics(session.outDir).some((r) => r.type === 'epoch');
@@ -61,14 +65,14 @@ async function runEpochs(loop: Loop): Promise<void> {
     // A run stopped mid-epoch was checkpointed before its evaluation, so that a resume continues the epoch.
     if (stopped && samples < count) break;
     await trainer.current();
-    session.saveCheckpoint(cursor.nextEpochStart());
+    saveCheckpoint(loop, cursor.nextEpochStart());
     if (stopped) break;
   }
 }
 
 /** The steps of the current epoch; returns true when the run is to stop (--steps reached, or aborted). */
 async function runBatches(loop: Loop): Promise<boolean> {
-  const { session, trainer, cursor, metrics, options, emit } = loop;
+  const { session, trainer, cursor, metrics, tensorboard, options, emit } = loop;
   const { config, state, scheduler, dataset } = session;
   while (!cursor.epochDone) {
     const { index, next } = cursor.take(config.steps > 0 && state.step + 1 >= config.steps);
@@ -82,8 +86,10 @@ async function runBatches(loop: Loop): Promise<boolean> {
     const ms = performance.now() - stepStart;
     session.stepTimed(ms);
     metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms, bytes: bytes - loop.bytesBefore, cpuMs, plan: scheduler.planName });
+    tensorboard?.step({ step: state.step, loss, ms, samples: index.length });
     const participants = session.participants(cursor.epoch);
     metrics.write({ type: 'participants', ...participants });
+    tensorboard?.participants(participants);
     loop.bytesBefore = bytes;
     const b = cursor.batch;
     cursor.advance(index.length, loss);
@@ -96,16 +102,22 @@ async function runBatches(loop: Loop): Promise<boolean> {
     const due = config.checkpointEvery > 0 && state.step % config.checkpointEvery === 0;
     if ((stopped || due) && !cursor.epochDone) {
       await trainer.current();
-      session.saveCheckpoint(cursor.position());
+      saveCheckpoint(loop, cursor.position());
     }
     if (stopped) return true;
   }
   return false;
 }
 
+/** Every step up to the checkpoint's is in the TensorBoard files before the checkpoint is: a resume from it keeps them all. */
+function saveCheckpoint(loop: Loop, position: Parameters<RunSession['saveCheckpoint']>[0]): void {
+  loop.tensorboard?.flush();
+  loop.session.saveCheckpoint(position);
+}
+
 /** Evaluates, checks the replicas and records the epoch; returns the samples it trained on. */
 async function endEpoch(loop: Loop): Promise<number> {
-  const { session, trainer, cursor, metrics, emit } = loop;
+  const { session, trainer, cursor, metrics, tensorboard, emit } = loop;
   const { samples, lossSum, steps } = cursor.progress();
   // This epoch's time and samples include what it had done before a resume (the checkpoint's totals do not).
   const seconds = cursor.seconds();
@@ -125,6 +137,8 @@ async function endEpoch(loop: Loop): Promise<number> {
   };
   const shares = session.scheduler.takeShares();
   metrics.write({ type: 'epoch', ...result, shares: shares.rows, networkWaitSeconds: shares.networkWaitSeconds });
+  tensorboard?.epoch(result);
+  tensorboard?.flush();
   emit({ type: 'epoch', result, shares });
   session.epochs.push(result);
   return samples;
