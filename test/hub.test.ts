@@ -1,0 +1,104 @@
+/** RemoteHub (src/cluster/remote/hub.ts): its connection handling, backlog limit and checksum round, on loopback. */
+import { describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
+import { smallHub } from './helpers.js';
+import { rawPeer } from './remote_helpers.js';
+
+describe('the coordinator survives its own handlers failing', () => {
+  /** How to make one connection handler of the hub throw, and how a peer then sets it off. */
+  const FAULTS: [string, (hub: Record<string, any>) => void, (ws: WebSocket) => void][] = [
+    ['message', (hub) => (hub.receive = boom()), (ws) => ws.send(Buffer.from([0x80]))],
+    ['pong', (hub) => (hub.heartbeat.heard = boom()), (ws) => ws.pong()],
+    ['close', (hub) => (hub.drop = boomOnce(hub.drop.bind(hub))), (ws) => ws.close(1000, 'bye')],
+  ];
+  function boom() {
+    return () => {
+      throw new Error('boom');
+    };
+  }
+  /** Throws the first time only: the guard's own clean-up goes through the same method. */
+  function boomOnce(original: (...args: unknown[]) => void) {
+    let thrown = false;
+    return (...args: unknown[]) => {
+      if (thrown) return original(...args);
+      thrown = true;
+      throw new Error('boom');
+    };
+  }
+
+  it.each(FAULTS)('drops a peer whose %s handler throws, with the reason, and keeps accepting others', async (what, breakIt, setOff) => {
+    const events: string[] = [];
+    const { hub, port } = await smallHub({}, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : ''}`));
+    breakIt(hub as unknown as Record<string, any>);
+    const first = rawPeer(`ws://127.0.0.1:${port}`, undefined, () => {});
+    const closed = new Promise<void>((resolve) => first.on('close', () => resolve()));
+    first.on('open', () => setOff(first));
+    await closed;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(events).toContain(`rejected: internal error in its ${what} handler: boom`);
+    const second = new WebSocket(`ws://127.0.0.1:${port}`);
+    second.on('error', () => {});
+    const challenge = await new Promise((resolve) => second.on('message', (d) => resolve(decodeRaw(d as Buffer).t)));
+    expect(challenge).toBe('challenge');
+    second.close();
+    await hub.close();
+  });
+});
+
+describe('the epoch-end replica checksum round', () => {
+  it('waits for a peer that never answers no longer than the step deadline (--step-timeout-ms)', async () => {
+    const { Scheduler } = await import('../src/cluster/scheduler.js');
+    const stepTimeoutMs = 300;
+    let joined = 0;
+    let bothJoined = () => {};
+    const ready = new Promise<void>((resolve) => (bothJoined = resolve));
+    const { hub, port, memory } = await smallHub({ stepTimeoutMs, heartbeatMs: 10_000 }, (e) => e.type === 'joined' && ++joined === 2 && bothJoined());
+    const url = `ws://127.0.0.1:${port}`;
+    const sha256 = 'ab'.repeat(32);
+    const honest = rawPeer(url, undefined, (m, ws) => m.t === 'check' && ws.send(encode({ t: 'checksum', step: m.step as number, sha256 })));
+    const silent = rawPeer(url, undefined, () => {});
+    try {
+      await ready;
+      hub.admit({ step: 7 } as never);
+      expect(hub.ready()).toHaveLength(2);
+      let start = performance.now();
+      const answers = await hub.checksumsAt(7);
+      const waited = performance.now() - start;
+      expect([...answers.values()]).toEqual([sha256]);
+      expect(waited).toBeGreaterThanOrEqual(stepTimeoutMs - 10);
+      expect(waited).toBeLessThan(stepTimeoutMs + 1000);
+      // The scheduler's round at an epoch's end waits the same deadline, and keeps the late peer.
+      const scheduler = new Scheduler(memory, { capabilities: { compactRows: false } } as never, 'split', hub, () => {});
+      start = performance.now();
+      expect(await scheduler.verifyReplicas(7, sha256)).toEqual([]);
+      expect(performance.now() - start).toBeLessThan(stepTimeoutMs + 1000);
+      expect(hub.ready()).toHaveLength(2);
+    } finally {
+      honest.close();
+      silent.close();
+      await hub.close();
+    }
+  });
+});
+
+describe('a peer that reads slower than it is sent to', () => {
+  it('is dropped once its backlog passes 4 of the largest frames, instead of growing the coordinator', async () => {
+    const events: string[] = [];
+    const { hub, port } = await smallHub({}, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : ''}`));
+    const joined = new Promise<void>((resolve) => hub.waitForWorker().then(() => resolve()));
+    const slow = rawPeer(`ws://127.0.0.1:${port}`, undefined, () => {});
+    await joined;
+    // It stops reading: what the hub sends piles up in the kernel's buffers, then in ws's.
+    (slow as unknown as { _socket: { pause(): void } })._socket.pause();
+    const [peer] = hub.joining();
+    const send = (hub as unknown as { sendFrame(p: unknown, f: Buffer): void }).sendFrame.bind(hub);
+    for (let i = 0; i < 200 && !events.some((e) => e.includes('fell behind')); i++) {
+      send(peer, Buffer.alloc(1 << 20));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(events).toContainEqual(expect.stringMatching(/^rejected: fell behind: \d+ MiB not yet sent to it \(more than 4 of the largest frames\)$/));
+    slow.terminate();
+    await hub.close();
+  });
+});
