@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
-import { smallHub } from './helpers.js';
+import { idleTeam, smallHub, zeroSnapshot } from './helpers.js';
 import { rawPeer } from './remote_helpers.js';
 
 describe('the coordinator survives its own handlers failing', () => {
@@ -60,7 +60,7 @@ describe('the epoch-end replica checksum round', () => {
     const silent = rawPeer(url, undefined, () => {});
     try {
       await ready;
-      hub.admit({ step: 7 } as never);
+      hub.admit(zeroSnapshot(memory, 7));
       expect(hub.ready()).toHaveLength(2);
       let start = performance.now();
       const answers = await hub.checksumsAt(7);
@@ -69,7 +69,7 @@ describe('the epoch-end replica checksum round', () => {
       expect(waited).toBeGreaterThanOrEqual(stepTimeoutMs - 10);
       expect(waited).toBeLessThan(stepTimeoutMs + 1000);
       // The scheduler's round at an epoch's end waits the same deadline, and keeps the late peer.
-      const scheduler = new Scheduler(memory, { capabilities: { compactRows: false } } as never, 'split', hub, () => {});
+      const scheduler = new Scheduler(memory, idleTeam(), 'split', hub, () => {});
       start = performance.now();
       expect(await scheduler.verifyReplicas(7, sha256)).toEqual([]);
       expect(performance.now() - start).toBeLessThan(stepTimeoutMs + 1000);
