@@ -1,9 +1,87 @@
-/** RemoteHub (src/cluster/remote/hub.ts): its connection handling, backlog limit and checksum round, on loopback. */
+/**
+ * RemoteHub (src/cluster/remote/hub.ts), on loopback with hand-written peers: a member's life from joining
+ * to leaving, its connection handling when its own handlers fail, the backlog limit, the checksum round.
+ * Authentication and admission control: admission.test.ts; hostile peers in whole runs: remote_hostile.test.ts.
+ */
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { idleTeam, smallHub, zeroSnapshot } from './helpers.js';
 import { rawPeer } from './remote_helpers.js';
+
+/** A hub and one hand-written peer that has joined (authenticated, waiting for the state); what it was sent and how it closed. */
+async function joinedPeer() {
+  const events: string[] = [];
+  const { hub, port, memory } = await smallHub({ heartbeatMs: 10_000 }, (e) => events.push(`${e.type}: ${'reason' in e ? e.reason : 'worker' in e ? e.worker : ''}`));
+  const received: Record<string, unknown>[] = [];
+  const joined = hub.waitForWorker();
+  const ws = rawPeer(`ws://127.0.0.1:${port}`, undefined, (m) => received.push(m));
+  const closed = new Promise<[number, string]>((resolve) => ws.on('close', (code, reason) => resolve([code, String(reason)])));
+  await joined;
+  const [peer] = hub.joining();
+  /** Resolves once the peer has received a message of type `t`. */
+  const receivedOne = async (t: string) => {
+    while (!received.some((m) => m.t === t)) await new Promise((resolve) => setTimeout(resolve, 5));
+    return received.find((m) => m.t === t)!;
+  };
+  return { hub, peer, memory, ws, events, receivedOne, closed };
+}
+
+describe('a member\'s life in the hub', () => {
+  it('joins once authenticated (waitForWorker wakes), is sent the state by admit and is then ready; park sets it on standby, resync makes it join again', async () => {
+    const { hub, peer, memory, events, receivedOne, ws } = await joinedPeer();
+    expect(events).toEqual([expect.stringMatching(/^joined: worker 1 \(127\.0\.0\.1:\d+\)$/)]);
+    expect([...hub.kinds]).toEqual(['onnx/cpu']);
+    expect(await receivedOne('welcome')).toMatchObject({ workerId: peer.id });
+    hub.admit(zeroSnapshot(memory, 7), 'sharded');
+    expect(await receivedOne('state')).toMatchObject({ step: 7, plan: 'sharded', useLocalData: false });
+    expect([hub.joining(), hub.ready()]).toEqual([[], [peer]]);
+    hub.park(peer);
+    expect([hub.ready(), hub.standby()]).toEqual([[], [peer]]);
+    hub.resync(peer);
+    expect([hub.standby(), hub.joining()]).toEqual([[], [peer]]);
+    ws.close();
+    await hub.close();
+  });
+
+  it('counts the bytes of every frame, sent and received', async () => {
+    const { hub, memory, receivedOne, ws } = await joinedPeer();
+    const before = hub.bytesMoved;
+    // Its hello came in, the challenge and the welcome went out.
+    expect(before).toBeGreaterThan(0);
+    hub.admit(zeroSnapshot(memory, 0));
+    await receivedOne('state');
+    // 3 arrays of the 4→5→3 model's 43 parameters, 4 bytes each, and the rest of the state message.
+    expect(hub.bytesMoved - before).toBeGreaterThan(3 * 43 * 4);
+    ws.close();
+    await hub.close();
+  });
+
+  it('rejects a member by telling it why, closing with 1008, and reporting it rejected and then left', async () => {
+    const { hub, peer, events, receivedOne, closed } = await joinedPeer();
+    hub.reject(peer, 'a reason of this test');
+    expect(await receivedOne('error')).toEqual({ t: 'error', message: 'a reason of this test' });
+    expect(await closed).toEqual([1008, 'a reason of this test']);
+    expect(events.slice(1)).toEqual(['rejected: a reason of this test', 'left: a reason of this test']);
+    expect(hub.joining()).toEqual([]);
+    await hub.close();
+  });
+
+  it('drops a member that reports an error of its own, with its message', async () => {
+    const { hub, ws, events, closed } = await joinedPeer();
+    ws.send(encode({ t: 'error', message: 'out of memory' }));
+    expect((await closed)[0]).toBe(1011);
+    expect(events.slice(1)).toEqual(['left: worker reported: out of memory']);
+    await hub.close();
+  });
+
+  it('ends every member when it closes: they are told the run finished, and leave', async () => {
+    const { hub, events, closed } = await joinedPeer();
+    await hub.close();
+    expect(await closed).toEqual([4000, 'run finished']);
+    expect(events.slice(1)).toEqual(['left: coordinator finished']);
+  });
+});
 
 describe('the coordinator survives its own handlers failing', () => {
   /** How to make one connection handler of the hub throw, and how a peer then sets it off. */
