@@ -59,7 +59,8 @@ describe('hostile peers', () => {
         ws.on('open', () => ws.send(Buffer.from([0xc1, 0xff, 0x00, 0x13, 0x37])));
         ws.on('error', () => {});
       },
-      /^undecodable frame|^a message must be a msgpack map/,
+      // The first 4 bytes are read as a frame header: a length far beyond the 5 bytes sent.
+      /^undecodable frame \(a header of \d+ bytes does not fit in its 5 bytes\)$/,
     ],
     [
       'a state it was not asked for',
@@ -77,7 +78,7 @@ describe('hostile peers', () => {
       'a frame whose reason is long in UTF-8',
       (url: string) => {
         const ws = new WebSocket(url);
-        ws.on('open', () => ws.send(encode({ t: 'é'.repeat(60) } as never)));
+        ws.on('open', () => ws.send(encode({ t: 'é'.repeat(60) } as never))); // no message type of the protocol
         ws.on('error', () => {});
       },
       /^unknown message type "é{60}/,
@@ -153,7 +154,7 @@ describe('hostile peers', () => {
             hidden: (t.hidden as Float32Array[]) ?? sizes.slice(0, -1).map((n) => new Float32Array(rows * n)),
             deltas: sizes.map((n) => new Float32Array(rows * n)),
             ms: 1,
-          } as never),
+          } as never), // a hostile answer: not a message the protocol's types allow
         );
       }),
     );

@@ -32,6 +32,7 @@ describe('TLS', () => {
       {
         onListening: ({ port }) => {
           const url = `wss://127.0.0.1:${port}`;
+          // Its run ends rejected once its retries are spent, whenever that is: what it met is checked in `untrusted`.
           void runWorker({ connect: url, token: TLS_TOKEN, maxRetries: 1, onEvent: (e) => e.type === 'error' && untrusted.push(e.message) }).catch(() => {});
           void runWorker({ connect: url, token: TLS_TOKEN, ca: cert, signal: abort.signal });
         },
