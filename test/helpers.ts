@@ -1,8 +1,14 @@
 /** Shared test helpers: whole-batch gradients through an engine, and an independent float64 reference. */
 import type { ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
+import WebSocket, { WebSocketServer } from 'ws';
 import type { Engine } from '../src/engine/engine.js';
-import { RemoteHub, type HubEvent } from '../src/cluster/remote/hub.js';
+import { RemoteHub, RemotePeer, type HubEvent } from '../src/cluster/remote/hub.js';
+import type { RemoteMembers } from '../src/cluster/remote/members.js';
+import type { Snapshot } from '../src/cluster/remote/peer_work.js';
+import type { Team } from '../src/cluster/team.js';
+import type { TrainingMemory } from '../src/cluster/training_memory.js';
+import { ADAM_DEFAULTS } from '../src/optim/adam.js';
 import { createTrainingMemory } from '../src/cluster/training_memory.js';
 import { listCheckpoints, readCheckpoint } from '../src/train/checkpoint.js';
 import { toSplit, type Dataset } from '../src/data/datasets.js';
@@ -115,4 +121,82 @@ export function freePort(): Promise<number> {
       server.close(() => resolve(port));
     });
   });
+}
+
+/**
+ * `count` peers as the hub holds them (RemotePeer, status ready, speed 0), each on a real loopback
+ * connection, for unit tests of what the scheduler, the plan and PeerWork do with peers; `close` ends them.
+ */
+export async function loopbackPeers(count: number): Promise<{ peers: RemotePeer[]; clients: WebSocket[]; close: () => Promise<void> }> {
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((resolve) => server.once('listening', resolve));
+  const accepted: [WebSocket, Socket][] = [];
+  server.on('connection', (ws, req) => accepted.push([ws, req.socket]));
+  const { port } = server.address() as { port: number };
+  const clients: WebSocket[] = [];
+  for (let i = 0; i < count; i++) {
+    const client = new WebSocket(`ws://127.0.0.1:${port}`);
+    client.on('error', () => {});
+    await new Promise((resolve) => client.once('open', resolve));
+    clients.push(client);
+  }
+  while (accepted.length < count) await new Promise((resolve) => setImmediate(resolve));
+  const peers = accepted.map(([ws, socket], i) => Object.assign(new RemotePeer(i + 1, ws, socket), { status: 'ready' as const }));
+  const close = async () => {
+    for (const client of clients) client.terminate();
+    await new Promise((resolve) => server.close(resolve));
+  };
+  return { peers, clients, close };
+}
+
+/**
+ * Remote members for the scheduler or the plan to drive: `given` are the members a test expects them to use;
+ * any other that is called fails the test, naming it. By default, nobody is a member.
+ */
+export function membersWith(given: Partial<RemoteMembers>): RemoteMembers {
+  const unexpected = (name: string) => () => {
+    throw new Error(`remote members: ${name} was called, which this test does not expect`);
+  };
+  return {
+    bytesMoved: 0,
+    kinds: new Set<string>(),
+    ready: () => [],
+    standby: () => [],
+    joining: () => [],
+    admit: unexpected('admit'),
+    resync: unexpected('resync'),
+    park: unexpected('park'),
+    waitForWorker: unexpected('waitForWorker'),
+    reject: unexpected('reject'),
+    requestRows: unexpected('requestRows'),
+    fetchState: unexpected('fetchState'),
+    requestSlices: unexpected('requestSlices'),
+    checksumsAt: unexpected('checksumsAt'),
+    broadcastParams: unexpected('broadcastParams'),
+    broadcastUpdate: unexpected('broadcastUpdate'),
+    close: async () => {},
+    ...given,
+  };
+}
+
+/** The state a hub sends its joiners at `step`: `memory`'s model with every parameter and moment zero. */
+export function zeroSnapshot(memory: TrainingMemory, step: number): Snapshot {
+  const total = paramLayout(memory.spec).total;
+  const zeros = () => new Float32Array(total);
+  return { spec: memory.spec, batchSize: memory.batchSize, adam: ADAM_DEFAULTS, step, generation: 0, params: zeros(), m: zeros(), v: zeros() };
+}
+
+/** Local slots that compute nothing (--threads 0 with remote replicas): a pass of them resolves with no results. */
+export function idleTeam(): Team & { passes: number } {
+  return {
+    size: 1,
+    description: 'no local compute (test)',
+    capabilities: { compactRows: false, wholeStep: true, deviceState: false },
+    passes: 0,
+    async runPass() {
+      this.passes++;
+      return [];
+    },
+    close: async () => {},
+  };
 }

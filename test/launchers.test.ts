@@ -19,7 +19,7 @@ const cli = join(root, 'dist/src/cli.js');
 const fixtures = join(root, 'test/fixtures');
 const out = mkdtempSync(join(tmpdir(), 'dtrain-launch-'));
 let runs = 0;
-// The tiny run of test/remote.test.ts: 145 samples, 2 full batches and a short one, twice.
+// The tiny run of the remote tests (remote_helpers.ts BASE): 145 samples, 2 full batches and a short one, twice.
 const TRAIN = ['--train-samples', '145', '--test-samples', '100', '--epochs', '2', '--log-every', '1000', '--heartbeat-ms', '500', '--no-export'];
 
 const reference = referenceHash({ threads: 2, export: false }, 'reference');

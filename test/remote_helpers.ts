@@ -1,9 +1,17 @@
-/** What the remote tests share: the small run they all make, a coordinator on loopback, reference hashes. */
+/**
+ * What the remote tests share: the small run they all make, a coordinator on loopback, reference hashes,
+ * `dtrain worker` processes, and a hand-written peer.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import WebSocket from 'ws';
 import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import type { AdmissionStats } from '../src/cluster/remote/admission.js';
+import { newNonce, proof } from '../src/cluster/remote/auth.js';
+import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
+import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
 
 export const out = mkdtempSync(join(tmpdir(), 'dtrain-remote-'));
 let runs = 0;
@@ -30,4 +38,52 @@ export async function coordinator(
 export function referenceHash(config: Partial<TrainConfig>, name: string): () => Promise<string> {
   let hash: Promise<string> | undefined;
   return () => (hash ??= train({ ...BASE, ...config, out: join(out, name) }).then((s) => s.paramsSha256));
+}
+
+/** The built CLI (npm test's pretest builds it): what `dtrain worker` and `dtrain coordinator` processes run. */
+export const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
+const children: ChildProcess[] = [];
+
+/** A `dtrain worker` process connecting to `url`; killed by killChildren (each file's afterEach). */
+export function workerProcess(url: string, ...args: string[]): ChildProcess {
+  return keepChild(fork(cli, ['worker', '--connect', url, '--max-retries', '3', ...args], { stdio: 'ignore' }));
+}
+
+/** A child process killChildren ends after the test. */
+export function keepChild(child: ChildProcess): ChildProcess {
+  children.push(child);
+  return child;
+}
+
+/** SIGKILLs every process workerProcess and keepChild started: call it in afterEach. */
+export function killChildren(): void {
+  for (const c of children.splice(0)) c.kill('SIGKILL');
+}
+
+/** A hand-written peer: authenticates (or not; `hello` overrides fields of its hello) and then does whatever the test wants. */
+export function rawPeer(url: string, token: string | undefined, onMessage: (m: Record<string, unknown>, ws: WebSocket) => void, hello: object = {}): WebSocket {
+  const ws = new WebSocket(url);
+  ws.on('message', (data) => {
+    const m = decodeRaw(data as Buffer);
+    if (m.t === 'challenge') {
+      ws.send(
+        encode({
+          t: 'hello',
+          protocol: PROTOCOL_VERSION,
+          mac: token ? proof(token, 'worker', m.nonce as Uint8Array) : new Uint8Array(0),
+          nonce: newNonce(),
+          engine: 'onnx',
+          device: 'cpu',
+          backend: 'test peer',
+          threads: 1,
+          dataSha256: '',
+          ...hello,
+        }),
+      );
+      return;
+    }
+    onMessage(m, ws);
+  });
+  ws.on('error', () => {});
+  return ws;
 }

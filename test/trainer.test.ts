@@ -1,16 +1,50 @@
 import { describe, expect, it } from 'vitest';
 import { resolveConfig } from '../src/config.js';
-import { Trainer } from '../src/train/trainer.js';
+import { Trainer, type StepScheduler } from '../src/train/trainer.js';
 import { makeSpec } from '../src/model/spec.js';
 import { ADAM_DEFAULTS } from '../src/optim/adam.js';
 import { createTrainingMemory, markDeviceAhead } from '../src/cluster/training_memory.js';
 import { TrainingState } from '../src/cluster/training_state.js';
-import type { Scheduler } from '../src/cluster/scheduler.js';
 import { syntheticDataset } from './helpers.js';
 import { train } from '../src/index.js';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+
+/**
+ * A scheduler for the trainer to drive: `given` are the members a test expects it to use; any other that the
+ * trainer calls fails the test, naming it.
+ */
+function schedulerWith(given: Partial<StepScheduler>): StepScheduler {
+  const unexpected = (name: string) => () => {
+    throw new Error(`the trainer called scheduler.${name}, which this test does not expect`);
+  };
+  return {
+    mode: 'split',
+    verifying: false,
+    serving: false,
+    planName: 'split',
+    local: { size: 1 },
+    computeWholeStep: unexpected('computeWholeStep'),
+    computeRows: unexpected('computeRows'),
+    computeRowsHere: unexpected('computeRowsHere'),
+    applyWeights: unexpected('applyWeights'),
+    evaluate: unexpected('evaluate'),
+    pullState: unexpected('pullState'),
+    hasJoiners: unexpected('hasJoiners'),
+    nobodyComputes: unexpected('nobodyComputes'),
+    admit: unexpected('admit'),
+    waitForParticipant: unexpected('waitForParticipant'),
+    waitForJoin: unexpected('waitForJoin'),
+    remoteMembers: unexpected('remoteMembers'),
+    remoteRanks: unexpected('remoteRanks'),
+    prefetch: unexpected('prefetch'),
+    sendParams: unexpected('sendParams'),
+    replicaState: unexpected('replicaState'),
+    replaying: unexpected('replaying'),
+    ...given,
+  };
+}
 
 describe('Trainer', () => {
   it('after a one-call step with a non-finite gradient, recomputes the rows locally to name the layer and micro-shard', async () => {
@@ -20,7 +54,7 @@ describe('Trainer', () => {
     const rowPasses: boolean[] = [];
     // A scheduler whose one-call step reports layer 1's gradient as non-finite, and whose row pass (the
     // recomputation) leaves a NaN in layer 1's deltas at batch row 20.
-    const scheduler = {
+    const scheduler = schedulerWith({
       mode: 'whole',
       computeWholeStep: async (_step: number, _generation: number, index: Int32Array) => {
         memory.batch.index.set(index);
@@ -32,7 +66,7 @@ describe('Trainer', () => {
         rowPasses.push(true);
         memory.batch.deltas[1][20 * dataset.classes + 2] = NaN;
       },
-    } as unknown as Scheduler;
+    });
     const state = new TrainingState(memory);
     const trainer = new Trainer(resolveConfig({ threads: 1 }), dataset, scheduler, memory, state, ADAM_DEFAULTS);
     const index = Int32Array.from({ length: 64 }, (_, i) => 63 - i);
@@ -47,20 +81,17 @@ describe('Trainer', () => {
     const dataset = syntheticDataset(64, 8);
     const memory = createTrainingMemory(makeSpec(dataset.features, [8], dataset.classes, 'sigmoid'), dataset, 64, 1);
     const calls: string[] = [];
-    const scheduler = {
+    const scheduler = schedulerWith({
       mode: 'replicated',
-      serving: false,
-      verifying: false,
-      local: { size: 1 },
       hasJoiners: () => false,
       nobodyComputes: () => false,
       computeRows: async () => {
         memory.batch.rowLoss.fill(0.5);
-        return { done: true, replicated: false, rowsHere: false };
+        return { done: true as const, replicated: false, rowsHere: false };
       },
       computeRowsHere: async () => void calls.push('rows here'),
       applyWeights: async () => (calls.push('weights'), [{ nonFiniteLayers: [] }]),
-    } as unknown as Scheduler;
+    });
     const trainer = new Trainer(resolveConfig({ threads: 1 }), dataset, scheduler, memory, new TrainingState(memory), ADAM_DEFAULTS);
     await trainer.trainStep(Int32Array.from({ length: 64 }, (_, i) => i));
     expect(calls).toEqual(['rows here', 'weights']);
@@ -78,7 +109,7 @@ describe('Trainer', () => {
     state.commit();
     state.commit();
     expect(() => state.params).toThrow('internal: the state of step 4 was read here while a device holds it (pull it first)');
-    const scheduler = { pullState: async () => Promise.reject(new Error('device lost')) } as unknown as Scheduler;
+    const scheduler = schedulerWith({ pullState: async () => Promise.reject(new Error('device lost')) });
     const trainer = new Trainer(resolveConfig({ threads: 1 }), dataset, scheduler, memory, state, ADAM_DEFAULTS);
     await expect(trainer.current()).rejects.toThrow("the device's state of step 4 could not be read back (device lost); the run ends on the state of step 2, the last this process held");
     expect([state.step, state.generation, state.onDevice]).toEqual([2, 0, false]);

@@ -376,6 +376,8 @@ describe('reasons quoting what a peer sent', () => {
 });
 
 describe('decoding frames', () => {
+  // Random bytes may happen to be a valid frame: decoding them and refusing them with a ProtocolError both
+  // pass; what the property excludes is any other exception (the decoder itself failing).
   const decodes = (bytes: Uint8Array) => {
     try {
       decodeRaw(Buffer.from(bytes));

@@ -27,7 +27,8 @@ import { paramLayout } from '../model/spec.js';
 import type { RemotePlan } from '../config.js';
 import { byteCost, estimatePlans, stepSizes, type MemberCost, type PlanContext, type PlanEstimate } from './cost_model.js';
 import { shareUnits, type Range } from './plan.js';
-import type { RemoteHub, RemotePeer } from './remote/hub.js';
+import type { RemotePeer } from './remote/hub.js';
+import type { RemoteMembers } from './remote/members.js';
 import type { Snapshot } from './remote/peer_work.js';
 import type { SliceMessage } from './remote/messages.js';
 import type { StateArrays } from './training_state.js';
@@ -66,6 +67,9 @@ export interface PlanChoice {
   /** Replicated: every row of a step goes to the fastest worker (auto kept it after measuring it faster). */
   rowsOnOne?: boolean;
 }
+
+/** What the plan asks of the remote members: who they are, their state, and a sharded step's slices. */
+export type PlanMembers = Pick<RemoteMembers, 'ready' | 'standby' | 'joining' | 'admit' | 'resync' | 'park' | 'requestSlices' | 'fetchState'>;
 
 export class ReplicaPlan {
   /** As asked, or with `auto` replicated until judged. */
@@ -109,7 +113,7 @@ export class ReplicaPlan {
   readonly choices: PlanChoice[] = [];
 
   constructor(
-    private readonly hub: RemoteHub,
+    private readonly hub: PlanMembers,
     private readonly spec: ModelSpec,
     private readonly batchSize: number,
     private readonly asked: StepPlan,

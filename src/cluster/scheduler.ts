@@ -19,7 +19,8 @@ import { apportion, coalesce, microShards, shardGroups } from './plan.js';
 import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
 import { LOCAL, smooth, withAverage, WorkLedger, type WorkShares } from './work_ledger.js';
 import { ParticipantTally, type ParticipantState, type ParticipantStep, type StepShare } from './participant_stats.js';
-import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
+import type { RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
+import type { RemoteMembers } from './remote/members.js';
 import type { RowsDone, StateMessage } from './remote/messages.js';
 import type { Task, TaskResult } from './slot_runner.js';
 import { stoppedWaiting } from '../errors.js';
@@ -120,7 +121,7 @@ export class Scheduler {
     private readonly memory: TrainingMemory,
     readonly local: Team,
     readonly mode: StepMode,
-    private readonly hub: RemoteHub | undefined,
+    private readonly hub: RemoteMembers | undefined,
     private readonly onEvent: (event: ClusterEvent) => void,
     private readonly verifier = new RowVerifier(0, 0),
     plan: StepPlan = 'auto',

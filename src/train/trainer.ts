@@ -1,13 +1,15 @@
 /**
  * One optimizer step at a time: the membership boundary, the row pass on the participants, the loss, the
  * weight pass (gradient reduction and Adam) on the local slots, then commit; and evaluation on the test
- * set. Knows compute only through Scheduler and the state only through TrainingState.
+ * set. Knows compute only through the scheduler (what it asks of it: StepScheduler) and the state only
+ * through TrainingState.
  */
 import type { TrainConfig } from '../config.js';
 import type { Dataset } from '../data/datasets.js';
 import { deviceStateLost, nonFiniteGradient, nonFiniteLoss, workersMissing, workersMissingRanks } from '../errors.js';
 import type { AdamOptions } from '../optim/adam.js';
 import type { Scheduler } from '../cluster/scheduler.js';
+import type { Team } from '../cluster/team.js';
 import { batchCount, evenSplit, microShards } from '../cluster/plan.js';
 import type { TaskResult } from '../cluster/slot_runner.js';
 import type { TrainingMemory } from '../cluster/training_memory.js';
@@ -27,6 +29,22 @@ const MAX_UNAPPLIED = 1000;
  */
 const MAX_UNAPPLIED_SHARDED = 100;
 
+/**
+ * What the trainer asks of the scheduler (Scheduler implements it): the passes, the membership boundary and
+ * the replicas' state, not the hub or the plan behind them. The trainer and its tests depend on this.
+ */
+export interface StepScheduler
+  extends Pick<
+    Scheduler,
+    | 'mode' | 'verifying' | 'serving' | 'planName'
+    | 'computeWholeStep' | 'computeRows' | 'computeRowsHere' | 'applyWeights' | 'evaluate' | 'pullState'
+    | 'hasJoiners' | 'nobodyComputes' | 'admit' | 'waitForParticipant' | 'waitForJoin' | 'remoteMembers' | 'remoteRanks'
+    | 'prefetch' | 'sendParams' | 'replicaState' | 'replaying'
+  > {
+  /** How many weight and evaluation tasks to plan (one per local slot). */
+  readonly local: Pick<Team, 'size'>;
+}
+
 export interface EvalResult {
   accuracy: number;
   avgLoss: number;
@@ -42,7 +60,7 @@ export class Trainer {
   constructor(
     readonly config: TrainConfig,
     readonly dataset: Dataset,
-    readonly scheduler: Scheduler,
+    readonly scheduler: StepScheduler,
     readonly memory: TrainingMemory,
     readonly state: TrainingState,
     readonly adam: AdamOptions,

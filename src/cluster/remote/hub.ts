@@ -17,6 +17,7 @@ import { Gate, type GateOptions } from './gate.js';
 import { Heartbeat } from './heartbeat.js';
 import type { HubContext, HubEvent } from './hub_context.js';
 import { Listener, type ListenOptions } from './listener.js';
+import type { RemoteMembers } from './members.js';
 import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type RowsForm, type SliceMessage, type ToCoordinator, type ToWorker } from './messages.js';
 import { RemotePeer, SuspectRows } from './peer.js';
 import { PeerWork, type Snapshot, type WorkOptions } from './peer_work.js';
@@ -34,7 +35,7 @@ type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract
 /** How many of the largest frames (a state snapshot) may wait to be sent to one peer before it is dropped. */
 const BACKLOG_FRAMES = 4;
 
-export class RemoteHub {
+export class RemoteHub implements RemoteMembers {
   private listener?: Listener;
   private nextId = 1;
   private readonly peers = new Map<number, RemotePeer>();

@@ -1,7 +1,7 @@
+/** Pending (src/cluster/remote/requests.ts): the hub's one request mechanism, with its deadlines. */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { PROTOCOL_VERSION, ProtocolError, type ReplicaState, type RowsDone } from '../src/cluster/remote/messages.js';
+import type { ReplicaState, RowsDone } from '../src/cluster/remote/messages.js';
 import { Pending } from '../src/cluster/remote/requests.js';
-import { validateFromCoordinator, validateFromWorker } from '../src/cluster/remote/validation.js';
 
 const rows = (step: number): RowsDone => ({ t: 'rowsDone', step, range: [0, 1], rowLoss: new Float32Array(1), hidden: [], deltas: [], ms: 0, applyMs: 0, waitMs: 0, queuedMs: 0 });
 const state: ReplicaState = { t: 'replicaState', step: 3, params: new Float32Array(0), m: new Float32Array(0), v: new Float32Array(0) };
@@ -63,29 +63,5 @@ describe("the hub's one request mechanism (Pending)", () => {
     expect(pending.keyOf('rows')?.range).toEqual([1, 2]);
     pending.answer('rows', rows(1));
     await second;
-  });
-});
-
-describe('validation tables', () => {
-  const view = { welcomed: false, spec: undefined, batchSize: 0 };
-  const hello = { t: 'hello', protocol: PROTOCOL_VERSION, mac: new Uint8Array(0), nonce: new Uint8Array(32), engine: 'onnx', device: 'cpu', backend: 'b', threads: 1, dataSha256: '' };
-
-  it('takes a hello with a rank (a launched job\'s) or without one, and nothing else in its place', () => {
-    expect(validateFromWorker(hello, undefined)).not.toHaveProperty('rank');
-    expect(validateFromWorker({ ...hello, rank: 2 }, undefined)).toMatchObject({ t: 'hello', rank: 2 });
-    for (const rank of [-1, 1.5, '1', null, 1 << 21]) {
-      expect(() => validateFromWorker({ ...hello, rank }, undefined)).toThrow(`hello: field "rank" must be an integer in [0, ${1 << 20}], got ${JSON.stringify(rank)}`);
-    }
-  });
-
-  it.each(['nope', 'constructor', 'toString', '__proto__', 'hasOwnProperty'])('refuses message type %j on both sides as unknown', (t) => {
-    expect(() => validateFromWorker({ t }, undefined)).toThrow(`unknown message type ${JSON.stringify(t)}`);
-    expect(() => validateFromCoordinator({ t }, view)).toThrow(`unknown message type ${JSON.stringify(t)}`);
-  });
-
-  it('takes nothing past the handshake from the coordinator before its welcome proved it knows the token', () => {
-    expect(() => validateFromCoordinator({ t: 'check', step: 0 }, view)).toThrow(new ProtocolError('check: sent before the welcome'));
-    expect(validateFromCoordinator({ t: 'check', step: 0 }, { ...view, welcomed: true })).toEqual({ t: 'check', step: 0 });
-    expect(validateFromCoordinator({ t: 'error', message: 'bye' }, view)).toEqual({ t: 'error', message: 'bye' });
   });
 });
