@@ -25,7 +25,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train, type RunSummary, type TrainConfig } from '../src/index.js';
 import { DEFAULTS as TRAIN_DEFAULTS, PLANS, type StepPlan } from '../src/config.js';
@@ -34,7 +34,7 @@ import { panel, svgDocument } from '../src/report/plot.js';
 import { scriptArgs, type ScriptArgs } from './args.js';
 import { calibrateCompute, calibrateExchange, type CalibrationRow } from './calibration.js';
 import { CpuGroup, DEFAULT_PERIOD_US } from './emulation.js';
-import { quotaLoad, type Fidelity } from './fidelity.js';
+import { MAX_QUOTA_SHARE, quotaLoad, type Fidelity } from './fidelity.js';
 import { LAYOUTS, runDdpMachines, runDtrainMachines, type Layout, type MachineSettings } from './machines.js';
 import { TestNetwork } from './netns.js';
 import { parseRate } from './rates.js';
@@ -312,8 +312,6 @@ function checkEmulation(o: ScalingOptions): void {
   if (o.coordinatorCpus !== null && !(o.coordinatorCpus > 0)) throw new Error(`--coordinator-cpus ${o.coordinatorCpus}: expected a positive number of cores`);
   if (!(Number.isInteger(o.periodUs) && o.periodUs >= 1000 && o.periodUs <= 1_000_000)) throw new Error(`--period-us ${o.periodUs}: expected an integer from 1000 to 1000000`);
   if (Math.round(Math.min(o.cpus, o.coordinatorCpus ?? o.cpus) * o.periodUs) < 1000) throw new Error(`--cpus ${o.cpus} of a ${o.periodUs} µs period is a quota under the kernel's 1 ms: give a longer --period-us`);
-  const why = CpuGroup.unavailable();
-  if (why) throw new Error(`--cpus ${o.cpus} needs a cgroup per machine: ${why}`);
   const largest = Math.max(...o.remote);
   const loads = [
     ...o.layouts.map((l) => [`${largest} machines, coordinator ${l}`, quotaLoad([...Array(largest).fill(o.cpus), ...(l === 'apart' ? [o.coordinatorCpus ?? o.cpus] : [])])] as const),
@@ -321,8 +319,10 @@ function checkEmulation(o: ScalingOptions): void {
   ];
   const over = loads.find(([, load]) => load.oversubscribed);
   if (over && !o.allowOversubscribed) {
-    throw new Error(`${over[0]}: the quotas add up to ${over[1].quotaCores.toFixed(2)} cores, over 60 % of this host's: the host would be measured, not the machines (--allow-oversubscribed runs it and marks the rows)`);
+    throw new Error(`${over[0]}: the quotas add up to ${over[1].quotaCores.toFixed(2)} cores, over ${100 * MAX_QUOTA_SHARE} % of this host's ${availableParallelism()}: the host would be measured, not the machines (--allow-oversubscribed runs it and marks the rows)`);
   }
+  const why = CpuGroup.unavailable();
+  if (why) throw new Error(`--cpus ${o.cpus} needs a cgroup per machine: ${why}`);
 }
 
 export async function runScaling(options: Partial<ScalingOptions> = {}, log: (line: string) => void = () => {}) {

@@ -1,0 +1,180 @@
+import { describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { scriptArgs } from '../scripts/args.js';
+import { CpuGroup, findHierarchy } from '../scripts/emulation.js';
+import { hostCpu, quotaLoad } from '../scripts/fidelity.js';
+import { runScaling } from '../scripts/scaling.js';
+
+const unavailable = CpuGroup.unavailable();
+if (unavailable) console.warn(`test/emulation.test.ts: the cgroup tests are skipped: ${unavailable}`);
+const skipped = unavailable ? ` (skipped: ${unavailable})` : '';
+const out = () => mkdtempSync(join(tmpdir(), 'dtrain-emulation-'));
+
+/** The folders of this process's groups still in the hierarchies (there should be none once a test is over). */
+function leftGroups(): string[] {
+  const h = findHierarchy();
+  if (typeof h === 'string') return [];
+  const roots = h.version === 2 ? [h.root] : [h.cpu, h.cpuacct];
+  return roots.flatMap((r) => readdirSync(r).filter((d) => d.startsWith(`dtrain-emu-${process.pid}-`)));
+}
+
+describe('script flags', () => {
+  const flags = { steps: 'value', weak: 'switch' } as const;
+
+  it('reads declared flags, and a flag not given falls back', () => {
+    const args = scriptArgs(flags, ['--steps', '30', '--weak']);
+    expect(args.value('steps', '300')).toBe('30');
+    expect(args.has('weak')).toBe(true);
+    expect(scriptArgs(flags, []).value('steps', '300')).toBe('300');
+  });
+
+  it('a misspelt flag, a missing value or a stray word is an error naming what there is', () => {
+    expect(() => scriptArgs(flags, ['--step', '30'])).toThrow("Unknown option '--step'; expected one of --steps VALUE, --weak");
+    expect(() => scriptArgs(flags, ['--steps'])).toThrow(/argument missing; expected one of/);
+    expect(() => scriptArgs(flags, ['30'])).toThrow(/Unexpected argument '30'; expected one of/);
+  });
+
+  it.each([
+    ['scaling', ['--cpu', '0.25'], "scaling: Unknown option '--cpu'; expected one of"],
+    ['plans', ['--gflop', '5'], "plans: Unknown option '--gflop'; expected one of"],
+    ['bench', ['--round', '1'], "bench: Unknown option '--round'; expected one of"],
+  ])('npm run %s with a misspelt flag: one line, exit 2, nothing run', (script, argv, said) => {
+    const r = spawnSync(process.execPath, [join('dist/scripts', `${script}.js`), ...argv], { encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain(said);
+  });
+});
+
+describe('emulated machines: settings refused before anything runs', () => {
+  it.each([
+    [{ coordinatorCpus: 0.2 }, '--coordinator-cpus needs --cpus'],
+    [{ cpus: -1 }, '--cpus -1: expected a positive number of cores'],
+    [{ cpus: 0.05 }, "--cpus 0.05 of a 10000 µs period is a quota under the kernel's 1 ms"],
+    [{ cpus: 0.25, periodUs: 500 }, '--period-us 500: expected an integer from 1000 to 1000000'],
+    [{ cpus: 0.25, layouts: ['apart', 'everywhere'] }, '--layout apart,everywhere: expected a comma-separated list of apart | rank0, got everywhere'],
+  ] as const)('%o', async (options, message) => {
+    await expect(runScaling({ ...options, out: out() } as never)).rejects.toThrow(message);
+  });
+
+  it('quotas over 60 % of the host\'s cores: refused, naming the run and the sum', async () => {
+    const cores = availableParallelism();
+    await expect(runScaling({ cpus: cores, remote: [4], out: out() })).rejects.toThrow(
+      new RegExp(`^4 machines, coordinator apart: the quotas add up to ${(5 * cores).toFixed(2)} cores, over 60 % of this host's ${cores}`),
+    );
+    expect(quotaLoad([0.25, 0.25, 0.25, 0.25, 0.2], 2)).toEqual({ quotaCores: 1.2, oversubscribed: false });
+    expect(quotaLoad([0.5, 0.5, 0.5], 2).oversubscribed).toBe(true);
+  });
+});
+
+describe('cgroup hierarchies and host CPU', () => {
+  const line = (id: number, point: string, fstype: string, options: string) => `${id} 25 0:${id} / ${point} rw,relatime shared:${id} - ${fstype} cgroup ${options}`;
+
+  it('finds v1 cpu with cpuacct apart or co-mounted, and v2 only where cpu is handed to children', () => {
+    const apart = [line(30, '/sys/fs/cgroup/cpu', 'cgroup', 'rw,cpu'), line(31, '/sys/fs/cgroup/cpuacct', 'cgroup', 'rw,cpuacct'), line(32, '/sys/fs/cgroup/unified', 'cgroup2', 'rw')].join('\n');
+    expect(findHierarchy(apart)).toEqual({ version: 1, cpu: '/sys/fs/cgroup/cpu', cpuacct: '/sys/fs/cgroup/cpuacct' });
+    const together = line(30, '/sys/fs/cgroup/cpu,cpuacct', 'cgroup', 'rw,cpu,cpuacct');
+    expect(findHierarchy(together)).toEqual({ version: 1, cpu: '/sys/fs/cgroup/cpu,cpuacct', cpuacct: '/sys/fs/cgroup/cpu,cpuacct' });
+    expect(findHierarchy(line(30, '/sys/fs/cgroup/cpu', 'cgroup', 'rw,cpu'))).toMatch(/without cpuacct/);
+    expect(findHierarchy(line(30, '/sys/fs/cgroup/memory', 'cgroup', 'rw,memory'))).toMatch(/no cgroup cpu controller is mounted/);
+    // A v2 mount point with no cgroup.controllers file (not a real hierarchy): cpu is not handed down.
+    expect(findHierarchy(line(40, '/nonexistent-cgroup2', 'cgroup2', 'rw'))).toMatch(/does not hand the cpu controller to its children/);
+  });
+
+  it('reads the host\'s idle and total CPU time from /proc/stat', () => {
+    expect(hostCpu('cpu  100 5 50 800 20 3 2 1 0 0\ncpu0 1 2 3')).toEqual({ idle: 820, total: 981 });
+    const now = hostCpu();
+    expect(now.total).toBeGreaterThan(now.idle);
+  });
+});
+
+describe.skipIf(!!unavailable)(`CPU groups${skipped}`, () => {
+  it('a group has the quota and period asked for, counts what its process uses and is throttled, and is removed afterwards', async () => {
+    const group = new CpuGroup('test', 0.5, 20_000);
+    try {
+      const cpu = group.cpuDir;
+      if (existsSync(join(cpu, 'cpu.max'))) expect(readFileSync(join(cpu, 'cpu.max'), 'utf8').trim()).toBe('10000 20000');
+      else {
+        expect(readFileSync(join(cpu, 'cpu.cfs_quota_us'), 'utf8').trim()).toBe('10000');
+        expect(readFileSync(join(cpu, 'cpu.cfs_period_us'), 'utf8').trim()).toBe('20000');
+      }
+      // Spins for 400 ms of wall time at most half a core: throttled every period it runs out.
+      const [command, args] = group.wrap(process.execPath, ['-e', 'const end = Date.now() + 400; while (Date.now() < end);']);
+      const child = spawn(command, args, { stdio: 'ignore' });
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      expect(group.tasks()).toContain(child.pid);
+      await new Promise((resolve) => child.once('exit', resolve));
+      const { cpuNs, throttledNs } = group.counters();
+      expect(cpuNs).toBeGreaterThan(50e6);
+      // Half a core of 400 ms is 200 ms; the start-up runs in the group too.
+      expect(cpuNs).toBeLessThan(400e6);
+      expect(throttledNs).toBeGreaterThan(0);
+    } finally {
+      group.remove();
+    }
+    expect(group.dirs.some((d) => existsSync(d))).toBe(false);
+    expect(leftGroups()).toEqual([]);
+  });
+
+  it('follow(): a process that joined the cpu group by itself (as DDP\'s ranks do) is counted from then on', async () => {
+    const group = new CpuGroup('follow', 0.5);
+    try {
+      const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 1000)'], { stdio: 'ignore' });
+      writeFileSync(join(group.cpuDir, 'cgroup.procs'), String(child.pid));
+      group.follow();
+      const counted = readFileSync(join(group.dirs.at(-1)!, 'cgroup.procs'), 'utf8').split('\n').map(Number);
+      expect(counted).toContain(child.pid);
+      child.kill('SIGKILL');
+    } finally {
+      group.remove();
+    }
+  });
+
+  it(
+    'a tiny emulated run (tutorial MLP, 2 machines of 0.5 core, the coordinator apart and on machine 0) ends on the unconstrained paramsSha256, fidelity and calibration kept',
+    { timeout: 120_000 },
+    async () => {
+      const dir = out();
+      const json = join(dir, 'rows.json');
+      const result = await runScaling({
+        trainSamples: 256, steps: 5, warmup: 1, batchSize: 64, threads: [1], remote: [2], microBatch: [16],
+        cpus: 0.5, coordinatorCpus: 0.2, layouts: ['apart', 'rank0'], calibrationRounds: 3, allowOversubscribed: true, json, out: dir,
+      });
+      expect(result.rows.map((r) => [r.kind, r.participants])).toEqual([
+        ['local threads', 1],
+        ['emulated machines, coordinator apart', 2],
+        ['emulated machines, coordinator on machine 0', 2],
+      ]);
+      expect(result.identical).toBe(true);
+      const [apart, rank0] = result.rows.slice(1).map((r) => r.fidelity!);
+      expect(apart.groups.map((g) => [g.group, g.cores])).toEqual([['coordinator', 0.2], ['machine 0', 0.5], ['machine 1', 0.5]]);
+      expect(rank0.groups.map((g) => [g.group, g.cores])).toEqual([['machine 0 (coordinator)', 0.5], ['machine 1', 0.5]]);
+      expect(apart.quotaCores).toBeCloseTo(1.2);
+      for (const g of [...apart.groups, ...rank0.groups]) {
+        expect(g.cpuMsPerStep).toBeGreaterThanOrEqual(0);
+        expect(g.throttledMsPerStep).toBeGreaterThanOrEqual(0);
+      }
+      // Every run computes somewhere: the machines' CPU a step adds up to more than nothing.
+      expect(apart.groups.reduce((a, g) => a + g.cpuMsPerStep, 0)).toBeGreaterThan(0);
+      expect(result.calibration.map((c) => c.run)).toEqual(['calibration: compute', 'calibration: exchange', 'calibration: compute', 'calibration: exchange']);
+      for (const c of result.calibration) {
+        expect(c.slowdown).toBeGreaterThan(0);
+        expect(c.ideal).toBe(2);
+      }
+      expect(result.table).toContain('Emulated machines: 0.5 core each (CFS quota, 10 ms period), the coordinator apart on 0.2; loopback links.');
+      expect(result.table).toMatch(/^\| emulated machines, coordinator apart \| auto: .* \| 2 \| [\d.]+ \| 1\.20 \| .* \| coordinator \(0\.2\): [\d.]+, [\d.]+; machine 0 \(0\.5\)/m);
+      expect(result.table).toMatch(/^- calibration: exchange: a 12 MB each-way ws exchange \(median round\) [\d.]+ ms at 0\.5 core/m);
+      const rows = JSON.parse(readFileSync(json, 'utf8')).rows;
+      expect(rows).toHaveLength(7);
+      expect(Object.keys(rows[1]).slice(0, 8)).toEqual(['run', 'participants', 'plan', 'cpus', 'link', 'msPerStep', 'medianMs', 'paramsSha256']);
+      expect(rows[1]).toMatchObject({ run: 'emulated machines, coordinator apart', participants: 2, cpus: 0.5, link: 'loopback', paramsSha256: rows[0].paramsSha256 });
+      expect(rows[1].groups).toHaveLength(3);
+      expect(typeof rows[1].oversubscribed).toBe('boolean');
+      expect(rows[0].cpus).toBeNull();
+      expect(leftGroups()).toEqual([]);
+    },
+  );
+});
