@@ -69,11 +69,11 @@ export async function calibrateExchange(cpus: number, periodUs: number, rounds: 
 }
 
 /** One machine's step at `cpus` against one unconstrained thread's: the coordinator alone on one thread. */
-export async function calibrateCompute(s: MachineSettings & { cpus: number }, coordinatorArgs: string[], outDir: string, warmup: number): Promise<CalibrationRow> {
+export async function calibrateCompute(s: MachineSettings & { cpus: number }, coordinatorArgs: string[], outDir: string, steps: number, warmup: number): Promise<CalibrationRow> {
   const stepMs = async (cpus: number | null) => {
     const out = mkdtempSync(join(outDir, 'calibration-'));
     try {
-      const run = await runDtrainMachines(1, 'rank0', { ...s, cpus, link: null }, coordinatorArgs, [], out, warmup);
+      const run = await runDtrainMachines(1, 'rank0', { ...s, cpus, link: null }, { coordinatorArgs, workerArgs: [], out, steps, warmup });
       return mean(run.steps.slice(warmup).map((r) => r.ms));
     } finally {
       rmSync(out, { recursive: true, force: true });

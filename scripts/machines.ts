@@ -78,19 +78,19 @@ export interface MachinesRun {
   fidelity: Fidelity | undefined;
 }
 
-/**
- * One dtrain run on `machines` emulated machines in `layout`: `coordinatorArgs` are the coordinator's flags
- * but for --threads, --listen, --min-workers and --out; `workerArgs` the workers' but for --connect.
- */
-export async function runDtrainMachines(
-  machines: number,
-  layout: Layout,
-  s: MachineSettings,
-  coordinatorArgs: string[],
-  workerArgs: string[],
-  out: string,
-  warmup: number,
-): Promise<MachinesRun> {
+/** What one dtrain run is: the coordinator's flags but for --listen, --min-workers and --out (its --steps are `steps`), the workers' but for --connect. */
+export interface DtrainRun {
+  coordinatorArgs: string[];
+  workerArgs: string[];
+  /** The run's folder (--out). */
+  out: string;
+  steps: number;
+  /** Steps left out of the fidelity's window at the start. */
+  warmup: number;
+}
+
+/** One dtrain run on `machines` emulated machines in `layout`. */
+export async function runDtrainMachines(machines: number, layout: Layout, s: MachineSettings, { coordinatorArgs, workerArgs, out, steps, warmup }: DtrainRun): Promise<MachinesRun> {
   const workers = layout === 'apart' ? machines : machines - 1;
   const groups: CpuGroup[] = [];
   let net: TestNetwork | undefined;
@@ -108,7 +108,6 @@ export async function runDtrainMachines(
     }
     const run = starter(net);
     children = run.children;
-    const steps = Number(coordinatorArgs[coordinatorArgs.indexOf('--steps') + 1]);
     const metrics = join(out, 'metrics.jsonl');
     const stepsLogged = () => {
       try {
@@ -125,7 +124,7 @@ export async function runDtrainMachines(
       groups[0],
       net ? workers : undefined,
       process.execPath,
-      [cli, 'coordinator', ...coordinatorArgs, '--threads', layout === 'apart' ? '0' : '1', ...listen, '--out', out],
+      [cli, 'coordinator', ...coordinatorArgs, '--steps', String(steps), ...listen, '--out', out],
       { stdio: ['ignore', 'pipe', 'pipe'], env },
     );
     const done = ended(coordinator, 'the coordinator');

@@ -1,4 +1,8 @@
-/** The PyTorch reference of ../shared/reference, run from the scripts that compare against it. */
+/**
+ * The PyTorch reference of ../shared/reference (or DTRAIN_REFERENCE_DIR), run from the scripts that compare
+ * against it: single-process step times, and DDP over gloo, whose ranks can each join a CPU group of an
+ * emulated machine (DTRAIN_DDP_CGROUP, read by torch_ddp.py) and run in a shaped network namespace.
+ */
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';

@@ -18,10 +18,25 @@
  * --plan: the remote rows once per plan (--threads 0 runs: replicated steps, sharded weight pass, or the
  * weight pass on the coordinator, the server plan, on --server-threads of its own, at least 1).
  *
+ * Emulated machines (--cpus C; docs/emulation.md): the remote rows run on N machines of C cores each — every
+ * dtrain process and every DDP rank in a cgroup of its own with a CFS quota of C × --period-us (default
+ * 10 ms) — with the coordinator a process of its own, placed by --layout: `apart` on a machine of its own of
+ * --coordinator-cpus cores (default C), or `rank0` on machine 0, which computes too (as `dtrain run` places
+ * rank 0). With --link each dtrain process, the coordinator included, sits in its own namespace behind its
+ * RATE link. Every emulated row carries its fidelity (each group's CPU used and time throttled a step, the
+ * host's idle share), and calibration rows (one machine's step, a 12 MB each-way ws exchange, at C against
+ * unconstrained) are measured before and after the runs. Quotas adding up to over 60 % of the host's cores
+ * are refused unless --allow-oversubscribed (the rows are then marked). --json FILE: { rows } for programs.
+ * Local-thread and single-process PyTorch rows stay unconstrained: the references.
+ *
  *   npm run scaling -- [--hidden 512,256,128,64] [--batch-size 64] [--weak] [--threads 1,2] [--remote 1,2]
  *     [--micro-batch 16] [--plan replicated,sharded,server] [--server-threads 1] [--steps 300] [--warmup 10]
- *     [--local-data] [--torch] [--link 1gbit] [--out DIR]
+ *     [--local-data] [--torch] [--link 1gbit] [--out DIR] [--json FILE]
+ *     [--cpus 0.25 [--coordinator-cpus 0.2] [--period-us 10000] [--layout apart,rank0] [--allow-oversubscribed]
+ *      [--calibration-rounds 30]]
  *   npm run scaling -- --combine DIR1,DIR2 --out DIR     (one plot of the rows of earlier runs)
+ *
+ * A flag not listed here is an error (exit 2), as is a setting the emulation cannot make (one line).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -235,7 +250,7 @@ function machineSettings(o: ScalingOptions & { cpus: number }): MachineSettings 
 /** The coordinator's flags of a dtrain run at global batch `batch` (but for --threads and those of its placement). */
 function coordinatorFlags(o: ScalingOptions, batch: number, microBatch: number, plan: StepPlan): string[] {
   return [
-    ...['--steps', String(o.steps), '--train-samples', String(o.trainSamples), '--test-samples', String(TEST_SAMPLES), '--hidden', o.hidden.join(',')],
+    ...['--train-samples', String(o.trainSamples), '--test-samples', String(TEST_SAMPLES), '--hidden', o.hidden.join(',')],
     ...['--batch-size', String(batch), '--micro-batch', String(microBatch), '--plan', plan, '--log-every', '1000000', '--no-export', '--keep-checkpoints', '1'],
   ];
 }
@@ -247,7 +262,7 @@ async function runEmulated(layout: Layout, n: number, microBatch: number, o: Sca
     // Apart, the coordinator computes only under the server plan; on machine 0 it is one of the machines (1 thread).
     const threads = layout === 'rank0' ? 1 : plan === 'server' ? o.serverThreads : 0;
     const flags = [...coordinatorFlags(o, globalBatch(o, n), microBatch, plan), '--threads', String(threads)];
-    const run = await runDtrainMachines(n, layout, machineSettings(o), flags, o.localData ? ['--data', 'embedded'] : [], out, warmupOf(o));
+    const run = await runDtrainMachines(n, layout, machineSettings(o), { coordinatorArgs: flags, workerArgs: o.localData ? ['--data', 'embedded'] : [], out, steps: o.steps, warmup: warmupOf(o) });
     const row = rowOf(EMULATED[layout], n, microBatch, o, plan, run.summary, out);
     return { ...row, cpus: o.cpus, fidelity: run.fidelity };
   } finally {
@@ -258,7 +273,7 @@ async function runEmulated(layout: Layout, n: number, microBatch: number, o: Sca
 /** The calibration rows of these options: compute on the run's model and batch, and the 12 MB exchange. */
 async function calibrate(o: ScalingOptions & { cpus: number }, log: (line: string) => void): Promise<CalibrationRow[]> {
   const flags = [...coordinatorFlags(o, globalBatch(o, 1), o.microBatch[0], 'auto'), '--threads', '1'];
-  const rows = [await calibrateCompute(machineSettings(o), flags, o.out, warmupOf(o)), await calibrateExchange(o.cpus, o.periodUs, o.calibrationRounds)];
+  const rows = [await calibrateCompute(machineSettings(o), flags, o.out, o.steps, warmupOf(o)), await calibrateExchange(o.cpus, o.periodUs, o.calibrationRounds)];
   for (const r of rows) log(calibrationLine(r));
   return rows;
 }
@@ -520,7 +535,8 @@ const FLAGS = {
 
 export function optionsFromArgs(args: ScriptArgs): Partial<ScalingOptions> {
   // Every fallback is DEFAULTS' own value, so that the two cannot drift apart.
-  const list = (name: string, fallback: number[]) => args.value(name, fallback.join(',')).split(',').map(Number);
+  // An empty list (--threads '') runs none of that kind.
+  const list = (name: string, fallback: number[]) => args.value(name, fallback.join(',')).split(',').filter(Boolean).map(Number);
   const cores = (name: string) => (args.has(name) ? Number(args.value(name, '')) : null);
   return {
     threads: list('threads', DEFAULTS.threads),
