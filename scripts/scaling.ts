@@ -550,7 +550,8 @@ export function optionsFromArgs(args: ScriptArgs): Partial<ScalingOptions> {
     serverThreads: Number(args.value('server-threads', String(DEFAULTS.serverThreads))),
     steps: Number(args.value('steps', String(DEFAULTS.steps))),
     warmup: Number(args.value('warmup', String(DEFAULTS.warmup))),
-    out: args.value('out', mkdtempSync(join(tmpdir(), 'dtrain-scaling-'))),
+    // Made only when not given (a fallback argument would make a folder on every run).
+    out: args.has('out') ? args.value('out', '') : mkdtempSync(join(tmpdir(), 'dtrain-scaling-')),
     torch: args.has('torch'),
     localData: args.has('local-data'),
     cpus: cores('cpus'),

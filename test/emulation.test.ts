@@ -70,6 +70,15 @@ describe('emulated machines: settings refused before anything runs', () => {
   });
 });
 
+const setpriv = spawnSync('setpriv', ['--version']).status === 0 && process.getuid?.() === 0;
+if (!setpriv) console.warn('test/emulation.test.ts: "--cpus as a user who cannot make cgroups" is skipped: it needs root and setpriv');
+
+it.skipIf(!setpriv)(`--cpus as a user who cannot make cgroups: one line, exit 2${setpriv ? '' : ' (skipped: needs root and setpriv)'}`, () => {
+  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, 'dist/scripts/scaling.js', '--cpus', '0.25', '--remote', '1', '--threads', '', '--out', out()], { encoding: 'utf8' });
+  expect(r.status).toBe(2);
+  expect(r.stderr).toBe('scaling: --cpus 0.25 needs a cgroup per machine: needs root to create cgroups\n');
+});
+
 describe('cgroup hierarchies and host CPU', () => {
   const line = (id: number, point: string, fstype: string, options: string) => `${id} 25 0:${id} / ${point} rw,relatime shared:${id} - ${fstype} cgroup ${options}`;
 
