@@ -128,6 +128,8 @@ export async function runDtrainMachines(machines: number, layout: Layout, s: Mac
       { stdio: ['ignore', 'pipe', 'pipe'], env },
     );
     const done = ended(coordinator, 'the coordinator');
+    // Awaited below; until then a failure must not count as unhandled (a worker may fail to start first).
+    done.catch(() => {});
     if (workers > 0) {
       const url = await new Promise<string>((resolve, reject) => {
         let text = '';

@@ -388,10 +388,9 @@ export async function runScaling(options: Partial<ScalingOptions> = {}, log: (li
 /** The plans a layout can run: on machine 0 the coordinator computes, which replicated and sharded do not allow (--threads 0 only). */
 function plansOn(layout: Layout, plans: StepPlan[], log: (line: string) => void): StepPlan[] {
   if (layout === 'apart') return plans;
-  const fit = plans.filter((p) => p === 'auto' || p === 'server');
-  const fits = (p: StepPlan) => (fit as StepPlan[]).includes(p);
-  for (const p of plans.filter((p) => !fits(p))) log(`coordinator on machine 0: --plan ${p} skipped, it needs a coordinator that computes nothing`);
-  return fit;
+  const computing = (p: StepPlan) => p === 'auto' || p === 'server';
+  for (const p of plans.filter((p) => !computing(p))) log(`coordinator on machine 0: --plan ${p} skipped, it needs a coordinator that computes nothing`);
+  return plans.filter(computing);
 }
 
 /** Rows for programs (--json): a row per run with the names the issue's comparisons use, then the calibration rows. */
@@ -405,7 +404,7 @@ function comparableRows(rows: ScalingRow[], calibration: CalibrationRow[]): Reco
   ];
 }
 
-/** One line of a run's fidelity: the busiest group's CPU and throttled time a step, and the host's idle share. */
+/** One line of a run's fidelity: each group's CPU and throttled time a step, and the host's idle share. */
 function fidelityLine(f: Fidelity): string {
   const groups = f.groups.map((g) => `${g.group} ${g.cpuMsPerStep.toFixed(1)} ms CPU, ${g.throttledMsPerStep.toFixed(1)} ms throttled`).join('; ');
   return `a step: ${groups}; host idle ${Number.isFinite(f.hostIdleShare) ? `${Math.round(100 * f.hostIdleShare)} %` : '–'}${f.oversubscribed ? ` (OVERSUBSCRIBED: ${f.quotaCores.toFixed(2)} cores of quota)` : ''}`;
@@ -483,7 +482,8 @@ const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#7f7f7f', '#d62728', '#9467bd'
 function plot(rows: ScalingRow[]): string {
   const models = new Set(rows.map((r) => r.model));
   const asked = (r: ScalingRow) => r.planAsked ?? r.plan;
-  const name = (r: ScalingRow) => [r.kind, ...(asked(r) && asked(r) !== '–' ? [asked(r)] : []), ...(r.link === '–' ? [] : [r.link]), ...(models.size > 1 ? [r.model] : [])].join(', ');
+  const name = (r: ScalingRow) =>
+    [r.kind, ...(asked(r) && asked(r) !== '–' ? [asked(r)] : []), ...(r.link === '–' ? [] : [r.link]), ...(r.cpus ? [`${r.cpus} core`] : []), ...(models.size > 1 ? [r.model] : [])].join(', ');
   const firstMicro = new Map<string, number>();
   for (const r of rows) if (!firstMicro.has(name(r))) firstMicro.set(name(r), r.microBatch);
   const names = [...firstMicro.keys()];
