@@ -163,7 +163,7 @@ export async function runDtrainMachines(machines: number, layout: Layout, s: Mac
 /**
  * PyTorch DDP over gloo, each rank in a group of `s.cpus` cores (DTRAIN_DDP_CGROUP, read by torch_ddp.py);
  * under a link, all ranks in one namespace whose loopback carries world × RATE. The window of the fidelity
- * ends when the last rank leaves its group and lasts the timed steps (rank 0's clock).
+ * ends at the last sample in which every rank was in its group, and lasts the timed steps (rank 0's clock).
  */
 export async function runDdpMachines(run: DdpRun, s: MachineSettings): Promise<{ msPerStep: number; fidelity: Fidelity | undefined }> {
   const groups: CpuGroup[] = [];
@@ -181,15 +181,17 @@ export async function runDdpMachines(run: DdpRun, s: MachineSettings): Promise<{
       net = new TestNetwork(1);
       net.shapeLoopback(0, run.world * parseRate(s.link));
     }
-    let lastOccupied = 0;
+    // The ranks leave the final barrier together and then exit: the last sample in which every rank was
+    // still in its group is the nearest to the end of training (the last to exit may take long to tear down).
+    let allThere = 0;
     sampler = new FidelitySampler(groups, () => {
-      if (groups.some((g) => g.tasks().length > 0)) lastOccupied = Date.now();
+      if (groups.every((g) => g.tasks().length > 0)) allThere = Date.now();
       return false;
     });
     sampler.start();
     const result = await torchDdpRun({ ...run, namespace: net?.links[0].ns, env });
     sampler.stop();
-    sampler.endedAt = lastOccupied || undefined;
+    sampler.endedAt = allThere || undefined;
     return { msPerStep: result.msPerStep, fidelity: groups.length ? sampler.fidelity(result.msPerStep * result.timedSteps, result.timedSteps) : undefined };
   } finally {
     sampler?.stop();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +7,7 @@ import { scriptArgs } from '../scripts/args.js';
 import { CpuGroup, findHierarchy } from '../scripts/emulation.js';
 import { hostCpu, quotaLoad } from '../scripts/fidelity.js';
 import { runScaling } from '../scripts/scaling.js';
+import { TestNetwork } from '../scripts/netns.js';
 
 const unavailable = CpuGroup.unavailable();
 if (unavailable) console.warn(`test/emulation.test.ts: the cgroup tests are skipped: ${unavailable}`);
@@ -184,6 +185,21 @@ describe.skipIf(!!unavailable)(`CPU groups${skipped}`, () => {
       expect(typeof rows[1].oversubscribed).toBe('boolean');
       expect(rows[0].cpus).toBeNull();
       expect(leftGroups()).toEqual([]);
+    },
+  );
+
+  const noNetwork = unavailable ?? TestNetwork.unavailable();
+  it.skipIf(!!noNetwork)(
+    `--cpus with --link: the coordinator and the worker each in a group and a namespace of their own, same parameters${noNetwork ? ` (skipped: ${noNetwork})` : ''}`,
+    { timeout: 60_000 },
+    async () => {
+      const result = await runScaling({ hidden: [32, 16], trainSamples: 256, steps: 3, warmup: 1, batchSize: 32, threads: [1], remote: [1], microBatch: [16], cpus: 0.5, link: '1gbit', calibrationRounds: 0, out: out() });
+      expect(result.rows.map((r) => [r.kind, r.link])).toEqual([['local threads', '–'], ['emulated machines, coordinator apart', '1gbit']]);
+      expect(result.identical).toBe(true);
+      expect(result.rows[1].fidelity!.groups.map((g) => g.group)).toEqual(['coordinator', 'machine 0']);
+      expect(result.table).toContain('each dtrain process behind its own 1gbit link');
+      expect(leftGroups()).toEqual([]);
+      expect(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })).not.toContain(`dtn${process.pid}`);
     },
   );
 });
