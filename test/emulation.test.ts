@@ -202,4 +202,32 @@ describe.skipIf(!!unavailable)(`CPU groups${skipped}`, () => {
       expect(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })).not.toContain(`dtn${process.pid}`);
     },
   );
+
+  it.skipIf(!!noNetwork)(
+    `Ctrl-C during an emulated run behind links: its groups, namespaces and processes are gone${noNetwork ? ` (skipped: ${noNetwork})` : ''}`,
+    { timeout: 60_000 },
+    async () => {
+      const child = spawn(process.execPath, ['dist/scripts/scaling.js', '--hidden', '32,16', '--batch-size', '32', '--steps', '100000', '--threads', '', '--remote', '1', '--cpus', '0.5', '--link', '1gbit', '--calibration-rounds', '0', '--out', out()], { stdio: 'ignore' });
+      const h = findHierarchy() as Exclude<ReturnType<typeof findHierarchy>, string>;
+      const root = h.version === 2 ? h.root : h.cpu;
+      const mine = () => readdirSync(root).filter((d) => d.startsWith(`dtrain-emu-${child.pid}-`));
+      const namespaces = () => execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').filter((l) => l.startsWith(`dtn${child.pid}`));
+      const until = async (what: () => boolean) => {
+        for (let waited = 0; !what() && waited < 30_000; waited += 100) await new Promise((resolve) => setTimeout(resolve, 100));
+      };
+      // Both groups (coordinator, machine 0) made and the worker running: the run is under way.
+      const procs = (d: string) => readFileSync(join(root, d, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+      await until(() => mine().length === 2 && namespaces().length === 2 && mine().every((d) => procs(d).length > 0));
+      const inGroups = mine().flatMap(procs);
+      expect(inGroups.length).toBeGreaterThanOrEqual(2);
+      const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(signal ?? code)));
+      child.kill('SIGINT');
+      expect(await exited).toBe('SIGINT');
+      expect(mine()).toEqual([]);
+      expect(namespaces()).toEqual([]);
+      // A zombie (state Z) waiting for whoever adopted it to reap it has ended.
+      const alive = inGroups.filter((pid) => existsSync(`/proc/${pid}/stat`) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')));
+      expect(alive).toEqual([]);
+    },
+  );
 });
