@@ -278,6 +278,15 @@ async function calibrate(o: ScalingOptions & { cpus: number }, log: (line: strin
   return rows;
 }
 
+/** Each calibration's slowdowns over its repeats, as a range against the ideal. */
+function calibrationRanges(calibration: CalibrationRow[]): string[] {
+  return (['calibration: compute', 'calibration: exchange'] as const).flatMap((run) => {
+    const slowdowns = calibration.filter((c) => c.run === run).map((c) => c.slowdown);
+    if (slowdowns.length === 0) return [];
+    return [`${run}: ${Math.min(...slowdowns).toFixed(2)}–${Math.max(...slowdowns).toFixed(2)}× slower over ${slowdowns.length} measurements, ideal ${calibration[0].ideal.toFixed(2)}×.`];
+  });
+}
+
 function calibrationLine(r: CalibrationRow): string {
   const what = r.run === 'calibration: compute' ? 'one machine\'s step (mean)' : 'a 12 MB each-way ws exchange (median round)';
   return (
@@ -410,27 +419,35 @@ function fidelityLine(f: Fidelity): string {
   return `a step: ${groups}; host idle ${Number.isFinite(f.hostIdleShare) ? `${Math.round(100 * f.hostIdleShare)} %` : '–'}${f.oversubscribed ? ` (OVERSUBSCRIBED: ${f.quotaCores.toFixed(2)} cores of quota)` : ''}`;
 }
 
-/** The emulated machines' section: what each group used and was throttled a step, and the calibration. */
+/**
+ * The emulated machines' section: each run's speed-up over one machine of its kind and plan, its step against
+ * DDP's at as many machines, what each group used and was throttled a step, and the calibration.
+ */
 function emulationMarkdown(rows: ScalingRow[], calibration: CalibrationRow[], o: ScalingOptions & { cpus: number }): string {
   const emulatedRows = rows.filter((r) => r.fidelity);
   const cell = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
+  const ratio = (x: number | undefined) => (x !== undefined && Number.isFinite(x) ? `${x.toFixed(2)}×` : '–');
+  const oneMachine = (r: ScalingRow) => emulatedRows.find((q) => q.kind === r.kind && q.planAsked === r.planAsked && q.microBatch === r.microBatch && q.participants === 1);
+  const ddp = (r: ScalingRow) => emulatedRows.find((q) => q.kind === 'PyTorch DDP (gloo)' && q.participants === r.participants && q.globalBatch === r.globalBatch);
   return [
     '',
     `Emulated machines: ${o.cpus} core each (CFS quota, ${o.periodUs / 1000} ms period)${o.layouts.includes('apart') ? `, the coordinator apart on ${o.coordinatorCpus ?? o.cpus}` : ''}` +
       `${o.link ? `; each dtrain process behind its own ${o.link} link, DDP's ranks sharing one loopback of world × ${o.link}` : '; loopback links'}. ` +
       'Fidelity over the timed steps: each group\'s CPU used and time throttled a step, the host\'s idle share (an emulation whose host has no idle time measures the host).',
     '',
-    '| run | plan | participants | ms/step | quota (cores) | host idle | group: CPU ms/step, throttled ms/step |',
-    '|---|---|---|---|---|---|---|',
+    '| run | plan | participants | ms/step | × 1 machine (samples/s) | step ÷ DDP\'s | quota (cores) | host idle | group: CPU ms/step, throttled ms/step |',
+    '|---|---|---|---|---|---|---|---|---|',
     ...emulatedRows.map((r) => {
       const f = r.fidelity!;
       const groups = f.groups.map((g) => `${g.group} (${g.cores}): ${cell(g.cpuMsPerStep)}, ${cell(g.throttledMsPerStep)}`).join('; ');
       const idle = Number.isFinite(f.hostIdleShare) ? `${Math.round(100 * f.hostIdleShare)} %` : '–';
-      return `| ${r.kind} | ${r.plan} | ${r.participants} | ${r.msPerStep.toFixed(2)} | ${f.quotaCores.toFixed(2)}${f.oversubscribed ? ' OVERSUBSCRIBED' : ''} | ${idle} | ${groups} |`;
+      const speedUp = ratio(r.samplesPerSecond / (oneMachine(r)?.samplesPerSecond ?? NaN));
+      const againstDdp = r.kind === 'PyTorch DDP (gloo)' ? '–' : ratio(r.msPerStep / (ddp(r)?.msPerStep ?? NaN));
+      return `| ${r.kind} | ${r.plan} | ${r.participants} | ${r.msPerStep.toFixed(2)} | ${speedUp} | ${againstDdp} | ${f.quotaCores.toFixed(2)}${f.oversubscribed ? ' OVERSUBSCRIBED' : ''} | ${idle} | ${groups} |`;
     }),
     '',
     ...(calibration.length
-      ? ['Calibration (ideal: 1/C times slower; measured before and after the runs):', '', ...calibration.map((c) => `- ${calibrationLine(c)}`), '']
+      ? ['Calibration (ideal: 1/C times slower; measured before and after the runs):', '', ...calibration.map((c) => `- ${calibrationLine(c)}`), '', ...calibrationRanges(calibration), '']
       : ['No calibration (--calibration-rounds 0).', '']),
   ].join('\n');
 }
@@ -447,7 +464,7 @@ function hashGroups(rows: ScalingRow[]): Map<number, Set<string>> {
 
 function markdown(rows: ScalingRow[], groups: Map<number, Set<string>>, o: ScalingOptions): string {
   const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–');
-  const network = (r: ScalingRow) => r.kind === 'remote workers';
+  const network = (r: ScalingRow) => r.kind === 'remote workers' || r.kind.startsWith('emulated machines');
   const lines = [
     `${o.weak ? 'Weak' : 'Strong'} scaling: ${o.steps} steps from seed 0 per run, global batch ${o.weak ? `participants × ${o.batchSize}` : o.batchSize}; ` +
       `ms/step and the median are over the steps after the first ${warmupOf(o)}${o.localData ? '; remote workers with their own copy of the data' : ''}` +
