@@ -92,6 +92,13 @@ describe('cgroup hierarchies and host CPU', () => {
     expect(findHierarchy(line(30, '/sys/fs/cgroup/memory', 'cgroup', 'rw,memory'))).toMatch(/no cgroup cpu controller is mounted/);
     // A v2 mount point with no cgroup.controllers file (not a real hierarchy): cpu is not handed down.
     expect(findHierarchy(line(40, '/nonexistent-cgroup2', 'cgroup2', 'rw'))).toMatch(/does not hand the cpu controller to its children/);
+    // A v2 hierarchy (as files: the test makes none) whose root hands cpu to its children.
+    const v2 = out();
+    writeFileSync(join(v2, 'cgroup.controllers'), 'cpuset cpu io memory pids\n');
+    writeFileSync(join(v2, 'cgroup.subtree_control'), 'memory pids\n');
+    expect(findHierarchy(line(40, v2, 'cgroup2', 'rw'))).toMatch(/does not hand the cpu controller/);
+    writeFileSync(join(v2, 'cgroup.subtree_control'), 'cpu memory pids\n');
+    expect(findHierarchy(line(40, v2, 'cgroup2', 'rw'))).toEqual({ version: 2, root: v2 });
   });
 
   it('reads the host\'s idle and total CPU time from /proc/stat', () => {
