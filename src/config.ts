@@ -247,9 +247,22 @@ export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'allowMixedDevices', 'dashboard', 'dashboardToken',
 ];
 
+/**
+ * A worker's name (dtrain worker --name, hello.name): the coordinator shows it and its records use it as a
+ * folder name (a TensorBoard run), so only these characters.
+ */
+export const WORKER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** Throws unless `name` is absent or a valid worker name (both dtrain worker and runWorker() check). */
+export function checkWorkerName(name: string | undefined): void {
+  if (name !== undefined && !WORKER_NAME.test(name)) throw invalidOption('name', '1 to 64 of the characters A-Z a-z 0-9 . _ -', name);
+}
+
 /** What `dtrain worker` takes: runWorker()'s options that a user chooses. */
 export interface WorkerConfig {
   connect: string;
+  /** How the coordinator names this worker (its records, the dashboard); default from the hostname. A rank names it instead. */
+  name?: string;
   token?: string;
   ca?: string;
   threads: number;
@@ -275,6 +288,11 @@ export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device'
 
 export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
   connect: { flag: '--connect <url>', description: 'the coordinator, ws://HOST:PORT or wss://HOST:PORT', kind: { type: 'string' } },
+  name: {
+    flag: '--name <name>',
+    description: 'how the coordinator names this worker in its records, the same across reconnections (A-Z a-z 0-9 . _ -; default: the hostname)',
+    kind: { type: 'string' },
+  },
   token: { flag: '--token <secret>', description: 'the shared secret of the run (or env DTRAIN_TOKEN)', kind: { type: 'string' } },
   ca: { flag: '--ca <file>', description: 'PEM certificate of a private CA that signed the coordinator\'s TLS certificate', kind: { type: 'string' } },
   threads: { flag: '--threads <n>', description: 'compute threads on this machine', kind: { type: 'int', min: 1 } },
@@ -482,6 +500,7 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   if (given.connect === undefined) throw workerNeedsConnect();
   // Checked here, a mistyped URL is named as the option it is, before the worker loads an engine.
   if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
+  checkWorkerName(given.name);
   checkToken(given.token);
   return { ...WORKER_DEFAULTS, ...given, connect: given.connect };
 }

@@ -404,6 +404,9 @@ describe('hostile peers', () => {
             hidden: (t.hidden as Float32Array[]) ?? sizes.slice(0, -1).map((n) => new Float32Array(rows * n)),
             deltas: sizes.map((n) => new Float32Array(rows * n)),
             ms: 1,
+            applyMs: 0,
+            waitMs: 0,
+            queuedMs: 0,
           } as never),
         );
       }),

@@ -3,7 +3,7 @@ import { PROTOCOL_VERSION, ProtocolError, type ReplicaState, type RowsDone } fro
 import { Pending } from '../src/cluster/remote/requests.js';
 import { validateFromCoordinator, validateFromWorker } from '../src/cluster/remote/validation.js';
 
-const rows = (step: number): RowsDone => ({ t: 'rowsDone', step, range: [0, 1], rowLoss: new Float32Array(1), hidden: [], deltas: [], ms: 0 });
+const rows = (step: number): RowsDone => ({ t: 'rowsDone', step, range: [0, 1], rowLoss: new Float32Array(1), hidden: [], deltas: [], ms: 0, applyMs: 0, waitMs: 0, queuedMs: 0 });
 const state: ReplicaState = { t: 'replicaState', step: 3, params: new Float32Array(0), m: new Float32Array(0), v: new Float32Array(0) };
 
 describe("the hub's one request mechanism (Pending)", () => {

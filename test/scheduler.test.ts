@@ -24,7 +24,7 @@ function soleWorker(leaves: boolean) {
     requestRows: async (_w: unknown, step: number, _batch: number, range: Range, _samples: Int32Array, form: RowsForm) => {
       forms.push(form);
       if (leaves) worker.status = 'closed';
-      return { t: 'rowsDone', step, range, rowLoss: new Float32Array(range[1] - range[0]).fill(0.5), hidden: [], deltas: [], ms: 1 };
+      return { t: 'rowsDone', step, range, rowLoss: new Float32Array(range[1] - range[0]).fill(0.5), hidden: [], deltas: [], ms: 1, applyMs: 0, waitMs: 0, queuedMs: 0 };
     },
     broadcastUpdate: () => hub.ready().length,
   };

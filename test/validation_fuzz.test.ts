@@ -52,9 +52,10 @@ const WORKER_VIEWS = [beforeWelcome, beforeState, synced];
 /** Each valid message of a direction, with the view that accepts it. */
 const FROM_WORKER: [ToCoordinator, CoordinatorView | undefined][] = [
   [{ t: 'hello', protocol: PROTOCOL_VERSION, mac: new Uint8Array(32), nonce: new Uint8Array(32), engine: 'onnx', device: 'cpu', backend: 'onnx (cpu)', threads: 2, dataSha256: '' }, undefined],
-  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, false), ms: 1.5 }, owes(false)],
-  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, true), ms: 1.5 }, owes(true)],
-  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), hidden: [], deltas: [], ms: 1.5 }, owesLosses],
+  [{ t: 'hello', protocol: PROTOCOL_VERSION, mac: new Uint8Array(32), nonce: new Uint8Array(32), engine: 'onnx', device: 'cpu', backend: 'onnx (cpu)', threads: 2, dataSha256: '', rank: 3, name: 'gpu-box_2.lab' }, undefined],
+  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, false), ms: 1.5, applyMs: 2.25, waitMs: 0.5, queuedMs: 0.75 }, owes(false)],
+  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, true), ms: 1.5, applyMs: 2.25, waitMs: 0.5, queuedMs: 0.75 }, owes(true)],
+  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), hidden: [], deltas: [], ms: 1.5, applyMs: 2.25, waitMs: 0.5, queuedMs: 0.75 }, owesLosses],
   [{ t: 'checksum', step: STEP, sha256: 'ab'.repeat(32) }, owes(false)],
   [{ t: 'replicaState', step: STEP, params: floats(total), m: floats(total), v: floats(total) }, owes(false)],
   [{ t: 'replicaState', step: STEP, params: floats(SHARE), m: floats(SHARE), v: floats(SHARE) }, owesShard],
@@ -83,8 +84,8 @@ const FROM_COORDINATOR: [ToWorker, WorkerView][] = [
   ],
   [{ t: 'rows', step: STEP, batch: BATCH, range: ASKED, labels: Uint8Array.of(0, 1, 0, 1, 0, 1), compact: false, lossOnly: false, x: floats(BATCH * sizes[0]) }, synced],
   [{ t: 'rows', step: STEP, batch: BATCH, range: ASKED, labels: Uint8Array.of(1, 1, 0, 0, 1, 0), compact: true, lossOnly: true, index: Int32Array.of(5, 4, 3, 2, 1, 0) }, synced],
-  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, false), ms: 0 }, synced],
-  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, true), ms: 0 }, synced],
+  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, false), ms: 0, applyMs: 0, waitMs: 0, queuedMs: 0 }, synced],
+  [{ t: 'rowsDone', step: STEP, range: ASKED, rowLoss: floats(3), ...rowArrays(3, true), ms: 0, applyMs: 0, waitMs: 0, queuedMs: 0 }, synced],
   [
     {
       t: 'update',
@@ -146,6 +147,7 @@ function expectWorkerShape(m: ToCoordinator, view: CoordinatorView | undefined):
     expect(m.nonce).toHaveLength(32);
     expect(m.mac).toBeInstanceOf(Uint8Array);
     expectInt(m.threads, 1, 1024);
+    if (m.name !== undefined) expect(m.name).toMatch(/^[A-Za-z0-9._-]{1,64}$/);
   } else if (m.t === 'rowsDone') {
     expect(m.step).toBe(view!.pendingStep);
     expect(m.range).toEqual(view!.pendingRange);
@@ -153,7 +155,8 @@ function expectWorkerShape(m: ToCoordinator, view: CoordinatorView | undefined):
     expectFloats(m.rowLoss, rows, true);
     if (view!.pendingLossOnly) expect([m.hidden, m.deltas]).toEqual([[], []]);
     else expectRowArrays(m, rows, view!.pendingCompact, true);
-    expect(Number.isFinite(m.ms) && m.ms >= 0).toBe(true);
+    // A worker's reported times: finite, non-negative, at most an hour.
+    for (const ms of [m.ms, m.applyMs, m.waitMs, m.queuedMs]) expect(Number.isFinite(ms) && ms >= 0 && ms <= 3_600_000).toBe(true);
   } else if (m.t === 'replicaState') {
     expect(m.step).toBe(view!.pendingSnapshot);
     const units = view!.pendingSnapshotUnits;

@@ -27,11 +27,23 @@ export interface ParticipantStep {
   rows: number;
   /** Its own time computing this step's rows, ms, as it measured it. */
   computeMs: number;
-  /** Its own time applying the step (weight pass and Adam, or committing a slice), ms; 0 when it applies nothing. */
+  /**
+   * Its own time applying steps (weight pass and Adam, or committing a slice), ms; 0 when it applies nothing.
+   * `local`: the coordinator's weight pass of this step. A worker's comes with its rows (RowsDone.applyMs):
+   * what it applied since its previous rows, which is the step before this one (and taking in the others' rows).
+   */
   applyMs: number;
-  /** Coordinator's view: from sending its rows request to holding the answer, less computeMs (wire and queues), ms. */
+  /**
+   * Coordinator's view: from sending its rows request to holding the answer, less computeMs and the time the
+   * request waited at the worker behind earlier messages (RowsDone.queuedMs): the wire and the coordinator's
+   * own queues, ms; 0 for `local`.
+   */
   wireMs: number;
-  /** Time it sat idle in this step waiting for the others (the slowest participant's span less its own), ms. */
+  /**
+   * Time it sat idle waiting for the others, ms. `local`: after its own rows, for the workers' answers. A
+   * worker's, as it reports it with its rows (RowsDone.waitMs): idle since its previous rows answer, for the
+   * others' rows, the update and this request.
+   */
   waitMs: number;
 }
 
@@ -51,4 +63,50 @@ export function slowestParticipant(record: ParticipantsRecord): string | undefin
     if (!slowest || rate < slowest.rate) slowest = { id: p.id, rate };
   }
   return slowest?.id;
+}
+
+/** A participant's rows and times in one step, summed over the rounds of its row pass. */
+export type StepShare = Pick<ParticipantStep, 'rows' | 'computeMs' | 'applyMs' | 'wireMs' | 'waitMs'>;
+
+/**
+ * What the scheduler gathers of each participant during a step (`K`: the local slots' id or a remote peer),
+ * which becomes the step's record: one small object a participant, summed as the rounds of a pass come.
+ */
+export class ParticipantTally<K> {
+  private readonly shares = new Map<K, StepShare>();
+
+  add(who: K, share: Partial<StepShare>): void {
+    let into = this.shares.get(who);
+    if (!into) this.shares.set(who, (into = { rows: 0, computeMs: 0, applyMs: 0, wireMs: 0, waitMs: 0 }));
+    into.rows += share.rows ?? 0;
+    into.computeMs += share.computeMs ?? 0;
+    into.applyMs += share.applyMs ?? 0;
+    into.wireMs += share.wireMs ?? 0;
+    into.waitMs += share.waitMs ?? 0;
+  }
+
+  has(who: K): boolean {
+    return this.shares.has(who);
+  }
+
+  /** Everyone with a share in the step so far (those that left since included). */
+  who(): K[] {
+    return [...this.shares.keys()];
+  }
+
+  /**
+   * `who`'s share of the step (nothing done when it has none), its times to 10 µs: the record is a line of
+   * metrics.jsonl a step, and a float's 17 digits would triple it and say nothing more.
+   */
+  shareOf(who: K): StepShare {
+    const share = this.shares.get(who);
+    if (!share) return { rows: 0, computeMs: 0, applyMs: 0, wireMs: 0, waitMs: 0 };
+    const round = (ms: number) => Math.round(ms * 100) / 100;
+    return { rows: share.rows, computeMs: round(share.computeMs), applyMs: round(share.applyMs), wireMs: round(share.wireMs), waitMs: round(share.waitMs) };
+  }
+
+  /** The step is recorded: the next starts from nothing. */
+  clear(): void {
+    this.shares.clear();
+  }
 }

@@ -18,6 +18,7 @@ import type { Range } from './plan.js';
 import { apportion, coalesce, microShards, shardGroups } from './plan.js';
 import { rowsOf, RowVerifier, sameBits, type AcceptedRows } from './verify.js';
 import { LOCAL, smooth, withAverage, WorkLedger, type WorkShares } from './work_ledger.js';
+import { ParticipantTally, type ParticipantState, type ParticipantStep, type StepShare } from './participant_stats.js';
 import type { RemoteHub, RemotePeer, HubEvent, SuspectRows } from './remote/hub.js';
 import type { RowsDone, StateMessage } from './remote/messages.js';
 import type { Task, TaskResult } from './slot_runner.js';
@@ -63,6 +64,8 @@ interface RemoteJob {
   rows: Range;
   shardRange: Range;
   sent: number;
+  /** When its answer came (performance.now()): the round trip, less the worker's compute, is its wire time. */
+  arrived: number;
   /** Never rejects: a failure arrives as the Error, so the rows can be redone. */
   result: Promise<RowsDone | Error>;
 }
@@ -96,6 +99,10 @@ export type ClusterEvent =
 
 export class Scheduler {
   private readonly ledger = new WorkLedger();
+  /** Each participant's rows and times in the step under way (participants(): the step's record). */
+  private readonly tally = new ParticipantTally<RemotePeer | typeof LOCAL>();
+  /** The remote members the last record named: one gone since is named once more, dropped. */
+  private recorded: RemotePeer[] = [];
   private prefetched?: Plan;
   /**
    * Remote rows may travel in compact form (activations and the last layer's delta; receivers rebuild the
@@ -442,10 +449,15 @@ export class Scheduler {
       const shardRange: Range = [next, next + counts[i]];
       next += counts[i];
       const rows: Range = [shards[shardRange[0]][0], shards[shardRange[1] - 1][1]];
-      const sent = performance.now();
       const form = { compact: plan.compact, lossOnly: plan.lossOnly };
-      const result = this.hub!.requestRows(worker, step, batch, rows, index, form).catch((e: Error) => e);
-      plan.remote.push({ worker, rows, shardRange, sent, result });
+      const sent = performance.now();
+      // Its result, set next, notes when the answer came.
+      const job = { worker, rows, shardRange, sent, arrived: sent } as RemoteJob;
+      job.result = this.hub!.requestRows(worker, step, batch, rows, index, form).then(
+        (done) => ((job.arrived = performance.now()), done),
+        (e: Error) => e,
+      );
+      plan.remote.push(job);
     });
     return plan;
   }
@@ -462,6 +474,7 @@ export class Scheduler {
       await this.runLocalRows(plan.step, generation, plan.batch, plan.local);
       localDone = performance.now();
       this.ledger.local(count, localDone - started);
+      this.tally.add(LOCAL, { rows: count, computeMs: localDone - started });
     }
     const failed: Range[] = [];
     const suspect: Suspect[] = [];
@@ -485,9 +498,15 @@ export class Scheduler {
       // smaller share look slower per row, and shrink further (two identical workers ended near 75 % / 25 %).
       job.worker.speed = smooth(job.worker.speed, count / Math.max(0.01, done.ms > 0 ? done.ms : performance.now() - job.sent));
       this.ledger.credit(job.worker.name, count);
+      const wireMs = Math.max(0, job.arrived - job.sent - done.ms - done.queuedMs);
+      this.tally.add(job.worker, { rows: count, computeMs: done.ms, applyMs: done.applyMs, wireMs, waitMs: done.waitMs });
       accepted.push({ peer: job.worker, shardRange: job.shardRange });
     }
-    if (plan.remote.length > 0) this.ledger.waited(performance.now() - localDone);
+    if (plan.remote.length > 0) {
+      const waited = performance.now() - localDone;
+      this.ledger.waited(waited);
+      if (plan.local) this.tally.add(LOCAL, { waitMs: waited });
+    }
     return { failed, suspect, accepted, rowsHere: accepted.length === 0 || !(plan.compact || plan.lossOnly) };
   }
 
@@ -508,19 +527,38 @@ export class Scheduler {
     this.memory.batch.index.set(index);
     const started = performance.now();
     const results = await this.local.runPass([{ kind: 'step', step, generation, batch }]);
-    this.ledger.local(batch, performance.now() - started);
+    const ms = performance.now() - started;
+    this.ledger.local(batch, ms);
+    // Both passes in one task: its weight pass is not timed apart from its rows.
+    this.tally.add(LOCAL, { rows: batch, computeMs: ms });
     return results;
   }
 
   /** Gradient reduction and Adam on the local slots: the state's weight tasks (TrainingState.weightTasks). */
   async applyWeights(tasks: Task[]): Promise<TaskResult[]> {
-    if (!this.remotePlan) return this.local.runPass(tasks);
     const started = performance.now();
     const results = await this.local.runPass(tasks);
+    const ms = performance.now() - started;
+    this.tally.add(LOCAL, { applyMs: ms });
     // The coordinator's rate for the server plan's estimate (its whole weight pass, here).
     const batch = tasks.find((t) => t.kind === 'weights')?.batch;
-    if (batch) this.remotePlan.weighed(performance.now() - started, batch);
+    if (batch && this.remotePlan) this.remotePlan.weighed(ms, batch);
     return results;
+  }
+
+  /**
+   * Every participant's rows and times since the last call (one step): the local slots when they computed
+   * or applied, every remote member in its state, and each member gone since, dropped with its reason.
+   */
+  participants(): ParticipantStep[] {
+    const members = this.joinedWorkers();
+    const gone = new Set([...this.recorded, ...this.tally.who()].filter((w): w is RemotePeer => w !== LOCAL && w.status === 'closed'));
+    const steps: ParticipantStep[] = [];
+    if (this.localComputes || this.tally.has(LOCAL)) steps.push({ id: LOCAL, kind: 'local', state: 'computing', ...this.tally.shareOf(LOCAL) });
+    for (const peer of [...members, ...gone]) steps.push(remoteStep(peer, this.tally.shareOf(peer)));
+    this.recorded = members;
+    this.tally.clear();
+    return steps;
   }
 
   /** The committed state from the local slot's device (a GPU that keeps it) into the shared memory. */
@@ -561,6 +599,23 @@ export class Scheduler {
   async close(): Promise<void> {
     await Promise.all([this.local.close(), this.hub?.close()]);
   }
+}
+
+/** A peer's status as a participant's state (an authenticating peer is no member, and is never asked). */
+const STATES: Record<RemotePeer['status'], ParticipantState> = { authenticating: 'joining', joining: 'joining', ready: 'computing', standby: 'standby', closed: 'dropped' };
+
+function remoteStep(peer: RemotePeer, share: StepShare): ParticipantStep {
+  const state = STATES[peer.status];
+  return {
+    id: peer.participant,
+    kind: 'remote',
+    address: peer.address,
+    state,
+    ...(state === 'dropped' ? { reason: (peer.leftReason ?? 'left').split('\n')[0] } : {}),
+    engine: peer.hello?.engine,
+    device: peer.hello?.device,
+    ...share,
+  };
 }
 
 // By name: the remote module (and ws) is only loaded when the coordinator listens.

@@ -1,10 +1,13 @@
 /**
- * metrics.jsonl: one JSON object per line — per step {type:"step", step, epoch, loss, ms, bytes, cpuMs} and per
- * epoch {type:"epoch", epoch, steps, testAccuracy, testAvgLoss, trainLoss, seconds, samplesPerSecond,
- * shares, networkWaitSeconds}. Appended as the run goes, through one write stream.
+ * metrics.jsonl: one JSON object per line — per step {type:"step", step, epoch, loss, ms, bytes, cpuMs} and
+ * {type:"participants", step, epoch, participants: [...]} (every participant's rows and times:
+ * cluster/participant_stats.ts), and per epoch {type:"epoch", epoch, steps, testAccuracy, testAvgLoss,
+ * trainLoss, seconds, samplesPerSecond, shares, networkWaitSeconds}. Appended as the run goes, through one
+ * write stream.
  */
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
+import type { ParticipantsRecord } from '../cluster/participant_stats.js';
 import type { EpochResult } from './summary.js';
 
 export interface StepRecord {
@@ -30,7 +33,12 @@ export interface EpochRecord extends EpochResult {
   networkWaitSeconds: number;
 }
 
-export type MetricsRecord = StepRecord | EpochRecord;
+/** Every participant of a step: who computed which rows, and where its time went. */
+export interface ParticipantsMetrics extends ParticipantsRecord {
+  type: 'participants';
+}
+
+export type MetricsRecord = StepRecord | ParticipantsMetrics | EpochRecord;
 
 export const metricsFile = (runDir: string) => join(runDir, 'metrics.jsonl');
 
@@ -45,7 +53,7 @@ export class MetricsLog {
     mkdirSync(runDir, { recursive: true });
     const file = metricsFile(runDir);
     if (keepThrough && existsSync(file)) {
-      const kept = readMetrics(runDir).filter((r) => (r.type === 'step' ? r.step <= keepThrough.step : r.epoch <= keepThrough.epochs));
+      const kept = readMetrics(runDir).filter((r) => (r.type === 'epoch' ? r.epoch <= keepThrough.epochs : r.step <= keepThrough.step));
       writeFileSync(file, kept.map((r) => `${JSON.stringify(r)}\n`).join(''));
     }
     this.stream = createWriteStream(file, { flags: keepThrough ? 'a' : 'w' });

@@ -82,10 +82,13 @@ async function runBatches(loop: Loop): Promise<boolean> {
     const ms = performance.now() - stepStart;
     session.stepTimed(ms);
     metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms, bytes: bytes - loop.bytesBefore, cpuMs, plan: scheduler.planName });
+    const participants = session.participants(cursor.epoch);
+    metrics.write({ type: 'participants', ...participants });
     loop.bytesBefore = bytes;
     const b = cursor.batch;
     cursor.advance(index.length, loss);
     emit({ type: 'step', step: state.step, epoch: cursor.epoch, batch: b + 1, batches: cursor.batches, loss, samples: index.length, ms });
+    emit({ type: 'participants', record: participants });
     if (b % config.logEvery === 0) {
       emit({ type: 'log', epoch: cursor.epoch, loss, current: Math.min((b + 1) * config.batchSize, dataset.train.count), size: dataset.train.count });
     }

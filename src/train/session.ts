@@ -22,6 +22,7 @@ import { exportModel } from '../report/export.js';
 import { plotRun } from '../report/plot.js';
 import { latestCheckpoint, listCheckpoints, stepOf, writeCheckpoint, type Checkpoint, type CheckpointHeader } from './checkpoint.js';
 import type { TrainEvent, TrainOptions } from './events.js';
+import type { ParticipantsRecord } from '../cluster/participant_stats.js';
 
 /** Where a run starts: from scratch, or from a checkpoint (with the options merged from it). */
 function prepareConfig(userConfig: Partial<TrainConfig>, emit: (e: TrainEvent) => void): { config: TrainConfig; checkpoint?: Checkpoint } {
@@ -193,6 +194,13 @@ export class RunSession {
     this.planSteps[i] ??= { ms: 0, steps: 0 };
     this.planSteps[i].ms += ms;
     this.planSteps[i].steps++;
+  }
+
+  /** Every participant's rows and times in the step just taken (the local slots with this run's engine and device). */
+  participants(epoch: number): ParticipantsRecord {
+    const participants = this.scheduler.participants();
+    for (const p of participants) if (p.kind === 'local') Object.assign(p, { engine: this.config.engine, device: this.config.device });
+    return { step: this.state.step, epoch, participants };
   }
 
   /** The summary of the run as it stands (failure: the error that stopped it). */

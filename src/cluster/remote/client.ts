@@ -9,7 +9,8 @@
  * connection it reconnects with exponential backoff and resynchronises from a new snapshot. One
  * connection is worker_session.ts; the replica it keeps across connections is replica.ts.
  */
-import { WORKER_DEFAULTS } from '../../config.js';
+import { hostname } from 'node:os';
+import { checkWorkerName, WORKER_DEFAULTS } from '../../config.js';
 import { prepareEngine } from '../../engine/create.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { deviceOf, session, type ReplicaSlot } from './worker_session.js';
@@ -19,7 +20,9 @@ export type { WorkerEvent, WorkerOptions };
 
 /** Runs a worker until the signal aborts it or it gives up reconnecting. */
 export async function runWorker(userOptions: Partial<WorkerOptions> & { connect: string }): Promise<void> {
-  const given: WorkerOptions = { ...WORKER_DEFAULTS, ...userOptions };
+  // Named by its rank when it has one; else by --name, else by its host: the same across reconnections.
+  checkWorkerName(userOptions.name);
+  const given: WorkerOptions = { ...WORKER_DEFAULTS, ...userOptions, name: userOptions.name ?? (userOptions.rank === undefined ? hostName() : undefined) };
   const emit = given.onEvent ?? (() => {});
   // Before connecting: a worker without a usable device says so at once instead of joining and failing.
   const { webgpu } = await prepareEngine(given);
@@ -53,6 +56,12 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
   } finally {
     await slot.replica?.close();
   }
+}
+
+/** This machine's hostname as a worker name (WORKER_NAME's characters only; its first label). */
+export function hostName(): string {
+  const name = hostname().split('.')[0].replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
+  return name || 'worker';
 }
 
 /** Waits ms, or less if the signal aborts; leaves no listener behind (a worker may reconnect many times). */

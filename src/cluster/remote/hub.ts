@@ -220,8 +220,23 @@ export class RemoteHub {
   /** A hello: the gate authenticates the peer (or throws why not); it joins, and waits for the state (admit). */
   private authenticate(peer: RemotePeer, hello: Hello): void {
     this.kinds.add(this.gate.authenticate(peer, hello));
+    peer.participant = this.participantIdOf(peer, hello);
     this.report({ type: 'joined', worker: peer.name, backend: hello.backend, threads: hello.threads });
     for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  /**
+   * A member's name in the run's records: its rank under a launcher, else the name it gave (a worker from
+   * before this protocol gave none: `worker-<id>`); a name another member holds gets a suffix (-2, -3, …).
+   * The same across reconnections, since a peer that left holds no name any more.
+   */
+  private participantIdOf(peer: RemotePeer, hello: Hello): string {
+    const wanted = hello.rank !== undefined ? `rank-${hello.rank}` : (hello.name ?? `worker-${peer.id}`);
+    const taken = new Set([...this.peers.values()].filter((p) => p !== peer).map((p) => p.participant));
+    if (!taken.has(wanted)) return wanted;
+    let n = 2;
+    while (taken.has(`${wanted}-${n}`)) n++;
+    return `${wanted}-${n}`;
   }
 
   /**
@@ -246,6 +261,7 @@ export class RemoteHub {
     if (peer.status === 'closed') return;
     const wasMember = peer.status !== 'authenticating';
     peer.status = 'closed';
+    peer.leftReason = reason;
     clearTimeout(peer.authTimer);
     this.gate.release(peer, false);
     this.peers.delete(peer.id);

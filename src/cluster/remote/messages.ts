@@ -6,9 +6,10 @@
  *
  * The protocol (version in PROTOCOL_VERSION):
  *   coordinator → worker  challenge {nonce}                       on connect
- *   worker → coordinator  hello {mac, nonce, engine, device, backend, threads, dataSha256, rank?}
+ *   worker → coordinator  hello {mac, nonce, engine, device, backend, threads, dataSha256, rank?, name?}
  *                         rank: only from a launched job's ranks (dtrain run), so that a coordinator waiting
- *                         for the world names who is missing; optional
+ *                         for the world names who is missing; optional. name: how it is shown and recorded
+ *                         (dtrain worker --name, default from the hostname; [A-Za-z0-9._-]); optional
  *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
  *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v, plan}   a full snapshot, on join; plan:
@@ -16,7 +17,10 @@
  *   coordinator → worker  rows {step, range, batch, x | index, labels, compact, lossOnly}   compute rows `range`
  *                         (x | index and labels: of the whole batch; compact: send only the last delta;
  *                         lossOnly: only the losses — a sole replica, whose rows nobody else reads)
- *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms}
+ *   worker → coordinator  rowsDone {step, range, rowLoss, hidden[], deltas[], ms, applyMs, waitMs, queuedMs}
+ *                         ms: its time computing these rows; applyMs and waitMs: its time applying steps and
+ *                         sitting idle since its previous rowsDone; queuedMs: how long the request waited there
+ *                         behind earlier messages (the participants' records, issue 21)
  *   coordinator → worker  rowsDone {…}                            another worker's rows, forwarded as sent
  *   coordinator → worker  update {step, batch, parts, units?}     the rows it lacks still: apply the step
  *                         (units: a sharded step — apply only these output units of each layer, then:)
@@ -38,12 +42,16 @@
  * Encoding: codec.ts; what each side accepts: validation.ts; the token handshake: auth.ts.
  */
 import type { RemotePlan } from '../../config.js';
+export { WORKER_NAME } from '../../config.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
-/** 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices); 7: rows.lossOnly. */
-export const PROTOCOL_VERSION = 7;
+/**
+ * 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices); 7: rows.lossOnly;
+ * 8: rowsDone.applyMs, waitMs and queuedMs, hello.name.
+ */
+export const PROTOCOL_VERSION = 8;
 
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
@@ -72,6 +80,11 @@ export interface Hello {
   dataSha256: string;
   /** The worker's rank in a launched job (dtrain run); absent otherwise. */
   rank?: number;
+  /**
+   * What the worker calls itself (dtrain worker --name, default from its hostname): [A-Za-z0-9._-], 1 to 64
+   * characters (WORKER_NAME). A rank names it instead when it has one.
+   */
+  name?: string;
 }
 export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number; heartbeatMs: number }
 export interface StateMessage {
@@ -123,7 +136,20 @@ export interface RowsDone {
   hidden: Float32Array[];
   /** Every layer's delta, or in compact form only the last layer's; none (nor hidden) when asked lossOnly. */
   deltas: Float32Array[];
+  /** Its time computing these rows, ms. */
   ms: number;
+  /**
+   * Its time since its previous rowsDone applying steps (taking in the others' rows, the weight pass and
+   * Adam, or committing slices), ms: normally the step before this one's.
+   */
+  applyMs: number;
+  /** Its time since its previous rowsDone sitting idle: for the others' rows, an update, these rows' request, ms. */
+  waitMs: number;
+  /**
+   * How long the rows request waited at the worker behind earlier messages (a request sent early, while it
+   * applied the step before), ms: the coordinator takes it and `ms` from the round trip to leave the wire.
+   */
+  queuedMs: number;
 }
 export interface UpdatePart {
   range: Range;

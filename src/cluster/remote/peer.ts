@@ -21,6 +21,13 @@ export class RemotePeer {
   /** Cleared at each heartbeat ping and set by the pong: a peer still false at the next beat is gone. */
   isAlive = true;
   hello?: Hello;
+  /**
+   * Its stable name in the run's records (participant_stats.ts): `rank-N` under a launcher, else the name its
+   * hello gave, made unique among the members; set when it authenticates.
+   */
+  participant = '';
+  /** Why it left (set when the hub drops it): the participants' record shows it. */
+  leftReason?: string;
   /** The nonce this peer must prove it knows the token for. */
   readonly challenge = newNonce();
   /** What the coordinator asked this peer for and awaits: rows, its replica's state, a checksum. */
@@ -37,21 +44,23 @@ export class RemotePeer {
   /** Whether it holds one of the admission control's slots for connections authenticating (admission.ts). */
   holdsAuthSlot = true;
 
+  /** host:port it connects from; kept, since a closed socket forgets it (and a dropped peer is still named by it). */
+  readonly address: string;
+
   constructor(
     readonly id: number,
     readonly ws: WebSocket,
     /** The TCP socket under ws: what a stranger may send before it authenticates is counted on it. */
     readonly socket: Socket,
-  ) {}
+  ) {
+    this.address = `${this.ip}:${socket.remotePort}`;
+  }
 
   /** Its IP address, which admission control counts failures by. */
   get ip(): string {
     return this.socket.remoteAddress ?? 'unknown';
   }
 
-  get address(): string {
-    return `${this.ip}:${this.socket.remotePort}`;
-  }
 
   get name(): string {
     const rank = this.hello?.rank;

@@ -88,8 +88,11 @@ export class Replica {
     this.state.load(state, state.step, state.generation);
   }
 
-  /** Takes the batch's samples, computes rows message.range, and returns them for the coordinator. */
-  async rows(message: RowsMessage): Promise<RowsDone> {
+  /**
+   * Takes the batch's samples, computes rows message.range, and returns them for the coordinator (the
+   * connection adds its apply and wait times).
+   */
+  async rows(message: RowsMessage): Promise<Omit<RowsDone, 'applyMs' | 'waitMs' | 'queuedMs'>> {
     if (message.step !== this.step) throw new ProtocolError(`rows: step ${message.step} does not follow this replica's step ${this.step}`);
     const started = performance.now();
     const { batch: b, spec, train } = this.memory;

@@ -8,7 +8,7 @@
  * returns that type's message, so a new message cannot be sent without saying what the receiver accepts.
  * The schemas read what a side knows (its view: the model, what it asked for) to check sizes and steps.
  */
-import { REMOTE_PLANS } from '../../config.js';
+import { REMOTE_PLANS, WORKER_NAME } from '../../config.js';
 import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
@@ -59,6 +59,13 @@ function int(m: Raw, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): numb
 function str(m: Raw, name: string, maxLength = 256): string {
   const v = field(m, name);
   if (typeof v !== 'string' || v.length > maxLength) throw new ProtocolError(`${m.t}: field "${name}" must be a string of at most ${maxLength} characters`);
+  return v;
+}
+
+/** hello.name: shown, and used as a folder name by the run's records, so only WORKER_NAME's characters. */
+function workerName(m: Raw): string {
+  const v = field(m, 'name');
+  if (typeof v !== 'string' || !WORKER_NAME.test(v)) throw new ProtocolError(`${m.t}: field "name" must be 1 to 64 of A-Z a-z 0-9 . _ -, got ${quote(v)}`);
   return v;
 }
 
@@ -139,12 +146,19 @@ function sameUnits(a: readonly Range[], b: readonly Range[]): boolean {
   return a.length === b.length && a.every((r, l) => r[0] === b[l][0] && r[1] === b[l][1]);
 }
 
+/** The longest time a worker may report for one step's part (an hour: a step deadline is far shorter). */
+const MAX_REPORTED_MS = 3_600_000;
+
 /**
- * A worker's own report of how long its rows took: it only weighs the scheduler's shares, so anything
- * that is not a finite non-negative number (NaN, Infinity, a map) reads as 0 rather than failing the rows.
+ * A worker's own report of a time (its rows' compute, its apply, its wait), ms: it weighs the scheduler's
+ * shares and is shown and recorded, so it must be a finite number within [0, MAX_REPORTED_MS].
  */
-function duration(v: unknown): number {
-  return typeof v === 'number' && Number.isFinite(v) ? Math.max(0, v) : 0;
+function duration(m: Raw, name: string): number {
+  const v = field(m, name);
+  if (typeof v !== 'number' || !(v >= 0 && v <= MAX_REPORTED_MS)) {
+    throw new ProtocolError(`${m.t}: field "${name}" must be a number of milliseconds within [0, ${MAX_REPORTED_MS}], got ${quote(v)}`);
+  }
+  return v;
 }
 
 /** Floats of each hidden layer's array for `rows` rows. */
@@ -204,6 +218,7 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
       dataSha256: str(raw, 'dataSha256', 64),
       // Optional, but when present it must be a rank: absent and valid are the only two accepted forms.
       ...('rank' in raw ? { rank: int(raw, 'rank', 0, 1 << 20) } : {}),
+      ...('name' in raw ? { name: workerName(raw) } : {}),
     };
   },
 
@@ -227,7 +242,10 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
       rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows),
       hidden: floatList(raw, 'hidden', view.pendingLossOnly ? [] : hiddenCounts(sizes, rows)),
       deltas: floatList(raw, 'deltas', view.pendingLossOnly ? [] : deltaCounts(sizes, rows, view.pendingCompact)),
-      ms: duration(field(raw, 'ms')),
+      ms: duration(raw, 'ms'),
+      applyMs: duration(raw, 'applyMs'),
+      waitMs: duration(raw, 'waitMs'),
+      queuedMs: duration(raw, 'queuedMs'),
     };
   },
 
@@ -375,7 +393,11 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
       rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows, false),
       hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows), false),
       deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, isCompact(raw)), false),
+      // Another worker's times are the coordinator's to read, not this worker's.
       ms: 0,
+      applyMs: 0,
+      waitMs: 0,
+      queuedMs: 0,
     };
   },
 

@@ -28,6 +28,11 @@ export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
   tamperRows?: (rows: RowsDone) => RowsDone;
   /** Fault injection (tests): what this worker sends instead of its units' new parameters (its replica keeps the right ones). */
   tamperSlice?: (slice: SliceMessage) => SliceMessage;
+  /**
+   * Fault injection (tests): milliseconds added to its compute of each row it is asked for, as a slower
+   * machine would take (its reported compute time includes them).
+   */
+  rowDelayMs?: number;
   /** Fault injection (tests): called as this worker starts its units of a sharded step (it may stop the worker there). */
   onUnits?: (step: number) => void;
   signal?: AbortSignal;

@@ -12,7 +12,7 @@ import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
-import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
+import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
 import { Replica } from './replica.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
 import { Watchdog } from './watchdog.js';
@@ -45,6 +45,49 @@ export function deviceOf(options: Pick<WorkerOptions, 'engine' | 'device' | 'web
   return `${options.engine} (${options.device}${options.webgpu ? ` on ${describeAdapter(options.webgpu.adapter)}` : ''})`;
 }
 
+/**
+ * Where this worker's time goes between two of its rows answers, which each answer reports (RowsDone
+ * applyMs, waitMs): applying steps (the handlers that take in rows, updates and slices), and sitting idle
+ * (no message being handled); and how long the rows request waited behind earlier messages (queuedMs), which
+ * the coordinator takes from the round trip to leave the time on the wire. Rows computed are timed by the
+ * replica; checks and snapshots count as none of these.
+ */
+class StepTimes {
+  private applyMs = 0;
+  private waitMs = 0;
+  private idleSince?: number;
+  /** How long the message being handled waited behind earlier ones. */
+  private queuedMs = 0;
+
+  /** A message that came at `arrived` is taken up: the time since the last one was handled was idle. */
+  busy(now: number, arrived: number): void {
+    if (this.idleSince !== undefined) this.waitMs += now - this.idleSince;
+    this.idleSince = undefined;
+    this.queuedMs = Math.max(0, now - arrived);
+  }
+
+  /** The message is handled: idle from now until the next. */
+  idle(now: number): void {
+    this.idleSince = now;
+  }
+
+  async applying(work: () => Promise<void>): Promise<void> {
+    const started = performance.now();
+    try {
+      await work();
+    } finally {
+      this.applyMs += performance.now() - started;
+    }
+  }
+
+  /** The times since the last call, for the answer to the rows request being handled. */
+  take(): Pick<RowsDone, 'applyMs' | 'waitMs' | 'queuedMs'> {
+    const taken = { applyMs: this.applyMs, waitMs: this.waitMs, queuedMs: this.queuedMs };
+    this.applyMs = this.waitMs = 0;
+    return taken;
+  }
+}
+
 /** One handler per message type the coordinator sends. */
 type Handlers = { [T in ToWorker['t']]: (session: WorkerSession, message: Extract<ToWorker, { t: T }>) => void | Promise<void> };
 
@@ -65,6 +108,7 @@ const HANDLERS: Handlers = {
       threads,
       dataSha256: dataset?.sha256 ?? '',
       ...(s.options.rank !== undefined ? { rank: s.options.rank } : {}),
+      ...(s.options.name !== undefined ? { name: s.options.name } : {}),
     });
   },
 
@@ -91,30 +135,36 @@ const HANDLERS: Handlers = {
   },
 
   async rows(s, message) {
-    const rows = await s.replica.rows(message);
+    const computed = await s.replica.rows(message);
+    const delay = (s.options.rowDelayMs ?? 0) * (message.range[1] - message.range[0]);
+    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+    const rows: RowsDone = { ...computed, ms: computed.ms + delay, ...s.times.take() };
     s.send(s.options.tamperRows ? s.options.tamperRows(rows) : rows);
-    await s.applyIfComplete(message.step);
+    await s.times.applying(() => s.applyIfComplete(message.step));
   },
 
   /** Another worker's rows of this step, forwarded by the coordinator. */
-  async rowsDone(s, message) {
-    await s.replica.received(message);
-    await s.applyIfComplete(message.step);
-  },
+  rowsDone: (s, message) =>
+    s.times.applying(async () => {
+      await s.replica.received(message);
+      await s.applyIfComplete(message.step);
+    }),
 
-  async update(s, message) {
-    if (message.units) {
-      s.options.onUnits?.(message.step);
-      const { slice, committed } = await s.replica.applyUnits(message, message.units);
-      s.send(s.options.tamperSlice ? s.options.tamperSlice(slice) : slice);
-      if (committed) s.emit({ type: 'step', step: message.step });
-    } else if (await s.replica.update(message)) s.emit({ type: 'step', step: message.step });
-  },
+  update: (s, message) =>
+    s.times.applying(async () => {
+      if (message.units) {
+        s.options.onUnits?.(message.step);
+        const { slice, committed } = await s.replica.applyUnits(message, message.units);
+        s.send(s.options.tamperSlice ? s.options.tamperSlice(slice) : slice);
+        if (committed) s.emit({ type: 'step', step: message.step });
+      } else if (await s.replica.update(message)) s.emit({ type: 'step', step: message.step });
+    }),
 
   /** Another owner's units of a sharded step, forwarded by the coordinator. */
-  slice(s, message) {
-    if (s.replica.slice(message)) s.emit({ type: 'step', step: message.step });
-  },
+  slice: (s, message) =>
+    s.times.applying(async () => {
+      if (s.replica.slice(message)) s.emit({ type: 'step', step: message.step });
+    }),
 
   check: async (s, message) => s.send({ t: 'checksum', step: message.step, sha256: await s.replica.checksumAt(message.step) }),
 
@@ -136,6 +186,8 @@ class WorkerSession {
   private silence?: string;
   /** Messages are handled strictly in order: a step's update must be applied before the next rows. */
   private queue: Promise<void> = Promise.resolve();
+  /** Its apply and idle time since its last rows answer. */
+  readonly times = new StepTimes();
 
   constructor(
     readonly options: WorkerOptions,
@@ -167,7 +219,8 @@ class WorkerSession {
       options.signal?.addEventListener('abort', abort);
       ws.on('message', (data, isBinary) => {
         watchdog.heard();
-        this.queue = this.queue.then(() => this.receive(data as Buffer, isBinary));
+        const arrived = performance.now();
+        this.queue = this.queue.then(() => this.receive(data as Buffer, isBinary, arrived));
       });
       ws.on('error', (e) => {
         this.emit({ type: 'error', message: `connection: ${e.message}` });
@@ -217,8 +270,9 @@ class WorkerSession {
   }
 
   /** One frame: validated, then handled by its type's handler; anything wrong ends the connection. */
-  private async receive(data: Buffer, isBinary: boolean): Promise<void> {
+  private async receive(data: Buffer, isBinary: boolean, arrived: number): Promise<void> {
     if (this.ws.readyState !== this.ws.OPEN) return;
+    this.times.busy(performance.now(), arrived);
     try {
       if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
       const message = validateFromCoordinator(decodeRaw(data), this.view());
@@ -227,6 +281,8 @@ class WorkerSession {
       const reason = e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`;
       this.emit({ type: 'error', message: reason });
       this.fail(reason);
+    } finally {
+      this.times.idle(performance.now());
     }
   }
 
