@@ -1,6 +1,7 @@
 /**
  * The open pages' event streams (server-sent events), capped in number, and each dropped once it leaves
- * more than maxBufferedBytes unread: a page that stops reading costs the coordinator at most that, and the
+ * more than maxBufferedBytes unread when the next message is due: a page that stops reading costs the
+ * coordinator at most that and one message (a snapshot at most: the store's curves are bounded), and the
  * others go on. One message is serialised once for every page.
  */
 import type { ServerResponse } from 'node:http';
@@ -8,7 +9,7 @@ import type { ServerResponse } from 'node:http';
 export interface PageStreamLimits {
   /** Pages open at once; one more is refused (503). */
   maxPages: number;
-  /** Unsent bytes a page may leave behind before it is dropped. */
+  /** Unsent bytes a page may leave behind when a message is due before it is dropped. */
   maxBufferedBytes: number;
 }
 
@@ -50,7 +51,7 @@ export class PageStreams {
   /** Writes a message to every page, dropping those that left too much unread. */
   broadcast(message: string): void {
     for (const page of this.pages) {
-      if (page.writableLength + Buffer.byteLength(message) > this.limits.maxBufferedBytes) {
+      if (page.writableLength > this.limits.maxBufferedBytes) {
         this.drop(page);
         continue;
       }
