@@ -23,7 +23,7 @@ export interface ParticipantStep {
   engine?: string;
   /** e.g. cpu / webgpu. */
   device?: string;
-  /** Rows of this step's batch it computed. */
+  /** Rows of this step's batch it computed (a pass redone after a boundary counts what both computed). */
   rows: number;
   /** Its own time computing this step's rows, ms, as it measured it. */
   computeMs: number;

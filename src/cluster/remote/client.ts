@@ -59,7 +59,7 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
 }
 
 /** This machine's hostname as a worker name (WORKER_NAME's characters only; its first label). */
-export function hostName(): string {
+function hostName(): string {
   const name = hostname().split('.')[0].replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
   return name || 'worker';
 }
