@@ -92,15 +92,23 @@ function drawCharts() {
     [epochs.map((e) => e.epoch), epochs.map((e) => e.testAccuracy), epochs.map((e) => e.testAvgLoss), epochs.map((e) => e.trainLoss)],
     { xLabel: 'epoch', yLabel: 'loss', scales: { x: { time: false }, acc: { auto: true } }, axes: [{ scale: 'acc', side: 1, label: 'accuracy %', grid: { show: false } }] },
   );
-  plot('throughput-chart', [{ label: 'samples/s', stroke: '#7c3aed', width: 1.5 }], [s.step, s.samplesPerSecond], { yLabel: 'samples/s' });
+  plot(
+    'throughput-chart',
+    [
+      { label: 'samples/s', stroke: 'rgba(124, 58, 237, 0.25)', width: 1 },
+      { label: 'smoothed', stroke: '#7c3aed', width: 2 },
+    ],
+    [s.step, s.samplesPerSecond, smooth(s.samplesPerSecond, weight)],
+    { yLabel: 'samples/s' },
+  );
   const stats = run.stepStats;
   const flat = (v) => s.step.map(() => (v === undefined ? null : v));
   plot(
     'steptime-chart',
     [
       { label: 'step ms', stroke: '#0891b2', width: 1 },
-      { label: 'median', stroke: '#334155', width: 1, dash: [6, 4] },
-      { label: 'p99', stroke: '#c2410c', width: 1, dash: [2, 4] },
+      { label: 'median', stroke: '#334155', width: 1.5, dash: [6, 4], points: { show: false } },
+      { label: 'p99', stroke: '#c2410c', width: 1.5, dash: [2, 4], points: { show: false } },
     ],
     [s.step, s.ms, flat(stats && stats.medianMs), flat(stats && stats.p99Ms)],
     { yLabel: 'ms' },
@@ -135,12 +143,13 @@ function drawParticipants() {
     cell(tr, p.address || (p.kind === 'local' ? 'this process' : '–'));
     cell(tr, [p.engine, p.device].filter(Boolean).join(' / ') || '–');
     cell(tr, p.state + (p.reason ? `: ${p.reason}` : ''), `state-${p.state}`);
-    const share = cell(tr, '');
+    const share = document.createElement('div');
     share.className = 'share';
     share.innerHTML = '<span class="track"><span class="fill"></span></span><span class="pct"></span>';
     share.querySelector('.fill').style.width = `${(100 * p.share).toFixed(1)}%`;
     share.querySelector('.pct').textContent = `${(100 * p.share).toFixed(1)} %`;
     share.dataset.share = String(p.share);
+    cell(tr, '').appendChild(share);
     cell(tr, fmtInt(p.rowsPerSecond), 'num');
     cell(tr, fmt(p.computeMs, 2), 'num');
     cell(tr, fmt(p.applyMs, 2), 'num');
@@ -207,7 +216,7 @@ function drawIdentity() {
     ['model', `${id.model}, ${fmtInt(id.parameters)} parameters`],
     ['data', `${id.dataset}: ${fmtInt(id.trainSamples)} train / ${fmtInt(id.testSamples)} test samples`],
     ['data sha256', id.datasetSha256, 'hash'],
-    ['workers', id.workers],
+    ['workers at start', id.workers],
     ['engine / device', devices.length > 0 ? devices.join(', ') : `${id.config.engine}/${id.config.device}`],
     ['plan asked', String(id.config.plan)],
     ['run folder', id.outDir],
@@ -285,8 +294,13 @@ function applyUpdate(update) {
   for (const [key, value] of Object.entries(update)) {
     if (key !== 'steps') run[key] = value;
   }
+  // A page that opened between two updates has some of the next one's points in its snapshot already.
   const fresh = update.steps;
-  if (fresh) for (const column of Object.keys(run.steps)) run.steps[column].push(...fresh[column]);
+  if (!fresh) return;
+  const last = run.steps.step.length > 0 ? run.steps.step[run.steps.step.length - 1] : -Infinity;
+  const from = fresh.step.findIndex((step) => step > last);
+  if (from < 0) return;
+  for (const column of Object.keys(run.steps)) run.steps[column].push(...fresh[column].slice(from));
 }
 
 function connect() {
