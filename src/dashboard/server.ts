@@ -133,6 +133,8 @@ export class DashboardServer {
       if (!this.streams.add(response, sseMessage('snapshot', this.store.snapshot()))) this.refuse(response, 503, 'too many dashboard pages are open; close one and reload');
       return;
     }
+    // Browsers ask for it on their own; there is none.
+    if (path === '/favicon.ico') return void response.writeHead(204).end();
     if (path === '/snapshot.json') return this.send(response, request, 'application/json', Buffer.from(JSON.stringify(this.store.snapshot())));
     const file = this.files.get(path);
     if (!file) return this.refuse(response, 404, `no such page: ${path}`);

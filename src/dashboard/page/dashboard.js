@@ -68,19 +68,24 @@ function plot(id, series, data, extra = {}) {
   el.dataset.points = String(data[0].length);
 }
 
+/** A per-step curve drawn faintly as it is, and over it smoothed by the slider's weight. */
+function plotSmoothed(id, label, values, rgb, weight) {
+  plot(
+    id,
+    [
+      { label, stroke: `rgba(${rgb}, 0.25)`, width: 1 },
+      { label: 'smoothed', stroke: `rgb(${rgb})`, width: 2 },
+    ],
+    [run.steps.step, values, smooth(values, weight)],
+    { yLabel: label },
+  );
+}
+
 function drawCharts() {
   const s = run.steps;
   const weight = Number($('smoothing').value);
   $('smoothing-value').textContent = weight.toFixed(2);
-  plot(
-    'loss-chart',
-    [
-      { label: 'loss', stroke: 'rgba(37, 99, 235, 0.25)', width: 1 },
-      { label: 'smoothed', stroke: '#2563eb', width: 2 },
-    ],
-    [s.step, s.loss, smooth(s.loss, weight)],
-    { yLabel: 'loss' },
-  );
+  plotSmoothed('loss-chart', 'loss', s.loss, '37, 99, 235', weight);
   const epochs = run.epochs;
   plot(
     'epoch-chart',
@@ -92,15 +97,7 @@ function drawCharts() {
     [epochs.map((e) => e.epoch), epochs.map((e) => e.testAccuracy), epochs.map((e) => e.testAvgLoss), epochs.map((e) => e.trainLoss)],
     { xLabel: 'epoch', yLabel: 'loss', scales: { x: { time: false }, acc: { auto: true } }, axes: [{ scale: 'acc', side: 1, label: 'accuracy %', grid: { show: false } }] },
   );
-  plot(
-    'throughput-chart',
-    [
-      { label: 'samples/s', stroke: 'rgba(124, 58, 237, 0.25)', width: 1 },
-      { label: 'smoothed', stroke: '#7c3aed', width: 2 },
-    ],
-    [s.step, s.samplesPerSecond, smooth(s.samplesPerSecond, weight)],
-    { yLabel: 'samples/s' },
-  );
+  plotSmoothed('throughput-chart', 'samples/s', s.samplesPerSecond, '124, 58, 237', weight);
   const stats = run.stepStats;
   const flat = (v) => s.step.map(() => (v === undefined ? null : v));
   plot(
