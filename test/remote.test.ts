@@ -764,6 +764,8 @@ describe('--plan auto', () => {
     const applied = [0, 0];
     const synced = [0, 0];
     const events: string[] = [];
+    // The participants' states the steps recorded: the one set aside shows on standby, the leader dropped.
+    const states = new Set<string>();
     const count = (i: number) => (e: { type: string }) => {
       if (e.type === 'step') applied[i]++;
       if (e.type === 'synced') synced[i]++;
@@ -775,7 +777,10 @@ describe('--plan auto', () => {
         // Each time it computes rows it holds every step that waits on them by 20 ms.
         void runWorker({ connect: url, signal: abort.signal, onEvent: count(1), tamperRows: (rows) => (stall(20), slower(rows)) });
       },
-      (e) => e.type === 'cluster' && events.push(e.event.type === 'plan' ? `plan ${e.event.step}` : e.event.type),
+      (e) => {
+        if (e.type === 'cluster') events.push(e.event.type === 'plan' ? `plan ${e.event.step}` : e.event.type);
+        if (e.type === 'participants') for (const p of e.record.participants) states.add(p.state);
+      },
       (step) => {
         // From the trial on (step 14; step 13 may still be applied then) until the one computing leaves, the slow worker applies no step.
         if (step === 16) applied[1] = 0;
@@ -790,6 +795,7 @@ describe('--plan auto', () => {
     expect(synced[1]).toBe(2);
     expect(events).toContain('left');
     expect(events).toContain('replay');
+    expect([...states].sort()).toEqual(['computing', 'dropped', 'standby']);
     expect(summary.paramsSha256).toBe(await reference12());
   });
 
