@@ -80,6 +80,16 @@ describe('the run store', () => {
     ]);
     expect(participants[0].rowsPerSecond).toBeCloseTo(4800, 6);
     expect(participants[1]).toMatchObject({ computeMs: 20, wireMs: 2, waitMs: 3, state: 'computing', lastStep: 3 });
+    // Gone: recorded once as dropped, then absent; its share goes to the one left, nobody's straggler alone.
+    store.addParticipants({ step: 4, epoch: 1, participants: [participant('fast', 64, 12), { ...participant('slow', 0, 0), state: 'dropped', reason: 'missed a pong' }] });
+    for (let step = 5; step <= 60; step++) store.addParticipants({ step, epoch: 1, participants: [participant('fast', 64, 12)] });
+    const after = store.snapshot();
+    expect(after.participants.map((p) => [p.id, p.state, p.share])).toEqual([
+      ['fast', 'computing', 1],
+      ['slow', 'dropped', 0],
+    ]);
+    expect(after.participants[1].reason).toBe('missed a pong');
+    expect(after.slowest).toBeNull();
   });
 
   it('measures each plan by the steps taken under it', () => {

@@ -70,7 +70,7 @@ export interface ParticipantView {
   reason?: string;
   engine?: string;
   device?: string;
-  /** Share of the rows over its recent steps, 0–1. */
+  /** Share of the rows over the last 50 steps recorded, 0–1. */
   share: number;
   /** Rows per second of its own compute. */
   rowsPerSecond: number;
@@ -118,8 +118,9 @@ type Part = Exclude<keyof Snapshot, 'steps' | 'stepStats' | 'progress'>;
 
 interface ParticipantTotals {
   view: ParticipantView;
-  /** Its recent records' rows and times, oldest first. */
+  /** Its recent records' rows and times, oldest first, and the step of each. */
   recent: ParticipantStep[];
+  steps: number[];
   /** The step of its last record, to forget the dropped and the longest silent first. */
   seen: number;
 }
@@ -264,11 +265,15 @@ export class RunStore {
     for (const p of record.participants) {
       let totals = this.participants.get(p.id);
       if (!totals) {
-        totals = { view: { ...p, share: 0, rowsPerSecond: 0, computeMs: 0, applyMs: 0, wireMs: 0, waitMs: 0, lastStep: record.step }, recent: [], seen: record.step };
+        totals = { view: { ...p, share: 0, rowsPerSecond: 0, computeMs: 0, applyMs: 0, wireMs: 0, waitMs: 0, lastStep: record.step }, recent: [], steps: [], seen: record.step };
         this.participants.set(p.id, totals);
       }
       totals.recent.push(p);
-      if (totals.recent.length > RECENT_RECORDS) totals.recent.shift();
+      totals.steps.push(record.step);
+      if (totals.recent.length > RECENT_RECORDS) {
+        totals.recent.shift();
+        totals.steps.shift();
+      }
       totals.seen = record.step;
       const { recent } = totals;
       const sum = (key: 'rows' | 'computeMs' | 'applyMs' | 'wireMs' | 'waitMs') => recent.reduce((a, r) => a + r[key], 0);
@@ -288,8 +293,10 @@ export class RunStore {
         lastStep: record.step,
       });
     }
-    // Shares over the same recent records of everyone, so that they add up to one.
-    const rows = [...this.participants.values()].map((t) => t.recent.reduce((a, r) => a + r.rows, 0));
+    // Shares over the same recent steps for everyone, so that they add up to one and a participant gone
+    // (or on standby) loses its share as the others take its rows.
+    const since = record.step - RECENT_RECORDS;
+    const rows = [...this.participants.values()].map((t) => t.recent.reduce((a, r, i) => a + (t.steps[i] > since ? r.rows : 0), 0));
     const all = rows.reduce((a, b) => a + b, 0);
     [...this.participants.values()].forEach((t, i) => (t.view.share = all > 0 ? rows[i] / all : 0));
     this.forgetParticipants();
@@ -366,14 +373,15 @@ export class RunStore {
     return [...this.participants.values()].map((t) => ({ ...t.view }));
   }
 
-  /** The slowest computing participant by its recent rate (cluster/participant_stats.ts's rule). */
+  /** The slowest computing participant by its recent rate (cluster/participant_stats.ts's rule), when two or more compute. */
   private slowest(): string | null {
-    if (this.participants.size < 2) return null;
     const participants = [...this.participants.values()].map((t) => ({
       ...t.view,
       rows: t.recent.reduce((a, r) => a + r.rows, 0),
       computeMs: t.recent.reduce((a, r) => a + r.computeMs, 0),
     }));
+    // One computing alone is nobody's straggler.
+    if (participants.filter((p) => p.state === 'computing' && p.rows > 0).length < 2) return null;
     return slowestParticipant({ step: this.progress.step, epoch: this.progress.epoch, participants }) ?? null;
   }
 
