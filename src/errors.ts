@@ -71,6 +71,11 @@ export function dashboardAddressInUse(address: string): DtrainError {
   return fail('ERR_DASHBOARD', `--dashboard ${address}: the address is already in use; give another port (or 0 for any free one)`);
 }
 
+/** A warning: the dashboard's thread failed; the run it shows goes on. */
+export function dashboardFailed(reason: string): string {
+  return `the dashboard stopped (${reason}); the run goes on without it`;
+}
+
 export function runDirUnreadable(dir: string, reason: string): DtrainError {
   return fail('ERR_RUN_DIR', `${dir}: not a run directory to show (${reason}); give the --out directory of a run`);
 }

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ParticipantsRecord } from '../src/cluster/participant_stats.js';
 import { dashboardSettings } from '../src/config.js';
+import { DashboardThread } from '../src/dashboard/dashboard_thread.js';
 import { serveRunFolder } from '../src/dashboard/live.js';
 import { loadHistory, openRunFolder } from '../src/dashboard/run_folder.js';
 import { MAX_POINTS, RunStore } from '../src/dashboard/run_store.js';
@@ -253,6 +254,19 @@ describe('the dashboard server', () => {
     const second = new DashboardServer(new RunStore(), { host: '127.0.0.1', port: Number(port) });
     await expect(second.start()).rejects.toThrow(`--dashboard 127.0.0.1:${port}: the address is already in use; give another port (or 0 for any free one)`);
     await expect(train({ dashboard: `127.0.0.1:${port}`, trainSamples: 64, epochs: 1, threads: 1, out: join(dir, 'in-use') })).rejects.toThrow(/already in use/);
+  });
+});
+
+describe('the dashboard thread', () => {
+  it('fails alone: the run is told and goes on', async () => {
+    const failures: string[] = [];
+    const thread = await DashboardThread.start({ host: '127.0.0.1', port: 0 }, (message) => failures.push(message));
+    expect((await fetch(`${thread.url}snapshot.json`)).status).toBe(200);
+    // Nothing the run sends looks like this; it stands for a fault in the dashboard's own code.
+    thread.post({ type: 'event', event: { type: 'participants', record: null } } as never);
+    for (let i = 0; i < 100 && failures.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(failures).toHaveLength(1);
+    await thread.close();
   });
 });
 

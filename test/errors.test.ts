@@ -109,6 +109,7 @@ const cases: [string, Error, string, string?][] = [
 
 // Warnings: printed, not thrown, and pinned the same way.
 const warnings: [string, string, string][] = [
+  ['dashboardFailed', errors.dashboardFailed('out of memory'), 'the dashboard stopped (out of memory); the run goes on without it'],
   [
     'plaintextListen',
     errors.plaintextListen('0.0.0.0:7070'),

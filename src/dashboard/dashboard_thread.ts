@@ -21,13 +21,20 @@ export type ToDashboard =
 export type FromDashboard = { type: 'listening'; url: string } | { type: 'failed'; message: string; code?: string } | { type: 'closed' };
 
 export class DashboardThread {
+  private exited = false;
+
   private constructor(
     private readonly worker: Worker,
     readonly url: string,
-  ) {}
+  ) {
+    worker.once('exit', () => (this.exited = true));
+  }
 
-  /** Starts the thread and its server; a port in use rejects with its one-line error. */
-  static async start(settings: DashboardSettings): Promise<DashboardThread> {
+  /**
+   * Starts the thread and its server; a port in use rejects with its one-line error. Should the thread fail
+   * later, `onFailure` is told and the run goes on without it.
+   */
+  static async start(settings: DashboardSettings, onFailure: (message: string) => void): Promise<DashboardThread> {
     const worker = new Worker(compiled('dashboard/dashboard_worker.js'), { workerData: settings });
     const first = await new Promise<FromDashboard>((resolve, reject) => {
       worker.once('message', resolve);
@@ -36,6 +43,7 @@ export class DashboardThread {
     if (first.type === 'listening') {
       // The thread must not keep a finished process alive.
       worker.unref();
+      worker.on('error', (e) => onFailure(e.message));
       return new DashboardThread(worker, first.url);
     }
     await worker.terminate();
@@ -48,6 +56,7 @@ export class DashboardThread {
 
   /** Sends the pages what is left and that the run ended, then stops the thread. */
   async close(): Promise<void> {
+    if (this.exited) return;
     const closed = new Promise<void>((resolve) => {
       this.worker.on('message', (m: FromDashboard) => m.type === 'closed' && resolve());
       this.worker.once('exit', () => resolve());

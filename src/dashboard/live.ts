@@ -4,6 +4,7 @@
  * continue), served by its own server (on its own thread for a live run), closed with the run.
  */
 import { dashboardSettings, type DashboardSettings, type TrainConfig } from '../config.js';
+import { dashboardFailed } from '../errors.js';
 import type { RunSummary } from '../report/summary.js';
 import type { TrainEvent, TrainOptions } from '../train/events.js';
 import { train } from '../train/run.js';
@@ -17,8 +18,8 @@ import { DashboardServer } from './server.js';
  */
 export async function trainWithDashboard(config: Partial<TrainConfig> = {}, options: TrainOptions = {}): Promise<RunSummary> {
   if (!config.dashboard) return train(config, options);
-  const dashboard = await DashboardThread.start(dashboardSettings(config));
   const report = options.onEvent ?? (() => {});
+  const dashboard = await DashboardThread.start(dashboardSettings(config), (message) => report({ type: 'warning', message: dashboardFailed(message) }));
   let outDir = '';
   let batchSize = 0;
   const onEvent = (event: TrainEvent) => {
