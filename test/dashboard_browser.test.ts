@@ -2,7 +2,7 @@
  * The dashboard in a real browser: Debian's chromium driven by playwright-core (which downloads nothing),
  * during a run with two remote workers (--plan replicated, so neither is set on standby), one slowed on
  * purpose. The page must show the loss curve growing, both workers with their shares, and the slowed one
- * marked slowest. A screenshot goes to test-output/dashboard.png for a person to look at
+ * marked slowest; then the finished run's folder served the same way. A screenshot goes to test-output/dashboard.png for a person to look at
  * (DTRAIN_UPDATE_SCREENSHOT=1 also copies it to docs/img/dashboard.png, the README's).
  * Needs the compiled build (the dashboard's thread): npm test's pretest makes it.
  */
@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runWorker } from '../src/cluster/remote/client.js';
-import { train, type TrainEvent } from '../src/index.js';
+import { serveRunFolder, train, type TrainEvent } from '../src/index.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ROOT = new URL('..', import.meta.url).pathname;
@@ -28,6 +28,7 @@ describe.skipIf(!available)('the dashboard in chromium', () => {
     let ready!: () => void;
     const listening = new Promise<void>((resolve) => (ready = resolve));
     let steps = 0;
+    const outDir = mkdtempSync(join(tmpdir(), 'dtrain-dashboard-browser-'));
     const onEvent = (e: TrainEvent) => {
       if (e.type === 'dashboard') dashboardUrl = e.url;
       if (e.type === 'step') steps = e.step;
@@ -45,7 +46,7 @@ describe.skipIf(!available)('the dashboard in chromium', () => {
         epochs: 200,
         logEvery: 100_000,
         heartbeatMs: 2000,
-        out: mkdtempSync(join(tmpdir(), 'dtrain-dashboard-browser-')),
+        out: outDir,
       },
       {
         onEvent,
@@ -89,11 +90,29 @@ describe.skipIf(!available)('the dashboard in chromium', () => {
       expect(shown.every((step, i) => i === 0 || step > shown[i - 1])).toBe(true);
       expect(await page.textContent('#status')).toBe('live');
       expect(await page.textContent('#identity')).toContain('784→64→32→10');
+      expect(await page.textContent('#plan-now')).toBe('in force: replicated');
       mkdirSync(join(ROOT, 'test-output'), { recursive: true });
       await page.screenshot({ path: SCREENSHOT, fullPage: true });
       if (process.env.DTRAIN_UPDATE_SCREENSHOT) copyFileSync(SCREENSHOT, join(ROOT, 'docs', 'img', 'dashboard.png'));
       console.log(`dashboard screenshot at step ${steps}: ${SCREENSHOT}`);
       expect(errors).toEqual([]);
+      // The finished run's folder, as dtrain plot --serve shows it: the same page, from metrics.jsonl and summary.json.
+      run.abort();
+      const summary = await training;
+      workers.abort();
+      const served = await serveRunFolder(outDir, { host: '127.0.0.1', port: 0 });
+      try {
+        const finished = await browser.newPage({ viewport: { width: 1400, height: 1250 } });
+        finished.on('pageerror', (e) => errors.push(e.message));
+        await finished.goto(served.url);
+        await finished.waitForSelector('#participants tr[data-id="slowed"]', { timeout: 10_000 });
+        expect(await finished.textContent('#status')).toBe('finished run');
+        expect(await finished.textContent('#identity')).toContain(summary.paramsSha256);
+        expect(Number(await finished.getAttribute('#loss-chart', 'data-points'))).toBe(summary.steps);
+        expect(errors).toEqual([]);
+      } finally {
+        await served.close();
+      }
     } finally {
       await browser.close();
       run.abort();
