@@ -152,6 +152,7 @@ function drawParticipants() {
     cell(tr, fmt(p.applyMs, 2), 'num');
     cell(tr, fmt(p.wireMs, 2), 'num');
     cell(tr, fmt(p.waitMs, 2), 'num');
+    cell(tr, '').appendChild(timeSplit(p));
     body.appendChild(tr);
   }
   // Without participant records (a run from before them), the last epoch's shares still say who computed what.
@@ -165,9 +166,26 @@ function drawParticipants() {
       for (let i = 0; i < 3; i++) cell(tr, '–');
       cell(tr, `${((100 * rows) / total).toFixed(1)} % (last epoch)`);
       for (let i = 0; i < 5; i++) cell(tr, '–', 'num');
+      cell(tr, '');
       body.appendChild(tr);
     }
   }
+}
+
+/** One bar: compute, apply, wire and wait, each its part of the participant's step. */
+function timeSplit(p) {
+  const parts = [['compute', p.computeMs], ['apply', p.applyMs], ['wire', p.wireMs], ['wait', p.waitMs]];
+  const total = parts.reduce((a, [, ms]) => a + ms, 0);
+  const bar = document.createElement('div');
+  bar.className = 'split';
+  for (const [name, ms] of parts) {
+    const segment = document.createElement('span');
+    segment.className = `k-${name}`;
+    segment.style.width = `${total > 0 ? (100 * ms) / total : 0}%`;
+    segment.title = `${name} ${fmt(ms, 2)} ms`;
+    bar.appendChild(segment);
+  }
+  return bar;
 }
 
 function lastShares() {
