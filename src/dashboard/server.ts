@@ -71,8 +71,11 @@ export class DashboardServer {
     this.streams = new PageStreams(options.limits ?? DEFAULT_PAGE_LIMITS);
     const handler = (request: IncomingMessage, response: ServerResponse) => this.handle(request, response);
     this.server = tls ? createHttpsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler) : createHttpServer(handler);
-    // A page's stream lives as long as the run; only idle keep-alive sockets time out.
+    // A page's stream lives as long as the run; only idle keep-alive sockets time out. Connections are few
+    // (a page holds two or three), and one that sends no headers is closed soon: strangers cannot pile them up.
     this.server.requestTimeout = 0;
+    this.server.headersTimeout = 10_000;
+    this.server.maxConnections = 4 * (options.limits ?? DEFAULT_PAGE_LIMITS).maxPages + 16;
   }
 
   /** Listens; returns the URL to open. A port in use is a one-line error. */
