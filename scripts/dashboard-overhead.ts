@@ -2,7 +2,7 @@
  * What open dashboard pages cost a training step: one run with --dashboard, its steps in blocks taken
  * alternately with no page open and with --pages pages open (interleaved, so that drift of the machine
  * falls on both alike), each page a real event stream read by another process (as a browser would, off the
- * coordinator's CPU time). Prints each side's median and mean step time, this process's CPU time a step
+ * coordinator's CPU time), which lives through both kinds of block. Prints each side's median and mean step time, this process's CPU time a step
  * (all its threads, the dashboard's included) and the difference (issue 21 asks for < 2 % with 10 pages).
  * On a machine with fewer free cores than the run's threads plus one, the reader's own CPU shows up too.
  *
@@ -23,36 +23,61 @@ const threads = Number(argValue('threads', '1'));
 const hidden = argValue('hidden', '512,256,128,64').split(',').map(Number);
 
 /**
- * A process that holds `count` pages' event streams open and reads them; prints "open" once each has its
- * snapshot. Ended by killing it.
+ * A process that opens `count` pages' event streams when told `open` (answering "open" once each has its
+ * snapshot) and closes them when told `close` (answering "closed"). It lives through both kinds of block,
+ * so that they differ by the pages only, not by a process starting. Raw sockets that read and discard: its
+ * own CPU stays as small as a reader's can be.
  */
-function openPages(url: string, count: number): Promise<ChildProcess> {
-  const reader = `
-    let opened = 0;
-    for (let i = 0; i < ${count}; i++) {
-      fetch(${JSON.stringify(`${url}events`)}).then(async (res) => {
-        let first = true;
-        for await (const _ of res.body) if (first) { first = false; if (++opened === ${count}) console.log('open'); }
-      });
-    }`;
-  const child = spawn(process.execPath, ['-e', reader], { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once('line', () => resolve(child));
-    child.once('exit', (code) => reject(new Error(`the page reader exited (${code}) before its pages opened`)));
-  });
+class PageReader {
+  private readonly child: ChildProcess;
+  private readonly lines: AsyncIterator<string>;
+
+  constructor(url: string, count: number) {
+    const { hostname, port } = new URL(url);
+    const code = `
+      const net = require('node:net');
+      let sockets = [];
+      require('node:readline').createInterface({ input: process.stdin }).on('line', (command) => {
+        if (command === 'close') {
+          for (const s of sockets) s.destroy();
+          sockets = [];
+          console.log('closed');
+          return;
+        }
+        let opened = 0;
+        for (let i = 0; i < ${count}; i++) {
+          const socket = net.connect(${Number(port)}, ${JSON.stringify(hostname)});
+          socket.write('GET /events HTTP/1.1\\r\\nHost: ${hostname}:${port}\\r\\n\\r\\n');
+          socket.once('data', () => { if (++opened === ${count}) console.log('open'); });
+          socket.on('data', () => {});
+          sockets.push(socket);
+        }
+      });`;
+    this.child = spawn(process.execPath, ['-e', code], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.lines = createInterface({ input: this.child.stdout! })[Symbol.asyncIterator]();
+  }
+
+  private async tell(command: 'open' | 'close'): Promise<void> {
+    this.child.stdin!.write(`${command}\n`);
+    const answer = await this.lines.next();
+    if (answer.done) throw new Error(`the page reader exited before it answered ${command}`);
+  }
+
+  open = () => this.tell('open');
+  close = () => this.tell('close');
+  end = () => this.child.kill();
 }
 
 async function main(): Promise<void> {
-  let url = '';
   const times: Record<'none' | 'open', number[]> = { none: [], open: [] };
   let mode: 'none' | 'open' = 'none';
-  let reader: ChildProcess | undefined;
+  let reader: PageReader | undefined;
   const steps = blocks * blockSteps;
   // This process's CPU time (every thread: the dashboard's too) in each mode, and the steps it covers.
   const cpu: Record<'none' | 'open', { ms: number; steps: number }> = { none: { ms: 0, steps: 0 }, open: { ms: 0, steps: 0 } };
   let blockCpu = process.cpuUsage();
   const onEvent = (e: TrainEvent) => {
-    if (e.type === 'dashboard') url = e.url;
+    if (e.type === 'dashboard') reader = new PageReader(e.url, pages);
     // The first block warms up (engine, caches): not counted.
     if (e.type === 'step' && e.step > blockSteps) times[mode].push(e.ms);
   };
@@ -66,11 +91,7 @@ async function main(): Promise<void> {
     }
     const next = (step / blockSteps) % 2 === 1 ? 'open' : 'none';
     if (next === mode) return;
-    if (next === 'open') reader = await openPages(url, pages);
-    else {
-      reader?.kill();
-      reader = undefined;
-    }
+    await (next === 'open' ? reader!.open() : reader!.close());
     mode = next;
     blockCpu = process.cpuUsage();
   };
@@ -80,7 +101,7 @@ async function main(): Promise<void> {
       { onEvent, beforeStep },
     );
   } finally {
-    reader?.kill();
+    reader?.end();
   }
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const row = (name: string, xs: number[], c: { ms: number; steps: number }) =>
