@@ -338,7 +338,6 @@ function connect() {
   events.addEventListener('closed', () => {
     events.close();
     connection = 'closed';
-    if (run && !run.finished && !run.done) run.done = null;
     queueDraw();
   });
   events.addEventListener('error', () => {
