@@ -12,6 +12,7 @@ const LAYERS = [
   ['scheduler', '^src/cluster/(scheduler|replica_plan)\\.ts$'],
   ['report', '^src/report/'],
   ['train', '^src/train/'],
+  ['dashboard', '^src/dashboard/'],
   ['entry', '^src/(index|cli|console|inference)\\.ts$|^src/launch/'],
 ];
 

@@ -42,3 +42,13 @@ export function scriptArgs(flags: Record<string, FlagKind>, argv: string[] = pro
     has: (name) => values[name] !== undefined && values[name] !== false,
   };
 }
+
+/** scriptArgs for a script's own command line: a bad flag prints `<script>: <reason>` and exits 2. */
+export function scriptArgsOrExit(script: string, flags: Record<string, FlagKind>): ScriptArgs {
+  try {
+    return scriptArgs(flags);
+  } catch (e) {
+    console.error(`${script}: ${(e as Error).message}`);
+    process.exit(2);
+  }
+}

@@ -17,20 +17,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetrics } from '../src/report/metrics.js';
-import { scriptArgs } from './args.js';
+import { scriptArgsOrExit } from './args.js';
 import { median, projectRoot, torchStepTimes } from './reference.js';
 
 const cli = join(projectRoot, 'dist/src/cli.js');
 const STEPS_PER_EPOCH = 938;
 
-const args = (() => {
-  try {
-    return scriptArgs({ steps: 'value', rounds: 'value', baseline: 'value', device: 'value', configs: 'value' });
-  } catch (e) {
-    console.error(`bench: ${(e as Error).message}`);
-    process.exit(2);
-  }
-})();
+const args = scriptArgsOrExit('bench', { steps: 'value', rounds: 'value', baseline: 'value', device: 'value', configs: 'value' });
 const steps = Number(args.value('steps', '300'));
 const rounds = Number(args.value('rounds', '3'));
 const baseline = args.value('baseline', '');

@@ -49,7 +49,13 @@ async function coordinator(flags: Record<string, unknown>): Promise<void> {
   }
   // A token in the environment keeps it out of the process list.
   if (fromFlags.token === undefined && fromFile.token === undefined && process.env.DTRAIN_TOKEN) fromFlags.token = process.env.DTRAIN_TOKEN;
-  await trainOnConsole({ ...fromFile, ...fromFlags });
+  await trainOnConsole(withDashboardToken({ ...fromFile, ...fromFlags }));
+}
+
+/** The viewer token from the environment (out of the process list) when no flag or file gave one. */
+function withDashboardToken<C extends { dashboardToken?: string | null }>(config: C): C {
+  const fromEnv = process.env.DTRAIN_DASHBOARD_TOKEN;
+  return config.dashboardToken === undefined || config.dashboardToken === null ? { ...config, ...(fromEnv ? { dashboardToken: fromEnv } : {}) } : config;
 }
 
 /** Trains with the console reporter; the first Ctrl-C stops after the current step, the second at once. */
@@ -109,7 +115,7 @@ async function workOnConsole(
 async function launched(flags: Partial<RunConfig>): Promise<void> {
   const { planLaunch } = await import('./launch/run.js');
   // Kubernetes containers export HOSTNAME (the pod's, <job>-<index>); elsewhere it may be a shell variable only.
-  const plan = planLaunch(flags, { HOSTNAME: hostname(), ...process.env });
+  const plan = planLaunch(withDashboardToken(flags), { HOSTNAME: hostname(), ...process.env });
   console.log(plan.summary);
   if (plan.role === 'coordinator') await trainOnConsole(plan.train, { expectedRanks: plan.expectedRanks });
   else await workOnConsole(plan.worker, `rank ${plan.launch.rank}: `);
@@ -169,11 +175,28 @@ export function buildProgram(): Command {
     });
   program
     .command('plot')
-    .description('write RUN_DIR/plot.svg (loss and accuracy per epoch) from RUN_DIR/metrics.jsonl')
+    .description('write RUN_DIR/plot.svg (loss and accuracy per epoch) from RUN_DIR/metrics.jsonl; with --serve, also show the run\'s dashboard page')
     .argument('<run-dir>', 'a run directory (--out of dtrain coordinator)')
-    .action(async (runDir: string) => {
+    .option('--serve <[host:]port>', 'serve the run\'s dashboard page (as --dashboard shows a live run) on this port, 127.0.0.1 unless a host is given, until Ctrl-C')
+    .option('--dashboard-token <secret>', 'the viewers\' secret, required with --serve beyond loopback (or env DTRAIN_DASHBOARD_TOKEN)')
+    .option('--tls-cert <file>', 'PEM certificate: serve https (required with --serve beyond loopback)')
+    .option('--tls-key <file>', 'PEM private key of --tls-cert')
+    .action(async (runDir: string, flags: { serve?: string; dashboardToken?: string; tlsCert?: string; tlsKey?: string }) => {
       const { plotRun } = await import('./report/plot.js');
-      console.log(plotRun(runDir));
+      if (flags.serve === undefined) return void console.log(plotRun(runDir));
+      const { dashboardSettings } = await import('./config.js');
+      const { serveRunFolder } = await import('./index.js');
+      const settings = dashboardSettings(withDashboardToken({ dashboard: flags.serve, dashboardToken: flags.dashboardToken, tlsCert: flags.tlsCert, tlsKey: flags.tlsKey }));
+      const served = await serveRunFolder(runDir, settings);
+      // The SVG too, for those who read files; a run stopped before its first epoch has none to draw.
+      try {
+        console.log(plotRun(runDir));
+      } catch (e) {
+        console.log(`no plot.svg: ${(e as Error).message}`);
+      }
+      console.log(`dashboard: ${served.url}${settings.token ? '?token=… (the --dashboard-token)' : ''} (Ctrl-C to stop)`);
+      await untilSignalled((signal) => new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true })));
+      await served.close();
     });
   const work = program.command('worker').description('join a coordinator\'s run as a remote worker');
   addOptions(work, WORKER_OPTIONS, WORKER_DEFAULTS).action((flags) => worker(flags));

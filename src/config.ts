@@ -11,6 +11,8 @@ import { ACTIVATIONS, type Activation } from './model/spec.js';
 
 import {
   configUnreadable,
+  dashboardBeyondLoopback,
+  dashboardTokenReused,
   incompatibleOptions,
   invalidConfigValue,
   invalidOption,
@@ -112,6 +114,8 @@ export interface TrainConfig {
   resume: string | null;
   export: boolean;
   tensorboard: boolean;
+  dashboard: string | null;
+  dashboardToken: string | null;
 }
 
 export const DEFAULTS: TrainConfig = {
@@ -149,6 +153,8 @@ export const DEFAULTS: TrainConfig = {
   resume: null,
   export: true,
   tensorboard: true,
+  dashboard: null,
+  dashboardToken: null,
 };
 
 /** Defaults that depend on the machine, in words (docs/options.md must not change with the machine it is made on). */
@@ -214,6 +220,16 @@ export const TRAIN_OPTION_TABLE: OptionTable<TrainConfig> = {
   resume: { flag: '--resume <dir>', description: 'continue the run whose --out directory (or checkpoints/) this is, from its newest valid checkpoint', kind: { type: 'string' } },
   export: { flag: '--no-export', description: 'do not write the trained model (model/: TensorFlow.js LayersModel and ONNX)', kind: { type: 'bool' } },
   tensorboard: { flag: '--no-tensorboard', description: 'do not write TensorBoard event files (tensorboard/ in the run directory)', kind: { type: 'bool' } },
+  dashboard: {
+    flag: '--dashboard <[host:]port>',
+    description: 'serve a read-only live dashboard of the run (a web page) on this port, on 127.0.0.1 unless a host is given; beyond loopback only with --tls-cert, --tls-key and --dashboard-token',
+    kind: { type: 'string' },
+  },
+  dashboardToken: {
+    flag: '--dashboard-token <secret>',
+    description: 'the viewers\' secret of a --dashboard beyond loopback (or env DTRAIN_DASHBOARD_TOKEN); never the workers\' --token',
+    kind: { type: 'string' },
+  },
 };
 
 export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
@@ -222,7 +238,9 @@ export const TRAIN_OPTIONS = rowsOf(TRAIN_OPTION_TABLE);
  * Options that belong to one session of a run and are never taken from a checkpoint. Everything else,
  * --steps and --epochs included, is: `--resume DIR` alone continues the run as it was configured.
  */
-export const OPTIONS_NOT_FROM_CHECKPOINT: readonly (keyof TrainConfig)[] = ['resume', 'listen', 'token', 'tlsCert', 'tlsKey', 'minWorkers', 'joinTimeoutMs', 'plan'];
+export const OPTIONS_NOT_FROM_CHECKPOINT: readonly (keyof TrainConfig)[] = [
+  'resume', 'listen', 'token', 'tlsCert', 'tlsKey', 'minWorkers', 'joinTimeoutMs', 'plan', 'dashboard', 'dashboardToken',
+];
 
 /**
  * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
@@ -231,7 +249,7 @@ export const OPTIONS_NOT_FROM_CHECKPOINT: readonly (keyof TrainConfig)[] = ['res
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
   'threads', 'plan', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
   'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'tensorboard', 'device', 'allowSoftwareGpu',
-  'allowMixedDevices',
+  'allowMixedDevices', 'dashboard', 'dashboardToken',
 ];
 
 /**
@@ -451,7 +469,43 @@ export function resolveConfig(user: Partial<TrainConfig> = {}): TrainConfig {
     throw incompatibleOptions('token', { listen: config.listen });
   }
   checkToken(config.token);
+  if (config.dashboard) dashboardSettings(config);
   return config;
+}
+
+/** Where and how the dashboard serves: its address, TLS files and viewer token. */
+export interface DashboardSettings {
+  host: string;
+  port: number;
+  tls?: { cert: string; key: string };
+  token?: string;
+}
+
+/**
+ * --dashboard: on loopback as it is; beyond it only over TLS and behind a viewer token of its own, so that
+ * the workers' token (whose proofs alone cross the wire) is never sent by a browser. Reads only the session
+ * options it names, so it can be checked before a resumed run's configuration is merged.
+ */
+export function dashboardSettings(config: Pick<Partial<TrainConfig>, 'dashboard' | 'dashboardToken' | 'token' | 'tlsCert' | 'tlsKey'>): DashboardSettings {
+  const { host, port } = dashboardAddress(config.dashboard ?? '');
+  const address = joinHostPort(host, port);
+  const token = config.dashboardToken ?? undefined;
+  if (token !== undefined) checkToken(token, 'dashboardToken');
+  const tls = config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined;
+  if (!isLoopback(address)) {
+    if (!tls) throw dashboardBeyondLoopback(address, 'tls');
+    if (token === undefined) throw dashboardBeyondLoopback(address, 'token');
+  }
+  if (token !== undefined && token === config.token) throw dashboardTokenReused();
+  return { host, port, tls, token };
+}
+
+/** --dashboard's [HOST:]PORT (a port alone: 127.0.0.1; port 0: any free port). */
+export function dashboardAddress(value: string): { host: string; port: number } {
+  const match = /^(?:(?:\[([^\]]+)\]|([^:]+)):)?(\d+)$/.exec(value.trim());
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) throw invalidOption('dashboard', '[HOST:]PORT with a port from 0 to 65535', value);
+  return { host: match[1] ?? match[2] ?? '127.0.0.1', port };
 }
 
 /** Validates dtrain worker's options (parsed flags, or code) and spreads the defaults under them. */
@@ -491,8 +545,8 @@ export function splitHostPort(listen: string): [string, number] {
  * A token must be long enough that guessing it is hopeless: its HMAC proofs cross the wire, and anyone who
  * records one can try candidate tokens offline as fast as they can hash. Both sides check, with one rule.
  */
-function checkToken(token: string | null | undefined): void {
-  if (token !== null && token !== undefined && Buffer.byteLength(token) < MIN_TOKEN_BYTES) throw tokenTooShort(Buffer.byteLength(token));
+function checkToken(token: string | null | undefined, option = 'token'): void {
+  if (token !== null && token !== undefined && Buffer.byteLength(token) < MIN_TOKEN_BYTES) throw tokenTooShort(Buffer.byteLength(token), option);
 }
 
 /** Whether --listen's host is this machine only (then no token is required, and TLS adds nothing). */

@@ -3,6 +3,7 @@
  * "Test result: Accuracy: X%, Avg loss: Y" after each epoch) and, on a terminal, a progress bar.
  */
 import type { TrainEvent } from './train/events.js';
+import { clusterLine } from './report/cluster_line.js';
 
 export interface ConsoleSink {
   line(text: string): void;
@@ -19,31 +20,6 @@ interface Output {
   lastDraw: number;
 }
 
-function clusterLine(e: Extract<TrainEvent, { type: 'cluster' }>['event']): string {
-  switch (e.type) {
-    case 'joined':
-      return `+ ${e.worker} joined (${e.backend}, ${e.threads} thread${e.threads === 1 ? '' : 's'})`;
-    case 'left':
-      return `- ${e.worker} left: ${e.reason}`;
-    case 'rejected':
-      return `! ${e.peer} rejected: ${e.reason}`;
-    case 'refused':
-      return `! refused ${e.count} connection${e.count === 1 ? '' : 's'}: ${e.reason}`;
-    case 'waiting':
-      return `… ${e.reason}`;
-    case 'redo':
-      return `↻ rows ${e.rows[0]}–${e.rows[1] - 1} redone elsewhere: ${e.reason}`;
-    case 'replay':
-      return `↻ no replica can give the state (none left, or a sharded owner lost): replaying steps ${e.from}–${e.to - 1} here from the last state taken`;
-    case 'plan': {
-      const estimates = e.estimates.map((x) => `${x.plan} ${x.ms.toFixed(1)} ms`).join(', ');
-      return `⇄ step ${e.step}: plan ${e.plan} (${e.reason}${estimates ? `; estimated a step: ${estimates}` : ''})`;
-    }
-    case 'diverged':
-      return `! replicas of ${e.workers.join(', ')} differ from the coordinator's parameters: resynchronising`;
-  }
-}
-
 const HANDLERS: { [T in TrainEvent['type']]: Handler<T> } = {
   start: (e, { sink }) => {
     sink.line(`dtrain: ${e.spec}, ${e.parameters.toLocaleString('en-US')} parameters`);
@@ -51,6 +27,7 @@ const HANDLERS: { [T in TrainEvent['type']]: Handler<T> } = {
     sink.line(`workers: ${e.workers}`);
     if (e.listening) sink.line(`listening for remote workers on ${e.listening}`);
   },
+  dashboard: (e, { sink }) => sink.line(`dashboard: ${e.url}${e.token ? '?token=… (the --dashboard-token)' : ''}`),
   warning: (e, { sink }) => sink.line(`! warning: ${e.message}`),
   checkpoint: (e, out) => {
     if (e.action === 'skipped') {

@@ -47,10 +47,37 @@ export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWor
 export const MIN_TOKEN_BYTES = 16;
 
 /** The token's length only, never the token: error messages end up in logs. */
-export function tokenTooShort(bytes: number): TypeError {
+export function tokenTooShort(bytes: number, option = 'token'): TypeError {
+  const given = option === 'token' ? '--token or DTRAIN_TOKEN' : '--dashboard-token or DTRAIN_DASHBOARD_TOKEN';
   return new TypeError(
-    `option "token" must be at least ${MIN_TOKEN_BYTES} bytes (128 bits), got ${bytes} bytes: generate one with \`openssl rand -base64 24\` and give it with --token or DTRAIN_TOKEN`,
+    `option "${option}" must be at least ${MIN_TOKEN_BYTES} bytes (128 bits), got ${bytes} bytes: generate one with \`openssl rand -base64 24\` and give it with ${given}`,
   );
+}
+
+/** A dashboard beyond loopback lacks TLS or its viewer token; the simple way to look from afar is a tunnel. */
+export function dashboardBeyondLoopback(address: string, missing: 'tls' | 'token' | 'launch'): TypeError {
+  if (missing === 'launch') {
+    return new TypeError(`option "dashboard" (${address}) reaches beyond loopback, which dtrain run does not serve (it takes no TLS files): keep it on 127.0.0.1 and look through an SSH tunnel to rank 0's host (ssh -L PORT:127.0.0.1:PORT HOST)`);
+  }
+  const need = missing === 'tls' ? 'TLS: give --tls-cert and --tls-key' : 'a viewer token: give --dashboard-token or DTRAIN_DASHBOARD_TOKEN';
+  return new TypeError(`option "dashboard" (${address}) reaches beyond loopback, so it needs ${need}, or keep it on 127.0.0.1 and look through an SSH tunnel (ssh -L PORT:127.0.0.1:PORT HOST)`);
+}
+
+export function dashboardTokenReused(): TypeError {
+  return new TypeError('option "dashboardToken" must differ from "token": a browser sends the viewer token as it is, and the workers\' token must never cross the wire');
+}
+
+export function dashboardAddressInUse(address: string): DtrainError {
+  return fail('ERR_DASHBOARD', `--dashboard ${address}: the address is already in use; give another port (or 0 for any free one)`);
+}
+
+/** A warning: the dashboard's thread failed; the run it shows goes on. */
+export function dashboardFailed(reason: string): string {
+  return `the dashboard stopped (${reason}); the run goes on without it`;
+}
+
+export function runDirUnreadable(dir: string, reason: string): DtrainError {
+  return fail('ERR_RUN_DIR', `${dir}: not a run directory to show (${reason}); give the --out directory of a run`);
 }
 
 /**

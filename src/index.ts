@@ -1,5 +1,6 @@
 /** The programmatic API: everything the CLI does can be done from code. */
-export { train } from './train/run.js';
+// train() with the live dashboard when config.dashboard is set (train/run.ts's train() knows nothing of it).
+export { trainWithDashboard as train, serveRunFolder } from './dashboard/live.js';
 export { Trainer, type EvalResult } from './train/trainer.js';
 export type { TrainEvent, TrainOptions } from './train/events.js';
 export { resolveConfig, readConfigFile, DEFAULTS, TRAIN_OPTIONS, type TrainConfig } from './config.js';

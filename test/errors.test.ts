@@ -78,10 +78,38 @@ const cases: [string, Error, string, string?][] = [
   ],
   ['tokenFileUnreadable', errors.tokenFileUnreadable('/run/secrets/token', 'the file is empty'), '--token-file /run/secrets/token: the file is empty', 'ERR_TOKEN_FILE'],
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
+  [
+    'tokenTooShort dashboardToken',
+    errors.tokenTooShort(5, 'dashboardToken'),
+    'option "dashboardToken" must be at least 16 bytes (128 bits), got 5 bytes: generate one with `openssl rand -base64 24` and give it with --dashboard-token or DTRAIN_DASHBOARD_TOKEN',
+  ],
+  [
+    'dashboardBeyondLoopback',
+    errors.dashboardBeyondLoopback('0.0.0.0:8080', 'tls'),
+    'option "dashboard" (0.0.0.0:8080) reaches beyond loopback, so it needs TLS: give --tls-cert and --tls-key, or keep it on 127.0.0.1 and look through an SSH tunnel (ssh -L PORT:127.0.0.1:PORT HOST)',
+  ],
+  [
+    'dashboardBeyondLoopback token',
+    errors.dashboardBeyondLoopback('0.0.0.0:8080', 'token'),
+    'option "dashboard" (0.0.0.0:8080) reaches beyond loopback, so it needs a viewer token: give --dashboard-token or DTRAIN_DASHBOARD_TOKEN, or keep it on 127.0.0.1 and look through an SSH tunnel (ssh -L PORT:127.0.0.1:PORT HOST)',
+  ],
+  [
+    'dashboardBeyondLoopback launch',
+    errors.dashboardBeyondLoopback('0.0.0.0:8080', 'launch'),
+    'option "dashboard" (0.0.0.0:8080) reaches beyond loopback, which dtrain run does not serve (it takes no TLS files): keep it on 127.0.0.1 and look through an SSH tunnel to rank 0\'s host (ssh -L PORT:127.0.0.1:PORT HOST)',
+  ],
+  [
+    'dashboardTokenReused',
+    errors.dashboardTokenReused(),
+    'option "dashboardToken" must differ from "token": a browser sends the viewer token as it is, and the workers\' token must never cross the wire',
+  ],
+  ['dashboardAddressInUse', errors.dashboardAddressInUse('127.0.0.1:8080'), '--dashboard 127.0.0.1:8080: the address is already in use; give another port (or 0 for any free one)', 'ERR_DASHBOARD'],
+  ['runDirUnreadable', errors.runDirUnreadable('runs/x', 'no summary.json'), 'runs/x: not a run directory to show (no summary.json); give the --out directory of a run', 'ERR_RUN_DIR'],
 ];
 
 // Warnings: printed, not thrown, and pinned the same way.
 const warnings: [string, string, string][] = [
+  ['dashboardFailed', errors.dashboardFailed('out of memory'), 'the dashboard stopped (out of memory); the run goes on without it'],
   [
     'plaintextListen',
     errors.plaintextListen('0.0.0.0:7070'),

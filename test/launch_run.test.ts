@@ -66,6 +66,12 @@ describe('dtrain run: what each rank does', () => {
     expect(planLaunch({ resume: '/runs/a', microBatch: 128 }, TORCHRUN(1), noToken).role).toBe('worker');
   });
 
+  it('gives rank 0 the --dashboard, on loopback only (dtrain run takes no TLS files)', () => {
+    const plan = planLaunch({ dashboard: '8080' }, TORCHRUN(0), noToken);
+    expect(plan.role === 'coordinator' && plan.train.dashboard).toBe('8080');
+    expect(() => planLaunch({ dashboard: '0.0.0.0:8080' }, TORCHRUN(1), noToken)).toThrow(/^option "dashboard" \(0\.0\.0\.0:8080\) reaches beyond loopback, which dtrain run does not serve/);
+  });
+
   it('passes on only the options given, so that a resumed run sees no defaults as choices', () => {
     const plan = planLaunch({ resume: '/runs/a' }, TORCHRUN(0), noToken);
     expect(plan.role === 'coordinator' && Object.keys(plan.train).sort()).toEqual(['listen', 'minWorkers', 'resume', 'threads', 'token']);

@@ -9,9 +9,9 @@
  * them to join as one participant with several threads (see docs/launchers.md, "Locality").
  */
 import { readFileSync } from 'node:fs';
-import { DEFAULTS, isLoopback, joinHostPort, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
+import { DEFAULTS, dashboardAddress, isLoopback, joinHostPort, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
 import type { WorkerOptions } from '../cluster/remote/client.js';
-import { launchNeedsToken, tokenFileUnreadable } from '../errors.js';
+import { dashboardBeyondLoopback, launchNeedsToken, tokenFileUnreadable } from '../errors.js';
 import { COORDINATOR_VARIABLE, detectLaunch, SERVICE_VARIABLE, WORLD_SIZE_VARIABLE, type Env, type Launch } from './environment.js';
 
 /**
@@ -37,6 +37,10 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
     ...(service !== undefined && { [SERVICE_VARIABLE]: service }),
     ...(worldSize !== undefined && { [WORLD_SIZE_VARIABLE]: String(worldSize) }),
   });
+  if (shared.dashboard) {
+    const { host, port } = dashboardAddress(shared.dashboard);
+    if (!isLoopback(joinHostPort(host, port))) throw dashboardBeyondLoopback(joinHostPort(host, port), 'launch');
+  }
   const token = tokenFile !== undefined ? readToken(tokenFile) : env.DTRAIN_TOKEN || undefined;
   const listenPort = port ?? (launch.launcherPort !== undefined ? launch.launcherPort + 1 : DEFAULT_PORT);
   const loopback = isLoopback(joinHostPort(launch.coordinatorHost, 0));

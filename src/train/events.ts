@@ -1,20 +1,37 @@
 /** What a run reports as it goes (it never prints), and the hooks a caller may give it. */
-import type { ClusterEvent } from '../cluster/scheduler.js';
 import type { WorkShares } from '../cluster/work_ledger.js';
 import type { ParticipantsRecord } from '../cluster/participant_stats.js';
 import type { Team } from '../cluster/team.js';
 import type { AdmissionStats } from '../cluster/remote/admission.js';
 import type { Dataset } from '../data/datasets.js';
 import type { EpochResult, RunSummary } from '../report/summary.js';
+import type { RunClusterEvent } from '../report/cluster_line.js';
 
 export type TrainEvent =
-  | { type: 'start'; spec: string; parameters: number; dataset: string; trainSamples: number; testSamples: number; workers: string; listening?: string }
-  | { type: 'step'; step: number; epoch: number; batch: number; batches: number; loss: number }
+  | {
+      type: 'start';
+      spec: string;
+      parameters: number;
+      dataset: string;
+      trainSamples: number;
+      testSamples: number;
+      workers: string;
+      listening?: string;
+      datasetSha256: string;
+      /** The run folder (metrics.jsonl, summary.json, checkpoints/). */
+      outDir: string;
+      /** The resolved configuration, secrets shown only as "(set)". */
+      config: Record<string, unknown>;
+    }
+  /** A step taken: its loss, the batch's samples and the step's wall time (ms). */
+  | { type: 'step'; step: number; epoch: number; batch: number; batches: number; loss: number; samples: number; ms: number }
   /** Every participant's rows and times in this step (issue 21: dashboard, metrics.jsonl, TensorBoard). */
   | { type: 'participants'; record: ParticipantsRecord }
   | { type: 'log'; epoch: number; loss: number; current: number; size: number }
   | { type: 'epoch'; result: EpochResult; shares: WorkShares }
-  | { type: 'cluster'; event: ClusterEvent | { type: 'diverged'; workers: string[] } }
+  | { type: 'cluster'; event: RunClusterEvent }
+  /** The live dashboard serves at this URL (its viewer token, if any, is not in it). */
+  | { type: 'dashboard'; url: string; token: boolean }
   /** A risk the run takes knowingly (listening beyond loopback without TLS): one line, printed with "!". */
   | { type: 'warning'; message: string }
   | { type: 'checkpoint'; action: 'written' | 'resumed'; file: string; step: number }

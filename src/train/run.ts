@@ -93,7 +93,7 @@ async function runBatches(loop: Loop): Promise<boolean> {
     loop.bytesBefore = bytes;
     const b = cursor.batch;
     cursor.advance(index.length, loss);
-    emit({ type: 'step', step: state.step, epoch: cursor.epoch, batch: b + 1, batches: cursor.batches, loss });
+    emit({ type: 'step', step: state.step, epoch: cursor.epoch, batch: b + 1, batches: cursor.batches, loss, samples: index.length, ms });
     emit({ type: 'participants', record: participants });
     if (b % config.logEvery === 0) {
       emit({ type: 'log', epoch: cursor.epoch, loss, current: Math.min((b + 1) * config.batchSize, dataset.train.count), size: dataset.train.count });

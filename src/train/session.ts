@@ -149,6 +149,9 @@ export class RunSession {
       testSamples: dataset.test.count,
       workers: scheduler.description,
       listening,
+      datasetSha256: dataset.sha256,
+      outDir: session.outDir,
+      config: session.shownConfig(),
     });
     if (config.listen && !config.tlsCert && !isLoopback(config.listen)) emit({ type: 'warning', message: plaintextListen(config.listen) });
     if (checkpoint) emit({ type: 'checkpoint', action: 'resumed', file: checkpoint.file, step: checkpoint.header.step });
@@ -170,7 +173,7 @@ export class RunSession {
       {
         step: state.step,
         ...position,
-        config: { ...config, token: null, resume: null },
+        config: { ...config, token: null, dashboardToken: null, resume: null },
         spec: this.spec,
         datasetSha256: this.dataset.sha256,
         epochs: this.epochs,
@@ -211,7 +214,7 @@ export class RunSession {
       plan: this.scheduler.planName,
       plans: this.scheduler.planChoices.map((c, i) => ({ ...c, measuredMs: this.planSteps[i] ? this.planSteps[i].ms / this.planSteps[i].steps : null })),
       ...this.devices(),
-      config: { ...config, token: config.token ? '(set)' : null },
+      config: this.shownConfig(),
       epochs: this.epochs,
       steps: state.step,
       samplesPerSecond: this.samplesSeen / this.trainSeconds,
@@ -220,6 +223,12 @@ export class RunSession {
       outDir: this.outDir,
       ...(failure ? { error: failure.message } : {}),
     };
+  }
+
+  /** The configuration as summary.json and the dashboard show it: whether a secret is set, never the secret. */
+  shownConfig(): Record<string, unknown> {
+    const { config } = this;
+    return { ...config, token: config.token ? '(set)' : null, dashboardToken: config.dashboardToken ? '(set)' : null };
   }
 
   /** Every engine/device that computed in the run: more than one only with --allow-mixed-devices. */
