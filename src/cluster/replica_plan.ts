@@ -88,9 +88,11 @@ export class ReplicaPlan {
     private readonly onChoice: (choice: PlanChoice) => void,
     /** Whether replicated rows travel compact (Scheduler.compactRows): what they cost depends on it. */
     private readonly compactRows: boolean,
+    /** The clock the steps are timed by (ms); a test's own, to drive `auto` without runs. */
+    now: () => number = () => performance.now(),
   ) {
     this.plan = asked === 'auto' ? 'replicated' : asked;
-    this.judge = new AutoJudge(spec, batchSize, asked, () => performance.now());
+    this.judge = new AutoJudge(spec, batchSize, asked, now);
   }
 
   /** The plan the members run now. */
@@ -129,7 +131,7 @@ export class ReplicaPlan {
 
   /**
    * Whether the members must be sent the state again before the next step: `auto` chose another plan, the
-   * owners changed, or members on standby must compute (the one that did left: see rowsOnOne).
+   * owners changed, or members on standby must compute (the one that did left: see `judge`'s trial).
    */
   get stale(): boolean {
     return this.due !== undefined || this.ownersChanged || (this.hub.ready().length === 0 && this.hub.standby().length > 0);
@@ -152,8 +154,9 @@ export class ReplicaPlan {
   private act(verdict: Verdict): void {
     // Members changed, or the trial lost: those on standby join again at the next boundary, to be judged with the rest.
     if (verdict.wakeStandby) this.wakeStandby();
-    for (const choice of verdict.choices) this.choose(choice);
+    // Due before it is told, as stale() says to whoever hears of the choice.
     if (verdict.replan) this.due = verdict.replan;
+    for (const choice of verdict.choices) this.choose(choice);
     if (verdict.startTrial) {
       // Every row on the first of the fastest, by the speed the rows are shared by (Scheduler.plan): no
       // state moves until the trial ends (the others only fall behind).
