@@ -1,7 +1,8 @@
 /**
  * ReplicaPlan (src/cluster/replica_plan.ts): which plan the members run, who owns which units of a sharded
  * step, when the state must be sent again, and the cost model's judgment, driven through the members it
- * asks things of (PlanMembers), with peers on real loopback connections. Whole runs of each plan:
+ * asks things of (PlanMembers), with peers on real loopback connections; `auto` on a fake clock, for what
+ * the plan does with AutoJudge's verdicts (the rule itself: auto_judge.test.ts). Whole runs of each plan:
  * remote_plans.test.ts.
  */
 import { afterEach, describe, expect, it } from 'vitest';
@@ -29,7 +30,7 @@ afterEach(async () => {
  * A plan as asked, over `count` peers of the given speeds (status as given, ready by default), and members
  * that change their status as the hub does; what they were asked is recorded.
  */
-async function planOver(asked: StepPlan, speeds: number[], status: RemotePeer['status'] = 'ready') {
+async function planOver(asked: StepPlan, speeds: number[], status: RemotePeer['status'] = 'ready', now?: () => number) {
   const { peers, close } = await loopbackPeers(speeds.length);
   open.push(close);
   peers.forEach((p, i) => Object.assign(p, { speed: speeds[i], status }));
@@ -52,7 +53,7 @@ async function planOver(asked: StepPlan, speeds: number[], status: RemotePeer['s
     fetchState: (peer, step, units) => (fetched.push([peer.id, step, units]), states(peer, step, units)),
   });
   const told: PlanChoice[] = [];
-  const plan = new ReplicaPlan(members, spec, memory.batchSize, asked, (c) => told.push(c), false);
+  const plan = new ReplicaPlan(members, spec, memory.batchSize, asked, (c) => told.push(c), false, now);
   return {
     plan, peers, admitted, owners, fetched, told,
     answerSlices: (f: typeof slices) => void (slices = f),
@@ -157,6 +158,47 @@ describe('ReplicaPlan', () => {
     // Judged once for these members.
     for (let step = 25; step < 60; step++) plan.beginStep(step);
     expect(told).toHaveLength(1);
+  });
+
+  /** `auto` over peers of these speeds, ready, on a clock that moves by the given ms after each step begins. */
+  async function autoOnClock(speeds: number[]) {
+    let clock = 0;
+    const over = await planOver('auto', speeds, 'ready', () => clock);
+    let step = 0;
+    const steps = (count: number, ms: number) => {
+      for (let i = 0; i < count; i++, clock += ms) over.plan.beginStep(step++);
+    };
+    return { ...over, steps };
+  }
+
+  it('with auto, takes the plan the judge chose at the next admission: due (stale) until then, every member sent the state', async () => {
+    // At 50 ms a step (compute only, by the model) sharing the weight pass is far cheaper.
+    const { plan, admitted, told, steps } = await autoOnClock([1, 1]);
+    steps(15, 50);
+    expect(told.map((c) => [c.step, c.plan])).toEqual([[14, 'sharded']]);
+    expect([plan.current, plan.stale]).toEqual(['replicated', true]);
+    await plan.admit(zeroSnapshot(memory, 15));
+    expect(admitted).toEqual(['sharded']);
+    expect([plan.current, plan.active, plan.stale]).toEqual(['sharded', true, false]);
+  });
+
+  it('with auto, sets every member but the fastest on standby for the trial, and wakes them when it loses', async () => {
+    // At 1000 ms a step bytes dominate: replicated is kept, and the rows are tried on the faster, peer 2.
+    const { plan, peers, admitted, told, steps } = await autoOnClock([1, 2]);
+    steps(15, 1000);
+    expect(told.map((c) => c.reason)).toEqual(['the cost model, from the measured workers: kept', 'trial: every row of a step on the fastest worker, the others on standby']);
+    expect(peers.map((p) => p.status)).toEqual(['standby', 'ready']);
+    expect(plan.stale).toBe(false);
+    // 950 ms on one against 1000 shared: not 10 % faster.
+    steps(15, 950);
+    expect(told.at(-1)!.reason).toBe('measured: rows on one worker 950.0 ms a step, shared 1000.0 ms: shared');
+    expect(peers.map((p) => p.status)).toEqual(['joining', 'ready']);
+    // Back with the same members, judged already: admitted as they were, nothing chosen anew.
+    await plan.admit(zeroSnapshot(memory, 30));
+    expect(admitted).toEqual(['replicated']);
+    expect(told).toHaveLength(3);
+    steps(40, 1000);
+    expect(told).toHaveLength(3);
   });
 
   it('times nothing with one member (it has no plan to choose)', async () => {

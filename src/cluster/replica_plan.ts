@@ -12,7 +12,9 @@
  *
  * `--plan replicated|sharded|server` fixes the plan; `auto` (the default) runs the first steps replicated,
  * then takes the cheapest plan by the cost model (cost_model.ts: the members' measured speed, and a byte's
- * cost calibrated from the measured steps), and plans again whenever the members change. Every plan gives
+ * cost calibrated from the measured steps), and plans again whenever the members change. The rule, its
+ * timing and its trial are auto_judge.ts's (AutoJudge, a state machine over the measurements with the clock
+ * injected); this class does what it decides to the members and keeps the owners' books. Every plan gives
  * the same bits (every unit's gradient is one reduction over the whole batch: cluster/plan.ts), so a
  * change of plan changes only the speed.
  *
@@ -25,7 +27,8 @@ import type { StepPlan } from '../config.js';
 import type { ModelSpec } from '../model/spec.js';
 import { paramLayout } from '../model/spec.js';
 import type { RemotePlan } from '../config.js';
-import { byteCost, estimatePlans, stepSizes, type MemberCost, type PlanContext, type PlanEstimate } from './cost_model.js';
+import { AutoJudge, type PlanChoice, type Verdict } from './auto_judge.js';
+import { stepSizes, type MemberCost, type PlanContext } from './cost_model.js';
 import { shareUnits, type Range } from './plan.js';
 import type { RemotePeer } from './remote/hub.js';
 import type { RemoteMembers } from './remote/members.js';
@@ -35,17 +38,7 @@ import type { StateArrays } from './training_state.js';
 import { placeSlice } from './unit_slices.js';
 import { smooth, withAverage } from './work_ledger.js';
 
-/** Steps after an admission left out of its timing (the state just sent, rows asked for anew). */
-const SETTLING_STEPS = 2;
-
-/**
- * Steps timed after those before `auto` judges the plan, by their median (an epoch's end is an outlier):
- * with 6, two judgments of the same thing differed by up to 30 % on this machine's tutorial steps.
- */
-const TIMED_STEPS = 12;
-
-/** `auto` changes plan only for an estimated gain above this share (a change costs every member a state). */
-const REPLAN_GAIN = 0.1;
+export type { PlanChoice } from './auto_judge.js';
 
 /** The slices of a sharded step as they came, for --verify: its step and batch, and each owner's slice. */
 export interface StepSlices {
@@ -56,17 +49,6 @@ export interface StepSlices {
 
 /** Checks a step's slices on this process; returns the owners whose slice was wrong (they are dropped). */
 export type SliceCheck = (slices: StepSlices) => Promise<RemotePeer[]>;
-
-/** A choice of plan, with what the cost model estimated, for the console, summary.json and metrics.jsonl. */
-export interface PlanChoice {
-  step: number;
-  plan: RemotePlan;
-  /** Why: as asked (--plan), not measured yet, or the cost model's estimates (cheapest first). */
-  reason: string;
-  estimates: PlanEstimate[];
-  /** Replicated: every row of a step goes to the fastest worker (auto kept it after measuring it faster). */
-  rowsOnOne?: boolean;
-}
 
 /** What the plan asks of the remote members: who they are, their state, and a sharded step's slices. */
 export type PlanMembers = Pick<RemoteMembers, 'ready' | 'standby' | 'joining' | 'admit' | 'resync' | 'park' | 'requestSlices' | 'fetchState'>;
@@ -81,32 +63,18 @@ export class ReplicaPlan {
   private landed?: StepSlices;
   /** A slice was lost (its owner dropped): the replicas are torn mid-step, and only a replay mends the state. */
   private torn = false;
-  /** When each row pass since the last admission began, and whether `auto` judged the plan since. */
-  private starts: number[] = [];
-  private judged = false;
-  /** The cost of a byte (ms), calibrated from the measured steps when `auto` last judged; 0 before. */
-  private msPerByte = 0;
   /**
-   * The median step measured under each plan since the members last changed: a plan measured slower is
-   * not taken again for the model's estimate (which a byte's cost, calibrated under one plan, can flatter).
+   * `auto`'s judgment (and a fixed plan's estimates), from the steps' timing. Its rows-on-one trial: every
+   * row of a step to the fastest member, the others on standby (RemoteHub.park: sent nothing, applying
+   * nothing). Splitting the rows halves their compute but puts a relay of rows and every worker's rebuild
+   * of the others' deltas on the path of each step, and a replica that follows every step takes CPU and the
+   * coordinator's bytes: for a small model that can cost more than it saves. The members on standby are
+   * sent the state again when the trial loses, when membership changes (one that leaves without an
+   * admission — the replicated plan needs none — makes the timing start over), or when the one computing
+   * leaves (its state is then replayed here from the last one taken: Trainer.catchUp).
    */
-  private readonly measured = new Map<RemotePlan, number>();
-  /**
-   * Replicated, `auto`: every row of a step to the fastest member, the others on standby (RemoteHub.park:
-   * sent nothing, applying nothing). Splitting the rows halves their compute but puts a relay of rows and
-   * every worker's rebuild of the others' deltas on the path of each step, and a replica that follows
-   * every step takes CPU and the coordinator's bytes: for a small model that can cost more than it saves.
-   * Tried once the plan is judged (a timed trial, `trial`: the shared steps' median), kept if faster; the
-   * members on standby are sent the state again when the trial loses, when membership changes, or when the
-   * one computing leaves (its state is then replayed here from the last one taken: Trainer.catchUp).
-   */
-  private trial?: { sharedMs: number };
-  private rowsOnOneTried = false;
-  /**
-   * The members the steps since the last admission were timed with: one that leaves without an admission
-   * (the replicated plan needs none) makes the timing, the trial and the measurements start over.
-   */
-  private timedWith = '';
+  private readonly judge: AutoJudge;
+  /** The plan `auto` chose, taken at the next admission. */
   private due?: RemotePlan;
   /** The coordinator's measured rate for a weight pass (weighed); until then, assumed the average member's. */
   private coordinator?: MemberCost;
@@ -115,13 +83,16 @@ export class ReplicaPlan {
   constructor(
     private readonly hub: PlanMembers,
     private readonly spec: ModelSpec,
-    private readonly batchSize: number,
+    batchSize: number,
     private readonly asked: StepPlan,
     private readonly onChoice: (choice: PlanChoice) => void,
     /** Whether replicated rows travel compact (Scheduler.compactRows): what they cost depends on it. */
     private readonly compactRows: boolean,
+    /** The clock the steps are timed by (ms); a test's own, to drive `auto` without runs. */
+    now: () => number = () => performance.now(),
   ) {
     this.plan = asked === 'auto' ? 'replicated' : asked;
+    this.judge = new AutoJudge(spec, batchSize, asked, now);
   }
 
   /** The plan the members run now. */
@@ -160,7 +131,7 @@ export class ReplicaPlan {
 
   /**
    * Whether the members must be sent the state again before the next step: `auto` chose another plan, the
-   * owners changed, or members on standby must compute (the one that did left: see rowsOnOne).
+   * owners changed, or members on standby must compute (the one that did left: see `judge`'s trial).
    */
   get stale(): boolean {
     return this.due !== undefined || this.ownersChanged || (this.hub.ready().length === 0 && this.hub.standby().length > 0);
@@ -174,111 +145,31 @@ export class ReplicaPlan {
   /**
    * A row pass begins: once the steps since the last admission have been timed, the cost model estimates
    * every plan (recorded whatever --plan says, so that estimates stand beside measurements), and `auto`
-   * changes plan when another is cheaper.
+   * changes plan when another is cheaper (AutoJudge decides; this does it).
    */
   beginStep(step: number): void {
-    const members = this.members();
-    const timedWith = idsOf(members);
-    if (timedWith !== this.timedWith) this.retime(timedWith);
-    // One member has no plan to choose: nothing is timed (an admission starts over when one joins).
-    if (this.judged || members.length < 2) return;
-    this.starts.push(performance.now());
-    if (this.starts.length <= SETTLING_STEPS + TIMED_STEPS || members.some((p) => p.speed === 0)) return;
-    this.judged = true;
-    const intervals = this.starts.slice(SETTLING_STEPS).map((t, i, a) => (i === 0 ? NaN : t - a[i - 1])).slice(1);
-    const measured = [...intervals].sort((a, b) => a - b)[Math.floor(intervals.length / 2)];
-    if (this.trial) return this.endTrial(step, measured);
-    this.measured.set(this.plan, measured);
-    this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), this.plan, measured, this.context);
-    const estimates = this.estimate(members);
-    if (this.asked !== 'auto') {
-      this.choose({ step, plan: this.plan, reason: 'as asked (--plan); the cost model\'s estimates', estimates });
-      return;
-    }
-    const best = this.bestOther(estimates, measured);
-    if (best.ratio < 1 - REPLAN_GAIN) this.due = best.plan;
-    const kept = this.due ? '' : ': kept';
-    const why =
-      best.measuredMs === undefined
-        ? `the cost model, from the measured workers${kept}`
-        : `measured: ${best.plan} ${best.measuredMs.toFixed(1)} ms a step, ${this.plan} ${measured.toFixed(1)} ms${kept}`;
-    // Recorded whether it changes the plan or not: summary.json then holds the estimate beside the measured steps.
-    this.choose({ step, plan: this.due ?? this.plan, reason: why, estimates });
-    if (!this.due && this.plan === 'replicated' && !this.rowsOnOneTried) this.startTrial(step, measured);
+    this.act(this.judge.beginStep(step, this.plan, this.members(), this.context));
   }
 
-  /**
-   * The members changed: what was timed, tried and measured held for others; those on standby join again
-   * at the next boundary, to be judged with the rest.
-   */
-  private retime(timedWith: string): void {
-    this.wakeStandby();
-    this.restartTiming(timedWith);
-    this.measured.clear();
+  private act(verdict: Verdict): void {
+    // Members changed, or the trial lost: those on standby join again at the next boundary, to be judged with the rest.
+    if (verdict.wakeStandby) this.wakeStandby();
+    // Due before it is told, as stale() says to whoever hears of the choice.
+    if (verdict.replan) this.due = verdict.replan;
+    for (const choice of verdict.choices) this.choose(choice);
+    if (verdict.startTrial) {
+      // Every row on the first of the fastest, by the speed the rows are shared by (Scheduler.plan): no
+      // state moves until the trial ends (the others only fall behind).
+      const ready = this.hub.ready();
+      const fastest = ready.reduce((best, p) => (p.speed > best.speed ? p : best));
+      for (const peer of ready) if (peer !== fastest) this.hub.park(peer);
+      this.choose(verdict.startTrial);
+    }
   }
 
   /** Members on standby will be sent the state at the next boundary (they join again). */
   private wakeStandby(): void {
     for (const peer of this.hub.standby()) this.hub.resync(peer);
-  }
-
-  /** Timing starts over with these members, and rows are shared again until measured otherwise. */
-  private restartTiming(timedWith: string): void {
-    this.timedWith = timedWith;
-    this.starts = [];
-    this.judged = false;
-    this.trial = undefined;
-    this.rowsOnOneTried = false;
-  }
-
-  /**
-   * Times the next steps with every row on the fastest member and the others on standby: no state moves
-   * until the trial ends (the others only fall behind).
-   */
-  private startTrial(step: number, sharedMs: number): void {
-    this.trial = { sharedMs };
-    this.rowsOnOneTried = true;
-    this.judged = false;
-    this.starts = [];
-    // The first of the fastest, by the speed the rows are shared by (Scheduler.plan).
-    const ready = this.hub.ready();
-    const fastest = ready.reduce((best, p) => (p.speed > best.speed ? p : best));
-    for (const peer of ready) if (peer !== fastest) this.hub.park(peer);
-    // Its own entry, so that the trial's steps are not measured as the shared ones (summary.json measuredMs).
-    this.choose({ step, plan: this.plan, reason: 'trial: every row of a step on the fastest worker, the others on standby', estimates: [], rowsOnOne: true });
-  }
-
-  /**
-   * Keeps the rows on one member if that measured faster than sharing them, by more than REPLAN_GAIN; else
-   * the members on standby are sent the state at the next boundary, and the rows are shared again.
-   */
-  private endTrial(step: number, onOneMs: number): void {
-    const { sharedMs } = this.trial!;
-    this.trial = undefined;
-    const onOne = onOneMs < (1 - REPLAN_GAIN) * sharedMs;
-    // Lost: this step and the next (asked for already) still run on one, and rows are shared from the one
-    // after; this choice's measured step in summary.json includes those two.
-    if (!onOne) this.wakeStandby();
-    const said = `measured: rows on one worker ${onOneMs.toFixed(1)} ms a step, shared ${sharedMs.toFixed(1)} ms`;
-    this.choose({ step, plan: this.plan, reason: `${said}: ${onOne ? 'on one' : 'shared'}`, estimates: [], rowsOnOne: onOne });
-  }
-
-  /**
-   * The other plan that promises most against the current one (measured `measuredMs`, if it was): by its
-   * own measurement with these members when both have one (a byte's cost calibrated under one plan can
-   * flatter another), else by the model's estimate against the current plan's. A change pays only below
-   * 1 − REPLAN_GAIN (it costs every member a state).
-   */
-  private bestOther(estimates: PlanEstimate[], measuredMs?: number): { plan: RemotePlan; ratio: number; measuredMs?: number } {
-    const now = estimates.find((e) => e.plan === this.plan)!.ms;
-    const others = estimates
-      .filter((e) => e.plan !== this.plan)
-      .map((e) => {
-        const theirs = this.measured.get(e.plan);
-        const ratio = theirs === undefined || measuredMs === undefined ? e.ms / now : theirs / measuredMs;
-        return { plan: e.plan, ratio, measuredMs: theirs };
-      });
-    return others.sort((a, b) => a.ratio - b.ratio)[0];
   }
 
   /**
@@ -291,16 +182,15 @@ export class ReplicaPlan {
     await this.settle();
     // Members coming back from a trial that ended (lost: no one stands by) with no one else (the one that
     // computed may be sent the state too: Scheduler.admit): the same members, timed and judged already.
-    const trialEnded = this.rowsOnOneTried && !this.trial;
-    const sameMembers = this.hub.standby().length === 0 && idsOf([...this.hub.ready(), ...this.hub.joining()]) === this.timedWith;
-    if (trialEnded && sameMembers && this.due === undefined && !this.ownersChanged) {
+    const returning = this.hub.standby().length === 0 && this.judge.returningFromTrial([...this.hub.ready(), ...this.hub.joining()]);
+    if (returning && this.due === undefined && !this.ownersChanged) {
       this.hub.admit(snapshot, this.plan);
       return;
     }
     // Any other admission brings every member back, to be judged together.
     this.wakeStandby();
     // Measurements hold for these members only: a change of plan alone keeps them.
-    if (this.due === undefined || this.ownersChanged || this.hub.joining().length > 0) this.measured.clear();
+    if (this.due === undefined || this.ownersChanged || this.hub.joining().length > 0) this.judge.forgetMeasurements();
     const plan = this.due ?? this.decide(snapshot.step);
     // Every member is told a new plan with the state; sharded, units move too. (A server plan's replicas
     // hold stale moments: the state they leave it with is the coordinator's.)
@@ -315,7 +205,7 @@ export class ReplicaPlan {
     this.owners = new Map(shares.map((units, i) => [members[i], units]));
     this.torn = false;
     this.due = undefined;
-    this.restartTiming(idsOf(members));
+    this.judge.restart(members);
   }
 
   /** The plan for the members about to be admitted: as asked, or by the cost model once they are measured. */
@@ -326,20 +216,14 @@ export class ReplicaPlan {
       return this.asked;
     }
     const members = [...this.hub.ready(), ...this.hub.joining()];
-    if (members.length < 2 || this.msPerByte === 0) {
+    if (members.length < 2 || !this.judge.calibrated) {
       if (first) this.choose({ step, plan: this.plan, reason: 'auto: until the workers are measured', estimates: [] });
       return this.plan;
     }
-    const estimates = this.estimate(members);
-    const best = this.bestOther(estimates);
-    if (best.ratio >= 1 - REPLAN_GAIN) return this.plan;
-    this.choose({ step, plan: best.plan, reason: 'the cost model, as the workers changed', estimates });
-    return best.plan;
-  }
-
-  private estimate(members: RemotePeer[]): PlanEstimate[] {
-    const costs = withAverage(members.map((p) => p.speed)).map((rowsPerMs) => ({ rowsPerMs }));
-    return estimatePlans(this.spec, this.batchSize, costs, this.msPerByte, this.context);
+    const cheaper = this.judge.cheaperAtAdmission(step, this.plan, members, this.context);
+    if (!cheaper) return this.plan;
+    this.choose(cheaper);
+    return cheaper.plan;
   }
 
   /** What the cost model needs besides the members: how rows travel, and the coordinator's measured rate. */
@@ -397,12 +281,4 @@ export class ReplicaPlan {
       return undefined;
     }
   }
-}
-
-/** Who a plan was timed with, whatever their order (a member on standby comes back in another place). */
-function idsOf(members: RemotePeer[]): string {
-  return members
-    .map((p) => p.id)
-    .sort((a, b) => a - b)
-    .join();
 }
