@@ -5,7 +5,7 @@
  *   node dist/scripts/chaos_peer.js liar --connect URL
  *     a worker that computes its rows and then moves one activation by 1e-3 (finite, and wrong: only
  *     --verify can catch it); it reconnects after each rejection, as `dtrain worker` does. Token: DTRAIN_TOKEN.
- *   node dist/scripts/chaos_peer.js strangers --connect URL --for-ms T [--junk-every-ms 50] [--flood 200]
+ *   node dist/scripts/chaos_peer.js strangers --connect URL --for-ms T [--junk-every-ms 50] [--flood 200] [--local-address A]
  *     for T ms: a stranger sending junk every --junk-every-ms, and --flood connections opened at once that
  *     never say hello (held until the end); then it exits. Bounded: at most T / every + flood connections.
  */
@@ -34,12 +34,12 @@ async function liar(connect: string): Promise<void> {
   });
 }
 
-async function strangers(connect: string, forMs: number, junkEveryMs: number, flood: number): Promise<void> {
-  const stopJunk = junkSenders(connect, junkEveryMs, undefined, Math.ceil(forMs / junkEveryMs));
+async function strangers(connect: string, forMs: number, junkEveryMs: number, flood: number, localAddress?: string): Promise<void> {
+  const stopJunk = junkSenders(connect, junkEveryMs, localAddress, Math.ceil(forMs / junkEveryMs));
   const held: WebSocket[] = [];
   let refused = 0;
   for (let i = 0; i < flood; i++) {
-    const ws = new WebSocket(connect);
+    const ws = new WebSocket(connect, localAddress ? { localAddress } : {});
     ws.on('close', () => refused++);
     ws.on('error', () => {});
     held.push(ws);
@@ -53,13 +53,13 @@ async function strangers(connect: string, forMs: number, junkEveryMs: number, fl
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
-  options: { connect: { type: 'string' }, 'for-ms': { type: 'string', default: '5000' }, 'junk-every-ms': { type: 'string', default: '50' }, flood: { type: 'string', default: '200' } },
+  options: { connect: { type: 'string' }, 'for-ms': { type: 'string', default: '5000' }, 'junk-every-ms': { type: 'string', default: '50' }, flood: { type: 'string', default: '200' }, 'local-address': { type: 'string' } },
 });
 const role = positionals[0];
 if (!values.connect || (role !== 'liar' && role !== 'strangers')) {
-  console.error('usage: chaos_peer.js liar|strangers --connect URL [--for-ms T] [--junk-every-ms N] [--flood N]');
+  console.error('usage: chaos_peer.js liar|strangers --connect URL [--for-ms T] [--junk-every-ms N] [--flood N] [--local-address A]');
   process.exit(2);
 }
 if (role === 'liar') await liar(values.connect);
-else await strangers(values.connect, Number(values['for-ms']), Number(values['junk-every-ms']), Number(values.flood));
+else await strangers(values.connect, Number(values['for-ms']), Number(values['junk-every-ms']), Number(values.flood), values['local-address']);
 process.exit(0);
