@@ -11,7 +11,7 @@
  * timers must not grow with reconnections.
  *
  *   npm run build && npm run chaos -- [--seed N] [--minutes M] [--plans replicated,sharded,server,auto]
- *                                     [--workers 3] [--replay FILE] [--logs DIR] [--keep-logs]
+ *                                     [--workers 3] [--replay FILE] [--logs DIR] [--keep-logs] [--loopback]
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
@@ -351,9 +351,13 @@ class CoordinatorLog {
     return step;
   }
 
-  /** The median time between two steps. */
-  medianStepMs(): number {
-    const gaps = this.progress.slice(1).map(([t], i) => t - this.progress[i][0]).filter((g) => g > 0).sort((a, b) => a - b);
+  /** The median time between two steps that end at moments `counted` (quiet ones: what a step costs without faults). */
+  medianStepMs(counted: (t: number) => boolean): number {
+    const gaps = this.progress
+      .slice(1)
+      .map(([t], i) => (counted(t) ? t - this.progress[i][0] : 0))
+      .filter((g) => g > 0)
+      .sort((a, b) => a - b);
     return gaps.length ? gaps[Math.floor(gaps.length / 2)] : 0;
   }
 }
@@ -413,6 +417,8 @@ export interface ChaosOptions {
   /** Where every process's log goes (a folder per round); kept when a round fails, or with keepLogs. */
   logDir?: string;
   keepLogs?: boolean;
+  /** Workers on loopback even where network namespaces can be made (the fallback, tried on purpose). */
+  loopback?: boolean;
   /** Where progress lines go (console.log by default). */
   say?: (line: string) => void;
 }
@@ -657,9 +663,9 @@ class ChaosRound {
     const summaryFile = join(this.runDir, 'summary.json');
     const summary = existsSync(summaryFile) ? (JSON.parse(readFileSync(summaryFile, 'utf8')) as { paramsSha256: string; steps: number }) : undefined;
     await Promise.all(this.workers.map((w) => w?.stop(5000)));
-    const stepMs = this.log.medianStepMs();
-    const faults = applied.map(({ fault, skipped, from, to }) => this.outcome(fault, skipped, from, to, stepMs));
     const quiet = (t: number) => this.windows.every(([from, to]) => t < from || t > to + QUIET_AFTER_MS);
+    const stepMs = this.log.medianStepMs(quiet);
+    const faults = applied.map(({ fault, skipped, from, to }) => this.outcome(fault, skipped, from, to, stepMs));
     const lives = this.lives.map(({ proc, slack }) => checkLife(proc.name, proc.samples, proc.started, proc.reconnections, slack, quiet));
     for (const life of lives) this.failures.push(...life.failures);
     const result: RoundResult = {
@@ -727,11 +733,11 @@ export function describeSchedule(schedule: Schedule): string {
 }
 
 /** Runs every round of a schedule; the logs of a failed round are kept (and all of them with keepLogs). */
-export async function runChaos({ schedule, logDir, keepLogs = false, say = console.log }: ChaosOptions): Promise<ChaosResult> {
+export async function runChaos({ schedule, logDir, keepLogs = false, loopback = false, say = console.log }: ChaosOptions): Promise<ChaosResult> {
   const dir = logDir ?? mkdtempSync(join(tmpdir(), `dtrain-chaos-${schedule.seed}-`));
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'schedule.json'), `${JSON.stringify(schedule, null, 1)}\n`);
-  const unavailable = TestNetwork.unavailable();
+  const unavailable = loopback ? 'asked for (--loopback)' : TestNetwork.unavailable();
   if (unavailable) say(`! chaos: workers on loopback, so ${LINK_FAULTS.join(', ')} are skipped: ${unavailable}`);
   say(`chaos: seed ${schedule.seed}, ${schedule.workers} workers, ${schedule.rounds.length} round(s); logs in ${dir}`);
   say(describeSchedule(schedule));
@@ -748,7 +754,7 @@ export async function runChaos({ schedule, logDir, keepLogs = false, say = conso
       result = { plan: round.plan, network: unavailable ? 'loopback' : 'network namespaces', steps: 0, stepMs: 0, liesCaught: 0, refused: 0, faults: [], lives: [], failures: [`round ${i + 1}: ${(e as Error).message}`], logDir: roundDir };
     }
     rounds.push(result);
-    say(`  ${result.steps} steps (median ${result.stepMs.toFixed(1)} ms); ${result.liesCaught} lies caught by --verify, ${result.refused} other rejections`);
+    say(`  ${result.steps} steps (median ${result.stepMs.toFixed(1)} ms at quiet moments); ${result.liesCaught} lies caught by --verify, ${result.refused} other rejections`);
     say(`  paramsSha256 ${result.paramsSha256 ?? '-'}, threads-only ${result.reference ?? '-'}`);
     for (const life of result.lives) say(`  ${life.line}`);
     for (const failure of result.failures) say(`  FAILED: ${failure}`);
@@ -758,7 +764,7 @@ export async function runChaos({ schedule, logDir, keepLogs = false, say = conso
   const failures = rounds.flatMap((r, i) => r.failures.map((f) => `round ${i + 1} (${r.plan}): ${f}`));
   const table = faultTable(rounds);
   say(table);
-  say('(time lost: a fault\'s window and 2 s after it, less the steps made in it at the median step time; overlapping faults each count the overlap)');
+  say('(time lost: a fault\'s window and 2 s after it, less the steps made in it at the median step time of quiet moments; overlapping faults each count the overlap)');
   if (failures.length === 0 && !keepLogs) rmSync(dir, { recursive: true, force: true });
   say(failures.length === 0 ? `chaos: every round ended on the threads-only hash, memory, descriptors and timers flat (seed ${schedule.seed})` : `chaos: ${failures.length} failure(s); replay: npm run chaos -- --replay ${join(dir, 'schedule.json')}`);
   return { rounds, failures, logDir: dir, table };
@@ -788,6 +794,7 @@ async function main(): Promise<void> {
       replay: { type: 'string' },
       logs: { type: 'string' },
       'keep-logs': { type: 'boolean', default: false },
+      loopback: { type: 'boolean', default: false },
     },
   });
   let schedule: Schedule;
@@ -806,7 +813,7 @@ async function main(): Promise<void> {
     if (!(workers >= 1 && workers <= 8)) throw new Error(`--workers: expected 1 to 8, got ${values.workers}`);
     schedule = makeSchedule(seed, minutes, plans as Plan[], workers);
   }
-  const { failures } = await runChaos({ schedule, logDir: values.logs, keepLogs: values['keep-logs'] });
+  const { failures } = await runChaos({ schedule, logDir: values.logs, keepLogs: values['keep-logs'], loopback: values.loopback });
   process.exit(failures.length === 0 ? 0 : 1);
 }
 
