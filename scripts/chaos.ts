@@ -92,14 +92,20 @@ const WARM_MS = 12_000;
 const MID_CALM_MS = 8000;
 const CALM_MS = 10_000;
 const QUIET_AFTER_MS = 4000;
+/** Steps the run must make in its last calm (after QUIET_AFTER_MS): fewer is a stall. */
+const MIN_CALM_STEPS = 20;
 /** After a fault heals, how long its effects (a rejoin, a state transfer) are still counted as its own. */
 const RECOVERY_MS = 2000;
 const RATE_LIMIT_BITS = 4e6;
 const CORRUPT_RATE = 1 / 8;
 /** How often each process reports what it holds. */
 const PROBE_MS = 1000;
-/** Memory may grow this much over a life: the median RSS of its last third against the highest of its first half. */
+/**
+ * Memory may grow this much over a life: the median RSS of its last third against the highest of its first
+ * half, ×RSS_BOUND but at least RSS_FLOOR more (a worker's RSS swings by ±15 MB from one second to the next).
+ */
 export const RSS_BOUND = 1.1;
+export const RSS_FLOOR = 16 * 2 ** 20;
 
 const cli = join(packageRoot, 'dist', 'src', 'cli.js');
 const probe = join(packageRoot, 'dist', 'scripts', 'chaos_probe.js');
@@ -400,7 +406,9 @@ export function checkLife(
   const rssLate = lateRss[Math.floor(lateRss.length / 2)];
   const rssPeak = Math.max(...warm.map((s) => s.sample.rss));
   const mb = (b: number) => (b / 2 ** 20).toFixed(0);
-  if (rssLate > RSS_BOUND * rssBase) failures.push(`${name}: RSS grew from ${mb(rssBase)} MB (highest of the first half) to ${mb(rssLate)} MB (median of the last third) (bound ×${RSS_BOUND})`);
+  if (rssLate > Math.max(RSS_BOUND * rssBase, rssBase + RSS_FLOOR)) {
+    failures.push(`${name}: RSS grew from ${mb(rssBase)} MB (highest of the first half) to ${mb(rssLate)} MB (median of the last third) (bound ×${RSS_BOUND}, at least +${mb(RSS_FLOOR)} MB)`);
+  }
   const counts = (s: ProbeSample) => ({ fds: s.fds, timers: s.resources.Timeout ?? 0, sockets: (s.resources.TCPSocketWrap ?? 0) + (s.resources.TCPServerWrap ?? 0) });
   const parts = [`RSS ${mb(rssBase)}→${mb(rssLate)} MB (first half's highest → last third's median; peak ${mb(rssPeak)})`];
   for (const key of ['fds', 'timers', 'sockets'] as const) {
@@ -665,6 +673,10 @@ class ChaosRound {
     await Promise.all(this.workers.map((w) => w?.stop(5000)));
     const quiet = (t: number) => this.windows.every(([from, to]) => t < from || t > to + QUIET_AFTER_MS);
     const stepMs = this.log.medianStepMs(quiet);
+    // Healed, the run must go on: a hang (a step that waits for ever on a peer) ends on the right hash too.
+    const calmFrom = this.t0 + this.round.ms - CALM_MS + QUIET_AFTER_MS;
+    const calmSteps = this.log.stepAt(this.t0 + this.round.ms) - this.log.stepAt(calmFrom);
+    if (calmSteps < MIN_CALM_STEPS) this.failures.push(`only ${calmSteps} steps in the ${(CALM_MS - QUIET_AFTER_MS) / 1000} s of calm before the end (at least ${MIN_CALM_STEPS} expected): the run stalled`);
     const faults = applied.map(({ fault, skipped, from, to }) => this.outcome(fault, skipped, from, to, stepMs));
     const lives = this.lives.map(({ proc, slack }) => checkLife(proc.name, proc.samples, proc.started, proc.reconnections, slack, quiet));
     for (const life of lives) this.failures.push(...life.failures);

@@ -5,8 +5,8 @@
  *
  *   chaos-probe {"rss":123456789,"heap":23456789,"fds":31,"resources":{"Timeout":4,"TCPSocketWrap":5}}
  *
- * Without the variable it does nothing. Its own interval is unref'd (it keeps no process alive) and counts
- * as one of the Timeouts, the same in every line.
+ * Without the variable it does nothing. Its own interval is unref'd: it keeps no process alive, and
+ * getActiveResourcesInfo() does not list it (nor any other unref'd timer or handle).
  */
 import { readdirSync } from 'node:fs';
 
