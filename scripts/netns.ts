@@ -141,6 +141,14 @@ export class TestNetwork {
     run('tc', ['-n', ns, 'qdisc', 'replace', 'dev', nsEnd, ...tbf]);
   }
 
+  /** Takes worker i's rate limit off again (shape); a no-op once the network is removed. */
+  unshape(i: number): void {
+    if (this.removed) return;
+    const { ns, hostEnd, nsEnd } = this.links[i];
+    tryRun('tc', ['qdisc', 'del', 'dev', hostEnd, 'root']);
+    tryRun('tc', ['-n', ns, 'qdisc', 'del', 'dev', nsEnd, 'root']);
+  }
+
   /**
    * Limits the loopback inside worker i's namespace to `bitsPerSecond` (tbf), for programs whose processes
    * all talk over 127.0.0.1 (PyTorch DDP's ranks): their traffic then crosses that one limit. The MTU

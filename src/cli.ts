@@ -36,6 +36,9 @@ function addOptions(command: Command, options: readonly OptionSpec[], defaults: 
     if (spec.kind.type === 'enum') option.choices(spec.kind.choices);
     if (spec.kind.type !== 'bool') option.argParser((raw: string) => parseOptionValue(spec, raw));
     command.addOption(option);
+    // Commander gives a lone --no-X flag the value true by default, which would override a config file's
+    // "X": false and a resumed run's checkpoint as if given: unset, as every other default is.
+    if (option.negate) command.setOptionValueWithSource(option.attributeName(), undefined, 'default');
   }
   return command;
 }

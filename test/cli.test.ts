@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -96,6 +96,20 @@ describe('dtrain CLI', () => {
     const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
     expect(summary.model.sizes).toEqual([784, 16, 10]);
     expect(summary.config.threads).toBe(1);
+  });
+
+  it('keeps the export off from a config file, and when a --no-export run is resumed (the flag sets nothing unless given)', async () => {
+    const tiny = { hidden: [8], threads: 1, steps: 1, trainSamples: 128, testSamples: 10 };
+    const config = join(dir, 'no-export.json');
+    writeFileSync(config, JSON.stringify({ ...tiny, export: false }));
+    const fromFile = join(dir, 'no-export-file');
+    expect((await dtrain('coordinator', '--config', config, '--out', fromFile)).code).toBe(0);
+    expect(existsSync(join(fromFile, 'model'))).toBe(false);
+    const resumed = join(dir, 'no-export-resumed');
+    expect((await dtrain('coordinator', '--hidden', '8', '--threads', '1', '--steps', '1', '--train-samples', '128', '--test-samples', '10', '--no-export', '--out', resumed)).code).toBe(0);
+    expect((await dtrain('coordinator', '--resume', resumed, '--steps', '2')).code).toBe(0);
+    expect(JSON.parse(readFileSync(join(resumed, 'summary.json'), 'utf8')).steps).toBe(2);
+    expect(existsSync(join(resumed, 'model'))).toBe(false);
   });
 
   it('fails with one error line and exit code 1 on a bad config key', async () => {

@@ -5,7 +5,7 @@
  */
 import { execSync } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import WebSocket, { WebSocketServer } from 'ws';
+import WebSocket from 'ws';
 import type { AdmissionStats } from '../src/cluster/remote/admission.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { ProtocolError } from '../src/cluster/remote/messages.js';
@@ -13,6 +13,7 @@ import { Replica } from '../src/cluster/remote/replica.js';
 import { makeSpec, paramLayout } from '../src/model/spec.js';
 import { ADAM_DEFAULTS } from '../src/optim/adam.js';
 import { coordinator, referenceHash } from './remote_helpers.js';
+import { junkSenders, loseForwardedRows, proxy, randomDamage, type Policy } from '../scripts/hostile_network.js';
 
 const TOKEN = 'correct horse battery staple';
 /** Strangers connect from another loopback address, so that admission control tells them from the workers. */
@@ -24,111 +25,6 @@ afterEach(() => {
 });
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** A seeded generator (mulberry32): which frames a proxy damages, and how, is the same on every run. */
-function random(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** What a proxy does to each frame it carries: passes it on, returns a damaged copy, or drops it (undefined). */
-type Policy = (frame: Buffer, toWorker: boolean) => Buffer | undefined;
-
-/** What a proxy did to the frames it carried. */
-interface Damage {
-  flipped: number;
-  cut: number;
-  dropped: number;
-}
-
-/** The message type a frame names (after the u32 header length, msgpackr writes the header as a map16 with "t" first). */
-const typeOf = (frame: Buffer) => frame.subarray(10, 10 + (frame[9] & 0x1f)).toString();
-
-/**
- * Damages `rate` of the frames going either way: flips a byte of the frame's head (its map header and
- * message type), cuts it short, or drops it.
- *
- * Bytes past the head are left alone on purpose: a flipped bit in a float of a row or of the parameters
- * is a valid message with another value, which no validation can tell from the truth. Integrity in
- * transit is TLS's job (README, Security).
- */
-function randomDamage(rate: number, seed: number): { policy: Policy; damage: Damage } {
-  const next = random(seed);
-  const damage: Damage = { flipped: 0, cut: 0, dropped: 0 };
-  const policy: Policy = (frame) => {
-    if (next() >= rate) return frame;
-    const how = next();
-    if (how < 1 / 3) return void damage.dropped++;
-    if (how < 2 / 3) return damage.cut++, frame.subarray(0, Math.floor(next() * frame.length));
-    damage.flipped++;
-    const copy = Buffer.from(frame);
-    copy[Math.floor(next() * Math.min(12, copy.length))] ^= 1 + Math.floor(next() * 255);
-    return copy;
-  };
-  return { policy, damage };
-}
-
-/** Loses every `every`-th frame of rows the coordinator forwards to a worker (another worker's rows). */
-function loseForwardedRows(every: number): { policy: Policy; damage: Damage } {
-  const damage: Damage = { flipped: 0, cut: 0, dropped: 0 };
-  let forwarded = 0;
-  const policy: Policy = (frame, toWorker) => (toWorker && typeOf(frame) === 'rowsDone' && ++forwarded % every === 0 ? void damage.dropped++ : frame);
-  return { policy, damage };
-}
-
-/**
- * A WebSocket proxy on 127.0.0.1 in front of `target`, applying `policy` to every frame. Pings are passed
- * on (the worker's watchdog listens for them), and so are close codes a close frame can carry.
- */
-async function proxy(target: string, policy: Policy): Promise<string> {
-  const server = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 256 << 20 });
-  await new Promise((resolve) => server.once('listening', resolve));
-  server.on('connection', (client) => {
-    const upstream = new WebSocket(target, { maxPayload: 256 << 20 });
-    relay(client, upstream, (frame) => policy(frame, false));
-    relay(upstream, client, (frame) => policy(frame, true));
-    upstream.on('ping', (data) => client.readyState === client.OPEN && client.ping(data));
-  });
-  cleanups.push(() => {
-    for (const ws of server.clients) ws.terminate();
-    server.close();
-  });
-  return `ws://127.0.0.1:${(server.address() as { port: number }).port}`;
-}
-
-function relay(from: WebSocket, to: WebSocket, pass: (frame: Buffer) => Buffer | undefined): void {
-  const queued: Buffer[] = [];
-  to.once('open', () => queued.splice(0).forEach((frame) => to.send(frame)));
-  from.on('message', (data) => {
-    const frame = pass(data as Buffer);
-    if (!frame) return;
-    if (to.readyState === to.CONNECTING) queued.push(frame);
-    else if (to.readyState === to.OPEN) to.send(frame);
-  });
-  from.on('close', (code, reason) => {
-    const sendable = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
-    if (sendable && to.readyState === to.OPEN) to.close(code, reason);
-    else to.terminate();
-  });
-  from.on('error', () => {});
-}
-
-/** Strangers sending junk every `everyMs` until stopped: garbage bytes, text, a hello without its fields. */
-function junkSenders(url: string, everyMs: number): () => void {
-  const junk: (string | Buffer)[] = [Buffer.from([0xc1, 0xff, 0x00]), 'hello', Buffer.from([0x81, 0xa1, 0x74, 0xa5, 0x68, 0x65, 0x6c, 0x6c, 0x6f])];
-  let i = 0;
-  const timer = setInterval(() => {
-    const ws = new WebSocket(url, { localAddress: STRANGER });
-    ws.on('open', () => ws.send(junk[i++ % junk.length]));
-    ws.on('error', () => {});
-  }, everyMs);
-  return () => clearInterval(timer);
-}
 
 describe('a network that damages frames', () => {
   // A small model and more steps than the other runs: the workers take part in many steps, each frame
@@ -154,8 +50,9 @@ describe('a network that damages frames', () => {
       { ...RUN, threads: 1, token: TOKEN, stepTimeoutMs: 1000 },
       async (url) => {
         const through = await proxy(url, policy);
-        for (let i = 0; i < 2; i++) void runWorker({ connect: through, token: TOKEN, signal: abort.signal });
-        cleanups.push(junkSenders(url, 50));
+        cleanups.push(through.close);
+        for (let i = 0; i < 2; i++) void runWorker({ connect: through.url, token: TOKEN, signal: abort.signal });
+        cleanups.push(junkSenders(url, 50, STRANGER));
       },
       (e) => {
         if (e.type === 'epoch') remoteRows += Object.entries(e.shares.rows).reduce((n, [who, rows]) => n + (who === 'local' ? 0 : rows), 0);
