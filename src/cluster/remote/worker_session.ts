@@ -24,6 +24,15 @@ function zeroMask(mask: Buffer): void {
 /** The coordinator's heartbeat period assumed until its welcome says (config DEFAULTS.heartbeatMs). */
 const DEFAULT_HEARTBEAT_MS = 5000;
 
+/**
+ * The coordinator's messages a worker holds received but not yet handled, at most: this many, and twice its
+ * frame limit in bytes (a snapshot and as much again). An honest coordinator is at most a step or two ahead
+ * of a worker (it waits for every step's rows), far below either. Past either, the worker closes the
+ * connection, drops what it had not handled and reconnects (a new snapshot resynchronises it): its memory
+ * stays bounded whatever a coordinator, or something posing as one, sends.
+ */
+export const MAX_QUEUED_MESSAGES = 4096;
+
 /** How a connection ended. */
 export interface SessionOutcome {
   /** It received a state snapshot (a reconnect then starts counting failures afresh). */
@@ -136,6 +145,9 @@ class WorkerSession {
   private silence?: string;
   /** Messages are handled strictly in order: a step's update must be applied before the next rows. */
   private queue: Promise<void> = Promise.resolve();
+  /** What the queue holds not yet handled (bounded: MAX_QUEUED_MESSAGES). */
+  private queuedMessages = 0;
+  private queuedBytes = 0;
 
   constructor(
     readonly options: WorkerOptions,
@@ -167,7 +179,7 @@ class WorkerSession {
       options.signal?.addEventListener('abort', abort);
       ws.on('message', (data, isBinary) => {
         watchdog.heard();
-        this.queue = this.queue.then(() => this.receive(data as Buffer, isBinary));
+        this.enqueue(data as Buffer, isBinary);
       });
       ws.on('error', (e) => {
         this.emit({ type: 'error', message: `connection: ${e.message}` });
@@ -214,6 +226,27 @@ class WorkerSession {
   /** Applies the current step if all its rows are here (see Replica.applyIfComplete). */
   async applyIfComplete(step: number): Promise<void> {
     if (await this.replica.applyIfComplete()) this.emit({ type: 'step', step });
+  }
+
+  /** Queues a frame behind those not yet handled, or ends the connection when the queue is full (MAX_QUEUED_MESSAGES). */
+  private enqueue(data: Buffer, isBinary: boolean): void {
+    if (this.ws.readyState !== this.ws.OPEN) return; // closing: what still arrives is dropped, not held
+    const maxBytes = 2 * this.options.maxFrameBytes;
+    if (this.queuedMessages >= MAX_QUEUED_MESSAGES || this.queuedBytes + data.length > maxBytes) {
+      const reason = `the coordinator sent more than this worker holds unhandled (${MAX_QUEUED_MESSAGES} messages or ${Math.round(maxBytes / 2 ** 20)} MiB): reconnecting`;
+      this.emit({ type: 'error', message: reason });
+      this.silence ??= reason;
+      this.ws.close(1008, closeReason(reason));
+      return;
+    }
+    this.queuedMessages++;
+    this.queuedBytes += data.length;
+    this.queue = this.queue
+      .then(() => this.receive(data, isBinary))
+      .finally(() => {
+        this.queuedMessages--;
+        this.queuedBytes -= data.length;
+      });
   }
 
   /** One frame: validated, then handled by its type's handler; anything wrong ends the connection. */
