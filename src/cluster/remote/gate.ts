@@ -1,6 +1,6 @@
 /**
  * The hub's door: a connection from its arrival until it has authenticated or is gone. Admission control
- * (admission.ts) answers first; an admitted connection is challenged, may send only a few frames' worth
+ * (admission.ts) answers first, before the upgrade (listener.ts); an admitted connection is challenged, may send only a few frames' worth
  * before it authenticates and must do so within authTimeoutMs; its hello must prove the token (auth.ts)
  * and name the run's engine and device. A stranger told to go is hung up on without reading it further.
  * Kept apart so that what an unauthenticated connection may cost is decided in one place, and the hub
@@ -49,11 +49,21 @@ export class Gate {
     return this.admission.stats;
   }
 
-  /** Whether a new connection may start authenticating; one that may not has been turned away. */
-  letIn(ws: WebSocket, socket: Socket): boolean {
-    const refusal = this.admission.admit(socket.remoteAddress ?? 'unknown');
-    if (refusal) this.turnAway(ws, socket, refusal);
-    return refusal === undefined;
+  /**
+   * Whether a connection from `ip` may start authenticating, asked before its upgrade (listener.ts):
+   * undefined lets it in (it holds an admission slot until release or abandoned), or why not (logged
+   * without flooding the log).
+   */
+  admit(ip: string): string | undefined {
+    const refusal = this.admission.admit(ip);
+    if (refusal) this.refusals.add(refusal);
+    return refusal;
+  }
+
+  /** A connection let in whose upgrade never completed: its slot is given back, as a failure of its address. */
+  abandoned(ip: string): void {
+    const blocked = this.admission.settle(ip, false);
+    if (blocked) this.hub.report({ type: 'rejected', peer: ip, reason: blocked });
   }
 
   /** Starts a let-in peer's authentication: its input limited, its deadline set, its challenge sent. */
@@ -122,10 +132,4 @@ export class Gate {
     for (const socket of this.hungUp) socket.destroy();
   }
 
-  /** A connection admission control refused: told why, and logged without flooding the log. */
-  private turnAway(ws: WebSocket, socket: Socket, reason: string): void {
-    ws.on('error', () => {});
-    this.hangUp(ws, socket, 1013, reason);
-    this.refusals.add(reason);
-  }
 }

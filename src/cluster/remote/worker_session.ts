@@ -181,7 +181,14 @@ class WorkerSession {
         watchdog.heard();
         this.enqueue(data as Buffer, isBinary);
       });
+      // Admission control turns a connection away before the upgrade, with the reason as the status text: a
+      // full coordinator or an address refused for a while; the worker says why and tries again later.
+      ws.on('unexpected-response', (_request, response) => {
+        this.silence = `the coordinator turned this connection away (HTTP ${response.statusCode}): ${response.statusMessage ?? ''}`;
+        ws.terminate();
+      });
       ws.on('error', (e) => {
+        if (this.silence) return; // the reason is known already (the abort after a refusal is no news)
         this.emit({ type: 'error', message: `connection: ${e.message}` });
         // A frame over maxPayload: the model's snapshot does not fit, and never will.
         if ((e as Error & { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' && !this.silence) {
