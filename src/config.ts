@@ -241,18 +241,20 @@ export interface WorkerConfig {
   /** A local copy of the dataset ("embedded": the built-in MNIST), used only if its checksum matches. */
   data?: string;
   maxRetries: number;
-  /** Largest frame taken from the coordinator: its state snapshot (12 bytes a parameter) must fit. */
-  maxFrameBytes: number;
+  /**
+   * Largest frame taken from the coordinator; absent: the size its welcome says the run needs (its model's
+   * state snapshot, 12 bytes a parameter, and its batch's rows). Given: a run needing more is refused.
+   */
+  maxFrameBytes?: number;
 }
 
 /** Defaults of dtrain worker and of runWorker(). */
-export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'allowSoftwareGpu' | 'maxRetries' | 'maxFrameBytes'> = {
+export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'allowSoftwareGpu' | 'maxRetries'> = {
   threads: 1,
   engine: 'onnx',
   device: 'cpu',
   allowSoftwareGpu: false,
   maxRetries: 0,
-  maxFrameBytes: 256 << 20,
 };
 
 export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
@@ -270,7 +272,7 @@ export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
   maxRetries: { flag: '--max-retries <n>', description: 'give up after n failed connection attempts in a row (0 = keep trying)', kind: { type: 'int', min: 0 } },
   maxFrameBytes: {
     flag: '--max-frame-bytes <n>',
-    description: 'largest frame taken from the coordinator; its state snapshot, 12 bytes a parameter, must fit (default 256 MiB: ~22 M parameters)',
+    description: 'largest frame taken from the coordinator (default: what its welcome says the run needs; its state snapshot is 12 bytes a parameter); a run needing more is refused',
     kind: { type: 'int', min: 1 << 20 },
   },
 };

@@ -189,6 +189,12 @@ export function imageInvalid(file: string, problem: string): DtrainError {
   return fail('ERR_IMAGE', `${file}: ${problem}`);
 }
 
+/** A worker given --max-frame-bytes below what the run it joins sends (its welcome says, or a frame shows). */
+export function frameTooLarge(limitBytes: number): DtrainError {
+  const mib = Math.round(limitBytes / 2 ** 20);
+  return fail('ERR_FRAME_LIMIT', `a frame from the coordinator is larger than this worker's limit of ${mib} MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit`);
+}
+
 export function show(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);
   if (Array.isArray(value)) return `[${value.map(show).join(', ')}]`;

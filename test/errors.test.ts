@@ -77,6 +77,12 @@ const cases: [string, Error, string, string?][] = [
     'ERR_LAUNCH',
   ],
   ['tokenFileUnreadable', errors.tokenFileUnreadable('/run/secrets/token', 'the file is empty'), '--token-file /run/secrets/token: the file is empty', 'ERR_TOKEN_FILE'],
+  [
+    'frameTooLarge',
+    errors.frameTooLarge(1 << 20),
+    "a frame from the coordinator is larger than this worker's limit of 1 MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit",
+    'ERR_FRAME_LIMIT',
+  ],
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
 ];
 

@@ -16,16 +16,20 @@ export interface FakeCoordinator {
   close(): Promise<void>;
 }
 
-/** Listens on loopback; welcomes the first worker with `welcome` merged into the usual fields. */
-export async function fakeCoordinator(welcome: Partial<Extract<ToWorker, { t: 'welcome' }>> & Record<string, unknown> = {}): Promise<FakeCoordinator> {
+/**
+ * Listens on loopback; welcomes the first worker with `welcome` merged into the usual fields, after sending
+ * `beforeChallenge` if given.
+ */
+export async function fakeCoordinator(welcome: Partial<Extract<ToWorker, { t: 'welcome' }>> = {}, beforeChallenge?: Buffer): Promise<FakeCoordinator> {
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
   await once(server, 'listening');
   const welcomed = new Promise<WebSocket>((resolve) => {
     server.on('connection', (ws) => {
+      if (beforeChallenge) ws.send(beforeChallenge);
       ws.send(encode({ t: 'challenge', protocol: PROTOCOL_VERSION, nonce: new Uint8Array(32) }));
       ws.once('message', (data) => {
         if (decodeRaw(data as Buffer).t !== 'hello') return;
-        ws.send(encode({ t: 'welcome', proof: new Uint8Array(32), workerId: 1, heartbeatMs: 60_000, ...welcome } as ToWorker));
+        ws.send(encode({ t: 'welcome', proof: new Uint8Array(32), workerId: 1, heartbeatMs: 60_000, maxFrameBytes: 8 << 20, ...welcome } as ToWorker));
         resolve(ws);
       });
     });

@@ -13,7 +13,7 @@ import { Admission, ADMISSION_DEFAULTS, MAX_UNAUTHENTICATED_BYTES, RefusalLog, t
 import { proof, proofMatches } from './auth.js';
 import { closeReason } from './codec.js';
 import type { HubContext } from './hub_context.js';
-import { PROTOCOL_VERSION, RefusedError, type Hello } from './messages.js';
+import { MAX_FRAME_BYTES, PROTOCOL_VERSION, RefusedError, type Hello } from './messages.js';
 import type { RemotePeer } from './peer.js';
 
 /** The admission control's settings (admission.ts) are optional: ADMISSION_DEFAULTS fill what is not given. */
@@ -38,6 +38,8 @@ export class Gate {
   constructor(
     private readonly options: GateOptions,
     private readonly hub: HubContext,
+    /** The largest frame of this run (codec.ts maxFrameBytes), told to each worker in its welcome. */
+    private readonly maxFrameBytes: number,
   ) {
     const keys = Object.keys(ADMISSION_DEFAULTS) as (keyof AdmissionOptions)[];
     this.admission = new Admission(Object.fromEntries(keys.map((k) => [k, options[k] ?? ADMISSION_DEFAULTS[k]])) as unknown as AdmissionOptions);
@@ -100,6 +102,7 @@ export class Gate {
       proof: token ? proof(token, 'coordinator', hello.nonce) : new Uint8Array(0),
       workerId: peer.id,
       heartbeatMs: this.options.heartbeatMs,
+      maxFrameBytes: Math.min(MAX_FRAME_BYTES, this.maxFrameBytes),
     });
     return theirs;
   }

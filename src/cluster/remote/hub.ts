@@ -67,8 +67,9 @@ export class RemoteHub {
     private readonly memory: TrainingMemory,
     private readonly onEvent: (event: HubEvent) => void,
   ) {
-    this.maxBacklog = BACKLOG_FRAMES * maxFrameBytes(memory.spec, memory.batchSize);
-    this.gate = new Gate(options, this.context);
+    const largestFrame = maxFrameBytes(memory.spec, memory.batchSize);
+    this.maxBacklog = BACKLOG_FRAMES * largestFrame;
+    this.gate = new Gate(options, this.context, largestFrame);
     this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
     this.work = new PeerWork(options, memory, this.context);
   }

@@ -9,8 +9,10 @@
  *   worker → coordinator  hello {mac, nonce, engine, device, backend, threads, dataSha256, rank?}
  *                         rank: only from a launched job's ranks (dtrain run), so that a coordinator waiting
  *                         for the world names who is missing; optional
- *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
- *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
+ *   coordinator → worker  welcome {proof, workerId, heartbeatMs, maxFrameBytes}  proves the coordinator knows the
+ *                         token too; heartbeatMs: how often it pings (a worker that hears nothing for a few periods
+ *                         reconnects); maxFrameBytes: the largest frame of this run (its model and batch), which
+ *                         the worker takes as its frame limit
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v, plan}   a full snapshot, on join; plan:
  *                         how its steps come (replicated: update; sharded: update.units; server: slice)
  *   coordinator → worker  rows {step, range, batch, x | index, labels, compact, lossOnly}   compute rows `range`
@@ -42,8 +44,11 @@ import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
-/** 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices); 7: rows.lossOnly. */
-export const PROTOCOL_VERSION = 7;
+/**
+ * 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices); 7: rows.lossOnly;
+ * 8: welcome.maxFrameBytes.
+ */
+export const PROTOCOL_VERSION = 8;
 
 /** Close code that tells a worker the run is over (it exits instead of reconnecting). */
 export const RUN_FINISHED = 4000;
@@ -73,7 +78,20 @@ export interface Hello {
   /** The worker's rank in a launched job (dtrain run); absent otherwise. */
   rank?: number;
 }
-export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number; heartbeatMs: number }
+export interface Welcome {
+  t: 'welcome';
+  proof: Uint8Array;
+  workerId: number;
+  heartbeatMs: number;
+  /** The largest frame this run sends (codec.ts maxFrameBytes): the worker's frame limit from now on. */
+  maxFrameBytes: number;
+}
+
+/** Frames a worker takes before a welcome told it this run's limit: a challenge, a welcome, an error. */
+export const HANDSHAKE_FRAME_BYTES = 1 << 20;
+
+/** The largest frame limit there is: ws reads its limit as an int32 (and a larger one as none). */
+export const MAX_FRAME_BYTES = 2 ** 31 - 1;
 export interface StateMessage {
   t: 'state';
   spec: ModelSpec;

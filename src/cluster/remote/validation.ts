@@ -13,7 +13,7 @@ import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 import { sliceLength } from '../unit_slices.js';
-import { NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
+import { HANDSHAKE_FRAME_BYTES, MAX_FRAME_BYTES, NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
 
 /** A decoded message before validation (codec.ts guarantees a map with a string "t"). */
 type Raw = Record<string, unknown>;
@@ -326,7 +326,13 @@ function updatePart(p: unknown, batch: number, sizes: number[]) {
 const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
   challenge: (raw) => ({ t: 'challenge', protocol: int(raw, 'protocol'), nonce: bytes(raw, 'nonce', 32) }),
 
-  welcome: (raw) => ({ t: 'welcome', proof: bytes(raw, 'proof'), workerId: int(raw, 'workerId'), heartbeatMs: int(raw, 'heartbeatMs', 1, 3_600_000) }),
+  welcome: (raw) => ({
+    t: 'welcome',
+    proof: bytes(raw, 'proof'),
+    workerId: int(raw, 'workerId'),
+    heartbeatMs: int(raw, 'heartbeatMs', 1, 3_600_000),
+    maxFrameBytes: int(raw, 'maxFrameBytes', HANDSHAKE_FRAME_BYTES, MAX_FRAME_BYTES),
+  }),
 
   state(raw) {
     const spec = specOf(raw);

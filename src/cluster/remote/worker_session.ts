@@ -12,7 +12,8 @@ import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
-import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
+import { frameTooLarge } from '../../errors.js';
+import { HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
 import { Replica } from './replica.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
 import { Watchdog } from './watchdog.js';
@@ -81,6 +82,9 @@ const HANDLERS: Handlers = {
     if (s.options.token && !proofMatches(s.options.token, 'coordinator', s.nonce, message.proof)) {
       return s.fail('the coordinator did not prove it knows the token', true);
     }
+    const given = s.options.maxFrameBytes;
+    if (given !== undefined && message.maxFrameBytes > given) return s.stop(frameTooLarge(given).message);
+    s.raiseFrameLimit(message.maxFrameBytes);
     s.welcomed = true;
     s.watchdog.watch(message.heartbeatMs);
     s.emit({ type: 'connected', url: s.options.connect, workerId: message.workerId });
@@ -148,6 +152,8 @@ class WorkerSession {
   /** What the queue holds not yet handled (bounded: MAX_QUEUED_MESSAGES). */
   private queuedMessages = 0;
   private queuedBytes = 0;
+  /** The largest frame taken now: small until the welcome says this run's (raiseFrameLimit). */
+  private frameLimit = HANDSHAKE_FRAME_BYTES;
 
   constructor(
     readonly options: WorkerOptions,
@@ -155,7 +161,7 @@ class WorkerSession {
     readonly slot: ReplicaSlot,
   ) {
     this.ws = new WebSocket(options.connect, {
-      maxPayload: options.maxFrameBytes,
+      maxPayload: HANDSHAKE_FRAME_BYTES,
       // A zero masking key: ws then sends the frame's bytes as they are instead of a masked copy of each
       // (megabytes a step). Masking guards proxies against a browser script's chosen bytes; a worker is no
       // browser, and whatever it sends is validated by the coordinator anyway.
@@ -193,8 +199,7 @@ class WorkerSession {
         // A frame over maxPayload: the model's snapshot does not fit, and never will.
         if ((e as Error & { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' && !this.silence) {
           this.fatal = true;
-          const mib = Math.round(options.maxFrameBytes / 2 ** 20);
-          this.silence = `a frame from the coordinator is larger than this worker's limit of ${mib} MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit`;
+          this.silence = frameTooLarge(this.frameLimit).message;
         }
       });
       ws.on('close', (code, reason) => {
@@ -223,6 +228,24 @@ class WorkerSession {
     this.silence = `the coordinator refused this worker: ${reason}`;
   }
 
+  /** Ends this worker (no reconnecting) with `reason`, told to the coordinator too. */
+  stop(reason: string): void {
+    this.silence ??= reason;
+    this.fail(reason, true);
+  }
+
+  /**
+   * Takes frames up to `bytes` from now on (the welcome's limit for this run). ws fixes its limit when the
+   * connection is made, and a run's limit is known only from the welcome on that connection, so the
+   * receiver's limit is raised in place (ws 8 keeps it in Receiver._maxPayload, read at each frame).
+   */
+  raiseFrameLimit(bytes: number): void {
+    const receiver = (this.ws as unknown as { _receiver?: { _maxPayload?: number } })._receiver;
+    if (typeof receiver?._maxPayload !== 'number') throw new Error('ws no longer keeps its frame limit in Receiver._maxPayload');
+    receiver._maxPayload = bytes;
+    this.frameLimit = bytes;
+  }
+
   /** Tells the coordinator why and closes; a fatal reason ends runWorker instead of reconnecting. */
   fail(reason: string, fatal = false): void {
     this.fatal ||= fatal;
@@ -238,7 +261,7 @@ class WorkerSession {
   /** Queues a frame behind those not yet handled, or ends the connection when the queue is full (MAX_QUEUED_MESSAGES). */
   private enqueue(data: Buffer, isBinary: boolean): void {
     if (this.ws.readyState !== this.ws.OPEN) return; // closing: what still arrives is dropped, not held
-    const maxBytes = 2 * this.options.maxFrameBytes;
+    const maxBytes = 2 * this.frameLimit;
     if (this.queuedMessages >= MAX_QUEUED_MESSAGES || this.queuedBytes + data.length > maxBytes) {
       const reason = `the coordinator sent more than this worker holds unhandled (${MAX_QUEUED_MESSAGES} messages or ${Math.round(maxBytes / 2 ** 20)} MiB): reconnecting`;
       this.emit({ type: 'error', message: reason });
@@ -246,10 +269,13 @@ class WorkerSession {
       this.ws.close(1008, closeReason(reason));
       return;
     }
+    // The handshake's frames are handled as they arrive when nothing waits before them: the welcome raises
+    // the frame limit before ws reads the header of the snapshot sent right behind it (a queued handler
+    // would run only after ws parsed the rest of the chunk, against the handshake's limit).
+    const handleNow = !this.welcomed && this.queuedMessages === 0;
     this.queuedMessages++;
     this.queuedBytes += data.length;
-    this.queue = this.queue
-      .then(() => this.receive(data, isBinary))
+    this.queue = (handleNow ? this.receive(data, isBinary) : this.queue.then(() => this.receive(data, isBinary)))
       .finally(() => {
         this.queuedMessages--;
         this.queuedBytes -= data.length;
