@@ -2,7 +2,7 @@
 import type { Dataset } from '../../data/datasets.js';
 import type { WorkerConfig } from '../../config.js';
 import type { EngineOptions } from '../../engine/engine.js';
-import type { RowsDone, SliceMessage } from './messages.js';
+import type { ReplicaState, RowsDone, SliceMessage } from './messages.js';
 
 /**
  * runWorker()'s options: what a user chooses (WorkerConfig, the `dtrain worker` table, with the data as
@@ -28,6 +28,8 @@ export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
   tamperRows?: (rows: RowsDone) => RowsDone;
   /** Fault injection (tests): what this worker sends instead of its units' new parameters (its replica keeps the right ones). */
   tamperSlice?: (slice: SliceMessage) => SliceMessage;
+  /** Fault injection (tests): what this worker sends instead of its replica's state when asked (its replica keeps the right one). */
+  tamperState?: (state: ReplicaState) => ReplicaState;
   /** Fault injection (tests): called as this worker starts its units of a sharded step (it may stop the worker there). */
   onUnits?: (step: number) => void;
   signal?: AbortSignal;

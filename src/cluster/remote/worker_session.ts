@@ -131,7 +131,10 @@ const HANDLERS: Handlers = {
 
   check: async (s, message) => s.send({ t: 'checksum', step: message.step, sha256: await s.replica.checksumAt(message.step) }),
 
-  snapshot: async (s, message) => s.send(await s.replica.stateAt(message.step, message.units)),
+  async snapshot(s, message) {
+    const state = await s.replica.stateAt(message.step, message.units);
+    s.send(s.options.tamperState ? s.options.tamperState(state) : state);
+  },
 
   error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
 };
