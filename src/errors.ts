@@ -195,6 +195,20 @@ export function frameTooLarge(limitBytes: number): DtrainError {
   return fail('ERR_FRAME_LIMIT', `a frame from the coordinator is larger than this worker's limit of ${mib} MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit`);
 }
 
+/**
+ * A worker that could not verify the coordinator's TLS certificate: retrying cannot help, so it stops with
+ * the reason and the option that fixes it (`code`: Node's, e.g. DEPTH_ZERO_SELF_SIGNED_CERT).
+ */
+export function tlsUntrusted(url: string, reason: string, code: string): DtrainError {
+  const fix =
+    code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+      ? 'connect by the name or address the certificate is for (--connect)'
+      : code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
+        ? 'the coordinator needs a certificate valid now (--tls-cert)'
+        : 'give --ca FILE with the certificate of the CA that signed it (for a self-signed one, the certificate itself)';
+  return fail('ERR_TLS', `${url}: the coordinator's TLS certificate was not accepted (${reason}): ${fix}`);
+}
+
 export function show(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);
   if (Array.isArray(value)) return `[${value.map(show).join(', ')}]`;

@@ -13,7 +13,7 @@ import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
 import { newNonce } from '../src/cluster/remote/auth.js';
 import { createTrainingMemory } from '../src/cluster/training_memory.js';
 import { makeSpec } from '../src/model/spec.js';
-import { frameTooLarge } from '../src/errors.js';
+import { frameTooLarge, tlsUntrusted } from '../src/errors.js';
 import WebSocket from 'ws';
 import { syntheticDataset } from './helpers.js';
 import { fakeCoordinator, smallState } from './fake_coordinator.js';
@@ -128,4 +128,37 @@ describe("a worker's frame limit", () => {
       await hub.close();
     }
   });
+});
+
+describe('a worker that cannot verify the coordinator\'s TLS certificate', () => {
+  it('stops at once with the reason and the option that fixes it, instead of reconnecting for ever', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'dtrain-edges-tls-'));
+    const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
+      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), syntheticDataset(8, 8, 4, 3), 4, 1);
+    const hub = new RemoteHub({ host: '127.0.0.1', port: 0, tlsCert: cert, tlsKey: key, engine: 'onnx', device: 'cpu', datasetSha256: '', heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 2000 }, memory, () => {});
+    const { port } = await hub.start();
+    const url = `wss://127.0.0.1:${port}`;
+    const events: WorkerEvent[] = [];
+    const stop = new AbortController();
+    try {
+      // maxRetries 0: before, it retried for ever; a few seconds are many tries.
+      const ended = runWorker({ connect: url, signal: stop.signal, onEvent: (e) => events.push(e) }).then(() => 'returned', (e: Error) => e.message);
+      const outcome = await Promise.race([ended, new Promise<string>((resolve) => setTimeout(() => resolve('still retrying'), 5000))]);
+      expect(outcome).toBe(tlsUntrusted(url, 'self-signed certificate', 'DEPTH_ZERO_SELF_SIGNED_CERT').message);
+      expect(events.filter((e) => e.type === 'disconnected')).toEqual([]);
+      // With --ca it joins.
+      const joined = hub.waitForWorker();
+      void runWorker({ connect: url, ca: cert, signal: stop.signal }).catch(() => {});
+      await joined;
+    } finally {
+      stop.abort();
+      await hub.close();
+    }
+  }, 20_000);
 });

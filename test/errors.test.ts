@@ -83,6 +83,18 @@ const cases: [string, Error, string, string?][] = [
     "a frame from the coordinator is larger than this worker's limit of 1 MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit",
     'ERR_FRAME_LIMIT',
   ],
+  [
+    'tlsUntrusted',
+    errors.tlsUntrusted('wss://10.0.0.1:7000', 'self-signed certificate', 'DEPTH_ZERO_SELF_SIGNED_CERT'),
+    "wss://10.0.0.1:7000: the coordinator's TLS certificate was not accepted (self-signed certificate): give --ca FILE with the certificate of the CA that signed it (for a self-signed one, the certificate itself)",
+    'ERR_TLS',
+  ],
+  [
+    'tlsUntrusted altname',
+    errors.tlsUntrusted('wss://10.0.0.1:7000', "Hostname/IP does not match certificate's altnames: IP: 10.0.0.1 is not in the cert's list: 10.0.0.2", 'ERR_TLS_CERT_ALTNAME_INVALID'),
+    "wss://10.0.0.1:7000: the coordinator's TLS certificate was not accepted (Hostname/IP does not match certificate's altnames: IP: 10.0.0.1 is not in the cert's list: 10.0.0.2): connect by the name or address the certificate is for (--connect)",
+    'ERR_TLS',
+  ],
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
 ];
 

@@ -12,7 +12,7 @@ import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
-import { frameTooLarge } from '../../errors.js';
+import { frameTooLarge, tlsUntrusted } from '../../errors.js';
 import { HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
 import { Replica } from './replica.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
@@ -33,6 +33,20 @@ const DEFAULT_HEARTBEAT_MS = 5000;
  * stays bounded whatever a coordinator, or something posing as one, sends.
  */
 export const MAX_QUEUED_MESSAGES = 4096;
+
+/** Node's codes for a TLS certificate that could not be verified (tls.checkServerIdentity, OpenSSL's X509 errors). */
+const TLS_VERIFICATION_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
 
 /** How a connection ended. */
 export interface SessionOutcome {
@@ -199,6 +213,12 @@ class WorkerSession {
       ws.on('error', (e) => {
         if (this.silence) return; // the reason is known already (the abort after a refusal is no news)
         this.emit({ type: 'error', message: `connection: ${e.message}` });
+        // A certificate this worker cannot verify will not verify on the next try either.
+        const code = (e as Error & { code?: string }).code ?? '';
+        if (TLS_VERIFICATION_CODES.has(code) && !this.silence) {
+          this.fatal = true;
+          this.silence = tlsUntrusted(options.connect, e.message, code).message;
+        }
         // A frame over maxPayload: the model's snapshot does not fit, and never will.
         if ((e as Error & { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' && !this.silence) {
           this.fatal = true;
