@@ -1,7 +1,7 @@
 /**
  * metrics.jsonl: one JSON object per line — per step {type:"step", step, epoch, loss, ms, bytes, cpuMs} and per
  * epoch {type:"epoch", epoch, steps, testAccuracy, testAvgLoss, trainLoss, seconds, samplesPerSecond,
- * shares, networkWaitSeconds}. Appended as the run goes, through one write stream.
+ * shares, networkWaitSeconds, endSeconds}. Appended as the run goes, through one write stream.
  */
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
@@ -28,6 +28,11 @@ export interface EpochRecord extends EpochResult {
   /** Rows each participant computed this epoch. */
   shares: Record<string, number>;
   networkWaitSeconds: number;
+  /**
+   * The waits at the epoch's end, outside its steps and its `seconds`: bringing the state here (from a
+   * GPU, a remote replica's state or a replay), evaluating, and comparing the remote replicas' checksums.
+   */
+  endSeconds: { state: number; evaluate: number; verify: number };
 }
 
 export type MetricsRecord = StepRecord | EpochRecord;

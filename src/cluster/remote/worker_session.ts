@@ -7,6 +7,7 @@
  * Nothing of the coordinator's side is imported here (hub, peer, requests): a worker never loads it.
  */
 import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
@@ -196,7 +197,15 @@ class WorkerSession {
   run(): Promise<SessionOutcome> {
     const { ws, watchdog, options } = this;
     return new Promise((resolve) => {
-      ws.on('open', () => watchdog.watch());
+      // Bytes arriving are a coordinator alive: a state snapshot on a slow link takes longer than the
+      // watchdog's periods, and the pings queued behind it come only after it. (Listened to once ws reads
+      // the socket: a listener added at 'upgrade' would start the stream before ws takes its first bytes.)
+      let socket: Socket | undefined;
+      ws.on('upgrade', (response) => (socket = response.socket));
+      ws.on('open', () => {
+        watchdog.watch();
+        socket?.on('data', () => watchdog.heard());
+      });
       ws.on('ping', () => watchdog.heard());
       const abort = () => ws.close(1000, 'worker stopped');
       options.signal?.addEventListener('abort', abort);
