@@ -313,7 +313,7 @@ export const RUN_OPTION_TABLE: OptionTable<RunConfig> = {
   port: { flag: '--port <n>', description: 'the port rank 0 listens on (default: torchrun\'s MASTER_PORT + 1, else 29501)', kind: { type: 'int', min: 1 } },
   host: {
     flag: '--host <address>',
-    description: 'the address rank 0 listens on (default: 127.0.0.1 when every rank runs on one host, else 0.0.0.0)',
+    description: 'the address rank 0 listens on (default: 127.0.0.1 when every rank runs on one host, else :: — IPv6 and IPv4)',
     kind: { type: 'string' },
   },
   coordinator: {

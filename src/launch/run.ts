@@ -40,7 +40,9 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
   const token = tokenFile !== undefined ? readToken(tokenFile) : env.DTRAIN_TOKEN || undefined;
   const listenPort = port ?? (launch.launcherPort !== undefined ? launch.launcherPort + 1 : DEFAULT_PORT);
   const loopback = isLoopback(joinHostPort(launch.coordinatorHost, 0));
-  const listenHost = host ?? (loopback ? '127.0.0.1' : '0.0.0.0');
+  // '::' is both stacks (IPv4 arrives mapped): a launcher's rank-0 host may resolve to either; on a host
+  // without IPv6 the listener falls back to 0.0.0.0 (listener.ts).
+  const listenHost = host ?? (loopback ? '127.0.0.1' : '::');
   const listen = joinHostPort(listenHost, listenPort);
   // Checked on every rank, so that workers fail with rank 0 rather than wait for a rank 0 that refused to start.
   if (!token && !isLoopback(listen)) throw launchNeedsToken(listen);
@@ -71,6 +73,8 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
     rank: launch.rank,
     retryForMs: config.joinTimeoutMs,
     maxRetries: 0,
+    // Resumed, the run's engine and device are in rank 0's checkpoint: the worker takes them from rank 0.
+    ...(shared.resume ? { engineFromCoordinator: true } : {}),
   };
   return { role: 'worker', launch, summary: `${said}: a worker of the coordinator at ${connect}`, worker };
 }

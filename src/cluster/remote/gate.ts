@@ -15,13 +15,14 @@ import { closeReason } from './codec.js';
 import type { HubContext } from './hub_context.js';
 import { MAX_FRAME_BYTES, PROTOCOL_VERSION, RefusedError, type Hello } from './messages.js';
 import type { RemotePeer } from './peer.js';
+import type { Device, EngineName } from '../../engine/engine.js';
 
 /** The admission control's settings (admission.ts) are optional: ADMISSION_DEFAULTS fill what is not given. */
 export interface GateOptions extends Partial<AdmissionOptions> {
   token?: string;
-  engine: string;
+  engine: EngineName;
   /** The run's device: a worker on another engine or device is refused unless allowMixedDevices. */
-  device: string;
+  device: Device;
   allowMixedDevices: boolean;
   /** How long a new connection may take to authenticate. */
   authTimeoutMs: number;
@@ -79,7 +80,7 @@ export class Gate {
     socket.on('data', limitInput);
     const ms = this.options.authTimeoutMs;
     peer.authTimer = setTimeout(this.hub.guarded(peer, 'authentication timer', () => this.hub.reject(peer, `did not authenticate within ${ms} ms`)), ms);
-    this.hub.send(peer, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: peer.challenge });
+    this.hub.send(peer, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: peer.challenge, engine: this.options.engine, device: this.options.device });
   }
 
   /**

@@ -117,11 +117,25 @@ export class Listener {
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
   async listen(): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.options.port, this.options.host, () => resolve());
-    });
+    try {
+      await this.listenOn(this.options.host);
+    } catch (e) {
+      // '::' (both stacks) on a host without IPv6: IPv4 alone is what there is.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (this.options.host !== '::' || (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL')) throw e;
+      await this.listenOn('0.0.0.0');
+    }
     return this.server.address() as AddressInfo;
+  }
+
+  private listenOn(host: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.options.port, host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
   }
 
   /** Stops accepting, then closes the server once its connections are gone (cut after SERVER_CLOSE_MS). */

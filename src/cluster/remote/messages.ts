@@ -5,7 +5,7 @@
  * loads none of the hub's modules, and the coordinator none of the worker's.
  *
  * The protocol (version in PROTOCOL_VERSION):
- *   coordinator → worker  challenge {nonce}                       on connect
+ *   coordinator → worker  challenge {nonce, engine, device}       on connect (engine, device: the run's)
  *   worker → coordinator  hello {mac, nonce, engine, device, backend, threads, dataSha256, rank?}
  *                         rank: only from a launched job's ranks (dtrain run), so that a coordinator waiting
  *                         for the world names who is missing; optional
@@ -40,13 +40,14 @@
  * Encoding: codec.ts; what each side accepts: validation.ts; the token handshake: auth.ts.
  */
 import type { RemotePlan } from '../../config.js';
+import type { Device, EngineName } from '../../engine/engine.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
 /**
  * 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices); 7: rows.lossOnly;
- * 8: welcome.maxFrameBytes.
+ * 8: welcome.maxFrameBytes, challenge.engine and .device.
  */
 export const PROTOCOL_VERSION = 8;
 
@@ -59,7 +60,18 @@ export const RUN_FINISHED = 4000;
  */
 export const REFUSED = 4001;
 
-export interface Challenge { t: 'challenge'; protocol: number; nonce: Uint8Array }
+export interface Challenge {
+  t: 'challenge';
+  protocol: number;
+  nonce: Uint8Array;
+  /**
+   * The run's engine and device (ENGINES, DEVICES): a launched rank of a resumed run, which cannot read rank
+   * 0's checkpoint, computes with these (WorkerOptions.engineFromCoordinator). Validated only when present,
+   * so that a worker can still tell a coordinator of another protocol version what it speaks.
+   */
+  engine?: EngineName;
+  device?: Device;
+}
 export interface Hello {
   t: 'hello';
   protocol: number;

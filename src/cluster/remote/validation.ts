@@ -9,6 +9,7 @@
  * The schemas read what a side knows (its view: the model, what it asked for) to check sizes and steps.
  */
 import { REMOTE_PLANS } from '../../config.js';
+import { DEVICES, ENGINES } from '../../engine/engine.js';
 import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
@@ -324,7 +325,13 @@ function updatePart(p: unknown, batch: number, sizes: number[]) {
 
 /** The coordinator proved it knows the token: its arrays are checked for size, not scanned for values. */
 const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
-  challenge: (raw) => ({ t: 'challenge', protocol: int(raw, 'protocol'), nonce: bytes(raw, 'nonce', 32) }),
+  challenge: (raw) => ({
+    t: 'challenge',
+    protocol: int(raw, 'protocol'),
+    nonce: bytes(raw, 'nonce', 32),
+    ...('engine' in raw ? { engine: oneOf(raw, 'engine', ENGINES) } : {}),
+    ...('device' in raw ? { device: oneOf(raw, 'device', DEVICES) } : {}),
+  }),
 
   welcome: (raw) => ({
     t: 'welcome',

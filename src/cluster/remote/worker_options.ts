@@ -18,6 +18,11 @@ export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
    * (dtrain run) waits for rank 0 no longer than rank 0 waits for it, so a job whose rank 0 is gone ends.
    */
   retryForMs?: number;
+  /**
+   * Compute with the engine and device the coordinator's challenge names rather than `engine` and `device`:
+   * a launched rank of a resumed run (dtrain run --resume), whose options are in rank 0's checkpoint.
+   */
+  engineFromCoordinator?: boolean;
   /** This process's rank in a launched job (dtrain run), sent in the hello: a coordinator then names missing ranks. */
   rank?: number;
   onEvent?: (event: WorkerEvent) => void;

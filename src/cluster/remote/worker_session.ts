@@ -16,6 +16,8 @@ import { closeReason, decodeRaw, encode } from './codec.js';
 import { frameTooLarge, tlsUntrusted } from '../../errors.js';
 import { HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type ToCoordinator, type ToWorker } from './messages.js';
 import { Replica } from './replica.js';
+import { prepareEngine } from '../../engine/create.js';
+import type { Device, EngineName } from '../../engine/engine.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
 import { Watchdog } from './watchdog.js';
 
@@ -74,10 +76,11 @@ export function deviceOf(options: Pick<WorkerOptions, 'engine' | 'device' | 'web
 type Handlers = { [T in ToWorker['t']]: (session: WorkerSession, message: Extract<ToWorker, { t: T }>) => void | Promise<void> };
 
 const HANDLERS: Handlers = {
-  challenge(s, message) {
+  async challenge(s, message) {
     if (message.protocol !== PROTOCOL_VERSION) {
       return s.fail(`protocol version ${message.protocol} is not supported (this worker speaks ${PROTOCOL_VERSION})`, true);
     }
+    if (s.options.engineFromCoordinator) await s.computeAs(message.engine, message.device);
     const { token, engine, device, threads, dataset } = s.options;
     s.send({
       t: 'hello',
@@ -258,6 +261,20 @@ class WorkerSession {
   refused(reason: string): void {
     this.fatal = true;
     this.silence = `the coordinator refused this worker: ${reason}`;
+  }
+
+  /**
+   * Takes the coordinator's engine and device for this worker's replica (engineFromCoordinator): a GPU is
+   * found and named as at start (prepareEngine), and a replica of another engine is built anew at the state.
+   */
+  async computeAs(engine: EngineName | undefined, device: Device | undefined): Promise<void> {
+    const options = this.options;
+    if ((engine ?? options.engine) === options.engine && (device ?? options.device) === options.device) return;
+    const { webgpu } = await prepareEngine({ ...options, engine: engine ?? options.engine, device: device ?? options.device, webgpu: undefined });
+    Object.assign(options, { engine: engine ?? options.engine, device: device ?? options.device, webgpu });
+    await this.slot.replica?.close();
+    this.slot.replica = undefined;
+    this.emit({ type: 'device', description: deviceOf(options) });
   }
 
   /** Ends this worker (no reconnecting) with `reason`, told to the coordinator too. */
