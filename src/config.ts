@@ -287,12 +287,17 @@ export interface LaunchConfig {
   service: string;
   worldSize: number;
   tokenFile: string;
+  /** TLS (docs/security-launched.md): rank 0 serves wss:// with this certificate and key; every rank is given the same files. */
+  tlsCert: string;
+  tlsKey: string;
+  /** The CA the other ranks verify rank 0's certificate by (default: --tls-cert itself, a self-signed one). */
+  ca: string;
 }
 
 /**
  * `dtrain run`: the training options every rank is given alike, less those the launch decides (listen,
- * minWorkers) or takes from elsewhere (the token: DTRAIN_TOKEN or --token-file, out of the process list;
- * TLS, whose certificate would have to name a host the launcher picks), and the launch's own.
+ * minWorkers) or takes from elsewhere (the token: DTRAIN_TOKEN or --token-file, out of the process list),
+ * and the launch's own (TLS among them: the same files for every rank, docs/security-launched.md).
  */
 export type RunConfig = Omit<TrainConfig, 'listen' | 'minWorkers' | 'token' | 'tlsCert' | 'tlsKey'> & Partial<LaunchConfig>;
 
@@ -324,6 +329,13 @@ export const RUN_OPTION_TABLE: OptionTable<RunConfig> = {
   service: { flag: '--service <name>', description: 'Kubernetes: the headless Service that is the Indexed Job\'s pods\' subdomain (or env DTRAIN_SERVICE)', kind: { type: 'string' } },
   worldSize: { flag: '--world-size <n>', description: 'Kubernetes: the number of ranks, the Job\'s completions (or env DTRAIN_WORLD_SIZE)', kind: { type: 'int', min: 1 } },
   tokenFile: { flag: '--token-file <file>', description: 'read the run\'s shared secret from this file, such as a mounted Kubernetes Secret (default: env DTRAIN_TOKEN)', kind: { type: 'string' } },
+  tlsCert: {
+    flag: '--tls-cert <file>',
+    description: 'PEM certificate naming rank 0\'s host, given to every rank: rank 0 serves wss://, the others verify it (docs/security-launched.md)',
+    kind: { type: 'string' },
+  },
+  tlsKey: { flag: '--tls-key <file>', description: 'PEM private key of --tls-cert (read by rank 0 only)', kind: { type: 'string' } },
+  ca: { flag: '--ca <file>', description: 'PEM certificate of the CA that signed --tls-cert (default: --tls-cert itself, a self-signed one)', kind: { type: 'string' } },
 };
 
 export const RUN_OPTIONS = rowsOf(RUN_OPTION_TABLE);

@@ -24,7 +24,7 @@ export function unknownOption(key: string, known: readonly string[]): TypeError 
   return new TypeError(`unknown option "${key}" (known options: ${known.join(', ')})`);
 }
 
-export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWorkers' | 'tls' | 'token' | 'plan' | 'server', detail: Record<string, unknown> = {}): TypeError {
+export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWorkers' | 'tls' | 'ca' | 'token' | 'plan' | 'server', detail: Record<string, unknown> = {}): TypeError {
   switch (problem) {
     case 'microBatch':
       return new TypeError(`option "microBatch" (${detail.microBatch}) must not exceed "batchSize" (${detail.batchSize})`);
@@ -34,6 +34,8 @@ export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWor
       return new TypeError('option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0');
     case 'tls':
       return new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither');
+    case 'ca':
+      return new TypeError('option "ca" is the CA that signed rank 0\'s certificate: give --tls-cert and --tls-key too, or leave --ca out');
     case 'token':
       return new TypeError(`option "listen" (${detail.listen}) reaches beyond loopback, so a "token" is required: give --token or set DTRAIN_TOKEN`);
     case 'plan':

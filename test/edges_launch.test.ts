@@ -85,3 +85,53 @@ describe('dtrain run', () => {
     }
   }, 20_000);
 });
+
+describe('dtrain run with TLS', () => {
+  const TORCHRUN = (rank: number, port: number): Env => ({ RANK: String(rank), WORLD_SIZE: '2', MASTER_ADDR: 'localhost', MASTER_PORT: String(port - 1), TORCHELASTIC_RUN_ID: 'x' });
+
+  it('hands every rank the same files: rank 0 serves wss:// with the certificate, the others verify it by it (or by --ca)', () => {
+    const tls = { tlsCert: '/secrets/cert.pem', tlsKey: '/secrets/key.pem' };
+    expect(planLaunch(tls, TORCHRUN(0, 29501), noToken)).toMatchObject({ role: 'coordinator', train: tls });
+    expect(planLaunch(tls, TORCHRUN(1, 29501), noToken)).toMatchObject({ role: 'worker', worker: { connect: 'wss://127.0.0.1:29501', ca: '/secrets/cert.pem' } });
+    expect(planLaunch({ ...tls, ca: '/secrets/ca.pem' }, TORCHRUN(1, 29501), noToken)).toMatchObject({ worker: { ca: '/secrets/ca.pem' } });
+    expect(() => planLaunch({ tlsCert: '/secrets/cert.pem' }, TORCHRUN(1, 29501), noToken)).toThrow('options "tlsCert" and "tlsKey" go together');
+    expect(() => planLaunch({ ca: '/secrets/ca.pem' }, TORCHRUN(1, 29501), noToken)).toThrow('option "ca" is the CA that signed rank 0\'s certificate');
+  });
+
+  it('runs a launched job over wss:// end to end', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { train } = await import('../src/index.js');
+    const { BASE, out } = await import('./remote_helpers.js');
+    const dir = mkdtempSync(join(tmpdir(), 'dtrain-edges-launch-tls-'));
+    const [tlsCert, tlsKey] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', tlsKey, '-out', tlsCert,
+      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const port = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as { port: number };
+        server.close(() => resolve(port));
+      });
+    });
+    const flags = { tlsCert, tlsKey, epochs: 1, trainSamples: 145, testSamples: 100 };
+    const rank0 = planLaunch(flags, TORCHRUN(0, port), noToken);
+    const rank1 = planLaunch(flags, TORCHRUN(1, port), noToken);
+    if (rank0.role !== 'coordinator' || rank1.role !== 'worker') throw new Error('unexpected roles');
+    const stop = new AbortController();
+    const { data: _data, ...worker } = rank1.worker;
+    let joined = false;
+    const summary = await train(
+      { ...BASE, ...rank0.train, out: join(out, 'edges-launch-tls') },
+      {
+        expectedRanks: rank0.expectedRanks,
+        onListening: () => void runWorker({ ...worker, signal: stop.signal }).catch(() => {}),
+        onEvent: (e) => e.type === 'cluster' && e.event.type === 'joined' && (joined = true),
+      },
+    );
+    stop.abort();
+    expect(joined).toBe(true);
+    expect(summary.steps).toBe(3);
+  }, 60_000);
+});

@@ -48,6 +48,7 @@ const cases: [string, Error, string, string?][] = [
   ['nonFiniteLoss', errors.nonFiniteLoss(3, 'micro-shard 1'), 'step 3: non-finite loss in micro-shard 1; training stopped with the last good parameters kept', 'ERR_NONFINITE'],
   ['checkpointInvalid', errors.checkpointInvalid('a.ckpt', 'checksum mismatch (truncated or corrupt)'), 'a.ckpt: checksum mismatch (truncated or corrupt)', 'ERR_CHECKPOINT'],
   ['checkpointMismatch', errors.checkpointMismatch('a.ckpt', 'model', '4→2 (relu)', '5→2 (relu)'), 'a.ckpt: the checkpoint is for model 4→2 (relu), this run has 5→2 (relu)', 'ERR_CHECKPOINT'],
+  ['incompatibleOptions ca', errors.incompatibleOptions('ca'), 'option "ca" is the CA that signed rank 0\'s certificate: give --tls-cert and --tls-key too, or leave --ca out'],
   ['incompatibleOptions minWorkers', errors.incompatibleOptions('minWorkers'), 'option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0'],
   ['incompatibleOptions plan', errors.incompatibleOptions('plan', { plan: 'sharded', threads: 2 }), 'option "plan" (sharded) says how remote replicas share a step, which they do only with "threads" 0 (got 2): give --threads 0, --plan server (whose threads run only the weight pass) or leave --plan out'],
   ['incompatibleOptions server', errors.incompatibleOptions('server'), 'option "plan" server serves the parameters to remote workers, which need "listen": give --listen HOST:PORT or leave --plan out'],
