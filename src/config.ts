@@ -277,18 +277,20 @@ export interface WorkerConfig {
   /** A local copy of the dataset ("embedded": the built-in MNIST), used only if its checksum matches. */
   data?: string;
   maxRetries: number;
-  /** Largest frame taken from the coordinator: its state snapshot (12 bytes a parameter) must fit. */
-  maxFrameBytes: number;
+  /**
+   * Largest frame taken from the coordinator; absent: the size its welcome says the run needs (its model's
+   * state snapshot, 12 bytes a parameter, and its batch's rows). Given: a run needing more is refused.
+   */
+  maxFrameBytes?: number;
 }
 
 /** Defaults of dtrain worker and of runWorker(). */
-export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'allowSoftwareGpu' | 'maxRetries' | 'maxFrameBytes'> = {
+export const WORKER_DEFAULTS: Pick<WorkerConfig, 'threads' | 'engine' | 'device' | 'allowSoftwareGpu' | 'maxRetries'> = {
   threads: 1,
   engine: 'onnx',
   device: 'cpu',
   allowSoftwareGpu: false,
   maxRetries: 0,
-  maxFrameBytes: 256 << 20,
 };
 
 export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
@@ -311,7 +313,7 @@ export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
   maxRetries: { flag: '--max-retries <n>', description: 'give up after n failed connection attempts in a row (0 = keep trying)', kind: { type: 'int', min: 0 } },
   maxFrameBytes: {
     flag: '--max-frame-bytes <n>',
-    description: 'largest frame taken from the coordinator; its state snapshot, 12 bytes a parameter, must fit (default 256 MiB: ~22 M parameters)',
+    description: 'largest frame taken from the coordinator (default: what its welcome says the run needs; its state snapshot is 12 bytes a parameter); a run needing more is refused',
     kind: { type: 'int', min: 1 << 20 },
   },
 };
@@ -326,12 +328,17 @@ export interface LaunchConfig {
   service: string;
   worldSize: number;
   tokenFile: string;
+  /** TLS (docs/security-launched.md): rank 0 serves wss:// with this certificate and key; every rank is given the same files. */
+  tlsCert: string;
+  tlsKey: string;
+  /** The CA the other ranks verify rank 0's certificate by (default: --tls-cert itself, a self-signed one). */
+  ca: string;
 }
 
 /**
  * `dtrain run`: the training options every rank is given alike, less those the launch decides (listen,
- * minWorkers) or takes from elsewhere (the token: DTRAIN_TOKEN or --token-file, out of the process list;
- * TLS, whose certificate would have to name a host the launcher picks), and the launch's own.
+ * minWorkers) or takes from elsewhere (the token: DTRAIN_TOKEN or --token-file, out of the process list),
+ * and the launch's own (TLS among them: the same files for every rank, docs/security-launched.md).
  */
 export type RunConfig = Omit<TrainConfig, 'listen' | 'minWorkers' | 'token' | 'tlsCert' | 'tlsKey'> & Partial<LaunchConfig>;
 
@@ -352,7 +359,7 @@ export const RUN_OPTION_TABLE: OptionTable<RunConfig> = {
   port: { flag: '--port <n>', description: 'the port rank 0 listens on (default: torchrun\'s MASTER_PORT + 1, else 29501)', kind: { type: 'int', min: 1 } },
   host: {
     flag: '--host <address>',
-    description: 'the address rank 0 listens on (default: 127.0.0.1 when every rank runs on one host, else 0.0.0.0)',
+    description: 'the address rank 0 listens on (default: 127.0.0.1 when every rank runs on one host, else :: — IPv6 and IPv4)',
     kind: { type: 'string' },
   },
   coordinator: {
@@ -363,6 +370,13 @@ export const RUN_OPTION_TABLE: OptionTable<RunConfig> = {
   service: { flag: '--service <name>', description: 'Kubernetes: the headless Service that is the Indexed Job\'s pods\' subdomain (or env DTRAIN_SERVICE)', kind: { type: 'string' } },
   worldSize: { flag: '--world-size <n>', description: 'Kubernetes: the number of ranks, the Job\'s completions (or env DTRAIN_WORLD_SIZE)', kind: { type: 'int', min: 1 } },
   tokenFile: { flag: '--token-file <file>', description: 'read the run\'s shared secret from this file, such as a mounted Kubernetes Secret (default: env DTRAIN_TOKEN)', kind: { type: 'string' } },
+  tlsCert: {
+    flag: '--tls-cert <file>',
+    description: 'PEM certificate naming rank 0\'s host, given to every rank: rank 0 serves wss://, the others verify it (docs/security-launched.md)',
+    kind: { type: 'string' },
+  },
+  tlsKey: { flag: '--tls-key <file>', description: 'PEM private key of --tls-cert (read by rank 0 only)', kind: { type: 'string' } },
+  ca: { flag: '--ca <file>', description: 'PEM certificate of the CA that signed --tls-cert (default: --tls-cert itself, a self-signed one)', kind: { type: 'string' } },
 };
 
 export const RUN_OPTIONS = rowsOf(RUN_OPTION_TABLE);

@@ -24,7 +24,7 @@ export function unknownOption(key: string, known: readonly string[]): TypeError 
   return new TypeError(`unknown option "${key}" (known options: ${known.join(', ')})`);
 }
 
-export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWorkers' | 'tls' | 'token' | 'plan' | 'server', detail: Record<string, unknown> = {}): TypeError {
+export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWorkers' | 'tls' | 'ca' | 'token' | 'plan' | 'server', detail: Record<string, unknown> = {}): TypeError {
   switch (problem) {
     case 'microBatch':
       return new TypeError(`option "microBatch" (${detail.microBatch}) must not exceed "batchSize" (${detail.batchSize})`);
@@ -34,6 +34,8 @@ export function incompatibleOptions(problem: 'microBatch' | 'threads0' | 'minWor
       return new TypeError('option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0');
     case 'tls':
       return new TypeError('options "tlsCert" and "tlsKey" go together: give both to serve wss://, or neither');
+    case 'ca':
+      return new TypeError('option "ca" is the CA that signed rank 0\'s certificate: give --tls-cert and --tls-key too, or leave --ca out');
     case 'token':
       return new TypeError(`option "listen" (${detail.listen}) reaches beyond loopback, so a "token" is required: give --token or set DTRAIN_TOKEN`);
     case 'plan':
@@ -214,6 +216,26 @@ export function resumeConflict(key: string, given: unknown, saved: unknown): Typ
 
 export function imageInvalid(file: string, problem: string): DtrainError {
   return fail('ERR_IMAGE', `${file}: ${problem}`);
+}
+
+/** A worker given --max-frame-bytes below what the run it joins sends (its welcome says, or a frame shows). */
+export function frameTooLarge(limitBytes: number): DtrainError {
+  const mib = Math.round(limitBytes / 2 ** 20);
+  return fail('ERR_FRAME_LIMIT', `a frame from the coordinator is larger than this worker's limit of ${mib} MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit`);
+}
+
+/**
+ * A worker that could not verify the coordinator's TLS certificate: retrying cannot help, so it stops with
+ * the reason and the option that fixes it (`code`: Node's, e.g. DEPTH_ZERO_SELF_SIGNED_CERT).
+ */
+export function tlsUntrusted(url: string, reason: string, code: string): DtrainError {
+  const fix =
+    code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+      ? 'connect by the name or address the certificate is for (--connect)'
+      : code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
+        ? 'the coordinator needs a certificate valid now (--tls-cert)'
+        : 'give --ca FILE with the certificate of the CA that signed it (for a self-signed one, the certificate itself)';
+  return fail('ERR_TLS', `${url}: the coordinator's TLS certificate was not accepted (${reason}): ${fix}`);
 }
 
 export function show(value: unknown): string {

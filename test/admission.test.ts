@@ -96,6 +96,15 @@ describe('a hub turning strangers away', () => {
       });
       ws.on('close', (code, reason) => resolve({ challenged, code, reason: String(reason) }));
       ws.on('error', () => {});
+      turnedAway(ws, (code, reason) => resolve({ challenged, code, reason }));
+    });
+  }
+
+  /** A refusal comes before the upgrade: an HTTP 429 whose status text is the reason. */
+  function turnedAway(ws: WebSocket, answer: (code: number, reason: string) => void): void {
+    ws.on('unexpected-response', (_request, response) => {
+      answer(response.statusCode ?? 0, response.statusMessage ?? '');
+      ws.terminate();
     });
   }
 
@@ -115,7 +124,7 @@ describe('a hub turning strangers away', () => {
         expect.stringMatching(/^worker 3 \(127\.0\.0\.3:\d+\): authentication failed/),
         '127.0.0.3: 3 failed authentications from 127.0.0.3 within 60 s: refusing its connections for 30 s',
       ]);
-      const refused = { challenged: false, code: 1013, reason: expect.stringMatching(/^too many failed authentications from 127\.0\.0\.3: refused for another (29\.\d|30) s$/) };
+      const refused = { challenged: false, code: 429, reason: expect.stringMatching(/^too many failed authentications from 127\.0\.0\.3: refused for another (29\.\d|30) s$/) };
       expect(await knock(port, '127.0.0.3', TOKEN)).toEqual(refused);
       expect(events.at(-1)).toEqual({ type: 'refused', count: 1, reason: refused.reason });
       // Another address is not refused: the worker with the token joins.
@@ -128,7 +137,7 @@ describe('a hub turning strangers away', () => {
     }
   });
 
-  it('turns connections past maxPendingAuth away at once, with the reason in the close frame', async () => {
+  it('turns connections past maxPendingAuth away at once, before the upgrade, with the reason in the HTTP status', async () => {
     const dataset = syntheticDataset(8, 8, 4, 3);
     const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), dataset, 4, 1);
     const options = { host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', datasetSha256: '', heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 500, maxPendingAuth: 2 };
@@ -141,12 +150,13 @@ describe('a hub turning strangers away', () => {
           const ws = new WebSocket(`ws://127.0.0.1:${port}`, { localAddress: '127.0.0.5' });
           ws.on('close', (code, reason) => resolve([code, String(reason)]));
           ws.on('error', () => {});
+          turnedAway(ws, (code, reason) => resolve([code, reason]));
         });
       const results = await Promise.all([silent(), silent(), silent()]);
       expect(results.sort()).toEqual([
         [1008, 'did not authenticate within 500 ms'],
         [1008, 'did not authenticate within 500 ms'],
-        [1013, 'too many connections authenticating (2): try again later'],
+        [429, 'too many connections authenticating (2): try again later'],
       ]);
       expect(hub.connections).toEqual({ authenticating: 0, peakAuthenticating: 2, refused: 1 });
     } finally {

@@ -48,6 +48,7 @@ const cases: [string, Error, string, string?][] = [
   ['nonFiniteLoss', errors.nonFiniteLoss(3, 'micro-shard 1'), 'step 3: non-finite loss in micro-shard 1; training stopped with the last good parameters kept', 'ERR_NONFINITE'],
   ['checkpointInvalid', errors.checkpointInvalid('a.ckpt', 'checksum mismatch (truncated or corrupt)'), 'a.ckpt: checksum mismatch (truncated or corrupt)', 'ERR_CHECKPOINT'],
   ['checkpointMismatch', errors.checkpointMismatch('a.ckpt', 'model', '4→2 (relu)', '5→2 (relu)'), 'a.ckpt: the checkpoint is for model 4→2 (relu), this run has 5→2 (relu)', 'ERR_CHECKPOINT'],
+  ['incompatibleOptions ca', errors.incompatibleOptions('ca'), 'option "ca" is the CA that signed rank 0\'s certificate: give --tls-cert and --tls-key too, or leave --ca out'],
   ['incompatibleOptions minWorkers', errors.incompatibleOptions('minWorkers'), 'option "minWorkers" waits for remote workers, which need "listen": give --listen HOST:PORT or --min-workers 0'],
   ['incompatibleOptions plan', errors.incompatibleOptions('plan', { plan: 'sharded', threads: 2 }), 'option "plan" (sharded) says how remote replicas share a step, which they do only with "threads" 0 (got 2): give --threads 0, --plan server (whose threads run only the weight pass) or leave --plan out'],
   ['incompatibleOptions server', errors.incompatibleOptions('server'), 'option "plan" server serves the parameters to remote workers, which need "listen": give --listen HOST:PORT or leave --plan out'],
@@ -77,6 +78,24 @@ const cases: [string, Error, string, string?][] = [
     'ERR_LAUNCH',
   ],
   ['tokenFileUnreadable', errors.tokenFileUnreadable('/run/secrets/token', 'the file is empty'), '--token-file /run/secrets/token: the file is empty', 'ERR_TOKEN_FILE'],
+  [
+    'frameTooLarge',
+    errors.frameTooLarge(1 << 20),
+    "a frame from the coordinator is larger than this worker's limit of 1 MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit",
+    'ERR_FRAME_LIMIT',
+  ],
+  [
+    'tlsUntrusted',
+    errors.tlsUntrusted('wss://10.0.0.1:7000', 'self-signed certificate', 'DEPTH_ZERO_SELF_SIGNED_CERT'),
+    "wss://10.0.0.1:7000: the coordinator's TLS certificate was not accepted (self-signed certificate): give --ca FILE with the certificate of the CA that signed it (for a self-signed one, the certificate itself)",
+    'ERR_TLS',
+  ],
+  [
+    'tlsUntrusted altname',
+    errors.tlsUntrusted('wss://10.0.0.1:7000', "Hostname/IP does not match certificate's altnames: IP: 10.0.0.1 is not in the cert's list: 10.0.0.2", 'ERR_TLS_CERT_ALTNAME_INVALID'),
+    "wss://10.0.0.1:7000: the coordinator's TLS certificate was not accepted (Hostname/IP does not match certificate's altnames: IP: 10.0.0.1 is not in the cert's list: 10.0.0.2): connect by the name or address the certificate is for (--connect)",
+    'ERR_TLS',
+  ],
   ['imageInvalid', errors.imageInvalid('a.png', 'expected 28×28 pixels (784), got 30×30'), 'a.png: expected 28×28 pixels (784), got 30×30', 'ERR_IMAGE'],
   [
     'tokenTooShort dashboardToken',

@@ -37,10 +37,10 @@ describe('dtrain run: what each rank does', () => {
 
   it('listens on every interface when the ranks span hosts, which needs a token (DTRAIN_TOKEN or --token-file)', () => {
     expect(() => planLaunch({}, SLURM(0), noToken)).toThrow(
-      'dtrain run: rank 0 listens on 0.0.0.0:29501, beyond loopback, so the ranks need a shared token: set DTRAIN_TOKEN or give --token-file FILE',
+      'dtrain run: rank 0 listens on [::]:29501, beyond loopback, so the ranks need a shared token: set DTRAIN_TOKEN or give --token-file FILE',
     );
     expect(() => planLaunch({}, SLURM(3), noToken)).toThrow(/so the ranks need a shared token/);
-    expect(planLaunch({}, { ...SLURM(0), DTRAIN_TOKEN: 'from env, 16+ bytes' }, noToken)).toMatchObject({ train: { listen: '0.0.0.0:29501', token: 'from env, 16+ bytes', minWorkers: 3 } });
+    expect(planLaunch({}, { ...SLURM(0), DTRAIN_TOKEN: 'from env, 16+ bytes' }, noToken)).toMatchObject({ train: { listen: '[::]:29501', token: 'from env, 16+ bytes', minWorkers: 3 } });
     const worker = planLaunch({ tokenFile: '/run/secrets/dtrain/token' }, { ...SLURM(3), DTRAIN_TOKEN: 'not this one' }, (file) => `secret of ${file}`);
     expect(worker).toMatchObject({ worker: { connect: 'ws://cn07:29501', token: 'secret of /run/secrets/dtrain/token', rank: 3 } });
   });

@@ -49,7 +49,7 @@ describe('a worker whose coordinator goes silent', () => {
     server.on('connection', (ws) => {
       connections++;
       ws.on('message', (data) => {
-        if (decodeRaw(data as Buffer).t === 'hello') ws.send(encode({ t: 'welcome', proof: new Uint8Array(0), workerId: connections, heartbeatMs: 100 }));
+        if (decodeRaw(data as Buffer).t === 'hello') ws.send(encode({ t: 'welcome', proof: new Uint8Array(0), workerId: connections, heartbeatMs: 100, maxFrameBytes: 8 << 20 }));
       });
       ws.send(encode({ t: 'challenge', protocol: PROTOCOL_VERSION, nonce: newNonce() }));
     });

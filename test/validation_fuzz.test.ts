@@ -65,7 +65,7 @@ const FROM_WORKER: [ToCoordinator, CoordinatorView | undefined][] = [
 
 const FROM_COORDINATOR: [ToWorker, WorkerView][] = [
   [{ t: 'challenge', protocol: PROTOCOL_VERSION, nonce: new Uint8Array(32) }, beforeWelcome],
-  [{ t: 'welcome', proof: new Uint8Array(32), workerId: 3, heartbeatMs: 500 }, beforeWelcome],
+  [{ t: 'welcome', proof: new Uint8Array(32), workerId: 3, heartbeatMs: 500, maxFrameBytes: 8 << 20 }, beforeWelcome],
   [
     {
       t: 'state',

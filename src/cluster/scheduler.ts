@@ -24,6 +24,7 @@ import type { RemoteMembers } from './remote/members.js';
 import type { RowsDone, StateMessage } from './remote/messages.js';
 import type { Task, TaskResult } from './slot_runner.js';
 import { stoppedWaiting } from '../errors.js';
+import { paramsSha256 } from '../model/checksum.js';
 import { gatherBatchRows, optimizerMemoryOf, placeBatchRows, type TrainingMemory } from './training_memory.js';
 import type { Team } from './team.js';
 
@@ -360,18 +361,47 @@ export class Scheduler {
 
   /**
    * The state of step `step` from a remote replica (trying each ready one in turn; sharded, put together
-   * from every owner's shard), or undefined when no replica could give it.
+   * from every owner's shard), confirmed by the other replicas (confirm), or undefined when no replica
+   * could give one that is: the steps are then computed again here.
    */
   async replicaState(step: number): Promise<StateArrays | undefined> {
     if (this.remotePlan?.current === 'sharded') return this.remotePlan.gather(step, this.verifier.enabled ? (s) => this.checkSlices(s) : undefined);
     for (const worker of this.hub?.ready() ?? []) {
+      if (worker.status !== 'ready') continue; // dropped or resynchronised by an earlier try
+      let state: StateArrays;
       try {
-        return await this.hub!.fetchState(worker, step);
+        state = await this.hub!.fetchState(worker, step);
       } catch {
-        // it left or timed out (and was dropped): ask the next one
+        continue; // it left or timed out (and was dropped): ask the next one
       }
+      const verdict = await this.confirm(worker, step, state.params);
+      if (verdict === 'confirmed') return state;
+      if (verdict === 'undecided') return undefined;
     }
     return undefined;
+  }
+
+  /**
+   * Whether the other replicas confirm the parameters `from` sent for `step`: every ready replica's checksum
+   * of that step is asked, and more than half of those answering (the sender's own included) must have the
+   * SHA-256 of what it sent; those that differ are sent the state again. A state most checksums contradict
+   * drops its sender (another is asked); no majority either way is undecided (the steps are computed
+   * again here). A sole replica has no one to be compared with: its state is taken as it is (as its rows).
+   */
+  private async confirm(from: RemotePeer, step: number, params: Float32Array): Promise<'confirmed' | 'contradicted' | 'undecided'> {
+    const sums = await this.hub!.checksumsAt(step);
+    if (sums.size <= 1) return 'confirmed';
+    const sha = paramsSha256(params);
+    const counts = new Map<string, number>();
+    for (const s of sums.values()) counts.set(s, (counts.get(s) ?? 0) + 1);
+    const majority = [...counts].find(([, n]) => n * 2 > sums.size)?.[0];
+    if (majority === sha) {
+      for (const [worker, s] of sums) if (s !== sha) this.hub!.resync(worker);
+      return 'confirmed';
+    }
+    if (majority === undefined) return 'undecided';
+    this.hub!.reject(from, `its state of step ${step} does not match the checksum ${counts.get(majority)} of ${sums.size} replicas (itself included) sent`);
+    return 'contradicted';
   }
 
   /**

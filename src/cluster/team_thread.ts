@@ -6,6 +6,7 @@
 import { workerData } from 'node:worker_threads';
 import { SlotRunner, type SlotInit } from './slot_runner.js';
 import { TeamControl } from './team_control.js';
+import { GpuTurns } from '../engine/webgpu/turns.js';
 
 export interface TeamThreadInit extends SlotInit {
   team: SharedArrayBuffer;
@@ -41,7 +42,10 @@ export default async function runTeamSlot({ slot, startSeq }: { slot: number; st
     const faults = init.faults;
     if (faults && task.kind === 'weights' && task.step === faults[0] && Atomics.sub(faults, 1, 1) > 0) {
       // Die in the middle of the step, as a crashed thread would: at once, whatever the engine. (A timer's
-      // callback never runs here with the C API path, whose calls never yield to the event loop.)
+      // callback never runs here with the C API path, whose calls never yield to the event loop.) On a GPU,
+      // on the device: holding the turn the process's threads take on it (engine/webgpu/turns.ts).
+      const turns = init.engine.webgpu?.turns;
+      if (turns) await new GpuTurns(turns).take(() => process.exit(1));
       process.exit(1);
     }
     try {

@@ -9,6 +9,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
+import { releaseTurnsOnExit } from '../engine/webgpu/turns.js';
 import { compiled } from '../paths.js';
 import type { Task, TaskResult, SlotInit } from './slot_runner.js';
 import { TeamControl } from './team_control.js';
@@ -59,6 +60,9 @@ export class ThreadTeam implements Team {
       concurrentTasksPerWorker: 1,
       workerData: { ...init, team: team.buffer, slots: options.threads } satisfies TeamThreadInit,
     });
+    // A thread that dies on the GPU gives its turn back, or the others would wait for it for ever.
+    const turnWord = init.engine.webgpu?.turns;
+    if (turnWord) releaseTurnsOnExit(turnWord, pool);
     const workers = new ThreadTeam(await MainSlot.create(init), pool, team, options.threads);
     // Every slot's engine is started before the first step, so that it does not pay for session creation.
     const joined = team.signal;

@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { DEFAULTS, dashboardAddress, isLoopback, joinHostPort, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
 import type { WorkerOptions } from '../cluster/remote/client.js';
-import { dashboardBeyondLoopback, launchNeedsToken, tokenFileUnreadable } from '../errors.js';
+import { dashboardBeyondLoopback, incompatibleOptions, launchNeedsToken, tokenFileUnreadable } from '../errors.js';
 import { COORDINATOR_VARIABLE, detectLaunch, SERVICE_VARIABLE, WORLD_SIZE_VARIABLE, type Env, type Launch } from './environment.js';
 
 /**
@@ -29,7 +29,11 @@ export type LaunchPlan =
 
 /** What this process is to do, from its flags and environment; throws a one-line error when it cannot say. */
 export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file: string) => string = readTokenFile): LaunchPlan {
-  const { port, host, coordinator, service, worldSize, tokenFile, ...shared } = validateRunConfig(flags);
+  const { port, host, coordinator, service, worldSize, tokenFile, tlsCert, tlsKey, ca, ...shared } = validateRunConfig(flags);
+  // Checked on every rank, so that workers fail with rank 0: a worker needs the certificate (or its CA) to
+  // verify rank 0, rank 0 its key too.
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) throw incompatibleOptions('tls');
+  if (ca !== undefined && tlsCert === undefined) throw incompatibleOptions('ca');
   // Flags win over the variables they stand for, so detection reads one environment.
   const launch = detectLaunch({
     ...env,
@@ -44,11 +48,14 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
   const token = tokenFile !== undefined ? readToken(tokenFile) : env.DTRAIN_TOKEN || undefined;
   const listenPort = port ?? (launch.launcherPort !== undefined ? launch.launcherPort + 1 : DEFAULT_PORT);
   const loopback = isLoopback(joinHostPort(launch.coordinatorHost, 0));
-  const listenHost = host ?? (loopback ? '127.0.0.1' : '0.0.0.0');
+  // '::' is both stacks (IPv4 arrives mapped): a launcher's rank-0 host may resolve to either; on a host
+  // without IPv6 the listener falls back to 0.0.0.0 (listener.ts).
+  const listenHost = host ?? (loopback ? '127.0.0.1' : '::');
   const listen = joinHostPort(listenHost, listenPort);
   // Checked on every rank, so that workers fail with rank 0 rather than wait for a rank 0 that refused to start.
   if (!token && !isLoopback(listen)) throw launchNeedsToken(listen);
-  const train: Partial<TrainConfig> = { threads: 1, ...shared, listen, token: token ?? null, minWorkers: launch.worldSize - 1 };
+  const tls = tlsCert !== undefined ? { tlsCert, tlsKey } : {};
+  const train: Partial<TrainConfig> = { threads: 1, ...shared, listen, token: token ?? null, minWorkers: launch.worldSize - 1, ...tls };
   // A resumed run takes options from rank 0's checkpoint, which the other ranks cannot read: only rank 0 checks them.
   const config = shared.resume ? { ...DEFAULTS, ...train } : resolveConfig(train);
   const where = `rank ${launch.rank} of ${launch.worldSize}${localRank(launch)}`;
@@ -63,7 +70,7 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
   // wildcard), else 127.0.0.1 ("localhost" may resolve to ::1 first, where a rank 0 on 127.0.0.1 does not listen).
   const wildcard = host === undefined || host === '0.0.0.0' || host === '::';
   const dial = !loopback ? launch.coordinatorHost : wildcard ? '127.0.0.1' : host;
-  const connect = `ws://${joinHostPort(dial, listenPort)}`;
+  const connect = `${tlsCert !== undefined ? 'wss' : 'ws'}://${joinHostPort(dial, listenPort)}`;
   const worker: WorkerPlan = {
     connect,
     token,
@@ -75,6 +82,9 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
     rank: launch.rank,
     retryForMs: config.joinTimeoutMs,
     maxRetries: 0,
+    // Resumed, the run's engine and device are in rank 0's checkpoint: the worker takes them from rank 0.
+    ...(shared.resume ? { engineFromCoordinator: true } : {}),
+    ...(tlsCert !== undefined ? { ca: ca ?? tlsCert } : {}),
   };
   return { role: 'worker', launch, summary: `${said}: a worker of the coordinator at ${connect}`, worker };
 }

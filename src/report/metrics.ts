@@ -2,7 +2,7 @@
  * metrics.jsonl: one JSON object per line — per step {type:"step", step, epoch, loss, ms, bytes, cpuMs} and
  * {type:"participants", step, epoch, participants: [...]} (every participant's rows and times:
  * cluster/participant_stats.ts), and per epoch {type:"epoch", epoch, steps, testAccuracy, testAvgLoss,
- * trainLoss, seconds, samplesPerSecond, shares, networkWaitSeconds}. Appended as the run goes, through one
+ * trainLoss, seconds, samplesPerSecond, shares, networkWaitSeconds, endSeconds}. Appended as the run goes, through one
  * write stream.
  */
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
@@ -31,6 +31,11 @@ export interface EpochRecord extends EpochResult {
   /** Rows each participant computed this epoch. */
   shares: Record<string, number>;
   networkWaitSeconds: number;
+  /**
+   * The waits at the epoch's end, outside its steps and its `seconds`: bringing the state here (from a
+   * GPU, a remote replica's state or a replay), evaluating, and comparing the remote replicas' checksums.
+   */
+  endSeconds: { state: number; evaluate: number; verify: number };
 }
 
 /** Every participant of a step: who computed which rows, and where its time went. */

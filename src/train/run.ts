@@ -123,8 +123,13 @@ async function endEpoch(loop: Loop): Promise<number> {
   const seconds = cursor.seconds();
   session.trainSeconds += seconds;
   session.samplesSeen += samples;
+  const started = performance.now();
+  await trainer.current();
+  const current = performance.now();
   const { accuracy, avgLoss } = await trainer.evaluate();
+  const evaluated = performance.now();
   const diverged = await session.scheduler.verifyReplicas(session.state.step, paramsSha256(session.state.params));
+  const endSeconds = { state: (current - started) / 1000, evaluate: (evaluated - current) / 1000, verify: (performance.now() - evaluated) / 1000 };
   if (diverged.length > 0) emit({ type: 'cluster', event: { type: 'diverged', workers: diverged } });
   const result: EpochResult = {
     epoch: cursor.epoch,
@@ -136,7 +141,7 @@ async function endEpoch(loop: Loop): Promise<number> {
     samplesPerSecond: samples / seconds,
   };
   const shares = session.scheduler.takeShares();
-  metrics.write({ type: 'epoch', ...result, shares: shares.rows, networkWaitSeconds: shares.networkWaitSeconds });
+  metrics.write({ type: 'epoch', ...result, shares: shares.rows, networkWaitSeconds: shares.networkWaitSeconds, endSeconds });
   tensorboard?.epoch(result);
   tensorboard?.flush();
   emit({ type: 'epoch', result, shares });

@@ -1,18 +1,26 @@
 /**
  * Who may start authenticating: the hub's admission control against floods of connections that never
- * prove the token. Two rules, both answered before a connection costs more than its socket:
+ * prove the token. Three rules, all answered before a connection is upgraded to a WebSocket (listener.ts):
  *   - at most maxPendingAuth connections authenticate at once; past it, new ones are turned away at once
  *     (each authenticating peer holds a timer, a challenge and up to MAX_UNAUTHENTICATED_BYTES of input,
  *     so the cap bounds what strangers can make the coordinator hold);
+ *   - at most maxPendingAuthPerAddress of them from one address, so that one address cannot take every
+ *     slot. It counts only connections still authenticating (an honest worker holds a slot for the few
+ *     milliseconds of its hello), and a connection turned away at it counts as no failure and is told to
+ *     try again later: honest workers sharing an address (loopback, a NAT) get in on their next try;
  *   - an address whose connections fail to authenticate maxFailures times within failureWindowMs is
  *     refused for blockMs, twice as long at each repeat (up to maxBlockMs): guessing the token from one
  *     address is slowed down, and its connections stop taking the slots of the others.
+ * "Address" is an IPv4 address, or an IPv6 /64 prefix: one host is commonly given a whole /64, so counting
+ * its single addresses would let it take every slot and never be refused.
  * Pure bookkeeping with an injectable clock; the hub turns its answers into close frames and log lines.
  */
 
 export interface AdmissionOptions {
   /** Connections authenticating at once; past it new ones are refused with a reason. */
   maxPendingAuth: number;
+  /** Connections authenticating at once from one address (an IPv6 /64); past it new ones from there are refused. */
+  maxPendingAuthPerAddress: number;
   /** Failed authentications from one address within failureWindowMs that get it refused for a while. */
   maxFailures: number;
   failureWindowMs: number;
@@ -23,6 +31,7 @@ export interface AdmissionOptions {
 
 export const ADMISSION_DEFAULTS: AdmissionOptions = {
   maxPendingAuth: 64,
+  maxPendingAuthPerAddress: 16,
   maxFailures: 3,
   failureWindowMs: 60_000,
   blockMs: 1000,
@@ -57,6 +66,8 @@ interface AddressRecord {
 export class Admission {
   private readonly counts = { authenticating: 0, peakAuthenticating: 0, refused: 0 };
   private readonly addresses = new Map<string, AddressRecord>();
+  /** Connections authenticating now, by address (only addresses with some). */
+  private readonly pending = new Map<string, number>();
 
   constructor(
     private readonly options: AdmissionOptions,
@@ -71,18 +82,23 @@ export class Admission {
    * Whether a new connection from `address` may authenticate: undefined if so (it then holds a slot
    * until settle), or why not.
    */
-  admit(address: string): string | undefined {
+  admit(ip: string): string | undefined {
+    const address = addressOf(ip);
     const record = this.addresses.get(address);
     const waitMs = record ? record.blockedUntil - this.now() : 0;
+    const pending = this.pending.get(address) ?? 0;
     let refusal: string | undefined;
     if (waitMs > 0) refusal = `too many failed authentications from ${address}: refused for another ${seconds(waitMs)}`;
     else if (this.counts.authenticating >= this.options.maxPendingAuth) {
       refusal = `too many connections authenticating (${this.options.maxPendingAuth}): try again later`;
+    } else if (pending >= this.options.maxPendingAuthPerAddress) {
+      refusal = `too many connections authenticating from ${address} (${this.options.maxPendingAuthPerAddress}): try again later`;
     }
     if (refusal) {
       this.counts.refused++;
       return refusal;
     }
+    this.pending.set(address, pending + 1);
     this.counts.authenticating++;
     this.counts.peakAuthenticating = Math.max(this.counts.peakAuthenticating, this.counts.authenticating);
     return undefined;
@@ -93,8 +109,12 @@ export class Admission {
    * junk, silence until the deadline, a hang-up): its slot is freed. Returns a line for the log when
    * this failure gets the address refused for a while.
    */
-  settle(address: string, authenticated: boolean): string | undefined {
+  settle(ip: string, authenticated: boolean): string | undefined {
+    const address = addressOf(ip);
     this.counts.authenticating--;
+    const pending = (this.pending.get(address) ?? 1) - 1;
+    if (pending > 0) this.pending.set(address, pending);
+    else this.pending.delete(address);
     if (authenticated) {
       this.addresses.delete(address);
       return undefined;
@@ -119,6 +139,22 @@ export class Admission {
     record.failures = [];
     return `${maxFailures} failed authentications from ${address} within ${seconds(failureWindowMs)}: refusing its connections for ${seconds(ms)}`;
   }
+}
+
+/**
+ * What admission counts a connection's IP by: an IPv4 address (also when written IPv4-mapped, ::ffff:a.b.c.d),
+ * or an IPv6 address's /64 prefix, written "2001:db8:1:2::/64".
+ */
+export function addressOf(ip: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (mapped) return mapped[1];
+  if (!ip.includes(':')) return ip;
+  const [head, tail = ''] = ip.split('%')[0].toLowerCase().split('::');
+  const left = head ? head.split(':') : [];
+  const right = tail ? tail.split(':') : [];
+  // An embedded IPv4 tail (…:a.b.c.d) is two groups; only the first four groups matter here anyway.
+  const groups = ip.includes('::') ? [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right] : left;
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
 }
 
 function seconds(ms: number): string {

@@ -1,6 +1,6 @@
 /**
  * The hub's door: a connection from its arrival until it has authenticated or is gone. Admission control
- * (admission.ts) answers first; an admitted connection is challenged, may send only a few frames' worth
+ * (admission.ts) answers first, before the upgrade (listener.ts); an admitted connection is challenged, may send only a few frames' worth
  * before it authenticates and must do so within authTimeoutMs; its hello must prove the token (auth.ts)
  * and name the run's engine and device. A stranger told to go is hung up on without reading it further.
  * Kept apart so that what an unauthenticated connection may cost is decided in one place, and the hub
@@ -13,15 +13,16 @@ import { Admission, ADMISSION_DEFAULTS, MAX_UNAUTHENTICATED_BYTES, RefusalLog, t
 import { proof, proofMatches } from './auth.js';
 import { closeReason } from './codec.js';
 import type { HubContext } from './hub_context.js';
-import { PROTOCOL_VERSION, RefusedError, type Hello } from './messages.js';
+import { MAX_FRAME_BYTES, PROTOCOL_VERSION, RefusedError, type Hello } from './messages.js';
 import type { RemotePeer } from './peer.js';
+import type { Device, EngineName } from '../../engine/engine.js';
 
 /** The admission control's settings (admission.ts) are optional: ADMISSION_DEFAULTS fill what is not given. */
 export interface GateOptions extends Partial<AdmissionOptions> {
   token?: string;
-  engine: string;
+  engine: EngineName;
   /** The run's device: a worker on another engine or device is refused unless allowMixedDevices. */
-  device: string;
+  device: Device;
   allowMixedDevices: boolean;
   /** How long a new connection may take to authenticate. */
   authTimeoutMs: number;
@@ -38,6 +39,8 @@ export class Gate {
   constructor(
     private readonly options: GateOptions,
     private readonly hub: HubContext,
+    /** The largest frame of this run (codec.ts maxFrameBytes), told to each worker in its welcome. */
+    private readonly maxFrameBytes: number,
   ) {
     const keys = Object.keys(ADMISSION_DEFAULTS) as (keyof AdmissionOptions)[];
     this.admission = new Admission(Object.fromEntries(keys.map((k) => [k, options[k] ?? ADMISSION_DEFAULTS[k]])) as unknown as AdmissionOptions);
@@ -49,11 +52,21 @@ export class Gate {
     return this.admission.stats;
   }
 
-  /** Whether a new connection may start authenticating; one that may not has been turned away. */
-  letIn(ws: WebSocket, socket: Socket): boolean {
-    const refusal = this.admission.admit(socket.remoteAddress ?? 'unknown');
-    if (refusal) this.turnAway(ws, socket, refusal);
-    return refusal === undefined;
+  /**
+   * Whether a connection from `ip` may start authenticating, asked before its upgrade (listener.ts):
+   * undefined lets it in (it holds an admission slot until release or abandoned), or why not (logged
+   * without flooding the log).
+   */
+  admit(ip: string): string | undefined {
+    const refusal = this.admission.admit(ip);
+    if (refusal) this.refusals.add(refusal);
+    return refusal;
+  }
+
+  /** A connection let in whose upgrade never completed: its slot is given back, as a failure of its address. */
+  abandoned(ip: string): void {
+    const blocked = this.admission.settle(ip, false);
+    if (blocked) this.hub.report({ type: 'rejected', peer: ip, reason: blocked });
   }
 
   /** Starts a let-in peer's authentication: its input limited, its deadline set, its challenge sent. */
@@ -67,7 +80,7 @@ export class Gate {
     socket.on('data', limitInput);
     const ms = this.options.authTimeoutMs;
     peer.authTimer = setTimeout(this.hub.guarded(peer, 'authentication timer', () => this.hub.reject(peer, `did not authenticate within ${ms} ms`)), ms);
-    this.hub.send(peer, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: peer.challenge });
+    this.hub.send(peer, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: peer.challenge, engine: this.options.engine, device: this.options.device });
   }
 
   /**
@@ -90,6 +103,7 @@ export class Gate {
       proof: token ? proof(token, 'coordinator', hello.nonce) : new Uint8Array(0),
       workerId: peer.id,
       heartbeatMs: this.options.heartbeatMs,
+      maxFrameBytes: Math.min(MAX_FRAME_BYTES, this.maxFrameBytes),
     });
     return theirs;
   }
@@ -122,10 +136,4 @@ export class Gate {
     for (const socket of this.hungUp) socket.destroy();
   }
 
-  /** A connection admission control refused: told why, and logged without flooding the log. */
-  private turnAway(ws: WebSocket, socket: Socket, reason: string): void {
-    ws.on('error', () => {});
-    this.hangUp(ws, socket, 1013, reason);
-    this.refusals.add(reason);
-  }
 }

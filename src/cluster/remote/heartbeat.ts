@@ -36,7 +36,8 @@ export class Heartbeat {
     setImmediate(() => {
       for (const peer of this.hub.peers()) {
         this.hub.guarded(peer, 'heartbeat', () => {
-          if (!peer.isAlive) return this.hub.drop(peer, `no heartbeat for ${this.periodMs} ms`);
+          // A pong is not late while a state may still be on its way ahead of the ping (peer.stateArrivesBy).
+          if (!peer.isAlive && performance.now() >= peer.stateArrivesBy) return this.hub.drop(peer, `no heartbeat for ${this.periodMs} ms`);
           peer.isAlive = false;
           peer.ws.ping();
         })();

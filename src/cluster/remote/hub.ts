@@ -27,7 +27,8 @@ export { RemotePeer, SuspectRows } from './peer.js';
 export type { HubEvent } from './hub_context.js';
 
 /** Where to listen (listener.ts), whom to let in (gate.ts), and the work with members (peer_work.ts). */
-export interface HubOptions extends ListenOptions, GateOptions, WorkOptions {}
+/** The opening handshake gets as long as the hello after it (authTimeoutMs). */
+export interface HubOptions extends Omit<ListenOptions, 'handshakeTimeoutMs'>, GateOptions, WorkOptions {}
 
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
@@ -67,8 +68,9 @@ export class RemoteHub implements RemoteMembers {
     private readonly memory: TrainingMemory,
     private readonly onEvent: (event: HubEvent) => void,
   ) {
-    this.maxBacklog = BACKLOG_FRAMES * maxFrameBytes(memory.spec, memory.batchSize);
-    this.gate = new Gate(options, this.context);
+    const largestFrame = maxFrameBytes(memory.spec, memory.batchSize);
+    this.maxBacklog = BACKLOG_FRAMES * largestFrame;
+    this.gate = new Gate(options, this.context, largestFrame);
     this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
     this.work = new PeerWork(options, memory, this.context);
   }
@@ -83,8 +85,10 @@ export class RemoteHub implements RemoteMembers {
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
   async start(): Promise<AddressInfo> {
     // Workers send rows, replica states when asked, and small control messages: anything larger is refused by ws itself.
-    this.listener = new Listener(this.options, maxFrameBytes(this.memory.spec, this.memory.batchSize), {
-      connection: (ws, socket) => this.connected(ws, socket),
+    this.listener = new Listener({ ...this.options, handshakeTimeoutMs: this.options.authTimeoutMs }, maxFrameBytes(this.memory.spec, this.memory.batchSize), {
+      admit: (ip) => this.gate.admit(ip),
+      abandoned: (ip) => this.gate.abandoned(ip),
+      connection: (ws, socket) => this.accept(ws, socket),
       failed: (peer, reason) => this.report({ type: 'rejected', peer, reason }),
     });
     this.heartbeat.start();
@@ -103,12 +107,7 @@ export class RemoteHub implements RemoteMembers {
 
   // ---------------------------------------------------------------- one connection
 
-  /** A new connection: it starts authenticating if the gate lets it in (gate.ts). */
-  private connected(ws: WebSocket, socket: Socket): void {
-    if (this.gate.letIn(ws, socket)) this.accept(ws, socket);
-  }
-
-  /** A let-in connection becomes a peer: its events are handled, and the gate challenges it. */
+  /** A connection the gate let in (asked before its upgrade, gate.ts admit) becomes a peer: its events are handled, and the gate challenges it. */
   private accept(ws: WebSocket, socket: Socket): void {
     const peer = new RemotePeer(this.nextId++, ws, socket);
     this.peers.set(peer.id, peer);

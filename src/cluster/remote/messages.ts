@@ -5,13 +5,15 @@
  * loads none of the hub's modules, and the coordinator none of the worker's.
  *
  * The protocol (version in PROTOCOL_VERSION):
- *   coordinator → worker  challenge {nonce}                       on connect
+ *   coordinator → worker  challenge {nonce, engine, device}       on connect (engine, device: the run's)
  *   worker → coordinator  hello {mac, nonce, engine, device, backend, threads, dataSha256, rank?, name?}
  *                         rank: only from a launched job's ranks (dtrain run), so that a coordinator waiting
  *                         for the world names who is missing; optional. name: how it is shown and recorded
  *                         (dtrain worker --name, default from the hostname; [A-Za-z0-9._-]); optional
- *   coordinator → worker  welcome {proof, workerId, heartbeatMs}  proves the coordinator knows the token too;
- *                         heartbeatMs: how often it pings (a worker that hears nothing for a few periods reconnects)
+ *   coordinator → worker  welcome {proof, workerId, heartbeatMs, maxFrameBytes}  proves the coordinator knows the
+ *                         token too; heartbeatMs: how often it pings (a worker that hears nothing for a few periods
+ *                         reconnects); maxFrameBytes: the largest frame of this run (its model and batch), which
+ *                         the worker takes as its frame limit
  *   coordinator → worker  state {spec, ..., step, generation, params, m, v, plan}   a full snapshot, on join; plan:
  *                         how its steps come (replicated: update; sharded: update.units; server: slice)
  *   coordinator → worker  rows {step, range, batch, x | index, labels, compact, lossOnly}   compute rows `range`
@@ -43,13 +45,14 @@
  */
 import type { RemotePlan } from '../../config.js';
 export { WORKER_NAME } from '../../config.js';
+import type { Device, EngineName } from '../../engine/engine.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 
 /**
  * 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices); 7: rows.lossOnly;
- * 8: rowsDone.applyMs, waitMs and queuedMs, hello.name.
+ * 8: rowsDone.applyMs, waitMs and queuedMs, hello.name; welcome.maxFrameBytes, challenge.engine and .device.
  */
 export const PROTOCOL_VERSION = 8;
 
@@ -62,7 +65,18 @@ export const RUN_FINISHED = 4000;
  */
 export const REFUSED = 4001;
 
-export interface Challenge { t: 'challenge'; protocol: number; nonce: Uint8Array }
+export interface Challenge {
+  t: 'challenge';
+  protocol: number;
+  nonce: Uint8Array;
+  /**
+   * The run's engine and device (ENGINES, DEVICES): a launched rank of a resumed run, which cannot read rank
+   * 0's checkpoint, computes with these (WorkerOptions.engineFromCoordinator). Validated only when present,
+   * so that a worker can still tell a coordinator of another protocol version what it speaks.
+   */
+  engine?: EngineName;
+  device?: Device;
+}
 export interface Hello {
   t: 'hello';
   protocol: number;
@@ -86,7 +100,20 @@ export interface Hello {
    */
   name?: string;
 }
-export interface Welcome { t: 'welcome'; proof: Uint8Array; workerId: number; heartbeatMs: number }
+export interface Welcome {
+  t: 'welcome';
+  proof: Uint8Array;
+  workerId: number;
+  heartbeatMs: number;
+  /** The largest frame this run sends (codec.ts maxFrameBytes): the worker's frame limit from now on. */
+  maxFrameBytes: number;
+}
+
+/** Frames a worker takes before a welcome told it this run's limit: a challenge, a welcome, an error. */
+export const HANDSHAKE_FRAME_BYTES = 1 << 20;
+
+/** The largest frame limit there is: ws reads its limit as an int32 (and a larger one as none). */
+export const MAX_FRAME_BYTES = 2 ** 31 - 1;
 export interface StateMessage {
   t: 'state';
   spec: ModelSpec;

@@ -41,6 +41,11 @@ export class RemotePeer {
   rowsStep = -1;
   holds: Range[] = [];
   authTimer?: NodeJS.Timeout;
+  /**
+   * Until when (performance.now()) the state last sent to it may still be on its way at the slowest link
+   * allowed for (peer_work.ts TRANSFER_BYTES_PER_MS): requests asked before then get that much longer.
+   */
+  stateArrivesBy = 0;
   /** Whether it holds one of the admission control's slots for connections authenticating (admission.ts). */
   holdsAuthSlot = true;
 

@@ -33,6 +33,14 @@ export interface WorkOptions {
   forwardRows?: boolean;
 }
 
+/**
+ * The slowest link a state transfer is allowed for, in bytes a millisecond (1 MB/s, 8 Mbit/s). A joiner's
+ * state goes out ahead of its first requests on the same connection, so their deadlines get the time the
+ * state needs at this rate on top of the step deadline: on a 20 Mbit/s link a joiner's 10 MB state takes 4 s,
+ * and a step deadline alone dropped it at every join. A worker slower than this is still dropped.
+ */
+export const TRANSFER_BYTES_PER_MS = 1000;
+
 /** The committed state for a joiner: the state message but for what the hub fills in per peer. */
 export type Snapshot = Omit<StateMessage, 't' | 'useLocalData' | 'plan'>;
 
@@ -81,7 +89,9 @@ export class PeerWork {
     // A reloaded replica holds no rows: what it held before (a resync at the same step) must be sent again.
     peer.rowsStep = -1;
     peer.holds = [];
-    this.hub.send(peer, { t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer), plan });
+    const frame = encode({ t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer), plan });
+    peer.stateArrivesBy = Math.max(peer.stateArrivesBy, performance.now()) + frame.length / TRANSFER_BYTES_PER_MS;
+    this.hub.sendFrame(peer, frame);
   }
 
   // ---------------------------------------------------------------- requests
@@ -233,7 +243,9 @@ export class PeerWork {
     timeoutMs: number,
     onTimeout?: () => void,
   ): Promise<RequestAnswer<K>> {
-    const answer = peer.requests.expect(kind, key, timeoutMs, onTimeout);
+    // Asked behind a state still on its way: the transfer has its own deadline, scaled by its bytes.
+    const transferMs = Math.max(0, peer.stateArrivesBy - performance.now());
+    const answer = peer.requests.expect(kind, key, timeoutMs + transferMs, onTimeout);
     try {
       this.hub.send(peer, message);
     } catch (e) {

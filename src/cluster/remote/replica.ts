@@ -17,7 +17,7 @@ import { createTeam } from '../create_team.js';
 import type { Team } from '../team.js';
 import type { ReplicaOptions } from './worker_options.js';
 import { packSlice, placeSlice, unitsIn } from '../unit_slices.js';
-import { ProtocolError, type RowsDone, type RowsMessage, type SliceMessage, type StateMessage, type ToCoordinator, type UpdateMessage } from './messages.js';
+import { ProtocolError, type ReplicaState, type RowsDone, type RowsMessage, type SliceMessage, type StateMessage, type UpdateMessage } from './messages.js';
 
 /** The training state a worker mirrors, and the threads that compute on it. */
 export class Replica {
@@ -270,7 +270,7 @@ export class Replica {
    * The replica's state, for a coordinator that does not apply the steps itself; with `units` (an owner of
    * a sharded run, whose moments are current only there) packed slices of those units.
    */
-  async stateAt(step: number, units?: Range[]): Promise<ToCoordinator> {
+  async stateAt(step: number, units?: Range[]): Promise<ReplicaState> {
     // A step applied early left the state before it intact in the other generation.
     if (this.plan === 'server') throw new ProtocolError('snapshot: this replica only mirrors the parameters (server plan): the coordinator holds the moments');
     const back = this.back(step);

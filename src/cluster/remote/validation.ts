@@ -9,11 +9,12 @@
  * The schemas read what a side knows (its view: the model, what it asked for) to check sizes and steps.
  */
 import { REMOTE_PLANS, WORKER_NAME } from '../../config.js';
+import { DEVICES, ENGINES } from '../../engine/engine.js';
 import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 import { sliceLength } from '../unit_slices.js';
-import { NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
+import { HANDSHAKE_FRAME_BYTES, MAX_FRAME_BYTES, NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
 
 /** A decoded message before validation (codec.ts guarantees a map with a string "t"). */
 type Raw = Record<string, unknown>;
@@ -342,9 +343,21 @@ function updatePart(p: unknown, batch: number, sizes: number[]) {
 
 /** The coordinator proved it knows the token: its arrays are checked for size, not scanned for values. */
 const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
-  challenge: (raw) => ({ t: 'challenge', protocol: int(raw, 'protocol'), nonce: bytes(raw, 'nonce', 32) }),
+  challenge: (raw) => ({
+    t: 'challenge',
+    protocol: int(raw, 'protocol'),
+    nonce: bytes(raw, 'nonce', 32),
+    ...('engine' in raw ? { engine: oneOf(raw, 'engine', ENGINES) } : {}),
+    ...('device' in raw ? { device: oneOf(raw, 'device', DEVICES) } : {}),
+  }),
 
-  welcome: (raw) => ({ t: 'welcome', proof: bytes(raw, 'proof'), workerId: int(raw, 'workerId'), heartbeatMs: int(raw, 'heartbeatMs', 1, 3_600_000) }),
+  welcome: (raw) => ({
+    t: 'welcome',
+    proof: bytes(raw, 'proof'),
+    workerId: int(raw, 'workerId'),
+    heartbeatMs: int(raw, 'heartbeatMs', 1, 3_600_000),
+    maxFrameBytes: int(raw, 'maxFrameBytes', HANDSHAKE_FRAME_BYTES, MAX_FRAME_BYTES),
+  }),
 
   state(raw) {
     const spec = specOf(raw);

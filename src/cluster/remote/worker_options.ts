@@ -2,7 +2,7 @@
 import type { Dataset } from '../../data/datasets.js';
 import type { WorkerConfig } from '../../config.js';
 import type { EngineOptions } from '../../engine/engine.js';
-import type { RowsDone, SliceMessage } from './messages.js';
+import type { ReplicaState, RowsDone, SliceMessage } from './messages.js';
 
 /**
  * runWorker()'s options: what a user chooses (WorkerConfig, the `dtrain worker` table, with the data as
@@ -18,6 +18,11 @@ export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
    * (dtrain run) waits for rank 0 no longer than rank 0 waits for it, so a job whose rank 0 is gone ends.
    */
   retryForMs?: number;
+  /**
+   * Compute with the engine and device the coordinator's challenge names rather than `engine` and `device`:
+   * a launched rank of a resumed run (dtrain run --resume), whose options are in rank 0's checkpoint.
+   */
+  engineFromCoordinator?: boolean;
   /** This process's rank in a launched job (dtrain run), sent in the hello: a coordinator then names missing ranks. */
   rank?: number;
   onEvent?: (event: WorkerEvent) => void;
@@ -33,6 +38,8 @@ export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
    * machine would take (its reported compute time includes them).
    */
   rowDelayMs?: number;
+  /** Fault injection (tests): what this worker sends instead of its replica's state when asked (its replica keeps the right one). */
+  tamperState?: (state: ReplicaState) => ReplicaState;
   /** Fault injection (tests): called as this worker starts its units of a sharded step (it may stop the worker there). */
   onUnits?: (step: number) => void;
   signal?: AbortSignal;

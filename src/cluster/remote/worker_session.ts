@@ -7,13 +7,17 @@
  * Nothing of the coordinator's side is imported here (hub, peer, requests): a worker never loads it.
  */
 import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
-import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
+import { frameTooLarge, tlsUntrusted } from '../../errors.js';
+import { HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
 import { Replica } from './replica.js';
+import { prepareEngine } from '../../engine/create.js';
+import type { Device, EngineName } from '../../engine/engine.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
 import { Watchdog } from './watchdog.js';
 
@@ -23,6 +27,29 @@ function zeroMask(mask: Buffer): void {
 
 /** The coordinator's heartbeat period assumed until its welcome says (config DEFAULTS.heartbeatMs). */
 const DEFAULT_HEARTBEAT_MS = 5000;
+
+/**
+ * The coordinator's messages a worker holds received but not yet handled, at most: this many, and twice its
+ * frame limit in bytes (a snapshot and as much again). An honest coordinator is at most a step or two ahead
+ * of a worker (it waits for every step's rows), far below either. Past either, the worker closes the
+ * connection, drops what it had not handled and reconnects (a new snapshot resynchronises it): its memory
+ * stays bounded whatever a coordinator, or something posing as one, sends.
+ */
+export const MAX_QUEUED_MESSAGES = 4096;
+
+/** Node's codes for a TLS certificate that could not be verified (tls.checkServerIdentity, OpenSSL's X509 errors). */
+const TLS_VERIFICATION_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
 
 /** How a connection ended. */
 export interface SessionOutcome {
@@ -92,10 +119,11 @@ class StepTimes {
 type Handlers = { [T in ToWorker['t']]: (session: WorkerSession, message: Extract<ToWorker, { t: T }>) => void | Promise<void> };
 
 const HANDLERS: Handlers = {
-  challenge(s, message) {
+  async challenge(s, message) {
     if (message.protocol !== PROTOCOL_VERSION) {
       return s.fail(`protocol version ${message.protocol} is not supported (this worker speaks ${PROTOCOL_VERSION})`, true);
     }
+    if (s.options.engineFromCoordinator) await s.computeAs(message.engine, message.device);
     const { token, engine, device, threads, dataset } = s.options;
     s.send({
       t: 'hello',
@@ -116,6 +144,9 @@ const HANDLERS: Handlers = {
     if (s.options.token && !proofMatches(s.options.token, 'coordinator', s.nonce, message.proof)) {
       return s.fail('the coordinator did not prove it knows the token', true);
     }
+    const given = s.options.maxFrameBytes;
+    if (given !== undefined && message.maxFrameBytes > given) return s.stop(frameTooLarge(given).message);
+    s.raiseFrameLimit(message.maxFrameBytes);
     s.welcomed = true;
     s.watchdog.watch(message.heartbeatMs);
     s.emit({ type: 'connected', url: s.options.connect, workerId: message.workerId });
@@ -168,7 +199,10 @@ const HANDLERS: Handlers = {
 
   check: async (s, message) => s.send({ t: 'checksum', step: message.step, sha256: await s.replica.checksumAt(message.step) }),
 
-  snapshot: async (s, message) => s.send(await s.replica.stateAt(message.step, message.units)),
+  async snapshot(s, message) {
+    const state = await s.replica.stateAt(message.step, message.units);
+    s.send(s.options.tamperState ? s.options.tamperState(state) : state);
+  },
 
   error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
 };
@@ -188,6 +222,11 @@ class WorkerSession {
   private queue: Promise<void> = Promise.resolve();
   /** Its apply and idle time since its last rows answer. */
   readonly times = new StepTimes();
+  /** What the queue holds not yet handled (bounded: MAX_QUEUED_MESSAGES). */
+  private queuedMessages = 0;
+  private queuedBytes = 0;
+  /** The largest frame taken now: small until the welcome says this run's (raiseFrameLimit). */
+  private frameLimit = HANDSHAKE_FRAME_BYTES;
 
   constructor(
     readonly options: WorkerOptions,
@@ -195,7 +234,7 @@ class WorkerSession {
     readonly slot: ReplicaSlot,
   ) {
     this.ws = new WebSocket(options.connect, {
-      maxPayload: options.maxFrameBytes,
+      maxPayload: HANDSHAKE_FRAME_BYTES,
       // A zero masking key: ws then sends the frame's bytes as they are instead of a masked copy of each
       // (megabytes a step). Masking guards proxies against a browser script's chosen bytes; a worker is no
       // browser, and whatever it sends is validated by the coordinator anyway.
@@ -213,22 +252,41 @@ class WorkerSession {
   run(): Promise<SessionOutcome> {
     const { ws, watchdog, options } = this;
     return new Promise((resolve) => {
-      ws.on('open', () => watchdog.watch());
+      // Bytes arriving are a coordinator alive: a state snapshot on a slow link takes longer than the
+      // watchdog's periods, and the pings queued behind it come only after it. (Listened to once ws reads
+      // the socket: a listener added at 'upgrade' would start the stream before ws takes its first bytes.)
+      let socket: Socket | undefined;
+      ws.on('upgrade', (response) => (socket = response.socket));
+      ws.on('open', () => {
+        watchdog.watch();
+        socket?.on('data', () => watchdog.heard());
+      });
       ws.on('ping', () => watchdog.heard());
       const abort = () => ws.close(1000, 'worker stopped');
       options.signal?.addEventListener('abort', abort);
       ws.on('message', (data, isBinary) => {
         watchdog.heard();
-        const arrived = performance.now();
-        this.queue = this.queue.then(() => this.receive(data as Buffer, isBinary, arrived));
+        this.enqueue(data as Buffer, isBinary, performance.now());
+      });
+      // Admission control turns a connection away before the upgrade, with the reason as the status text: a
+      // full coordinator or an address refused for a while; the worker says why and tries again later.
+      ws.on('unexpected-response', (_request, response) => {
+        this.silence = `the coordinator turned this connection away (HTTP ${response.statusCode}): ${response.statusMessage ?? ''}`;
+        ws.terminate();
       });
       ws.on('error', (e) => {
+        if (this.silence) return; // the reason is known already (the abort after a refusal is no news)
         this.emit({ type: 'error', message: `connection: ${e.message}` });
+        // A certificate this worker cannot verify will not verify on the next try either.
+        const code = (e as Error & { code?: string }).code ?? '';
+        if (TLS_VERIFICATION_CODES.has(code) && !this.silence) {
+          this.fatal = true;
+          this.silence = tlsUntrusted(options.connect, e.message, code).message;
+        }
         // A frame over maxPayload: the model's snapshot does not fit, and never will.
         if ((e as Error & { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' && !this.silence) {
           this.fatal = true;
-          const mib = Math.round(options.maxFrameBytes / 2 ** 20);
-          this.silence = `a frame from the coordinator is larger than this worker's limit of ${mib} MiB (--max-frame-bytes): its model's state snapshot (12 bytes a parameter) does not fit`;
+          this.silence = frameTooLarge(this.frameLimit).message;
         }
       });
       ws.on('close', (code, reason) => {
@@ -257,6 +315,38 @@ class WorkerSession {
     this.silence = `the coordinator refused this worker: ${reason}`;
   }
 
+  /**
+   * Takes the coordinator's engine and device for this worker's replica (engineFromCoordinator): a GPU is
+   * found and named as at start (prepareEngine), and a replica of another engine is built anew at the state.
+   */
+  async computeAs(engine: EngineName | undefined, device: Device | undefined): Promise<void> {
+    const options = this.options;
+    if ((engine ?? options.engine) === options.engine && (device ?? options.device) === options.device) return;
+    const { webgpu } = await prepareEngine({ ...options, engine: engine ?? options.engine, device: device ?? options.device, webgpu: undefined });
+    Object.assign(options, { engine: engine ?? options.engine, device: device ?? options.device, webgpu });
+    await this.slot.replica?.close();
+    this.slot.replica = undefined;
+    this.emit({ type: 'device', description: deviceOf(options) });
+  }
+
+  /** Ends this worker (no reconnecting) with `reason`, told to the coordinator too. */
+  stop(reason: string): void {
+    this.silence ??= reason;
+    this.fail(reason, true);
+  }
+
+  /**
+   * Takes frames up to `bytes` from now on (the welcome's limit for this run). ws fixes its limit when the
+   * connection is made, and a run's limit is known only from the welcome on that connection, so the
+   * receiver's limit is raised in place (ws 8 keeps it in Receiver._maxPayload, read at each frame).
+   */
+  raiseFrameLimit(bytes: number): void {
+    const receiver = (this.ws as unknown as { _receiver?: { _maxPayload?: number } })._receiver;
+    if (typeof receiver?._maxPayload !== 'number') throw new Error('ws no longer keeps its frame limit in Receiver._maxPayload');
+    receiver._maxPayload = bytes;
+    this.frameLimit = bytes;
+  }
+
   /** Tells the coordinator why and closes; a fatal reason ends runWorker instead of reconnecting. */
   fail(reason: string, fatal = false): void {
     this.fatal ||= fatal;
@@ -267,6 +357,30 @@ class WorkerSession {
   /** Applies the current step if all its rows are here (see Replica.applyIfComplete). */
   async applyIfComplete(step: number): Promise<void> {
     if (await this.replica.applyIfComplete()) this.emit({ type: 'step', step });
+  }
+
+  /** Queues a frame behind those not yet handled, or ends the connection when the queue is full (MAX_QUEUED_MESSAGES). */
+  private enqueue(data: Buffer, isBinary: boolean, arrived: number): void {
+    if (this.ws.readyState !== this.ws.OPEN) return; // closing: what still arrives is dropped, not held
+    const maxBytes = 2 * this.frameLimit;
+    if (this.queuedMessages >= MAX_QUEUED_MESSAGES || this.queuedBytes + data.length > maxBytes) {
+      const reason = `the coordinator sent more than this worker holds unhandled (${MAX_QUEUED_MESSAGES} messages or ${Math.round(maxBytes / 2 ** 20)} MiB): reconnecting`;
+      this.emit({ type: 'error', message: reason });
+      this.silence ??= reason;
+      this.ws.close(1008, closeReason(reason));
+      return;
+    }
+    // The handshake's frames are handled as they arrive when nothing waits before them: the welcome raises
+    // the frame limit before ws reads the header of the snapshot sent right behind it (a queued handler
+    // would run only after ws parsed the rest of the chunk, against the handshake's limit).
+    const handleNow = !this.welcomed && this.queuedMessages === 0;
+    this.queuedMessages++;
+    this.queuedBytes += data.length;
+    this.queue = (handleNow ? this.receive(data, isBinary, arrived) : this.queue.then(() => this.receive(data, isBinary, arrived)))
+      .finally(() => {
+        this.queuedMessages--;
+        this.queuedBytes -= data.length;
+      });
   }
 
   /** One frame: validated, then handled by its type's handler; anything wrong ends the connection. */
