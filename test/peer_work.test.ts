@@ -3,6 +3,7 @@
  * driven through the narrow part of the hub it uses (HubContext), with peers on real loopback connections.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { decodeRaw } from '../src/cluster/remote/codec.js';
 import type { HubContext } from '../src/cluster/remote/hub_context.js';
 import type { RowsDone, ToWorker } from '../src/cluster/remote/messages.js';
 import type { RemotePeer } from '../src/cluster/remote/peer.js';
@@ -115,13 +116,16 @@ describe('PeerWork', () => {
   });
 
   it('sends a joiner the state, forgetting the rows it held (a reloaded replica holds none)', async () => {
-    const { work, peers, sent } = await workWith(1);
+    const { work, peers, frames } = await workWith(1);
     const [peer] = peers;
     void work.requestRows(peer, 3, 8, [0, 4], samples, asAsked);
     work.rowsDone(peer, answer([0, 4]), Buffer.alloc(1));
     work.sendState(peer, zeroSnapshot(memory, 4), 'sharded');
     expect([peer.rowsStep, peer.holds]).toEqual([-1, []]);
-    expect(sent[1][1]).toMatchObject({ t: 'state', step: 4, useLocalData: false, plan: 'sharded' });
+    // The state goes out as one encoded frame (its size sets the joiner's transfer deadline).
+    expect(frames.map(([id]) => id)).toEqual([peer.id]);
+    expect(decodeRaw(frames[0][1])).toMatchObject({ t: 'state', step: 4, useLocalData: false, plan: 'sharded' });
+    expect(peer.stateArrivesBy).toBeGreaterThan(0);
   });
 
   it('drops a member that does not answer its rows by the step deadline, and its request fails', async () => {
