@@ -126,6 +126,13 @@ describe('PeerWork', () => {
     expect(frames.map(([id]) => id)).toEqual([peer.id]);
     expect(decodeRaw(frames[0][1])).toMatchObject({ t: 'state', step: 4, useLocalData: false, plan: 'sharded' });
     expect(peer.stateArrivesBy).toBeGreaterThan(0);
+    // Rows of an earlier step leave the allowance; rows computed from that state end it.
+    void work.requestRows(peer, 3, 8, [0, 4], samples, asAsked);
+    work.rowsDone(peer, answer([0, 4]), Buffer.alloc(1));
+    expect(peer.stateArrivesBy).toBeGreaterThan(0);
+    void work.requestRows(peer, 4, 8, [0, 4], samples, asAsked);
+    work.rowsDone(peer, { ...answer([0, 4]), step: 4 }, Buffer.alloc(1));
+    expect(peer.stateArrivesBy).toBe(0);
   });
 
   it('drops a member that does not answer its rows by the step deadline, and its request fails', async () => {

@@ -46,6 +46,8 @@ export class RemotePeer {
    * allowed for (peer_work.ts TRANSFER_BYTES_PER_MS): requests asked before then get that much longer.
    */
   stateArrivesBy = 0;
+  /** The step of the last state sent: an answer for this step or a later one shows that state arrived. */
+  stateStep = -1;
   /** Whether it holds one of the admission control's slots for connections authenticating (admission.ts). */
   holdsAuthSlot = true;
 

@@ -91,6 +91,7 @@ export class PeerWork {
     peer.holds = [];
     const frame = encode({ t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer), plan });
     peer.stateArrivesBy = Math.max(peer.stateArrivesBy, performance.now()) + frame.length / TRANSFER_BYTES_PER_MS;
+    peer.stateStep = snapshot.step;
     this.hub.sendFrame(peer, frame);
   }
 
@@ -159,6 +160,9 @@ export class PeerWork {
 
   /** A peer's validated rows: it holds them, the others get them now (unless held for --verify), and its request ends. */
   rowsDone(peer: RemotePeer, rows: RowsDone, frame: Buffer): void {
+    // Rows of the state's step or later were computed from it: the state is through, and the next requests
+    // get the step deadline alone (a link cut later must not hide behind the transfer's allowance).
+    if (rows.step >= peer.stateStep) peer.stateArrivesBy = 0;
     peer.holds.push(rows.range);
     if (this.relayRows) this.forward(peer, rows, frame);
     peer.requests.answer('rows', rows);
