@@ -261,6 +261,13 @@ export interface WorkerConfig {
   maxRetries: number;
   /** Largest frame taken from the coordinator: its state snapshot (12 bytes a parameter) must fit. */
   maxFrameBytes: number;
+  /**
+   * [HOST:]PORT of the listener the other members of a sharded run link to (default: an ephemeral port on the
+   * address this worker reaches the coordinator from); "off": none, its steps go through the coordinator.
+   */
+  peerListen?: string;
+  /** HOST[:PORT] the other members should dial, when the listening address is not reachable as it is (NAT, a container). */
+  advertise?: string;
 }
 
 /** Defaults of dtrain worker and of runWorker(). */
@@ -295,6 +302,16 @@ export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
     flag: '--max-frame-bytes <n>',
     description: 'largest frame taken from the coordinator; its state snapshot, 12 bytes a parameter, must fit (default 256 MiB: ~22 M parameters)',
     kind: { type: 'int', min: 1 << 20 },
+  },
+  peerListen: {
+    flag: '--peer-listen <[host:]port>',
+    description: 'where the other workers of a sharded run link to this one directly ("off": none; their bytes then go through the coordinator; default: an ephemeral port on the address the coordinator is reached from)',
+    kind: { type: 'string' },
+  },
+  advertise: {
+    flag: '--advertise <host[:port]>',
+    description: 'the address the other workers should dial for --peer-listen (default: the listening address)',
+    kind: { type: 'string' },
   },
 };
 

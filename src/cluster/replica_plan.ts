@@ -159,7 +159,15 @@ export class ReplicaPlan {
    * owners changed, or members on standby must compute (the one that did left: see rowsOnOne).
    */
   get stale(): boolean {
-    return this.due !== undefined || this.ownersChanged || (this.hub.ready().length === 0 && this.hub.standby().length > 0);
+    return this.due !== undefined || this.ownersChanged || this.hub.meshBroken || (this.hub.ready().length === 0 && this.hub.standby().length > 0);
+  }
+
+  /**
+   * Whether the step about to be asked for goes between peers (its rows and slices over the members' links,
+   * remote/peer_mesh.ts): sharded among several owners, every one linked to every other.
+   */
+  direct(): boolean {
+    return this.active && this.hub.direct();
   }
 
   /** Every member, ready or on standby: what a plan is timed and judged with. */
@@ -348,15 +356,18 @@ export class ReplicaPlan {
     this.onChoice(choice);
   }
 
-  /** Sends the step's update to the owners (active() only); settle() awaits their slices. */
-  request(step: number, batch: number): void {
+  /**
+   * Sends the step's update to the owners (active() only); settle() awaits their slices. `direct`: the step's
+   * rows went between peers, and so do the slices (only that each went comes here).
+   */
+  request(step: number, batch: number, direct = false): void {
     // Every owner's answer is awaited, not only up to the first loss: a slice still on its way when the state is
     // sent again would reach members that moved on.
     const owners = [...this.owners.keys()];
     this.landed = undefined;
-    this.inFlight = Promise.allSettled(this.hub.requestSlices(step, batch, this.owners)).then((results) => {
+    this.inFlight = Promise.allSettled(this.hub.requestSlices(step, batch, this.owners, direct)).then((results) => {
       if (results.some((r) => r.status === 'rejected')) this.torn = true;
-      else this.landed = { step, batch, slices: new Map(results.map((r, i) => [owners[i], (r as PromiseFulfilledResult<SliceMessage>).value])) };
+      else if (!direct) this.landed = { step, batch, slices: new Map(results.map((r, i) => [owners[i], (r as PromiseFulfilledResult<SliceMessage>).value])) };
     });
   }
 

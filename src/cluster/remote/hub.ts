@@ -17,8 +17,9 @@ import { Gate, type GateOptions } from './gate.js';
 import { Heartbeat } from './heartbeat.js';
 import type { HubContext, HubEvent } from './hub_context.js';
 import { Listener, type ListenOptions } from './listener.js';
-import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type RowsForm, type SliceMessage, type ToCoordinator, type ToWorker } from './messages.js';
+import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type RowsForm, type SliceDone, type SliceMessage, type ToCoordinator, type ToWorker } from './messages.js';
 import { RemotePeer, SuspectRows } from './peer.js';
+import { PeerMesh } from './peer_mesh.js';
 import { PeerWork, type Snapshot, type WorkOptions } from './peer_work.js';
 import { validateFromWorker } from './validation.js';
 
@@ -26,7 +27,10 @@ export { RemotePeer, SuspectRows } from './peer.js';
 export type { HubEvent } from './hub_context.js';
 
 /** Where to listen (listener.ts), whom to let in (gate.ts), and the work with members (peer_work.ts). */
-export interface HubOptions extends ListenOptions, GateOptions, WorkOptions {}
+export interface HubOptions extends ListenOptions, GateOptions, WorkOptions {
+  /** Whether sharded members may exchange their steps' bytes over peer links (default yes; never with --verify). */
+  peerLinks?: boolean;
+}
 
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
@@ -57,6 +61,8 @@ export class RemoteHub {
   private readonly gate: Gate;
   private readonly heartbeat: Heartbeat;
   private readonly work: PeerWork;
+  /** Who links with whom, and whether a step's bytes can go between the members (peer_mesh.ts). */
+  private readonly mesh: PeerMesh;
 
   /** Bytes that may wait to be sent to one peer (sendFrame): fixed for the run's model and batch. */
   private readonly maxBacklog: number;
@@ -70,6 +76,8 @@ export class RemoteHub {
     this.gate = new Gate(options, this.context);
     this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
     this.work = new PeerWork(options, memory, this.context);
+    // --verify checks rows before anyone applies them: they keep to the coordinator's path.
+    this.mesh = new PeerMesh(options.forwardRows !== false && options.peerLinks !== false);
   }
 
   /** Connections authenticating now, the most there were at once, and how many were turned away. */
@@ -198,6 +206,14 @@ export class RemoteHub {
     },
     rowsDone: (peer, rows, frame) => this.work.rowsDone(peer, rows, frame),
     slice: (peer, slice, frame) => this.work.slice(peer, slice, frame),
+    sliceDone: (peer, done) => this.work.sliceDone(peer, done),
+    peerLinks: (peer, report) => {
+      // It gave up what it was asked (a link it needed broke): that answer will not come, and the mesh is
+      // broken — the step is redone from a state sent again.
+      const { abandoned, news } = this.mesh.report(peer, report);
+      if (news) this.report({ type: 'peers', message: news });
+      if (abandoned) this.work.abandoned(peer, 'it gave up a step between peers (a peer link broke)');
+    },
     checksum: (peer, message) => this.work.checksum(peer, message.step, message.sha256),
     replicaState: (peer, state) => this.work.replicaState(peer, state),
     error: (peer, message) => {
@@ -289,10 +305,27 @@ export class RemoteHub {
    */
   admit(snapshot: Snapshot, plan: RemotePlan = 'replicated'): void {
     this.work.setPlan(plan);
-    for (const peer of this.joining()) {
-      this.work.sendState(peer, snapshot, plan);
+    const joining = this.joining();
+    // Sharded, every member is sent the state: then (and only then) all of them can link with each other.
+    const everyone = plan === 'sharded' && this.ready().length === 0;
+    const roster = everyone ? this.mesh.admit(joining) : this.mesh.admit([]);
+    for (const peer of joining) {
+      this.work.sendState(peer, snapshot, plan, roster?.(peer));
       peer.status = 'ready';
     }
+  }
+
+  /**
+   * Whether the step about to be asked for goes between peers: sharded, with every member linked to every
+   * other in this admission (peer_mesh.ts); false sends its bytes through the coordinator.
+   */
+  direct(): boolean {
+    return this.mesh.direct(this.ready());
+  }
+
+  /** A peer link broke after steps went between peers: every member must be sent the state again. */
+  get meshBroken(): boolean {
+    return this.mesh.broken;
   }
 
   /** Resolves when some worker has authenticated (used when there is nobody to compute). */
@@ -331,8 +364,8 @@ export class RemoteHub {
   }
 
   /** Sends a sharded step's update to its owners; resolves per owner with its units' new parameters. */
-  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[] {
-    return this.work.requestSlices(step, batch, owners);
+  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>, direct = false): Promise<SliceMessage | SliceDone>[] {
+    return this.work.requestSlices(step, batch, owners, direct);
   }
 
   /** The SHA-256 of every ready worker's parameters that came within the step deadline (stepTimeoutMs). */

@@ -172,6 +172,16 @@ export class Replica {
     return true;
   }
 
+  /** The rows of the update's batch this replica neither holds nor is sent in it (a peer step: they come over the links). */
+  lacking(message: UpdateMessage): Range[] {
+    return missingRanges(message.batch, [...this.held, ...message.parts.map((p) => p.range)]);
+  }
+
+  /** Sharded: its own units of the current step are applied, and the others' slices have not all come yet. */
+  get midStep(): boolean {
+    return this.plan === 'sharded' && this.ownApplied;
+  }
+
   /** Places the rows of an update this replica still lacked; fails if any row of the batch would be missing. */
   private async placeLacking(message: UpdateMessage): Promise<void> {
     // The coordinator sends what it believes this replica lacks; rows forwarded to it but lost on the way

@@ -7,12 +7,14 @@
  * Nothing of the coordinator's side is imported here (hub, peer, requests): a worker never loads it.
  */
 import { readFileSync } from 'node:fs';
+import type { Range } from '../plan.js';
 import WebSocket from 'ws';
 import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
-import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
+import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type RowsMessage, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
+import { PeerLinks, PeerLost } from './peer_links.js';
 import { Replica } from './replica.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
 import { Watchdog } from './watchdog.js';
@@ -38,6 +40,8 @@ export interface SessionOutcome {
 /** The replica, kept by runWorker across connections (a reconnect reloads it if the model still fits). */
 export interface ReplicaSlot {
   replica?: Replica;
+  /** Its peer listener and links (peer_links.ts), kept across connections: the listener's address stays announced. */
+  links?: PeerLinks;
 }
 
 /** The engine and device in words, e.g. "onnx (webgpu on nvidia, hopper, NVIDIA H200)": the hello's backend. */
@@ -92,11 +96,12 @@ class StepTimes {
 type Handlers = { [T in ToWorker['t']]: (session: WorkerSession, message: Extract<ToWorker, { t: T }>) => void | Promise<void> };
 
 const HANDLERS: Handlers = {
-  challenge(s, message) {
+  async challenge(s, message) {
     if (message.protocol !== PROTOCOL_VERSION) {
       return s.fail(`protocol version ${message.protocol} is not supported (this worker speaks ${PROTOCOL_VERSION})`, true);
     }
     const { token, engine, device, threads, dataset } = s.options;
+    const peerAddress = await s.peerAddress();
     s.send({
       t: 'hello',
       protocol: PROTOCOL_VERSION,
@@ -109,6 +114,7 @@ const HANDLERS: Handlers = {
       dataSha256: dataset?.sha256 ?? '',
       ...(s.options.rank !== undefined ? { rank: s.options.rank } : {}),
       ...(s.options.name !== undefined ? { name: s.options.name } : {}),
+      ...(peerAddress ? { peerAddress } : {}),
     });
   },
 
@@ -130,11 +136,14 @@ const HANDLERS: Handlers = {
     }
     if (replica) replica.load(message);
     else s.slot.replica = await Replica.create(message, s.options);
+    s.slot.links?.join(message.peers);
     s.synced = true;
     s.emit({ type: 'synced', step: message.step, parameters: message.params.length });
   },
 
   async rows(s, message) {
+    await s.commitUpTo(message.step);
+    if (message.peers) return s.peerRows(message);
     const computed = await s.replica.rows(message);
     const delay = (s.options.rowDelayMs ?? 0) * (message.range[1] - message.range[0]);
     if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
@@ -152,6 +161,9 @@ const HANDLERS: Handlers = {
 
   update: (s, message) =>
     s.times.applying(async () => {
+      // A member asked for no rows of this step gets its update first: the step before must commit.
+      await s.commitUpTo(message.step);
+      if (message.units && message.peers) return s.peerUnits(message, message.units);
       if (message.units) {
         s.options.onUnits?.(message.step);
         const { slice, committed } = await s.replica.applyUnits(message, message.units);
@@ -166,9 +178,15 @@ const HANDLERS: Handlers = {
       if (s.replica.slice(message)) s.emit({ type: 'step', step: message.step });
     }),
 
-  check: async (s, message) => s.send({ t: 'checksum', step: message.step, sha256: await s.replica.checksumAt(message.step) }),
+  check: async (s, message) => {
+    await s.commitUpTo(message.step);
+    s.send({ t: 'checksum', step: message.step, sha256: await s.replica.checksumAt(message.step) });
+  },
 
-  snapshot: async (s, message) => s.send(await s.replica.stateAt(message.step, message.units)),
+  snapshot: async (s, message) => {
+    await s.commitUpTo(message.step);
+    s.send(await s.replica.stateAt(message.step, message.units));
+  },
 
   error: (s, message) => s.emit({ type: 'error', message: `coordinator: ${message.message}` }),
 };
@@ -188,6 +206,8 @@ class WorkerSession {
   private queue: Promise<void> = Promise.resolve();
   /** Its apply and idle time since its last rows answer. */
   readonly times = new StepTimes();
+  /** The address this connection leaves from: the peer listener's default host. */
+  private localAddress?: string;
 
   constructor(
     readonly options: WorkerOptions,
@@ -203,6 +223,7 @@ class WorkerSession {
       ca: options.ca ? readFileSync(options.ca) : undefined,
       handshakeTimeout: 10_000,
     });
+    this.ws.on('upgrade', (response) => (this.localAddress = response.socket.localAddress));
     this.watchdog = new Watchdog(DEFAULT_HEARTBEAT_MS, (ms) => {
       this.silence = `no heartbeat from the coordinator for ${Math.round(ms)} ms`;
       this.ws.terminate();
@@ -220,7 +241,11 @@ class WorkerSession {
       ws.on('message', (data, isBinary) => {
         watchdog.heard();
         const arrived = performance.now();
-        this.queue = this.queue.then(() => this.receive(data as Buffer, isBinary, arrived));
+        const raw = decodeOrError(data as Buffer, isBinary);
+        // A new state ends at once every wait on the peer links of the admission before: a handler waiting
+        // for a slice that will never come would otherwise hold the queue the state waits in.
+        if (!(raw instanceof Error) && raw.t === 'state') this.slot.links?.supersede();
+        this.queue = this.queue.then(() => this.receive(raw, arrived));
       });
       ws.on('error', (e) => {
         this.emit({ type: 'error', message: `connection: ${e.message}` });
@@ -233,6 +258,8 @@ class WorkerSession {
       });
       ws.on('close', (code, reason) => {
         watchdog.stop();
+        // Links belong to a membership this worker has left: they end, and so does every wait on them.
+        this.slot.links?.join(undefined);
         options.signal?.removeEventListener('abort', abort);
         if (code === REFUSED && !this.silence) this.refused(String(reason));
 
@@ -269,21 +296,91 @@ class WorkerSession {
     if (await this.replica.applyIfComplete()) this.emit({ type: 'step', step });
   }
 
-  /** One frame: validated, then handled by its type's handler; anything wrong ends the connection. */
-  private async receive(data: Buffer, isBinary: boolean, arrived: number): Promise<void> {
+  /**
+   * One frame (decoded on arrival): validated, then handled by its type's handler; anything wrong ends the
+   * connection, but a wait on the peer links that cannot end well: that answer is given up (the coordinator
+   * is told when a link broke), and the connection goes on.
+   */
+  private async receive(raw: Record<string, unknown> | Error, arrived: number): Promise<void> {
     if (this.ws.readyState !== this.ws.OPEN) return;
     this.times.busy(performance.now(), arrived);
     try {
-      if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
-      const message = validateFromCoordinator(decodeRaw(data), this.view());
+      if (raw instanceof Error) throw raw;
+      const message = validateFromCoordinator(raw, this.view());
       await (HANDLERS[message.t] as (s: WorkerSession, message: ToWorker) => void | Promise<void>)(this, message);
     } catch (e) {
+      if (e instanceof PeerLost) return this.abandoned(e);
       const reason = e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`;
       this.emit({ type: 'error', message: reason });
       this.fail(reason);
     } finally {
       this.times.idle(performance.now());
     }
+  }
+
+  // ---------------------------------------------------------------- peer links
+
+  /** Starts the peer listener (once) and returns the address to announce, or none (--peer-listen off). */
+  async peerAddress(): Promise<string | undefined> {
+    if (this.options.peerListen === 'off') return undefined;
+    const links = (this.slot.links ??= new PeerLinks({ listen: this.options.peerListen, advertise: this.options.advertise, maxFrameBytes: this.options.maxFrameBytes }));
+    links.attach(
+      () => ({ spec: this.synced ? this.slot.replica?.memory.spec : undefined, batchSize: this.slot.replica?.memory.batchSize ?? 0, step: this.slot.replica?.step ?? 0 }),
+      { report: (report) => this.send(report), note: (message) => this.emit({ type: 'error', message }) },
+    );
+    try {
+      return await links.listen(this.localAddress ?? '127.0.0.1');
+    } catch (e) {
+      // A worker without a listener still works: its steps' bytes go through the coordinator.
+      this.emit({ type: 'error', message: `peer listener: ${(e as Error).message}; steps go through the coordinator` });
+      return undefined;
+    }
+  }
+
+  /**
+   * Sharded steps between peers commit once the others' slices came over the links: a message about step
+   * `step` (its rows, a check, a snapshot) first waits for those of every step before it.
+   */
+  async commitUpTo(step: number): Promise<void> {
+    const replica = this.slot.replica;
+    const links = this.slot.links;
+    if (!replica || !links) return;
+    while (replica.midStep && replica.step < step) {
+      for (const slice of await links.takeSlices(replica.step)) if (replica.slice(slice)) this.emit({ type: 'step', step: slice.step });
+    }
+  }
+
+  /** Rows asked for between peers: in full to every other member, their losses to the coordinator. */
+  async peerRows(message: RowsMessage): Promise<void> {
+    const computed = await this.replica.rows({ ...message, lossOnly: false, compact: false });
+    const rows: RowsDone = { ...computed, ms: computed.ms, ...this.times.take() };
+    // Non-finite rows are the coordinator's to judge (it asks for the state and computes them itself): they
+    // reach no peer, whose wait the new state then ends.
+    if (computed.rowLoss.every(Number.isFinite)) this.slot.links!.broadcast(rows);
+    const losses: RowsDone = { ...rows, hidden: [], deltas: [] };
+    this.send(this.options.tamperRows ? this.options.tamperRows(losses) : losses);
+  }
+
+  /** A sharded step between peers: the rows the update lacks from the links, its slice to them, the coordinator told. */
+  async peerUnits(message: UpdateMessage, units: Range[]): Promise<void> {
+    const links = this.slot.links!;
+    for (let gaps = this.replica.lacking(message); gaps.length > 0; gaps = this.replica.lacking(message)) {
+      for (const rows of await links.takeRows(message.step, gaps)) await this.replica.received(rows);
+    }
+    this.options.onUnits?.(message.step);
+    const { slice, committed } = await this.replica.applyUnits(message, units);
+    links.broadcast(this.options.tamperSlice ? this.options.tamperSlice(slice) : slice);
+    this.send({ t: 'sliceDone', step: message.step, units });
+    if (committed) this.emit({ type: 'step', step: message.step });
+  }
+
+  /**
+   * A handler gave up on the peer links: after a new state, nothing is owed any more; after a broken link,
+   * the coordinator is told that this answer will not come (it sends everyone the state again).
+   */
+  private abandoned(e: PeerLost): void {
+    this.emit({ type: 'error', message: `gave up a step between peers: ${e.message}` });
+    this.slot.links?.abandon();
   }
 
   /** What validation knows: the model once this connection brought a state, and the replica's sizes. */
@@ -294,6 +391,16 @@ class WorkerSession {
       spec: this.synced ? replica?.memory.spec : undefined,
       batchSize: replica?.memory.batchSize ?? 0,
     };
+  }
+}
+
+/** A frame decoded, or why it cannot be (the handler reports it in order, and ends the connection). */
+function decodeOrError(data: Buffer, isBinary: boolean): Record<string, unknown> | Error {
+  try {
+    if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
+    return decodeRaw(data);
+  } catch (e) {
+    return e as Error;
   }
 }
 
