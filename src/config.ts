@@ -480,6 +480,12 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
   checkWorkerName(given.name);
   checkToken(given.token);
+  if (given.peerListen !== undefined && given.peerListen !== 'off' && !/^((\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}$/.test(given.peerListen)) {
+    throw invalidOption('peerListen', '[HOST:]PORT, or off', given.peerListen);
+  }
+  if (given.advertise !== undefined && !/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(given.advertise)) {
+    throw invalidOption('advertise', 'HOST or HOST:PORT', given.advertise);
+  }
   return { ...WORKER_DEFAULTS, ...given, connect: given.connect };
 }
 

@@ -235,3 +235,12 @@ describe('a peer listener', () => {
     }
   });
 });
+
+describe('dtrain worker --peer-listen and --advertise', () => {
+  it('names a malformed value and what was expected', async () => {
+    const { resolveWorkerConfig } = await import('../src/config.js');
+    expect(() => resolveWorkerConfig({ connect: 'ws://h:1', peerListen: 'h:port' })).toThrow('option "peerListen" must be [HOST:]PORT, or off, got "h:port"');
+    expect(() => resolveWorkerConfig({ connect: 'ws://h:1', advertise: 'a b' })).toThrow('option "advertise" must be HOST or HOST:PORT');
+    expect(resolveWorkerConfig({ connect: 'ws://h:1', peerListen: '0.0.0.0:7000', advertise: 'node3.lan' }).peerListen).toBe('0.0.0.0:7000');
+  });
+});
