@@ -17,18 +17,27 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetrics } from '../src/report/metrics.js';
-import { argValue, median, projectRoot, torchStepTimes } from './reference.js';
+import { scriptArgs } from './args.js';
+import { median, projectRoot, torchStepTimes } from './reference.js';
 
 const cli = join(projectRoot, 'dist/src/cli.js');
 const STEPS_PER_EPOCH = 938;
 
-const steps = Number(argValue('steps', '300'));
-const rounds = Number(argValue('rounds', '3'));
-const baseline = argValue('baseline', '');
-const device = argValue('device', 'cpu');
+const args = (() => {
+  try {
+    return scriptArgs({ steps: 'value', rounds: 'value', baseline: 'value', device: 'value', configs: 'value' });
+  } catch (e) {
+    console.error(`bench: ${(e as Error).message}`);
+    process.exit(2);
+  }
+})();
+const steps = Number(args.value('steps', '300'));
+const rounds = Number(args.value('rounds', '3'));
+const baseline = args.value('baseline', '');
+const device = args.value('device', 'cpu');
 if (device !== 'cpu' && device !== 'webgpu') throw new Error(`--device ${device}: expected cpu or webgpu`);
 const onDevice = device === 'webgpu' ? ['--device', 'webgpu', '--allow-software-gpu'] : [];
-const configs = argValue('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1')
+const configs = args.value('configs', 'torch:1,onnx:1,torch:2,onnx:2,tfjs:1')
   .split(',')
   .flatMap((c) => (baseline && !c.startsWith('torch') ? [c, `baseline:${c}`] : [c]));
 

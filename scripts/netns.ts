@@ -10,6 +10,10 @@
  * and on process exit or SIGINT/SIGTERM for networks still standing. Needs root and iproute2 (`ip`, `tc`);
  * unavailable() says why a network cannot be made here.
  *
+ * spawnIn runs a command through `ip netns exec`, which mounts a /sys of the namespace's own: the cgroup
+ * hierarchies are not there. A process that must join a cgroup joins it first (scripts/machines.ts), or
+ * enters only the network namespace (nsenter --net=/run/netns/NAME, as scripts/reference.ts runs DDP).
+ *
  *   const net = new TestNetwork(2);           // coordinator listens on net.address
  *   net.spawnIn(0, 'node', ['dist/src/cli.js', 'worker', '--connect', `ws://${net.address}:7070`]);
  *   net.shape(1, 100e6);  net.cut(0);  net.restore(0);  net.remove();

@@ -16,7 +16,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { coordinatorBytes, estimatePlans, stepSizes } from '../src/cluster/cost_model.js';
 import { makeSpec, type ModelSpec } from '../src/model/spec.js';
-import { argValue } from './reference.js';
+import { scriptArgs, type ScriptArgs } from './args.js';
 
 const MODELS: [string, ModelSpec, number][] = [
   ['tutorial MLP, batch 64', makeSpec(784, [512, 256, 128, 64], 10, 'sigmoid'), 64],
@@ -52,15 +52,16 @@ export function predictions(gflops: number, coordinatorGflops = gflops): string[
   return rows;
 }
 
-function positive(name: string, fallback: string): number {
-  const value = Number(argValue(name, fallback));
-  if (!(value > 0)) throw new Error(`--${name} ${argValue(name, '')}: expected a positive number`);
+function positive(args: ScriptArgs, name: string, fallback: string): number {
+  const value = Number(args.value(name, fallback));
+  if (!(value > 0)) throw new Error(`--${name} ${args.value(name, '')}: expected a positive number`);
   return value;
 }
 
 function main(): void {
-  const gflops = positive('gflops', '100');
-  const coordinatorGflops = positive('coordinator-gflops', String(gflops));
+  const args = scriptArgs({ gflops: 'value', 'coordinator-gflops': 'value', out: 'value' });
+  const gflops = positive(args, 'gflops', '100');
+  const coordinatorGflops = positive(args, 'coordinator-gflops', String(gflops));
   const table = [
     `Predicted by the cost model at ${gflops} GFLOP/s a machine, the coordinator's weight pass (server) at ${coordinatorGflops} (one machine alone: no wire).`,
     '',
@@ -70,7 +71,7 @@ function main(): void {
     '',
   ].join('\n');
   console.log(table);
-  const out = argValue('out', '');
+  const out = args.value('out', '');
   if (out) {
     mkdirSync(out, { recursive: true });
     writeFileSync(join(out, 'plans.md'), table);

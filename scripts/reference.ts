@@ -1,5 +1,9 @@
-/** The PyTorch reference of ../shared/reference, run from the scripts that compare against it. */
-import { execFileSync } from 'node:child_process';
+/**
+ * The PyTorch reference of ../shared/reference (or DTRAIN_REFERENCE_DIR), run from the scripts that compare
+ * against it: single-process step times, and DDP over gloo, whose ranks can each join a CPU group of an
+ * emulated machine (DTRAIN_DDP_CGROUP, read by torch_ddp.py) and run in a shaped network namespace.
+ */
+import { execFile, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { embeddedMnistDir } from '../src/data/datasets.js';
@@ -7,7 +11,8 @@ import { packageRoot } from '../src/paths.js';
 
 /** The directory of dtrain's package.json, whether this runs from scripts/ (vitest) or dist/scripts/. */
 export const projectRoot = packageRoot;
-const referenceDir = resolve(projectRoot, '../shared/reference');
+/** ../shared/reference beside the checkout, or DTRAIN_REFERENCE_DIR (a git worktree sits elsewhere). */
+export const referenceDir = process.env.DTRAIN_REFERENCE_DIR ?? resolve(projectRoot, '../shared/reference');
 
 let python: string | undefined;
 
@@ -50,28 +55,34 @@ export interface DdpRun {
   port: number;
   /** Runs the processes inside this network namespace (their loopback is the shaped link). */
   namespace?: string;
+  /** Variables added to the environment (DTRAIN_DDP_CGROUP: each rank's CPU group). */
+  env?: Record<string, string>;
 }
 
 /**
- * ms per step of PyTorch DistributedDataParallel over gloo (../shared/reference/torch_ddp.py), `world`
- * processes of one thread each, timed by rank 0 from a barrier after `warmup` steps.
+ * PyTorch DistributedDataParallel over gloo (../shared/reference/torch_ddp.py), `world` processes of one
+ * thread each: ms per step timed by rank 0 from a barrier after `warmup` steps, and how many steps that is.
  */
-export function torchDdpStepMs(r: DdpRun): number {
+export function torchDdpRun(r: DdpRun): Promise<{ msPerStep: number; timedSteps: number }> {
   const args = [
     join(referenceDir, 'torch_ddp.py'),
     ...['--data', embeddedMnistDir(), '--world', String(r.world), '--hidden', r.hidden.join(','), '--batch-size', String(r.batchSize)],
     // Enough epochs that --steps, not the end of the data, ends the run.
     ...['--steps', String(r.steps), '--warmup', String(r.warmup), '--epochs', String(Math.ceil((r.steps * r.batchSize) / 60000) + 1), '--port', String(r.port)],
   ];
-  const [command, argv] = r.namespace ? ['ip', ['netns', 'exec', r.namespace, torchPython(), ...args]] : [torchPython(), args];
+  // nsenter, not `ip netns exec`: that mounts a /sys of the namespace's own, where the ranks would not find
+  // their cgroups (DTRAIN_DDP_CGROUP); entering only the network namespace keeps the host's /sys.
+  const [command, argv] = r.namespace ? ['nsenter', [`--net=/run/netns/${r.namespace}`, torchPython(), ...args]] : [torchPython(), args];
   // Gloo on loopback, as dtrain's workers: without this it picks the address the host name resolves to.
-  const out = execFileSync(command, argv, { encoding: 'utf8', env: { ...process.env, GLOO_SOCKET_IFNAME: 'lo' }, stdio: ['ignore', 'pipe', 'pipe'] });
-  return JSON.parse(out.trim().split('\n').pop()!).ms_per_step;
-}
-
-export function argValue(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
+  const env = { ...process.env, GLOO_SOCKET_IFNAME: 'lo', ...r.env };
+  // Not execFileSync: the caller samples the ranks' CPU groups while they run.
+  return new Promise((resolve, reject) => {
+    execFile(command, argv, { encoding: 'utf8', env, maxBuffer: 1 << 24 }, (error, stdout, stderr) => {
+      if (error) return reject(new Error(`torch_ddp.py: ${stderr.trim().split('\n').pop() ?? error.message}`));
+      const result = JSON.parse(stdout.trim().split('\n').pop()!);
+      resolve({ msPerStep: result.ms_per_step, timedSteps: result.timed_steps });
+    });
+  });
 }
 
 export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -18,21 +18,44 @@
  * --plan: the remote rows once per plan (--threads 0 runs: replicated steps, sharded weight pass, or the
  * weight pass on the coordinator, the server plan, on --server-threads of its own, at least 1).
  *
+ * Emulated machines (--cpus C; docs/emulation.md): the remote rows run on N machines of C cores each — every
+ * dtrain process and every DDP rank in a cgroup of its own with a CFS quota of C × --period-us (default
+ * 10 ms) — with the coordinator a process of its own, placed by --layout: `apart` on a machine of its own of
+ * --coordinator-cpus cores (default C), or `rank0` on machine 0, which computes too (as `dtrain run` places
+ * rank 0). With --link each dtrain process, the coordinator included, sits in its own namespace behind its
+ * RATE link. Every emulated row carries its fidelity (each group's CPU used and time throttled a step, the
+ * host's idle share), and calibration rows (one machine's step, a 12 MB each-way ws exchange, at C against
+ * unconstrained) are measured before and after the runs. Quotas adding up to over 60 % of the host's cores
+ * are refused unless --allow-oversubscribed (the rows are then marked). --json FILE: { rows } for programs.
+ * Local-thread and single-process PyTorch rows stay unconstrained: the references.
+ *
  *   npm run scaling -- [--hidden 512,256,128,64] [--batch-size 64] [--weak] [--threads 1,2] [--remote 1,2]
  *     [--micro-batch 16] [--plan replicated,sharded,server] [--server-threads 1] [--steps 300] [--warmup 10]
- *     [--local-data] [--torch] [--link 1gbit] [--out DIR]
+ *     [--local-data] [--torch] [--link 1gbit] [--out DIR] [--json FILE]
+ *     [--cpus 0.25 [--coordinator-cpus 0.2] [--period-us 10000] [--layout apart,rank0] [--allow-oversubscribed]
+ *      [--calibration-rounds 30]]
  *   npm run scaling -- --combine DIR1,DIR2 --out DIR     (one plot of the rows of earlier runs)
+ *
+ * A flag not listed here is an error (exit 2), as is a setting the emulation cannot make (one line).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train, type RunSummary, type TrainConfig } from '../src/index.js';
 import { DEFAULTS as TRAIN_DEFAULTS, PLANS, type StepPlan } from '../src/config.js';
 import { readMetrics } from '../src/report/metrics.js';
 import { panel, svgDocument } from '../src/report/plot.js';
+import { scriptArgs, type ScriptArgs } from './args.js';
+import { calibrateCompute, calibrateExchange, type CalibrationRow } from './calibration.js';
+import { CpuGroup, DEFAULT_PERIOD_US } from './emulation.js';
+import { MAX_QUOTA_SHARE, quotaLoad, type Fidelity } from './fidelity.js';
+import { LAYOUTS, runDdpMachines, runDtrainMachines, type Layout, type MachineSettings } from './machines.js';
 import { TestNetwork } from './netns.js';
-import { argValue, median, projectRoot, torchAvailable, torchDdpStepMs, torchStepTimes } from './reference.js';
+import { parseRate } from './rates.js';
+import { median, projectRoot, referenceDir, torchAvailable, torchStepTimes } from './reference.js';
+
+export { parseRate };
 
 export interface ScalingOptions {
   threads: number[];
@@ -56,9 +79,25 @@ export interface ScalingOptions {
   link: string | null;
   /** The coordinator's threads in server-plan runs (its weight pass and Adam); the other plans' coordinators compute nothing. */
   serverThreads: number;
+  /** Emulated machines: the cores of each (a CFS quota per process); null: none, every process on the host's cores. */
+  cpus: number | null;
+  /** The cores of the coordinator's own machine (layout apart); null: as many as a machine's. */
+  coordinatorCpus: number | null;
+  /** The CFS period of every group, in µs. */
+  periodUs: number;
+  /** Where the coordinator runs on emulated machines: a machine of its own, or machine 0 (which computes too). */
+  layouts: Layout[];
+  /** Run even when the quotas add up to more than MAX_QUOTA_SHARE of the host's cores (the rows are marked). */
+  allowOversubscribed: boolean;
+  /** Rounds of each calibration exchange (12 MB each way); 0: no calibration. */
+  calibrationRounds: number;
+  /** Where to write { rows } for programs to compare; null: only OUT/scaling.json. */
+  json: string | null;
 }
 
-type RunKind = 'local threads' | 'remote workers' | 'PyTorch reference' | 'PyTorch DDP (gloo)';
+type EmulatedKind = 'emulated machines, coordinator apart' | 'emulated machines, coordinator on machine 0';
+type RunKind = 'local threads' | 'remote workers' | EmulatedKind | 'PyTorch reference' | 'PyTorch DDP (gloo)';
+const EMULATED: Record<Layout, EmulatedKind> = { apart: 'emulated machines, coordinator apart', rank0: 'emulated machines, coordinator on machine 0' };
 
 export interface ScalingRow {
   kind: RunKind;
@@ -87,23 +126,22 @@ export interface ScalingRow {
   /** The cost model's estimate of a step under the plan the run ended on (remote runs of 2+ workers that ran long enough), else NaN. */
   estimatedMs: number;
   paramsSha256: string;
+  /** The cores of each emulated machine (null: not emulated), and how faithful the emulation was. */
+  cpus?: number | null;
+  fidelity?: Fidelity;
 }
 
 const DEFAULTS: ScalingOptions = {
   threads: [1, 2], remote: [1, 2], plans: ['auto'], microBatch: [16], steps: 300, warmup: 10, trainSamples: 0, out: 'scaling',
   torch: false, localData: false, hidden: TRAIN_DEFAULTS.hidden, batchSize: TRAIN_DEFAULTS.batchSize, weak: false, link: null, serverThreads: 1,
+  cpus: null, coordinatorCpus: null, periodUs: DEFAULT_PERIOD_US, layouts: ['apart'], allowOversubscribed: false, calibrationRounds: 30, json: null,
 };
 const TUTORIAL = '784-512-256-128-64-10';
 /** Beyond loopback the coordinator requires a token; the workers read it from DTRAIN_TOKEN. */
 const TOKEN = 'dtrain-scaling-link-token';
+/** The test set each run evaluates at its end: small, it is not what is measured. */
+const TEST_SAMPLES = 200;
 const cli = join(projectRoot, 'dist/src/cli.js');
-
-/** Bits per second of a tc rate: 1gbit, 100mbit, 500kbit, 1000000bit. */
-export function parseRate(rate: string): number {
-  const m = /^(\d+(?:\.\d+)?)([kmg]?)bit$/i.exec(rate);
-  if (!m) throw new Error(`--link ${rate}: expected a rate such as 1gbit or 100mbit`);
-  return Number(m[1]) * { '': 1, k: 1e3, m: 1e6, g: 1e9 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
-}
 
 const modelLabel = (hidden: number[]) => ['784', ...hidden, '10'].join('-');
 const globalBatch = (o: ScalingOptions, participants: number) => (o.weak ? participants : 1) * o.batchSize;
@@ -169,28 +207,14 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
   const batch = globalBatch(o, n);
   const remote = kind === 'remote workers' ? remoteWorkers(n, o) : undefined;
   const config: Partial<TrainConfig> = {
-    steps: o.steps, trainSamples: o.trainSamples, testSamples: 200, hidden: o.hidden, batchSize: batch, microBatch,
+    steps: o.steps, trainSamples: o.trainSamples, testSamples: TEST_SAMPLES, hidden: o.hidden, batchSize: batch, microBatch,
     logEvery: 1_000_000, export: false, out, keepCheckpoints: 1,
     // Step 0 waits for every worker: no step is timed with fewer participants than the row says.
     ...(remote ? { threads: plan === 'server' ? o.serverThreads : 0, plan, listen: remote.listen, token: remote.token, minWorkers: n, joinTimeoutMs: 60_000 } : { threads: n }),
   };
   try {
     const summary = await train(config, { onListening: ({ port }) => remote?.start(port) });
-    const metrics = readMetrics(out);
-    const steps = metrics.flatMap((r) => (r.type === 'step' ? [r] : []));
-    const epochs = metrics.flatMap((r) => (r.type === 'epoch' ? [r] : []));
-    const timed = steps.slice(warmupOf(o)).map((r) => r.ms);
-    const seconds = epochs.reduce((s, r) => s + r.seconds, 0);
-    const msPerStep = mean(timed);
-    return {
-      kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: remote ? (o.link ?? 'loopback') : '–', plan: planLabel(remote ? plan : undefined, summary.plans, o.serverThreads), planAsked: remote ? plan : '–', microBatch,
-      msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
-      bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
-      coordinatorCpuMs: mean(steps.slice(warmupOf(o)).map((r) => r.cpuMs)),
-      estimatedMs: estimateOf(summary.plan, summary.plans),
-      networkWaitShare: seconds > 0 ? epochs.reduce((s, r) => s + r.networkWaitSeconds, 0) / seconds : 0,
-      paramsSha256: summary.paramsSha256,
-    };
+    return rowOf(kind, n, microBatch, o, remote ? plan : undefined, summary, out);
   } finally {
     remote?.stop();
     // The run's checkpoint of the big model is ~70 MB; what the table needs was read above.
@@ -198,8 +222,82 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
   }
 }
 
+/** A dtrain row from its run's summary and metrics.jsonl: times are the per-step ms after the warm-up. */
+function rowOf(kind: RunKind, n: number, microBatch: number, o: ScalingOptions, plan: StepPlan | undefined, summary: RunSummary, out: string): ScalingRow {
+  const batch = globalBatch(o, n);
+  const metrics = readMetrics(out);
+  const steps = metrics.flatMap((r) => (r.type === 'step' ? [r] : []));
+  const epochs = metrics.flatMap((r) => (r.type === 'epoch' ? [r] : []));
+  const timed = steps.slice(warmupOf(o)).map((r) => r.ms);
+  const seconds = epochs.reduce((s, r) => s + r.seconds, 0);
+  const msPerStep = mean(timed);
+  return {
+    kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: plan ? (o.link ?? 'loopback') : '–', plan: planLabel(plan, summary.plans, o.serverThreads), planAsked: plan ?? '–', microBatch,
+    msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
+    bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
+    coordinatorCpuMs: mean(steps.slice(warmupOf(o)).map((r) => r.cpuMs)),
+    estimatedMs: estimateOf(summary.plan, summary.plans),
+    networkWaitShare: seconds > 0 ? epochs.reduce((s, r) => s + r.networkWaitSeconds, 0) / seconds : 0,
+    paramsSha256: summary.paramsSha256,
+  };
+}
+
+/** The emulated machines' settings of these options (with --cpus). */
+function machineSettings(o: ScalingOptions & { cpus: number }): MachineSettings & { cpus: number } {
+  return { cpus: o.cpus, coordinatorCpus: o.coordinatorCpus ?? o.cpus, periodUs: o.periodUs, link: o.link };
+}
+
+/** The coordinator's flags of a dtrain run at global batch `batch` (but for --threads and those of its placement). */
+function coordinatorFlags(o: ScalingOptions, batch: number, microBatch: number, plan: StepPlan): string[] {
+  return [
+    ...['--train-samples', String(o.trainSamples), '--test-samples', String(TEST_SAMPLES), '--hidden', o.hidden.join(',')],
+    ...['--batch-size', String(batch), '--micro-batch', String(microBatch), '--plan', plan, '--log-every', '1000000', '--no-export', '--keep-checkpoints', '1'],
+  ];
+}
+
+/** One dtrain run on n emulated machines, the coordinator a process of its own placed by `layout`. */
+async function runEmulated(layout: Layout, n: number, microBatch: number, o: ScalingOptions & { cpus: number }, plan: StepPlan): Promise<ScalingRow> {
+  const out = mkdtempSync(join(o.out, 'run-'));
+  try {
+    // Apart, the coordinator computes only under the server plan; on machine 0 it is one of the machines (1 thread).
+    const threads = layout === 'rank0' ? 1 : plan === 'server' ? o.serverThreads : 0;
+    const flags = [...coordinatorFlags(o, globalBatch(o, n), microBatch, plan), '--threads', String(threads)];
+    const run = await runDtrainMachines(n, layout, machineSettings(o), { coordinatorArgs: flags, workerArgs: o.localData ? ['--data', 'embedded'] : [], out, steps: o.steps, warmup: warmupOf(o) });
+    const row = rowOf(EMULATED[layout], n, microBatch, o, plan, run.summary, out);
+    return { ...row, cpus: o.cpus, fidelity: run.fidelity };
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
+}
+
+/** The calibration rows of these options: compute on the run's model and batch, and the 12 MB exchange. */
+async function calibrate(o: ScalingOptions & { cpus: number }, log: (line: string) => void): Promise<CalibrationRow[]> {
+  const flags = [...coordinatorFlags(o, globalBatch(o, 1), o.microBatch[0], 'auto'), '--threads', '1'];
+  const rows = [await calibrateCompute(machineSettings(o), flags, o.out, o.steps, warmupOf(o)), await calibrateExchange(o.cpus, o.periodUs, o.calibrationRounds)];
+  for (const r of rows) log(calibrationLine(r));
+  return rows;
+}
+
+/** Each calibration's slowdowns over its repeats, as a range against the ideal. */
+function calibrationRanges(calibration: CalibrationRow[]): string[] {
+  return (['calibration: compute', 'calibration: exchange'] as const).flatMap((run) => {
+    const slowdowns = calibration.filter((c) => c.run === run).map((c) => c.slowdown);
+    if (slowdowns.length === 0) return [];
+    return [`${run}: ${Math.min(...slowdowns).toFixed(2)}–${Math.max(...slowdowns).toFixed(2)}× slower over ${slowdowns.length} measurements, ideal ${calibration[0].ideal.toFixed(2)}×.`];
+  });
+}
+
+function calibrationLine(r: CalibrationRow): string {
+  const what = r.run === 'calibration: compute' ? 'one machine\'s step (mean)' : 'a 12 MB each-way ws exchange (median round)';
+  return (
+    `${r.run}: ${what} ${r.emulatedMs.toFixed(2)} ms at ${r.cpus} core (${r.periodUs / 1000} ms period) against ${r.unconstrainedMs.toFixed(2)} ms unconstrained: ` +
+    `${r.slowdown.toFixed(2)}× slower, ideal ${r.ideal.toFixed(2)}× (${((100 * r.slowdown) / r.ideal).toFixed(0)} % of ideal)` +
+    `${r.rangeMs ? `; rounds ${r.rangeMs[0].toFixed(1)}–${r.rangeMs[1].toFixed(1)} ms` : ''}`
+  );
+}
+
 /** The PyTorch rows: single process (tutorial model, batch 64 only) per thread count, DDP per worker count. */
-function torchRows(o: ScalingOptions, log: (line: string) => void): ScalingRow[] {
+async function torchRows(o: ScalingOptions, log: (line: string) => void): Promise<ScalingRow[]> {
   const rows: ScalingRow[] = [];
   const model = modelLabel(o.hidden);
   const row = (kind: RunKind, participants: number, link: string, msPerStep: number, medianStepMs: number): ScalingRow => ({
@@ -215,59 +313,143 @@ function torchRows(o: ScalingOptions, log: (line: string) => void): ScalingRow[]
     rows.push(row('PyTorch reference', threads, '–', t.steady, t.median));
     log(`PyTorch reference ${threads}: ${t.steady.toFixed(2)} ms/step`);
   }
-  o.remote.forEach((world, i) => {
-    const ms = ddpRun(o, world, 29531 + i);
-    rows.push(row('PyTorch DDP (gloo)', world, o.link ?? 'loopback', ms, NaN));
-    log(`PyTorch DDP (gloo) ${world}: ${ms.toFixed(2)} ms/step`);
-  });
+  for (const [i, world] of o.remote.entries()) {
+    // On loopback, or in a namespace whose loopback carries world × RATE (world links of RATE at once); each rank in its group with --cpus.
+    const run = { world, hidden: o.hidden, batchSize: globalBatch(o, world), steps: o.steps, warmup: warmupOf(o), port: 29531 + i };
+    const ddp = await runDdpMachines(run, { cpus: o.cpus, coordinatorCpus: 0, periodUs: o.periodUs, link: o.link });
+    rows.push({ ...row('PyTorch DDP (gloo)', world, o.link ?? 'loopback', ddp.msPerStep, NaN), cpus: o.cpus, fidelity: ddp.fidelity });
+    log(`PyTorch DDP (gloo) ${world}: ${ddp.msPerStep.toFixed(2)} ms/step`);
+  }
   return rows;
 }
 
-/** DDP on loopback, or in a namespace whose loopback carries world × RATE: world links of RATE at once. */
-function ddpRun(o: ScalingOptions, world: number, port: number): number {
-  const run = { world, hidden: o.hidden, batchSize: globalBatch(o, world), steps: o.steps, warmup: warmupOf(o), port };
-  if (!o.link) return torchDdpStepMs(run);
-  const net = new TestNetwork(1);
-  try {
-    net.shapeLoopback(0, world * parseRate(o.link));
-    return torchDdpStepMs({ ...run, namespace: net.links[0].ns });
-  } finally {
-    net.remove();
+/**
+ * With --cpus: groups can be made here, and no run's quotas add up to more than MAX_QUOTA_SHARE of the
+ * host's cores unless allowed (then its rows are marked). Throws one line otherwise.
+ */
+function checkEmulation(o: ScalingOptions): void {
+  if (o.cpus === null) {
+    if (o.coordinatorCpus !== null) throw new Error('--coordinator-cpus needs --cpus (the machines\' cores)');
+    return;
   }
+  if (!(o.cpus > 0)) throw new Error(`--cpus ${o.cpus}: expected a positive number of cores, e.g. 0.25`);
+  if (o.coordinatorCpus !== null && !(o.coordinatorCpus > 0)) throw new Error(`--coordinator-cpus ${o.coordinatorCpus}: expected a positive number of cores`);
+  if (!(Number.isInteger(o.periodUs) && o.periodUs >= 1000 && o.periodUs <= 1_000_000)) throw new Error(`--period-us ${o.periodUs}: expected an integer from 1000 to 1000000`);
+  if (Math.round(Math.min(o.cpus, o.coordinatorCpus ?? o.cpus) * o.periodUs) < 1000) throw new Error(`--cpus ${o.cpus} of a ${o.periodUs} µs period is a quota under the kernel's 1 ms: give a longer --period-us`);
+  const largest = Math.max(...o.remote);
+  const loads = [
+    ...o.layouts.map((l) => [`${largest} machines, coordinator ${l}`, quotaLoad([...Array(largest).fill(o.cpus), ...(l === 'apart' ? [o.coordinatorCpus ?? o.cpus] : [])])] as const),
+    ...(o.torch ? [[`DDP's ${largest} ranks`, quotaLoad(Array(largest).fill(o.cpus))] as const] : []),
+  ];
+  const over = loads.find(([, load]) => load.oversubscribed);
+  if (over && !o.allowOversubscribed) {
+    throw new Error(`${over[0]}: the quotas add up to ${over[1].quotaCores.toFixed(2)} cores, over ${100 * MAX_QUOTA_SHARE} % of this host's ${availableParallelism()}: the host would be measured, not the machines (--allow-oversubscribed runs it and marks the rows)`);
+  }
+  const why = CpuGroup.unavailable();
+  if (why) throw new Error(`--cpus ${o.cpus} needs a cgroup per machine: ${why}`);
 }
 
 export async function runScaling(options: Partial<ScalingOptions> = {}, log: (line: string) => void = () => {}) {
   const o: ScalingOptions = { ...DEFAULTS, ...options };
   if (!(Number.isInteger(o.serverThreads) && o.serverThreads >= 1)) throw new Error(`--server-threads ${o.serverThreads}: expected an integer of at least 1`);
+  const unknownLayout = o.layouts.find((l) => !LAYOUTS.includes(l));
+  if (unknownLayout !== undefined) throw new Error(`--layout ${o.layouts.join(',')}: expected a comma-separated list of ${LAYOUTS.join(' | ')}, got ${unknownLayout}`);
   if (o.link) {
     parseRate(o.link);
     const why = TestNetwork.unavailable();
     if (why) throw new Error(`--link ${o.link} needs a network namespace per worker: ${why}`);
   }
+  checkEmulation(o);
+  const emulated = o.cpus === null ? undefined : (o as ScalingOptions & { cpus: number });
   mkdirSync(o.out, { recursive: true });
   const rows: ScalingRow[] = [];
+  // Calibrated before and after the runs: two measurements at different times give a range.
+  const calibration: CalibrationRow[] = emulated && o.calibrationRounds > 0 ? await calibrate(emulated, log) : [];
   for (const microBatch of o.microBatch) {
     const runs = [
       ...o.threads.map((n) => ['local threads', n, undefined] as const),
-      ...o.remote.flatMap((n) => o.plans.map((plan) => ['remote workers', n, plan] as const)),
+      ...(emulated
+        ? o.layouts.flatMap((layout) => o.remote.flatMap((n) => plansOn(layout, o.plans, log).map((plan) => [layout, n, plan] as const)))
+        : o.remote.flatMap((n) => o.plans.map((plan) => ['remote workers', n, plan] as const))),
     ];
     for (const [kind, n, plan] of runs) {
-      const r = await runDtrain(kind, n, microBatch, o, plan);
+      const r = emulated && (kind === 'apart' || kind === 'rank0') ? await runEmulated(kind, n, microBatch, emulated, plan!) : await runDtrain(kind as 'local threads' | 'remote workers', n, microBatch, o, plan);
       rows.push(r);
-      log(`${kind} ${n}${plan ? ` (${plan})` : ''}, batch ${r.globalBatch}, micro-batch ${microBatch}: ${r.msPerStep.toFixed(2)} ms/step`);
+      log(`${r.kind} ${n}${plan ? ` (${plan})` : ''}, batch ${r.globalBatch}, micro-batch ${microBatch}: ${r.msPerStep.toFixed(2)} ms/step${r.fidelity ? `; ${fidelityLine(r.fidelity)}` : ''}`);
     }
   }
-  if (o.torch && torchAvailable()) rows.push(...torchRows(o, log));
+  if (o.torch && torchAvailable()) rows.push(...(await torchRows(o, log)));
+  else if (o.torch) log(`--torch: no PyTorch rows, ${referenceDir}/setup-torch.sh is not there (DTRAIN_REFERENCE_DIR names another folder)`);
+  if (emulated && o.calibrationRounds > 0) calibration.push(...(await calibrate(emulated, log)));
   const base = rows.find((r) => r.kind === 'local threads' && r.participants === 1) ?? rows[0];
   const baseline = base.samplesPerSecond / base.participants;
   for (const r of rows) r.efficiency = r.samplesPerSecond / (r.participants * baseline);
   const groups = hashGroups(rows);
-  const table = markdown(rows, groups, o);
+  const table = markdown(rows, groups, o) + (emulated ? emulationMarkdown(rows, calibration, emulated) : '');
   const svg = plot(rows);
   writeFileSync(join(o.out, 'scaling.md'), table);
-  writeFileSync(join(o.out, 'scaling.json'), JSON.stringify({ options: o, rows }, null, 1));
+  writeFileSync(join(o.out, 'scaling.json'), JSON.stringify({ options: o, rows, calibration }, null, 1));
   writeFileSync(join(o.out, 'scaling.svg'), svg);
-  return { rows, identical: [...groups.values()].every((h) => h.size === 1), table, svg };
+  if (o.json) writeFileSync(o.json, `${JSON.stringify({ rows: comparableRows(rows, calibration) }, null, 1)}\n`);
+  return { rows, calibration, identical: [...groups.values()].every((h) => h.size === 1), table, svg };
+}
+
+/** The plans a layout can run: on machine 0 the coordinator computes, which replicated and sharded do not allow (--threads 0 only). */
+function plansOn(layout: Layout, plans: StepPlan[], log: (line: string) => void): StepPlan[] {
+  if (layout === 'apart') return plans;
+  const computing = (p: StepPlan) => p === 'auto' || p === 'server';
+  for (const p of plans.filter((p) => !computing(p))) log(`coordinator on machine 0: --plan ${p} skipped, it needs a coordinator that computes nothing`);
+  return plans.filter(computing);
+}
+
+/** Rows for programs (--json): a row per run with the names the issue's comparisons use, then the calibration rows. */
+function comparableRows(rows: ScalingRow[], calibration: CalibrationRow[]): Record<string, unknown>[] {
+  return [
+    // The names first, in the order a reader compares them by; the rest of the row after.
+    ...rows.map(({ kind, medianStepMs, fidelity, participants, plan, cpus, link, msPerStep, paramsSha256, ...rest }) => ({
+      run: kind, participants, plan, cpus: cpus ?? null, link, msPerStep, medianMs: medianStepMs, paramsSha256, ...(fidelity ?? {}), ...rest,
+    })),
+    ...calibration.map((c) => ({ ...c, msPerStep: c.run === 'calibration: compute' ? c.emulatedMs : NaN, medianMs: c.run === 'calibration: exchange' ? c.emulatedMs : NaN })),
+  ];
+}
+
+/** One line of a run's fidelity: each group's CPU and throttled time a step, and the host's idle share. */
+function fidelityLine(f: Fidelity): string {
+  const groups = f.groups.map((g) => `${g.group} ${g.cpuMsPerStep.toFixed(1)} ms CPU, ${g.throttledMsPerStep.toFixed(1)} ms throttled`).join('; ');
+  return `a step: ${groups}; host idle ${Number.isFinite(f.hostIdleShare) ? `${Math.round(100 * f.hostIdleShare)} %` : '–'}${f.oversubscribed ? ` (OVERSUBSCRIBED: ${f.quotaCores.toFixed(2)} cores of quota)` : ''}`;
+}
+
+/**
+ * The emulated machines' section: each run's speed-up over one machine of its kind and plan, its step against
+ * DDP's at as many machines, what each group used and was throttled a step, and the calibration.
+ */
+function emulationMarkdown(rows: ScalingRow[], calibration: CalibrationRow[], o: ScalingOptions & { cpus: number }): string {
+  const emulatedRows = rows.filter((r) => r.fidelity);
+  const cell = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
+  const ratio = (x: number | undefined) => (x !== undefined && Number.isFinite(x) ? `${x.toFixed(2)}×` : '–');
+  const oneMachine = (r: ScalingRow) => emulatedRows.find((q) => q.kind === r.kind && q.planAsked === r.planAsked && q.microBatch === r.microBatch && q.participants === 1);
+  const ddp = (r: ScalingRow) => emulatedRows.find((q) => q.kind === 'PyTorch DDP (gloo)' && q.participants === r.participants && q.globalBatch === r.globalBatch);
+  return [
+    '',
+    `Emulated machines: ${o.cpus} core each (CFS quota, ${o.periodUs / 1000} ms period)${o.layouts.includes('apart') ? `, the coordinator apart on ${o.coordinatorCpus ?? o.cpus}` : ''}` +
+      `${o.link ? `; each dtrain process behind its own ${o.link} link, DDP's ranks sharing one loopback of world × ${o.link}` : '; loopback links'}. ` +
+      'Fidelity over the timed steps: each group\'s CPU used and time throttled a step, the host\'s idle share (an emulation whose host has no idle time measures the host).',
+    '',
+    '| run | plan | participants | ms/step | × 1 machine (samples/s) | step ÷ DDP\'s | quota (cores) | host idle | group: CPU ms/step, throttled ms/step |',
+    '|---|---|---|---|---|---|---|---|---|',
+    ...emulatedRows.map((r) => {
+      const f = r.fidelity!;
+      const groups = f.groups.map((g) => `${g.group} (${g.cores}): ${cell(g.cpuMsPerStep)}, ${cell(g.throttledMsPerStep)}`).join('; ');
+      const idle = Number.isFinite(f.hostIdleShare) ? `${Math.round(100 * f.hostIdleShare)} %` : '–';
+      const speedUp = ratio(r.samplesPerSecond / (oneMachine(r)?.samplesPerSecond ?? NaN));
+      const againstDdp = r.kind === 'PyTorch DDP (gloo)' ? '–' : ratio(r.msPerStep / (ddp(r)?.msPerStep ?? NaN));
+      return `| ${r.kind} | ${r.plan} | ${r.participants} | ${r.msPerStep.toFixed(2)} | ${speedUp} | ${againstDdp} | ${f.quotaCores.toFixed(2)}${f.oversubscribed ? ' OVERSUBSCRIBED' : ''} | ${idle} | ${groups} |`;
+    }),
+    '',
+    ...(calibration.length
+      ? ['Calibration (ideal: 1/C times slower; measured before and after the runs):', '', ...calibration.map((c) => `- ${calibrationLine(c)}`), '', ...calibrationRanges(calibration), '']
+      : ['No calibration (--calibration-rounds 0).', '']),
+  ].join('\n');
 }
 
 /** paramsSha256 of the dtrain runs per global batch: one configuration, one hash, whoever computed it. */
@@ -282,7 +464,7 @@ function hashGroups(rows: ScalingRow[]): Map<number, Set<string>> {
 
 function markdown(rows: ScalingRow[], groups: Map<number, Set<string>>, o: ScalingOptions): string {
   const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–');
-  const network = (r: ScalingRow) => r.kind === 'remote workers';
+  const network = (r: ScalingRow) => r.kind === 'remote workers' || r.kind.startsWith('emulated machines');
   const lines = [
     `${o.weak ? 'Weak' : 'Strong'} scaling: ${o.steps} steps from seed 0 per run, global batch ${o.weak ? `participants × ${o.batchSize}` : o.batchSize}; ` +
       `ms/step and the median are over the steps after the first ${warmupOf(o)}${o.localData ? '; remote workers with their own copy of the data' : ''}` +
@@ -317,7 +499,8 @@ const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#7f7f7f', '#d62728', '#9467bd'
 function plot(rows: ScalingRow[]): string {
   const models = new Set(rows.map((r) => r.model));
   const asked = (r: ScalingRow) => r.planAsked ?? r.plan;
-  const name = (r: ScalingRow) => [r.kind, ...(asked(r) && asked(r) !== '–' ? [asked(r)] : []), ...(r.link === '–' ? [] : [r.link]), ...(models.size > 1 ? [r.model] : [])].join(', ');
+  const name = (r: ScalingRow) =>
+    [r.kind, ...(asked(r) && asked(r) !== '–' ? [asked(r)] : []), ...(r.link === '–' ? [] : [r.link]), ...(r.cpus ? [`${r.cpus} core`] : []), ...(models.size > 1 ? [r.model] : [])].join(', ');
   const firstMicro = new Map<string, number>();
   for (const r of rows) if (!firstMicro.has(name(r))) firstMicro.set(name(r), r.microBatch);
   const names = [...firstMicro.keys()];
@@ -360,36 +543,54 @@ function plansOf(text: string): StepPlan[] {
   return plans as StepPlan[];
 }
 
-function optionsFromArgs(): Partial<ScalingOptions> {
+/** The flags of `npm run scaling`: anything else is an error. */
+const FLAGS = {
+  threads: 'value', remote: 'value', plan: 'value', 'micro-batch': 'value', hidden: 'value', 'batch-size': 'value', weak: 'switch', link: 'value',
+  'server-threads': 'value', steps: 'value', warmup: 'value', out: 'value', torch: 'switch', 'local-data': 'switch', combine: 'value',
+  cpus: 'value', 'coordinator-cpus': 'value', 'period-us': 'value', layout: 'value', 'allow-oversubscribed': 'switch', 'calibration-rounds': 'value', json: 'value',
+} as const;
+
+export function optionsFromArgs(args: ScriptArgs): Partial<ScalingOptions> {
   // Every fallback is DEFAULTS' own value, so that the two cannot drift apart.
-  const list = (name: string, fallback: number[]) => argValue(name, fallback.join(',')).split(',').map(Number);
+  // An empty list (--threads '') runs none of that kind.
+  const list = (name: string, fallback: number[]) => args.value(name, fallback.join(',')).split(',').filter(Boolean).map(Number);
+  const cores = (name: string) => (args.has(name) ? Number(args.value(name, '')) : null);
   return {
     threads: list('threads', DEFAULTS.threads),
     remote: list('remote', DEFAULTS.remote),
-    plans: plansOf(argValue('plan', DEFAULTS.plans.join(','))),
+    plans: plansOf(args.value('plan', DEFAULTS.plans.join(','))),
     microBatch: list('micro-batch', DEFAULTS.microBatch),
     hidden: list('hidden', DEFAULTS.hidden),
-    batchSize: Number(argValue('batch-size', String(DEFAULTS.batchSize))),
-    weak: process.argv.includes('--weak'),
-    link: argValue('link', '') || null,
-    serverThreads: Number(argValue('server-threads', String(DEFAULTS.serverThreads))),
-    steps: Number(argValue('steps', String(DEFAULTS.steps))),
-    warmup: Number(argValue('warmup', String(DEFAULTS.warmup))),
-    out: argValue('out', mkdtempSync(join(tmpdir(), 'dtrain-scaling-'))),
-    torch: process.argv.includes('--torch'),
-    localData: process.argv.includes('--local-data'),
+    batchSize: Number(args.value('batch-size', String(DEFAULTS.batchSize))),
+    weak: args.has('weak'),
+    link: args.value('link', '') || null,
+    serverThreads: Number(args.value('server-threads', String(DEFAULTS.serverThreads))),
+    steps: Number(args.value('steps', String(DEFAULTS.steps))),
+    warmup: Number(args.value('warmup', String(DEFAULTS.warmup))),
+    // Made only when not given (a fallback argument would make a folder on every run).
+    out: args.has('out') ? args.value('out', '') : mkdtempSync(join(tmpdir(), 'dtrain-scaling-')),
+    torch: args.has('torch'),
+    localData: args.has('local-data'),
+    cpus: cores('cpus'),
+    coordinatorCpus: cores('coordinator-cpus'),
+    periodUs: Number(args.value('period-us', String(DEFAULTS.periodUs))),
+    layouts: args.value('layout', DEFAULTS.layouts.join(',')).split(',') as Layout[],
+    allowOversubscribed: args.has('allow-oversubscribed'),
+    calibrationRounds: Number(args.value('calibration-rounds', String(DEFAULTS.calibrationRounds))),
+    json: args.value('json', '') || null,
   };
 }
 
 async function main(): Promise<void> {
-  if (process.argv.includes('--combine')) {
-    combine(argValue('combine', '').split(','), argValue('out', '.'));
-    console.log(`plot: ${argValue('out', '.')}/scaling.svg`);
+  const args = scriptArgs(FLAGS);
+  if (args.has('combine')) {
+    combine(args.value('combine', '').split(','), args.value('out', '.'));
+    console.log(`plot: ${args.value('out', '.')}/scaling.svg`);
     return;
   }
-  const result = await runScaling(optionsFromArgs(), (line) => process.stderr.write(`${line}\n`));
+  const result = await runScaling(optionsFromArgs(args), (line) => process.stderr.write(`${line}\n`));
   console.log(result.table);
-  console.log(`table, rows and plot: ${argValue('out', '(temporary directory)')}/scaling.{md,json,svg}`);
+  console.log(`table, rows and plot: ${args.value('out', '(temporary directory)')}/scaling.{md,json,svg}`);
   if (!result.identical) process.exitCode = 1;
 }
 
