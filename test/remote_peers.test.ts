@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { fork, type ChildProcess } from 'node:child_process';
 import { runWorker, type WorkerOptions } from '../src/cluster/remote/client.js';
 import type { TrainEvent } from '../src/index.js';
+import type { PeerLinks } from '../src/cluster/remote/peer_links.js';
 import { coordinator, referenceHash } from './remote_helpers.js';
 
 const reference = referenceHash({ threads: 2 }, 'peers-reference');
@@ -131,6 +132,32 @@ describe('when links fail', () => {
     // The survivors and the newcomer linked again in a later admission.
     expect(linked.lines.filter((l) => l.includes('every member linked')).length, linked.lines.join('\n')).toBeGreaterThanOrEqual(2);
     expect(summary.paramsSha256).toBe(await reference3());
+  });
+
+  it('redoes the step when a member\'s links are cut in the middle of its units, links anew, and ends on the same hash', async () => {
+    const linked = linkedSignal();
+    const lines: string[] = [];
+    let links: PeerLinks | undefined;
+    const summary = await coordinator(
+      { threads: 0, plan: 'sharded', minWorkers: 3 },
+      (url) => {
+        worker(url);
+        worker(url);
+        // Cut as its own units begin: it cannot send its slice, the others wait for it.
+        worker(url, { onPeerLinks: (l) => (links = l), onUnits: (step) => step === 3 && links?.cut() });
+      },
+      (e) => {
+        linked.onEvent(e);
+        if (e.type === 'cluster') lines.push(e.event.type === 'left' ? `left: ${e.event.reason}` : e.event.type);
+      },
+      (step) => (step === 0 ? linked.done : undefined),
+    );
+    expect(linked.lines.some((l) => l.includes('steps go through the coordinator, from the state sent again')), linked.lines.join('\n')).toBe(true);
+    expect(lines).toContain('replay');
+    // Nobody was dropped for it (but at the end), and the next admission linked every member again.
+    expect(lines.filter((l) => l.startsWith('left') && !l.endsWith('coordinator finished'))).toEqual([]);
+    expect(linked.lines.filter((l) => l.includes('every member linked')).length).toBeGreaterThanOrEqual(2);
+    expect(summary.paramsSha256).toBe(await reference());
   });
 
   it('goes through the coordinator when a member cannot be dialled (a wrong --advertise), and ends on the same hash', async () => {

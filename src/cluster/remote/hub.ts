@@ -210,9 +210,9 @@ export class RemoteHub {
     peerLinks: (peer, report) => {
       // It gave up what it was asked (a link it needed broke): that answer will not come, and the mesh is
       // broken — the step is redone from a state sent again.
-      const { abandoned, news } = this.mesh.report(peer, report);
+      const { news } = this.mesh.report(peer, report);
       if (news) this.report({ type: 'peers', message: news });
-      if (abandoned) this.work.abandoned(peer, 'it gave up a step between peers (a peer link broke)');
+      if (report.abandoned) this.work.abandoned(peer, report.abandoned, 'it gave up a step between peers (a peer link broke)');
     },
     checksum: (peer, message) => this.work.checksum(peer, message.step, message.sha256),
     replicaState: (peer, state) => this.work.replicaState(peer, state),

@@ -218,9 +218,15 @@ export interface PeerLinksReport {
   t: 'peerLinks';
   epoch: number;
   linked: number[];
-  /** Sent by a handler that gave up what it was asked (a link it needed broke): that answer will not come. */
-  abandoned?: boolean;
+  /**
+   * Sent by a handler that gave up what it was asked because a link it needed broke: the request whose answer
+   * will not come (rows asked for, the slice an update asked for, a snapshot) and its step.
+   */
+  abandoned?: { kind: AbandonedKind; step: number };
 }
+/** What a member can give up when a peer link breaks. */
+export const ABANDONED_KINDS = ['rows', 'slice', 'snapshot'] as const;
+export type AbandonedKind = (typeof ABANDONED_KINDS)[number];
 export interface SliceDone { t: 'sliceDone'; step: number; units: Range[] }
 export interface PeerChallenge { t: 'peerChallenge'; nonce: Uint8Array }
 export interface PeerHello { t: 'peerHello'; epoch: number; from: number; nonce: Uint8Array; mac: Uint8Array }

@@ -53,8 +53,9 @@ export class PeerLink {
     return this.socket.writableLength;
   }
 
-  send(frame: Buffer): void {
-    if (!this.open) return;
+  /** Queues a frame; false when the link is no longer open (nothing is sent). */
+  send(frame: Buffer): boolean {
+    if (!this.open) return false;
     const prefix = Buffer.allocUnsafe(PREFIX);
     prefix.writeUInt32LE(frame.length, 0);
     this.socket.cork();
@@ -62,6 +63,7 @@ export class PeerLink {
     this.socket.write(frame);
     this.socket.uncork();
     this.bytesOut += PREFIX + frame.length;
+    return true;
   }
 
   close(reason: string): void {

@@ -112,6 +112,11 @@ export class PeerLinks {
     return this.address;
   }
 
+  /** Fault injection (tests): every link of this epoch ends at once, as a network failure would end them. */
+  cut(): void {
+    for (const link of this.links.values()) link.socket.destroy();
+  }
+
   /** Ends every link and the listener. */
   close(): void {
     this.reset('the worker stopped');
@@ -152,7 +157,12 @@ export class PeerLinks {
   broadcast(message: RowsDone | SliceMessage): void {
     if (!this.complete) throw new PeerLost(this.lost ?? 'not every member is linked');
     const frame = encode(message);
-    for (const link of this.links.values()) link.send(frame);
+    // A link closing but not closed yet (its close event still to come) takes nothing: that is a lost link too.
+    for (const link of this.links.values()) {
+      if (link.send(frame)) continue;
+      this.fail('a peer link is closing');
+      throw new PeerLost('a peer link is closing');
+    }
   }
 
   /**
@@ -217,11 +227,11 @@ export class PeerLinks {
    * A handler gave up what it was asked because a wait failed: the coordinator is told (its answer will
    * not come) unless a new state is what ended the wait (nothing is owed then).
    */
-  abandon(): void {
-    if (this.roster && this.lost !== undefined && !this.superseded) this.sendReport(true);
+  abandon(abandoned: PeerLinksReport['abandoned']): void {
+    if (this.roster && this.lost !== undefined && !this.superseded) this.sendReport(abandoned);
   }
 
-  private sendReport(abandoned = false): void {
+  private sendReport(abandoned?: PeerLinksReport['abandoned']): void {
     clearTimeout(this.reportTimer);
     const roster = this.roster;
     if (!roster) return;

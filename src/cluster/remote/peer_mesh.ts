@@ -53,7 +53,7 @@ export class PeerMesh {
    * what changed, in words, when the route of the steps did (every member linked; or one not, or no longer).
    */
   report(peer: RemotePeer, report: PeerLinksReport): { abandoned: boolean; news?: string } {
-    const abandoned = report.abandoned === true;
+    const abandoned = report.abandoned !== undefined;
     if (report.epoch !== this.epoch || !this.members.includes(peer)) return { abandoned };
     const wasWhole = this.whole;
     this.reports.set(peer, report.linked);
@@ -63,8 +63,8 @@ export class PeerMesh {
     if (missing.length > 0 || abandoned) this.lost = true;
     const epoch = `epoch ${this.epoch}, ${this.members.length} members`;
     if (this.lost && !wasLost) {
-      const names = missing.map((p) => `worker ${p.id}`).join(', ');
-      return { abandoned, news: `peer links (${epoch}): ${peer.name} holds no link to ${names}: steps go through the coordinator${this.used ? ', from the state sent again' : ''}` };
+      const what = missing.length > 0 ? `holds no link to ${missing.map((p) => `worker ${p.id}`).join(', ')}` : 'lost a peer link in the middle of a step';
+      return { abandoned, news: `peer links (${epoch}): ${peer.name} ${what}: steps go through the coordinator${this.used ? ', from the state sent again' : ''}` };
     }
     if (!wasWhole && this.whole) return { abandoned, news: `peer links (${epoch}): every member linked to every other: rows and slices go between them` };
     return { abandoned };

@@ -12,7 +12,7 @@ import { allUnits, missingRanges, type Range } from '../plan.js';
 import { encode } from './codec.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { HubContext } from './hub_context.js';
-import type { PeerRoster, ReplicaState, RowsDone, RowsForm, SliceDone, SliceMessage, StateMessage, ToWorker, UpdatePart } from './messages.js';
+import type { AbandonedKind, PeerRoster, ReplicaState, RowsDone, RowsForm, SliceDone, SliceMessage, StateMessage, ToWorker, UpdatePart } from './messages.js';
 import { RowsInputs, updatePart } from './payloads.js';
 import type { RemotePeer } from './peer.js';
 import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
@@ -168,8 +168,9 @@ export class PeerWork {
    * A member gave up the answers it owed (a peer link it needed broke): its open requests fail now, not at
    * their deadline, and it stays a member (the step is redone from a state sent to everyone).
    */
-  abandoned(peer: RemotePeer, reason: string): void {
-    for (const kind of ['rows', 'slice', 'snapshot'] as const) peer.requests.fail(kind, new Error(`${peer.name}: ${reason}`));
+  abandoned(peer: RemotePeer, { kind, step }: { kind: AbandonedKind; step: number }, reason: string): void {
+    // Only the request it gave up: one sent since (the report crossed it) is still answered.
+    if (peer.requests.keyOf(kind)?.step === step) peer.requests.fail(kind, new Error(`${peer.name}: ${reason}`));
   }
 
   /**

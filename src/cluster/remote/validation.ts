@@ -13,7 +13,7 @@ import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 import { sliceLength } from '../unit_slices.js';
-import { NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type PeerRoster, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToPeer, type ToWorker, type UpdateMessage } from './messages.js';
+import { ABANDONED_KINDS, NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type PeerLinksReport, type PeerRoster, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToPeer, type ToWorker, type UpdateMessage } from './messages.js';
 
 /** A decoded message before validation (codec.ts guarantees a map with a string "t"). */
 type Raw = Record<string, unknown>;
@@ -315,7 +315,14 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
 
   peerLinks(raw, view) {
     if (!view) throw new ProtocolError('peerLinks: sent before the worker was set up');
-    return { t: 'peerLinks', epoch: int(raw, 'epoch'), linked: intList(raw, 'linked', MAX_PEERS), ...(raw.abandoned === true ? { abandoned: true } : {}) };
+    const report: PeerLinksReport = { t: 'peerLinks', epoch: int(raw, 'epoch'), linked: intList(raw, 'linked', MAX_PEERS) };
+    if (raw.abandoned !== undefined) {
+      const a = raw.abandoned;
+      if (!a || typeof a !== 'object' || Array.isArray(a) || ArrayBuffer.isView(a)) throw new ProtocolError('peerLinks: field "abandoned" must be a map');
+      const given = { ...(a as Raw), t: 'peerLinks abandoned' };
+      report.abandoned = { kind: oneOf(given, 'kind', ABANDONED_KINDS), step: int(given, 'step') };
+    }
+    return report;
   },
 
   error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),

@@ -304,12 +304,13 @@ class WorkerSession {
   private async receive(raw: Record<string, unknown> | Error, arrived: number): Promise<void> {
     if (this.ws.readyState !== this.ws.OPEN) return;
     this.times.busy(performance.now(), arrived);
+    let message: ToWorker | undefined;
     try {
       if (raw instanceof Error) throw raw;
-      const message = validateFromCoordinator(raw, this.view());
+      message = validateFromCoordinator(raw, this.view());
       await (HANDLERS[message.t] as (s: WorkerSession, message: ToWorker) => void | Promise<void>)(this, message);
     } catch (e) {
-      if (e instanceof PeerLost) return this.abandoned(e);
+      if (e instanceof PeerLost) return this.abandoned(e, message);
       const reason = e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`;
       this.emit({ type: 'error', message: reason });
       this.fail(reason);
@@ -323,7 +324,11 @@ class WorkerSession {
   /** Starts the peer listener (once) and returns the address to announce, or none (--peer-listen off). */
   async peerAddress(): Promise<string | undefined> {
     if (this.options.peerListen === 'off') return undefined;
-    const links = (this.slot.links ??= new PeerLinks({ listen: this.options.peerListen, advertise: this.options.advertise, maxFrameBytes: this.options.maxFrameBytes }));
+    if (!this.slot.links) {
+      this.slot.links = new PeerLinks({ listen: this.options.peerListen, advertise: this.options.advertise, maxFrameBytes: this.options.maxFrameBytes });
+      this.options.onPeerLinks?.(this.slot.links);
+    }
+    const links = this.slot.links;
     links.attach(
       () => ({ spec: this.synced ? this.slot.replica?.memory.spec : undefined, batchSize: this.slot.replica?.memory.batchSize ?? 0, step: this.slot.replica?.step ?? 0 }),
       { report: (report) => this.send(report), note: (message) => this.emit({ type: 'error', message }) },
@@ -378,9 +383,11 @@ class WorkerSession {
    * A handler gave up on the peer links: after a new state, nothing is owed any more; after a broken link,
    * the coordinator is told that this answer will not come (it sends everyone the state again).
    */
-  private abandoned(e: PeerLost): void {
+  private abandoned(e: PeerLost, message: ToWorker | undefined): void {
     this.emit({ type: 'error', message: `gave up a step between peers: ${e.message}` });
-    this.slot.links?.abandon();
+    const kind = message?.t === 'rows' ? 'rows' : message?.t === 'update' ? 'slice' : message?.t === 'snapshot' ? 'snapshot' : undefined;
+    // A check given up only goes unanswered, as a late one does.
+    if (kind && message && 'step' in message) this.slot.links?.abandon({ kind, step: message.step });
   }
 
   /** What validation knows: the model once this connection brought a state, and the replica's sizes. */
