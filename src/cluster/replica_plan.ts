@@ -346,9 +346,13 @@ export class ReplicaPlan {
     return estimatePlans(this.spec, this.batchSize, costs, this.msPerByte, this.context);
   }
 
-  /** What the cost model needs besides the members: how rows travel, and the coordinator's measured rate. */
+  /**
+   * What the cost model needs besides the members: how rows travel, the coordinator's measured rate, and
+   * whether sharded steps would go between peers (every member announced a listener; whether the links
+   * then come up is known only once they are tried).
+   */
   private get context(): PlanContext {
-    return { compact: this.compactRows, coordinator: this.coordinator };
+    return { compact: this.compactRows, coordinator: this.coordinator, direct: this.hub.peersCapable() };
   }
 
   private choose(choice: PlanChoice): void {

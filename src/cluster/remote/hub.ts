@@ -323,6 +323,11 @@ export class RemoteHub {
     return this.mesh.direct(this.ready());
   }
 
+  /** Whether a sharded admission of the members now would hand out peer links (every one announced a listener). */
+  peersCapable(): boolean {
+    return this.mesh.capable([...this.ready(), ...this.standby(), ...this.joining()]);
+  }
+
   /** A peer link broke after steps went between peers: every member must be sent the state again. */
   get meshBroken(): boolean {
     return this.mesh.broken;

@@ -39,13 +39,18 @@ export class PeerMesh {
     this.used = false;
     this.lost = false;
     this.members = members;
-    if (!this.enabled || members.length < 2 || members.some((p) => !p.hello?.peerAddress)) {
+    if (!this.capable(members)) {
       this.members = [];
       return undefined;
     }
     const epoch = ++this.epoch;
     const list = members.map((p) => ({ id: p.id, address: p.hello!.peerAddress! }));
     return (peer) => ({ epoch, secret: this.secret, self: peer.id, members: list });
+  }
+
+  /** Whether these members would be handed a roster: links allowed, two or more, each announcing a listener. */
+  capable(members: RemotePeer[]): boolean {
+    return this.enabled && members.length >= 2 && members.every((p) => !!p.hello?.peerAddress);
   }
 
   /**
