@@ -221,6 +221,17 @@ export interface CoordinatorView {
   pendingLossOnly: boolean;
 }
 
+/** A slice's (or sliceDone's) step and units: exactly the ones the open update asked this owner for. */
+function owedSlice(raw: Raw, view: CoordinatorView | undefined): { step: number; units: Range[]; spec: ModelSpec } {
+  if (!view) throw new ProtocolError(`${raw.t}: sent before the worker was set up`);
+  const step = int(raw, 'step');
+  const owed = view.pendingSlice;
+  if (!owed || step !== owed.step) throw new ProtocolError(`${raw.t}: step ${step} was not asked for (expected ${owed?.step ?? 'none'}): stale or replayed`);
+  const units = unitRanges(raw, 'units', view.spec.sizes.slice(1));
+  if (!sameUnits(units, owed.units)) throw new ProtocolError(`${raw.t}: units ${quote(units)} are not the ones it owns (${quote(owed.units)})`);
+  return { step, units, spec: view.spec };
+}
+
 /** The view is undefined until the worker authenticated: then only hello (and error) make sense. */
 const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
   hello(raw) {
@@ -293,23 +304,13 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
 
   /** Its units of the sharded step it was asked to apply: exactly those, finite. */
   slice(raw, view) {
-    if (!view) throw new ProtocolError('slice: sent before the worker was set up');
-    const step = int(raw, 'step');
-    const owed = view.pendingSlice;
-    if (!owed || step !== owed.step) throw new ProtocolError(`slice: step ${step} was not asked for (expected ${owed?.step ?? 'none'}): stale or replayed`);
-    const units = unitRanges(raw, 'units', view.spec.sizes.slice(1));
-    if (!sameUnits(units, owed.units)) throw new ProtocolError(`slice: units ${quote(units)} are not the ones it owns (${quote(owed.units)})`);
-    return { t: 'slice', step, units, params: floats('slice: params', field(raw, 'params'), sliceLength(view.spec, units)) };
+    const { step, units, spec } = owedSlice(raw, view);
+    return { t: 'slice', step, units, params: floats('slice: params', field(raw, 'params'), sliceLength(spec, units)) };
   },
 
   /** Its slice went to the others over the peer links: the step and units it was asked for, nothing more. */
   sliceDone(raw, view) {
-    if (!view) throw new ProtocolError('sliceDone: sent before the worker was set up');
-    const step = int(raw, 'step');
-    const owed = view.pendingSlice;
-    if (!owed || step !== owed.step) throw new ProtocolError(`sliceDone: step ${step} was not asked for (expected ${owed?.step ?? 'none'}): stale or replayed`);
-    const units = unitRanges(raw, 'units', view.spec.sizes.slice(1));
-    if (!sameUnits(units, owed.units)) throw new ProtocolError(`sliceDone: units ${quote(units)} are not the ones it owns (${quote(owed.units)})`);
+    const { step, units } = owedSlice(raw, view);
     return { t: 'sliceDone', step, units };
   },
 
