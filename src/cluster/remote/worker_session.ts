@@ -13,7 +13,7 @@ import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
-import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type RowsMessage, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
+import { PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type RowsMessage, type SliceMessage, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
 import { PeerLinks, PeerLost } from './peer_links.js';
 import { Replica } from './replica.js';
 import { validateFromCoordinator, type WorkerView } from './validation.js';
@@ -373,8 +373,9 @@ class WorkerSession {
       for (const rows of await links.takeRows(message.step, gaps)) await this.replica.received(rows);
     }
     this.options.onUnits?.(message.step);
-    const { slice, committed } = await this.replica.applyUnits(message, units);
-    links.broadcast(this.options.tamperSlice ? this.options.tamperSlice(slice) : slice);
+    // Each layer's slice goes to the others as soon as it is computed, while the next layer's is (DDP's buckets).
+    const send = (slice: SliceMessage) => links.broadcast(this.options.tamperSlice ? this.options.tamperSlice(slice) : slice);
+    const { committed } = await this.replica.applyUnits(message, units, send);
     this.send({ t: 'sliceDone', step: message.step, units });
     if (committed) this.emit({ type: 'step', step: message.step });
   }
