@@ -132,6 +132,9 @@ describe('when links fail', () => {
     // The survivors and the newcomer linked again in a later admission.
     expect(linked.lines.filter((l) => l.includes('every member linked')).length, linked.lines.join('\n')).toBeGreaterThanOrEqual(2);
     expect(summary.paramsSha256).toBe(await reference3());
+    // The run over, every live worker process exits by itself: its peer listener does not hold it.
+    const exits = workers.slice(1).map((w) => (w.exitCode !== null ? Promise.resolve(w.exitCode) : new Promise((resolve) => w.once('exit', resolve))));
+    expect(await Promise.race([Promise.all(exits), new Promise((resolve) => setTimeout(() => resolve('still running after 10 s'), 10_000))])).toEqual([0, 0, 0]);
   });
 
   it('redoes the step when a member\'s links are cut in the middle of its units, links anew, and ends on the same hash', async () => {
