@@ -76,8 +76,10 @@ export class RemoteHub {
     this.gate = new Gate(options, this.context);
     this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
     this.work = new PeerWork(options, memory, this.context);
-    // --verify checks rows before anyone applies them: they keep to the coordinator's path.
-    this.mesh = new PeerMesh(options.forwardRows !== false && options.peerLinks !== false);
+    // --verify checks rows before anyone applies them: they keep to the coordinator's path. Under TLS too:
+    // peer links are plain TCP, and would carry in clear what TLS protects (docs/security.md).
+    const tls = !!(options.tlsCert && options.tlsKey);
+    this.mesh = new PeerMesh(options.forwardRows !== false && options.peerLinks !== false && !tls);
   }
 
   /** Connections authenticating now, the most there were at once, and how many were turned away. */
