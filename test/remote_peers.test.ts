@@ -192,6 +192,32 @@ describe('when links fail', () => {
   });
 });
 
+describe('under TLS', () => {
+  it('hands out no peer links (they are plain TCP): the sharded steps go through the coordinator, inside TLS', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'dtrain-peers-tls-'));
+    const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
+      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const linked = linkedSignal();
+    const token = 'a token of 16+ bytes';
+    const summary = await coordinator(
+      { threads: 0, plan: 'sharded', minWorkers: 2, tlsCert: cert, tlsKey: key, token },
+      (url) => {
+        const wss = url.replace('ws://', 'wss://');
+        worker(wss, { token, ca: cert });
+        worker(wss, { token, ca: cert });
+      },
+      linked.onEvent,
+    );
+    expect(linked.lines).toEqual([]);
+    expect(summary.paramsSha256).toBe(await reference());
+  });
+});
+
 describe('a peer listener', () => {
   /** A listener of member 1 in epoch 7 of a roster with member 2; `dial` speaks to it as member 2 would, with `key`. */
   async function listenerOf() {
