@@ -300,3 +300,32 @@ describe('dtrain worker --peer-listen and --advertise', () => {
     expect(resolveWorkerConfig({ connect: 'ws://h:1', peerListen: '0.0.0.0:7000', advertise: 'node3.lan' }).peerListen).toBe('0.0.0.0:7000');
   });
 });
+
+describe('what a peer link takes (validateFromPeer)', () => {
+  it('refuses rows and slices before the handshake, of a step too far, compact, non-finite, or of the wrong size', async () => {
+    const { validateFromPeer } = await import('../src/cluster/remote/validation.js');
+    const { decodeRaw, encode } = await import('../src/cluster/remote/codec.js');
+    const { NonFiniteError, ProtocolError } = await import('../src/cluster/remote/messages.js');
+    const spec = { sizes: [4, 3, 2], activation: 'relu' as const };
+    const view = { linked: true, spec, batchSize: 8, step: 5 };
+    const rows = (over: Record<string, unknown> = {}) => ({
+      t: 'rowsDone' as const, step: 5, range: [0, 2] as [number, number], rowLoss: new Float32Array(2), hidden: [new Float32Array(6)],
+      deltas: [new Float32Array(6), new Float32Array(4)], ms: 0, applyMs: 0, waitMs: 0, queuedMs: 0, ...over,
+    });
+    const check = (message: object, v = view) => validateFromPeer(decodeRaw(encode(message as never)), v);
+    expect(check(rows()).t).toBe('rowsDone');
+    expect(check(rows({ step: 6 })).t).toBe('rowsDone');
+    expect(() => check(rows({ step: 7 }))).toThrow(ProtocolError);
+    expect(() => check(rows({ step: 4 }))).toThrow('neither this member\'s step 5 nor the next');
+    expect(() => check(rows(), { ...view, linked: false })).toThrow('sent before the link\'s handshake');
+    expect(() => check(rows({ deltas: [new Float32Array(4)] }))).toThrow(ProtocolError);
+    expect(() => check(rows({ hidden: [new Float32Array([1, 2, 3, 4, 5, NaN])] }))).toThrow(NonFiniteError);
+    // A slice of units [0, 1) of layer 0 and [0, 2) of layer 1: 1 × (4 + 1) + 2 × (3 + 1) parameters.
+    const slice = (params: Float32Array) => ({ t: 'slice' as const, step: 5, units: [[0, 1], [0, 2]], params });
+    expect(check(slice(new Float32Array(13))).t).toBe('slice');
+    expect(() => check(slice(new Float32Array(12)))).toThrow(ProtocolError);
+    expect(() => check(slice(new Float32Array(13).fill(Infinity)))).toThrow(NonFiniteError);
+    expect(() => check({ t: 'peerHello', epoch: 1, from: 2, nonce: new Uint8Array(32), mac: new Uint8Array(32) })).toThrow('sent after the link\'s handshake');
+    expect(() => check({ t: 'state' })).toThrow('unknown message type "state"');
+  });
+});
