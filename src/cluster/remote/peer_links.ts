@@ -256,7 +256,7 @@ export class PeerLinks {
           } else if (message.t === 'peerWelcome' && nonce && this.links.get(id) !== link) {
             if (!proofMatches(key, 'listener', nonce, message.proof)) throw new ProtocolError(`peer ${id} did not prove it holds the pair's key`);
             this.linked(roster, id, link);
-          } else this.received(message, link);
+          } else this.received(message);
         } catch (e) {
           this.broken(id, link, `peer ${id} (${address}): ${(e as Error).message}`);
         }
@@ -280,7 +280,7 @@ export class PeerLinks {
         try {
           const known = [...this.links.entries()].find(([, l]) => l === pending.link);
           const message = validateFromPeer(decodeRaw(frame), { linked: !!known, ...this.view() });
-          if (known) return this.received(message, pending.link);
+          if (known) return this.received(message);
           if (message.t !== 'peerHello' || pending.hello) throw new ProtocolError(`expected peerHello, got ${message.t}`);
           pending.hello = message;
           // A dialer that learnt of this epoch before this member did waits here until its state comes.
@@ -333,8 +333,15 @@ export class PeerLinks {
     if (this.complete && !this.reported) this.sendReport();
   }
 
-  /** A link's rows or slice, validated: kept until the replica takes it. */
-  private received(message: ToPeer, link: PeerLink): void {
+  /**
+   * A link's rows or slice, validated: kept until the replica takes it. What two steps can bring is bounded
+   * (each other member's rows and a slice a layer, for this step and the next, twice over): a member that
+   * sends more is cut off, so that it cannot grow this process.
+   */
+  private received(message: ToPeer): void {
+    const roster = this.roster;
+    const layers = this.view().spec?.sizes.length ?? 2;
+    if (roster && this.rows.length + this.slices.length >= 4 * roster.members.length * layers) throw new ProtocolError('more rows and slices than two steps bring');
     if (message.t === 'rowsDone') this.rows.push(message);
     else if (message.t === 'slice') this.slices.push(message);
     else if (message.t === 'error') throw new ProtocolError(`the peer reported: ${message.message}`);
