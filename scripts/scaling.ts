@@ -71,6 +71,8 @@ export interface ScalingOptions {
   torch: boolean;
   /** Remote workers load their own copy of the dataset (only the embedded MNIST: trainSamples 0). */
   localData: boolean;
+  /** --no-peer-links: the workers run without a peer listener (dtrain worker --peer-listen off): a sharded step's bytes go through the coordinator. */
+  noPeerLinks: boolean;
   hidden: number[];
   /** The global batch (strong scaling), or each participant's share of it (weak). */
   batchSize: number;
@@ -133,7 +135,7 @@ export interface ScalingRow {
 
 const DEFAULTS: ScalingOptions = {
   threads: [1, 2], remote: [1, 2], plans: ['auto'], microBatch: [16], steps: 300, warmup: 10, trainSamples: 0, out: 'scaling',
-  torch: false, localData: false, hidden: TRAIN_DEFAULTS.hidden, batchSize: TRAIN_DEFAULTS.batchSize, weak: false, link: null, serverThreads: 1,
+  torch: false, localData: false, noPeerLinks: false, hidden: TRAIN_DEFAULTS.hidden, batchSize: TRAIN_DEFAULTS.batchSize, weak: false, link: null, serverThreads: 1,
   cpus: null, coordinatorCpus: null, periodUs: DEFAULT_PERIOD_US, layouts: ['apart'], allowOversubscribed: false, calibrationRounds: 30, json: null,
 };
 const TUTORIAL = '784-512-256-128-64-10';
@@ -153,7 +155,7 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
  * address to listen on, the token it needs, how to start the workers once the port is known, and clean-up.
  */
 function remoteWorkers(count: number, o: ScalingOptions) {
-  const args = (url: string) => [cli, 'worker', '--connect', url, '--max-retries', '2', ...(o.localData ? ['--data', 'embedded'] : [])];
+  const args = (url: string) => [cli, 'worker', '--connect', url, '--max-retries', '2', ...workerFlags(o)];
   if (!o.link) {
     const children: ChildProcess[] = [];
     return {
@@ -262,7 +264,7 @@ async function runEmulated(layout: Layout, n: number, microBatch: number, o: Sca
     // Apart, the coordinator computes only under the server plan; on machine 0 it is one of the machines (1 thread).
     const threads = layout === 'rank0' ? 1 : plan === 'server' ? o.serverThreads : 0;
     const flags = [...coordinatorFlags(o, globalBatch(o, n), microBatch, plan), '--threads', String(threads)];
-    const run = await runDtrainMachines(n, layout, machineSettings(o), { coordinatorArgs: flags, workerArgs: o.localData ? ['--data', 'embedded'] : [], out, steps: o.steps, warmup: warmupOf(o) });
+    const run = await runDtrainMachines(n, layout, machineSettings(o), { coordinatorArgs: flags, workerArgs: workerFlags(o), out, steps: o.steps, warmup: warmupOf(o) });
     const row = rowOf(EMULATED[layout], n, microBatch, o, plan, run.summary, out);
     return { ...row, cpus: o.cpus, fidelity: run.fidelity };
   } finally {
@@ -543,10 +545,15 @@ function plansOf(text: string): StepPlan[] {
   return plans as StepPlan[];
 }
 
+/** What every remote worker is started with besides --connect. */
+function workerFlags(o: ScalingOptions): string[] {
+  return [...(o.localData ? ['--data', 'embedded'] : []), ...(o.noPeerLinks ? ['--peer-listen', 'off'] : [])];
+}
+
 /** The flags of `npm run scaling`: anything else is an error. */
 const FLAGS = {
   threads: 'value', remote: 'value', plan: 'value', 'micro-batch': 'value', hidden: 'value', 'batch-size': 'value', weak: 'switch', link: 'value',
-  'server-threads': 'value', steps: 'value', warmup: 'value', out: 'value', torch: 'switch', 'local-data': 'switch', combine: 'value',
+  'server-threads': 'value', steps: 'value', warmup: 'value', out: 'value', torch: 'switch', 'local-data': 'switch', 'no-peer-links': 'switch', combine: 'value',
   cpus: 'value', 'coordinator-cpus': 'value', 'period-us': 'value', layout: 'value', 'allow-oversubscribed': 'switch', 'calibration-rounds': 'value', json: 'value',
 } as const;
 
@@ -571,6 +578,7 @@ export function optionsFromArgs(args: ScriptArgs): Partial<ScalingOptions> {
     out: args.has('out') ? args.value('out', '') : mkdtempSync(join(tmpdir(), 'dtrain-scaling-')),
     torch: args.has('torch'),
     localData: args.has('local-data'),
+    noPeerLinks: args.has('no-peer-links'),
     cpus: cores('cpus'),
     coordinatorCpus: cores('coordinator-cpus'),
     periodUs: Number(args.value('period-us', String(DEFAULTS.periodUs))),

@@ -282,6 +282,13 @@ export interface WorkerConfig {
    * state snapshot, 12 bytes a parameter, and its batch's rows). Given: a run needing more is refused.
    */
   maxFrameBytes?: number;
+  /**
+   * [HOST:]PORT of the listener the other members of a sharded run link to (default: an ephemeral port on the
+   * address this worker reaches the coordinator from); "off": none, its steps go through the coordinator.
+   */
+  peerListen?: string;
+  /** HOST[:PORT] the other members should dial, when the listening address is not reachable as it is (NAT, a container). */
+  advertise?: string;
 }
 
 /** Defaults of dtrain worker and of runWorker(). */
@@ -315,6 +322,16 @@ export const WORKER_OPTION_TABLE: OptionTable<WorkerConfig> = {
     flag: '--max-frame-bytes <n>',
     description: 'largest frame taken from the coordinator (default: what its welcome says the run needs; its state snapshot is 12 bytes a parameter); a run needing more is refused',
     kind: { type: 'int', min: 1 << 20 },
+  },
+  peerListen: {
+    flag: '--peer-listen <[host:]port>',
+    description: 'where the other workers of a sharded run link to this one directly ("off": none; their bytes then go through the coordinator; default: an ephemeral port on the address the coordinator is reached from)',
+    kind: { type: 'string' },
+  },
+  advertise: {
+    flag: '--advertise <host[:port]>',
+    description: 'the address the other workers should dial for --peer-listen (default: the listening address)',
+    kind: { type: 'string' },
   },
 };
 
@@ -531,6 +548,12 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
   checkWorkerName(given.name);
   checkToken(given.token);
+  if (given.peerListen !== undefined && given.peerListen !== 'off' && !/^((\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}$/.test(given.peerListen)) {
+    throw invalidOption('peerListen', '[HOST:]PORT, or off', given.peerListen);
+  }
+  if (given.advertise !== undefined && !/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(given.advertise)) {
+    throw invalidOption('advertise', 'HOST or HOST:PORT', given.advertise);
+  }
   return { ...WORKER_DEFAULTS, ...given, connect: given.connect };
 }
 

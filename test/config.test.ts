@@ -126,7 +126,7 @@ describe('option tables', () => {
 
   it('have a row for every WorkerConfig key with a default', () => {
     const keys = WORKER_OPTIONS.map((o) => o.key);
-    expect(keys).toEqual(['connect', 'name', 'token', 'ca', 'threads', 'engine', 'device', 'allowSoftwareGpu', 'data', 'maxRetries', 'maxFrameBytes']);
+    expect(keys).toEqual(['connect', 'name', 'token', 'ca', 'threads', 'engine', 'device', 'allowSoftwareGpu', 'data', 'maxRetries', 'maxFrameBytes', 'peerListen', 'advertise']);
     for (const key of Object.keys(WORKER_DEFAULTS)) expect(keys).toContain(key);
   });
 });
@@ -164,7 +164,7 @@ describe('worker options', () => {
     [{ maxRetries: -1 }, 'option "maxRetries" must be a non-negative integer, got -1'],
     [{ name: 'my box' }, 'option "name" must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, got "my box"'],
     [{ name: 'x'.repeat(65) }, `option "name" must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, got "${'x'.repeat(65)}"`],
-    [{ threds: 2 }, 'unknown option "threds" (known options: connect, name, token, ca, threads, engine, device, allowSoftwareGpu, data, maxRetries, maxFrameBytes)'],
+    [{ threds: 2 }, 'unknown option "threds" (known options: connect, name, token, ca, threads, engine, device, allowSoftwareGpu, data, maxRetries, maxFrameBytes, peerListen, advertise)'],
   ])('refuse %j with one line naming the option and what it takes', (given, message) => {
     const run = () => resolveWorkerConfig({ connect: 'ws://127.0.0.1:7000', ...given } as never);
     expect(run).toThrow(new TypeError(message));

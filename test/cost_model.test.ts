@@ -89,3 +89,27 @@ describe('npm run plans', () => {
     expect(busy(slow[0])).toBeLessThan(100);
   });
 });
+
+describe('the sharded plan between peers (context.direct)', () => {
+  it('takes the rows and slices off the coordinator\'s link, and prices each member\'s mesh sends', () => {
+    const { parameters, fullRowBytes } = stepSizes(big, 512);
+    const everyone = 512 * fullRowBytes + 4 * parameters;
+    // Through the star the coordinator sends each member what it did not compute or own; between peers, only indices.
+    expect(coordinatorBytes(big, 512, 4, 'sharded')).toBe(3 * everyone);
+    expect(coordinatorBytes(big, 512, 4, 'sharded', true, true)).toBe(4 * 4 * 512);
+    // Four equal members: each sends its quarter to three others and takes three quarters in.
+    const members = [1, 1, 1, 1].map(member);
+    const msPerByte = 1e-6;
+    const relay = estimatePlans(big, 512, members, msPerByte).find((e) => e.plan === 'sharded')!;
+    const direct = estimatePlans(big, 512, members, msPerByte, { direct: true }).find((e) => e.plan === 'sharded')!;
+    expect(direct.wireMs).toBeCloseTo(1.5 * relay.wireMs, 6);
+    expect(direct.computeMs).toBe(relay.computeMs);
+    // On a real link of the coordinator's, eight fast members: the star (7 × everything) capped the step, the mesh does not.
+    const eight = Array.from({ length: 8 }, () => member(1000));
+    const star = { starMsPerByte: msPerByte };
+    const starred = estimatePlans(big, 512, eight, msPerByte, star).find((e) => e.plan === 'sharded')!;
+    const meshed = estimatePlans(big, 512, eight, msPerByte, { ...star, direct: true }).find((e) => e.plan === 'sharded')!;
+    expect(starred.ms).toBeCloseTo(7 * everyone * msPerByte, 6);
+    expect(meshed.ms).toBeLessThan(starred.ms / 3);
+  });
+});

@@ -11,7 +11,9 @@
  *               rebuild them), the whole weight pass and Adam; bytes: every row of the batch once (its own
  *               out, the others' in), compact or in full
  *   sharded     rows of its share; the weight pass and Adam of its units; bytes: every row in full, its
- *               units' parameters out and everyone else's in
+ *               units' parameters out and everyone else's in — through the coordinator's relay, or between
+ *               peers (context.direct: a full mesh, so its own rows and units go out once to each other
+ *               member, and the coordinator's link carries only the rows requests)
  *   server      rows of its share, then (after the slowest member's rows) the coordinator's whole weight
  *               pass and Adam, at the coordinator's rate; bytes: its own rows in full out, every
  *               parameter in; on a real link the coordinator's sends of the parameters to every member
@@ -77,6 +79,11 @@ export interface PlanContext {
   starMsPerByte?: number;
   /** The coordinator's rate for the server plan's weight pass (measured); by default the average member's. */
   coordinator?: MemberCost;
+  /**
+   * Whether the sharded plan's rows and slices go between peers (every member announced a peer listener:
+   * remote/peer_mesh.ts), not through the coordinator.
+   */
+  direct?: boolean;
 }
 
 type StepSizes = ReturnType<typeof stepSizes>;
@@ -95,7 +102,17 @@ function exchangedBytes(size: StepSizes, batch: number, plan: RemotePlan, compac
  * Each member's compute (ms) and bytes under `plan`; members share rows and units by speed. The server
  * plan's compute holds the coordinator's weight pass too: it follows every member's rows.
  */
-function perMember(size: StepSizes, batch: number, members: MemberCost[], plan: RemotePlan, { compact = true, coordinator }: PlanContext) {
+/**
+ * Sharded between peers: what a member of `members` with `share` of the rows and units moves a step — its
+ * rows and units out to each of the others, everyone else's in.
+ */
+function meshBytes(size: StepSizes, batch: number, share: number, members: number): number {
+  const own = share * (batch * size.fullRowBytes + 4 * size.parameters);
+  const everyone = batch * size.fullRowBytes + 4 * size.parameters;
+  return (members - 1) * own + (everyone - own);
+}
+
+function perMember(size: StepSizes, batch: number, members: MemberCost[], plan: RemotePlan, { compact = true, coordinator, direct = false }: PlanContext) {
   const total = members.reduce((a, m) => a + m.rowsPerMs, 0);
   // Replicated rows travel compact (and the others' inner deltas are rebuilt) when the engine can rebuild them.
   const rebuild = plan === 'replicated' && compact;
@@ -108,7 +125,8 @@ function perMember(size: StepSizes, batch: number, members: MemberCost[], plan: 
       return { computeMs: rowsMs + serverMs, bytes: rows * size.fullRowBytes + 4 * size.parameters };
     }
     const flops = plan === 'replicated' ? (rebuild ? (batch - rows) * size.rebuildFlops : 0) + size.weightFlops : share * size.weightFlops;
-    return { computeMs: rowsMs + flops / (m.rowsPerMs * size.rowFlops), bytes: exchangedBytes(size, batch, plan, compact) };
+    const bytes = plan === 'sharded' && direct ? meshBytes(size, batch, share, members.length) : exchangedBytes(size, batch, plan, compact);
+    return { computeMs: rowsMs + flops / (m.rowsPerMs * size.rowFlops), bytes };
   });
 }
 
@@ -129,19 +147,21 @@ export function byteCost(spec: ModelSpec, batch: number, members: MemberCost[], 
  * every parameter. In a star this grows with the members while each member's own bytes do not: it is
  * where the star saturates.
  */
-export function coordinatorBytes(spec: ModelSpec, batch: number, members: number, plan: RemotePlan, compact = true): number {
+export function coordinatorBytes(spec: ModelSpec, batch: number, members: number, plan: RemotePlan, compact = true, direct = false): number {
   const size = stepSizes(spec, batch);
+  // Between peers it sends each member the batch's samples (as dataset indices: 4 bytes a row) and no row or slice.
+  if (plan === 'sharded' && direct) return members * 4 * batch;
   return plan === 'server' ? members * 4 * size.parameters : (members - 1) * exchangedBytes(size, batch, plan, compact);
 }
 
 /** Each plan's estimated step for these members at `msPerByte`, cheapest first. */
 export function estimatePlans(spec: ModelSpec, batch: number, members: MemberCost[], msPerByte: number, context: PlanContext = {}): PlanEstimate[] {
   const size = stepSizes(spec, batch);
-  const { compact = true, starMsPerByte = 0 } = context;
+  const { compact = true, starMsPerByte = 0, direct = false } = context;
   const estimates = REMOTE_PLANS.map((plan) => {
     const costs = perMember(size, batch, members, plan, context).map((c) => ({ computeMs: c.computeMs, wireMs: c.bytes * msPerByte }));
     const slowest = costs.reduce((a, b) => (b.computeMs + b.wireMs > a.computeMs + a.wireMs ? b : a));
-    const star = coordinatorBytes(spec, batch, members.length, plan, compact) * starMsPerByte;
+    const star = coordinatorBytes(spec, batch, members.length, plan, compact, direct) * starMsPerByte;
     if (plan === 'server') {
       // The parameters leave only after the coordinator's weight pass, to one member after another on its
       // link: beyond what a member's own link takes for them, the star's time adds to the step.

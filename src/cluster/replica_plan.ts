@@ -51,7 +51,10 @@ export interface StepSlices {
 export type SliceCheck = (slices: StepSlices) => Promise<RemotePeer[]>;
 
 /** What the plan asks of the remote members: who they are, their state, and a sharded step's slices. */
-export type PlanMembers = Pick<RemoteMembers, 'ready' | 'standby' | 'joining' | 'admit' | 'resync' | 'park' | 'requestSlices' | 'fetchState'>;
+export type PlanMembers = Pick<
+  RemoteMembers,
+  'ready' | 'standby' | 'joining' | 'admit' | 'resync' | 'park' | 'requestSlices' | 'fetchState' | 'direct' | 'peersCapable' | 'meshBroken'
+>;
 
 export class ReplicaPlan {
   /** As asked, or with `auto` replicated until judged. */
@@ -134,7 +137,15 @@ export class ReplicaPlan {
    * owners changed, or members on standby must compute (the one that did left: see `judge`'s trial).
    */
   get stale(): boolean {
-    return this.due !== undefined || this.ownersChanged || (this.hub.ready().length === 0 && this.hub.standby().length > 0);
+    return this.due !== undefined || this.ownersChanged || this.hub.meshBroken || (this.hub.ready().length === 0 && this.hub.standby().length > 0);
+  }
+
+  /**
+   * Whether the step about to be asked for goes between peers (its rows and slices over the members' links,
+   * remote/peer_mesh.ts): sharded among several owners, every one linked to every other.
+   */
+  direct(): boolean {
+    return this.active && this.hub.direct();
   }
 
   /** Every member, ready or on standby: what a plan is timed and judged with. */
@@ -226,9 +237,13 @@ export class ReplicaPlan {
     return cheaper.plan;
   }
 
-  /** What the cost model needs besides the members: how rows travel, and the coordinator's measured rate. */
+  /**
+   * What the cost model needs besides the members: how rows travel, the coordinator's measured rate, and
+   * whether sharded steps would go between peers (every member announced a listener; whether the links
+   * then come up is known only once they are tried).
+   */
   private get context(): PlanContext {
-    return { compact: this.compactRows, coordinator: this.coordinator };
+    return { compact: this.compactRows, coordinator: this.coordinator, direct: this.hub.peersCapable() };
   }
 
   private choose(choice: PlanChoice): void {
@@ -236,15 +251,18 @@ export class ReplicaPlan {
     this.onChoice(choice);
   }
 
-  /** Sends the step's update to the owners (active() only); settle() awaits their slices. */
-  request(step: number, batch: number): void {
+  /**
+   * Sends the step's update to the owners (active() only); settle() awaits their slices. `direct`: the step's
+   * rows went between peers, and so do the slices (only that each went comes here).
+   */
+  request(step: number, batch: number, direct = false): void {
     // Every owner's answer is awaited, not only up to the first loss: a slice still on its way when the state is
     // sent again would reach members that moved on.
     const owners = [...this.owners.keys()];
     this.landed = undefined;
-    this.inFlight = Promise.allSettled(this.hub.requestSlices(step, batch, this.owners)).then((results) => {
+    this.inFlight = Promise.allSettled(this.hub.requestSlices(step, batch, this.owners, direct)).then((results) => {
       if (results.some((r) => r.status === 'rejected')) this.torn = true;
-      else this.landed = { step, batch, slices: new Map(results.map((r, i) => [owners[i], (r as PromiseFulfilledResult<SliceMessage>).value])) };
+      else if (!direct) this.landed = { step, batch, slices: new Map(results.map((r, i) => [owners[i], (r as PromiseFulfilledResult<SliceMessage>).value])) };
     });
   }
 

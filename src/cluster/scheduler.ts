@@ -86,6 +86,8 @@ interface Plan {
   /** The form its remote rows were asked in (Scheduler.compactRows and lossOnly when it was made). */
   compact: boolean;
   lossOnly: boolean;
+  /** Its rows went between peers (each member sent them to the others; losses only came here). */
+  direct?: boolean;
   /** Its remote members were sent the state since it was asked for (Scheduler.admit): its answers are dropped. */
   resent?: boolean;
   local?: Range[];
@@ -281,13 +283,18 @@ export class Scheduler {
     let plans: Plan[] = await this.takePrefetched(step);
     let todo: Range[] = plans.length > 0 ? [] : [[0, shards.length]];
     let rowsHere = true;
+    let direct = false;
     while (plans.length > 0 || todo.length > 0) {
       if (todo.length > 0 && this.nobodyComputes()) return { done: false, needs: 'participant' };
       // One range a round: a remote worker holds one rows request at a time.
       if (todo.length > 0) plans.push(this.plan(step, batch, shards, todo.shift()!, index));
+      direct ||= plans.some((plan) => plan.direct);
       const outcomes = await Promise.all(plans.map((plan) => this.execute(plan, generation)));
       plans = [];
       todo = coalesce([...todo, ...outcomes.flatMap((o) => o.failed)]);
+      // Rows lost when the members must be sent the state anyway (an owner left, a peer link broke) are not
+      // redone: the step is, after the boundary (and a member waiting on a peer gives no answer until then).
+      if (todo.length > 0 && this.remotePlan?.stale) return { done: false, needs: 'state' };
       const suspects = outcomes.flatMap((o) => o.suspect);
       const accepted = outcomes.flatMap((o) => o.accepted);
       rowsHere &&= outcomes.every((o) => o.rowsHere);
@@ -301,7 +308,7 @@ export class Scheduler {
     // An owner lost during the row pass leaves units nobody can update: shared anew after the boundary.
     if (this.remotePlan?.stale) return { done: false, needs: 'state' };
     if (this.remotePlan?.active) {
-      this.remotePlan.request(step, batch);
+      this.remotePlan.request(step, batch, direct);
       return { done: true, replicated: true, rowsHere };
     }
     // The server plan's step is applied here (the trainer's weight pass), and then sent (sendParams).
@@ -469,7 +476,9 @@ export class Scheduler {
     const remotes = this.hub?.ready() ?? [];
     const weights = withAverage([...(this.localComputes ? [this.ledger.localSpeed] : []), ...remotes.map((w) => w.speed)]);
     const counts = apportion(s1 - s0, weights);
-    const plan: Plan = { step, batch, compact: this.compactRows, lossOnly: this.lossOnly, remote: [] };
+    // Between peers only when every member computes some of the rows (and so holds the batch's samples).
+    const direct = !this.localComputes && counts.every((c) => c > 0) && !!this.remotePlan?.direct();
+    const plan: Plan = { step, batch, compact: this.compactRows, lossOnly: this.lossOnly || direct, direct, remote: [] };
     let next = s0;
     if (this.localComputes) {
       if (counts[0] > 0) plan.local = shards.slice(next, next + counts[0]);
@@ -480,7 +489,7 @@ export class Scheduler {
       const shardRange: Range = [next, next + counts[i]];
       next += counts[i];
       const rows: Range = [shards[shardRange[0]][0], shards[shardRange[1] - 1][1]];
-      const form = { compact: plan.compact, lossOnly: plan.lossOnly };
+      const form = { compact: plan.compact, lossOnly: plan.lossOnly, ...(direct ? { peers: true } : {}) };
       const sent = performance.now();
       // Its result, set next, notes when the answer came.
       const job = { worker, rows, shardRange, sent, arrived: sent } as RemoteJob;

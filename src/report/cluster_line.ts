@@ -16,6 +16,8 @@ export function clusterLine(e: RunClusterEvent): string {
       return `! refused ${e.count} connection${e.count === 1 ? '' : 's'}: ${e.reason}`;
     case 'waiting':
       return `… ${e.reason}`;
+    case 'peers':
+      return `⇆ ${e.message}`;
     case 'redo':
       return `↻ rows ${e.rows[0]}–${e.rows[1] - 1} redone elsewhere: ${e.reason}`;
     case 'replay':

@@ -54,6 +54,8 @@ export async function runWorker(userOptions: Partial<WorkerOptions> & { connect:
       await sleep(delay, options.signal);
     }
   } finally {
+    // The peer listener too: a worker whose run is over must let its process exit.
+    slot.links?.close();
     await slot.replica?.close();
   }
 }

@@ -14,7 +14,7 @@
  */
 import { Packr } from 'msgpackr';
 import { paramLayout, type ModelSpec } from '../../model/spec.js';
-import { ProtocolError, type ToCoordinator, type ToWorker } from './messages.js';
+import { ProtocolError, type ToCoordinator, type ToPeer, type ToWorker } from './messages.js';
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
@@ -46,7 +46,7 @@ function placeBlobs(value: unknown, spans: [number, number][]): unknown {
   return value;
 }
 
-export function encode(message: ToWorker | ToCoordinator): Buffer {
+export function encode(message: ToWorker | ToCoordinator | ToPeer): Buffer {
   const blobs: Uint8Array[] = [];
   const indexed = headerOf(message, blobs);
   // The header's length depends on the offsets it holds: reserve for the widest (u32) ones, then place.

@@ -18,8 +18,9 @@ import { Heartbeat } from './heartbeat.js';
 import type { HubContext, HubEvent } from './hub_context.js';
 import { Listener, type ListenOptions } from './listener.js';
 import type { RemoteMembers } from './members.js';
-import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type RowsForm, type SliceMessage, type ToCoordinator, type ToWorker } from './messages.js';
+import { NonFiniteError, ProtocolError, REFUSED, RefusedError, RUN_FINISHED, type Hello, type ReplicaState, type RowsDone, type RowsForm, type SliceDone, type SliceMessage, type ToCoordinator, type ToWorker } from './messages.js';
 import { RemotePeer, SuspectRows } from './peer.js';
+import { PeerMesh } from './peer_mesh.js';
 import { PeerWork, type Snapshot, type WorkOptions } from './peer_work.js';
 import { validateFromWorker } from './validation.js';
 
@@ -28,7 +29,10 @@ export type { HubEvent } from './hub_context.js';
 
 /** Where to listen (listener.ts), whom to let in (gate.ts), and the work with members (peer_work.ts). */
 /** The opening handshake gets as long as the hello after it (authTimeoutMs). */
-export interface HubOptions extends Omit<ListenOptions, 'handshakeTimeoutMs'>, GateOptions, WorkOptions {}
+export interface HubOptions extends Omit<ListenOptions, 'handshakeTimeoutMs'>, GateOptions, WorkOptions {
+  /** Whether sharded members may exchange their steps' bytes over peer links (default yes; never with --verify). */
+  peerLinks?: boolean;
+}
 
 /** What a joined peer may send, each with its handler (hello is taken only while authenticating). */
 type Handlers = { [T in ToCoordinator['t']]: (peer: RemotePeer, message: Extract<ToCoordinator, { t: T }>, frame: Buffer) => void };
@@ -59,6 +63,8 @@ export class RemoteHub implements RemoteMembers {
   private readonly gate: Gate;
   private readonly heartbeat: Heartbeat;
   private readonly work: PeerWork;
+  /** Who links with whom, and whether a step's bytes can go between the members (peer_mesh.ts). */
+  private readonly mesh: PeerMesh;
 
   /** Bytes that may wait to be sent to one peer (sendFrame): fixed for the run's model and batch. */
   private readonly maxBacklog: number;
@@ -73,6 +79,10 @@ export class RemoteHub implements RemoteMembers {
     this.gate = new Gate(options, this.context, largestFrame);
     this.heartbeat = new Heartbeat(options.heartbeatMs, this.context);
     this.work = new PeerWork(options, memory, this.context);
+    // --verify checks rows before anyone applies them: they keep to the coordinator's path. Under TLS too:
+    // peer links are plain TCP, and would carry in clear what TLS protects (docs/security.md).
+    const tls = !!(options.tlsCert && options.tlsKey);
+    this.mesh = new PeerMesh(options.forwardRows !== false && options.peerLinks !== false && !tls);
   }
 
   /** Connections authenticating now, the most there were at once, and how many were turned away. */
@@ -198,6 +208,14 @@ export class RemoteHub implements RemoteMembers {
     },
     rowsDone: (peer, rows, frame) => this.work.rowsDone(peer, rows, frame),
     slice: (peer, slice, frame) => this.work.slice(peer, slice, frame),
+    sliceDone: (peer, done) => this.work.sliceDone(peer, done),
+    peerLinks: (peer, report) => {
+      // It gave up what it was asked (a link it needed broke): that answer will not come, and the mesh is
+      // broken — the step is redone from a state sent again.
+      const { news } = this.mesh.report(peer, report);
+      if (news) this.report({ type: 'peers', message: news });
+      if (report.abandoned) this.work.abandoned(peer, report.abandoned, 'it gave up a step between peers (a peer link broke)');
+    },
     checksum: (peer, message) => this.work.checksum(peer, message.step, message.sha256),
     replicaState: (peer, state) => this.work.replicaState(peer, state),
     error: (peer, message) => {
@@ -289,10 +307,32 @@ export class RemoteHub implements RemoteMembers {
    */
   admit(snapshot: Snapshot, plan: RemotePlan = 'replicated'): void {
     this.work.setPlan(plan);
-    for (const peer of this.joining()) {
-      this.work.sendState(peer, snapshot, plan);
+    const joining = this.joining();
+    // Sharded, every member is sent the state: then (and only then) all of them can link with each other.
+    const everyone = plan === 'sharded' && this.ready().length === 0;
+    const roster = everyone ? this.mesh.admit(joining) : this.mesh.admit([]);
+    for (const peer of joining) {
+      this.work.sendState(peer, snapshot, plan, roster?.(peer));
       peer.status = 'ready';
     }
+  }
+
+  /**
+   * Whether the step about to be asked for goes between peers: sharded, with every member linked to every
+   * other in this admission (peer_mesh.ts); false sends its bytes through the coordinator.
+   */
+  direct(): boolean {
+    return this.mesh.direct(this.ready());
+  }
+
+  /** Whether a sharded admission of the members now would hand out peer links (every one announced a listener). */
+  peersCapable(): boolean {
+    return this.mesh.capable([...this.ready(), ...this.standby(), ...this.joining()]);
+  }
+
+  /** A peer link broke after steps went between peers: every member must be sent the state again. */
+  get meshBroken(): boolean {
+    return this.mesh.broken;
   }
 
   /** Resolves when some worker has authenticated (used when there is nobody to compute). */
@@ -331,8 +371,8 @@ export class RemoteHub implements RemoteMembers {
   }
 
   /** Sends a sharded step's update to its owners; resolves per owner with its units' new parameters. */
-  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[] {
-    return this.work.requestSlices(step, batch, owners);
+  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>, direct = false): Promise<SliceMessage | SliceDone>[] {
+    return this.work.requestSlices(step, batch, owners, direct);
   }
 
   /** The SHA-256 of every ready worker's parameters that came within the step deadline (stepTimeoutMs). */

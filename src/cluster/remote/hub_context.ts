@@ -11,7 +11,9 @@ export type HubEvent =
   | { type: 'left'; worker: string; reason: string }
   | { type: 'rejected'; peer: string; reason: string }
   /** Connections turned away before authenticating: the first of a burst at once, then one line a second. */
-  | { type: 'refused'; count: number; reason: string };
+  | { type: 'refused'; count: number; reason: string }
+  /** The route of the sharded steps changed: between peers (every member linked), or through the coordinator. */
+  | { type: 'peers'; message: string };
 
 export interface HubContext {
   /** Sends a message, if the peer's socket is still open. */

@@ -6,7 +6,7 @@
  */
 import type { RemotePlan } from '../../config.js';
 import type { Range } from '../plan.js';
-import type { ReplicaState, RowsDone, RowsForm, SliceMessage } from './messages.js';
+import type { ReplicaState, RowsDone, RowsForm, SliceDone, SliceMessage } from './messages.js';
 import type { RemotePeer } from './peer.js';
 import type { Snapshot } from './peer_work.js';
 
@@ -37,8 +37,17 @@ export interface RemoteMembers {
   requestRows(worker: RemotePeer, step: number, batch: number, range: Range, samples: Int32Array, form: RowsForm): Promise<RowsDone>;
   /** Asks a worker for its replica's state at `step` (with `units`: its shard of a sharded run). */
   fetchState(worker: RemotePeer, step: number, units?: Range[]): Promise<ReplicaState>;
-  /** Sends a sharded step's update to its owners; resolves per owner with its units' new parameters. */
-  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[];
+  /** Whether the members' sharded steps go between peers now (peer links handed out at admission, all up). */
+  direct(): boolean;
+  /** Whether a sharded admission of the members now would hand out peer links (every one announced a listener). */
+  peersCapable(): boolean;
+  /** A peer link broke after steps went between peers: every member must be sent the state again. */
+  readonly meshBroken: boolean;
+  /**
+   * Sends a sharded step's update to its owners; resolves per owner with its units' new parameters, or
+   * (`direct`: the slices went between peers) with its acknowledgement that the others have them.
+   */
+  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>, direct?: boolean): Promise<SliceMessage | SliceDone>[];
   /** The SHA-256 of every ready worker's parameters that came within the step deadline. */
   checksumsAt(step: number): Promise<Map<RemotePeer, string>>;
   /** Server plan: the parameters of step `step`'s result to every ready worker, which commits them. */

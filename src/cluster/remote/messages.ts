@@ -37,7 +37,19 @@
  *                         every step itself when it has no compute threads of its own (--threads 0);
  *                         with units (sharded steps: each owner's moments are current only for its
  *                         units) the three arrays are packed slices of those units
+ *   worker → coordinator  peerLinks {epoch, linked, abandoned?}   which members of the state's roster it holds an authenticated
+ *                         peer link with (sent once it tried them all, and again when one breaks)
+ *   worker → coordinator  sliceDone {step, units}     a sharded step's slice, sent to every member over the peer links
+ *                         (update.peers): the coordinator learns only that it went
  *   either → other        error {message}
+ *
+ * Peer links (peer_links.ts; optional: hello.peerAddress announces a worker's, state.peers hands out the
+ * roster): worker ↔ worker over plain TCP, each frame a u32 LE length and a codec frame (peer_link.ts).
+ *   listener → dialer     peerChallenge {nonce}
+ *   dialer → listener     peerHello {epoch, from, nonce, mac}   mac: HMAC(pair key, "dtrain-dialer" ‖ nonce)
+ *   listener → dialer     peerWelcome {proof}                  proof: HMAC(pair key, "dtrain-listener" ‖ its nonce)
+ *   either → other        rowsDone {…}, slice {…}              a member's rows (rows.peers) and its units' new
+ *                         parameters (update.peers), sent to every other member directly
  *   coordinator closes    with RUN_FINISHED when the run is over (the worker exits instead of reconnecting),
  *                         with REFUSED when the worker's configuration is refused (it stops too)
  *
@@ -52,7 +64,9 @@ import type { Range } from '../plan.js';
 
 /**
  * 5: sharded steps (update.units, slice, snapshot.units); 6: state.plan (the server plan's slices); 7: rows.lossOnly;
- * 8: rowsDone.applyMs, waitMs and queuedMs, hello.name; welcome.maxFrameBytes, challenge.engine and .device.
+ * 8: rowsDone.applyMs, waitMs and queuedMs, hello.name; welcome.maxFrameBytes, challenge.engine and .device;
+ * optional, within 8: hello.peerAddress, state.peers, rows.peers, update.peers, peerLinks and sliceDone (sent
+ * only to and by a side that announced peer links).
  */
 export const PROTOCOL_VERSION = 8;
 
@@ -99,6 +113,11 @@ export interface Hello {
    * characters (WORKER_NAME). A rank names it instead when it has one.
    */
   name?: string;
+  /**
+   * host:port where this worker's peer listener takes links from the other members (--peer-listen,
+   * --advertise); absent when it has none: its steps' bytes then go through the coordinator.
+   */
+  peerAddress?: string;
 }
 export interface Welcome {
   t: 'welcome';
@@ -132,6 +151,19 @@ export interface StateMessage {
    * coordinator's slice of every unit).
    */
   plan: RemotePlan;
+  /** Sharded, with every member announcing a peer address: whom to link with (peer_links.ts). */
+  peers?: PeerRoster;
+}
+/** The members of one admission that link with each other, and the key material of their links. */
+export interface PeerRoster {
+  /** Which admission this is: links, and what travels on them, belong to one epoch. */
+  epoch: number;
+  /** The run's peer secret (random, never the workers' token): each pair's key is an HMAC of it (auth.ts pairKey). */
+  secret: Uint8Array;
+  /** This worker's id among them. */
+  self: number;
+  /** Every member (this one too): its id and the address its peer listener was announced at. */
+  members: { id: number; address: string }[];
 }
 export interface RowsMessage {
   t: 'rows';
@@ -151,10 +183,15 @@ export interface RowsMessage {
    * row of its steps, whose rows nobody else reads.
    */
   lossOnly: boolean;
+  /**
+   * Send the rows in full to every other member over the peer links, and answer the coordinator with their
+   * losses only (lossOnly is then set too).
+   */
+  peers?: boolean;
 }
 
 /** The form a rows request asks its answer in. */
-export type RowsForm = Pick<RowsMessage, 'compact' | 'lossOnly'>;
+export type RowsForm = Pick<RowsMessage, 'compact' | 'lossOnly' | 'peers'>;
 export interface RowsDone {
   t: 'rowsDone';
   step: number;
@@ -192,6 +229,11 @@ export interface UpdateMessage {
   parts: UpdatePart[];
   /** A sharded step: the output units of each layer this worker owns (it reduces and updates only those). */
   units?: Range[];
+  /**
+   * A sharded step between peers: the rows the update does not carry come over the peer links, and the
+   * slice goes to every other member over them (the coordinator gets a sliceDone).
+   */
+  peers?: boolean;
 }
 /** An owner's units after a sharded step: their new parameters, packed (unit_slices.ts). */
 export interface SliceMessage { t: 'slice'; step: number; units: Range[]; params: Float32Array }
@@ -200,9 +242,28 @@ export interface SnapshotRequest { t: 'snapshot'; step: number; units?: Range[] 
 export interface ReplicaState { t: 'replicaState'; step: number; params: Float32Array; m: Float32Array; v: Float32Array }
 export interface ChecksumMessage { t: 'checksum'; step: number; sha256: string }
 export interface ErrorMessage { t: 'error'; message: string }
+export interface PeerLinksReport {
+  t: 'peerLinks';
+  epoch: number;
+  linked: number[];
+  /**
+   * Sent by a handler that gave up what it was asked because a link it needed broke: the request whose answer
+   * will not come (rows asked for, the slice an update asked for, a snapshot) and its step.
+   */
+  abandoned?: { kind: AbandonedKind; step: number };
+}
+/** What a member can give up when a peer link breaks. */
+export const ABANDONED_KINDS = ['rows', 'slice', 'snapshot'] as const;
+export type AbandonedKind = (typeof ABANDONED_KINDS)[number];
+export interface SliceDone { t: 'sliceDone'; step: number; units: Range[] }
+export interface PeerChallenge { t: 'peerChallenge'; nonce: Uint8Array }
+export interface PeerHello { t: 'peerHello'; epoch: number; from: number; nonce: Uint8Array; mac: Uint8Array }
+export interface PeerWelcome { t: 'peerWelcome'; proof: Uint8Array }
 
 export type ToWorker = Challenge | Welcome | StateMessage | RowsMessage | RowsDone | UpdateMessage | SliceMessage | CheckMessage | SnapshotRequest | ErrorMessage;
-export type ToCoordinator = Hello | RowsDone | SliceMessage | ChecksumMessage | ReplicaState | ErrorMessage;
+export type ToCoordinator = Hello | RowsDone | SliceMessage | SliceDone | PeerLinksReport | ChecksumMessage | ReplicaState | ErrorMessage;
+/** What travels on a peer link: its handshake, then a member's rows and slices. */
+export type ToPeer = PeerChallenge | PeerHello | PeerWelcome | RowsDone | SliceMessage | ErrorMessage;
 
 /** Thrown for anything a peer sent that is not a valid message; the text names what was wrong. */
 export class ProtocolError extends Error {

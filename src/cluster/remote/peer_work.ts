@@ -12,7 +12,7 @@ import { allUnits, missingRanges, type Range } from '../plan.js';
 import { encode } from './codec.js';
 import type { TrainingMemory } from '../training_memory.js';
 import type { HubContext } from './hub_context.js';
-import type { ReplicaState, RowsDone, RowsForm, SliceMessage, StateMessage, ToWorker, UpdatePart } from './messages.js';
+import type { AbandonedKind, PeerRoster, ReplicaState, RowsDone, RowsForm, SliceDone, SliceMessage, StateMessage, ToWorker, UpdatePart } from './messages.js';
 import { RowsInputs, updatePart } from './payloads.js';
 import type { RemotePeer } from './peer.js';
 import type { RequestAnswer, RequestKey, RequestKind } from './requests.js';
@@ -42,7 +42,7 @@ export interface WorkOptions {
 export const TRANSFER_BYTES_PER_MS = 1000;
 
 /** The committed state for a joiner: the state message but for what the hub fills in per peer. */
-export type Snapshot = Omit<StateMessage, 't' | 'useLocalData' | 'plan'>;
+export type Snapshot = Omit<StateMessage, 't' | 'useLocalData' | 'plan' | 'peers'>;
 
 export class PeerWork {
   private readonly inputs: RowsInputs;
@@ -85,11 +85,11 @@ export class PeerWork {
   }
 
   /** Sends a joiner the committed state (with pixels, or not when it has the data), and how its steps come. */
-  sendState(peer: RemotePeer, snapshot: Snapshot, plan: RemotePlan): void {
+  sendState(peer: RemotePeer, snapshot: Snapshot, plan: RemotePlan, peers?: PeerRoster): void {
     // A reloaded replica holds no rows: what it held before (a resync at the same step) must be sent again.
     peer.rowsStep = -1;
     peer.holds = [];
-    const frame = encode({ t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer), plan });
+    const frame = encode({ t: 'state', ...snapshot, useLocalData: this.usesLocalData(peer), plan, ...(peers ? { peers } : {}) });
     peer.stateArrivesBy = Math.max(peer.stateArrivesBy, performance.now()) + frame.length / TRANSFER_BYTES_PER_MS;
     peer.stateStep = snapshot.step;
     this.hub.sendFrame(peer, frame);
@@ -110,6 +110,7 @@ export class PeerWork {
     }
     const ms = this.options.stepTimeoutMs;
     const message: ToWorker = { t: 'rows', step, batch, range, labels, ...form, ...(x ? { x } : { index }) };
+    if (!form.peers) delete message.peers;
     return this.ask(worker, 'rows', { step, range, ...form }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
   }
 
@@ -129,12 +130,14 @@ export class PeerWork {
    * units only and sends their new parameters back (a slice), which the others get as soon as it comes.
    * Resolves per owner with its validated slice; an owner late by the step deadline is dropped.
    */
-  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>): Promise<SliceMessage>[] {
+  requestSlices(step: number, batch: number, owners: ReadonlyMap<RemotePeer, Range[]>, direct: boolean): Promise<SliceMessage | SliceDone>[] {
     const ms = this.options.stepTimeoutMs;
     return [...owners].map(([peer, units]) => {
       const parts = this.lacking(peer, step, batch, false);
       const reason = `did not send its units of step ${step} within ${ms} ms`;
-      return this.ask(peer, 'slice', { step, units }, { t: 'update', step, batch, parts, units }, ms, this.dropAtDeadline(peer, reason));
+      // Direct: the rows it lacks come from the other members, and its slice goes to them (a sliceDone here).
+      const update: ToWorker = { t: 'update', step, batch, parts, units, ...(direct ? { peers: true } : {}) };
+      return this.ask(peer, 'slice', { step, units }, update, ms, this.dropAtDeadline(peer, reason));
     });
   }
 
@@ -164,8 +167,24 @@ export class PeerWork {
     // get the step deadline alone (a link cut later must not hide behind the transfer's allowance).
     if (rows.step >= peer.stateStep) peer.stateArrivesBy = 0;
     peer.holds.push(rows.range);
-    if (this.relayRows) this.forward(peer, rows, frame);
+    // Asked between peers: it sent them to every other member itself (its answer here holds the losses).
+    if (peer.requests.keyOf('rows')?.peers) this.heldByOthers(peer, rows);
+    else if (this.relayRows) this.forward(peer, rows, frame);
     peer.requests.answer('rows', rows);
+  }
+
+  /** A member's slice went to the others over the peer links: its request ends. */
+  sliceDone(peer: RemotePeer, done: SliceDone): void {
+    peer.requests.answer('slice', done);
+  }
+
+  /**
+   * A member gave up the answers it owed (a peer link it needed broke): its open requests fail now, not at
+   * their deadline, and it stays a member (the step is redone from a state sent to everyone).
+   */
+  abandoned(peer: RemotePeer, { kind, step }: { kind: AbandonedKind; step: number }, reason: string): void {
+    // Only the request it gave up: one sent since (the report crossed it) is still answered.
+    if (peer.requests.keyOf(kind)?.step === step) peer.requests.fail(kind, new Error(`${peer.name}: ${reason}`));
   }
 
   /**
@@ -221,6 +240,11 @@ export class PeerWork {
   private lacking(peer: RemotePeer, step: number, batch: number, compact: boolean): UpdatePart[] {
     const held = peer.rowsStep === step ? peer.holds : [];
     return missingRanges(batch, held).map((range) => updatePart(this.memory, range, compact));
+  }
+
+  /** Rows a member sent every other member over the peer links: those computing this step hold them now. */
+  private heldByOthers(from: RemotePeer, rows: RowsDone): void {
+    for (const peer of this.hub.ready()) if (peer !== from && peer.rowsStep === rows.step) peer.holds.push(rows.range);
   }
 
   /**

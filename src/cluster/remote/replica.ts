@@ -172,6 +172,16 @@ export class Replica {
     return true;
   }
 
+  /** The rows of the update's batch this replica neither holds nor is sent in it (a peer step: they come over the links). */
+  lacking(message: UpdateMessage): Range[] {
+    return missingRanges(message.batch, [...this.held, ...message.parts.map((p) => p.range)]);
+  }
+
+  /** Sharded: its own units of the current step are applied, and the others' slices have not all come yet. */
+  get midStep(): boolean {
+    return this.plan === 'sharded' && this.ownApplied;
+  }
+
   /** Places the rows of an update this replica still lacked; fails if any row of the batch would be missing. */
   private async placeLacking(message: UpdateMessage): Promise<void> {
     // The coordinator sends what it believes this replica lacks; rows forwarded to it but lost on the way
@@ -188,15 +198,24 @@ export class Replica {
   /**
    * A sharded step's update: places the rows it lacked, reduces and updates only its units (split among
    * its threads) into the next generation, and returns their new parameters for the others, and whether
-   * the step committed (it does once the slices cover every unit: at once when it owns them all).
+   * the step committed (it does once the slices cover every unit: at once when it owns them all). With
+   * `onLayer` each layer's new parameters go there as soon as they are computed (and the slice returned
+   * holds none).
    */
-  async applyUnits(message: UpdateMessage, units: Range[]): Promise<{ slice: SliceMessage; committed: boolean }> {
+  async applyUnits(message: UpdateMessage, units: Range[], onLayer?: (slice: SliceMessage) => void): Promise<{ slice: SliceMessage; committed: boolean }> {
     if (this.plan !== 'sharded') throw new ProtocolError(`update: units sent to a replica whose state said its steps come ${this.plan}`);
     if (message.step !== this.step || this.ownApplied) throw new ProtocolError(`update: sharded step ${message.step} does not follow this replica's step ${this.step}`);
     await this.placeLacking(message);
-    const results = await this.team.runPass(this.state.weightTasks(message.batch, this.team.size, units));
-    if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
-    const params = packSlice(this.memory.spec, this.state.arrays(this.generation ^ 1).params, units);
+    // With onLayer, a layer at a time (the last first, as a backward pass would): each layer's slice can go
+    // out while the next is computed. Every unit's reduction and Adam are the same either way.
+    const passes = onLayer ? units.map((_, l) => units.map((r, k) => (k === l ? r : ([r[0], r[0]] as Range)))).reverse() : [units];
+    for (const within of passes) {
+      if (unitsIn(within) === 0) continue;
+      const results = await this.team.runPass(this.state.weightTasks(message.batch, this.team.size, within));
+      if (results.some((r) => r.nonFiniteLayers.length > 0)) throw new ProtocolError(`update: step ${this.step} gave a non-finite gradient on this replica`);
+      if (onLayer) onLayer({ t: 'slice', step: message.step, units: within, params: packSlice(this.memory.spec, this.state.arrays(this.generation ^ 1).params, within) });
+    }
+    const params = onLayer ? new Float32Array(0) : packSlice(this.memory.spec, this.state.arrays(this.generation ^ 1).params, units);
     this.ownApplied = true;
     const slice: SliceMessage = { t: 'slice', step: message.step, units, params };
     return { slice, committed: this.cover(units) };

@@ -10,15 +10,15 @@
  * caller's policy: rows, slices and snapshots drop the peer, a checksum only goes unanswered.
  */
 import type { Range } from '../plan.js';
-import type { ReplicaState, RowsDone, RowsForm, SliceMessage } from './messages.js';
+import type { ReplicaState, RowsDone, RowsForm, SliceDone, SliceMessage } from './messages.js';
 
 /** Each kind of request: what it asked for (its key) and what it resolves with. */
 export interface RequestKinds {
   rows: { key: { step: number; range: Range } & RowsForm; answer: RowsDone };
   /** units: the owner's units of a sharded run (the state comes as packed slices of them). */
   snapshot: { key: { step: number; units?: Range[] }; answer: ReplicaState };
-  /** An owner's units of a sharded step, applied: their new parameters. */
-  slice: { key: { step: number; units: Range[] }; answer: SliceMessage };
+  /** An owner's units of a sharded step, applied: their new parameters (or, sent to the others over peer links, that they went). */
+  slice: { key: { step: number; units: Range[] }; answer: SliceMessage | SliceDone };
   checksum: { key: { step: number }; answer: string };
 }
 export type RequestKind = keyof RequestKinds;

@@ -14,7 +14,7 @@ import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 import { sliceLength } from '../unit_slices.js';
-import { HANDSHAKE_FRAME_BYTES, MAX_FRAME_BYTES, NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
+import { ABANDONED_KINDS, HANDSHAKE_FRAME_BYTES, MAX_FRAME_BYTES, NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type PeerLinksReport, type PeerRoster, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToPeer, type ToWorker, type UpdateMessage } from './messages.js';
 
 /** A decoded message before validation (codec.ts guarantees a map with a string "t"). */
 type Raw = Record<string, unknown>;
@@ -69,6 +69,26 @@ function workerName(m: Raw): string {
   if (typeof v !== 'string' || !WORKER_NAME.test(v)) throw new ProtocolError(`${m.t}: field "name" must be 1 to 64 of A-Z a-z 0-9 . _ -, got ${quote(v)}`);
   return v;
 }
+
+/** A peer listener's host:port as announced (hello.peerAddress, a roster's members): a dialable address, no more. */
+function peerAddress(m: Raw, name: string): string {
+  const v = field(m, name);
+  const match = typeof v === 'string' && v.length <= 255 ? /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(v) : null;
+  if (!match || Number(match[2]) < 1 || Number(match[2]) > 65535) throw new ProtocolError(`${m.t}: field "${name}" must be HOST:PORT (a port in 1–65535), got ${quote(v)}`);
+  return v as string;
+}
+
+/** A list of at most `max` integers in [0, limit]. */
+function intList(m: Raw, name: string, max: number, limit = Number.MAX_SAFE_INTEGER): number[] {
+  const v = field(m, name);
+  if (!Array.isArray(v) || v.length > max || !v.every((x) => Number.isInteger(x) && x >= 0 && x <= limit)) {
+    throw new ProtocolError(`${m.t}: field "${name}" must be a list of at most ${max} integers in [0, ${limit}]`);
+  }
+  return v as number[];
+}
+
+/** The most members one roster links (a full mesh: every pair holds a link). */
+export const MAX_PEERS = 64;
 
 function oneOf<T extends string>(m: Raw, name: string, choices: readonly T[]): T {
   const v = field(m, name);
@@ -202,6 +222,17 @@ export interface CoordinatorView {
   pendingLossOnly: boolean;
 }
 
+/** A slice's (or sliceDone's) step and units: exactly the ones the open update asked this owner for. */
+function owedSlice(raw: Raw, view: CoordinatorView | undefined): { step: number; units: Range[]; spec: ModelSpec } {
+  if (!view) throw new ProtocolError(`${raw.t}: sent before the worker was set up`);
+  const step = int(raw, 'step');
+  const owed = view.pendingSlice;
+  if (!owed || step !== owed.step) throw new ProtocolError(`${raw.t}: step ${step} was not asked for (expected ${owed?.step ?? 'none'}): stale or replayed`);
+  const units = unitRanges(raw, 'units', view.spec.sizes.slice(1));
+  if (!sameUnits(units, owed.units)) throw new ProtocolError(`${raw.t}: units ${quote(units)} are not the ones it owns (${quote(owed.units)})`);
+  return { step, units, spec: view.spec };
+}
+
 /** The view is undefined until the worker authenticated: then only hello (and error) make sense. */
 const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
   hello(raw) {
@@ -220,6 +251,7 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
       // Optional, but when present it must be a rank: absent and valid are the only two accepted forms.
       ...('rank' in raw ? { rank: int(raw, 'rank', 0, 1 << 20) } : {}),
       ...('name' in raw ? { name: workerName(raw) } : {}),
+      ...('peerAddress' in raw ? { peerAddress: peerAddress(raw, 'peerAddress') } : {}),
     };
   },
 
@@ -273,13 +305,26 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
 
   /** Its units of the sharded step it was asked to apply: exactly those, finite. */
   slice(raw, view) {
-    if (!view) throw new ProtocolError('slice: sent before the worker was set up');
-    const step = int(raw, 'step');
-    const owed = view.pendingSlice;
-    if (!owed || step !== owed.step) throw new ProtocolError(`slice: step ${step} was not asked for (expected ${owed?.step ?? 'none'}): stale or replayed`);
-    const units = unitRanges(raw, 'units', view.spec.sizes.slice(1));
-    if (!sameUnits(units, owed.units)) throw new ProtocolError(`slice: units ${quote(units)} are not the ones it owns (${quote(owed.units)})`);
-    return { t: 'slice', step, units, params: floats('slice: params', field(raw, 'params'), sliceLength(view.spec, units)) };
+    const { step, units, spec } = owedSlice(raw, view);
+    return { t: 'slice', step, units, params: floats('slice: params', field(raw, 'params'), sliceLength(spec, units)) };
+  },
+
+  /** Its slice went to the others over the peer links: the step and units it was asked for, nothing more. */
+  sliceDone(raw, view) {
+    const { step, units } = owedSlice(raw, view);
+    return { t: 'sliceDone', step, units };
+  },
+
+  peerLinks(raw, view) {
+    if (!view) throw new ProtocolError('peerLinks: sent before the worker was set up');
+    const report: PeerLinksReport = { t: 'peerLinks', epoch: int(raw, 'epoch'), linked: intList(raw, 'linked', MAX_PEERS) };
+    if (raw.abandoned !== undefined) {
+      const a = raw.abandoned;
+      if (!a || typeof a !== 'object' || Array.isArray(a) || ArrayBuffer.isView(a)) throw new ProtocolError('peerLinks: field "abandoned" must be a map');
+      const given = { ...(a as Raw), t: 'peerLinks abandoned' };
+      report.abandoned = { kind: oneOf(given, 'kind', ABANDONED_KINDS), step: int(given, 'step') };
+    }
+    return report;
   },
 
   error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
@@ -310,6 +355,23 @@ function specOf(raw: Raw): ModelSpec {
     throw new ProtocolError('state: field "spec" is not a valid model spec');
   }
   return { sizes: spec.sizes, activation: spec.activation };
+}
+
+/** state.peers: the members to link with, each once, this worker among them. */
+function rosterOf(raw: Raw): PeerRoster {
+  const r = raw.peers;
+  if (!r || typeof r !== 'object' || Array.isArray(r) || ArrayBuffer.isView(r)) throw new ProtocolError('state: field "peers" must be a map');
+  const roster = { ...(r as Raw), t: 'state peers' };
+  const members = field(roster, 'members');
+  if (!Array.isArray(members) || members.length < 2 || members.length > MAX_PEERS) throw new ProtocolError(`state: field "peers.members" must list 2 to ${MAX_PEERS} members`);
+  const list = members.map((m: unknown) => {
+    if (!m || typeof m !== 'object' || Array.isArray(m) || ArrayBuffer.isView(m)) throw new ProtocolError('state: each peer member must be a map');
+    const member = { ...(m as Raw), t: 'state peer' };
+    return { id: int(member, 'id'), address: peerAddress(member, 'address') };
+  });
+  const self = int(roster, 'self');
+  if (new Set(list.map((m) => m.id)).size !== list.length || !list.some((m) => m.id === self)) throw new ProtocolError('state: field "peers" must list each member once, this worker among them');
+  return { epoch: int(roster, 'epoch'), secret: bytes(roster, 'secret', 32), self, members: list };
 }
 
 function adamOf(raw: Raw): AdamOptions {
@@ -375,6 +437,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
       v: floats('state: v', field(raw, 'v'), total),
       useLocalData: field(raw, 'useLocalData') === true,
       plan: oneOf(raw, 'plan', REMOTE_PLANS),
+      ...(raw.peers !== undefined ? { peers: rosterOf(raw) } : {}),
     };
   },
 
@@ -384,6 +447,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
     const r = range(raw, 'range', batch);
     // The samples of the whole batch: the rows others compute are forwarded without them.
     const message: RowsMessage = { t: 'rows', step: int(raw, 'step'), batch, range: r, labels: bytes(raw, 'labels', batch), compact: raw.compact === true, lossOnly: raw.lossOnly === true };
+    if (raw.peers === true) message.peers = true;
     if (raw.x !== undefined) message.x = floats('rows: x', raw.x, batch * spec.sizes[0], false);
     else {
       const index = bytes(raw, 'index', batch * 4);
@@ -421,6 +485,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
     if (!Array.isArray(parts) || parts.length > batch) throw new ProtocolError('update: field "parts" must be a list');
     const message: UpdateMessage = { t: 'update', step: int(raw, 'step'), batch, parts: parts.map((p: unknown) => updatePart(p, batch, sizes)) };
     if (raw.units !== undefined) message.units = unitRanges(raw, 'units', sizes.slice(1));
+    if (raw.peers === true) message.peers = true;
     return message;
   },
 
@@ -451,5 +516,73 @@ const HANDSHAKE: readonly string[] = ['challenge', 'welcome', 'error'];
 export function validateFromCoordinator(raw: Raw, view: WorkerView): ToWorker {
   const schema = schemaOf(FROM_COORDINATOR, raw.t) as (raw: Raw, view: WorkerView) => ToWorker;
   if (!view.welcomed && !HANDSHAKE.includes(raw.t as string)) throw new ProtocolError(`${raw.t}: sent before the welcome`);
+  return schema(raw, view);
+}
+
+// ---------------------------------------------------------------- worker ↔ worker (peer links)
+
+/** What a member knows when it validates a frame from a peer link. */
+export interface PeerView {
+  /** Whether the link's handshake is done: only then are rows and slices taken. */
+  linked: boolean;
+  spec: ModelSpec | undefined;
+  batchSize: number;
+  /** The step its replica is at: a peer may be one step ahead of it, never behind nor further. */
+  step: number;
+}
+
+/** A peer step's number: this member's step or the next (a peer that committed first may send the next one's rows). */
+function peerStep(m: Raw, view: PeerView): number {
+  const step = int(m, 'step');
+  if (step !== view.step && step !== view.step + 1) throw new ProtocolError(`${m.t}: step ${step} is neither this member's step ${view.step} nor the next`);
+  return step;
+}
+
+/**
+ * A peer is another worker, no more trusted than one: its rows and parameters are scanned for non-finite
+ * values as the coordinator scans a worker's, and their sizes are the model's.
+ */
+const FROM_PEER: Schemas<ToPeer, PeerView> = {
+  peerChallenge: (raw) => ({ t: 'peerChallenge', nonce: bytes(raw, 'nonce', 32) }),
+  peerHello: (raw) => ({ t: 'peerHello', epoch: int(raw, 'epoch'), from: int(raw, 'from'), nonce: bytes(raw, 'nonce', 32), mac: bytes(raw, 'mac', 32) }),
+  peerWelcome: (raw) => ({ t: 'peerWelcome', proof: bytes(raw, 'proof', 32) }),
+
+  /** A member's rows in full (every layer's delta), finite. */
+  rowsDone(raw, view) {
+    const sizes = specNeeded({ welcomed: true, spec: view.spec, batchSize: view.batchSize }, 'rowsDone').sizes;
+    const step = peerStep(raw, view);
+    const r = range(raw, 'range', view.batchSize);
+    const rows = r[1] - r[0];
+    return {
+      t: 'rowsDone',
+      step,
+      range: r,
+      rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows),
+      hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows)),
+      deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, false)),
+      ms: 0,
+      applyMs: 0,
+      waitMs: 0,
+      queuedMs: 0,
+    };
+  },
+
+  /** A member's units of a sharded step, finite. */
+  slice(raw, view) {
+    const spec = specNeeded({ welcomed: true, spec: view.spec, batchSize: view.batchSize }, 'slice');
+    const units = unitRanges(raw, 'units', spec.sizes.slice(1));
+    return { t: 'slice', step: peerStep(raw, view), units, params: floats('slice: params', field(raw, 'params'), sliceLength(spec, units)) };
+  },
+
+  error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
+};
+
+const PEER_HANDSHAKE: readonly string[] = ['peerChallenge', 'peerHello', 'peerWelcome', 'error'];
+
+export function validateFromPeer(raw: Raw, view: PeerView): ToPeer {
+  const schema = schemaOf(FROM_PEER, raw.t) as (raw: Raw, view: PeerView) => ToPeer;
+  if (view.linked === PEER_HANDSHAKE.includes(raw.t as string) && raw.t !== 'error') {
+    throw new ProtocolError(view.linked ? `${raw.t}: sent after the link's handshake` : `${raw.t}: sent before the link's handshake`);
+  }
   return schema(raw, view);
 }

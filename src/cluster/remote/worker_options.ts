@@ -3,6 +3,7 @@ import type { Dataset } from '../../data/datasets.js';
 import type { WorkerConfig } from '../../config.js';
 import type { EngineOptions } from '../../engine/engine.js';
 import type { ReplicaState, RowsDone, SliceMessage } from './messages.js';
+import type { PeerLinks } from './peer_links.js';
 
 /**
  * runWorker()'s options: what a user chooses (WorkerConfig, the `dtrain worker` table, with the data as
@@ -42,6 +43,8 @@ export interface WorkerOptions extends Omit<WorkerConfig, 'data'> {
   tamperState?: (state: ReplicaState) => ReplicaState;
   /** Fault injection (tests): called as this worker starts its units of a sharded step (it may stop the worker there). */
   onUnits?: (step: number) => void;
+  /** Fault injection (tests): its peer links once they exist (a test may cut them: PeerLinks.cut). */
+  onPeerLinks?: (links: PeerLinks) => void;
   signal?: AbortSignal;
 }
 

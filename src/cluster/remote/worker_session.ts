@@ -8,13 +8,15 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import type { Range } from '../plan.js';
 import WebSocket from 'ws';
 import { newNonce, proof, proofMatches } from './auth.js';
 import { describeAdapter } from '../../engine/webgpu/adapter.js';
 import type { WorkerEvent, WorkerOptions } from './worker_options.js';
 import { closeReason, decodeRaw, encode } from './codec.js';
 import { frameTooLarge, tlsUntrusted } from '../../errors.js';
-import { HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type ToCoordinator, type ToWorker } from './messages.js';
+import { HANDSHAKE_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, REFUSED, RUN_FINISHED, type RowsDone, type RowsMessage, type SliceMessage, type ToCoordinator, type ToWorker, type UpdateMessage } from './messages.js';
+import { PeerLinks, PeerLost } from './peer_links.js';
 import { Replica } from './replica.js';
 import { prepareEngine } from '../../engine/create.js';
 import type { Device, EngineName } from '../../engine/engine.js';
@@ -65,6 +67,8 @@ export interface SessionOutcome {
 /** The replica, kept by runWorker across connections (a reconnect reloads it if the model still fits). */
 export interface ReplicaSlot {
   replica?: Replica;
+  /** Its peer listener and links (peer_links.ts), kept across connections: the listener's address stays announced. */
+  links?: PeerLinks;
 }
 
 /** The engine and device in words, e.g. "onnx (webgpu on nvidia, hopper, NVIDIA H200)": the hello's backend. */
@@ -125,6 +129,7 @@ const HANDLERS: Handlers = {
     }
     if (s.options.engineFromCoordinator) await s.computeAs(message.engine, message.device);
     const { token, engine, device, threads, dataset } = s.options;
+    const peerAddress = await s.peerAddress();
     s.send({
       t: 'hello',
       protocol: PROTOCOL_VERSION,
@@ -137,6 +142,7 @@ const HANDLERS: Handlers = {
       dataSha256: dataset?.sha256 ?? '',
       ...(s.options.rank !== undefined ? { rank: s.options.rank } : {}),
       ...(s.options.name !== undefined ? { name: s.options.name } : {}),
+      ...(peerAddress ? { peerAddress } : {}),
     });
   },
 
@@ -161,11 +167,14 @@ const HANDLERS: Handlers = {
     }
     if (replica) replica.load(message);
     else s.slot.replica = await Replica.create(message, s.options);
+    s.slot.links?.join(message.peers);
     s.synced = true;
     s.emit({ type: 'synced', step: message.step, parameters: message.params.length });
   },
 
   async rows(s, message) {
+    await s.commitUpTo(message.step);
+    if (message.peers) return s.peerRows(message);
     const computed = await s.replica.rows(message);
     const delay = (s.options.rowDelayMs ?? 0) * (message.range[1] - message.range[0]);
     if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
@@ -183,6 +192,9 @@ const HANDLERS: Handlers = {
 
   update: (s, message) =>
     s.times.applying(async () => {
+      // A member asked for no rows of this step gets its update first: the step before must commit.
+      await s.commitUpTo(message.step);
+      if (message.units && message.peers) return s.peerUnits(message, message.units);
       if (message.units) {
         s.options.onUnits?.(message.step);
         const { slice, committed } = await s.replica.applyUnits(message, message.units);
@@ -197,9 +209,13 @@ const HANDLERS: Handlers = {
       if (s.replica.slice(message)) s.emit({ type: 'step', step: message.step });
     }),
 
-  check: async (s, message) => s.send({ t: 'checksum', step: message.step, sha256: await s.replica.checksumAt(message.step) }),
+  check: async (s, message) => {
+    await s.commitUpTo(message.step);
+    s.send({ t: 'checksum', step: message.step, sha256: await s.replica.checksumAt(message.step) });
+  },
 
-  async snapshot(s, message) {
+  snapshot: async (s, message) => {
+    await s.commitUpTo(message.step);
     const state = await s.replica.stateAt(message.step, message.units);
     s.send(s.options.tamperState ? s.options.tamperState(state) : state);
   },
@@ -227,6 +243,8 @@ class WorkerSession {
   private queuedBytes = 0;
   /** The largest frame taken now: small until the welcome says this run's (raiseFrameLimit). */
   private frameLimit = HANDSHAKE_FRAME_BYTES;
+  /** The address this connection leaves from: the peer listener's default host. */
+  private localAddress?: string;
 
   constructor(
     readonly options: WorkerOptions,
@@ -242,6 +260,7 @@ class WorkerSession {
       ca: options.ca ? readFileSync(options.ca) : undefined,
       handshakeTimeout: 10_000,
     });
+    this.ws.on('upgrade', (response) => (this.localAddress = response.socket.localAddress));
     this.watchdog = new Watchdog(DEFAULT_HEARTBEAT_MS, (ms) => {
       this.silence = `no heartbeat from the coordinator for ${Math.round(ms)} ms`;
       this.ws.terminate();
@@ -291,6 +310,8 @@ class WorkerSession {
       });
       ws.on('close', (code, reason) => {
         watchdog.stop();
+        // Links belong to a membership this worker has left: they end, and so does every wait on them.
+        this.slot.links?.join(undefined);
         options.signal?.removeEventListener('abort', abort);
         if (code === REFUSED && !this.silence) this.refused(String(reason));
 
@@ -341,6 +362,7 @@ class WorkerSession {
    * receiver's limit is raised in place (ws 8 keeps it in Receiver._maxPayload, read at each frame).
    */
   raiseFrameLimit(bytes: number): void {
+    this.slot.links?.frameLimit(bytes);
     const receiver = (this.ws as unknown as { _receiver?: { _maxPayload?: number } })._receiver;
     if (typeof receiver?._maxPayload !== 'number') throw new Error('ws no longer keeps its frame limit in Receiver._maxPayload');
     receiver._maxPayload = bytes;
@@ -359,7 +381,10 @@ class WorkerSession {
     if (await this.replica.applyIfComplete()) this.emit({ type: 'step', step });
   }
 
-  /** Queues a frame behind those not yet handled, or ends the connection when the queue is full (MAX_QUEUED_MESSAGES). */
+  /**
+   * Queues a frame (decoded on arrival) behind those not yet handled, or ends the connection when the queue is
+   * full (MAX_QUEUED_MESSAGES).
+   */
   private enqueue(data: Buffer, isBinary: boolean, arrived: number): void {
     if (this.ws.readyState !== this.ws.OPEN) return; // closing: what still arrives is dropped, not held
     const maxBytes = 2 * this.frameLimit;
@@ -370,34 +395,116 @@ class WorkerSession {
       this.ws.close(1008, closeReason(reason));
       return;
     }
+    const raw = decodeOrError(data, isBinary);
+    // A new state ends at once every wait on the peer links of the admission before: a handler waiting
+    // for a slice that will never come would otherwise hold the queue the state waits in.
+    if (!(raw instanceof Error) && raw.t === 'state') this.slot.links?.supersede();
     // The handshake's frames are handled as they arrive when nothing waits before them: the welcome raises
     // the frame limit before ws reads the header of the snapshot sent right behind it (a queued handler
     // would run only after ws parsed the rest of the chunk, against the handshake's limit).
     const handleNow = !this.welcomed && this.queuedMessages === 0;
     this.queuedMessages++;
     this.queuedBytes += data.length;
-    this.queue = (handleNow ? this.receive(data, isBinary, arrived) : this.queue.then(() => this.receive(data, isBinary, arrived)))
+    this.queue = (handleNow ? this.receive(raw, arrived) : this.queue.then(() => this.receive(raw, arrived)))
       .finally(() => {
         this.queuedMessages--;
         this.queuedBytes -= data.length;
       });
   }
 
-  /** One frame: validated, then handled by its type's handler; anything wrong ends the connection. */
-  private async receive(data: Buffer, isBinary: boolean, arrived: number): Promise<void> {
+  /**
+   * One frame (decoded on arrival): validated, then handled by its type's handler; anything wrong ends the
+   * connection, but a wait on the peer links that cannot end well: that answer is given up (the coordinator
+   * is told when a link broke), and the connection goes on.
+   */
+  private async receive(raw: Record<string, unknown> | Error, arrived: number): Promise<void> {
     if (this.ws.readyState !== this.ws.OPEN) return;
     this.times.busy(performance.now(), arrived);
+    let message: ToWorker | undefined;
     try {
-      if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
-      const message = validateFromCoordinator(decodeRaw(data), this.view());
+      if (raw instanceof Error) throw raw;
+      message = validateFromCoordinator(raw, this.view());
       await (HANDLERS[message.t] as (s: WorkerSession, message: ToWorker) => void | Promise<void>)(this, message);
     } catch (e) {
+      if (e instanceof PeerLost) return this.abandoned(e, message);
       const reason = e instanceof ProtocolError ? e.message : `internal error: ${(e as Error).message}`;
       this.emit({ type: 'error', message: reason });
       this.fail(reason);
     } finally {
       this.times.idle(performance.now());
     }
+  }
+
+  // ---------------------------------------------------------------- peer links
+
+  /** Starts the peer listener (once) and returns the address to announce, or none (--peer-listen off). */
+  async peerAddress(): Promise<string | undefined> {
+    if (this.options.peerListen === 'off') return undefined;
+    if (!this.slot.links) {
+      this.slot.links = new PeerLinks({ listen: this.options.peerListen, advertise: this.options.advertise, maxFrameBytes: this.frameLimit });
+      this.options.onPeerLinks?.(this.slot.links);
+    }
+    const links = this.slot.links;
+    links.attach(
+      () => ({ spec: this.synced ? this.slot.replica?.memory.spec : undefined, batchSize: this.slot.replica?.memory.batchSize ?? 0, step: this.slot.replica?.step ?? 0 }),
+      { report: (report) => this.send(report), note: (message) => this.emit({ type: 'error', message }) },
+    );
+    try {
+      return await links.listen(this.localAddress ?? '127.0.0.1');
+    } catch (e) {
+      // A worker without a listener still works: its steps' bytes go through the coordinator.
+      this.emit({ type: 'error', message: `peer listener: ${(e as Error).message}; steps go through the coordinator` });
+      return undefined;
+    }
+  }
+
+  /**
+   * Sharded steps between peers commit once the others' slices came over the links: a message about step
+   * `step` (its rows, a check, a snapshot) first waits for those of every step before it.
+   */
+  async commitUpTo(step: number): Promise<void> {
+    const replica = this.slot.replica;
+    const links = this.slot.links;
+    if (!replica || !links) return;
+    while (replica.midStep && replica.step < step) {
+      for (const slice of await links.takeSlices(replica.step)) if (replica.slice(slice)) this.emit({ type: 'step', step: slice.step });
+    }
+  }
+
+  /** Rows asked for between peers: in full to every other member, their losses to the coordinator. */
+  async peerRows(message: RowsMessage): Promise<void> {
+    const computed = await this.replica.rows({ ...message, lossOnly: false, compact: false });
+    const rows: RowsDone = { ...computed, ms: computed.ms, ...this.times.take() };
+    // Non-finite rows are the coordinator's to judge (it asks for the state and computes them itself): they
+    // reach no peer, whose wait the new state then ends.
+    if (computed.rowLoss.every(Number.isFinite)) this.slot.links!.broadcast(rows);
+    const losses: RowsDone = { ...rows, hidden: [], deltas: [] };
+    this.send(this.options.tamperRows ? this.options.tamperRows(losses) : losses);
+  }
+
+  /** A sharded step between peers: the rows the update lacks from the links, its slice to them, the coordinator told. */
+  async peerUnits(message: UpdateMessage, units: Range[]): Promise<void> {
+    const links = this.slot.links!;
+    for (let gaps = this.replica.lacking(message); gaps.length > 0; gaps = this.replica.lacking(message)) {
+      for (const rows of await links.takeRows(message.step, gaps)) await this.replica.received(rows);
+    }
+    this.options.onUnits?.(message.step);
+    // Each layer's slice goes to the others as soon as it is computed, while the next layer's is (DDP's buckets).
+    const send = (slice: SliceMessage) => links.broadcast(this.options.tamperSlice ? this.options.tamperSlice(slice) : slice);
+    const { committed } = await this.replica.applyUnits(message, units, send);
+    this.send({ t: 'sliceDone', step: message.step, units });
+    if (committed) this.emit({ type: 'step', step: message.step });
+  }
+
+  /**
+   * A handler gave up on the peer links: after a new state, nothing is owed any more; after a broken link,
+   * the coordinator is told that this answer will not come (it sends everyone the state again).
+   */
+  private abandoned(e: PeerLost, message: ToWorker | undefined): void {
+    this.emit({ type: 'error', message: `gave up a step between peers: ${e.message}` });
+    const kind = message?.t === 'rows' ? 'rows' : message?.t === 'update' ? 'slice' : message?.t === 'snapshot' ? 'snapshot' : undefined;
+    // A check given up only goes unanswered, as a late one does.
+    if (kind && message && 'step' in message) this.slot.links?.abandon({ kind, step: message.step });
   }
 
   /** What validation knows: the model once this connection brought a state, and the replica's sizes. */
@@ -408,6 +515,16 @@ class WorkerSession {
       spec: this.synced ? replica?.memory.spec : undefined,
       batchSize: replica?.memory.batchSize ?? 0,
     };
+  }
+}
+
+/** A frame decoded, or why it cannot be (the handler reports it in order, and ends the connection). */
+function decodeOrError(data: Buffer, isBinary: boolean): Record<string, unknown> | Error {
+  try {
+    if (!isBinary) throw new ProtocolError('text frames are not part of the protocol');
+    return decodeRaw(data);
+  } catch (e) {
+    return e as Error;
   }
 }
 
