@@ -163,6 +163,10 @@ export function membersWith(given: Partial<RemoteMembers>): RemoteMembers {
     ready: () => [],
     standby: () => [],
     joining: () => [],
+    // Members that announced no peer listener: sharded steps go through the coordinator.
+    direct: () => false,
+    peersCapable: () => false,
+    meshBroken: false,
     admit: unexpected('admit'),
     resync: unexpected('resync'),
     park: unexpected('park'),
