@@ -364,6 +364,11 @@ class CoordinatorLog {
   routesThroughCoordinator = 0;
   private betweenPeers = false;
 
+  /** Whether the steps go between peers now (as far as the coordinator's lines tell). */
+  get linked(): boolean {
+    return this.betweenPeers;
+  }
+
   line = (text: string): void => {
     const now = performance.now();
     if (text.startsWith('⇆ ')) {
@@ -662,8 +667,9 @@ class ChaosRound {
         if (this.workerCount < 2) return 'needs two workers';
         if (!this.net) return 'needs network namespaces';
         const other = peerOf(f.worker, this.workerCount);
-        // The link may be down for now (a worker rejoining, a new admission linking): wait for it a while.
-        for (let waited = 0; waited < PEER_RESET_WAIT_MS && net.connectionsBetween(f.worker, other) === 0; waited += 100) await sleep(100);
+        // The link may be down or unused for now (a worker rejoining, a new admission linking): wait a while
+        // for steps to go between peers again, so that the reset tears a link in use.
+        for (let waited = 0; waited < PEER_RESET_WAIT_MS && !(this.log.linked && net.connectionsBetween(f.worker, other) > 0); waited += 100) await sleep(100);
         const reset = net.resetBetween(f.worker, other);
         this.coordinator?.note(`peer-reset: ${reset} connection(s) between workers ${f.worker} and ${other} reset`);
         await sleep(f.ms);
