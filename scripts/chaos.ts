@@ -4,13 +4,15 @@
  * schedule of every fault at once: workers SIGKILLed and restarted, workers and the coordinator
  * SIGSTOPped and continued, links cut for less and for more than the step deadline, a rate-limited link,
  * a worker joining mid-epoch, the coordinator SIGKILLed and resumed with --resume, junk and flood
- * strangers, a proxy in front of worker 0 that damages frames, and a worker that lies under --verify 1.
+ * strangers, a proxy in front of worker 0 that damages frames, a worker that lies under --verify 1,
+ * and, in the sharded-peers round (no --verify: the workers link to each other), the link between two
+ * workers cut silently or reset.
  * One round per plan; each ends with the coordinator stopped (SIGTERM) after a calm stretch, and must end
  * on the paramsSha256 of a threads-only run of the same configuration and step count. Every process
  * reports what it holds (scripts/chaos_probe.ts): memory must stay flat after warm-up, and descriptors and
  * timers must not grow with reconnections.
  *
- *   npm run build && npm run chaos -- [--seed N] [--minutes M] [--plans replicated,sharded,server,auto]
+ *   npm run build && npm run chaos -- [--seed N] [--minutes M] [--plans replicated,sharded,server,auto,sharded-peers]
  *                                     [--workers 3] [--replay FILE] [--logs DIR] [--keep-logs] [--loopback]
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
@@ -27,8 +29,16 @@ import { TestNetwork } from './netns.js';
 import { proxy, random, randomDamage, type Proxy } from './hostile_network.js';
 import { PROBE_PREFIX, type ProbeSample } from './chaos_probe.js';
 
-export const PLANS = ['replicated', 'sharded', 'server', 'auto'] as const;
+/**
+ * The rounds' plans. `sharded-peers` is `--plan sharded` without `--verify`, so that the coordinator hands out
+ * peer links and the steps go between the workers (under --verify every row takes the coordinator's path).
+ */
+export const PLANS = ['replicated', 'sharded', 'server', 'auto', 'sharded-peers'] as const;
 export type Plan = (typeof PLANS)[number];
+/** Whether a round's coordinator checks rows (--verify 1): every plan but sharded-peers. */
+export const verifies = (plan: Plan): boolean => plan !== 'sharded-peers';
+/** The coordinator's --plan for a round's plan. */
+const coordinatorPlan = (plan: Plan): string => (plan === 'sharded-peers' ? 'sharded' : plan);
 
 export const FAULT_KINDS = [
   'worker-kill',
@@ -42,10 +52,24 @@ export const FAULT_KINDS = [
   'strangers',
   'corrupt',
   'liar',
+  'peer-cut-short',
+  'peer-cut-long',
+  'peer-reset',
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
+/** Faults of the link between two workers (worker `worker` and the next one): only where they are linked. */
+export const PEER_FAULTS: readonly FaultKind[] = ['peer-cut-short', 'peer-cut-long', 'peer-reset'];
 /** Faults on a link: they need the workers in network namespaces. */
-const LINK_FAULTS: readonly FaultKind[] = ['cut-short', 'cut-long', 'rate-limit'];
+export const LINK_FAULTS: readonly FaultKind[] = ['cut-short', 'cut-long', 'rate-limit', ...PEER_FAULTS];
+/**
+ * The kinds a round of this plan injects: the liar only under --verify (without it nothing would catch its
+ * rows), the peer faults only without it (under --verify the workers hold no links to each other).
+ */
+export function kindsFor(plan: Plan): FaultKind[] {
+  return FAULT_KINDS.filter((kind) => (verifies(plan) ? !PEER_FAULTS.includes(kind) : kind !== 'liar'));
+}
+/** The other end of a peer fault's link: the next worker. */
+export const peerOf = (worker: number, workers: number): number => (worker + 1) % workers;
 
 /** One fault: `at` ms after the round's first step, on worker `worker` (where it applies), lasting `ms`. */
 export interface Fault {
@@ -96,6 +120,8 @@ const QUIET_AFTER_MS = 4000;
 const MIN_CALM_STEPS = 20;
 /** After a fault heals, how long its effects (a rejoin, a state transfer) are still counted as its own. */
 const RECOVERY_MS = 2000;
+/** How long a peer-reset waits for a connection between its two workers before it is skipped. */
+const PEER_RESET_WAIT_MS = 5000;
 const RATE_LIMIT_BITS = 4e6;
 const CORRUPT_RATE = 1 / 8;
 /** How often each process reports what it holds. */
@@ -122,12 +148,17 @@ function duration(kind: FaultKind, window: number, between: (lo: number, hi: num
     case 'coordinator-stop':
       return between(500, 4000);
     case 'cut-short':
+    case 'peer-cut-short':
       // TCP's retransmission backoff (200, 400, 800 ms…) adds up to the cut again: 800 ms + 600 ms < the deadline.
       return between(300, 800);
     case 'cut-long':
+    case 'peer-cut-long':
       return between(3000, 6000);
     case 'coordinator-kill':
       return between(200, 1500);
+    case 'peer-reset':
+      // A reset is at once; its window is the time its effects (a step redone, links made anew) count as its own.
+      return between(500, 2000);
     case 'strangers':
       return between(2000, 6000);
     case 'rate-limit':
@@ -158,9 +189,9 @@ export function makeSchedule(seed: number, minutes: number, plans: readonly Plan
     [WARM_MS, WARM_MS + half],
     [WARM_MS + half + MID_CALM_MS, roundMs - CALM_MS],
   ];
-  const others = FAULT_KINDS.filter((k) => k !== 'coordinator-kill');
   const rounds = plans.map((plan) => {
-    const count = Math.max(FAULT_KINDS.length, Math.round((2 * half) / 4000));
+    const others = kindsFor(plan).filter((k) => k !== 'coordinator-kill');
+    const count = Math.max(others.length + 1, Math.round((2 * half) / 4000));
     const kinds: FaultKind[] = [...others].sort(() => next() - 0.5);
     while (kinds.length < count - 1) kinds.push(others[Math.floor(next() * others.length)]);
     const faults = ['coordinator-kill' as const, ...kinds].map((kind, i) => {
@@ -299,6 +330,8 @@ export interface RoundResult {
   /** Workers rejected by --verify; peers rejected or dropped for anything else (damage, junk, deadlines). */
   liesCaught: number;
   refused: number;
+  /** Without --verify (sharded-peers): the steps that went between peers, and the routes back through the coordinator. */
+  peers?: { steps: number; throughCoordinator: number };
   faults: FaultOutcome[];
   lives: LifeCheck[];
   failures: string[];
@@ -321,10 +354,29 @@ class CoordinatorLog {
   /** Called at the next step, once. */
   onStep?: () => void;
   private stepAtKill = 0;
+  /**
+   * Steps made between peers: after the coordinator's `⇆ … every member linked to every other` and before
+   * anything that may change the route (a `⇆` through the coordinator, a join, a leave, a resume). A lower
+   * bound: steps of a new admission that linked again without a line of their own are not counted.
+   */
+  stepsBetweenPeers = 0;
+  /** The `⇆` lines that sent the steps through the coordinator (a link missing, or lost mid-step). */
+  routesThroughCoordinator = 0;
+  private betweenPeers = false;
+
+  /** Whether the steps go between peers now (as far as the coordinator's lines tell). */
+  get linked(): boolean {
+    return this.betweenPeers;
+  }
 
   line = (text: string): void => {
     const now = performance.now();
+    if (text.startsWith('⇆ ')) {
+      this.betweenPeers = /every member linked to every other/.test(text);
+      if (!this.betweenPeers) this.routesThroughCoordinator++;
+    } else if (/^[+-] |^resumed from /.test(text)) this.betweenPeers = false;
     if (text.startsWith('loss:')) {
+      if (this.betweenPeers) this.stepsBetweenPeers++;
       this.progress.push([now, ++this.step]);
       const onStep = this.onStep;
       this.onStep = undefined;
@@ -345,6 +397,7 @@ class CoordinatorLog {
   };
 
   killed(): void {
+    this.betweenPeers = false;
     this.stepAtKill = this.step;
   }
 
@@ -451,6 +504,8 @@ class ChaosRound {
   private corrupting = 0;
   private readonly cuts = new Map<number, number>();
   private readonly shaped = new Map<number, number>();
+  /** Peer cuts in force, by pair (the lower worker × 1000 + the higher). */
+  private readonly peerCuts = new Map<number, number>();
   private readonly stops = new Map<Proc, number>();
   private readonly log = new CoordinatorLog();
   private readonly runDir: string;
@@ -496,13 +551,14 @@ class ChaosRound {
 
   private startCoordinator(resume: boolean): void {
     // --plan is the session's, not the checkpoint's; --no-export too, as `dtrain coordinator` always gives it.
-    const session = ['--listen', `${this.address}:${this.port}`, '--token', TOKEN, '--plan', this.round.plan, '--no-export'];
+    const session = ['--listen', `${this.address}:${this.port}`, '--token', TOKEN, '--plan', coordinatorPlan(this.round.plan), '--no-export'];
+    const verify = verifies(this.round.plan) ? ['--verify', String(SETTINGS.verify)] : [];
     const args = resume
       ? ['coordinator', '--resume', this.runDir, ...session]
       : ['coordinator', '--threads', '0', '--min-workers', String(this.workerCount), '--out', this.runDir, ...session,
           '--train-samples', String(SETTINGS.trainSamples), '--test-samples', String(SETTINGS.testSamples), '--hidden', SETTINGS.hidden.join(','),
           '--epochs', String(SETTINGS.epochs), '--step-timeout-ms', String(SETTINGS.stepTimeoutMs), '--heartbeat-ms', String(SETTINGS.heartbeatMs),
-          '--checkpoint-every', String(SETTINGS.checkpointEvery), '--verify', String(SETTINGS.verify), '--log-every', String(SETTINGS.logEvery)];
+          '--checkpoint-every', String(SETTINGS.checkpointEvery), ...verify, '--log-every', String(SETTINGS.logEvery)];
     // The coordinator's slack: a worker still rejoining at a quiet moment, and a few timers of a step in flight.
     this.coordinator = this.spawn('coordinator', undefined, [cli, ...args], this.log.line, this.workerCount + 4);
     this.coordinatorDown = false;
@@ -601,6 +657,24 @@ class ChaosRound {
       case 'cut-short':
       case 'cut-long':
         return this.linkFault(this.cuts, f.worker, f.ms, () => net.cut(f.worker), () => net.restore(f.worker));
+      case 'peer-cut-short':
+      case 'peer-cut-long': {
+        if (this.workerCount < 2) return 'needs two workers';
+        const [i, j] = [f.worker, peerOf(f.worker, this.workerCount)].sort((a, b) => a - b);
+        return this.linkFault(this.peerCuts, i * 1000 + j, f.ms, () => net.cutBetween(i, j), () => net.restoreBetween(i, j));
+      }
+      case 'peer-reset': {
+        if (this.workerCount < 2) return 'needs two workers';
+        if (!this.net) return 'needs network namespaces';
+        const other = peerOf(f.worker, this.workerCount);
+        // The link may be down or unused for now (a worker rejoining, a new admission linking): wait a while
+        // for steps to go between peers again, so that the reset tears a link in use.
+        for (let waited = 0; waited < PEER_RESET_WAIT_MS && !(this.log.linked && net.connectionsBetween(f.worker, other) > 0); waited += 100) await sleep(100);
+        const reset = net.resetBetween(f.worker, other);
+        this.coordinator?.note(`peer-reset: ${reset} connection(s) between workers ${f.worker} and ${other} reset`);
+        await sleep(f.ms);
+        return reset === 0 ? 'no connection between them' : undefined;
+      }
       case 'rate-limit':
         return this.linkFault(this.shaped, f.worker, f.ms, () => net.shape(f.worker, RATE_LIMIT_BITS), () => net.unshape(f.worker));
       case 'join': {
@@ -648,7 +722,8 @@ class ChaosRound {
     const from = performance.now();
     const window: [number, number] = [from, Infinity];
     this.windows.push(window);
-    const describe = `${f.kind}${['worker-kill', 'worker-stop', 'cut-short', 'cut-long', 'rate-limit', 'corrupt'].includes(f.kind) ? ` worker ${f.worker}` : ''} for ${f.ms} ms`;
+    const target = PEER_FAULTS.includes(f.kind) ? ` workers ${f.worker}⇆${peerOf(f.worker, this.workerCount)}` : ['worker-kill', 'worker-stop', 'cut-short', 'cut-long', 'rate-limit', 'corrupt'].includes(f.kind) ? ` worker ${f.worker}` : '';
+    const describe = `${f.kind}${target} for ${f.ms} ms`;
     this.coordinator?.note(`fault: ${describe}`);
     let skipped: string | undefined;
     try {
@@ -676,6 +751,10 @@ class ChaosRound {
     // Healed, the run must go on: a hang (a step that waits for ever on a peer) ends on the right hash too.
     const calmFrom = this.t0 + this.round.ms - CALM_MS + QUIET_AFTER_MS;
     const calmSteps = this.log.stepAt(this.t0 + this.round.ms) - this.log.stepAt(calmFrom);
+    // Without --verify the round is there for the links between workers: it must have used them.
+    if (!verifies(this.round.plan) && this.log.stepsBetweenPeers < MIN_CALM_STEPS) {
+      this.failures.push(`only ${this.log.stepsBetweenPeers} steps went between peers (at least ${MIN_CALM_STEPS} expected): the peer links were not exercised`);
+    }
     if (calmSteps < MIN_CALM_STEPS) this.failures.push(`only ${calmSteps} steps in the ${(CALM_MS - QUIET_AFTER_MS) / 1000} s of calm before the end (at least ${MIN_CALM_STEPS} expected): the run stalled`);
     const faults = applied.map(({ fault, skipped, from, to }) => this.outcome(fault, skipped, from, to, stepMs));
     const lives = this.lives.map(({ proc, slack }) => checkLife(proc.name, proc.samples, proc.started, proc.reconnections, slack, quiet));
@@ -688,6 +767,7 @@ class ChaosRound {
       stepMs,
       liesCaught: this.log.liesCaught,
       refused: this.log.refused,
+      ...(verifies(this.round.plan) ? {} : { peers: { steps: this.log.stepsBetweenPeers, throughCoordinator: this.log.routesThroughCoordinator } }),
       faults,
       lives,
       failures: this.failures,
@@ -740,7 +820,13 @@ export function faultTable(rounds: RoundResult[]): string {
 /** One line per fault, for the printed schedule. */
 export function describeSchedule(schedule: Schedule): string {
   return schedule.rounds
-    .map((r, i) => [`round ${i + 1}: --plan ${r.plan}, ${(r.ms / 1000).toFixed(0)} s`, ...r.faults.map((f) => `  +${(f.at / 1000).toFixed(1).padStart(6)} s  ${f.kind.padEnd(16)} worker ${f.worker}  ${f.ms} ms`)].join('\n'))
+    .map((r, i) => {
+      const head = verifies(r.plan)
+        ? `round ${i + 1}: --plan ${r.plan} --verify 1, ${(r.ms / 1000).toFixed(0)} s (no peer faults: under --verify workers hold no links to each other)`
+        : `round ${i + 1}: --plan ${coordinatorPlan(r.plan)} without --verify (peer links), ${(r.ms / 1000).toFixed(0)} s (no liar: nothing would check its rows)`;
+      const target = (f: Fault) => (PEER_FAULTS.includes(f.kind) ? `workers ${f.worker}⇆${peerOf(f.worker, schedule.workers)}` : `worker ${f.worker}`);
+      return [head, ...r.faults.map((f) => `  +${(f.at / 1000).toFixed(1).padStart(6)} s  ${f.kind.padEnd(16)} ${target(f)}  ${f.ms} ms`)].join('\n');
+    })
     .join('\n');
 }
 
@@ -766,7 +852,9 @@ export async function runChaos({ schedule, logDir, keepLogs = false, loopback = 
       result = { plan: round.plan, network: unavailable ? 'loopback' : 'network namespaces', steps: 0, stepMs: 0, liesCaught: 0, refused: 0, faults: [], lives: [], failures: [`round ${i + 1}: ${(e as Error).message}`], logDir: roundDir };
     }
     rounds.push(result);
-    say(`  ${result.steps} steps (median ${result.stepMs.toFixed(1)} ms at quiet moments); ${result.liesCaught} lies caught by --verify, ${result.refused} other rejections`);
+    const checked = verifies(round.plan) ? `${result.liesCaught} lies caught by --verify` : 'no --verify (peer links)';
+    say(`  ${result.steps} steps (median ${result.stepMs.toFixed(1)} ms at quiet moments); ${checked}, ${result.refused} other rejections`);
+    if (result.peers) say(`  ${result.peers.steps} steps between peers (counted after the coordinator's "⇆ every member linked" lines); the route went back through the coordinator ${result.peers.throughCoordinator} time(s)`);
     say(`  paramsSha256 ${result.paramsSha256 ?? '-'}, threads-only ${result.reference ?? '-'}`);
     for (const life of result.lives) say(`  ${life.line}`);
     for (const failure of result.failures) say(`  FAILED: ${failure}`);

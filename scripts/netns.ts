@@ -175,6 +175,44 @@ export class TestNetwork {
     run('ip', ['link', 'set', this.links[i].hostEnd, 'up']);
   }
 
+  /**
+   * Cuts the link between workers i and j only (their links to the bridge address stay up): a blackhole
+   * route to the other in each of the two namespaces drops what either sends the other, and nobody is told
+   * (a route rather than a firewall rule: this host may have neither iptables, nft nor tc's drop action).
+   */
+  cutBetween(i: number, j: number): void {
+    run('ip', ['-n', this.links[i].ns, 'route', 'add', 'blackhole', `${this.links[j].address}/32`]);
+    run('ip', ['-n', this.links[j].ns, 'route', 'add', 'blackhole', `${this.links[i].address}/32`]);
+  }
+
+  /** Takes cutBetween(i, j) off again; a no-op once the network is removed. */
+  restoreBetween(i: number, j: number): void {
+    if (this.removed) return;
+    run('ip', ['-n', this.links[i].ns, 'route', 'del', 'blackhole', `${this.links[j].address}/32`]);
+    run('ip', ['-n', this.links[j].ns, 'route', 'del', 'blackhole', `${this.links[i].address}/32`]);
+  }
+
+  /** The established TCP connections between workers i and j (as `ss` lists them in i's namespace; `kill`: `ss -K`). */
+  connectionsBetween(i: number, j: number, kill = false): number {
+    return run('ip', ['netns', 'exec', this.links[i].ns, 'ss', ...(kill ? ['-K'] : []), '-t', '-n', 'state', 'established', 'dst', this.links[j].address])
+      .trim()
+      .split('\n')
+      .slice(1)
+      .filter((line) => line.trim() !== '').length;
+  }
+
+  /**
+   * Resets every TCP connection between workers i and j (`ss -K` in i's namespace: the kernel aborts i's
+   * sockets, and j gets a reset). Returns how many were reset; throws when the kernel would not (ss -K needs
+   * CONFIG_INET_DIAG_DESTROY, and lists the sockets without closing them where it is missing).
+   */
+  resetBetween(i: number, j: number): number {
+    const reset = this.connectionsBetween(i, j, true);
+    const left = this.connectionsBetween(i, j);
+    if (left > 0 && left >= reset) throw new Error(`ss -K left ${left} connection(s) open: this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY)`);
+    return reset;
+  }
+
   /** Starts `command` inside worker i's namespace (`ip netns exec` execs it: the child's pid is its own). */
   spawnIn(i: number, command: string, args: string[], options: SpawnOptions = {}): ChildProcess {
     const child = spawn('ip', ['netns', 'exec', this.links[i].ns, command, ...args], options);

@@ -4,12 +4,11 @@
  * schedule change from one day to the next; a failure names the seed and the file that replays it.
  */
 import { describe, expect, it } from 'vitest';
-import { FAULT_KINDS, PLANS, checkLife, makeSchedule, runChaos } from '../scripts/chaos.js';
+import { LINK_FAULTS, PEER_FAULTS, PLANS, checkLife, kindsFor, makeSchedule, runChaos } from '../scripts/chaos.js';
 import { TestNetwork } from '../scripts/netns.js';
 
 const SEED = Number(process.env.DTRAIN_CHAOS_SEED ?? Math.floor(Date.now() / 86_400_000));
 const PLAN = PLANS[SEED % PLANS.length];
-const LINK_FAULTS = ['cut-short', 'cut-long', 'rate-limit'];
 const unavailable = TestNetwork.unavailable();
 if (unavailable) console.warn(`test/chaos.test.ts runs its workers on loopback, without link cuts or rate limits: ${unavailable}`);
 
@@ -37,6 +36,18 @@ describe('a process life as the chaos run judges it', () => {
   });
 });
 
+describe('the chaos schedule', () => {
+  it('gives the peer-links round the faults of the links between workers and no liar, and the --verify rounds the liar and no peer faults', () => {
+    const schedule = makeSchedule(11, 2.5, ['sharded', 'sharded-peers'], 3);
+    const [verified, peers] = schedule.rounds.map((r) => new Set(r.faults.map((f) => f.kind)));
+    expect(verified.has('liar')).toBe(true);
+    expect(PEER_FAULTS.filter((k) => verified.has(k))).toEqual([]);
+    expect(peers.has('liar')).toBe(false);
+    expect(PEER_FAULTS.filter((k) => peers.has(k))).toEqual(PEER_FAULTS);
+    expect([...peers].sort()).toEqual(kindsFor('sharded-peers').sort());
+  });
+});
+
 describe('the chaos run (short)', () => {
   it(`ends on the threads-only hash under every fault at once, with memory, descriptors and timers flat (seed ${SEED}, --plan ${PLAN})`, async () => {
     const schedule = makeSchedule(SEED, 0.75, [PLAN], 3);
@@ -48,12 +59,14 @@ describe('the chaos run (short)', () => {
     expect(round.paramsSha256, report).toBe(round.reference);
     expect(round.steps, report).toBeGreaterThan(200);
     // Every kind of fault was injected, or skipped for a reason (its target was already down).
-    for (const kind of FAULT_KINDS) {
+    for (const kind of kindsFor(PLAN)) {
       const faults = round.faults.filter((f) => f.kind === kind);
       expect(faults.length, `${kind}\n${report}`).toBeGreaterThan(0);
-      if (!unavailable || !LINK_FAULTS.includes(kind)) expect(faults.some((f) => !f.skipped) || faults.every((f) => f.skipped === 'not running'), `${kind}\n${report}`).toBe(true);
+      if (!unavailable || !LINK_FAULTS.includes(kind)) expect(faults.some((f) => !f.skipped) || faults.every((f) => f.skipped === 'not running' || f.skipped === 'no connection between them'), `${kind}\n${report}`).toBe(true);
     }
     // The coordinator was killed and resumed.
     expect(round.faults.find((f) => f.kind === 'coordinator-kill')!.skipped, report).toBeUndefined();
+    // Without --verify the steps went between the workers, over the links the peer faults broke.
+    if (PLAN === 'sharded-peers') expect(round.peers!.steps, report).toBeGreaterThan(0);
   }, 150_000);
 });
