@@ -19,10 +19,10 @@ afterEach(() => {
 });
 
 /** A member's links, listening on loopback; its reports (with when each came) and log lines are kept. */
-async function member() {
+async function member(redialEveryMs?: number) {
   const reports: { report: PeerLinksReport; at: number }[] = [];
   const notes: string[] = [];
-  const links = new PeerLinks({ listen: '127.0.0.1:0', maxFrameBytes: 1 << 20 });
+  const links = new PeerLinks({ listen: '127.0.0.1:0', maxFrameBytes: 1 << 20, redialEveryMs });
   links.attach(() => ({ spec: undefined, batchSize: 0, step: 0 }), { report: (report) => reports.push({ report, at: Date.now() }), note: (m) => notes.push(m) });
   const address = (await links.listen('127.0.0.1'))!;
   cleanups.push(() => links.close());
@@ -117,8 +117,24 @@ describe('a link that ends in its handshake', () => {
     expect(report!.at - began).toBeGreaterThanOrEqual(redialsInAll);
     expect(report!.at - began).toBeLessThan(LINK_WAIT_MS - 500);
     expect(proxy.connections()).toBe(REDIAL_BACKOFF_MS.length + 1);
-    expect(two.notes.at(-1)).toMatch(/^no peer link to worker 1 after 4 dials \(the last: .*\): this epoch's steps go through the coordinator$/);
+    expect(two.notes.at(-1)).toMatch(/^no peer link to worker 1 after 4 dials \(the last: .*\): steps go through the coordinator; dialling again every 5 s$/);
     expect(two.links.complete).toBe(false);
+  });
+
+  it('is dialled again, slowly, for the rest of the epoch once reported missing, and reported when it comes up', async () => {
+    const [one, two] = [await member(), await member(200)];
+    // Every quick dial and the first slow one are reset; the next passes.
+    const proxy = await resettingProxy(one.address, REDIAL_BACKOFF_MS.length + 2);
+    const secret = newPeerSecret();
+    one.links.join(rosterOf(secret, 1, one.address, two.address));
+    two.links.join(rosterOf(secret, 2, proxy.address, two.address));
+    const linked = await reportWhere(two.reports, (r) => r.linked.includes(1), LINK_WAIT_MS);
+    expect(linked, `notes ${two.notes.join(' | ')}`).toBeDefined();
+    expect(two.reports.map((r) => r.report.linked)).toEqual([[], [1]]);
+    expect(await reportWhere(one.reports, (r) => r.linked.includes(2), 1000)).toBeDefined();
+    expect(proxy.connections()).toBe(REDIAL_BACKOFF_MS.length + 3);
+    expect(two.notes.at(-1)).toBe(`peer link to worker 1 up after ${REDIAL_BACKOFF_MS.length + 3} dials`);
+    expect(two.links.complete && one.links.complete).toBe(true);
   });
 
   it('is dialled no more once the epoch is over', async () => {

@@ -9,8 +9,9 @@
  * validated (validation.ts validateFromPeer) before it is kept. Once every link is up, or LINK_WAIT_MS passed,
  * the coordinator is told which are (peerLinks): it routes a step between peers only when every member holds
  * every link, and through itself otherwise. A dial that ends before its handshake did (a reset, a refused
- * connect) is dialled again a few times (REDIAL_BACKOFF_MS), and then reported at once; a link that comes up
- * later is reported too, and the steps go between peers from then on. A link that breaks once up fails every
+ * connect) is dialled again a few times (REDIAL_BACKOFF_MS), then reported at once, and dialled again every
+ * REDIAL_EVERY_MS for the rest of the epoch; a link that comes up late is reported too, and the steps go
+ * between peers from then on. A link that breaks once up fails every
  * wait of its epoch (PeerLost): the member gives up what it was asked and says so, and the coordinator sends
  * everyone the state again.
  *
@@ -34,6 +35,8 @@ const HANDSHAKE_MS = 5000;
  * three more tries, 1.3 s in all, so that a link that comes up on one is in the report of LINK_WAIT_MS.
  */
 export const REDIAL_BACKOFF_MS: readonly number[] = [100, 300, 900];
+/** After those, the wait between dials for the rest of the epoch (a connect attempt: nearly free). */
+export const REDIAL_EVERY_MS = 5000;
 /** The largest frame before a link's handshake is done (a handshake message is ~150 bytes). */
 const HANDSHAKE_FRAME_BYTES = 4096;
 /** Connections waiting for their handshake at once: more are refused (a stranger cannot pile them up). */
@@ -51,6 +54,8 @@ export interface PeerLinksOptions {
   advertise?: string;
   /** The largest frame a peer may send, until the coordinator's welcome says this run's (frameLimit). */
   maxFrameBytes: number;
+  /** The wait between dials once the quick ones failed (default REDIAL_EVERY_MS; tests shorten it). */
+  redialEveryMs?: number;
 }
 
 /** Where the links' news go: the current connection to the coordinator (set per connection). */
@@ -288,6 +293,7 @@ export class PeerLinks {
           } else if (message.t === 'peerWelcome' && nonce && this.links.get(id) !== link) {
             if (!proofMatches(key, 'listener', nonce, message.proof)) throw new ProtocolError(`peer ${id} did not prove it holds the pair's key`);
             settled = true;
+            if (tries > 0) this.sink.note(`peer link to worker ${id} up after ${tries + 1} dials`);
             this.linked(roster, id, link);
           } else this.received(message);
         } catch (e) {
@@ -303,18 +309,19 @@ export class PeerLinks {
 
   /**
    * A dial of this epoch ended before its handshake did (a reset, a refused connect, a refusal): dialled again
-   * after a backoff, a few times; then the coordinator is told at once which links are up (its steps go
-   * through the coordinator), as for any lost link, rather than at the end of LINK_WAIT_MS.
+   * after a backoff; once the quick tries failed, the coordinator is told at once which links are up (its
+   * steps go through the coordinator), as for any lost link, and the dials go on, slowly, for the rest of the
+   * epoch: a link that comes up is reported (linked) and the steps go between peers again.
    */
   private dialFailed(roster: PeerRoster, id: number, address: string, tries: number, reason: string): void {
     if (this.roster !== roster) return;
-    const wait = REDIAL_BACKOFF_MS[tries];
-    if (wait === undefined) {
-      this.sink.note(`no peer link to worker ${id} after ${tries + 1} dials (the last: ${reason}): this epoch's steps go through the coordinator`);
+    const quick = REDIAL_BACKOFF_MS[tries];
+    const wait = quick ?? this.options.redialEveryMs ?? REDIAL_EVERY_MS;
+    if (quick !== undefined) this.sink.note(`peer link to worker ${id} ended in its handshake (${reason}): dialling again in ${wait} ms`);
+    else if (tries === REDIAL_BACKOFF_MS.length) {
+      this.sink.note(`no peer link to worker ${id} after ${tries + 1} dials (the last: ${reason}): steps go through the coordinator; dialling again every ${wait / 1000} s`);
       if (!this.reported && !this.superseded) this.sendReport();
-      return;
     }
-    this.sink.note(`peer link to worker ${id} ended in its handshake (${reason}): dialling again in ${wait} ms`);
     const timer = setTimeout(() => {
       this.redials.delete(timer);
       if (this.roster === roster && !this.links.has(id)) this.dial(roster, id, address, tries + 1);
