@@ -183,6 +183,23 @@ describe('a listener dialled again by a member it holds a link to', () => {
     expect(one.notes.filter((n) => n.includes('peer link lost'))).toEqual([]);
     expect(one.reports.map((r) => r.report.linked)).toEqual([[2], [2]]);
   });
+
+  it('keeps no new link once a link of the epoch was lost (its waits fail whatever comes): the dialer learns it as lost', async () => {
+    const one = await member();
+    const secret = newPeerSecret();
+    one.links.join(rosterOf(secret, 1, one.address, '127.0.0.1:1'));
+    (await linkAs2(one.address, secret)).close('gone');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(one.notes.filter((n) => n.includes('peer link lost'))).toHaveLength(1);
+    const again = await linkAs2(one.address, secret);
+    const closed = await new Promise<boolean>((resolve) => {
+      again.socket.once('close', () => resolve(true));
+      setTimeout(() => resolve(!again.open), 500);
+    });
+    expect(closed).toBe(true);
+    expect(one.links.complete).toBe(false);
+    expect(one.reports.map((r) => r.report.linked)).toEqual([[2], []]);
+  });
 });
 
 describe('the coordinator\'s view of the reports (PeerMesh)', () => {

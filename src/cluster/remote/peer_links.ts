@@ -389,10 +389,13 @@ export class PeerLinks {
   /**
    * A link of this epoch proved itself. One it replaces (the dialer dialled again: its end of the first died in
    * the handshake, unknown to this end) carried no step: it is closed as no lost link. Reported when every
-   * link is up — again if a report without one went before (the coordinator then routes between peers).
+   * link is up — again if a report without one went before (the coordinator then routes between peers). An
+   * epoch that lost a link keeps no new one: its waits fail whatever comes (the other end learns it as a
+   * lost link), and it reports nothing linked that could route a step between peers.
    */
   private linked(roster: PeerRoster, id: number, link: PeerLink): void {
     if (this.roster !== roster) return link.close('epoch over');
+    if (this.lost !== undefined) return link.close(`this member's epoch ${roster.epoch} lost a link`);
     const replaced = this.links.get(id);
     this.links.set(id, link);
     replaced?.close('replaced by a new link from the same member');
