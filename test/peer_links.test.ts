@@ -4,7 +4,7 @@
  * in the middle of their handshake (as `ss -K` does in the chaos round), and a PeerMesh fed reports by hand.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { newNonce, newPeerSecret, pairKey, proof } from '../src/cluster/remote/auth.js';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import type { PeerLinksReport, PeerRoster } from '../src/cluster/remote/messages.js';
@@ -12,11 +12,18 @@ import { PeerLink } from '../src/cluster/remote/peer_link.js';
 import { LINK_WAIT_MS, PeerLinks, REDIAL_BACKOFF_MS } from '../src/cluster/remote/peer_links.js';
 import { PeerMesh } from '../src/cluster/remote/peer_mesh.js';
 import type { RemotePeer } from '../src/cluster/remote/peer.js';
+import { resettingProxy } from './remote_helpers.js';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
   for (const cleanup of cleanups.splice(0)) cleanup();
 });
+
+/** A proxy closed after the test. */
+function keep<P extends { close(): void }>(proxy: P): P {
+  cleanups.push(() => proxy.close());
+  return proxy;
+}
 
 /** A member's links, listening on loopback; its reports (with when each came) and log lines are kept. */
 async function member(redialEveryMs?: number) {
@@ -27,41 +34,6 @@ async function member(redialEveryMs?: number) {
   const address = (await links.listen('127.0.0.1'))!;
   cleanups.push(() => links.close());
   return { links, address, reports, notes };
-}
-
-/**
- * A TCP proxy in front of `target`: each of the first `resets` connections is reset (RST both ways) as soon as
- * the dialer sends its first frame — the listener's challenge went through, the dialer's hello does not: a
- * reset in the middle of the handshake. Later connections pass untouched.
- */
-async function resettingProxy(target: string, resets: number): Promise<{ address: string; connections: () => number }> {
-  const port = Number(target.slice(target.lastIndexOf(':') + 1));
-  let connections = 0;
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((client) => {
-    const reset = connections++ < resets;
-    const upstream = connect({ host: '127.0.0.1', port });
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => {});
-      s.on('close', () => sockets.delete(s));
-    }
-    upstream.on('data', (chunk) => client.write(chunk));
-    client.on('data', (chunk) => {
-      if (!reset) return void upstream.write(chunk);
-      client.resetAndDestroy();
-      upstream.resetAndDestroy();
-    });
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanups.push(() => {
-    for (const s of sockets) s.destroy();
-    server.close();
-  });
-  const bound = server.address();
-  return { address: `127.0.0.1:${typeof bound === 'object' && bound ? bound.port : 0}`, connections: () => connections };
 }
 
 /** Resolves with the first report that satisfies `test`, or undefined after `ms`. */
@@ -84,7 +56,7 @@ const redialsInAll = REDIAL_BACKOFF_MS.reduce((a, b) => a + b, 0);
 describe('a link that ends in its handshake', () => {
   it('is dialled again, and both members report the link before the wait for links is over', async () => {
     const [one, two] = [await member(), await member()];
-    const proxy = await resettingProxy(one.address, 2);
+    const proxy = keep(await resettingProxy(one.address, 2));
     const secret = newPeerSecret();
     const began = Date.now();
     one.links.join(rosterOf(secret, 1, one.address, two.address));
@@ -106,7 +78,7 @@ describe('a link that ends in its handshake', () => {
 
   it('is reported at once (no link to that member) once the dials tried again all failed', async () => {
     const [one, two] = [await member(), await member()];
-    const proxy = await resettingProxy(one.address, Infinity);
+    const proxy = keep(await resettingProxy(one.address, Infinity));
     const secret = newPeerSecret();
     const began = Date.now();
     one.links.join(rosterOf(secret, 1, one.address, two.address));
@@ -124,7 +96,7 @@ describe('a link that ends in its handshake', () => {
   it('is dialled again, slowly, for the rest of the epoch once reported missing, and reported when it comes up', async () => {
     const [one, two] = [await member(), await member(200)];
     // Every quick dial and the first slow one are reset; the next passes.
-    const proxy = await resettingProxy(one.address, REDIAL_BACKOFF_MS.length + 2);
+    const proxy = keep(await resettingProxy(one.address, REDIAL_BACKOFF_MS.length + 2));
     const secret = newPeerSecret();
     one.links.join(rosterOf(secret, 1, one.address, two.address));
     two.links.join(rosterOf(secret, 2, proxy.address, two.address));
@@ -139,7 +111,7 @@ describe('a link that ends in its handshake', () => {
 
   it('is dialled no more once the epoch is over', async () => {
     const [one, two] = [await member(), await member()];
-    const proxy = await resettingProxy(one.address, Infinity);
+    const proxy = keep(await resettingProxy(one.address, Infinity));
     const secret = newPeerSecret();
     one.links.join(rosterOf(secret, 1, one.address, two.address));
     two.links.join(rosterOf(secret, 2, proxy.address, two.address));
