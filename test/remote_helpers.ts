@@ -4,6 +4,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
+import { createServer, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
@@ -86,4 +87,50 @@ export function rawPeer(url: string, token: string | undefined, onMessage: (m: R
   });
   ws.on('error', () => {});
   return ws;
+}
+
+/**
+ * A TCP proxy on loopback in front of `target` (HOST:PORT): each of the first `resets` connections is reset
+ * (RST both ways) as soon as the dialer sends its first bytes — the listener's challenge went through, the
+ * dialer's hello does not: a reset in the middle of a peer link's handshake (as `ss -K` in the chaos round).
+ * Later connections pass untouched. `connections`: how many came.
+ */
+export async function resettingProxy(target: string, resets: number): Promise<{ address: string; connections: () => number; close: () => void }> {
+  const port = Number(target.slice(target.lastIndexOf(':') + 1));
+  let connections = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const reset = connections++ < resets;
+    const upstream = connect({ host: '127.0.0.1', port });
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => sockets.delete(s));
+    }
+    upstream.on('data', (chunk) => client.write(chunk));
+    client.on('data', (chunk) => {
+      if (!reset) return void upstream.write(chunk);
+      client.resetAndDestroy();
+      upstream.resetAndDestroy();
+    });
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const bound = server.address();
+  const close = () => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  };
+  return { address: `127.0.0.1:${typeof bound === 'object' && bound ? bound.port : 0}`, connections: () => connections, close };
+}
+
+/** `count` TCP ports free on 127.0.0.1 now (bound and released: for a listener that must know its port ahead). */
+export async function freePorts(count: number): Promise<number[]> {
+  const servers = Array.from({ length: count }, () => createServer());
+  const ports = await Promise.all(
+    servers.map((s) => new Promise<number>((resolve) => s.listen(0, '127.0.0.1', () => resolve((s.address() as { port: number }).port)))),
+  );
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
 }

@@ -7,7 +7,8 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { runWorker, type WorkerOptions } from '../src/cluster/remote/client.js';
 import type { TrainEvent } from '../src/index.js';
 import type { PeerLinks } from '../src/cluster/remote/peer_links.js';
-import { coordinator, referenceHash } from './remote_helpers.js';
+import { REDIAL_BACKOFF_MS } from '../src/cluster/remote/peer_links.js';
+import { coordinator, freePorts, referenceHash, resettingProxy } from './remote_helpers.js';
 
 const reference = referenceHash({ threads: 2 }, 'peers-reference');
 
@@ -182,6 +183,35 @@ describe('when links fail', () => {
     );
     expect(linked.lines.some((l) => l.includes('every member linked')), linked.lines.join('\n')).toBe(false);
     expect(summary.paramsSha256).toBe(await reference());
+  });
+
+  it('links late in the admission (every quick dial reset in its handshake, a slow one not), goes back between peers, and ends on the same hash', async () => {
+    // Each worker listens on a known port and announces a proxy in front of it that resets the first dials.
+    const ports = await freePorts(2);
+    const proxies = await Promise.all(ports.map((port) => resettingProxy(`127.0.0.1:${port}`, REDIAL_BACKOFF_MS.length + 1)));
+    const linked = linkedSignal();
+    let short = () => {};
+    const noLink = new Promise<void>((resolve) => (short = resolve));
+    try {
+      const summary = await coordinator(
+        { threads: 0, plan: 'sharded', minWorkers: 2, epochs: 3 },
+        (url) => ports.forEach((port, i) => worker(url, { peerListen: `127.0.0.1:${port}`, advertise: proxies[i].address })),
+        (e) => {
+          linked.onEvent(e);
+          if (e.type === 'cluster' && e.event.type === 'peers' && e.event.message.includes('holds no link')) short();
+        },
+        // Step 2 waits for the report that the link is missing; step 5 for the dial 5 s later that links them.
+        (step) => (step === 2 ? noLink : step === 5 ? linked.done : undefined),
+      );
+      expect(linked.lines).toHaveLength(2);
+      expect(linked.lines[0]).toMatch(/^peer links \(epoch (\d+), 2 members\): worker \d+ .* holds no link to worker \d+: steps go through the coordinator$/);
+      // The same admission: no state was sent again for it.
+      expect(linked.lines[1]).toBe(`peer links (epoch ${/epoch (\d+)/.exec(linked.lines[0])![1]}, 2 members): every member linked to every other: rows and slices go between them`);
+      expect(proxies.map((p) => p.connections()).sort()).toEqual([0, REDIAL_BACKOFF_MS.length + 2]);
+      expect(summary.paramsSha256).toBe(await reference3());
+    } finally {
+      for (const proxy of proxies) proxy.close();
+    }
   });
 
   it('keeps --verify on the coordinator\'s path (no links), and ends on the same hash', async () => {

@@ -1,7 +1,7 @@
 /** Pending (src/cluster/remote/requests.ts): the hub's one request mechanism, with its deadlines. */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ReplicaState, RowsDone } from '../src/cluster/remote/messages.js';
-import { Pending } from '../src/cluster/remote/requests.js';
+import { HELD_UP_MS, Pending } from '../src/cluster/remote/requests.js';
 
 const rows = (step: number): RowsDone => ({ t: 'rowsDone', step, range: [0, 1], rowLoss: new Float32Array(1), hidden: [], deltas: [], ms: 0, applyMs: 0, waitMs: 0, queuedMs: 0 });
 const state: ReplicaState = { t: 'replicaState', step: 3, params: new Float32Array(0), m: new Float32Array(0), v: new Float32Array(0) };
@@ -63,5 +63,40 @@ describe("the hub's one request mechanism (Pending)", () => {
     expect(pending.keyOf('rows')?.range).toEqual([1, 2]);
     pending.answer('rows', rows(1));
     await second;
+  });
+
+  it('starts a deadline once more when it fired after the coordinator was held up (its answer may wait unread)', async () => {
+    const pending = new Pending();
+    const onTimeout = vi.fn();
+    const asked = pending.expect('slice', { step: 9, units: [[0, 4]] }, 2000, onTimeout);
+    // The coordinator is stopped for 3.7 s: the wall clock moves on, no timer runs (SIGSTOP, then SIGCONT).
+    vi.setSystemTime(Date.now() + 3667);
+    vi.advanceTimersByTime(2000);
+    expect(onTimeout).not.toHaveBeenCalled();
+    // The answer read after the deadline that fired late: it counts.
+    const done = { t: 'sliceDone' as const, step: 9 };
+    expect(pending.answer('slice', done)).toBe(true);
+    expect(await asked).toBe(done);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('starts it once only: held up twice, or late again on time, the policy runs', async () => {
+    const pending = new Pending();
+    const onTimeout = vi.fn();
+    const asked = pending.expect('rows', { step: 1, range: [0, 1], compact: false, lossOnly: false }, 2000, onTimeout);
+    const failed = expect(asked).rejects.toThrow('no rows answer within 2000 ms');
+    vi.setSystemTime(Date.now() + 3667);
+    vi.advanceTimersByTime(2000);
+    vi.setSystemTime(Date.now() + 3667);
+    vi.advanceTimersByTime(2000);
+    expect(onTimeout).toHaveBeenCalledTimes(1);
+    await failed;
+    // A deadline fired a little late (a busy loop, under HELD_UP_MS) is not started again.
+    const late = pending.expect('checksum', { step: 2 }, 100, onTimeout);
+    const lateFailed = expect(late).rejects.toThrow('no checksum answer within 100 ms');
+    vi.setSystemTime(Date.now() + HELD_UP_MS - 100);
+    vi.advanceTimersByTime(100);
+    expect(onTimeout).toHaveBeenCalledTimes(2);
+    await lateFailed;
   });
 });

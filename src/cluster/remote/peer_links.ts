@@ -8,8 +8,12 @@
  * of the run's peer secret, never the token) by an HMAC challenge each way; every frame after that is
  * validated (validation.ts validateFromPeer) before it is kept. Once every link is up, or LINK_WAIT_MS passed,
  * the coordinator is told which are (peerLinks): it routes a step between peers only when every member holds
- * every link, and through itself otherwise. A link that breaks fails every wait of its epoch (PeerLost): the
- * member gives up what it was asked and says so, and the coordinator sends everyone the state again.
+ * every link, and through itself otherwise. A dial that ends before its handshake did (a reset, a refused
+ * connect) is dialled again a few times (REDIAL_BACKOFF_MS), then reported at once, and dialled again every
+ * REDIAL_EVERY_MS for the rest of the epoch; a link that comes up late is reported too, and the steps go
+ * between peers from then on. A link that breaks once up fails every
+ * wait of its epoch (PeerLost): the member gives up what it was asked and says so, and the coordinator sends
+ * everyone the state again.
  *
  * The replica is driven by the coordinator's messages alone, in their order; what the links bring is only
  * kept here, and taken by those messages' handlers (worker_session.ts) when they need it.
@@ -26,6 +30,13 @@ import type { Range } from '../plan.js';
 export const LINK_WAIT_MS = 3000;
 /** How long an unauthenticated connection may take to prove itself. */
 const HANDSHAKE_MS = 5000;
+/**
+ * The waits before each new dial of a link that ended before its handshake did (a reset, a refused connect):
+ * three more tries, 1.3 s in all, so that a link that comes up on one is in the report of LINK_WAIT_MS.
+ */
+export const REDIAL_BACKOFF_MS: readonly number[] = [100, 300, 900];
+/** After those, the wait between dials for the rest of the epoch (a connect attempt: nearly free). */
+export const REDIAL_EVERY_MS = 5000;
 /** The largest frame before a link's handshake is done (a handshake message is ~150 bytes). */
 const HANDSHAKE_FRAME_BYTES = 4096;
 /** Connections waiting for their handshake at once: more are refused (a stranger cannot pile them up). */
@@ -43,6 +54,8 @@ export interface PeerLinksOptions {
   advertise?: string;
   /** The largest frame a peer may send, until the coordinator's welcome says this run's (frameLimit). */
   maxFrameBytes: number;
+  /** The wait between dials once the quick ones failed (default REDIAL_EVERY_MS; tests shorten it). */
+  redialEveryMs?: number;
 }
 
 /** Where the links' news go: the current connection to the coordinator (set per connection). */
@@ -78,6 +91,8 @@ export class PeerLinks {
   /** A new state is on its way: a wait it ended owes the coordinator nothing. */
   private superseded = false;
   private reportTimer?: NodeJS.Timeout;
+  /** Dials of this epoch waiting for their next try (a link that ended in its handshake). */
+  private readonly redials = new Set<NodeJS.Timeout>();
 
   /** What validation knows now (the replica's model and step), and where news go: the current connection's. */
   private view: () => Omit<PeerView, 'linked'> = () => ({ spec: undefined, batchSize: 0, step: 0 });
@@ -225,6 +240,8 @@ export class PeerLinks {
   private reset(reason: string): void {
     this.fail(reason);
     clearTimeout(this.reportTimer);
+    for (const timer of this.redials) clearTimeout(timer);
+    this.redials.clear();
     const links = [...this.links.values()];
     this.links.clear();
     for (const link of links) link.close(reason);
@@ -251,11 +268,21 @@ export class PeerLinks {
 
   // ------------------------------------------------------------ links
 
-  private dial(roster: PeerRoster, id: number, address: string): void {
+  /** Dials member `id` (`tries`: the dials of this link before this one, which ended in their handshake). */
+  private dial(roster: PeerRoster, id: number, address: string, tries = 0): void {
     const { host, port } = splitHostPort(address);
     const socket = connect({ host, port });
     let nonce: Uint8Array | undefined;
+    /** Linked, or already ended: a later close is a lost link's (broken) or nothing, never a failed dial. */
+    let settled = false;
     const key = pairKey(roster.secret, roster.epoch, roster.self, id);
+    const ended = (reason: string) => {
+      if (this.links.get(id) === link) return this.broken(id, link, reason);
+      link.close(reason);
+      if (settled) return;
+      settled = true;
+      this.dialFailed(roster, id, address, tries, reason);
+    };
     const link: PeerLink = new PeerLink(socket, HANDSHAKE_FRAME_BYTES, {
       frame: (frame) => {
         try {
@@ -265,17 +292,42 @@ export class PeerLinks {
             link.send(encode({ t: 'peerHello', epoch: roster.epoch, from: roster.self, nonce, mac: proof(key, 'dialer', message.nonce) }));
           } else if (message.t === 'peerWelcome' && nonce && this.links.get(id) !== link) {
             if (!proofMatches(key, 'listener', nonce, message.proof)) throw new ProtocolError(`peer ${id} did not prove it holds the pair's key`);
+            settled = true;
+            if (tries > 0) this.sink.note(`peer link to worker ${id} up after ${tries + 1} dials`);
             this.linked(roster, id, link);
           } else this.received(message);
         } catch (e) {
-          this.broken(id, link, `peer ${id} (${address}): ${(e as Error).message}`);
+          ended(`peer ${id} (${address}): ${(e as Error).message}`);
         }
       },
-      closed: (reason) => this.broken(id, link, `peer ${id} (${address}): ${reason}`),
+      closed: (reason) => ended(`peer ${id} (${address}): ${reason}`),
     });
     socket.setTimeout(HANDSHAKE_MS, () => {
-      if (this.links.get(id) !== link) link.close('handshake timed out');
+      if (this.links.get(id) !== link) ended(`peer ${id} (${address}): handshake timed out`);
     });
+  }
+
+  /**
+   * A dial of this epoch ended before its handshake did (a reset, a refused connect, a refusal): dialled again
+   * after a backoff; once the quick tries failed, the coordinator is told at once which links are up (its
+   * steps go through the coordinator), as for any lost link, and the dials go on, slowly, for the rest of the
+   * epoch: a link that comes up is reported (linked) and the steps go between peers again.
+   */
+  private dialFailed(roster: PeerRoster, id: number, address: string, tries: number, reason: string): void {
+    if (this.roster !== roster) return;
+    const quick = REDIAL_BACKOFF_MS[tries];
+    const wait = quick ?? this.options.redialEveryMs ?? REDIAL_EVERY_MS;
+    if (quick !== undefined) this.sink.note(`peer link to worker ${id} ended in its handshake (${reason}): dialling again in ${wait} ms`);
+    else if (tries === REDIAL_BACKOFF_MS.length) {
+      this.sink.note(`no peer link to worker ${id} after ${tries + 1} dials (the last: ${reason}): steps go through the coordinator; dialling again every ${wait / 1000} s`);
+      if (!this.reported && !this.superseded) this.sendReport();
+    }
+    const timer = setTimeout(() => {
+      this.redials.delete(timer);
+      if (this.roster === roster && !this.links.has(id)) this.dial(roster, id, address, tries + 1);
+    }, wait);
+    timer.unref();
+    this.redials.add(timer);
   }
 
   /** A connection from another member (or anyone): challenged, and kept only if it proves it holds a pair's key. */
@@ -334,13 +386,22 @@ export class PeerLinks {
     this.linked(roster, hello.from, pending.link);
   }
 
+  /**
+   * A link of this epoch proved itself. One it replaces (the dialer dialled again: its end of the first died in
+   * the handshake, unknown to this end) carried no step: it is closed as no lost link. Reported when every
+   * link is up — again if a report without one went before (the coordinator then routes between peers). An
+   * epoch that lost a link keeps no new one: its waits fail whatever comes (the other end learns it as a
+   * lost link), and it reports nothing linked that could route a step between peers.
+   */
   private linked(roster: PeerRoster, id: number, link: PeerLink): void {
     if (this.roster !== roster) return link.close('epoch over');
-    this.links.get(id)?.close('replaced');
+    if (this.lost !== undefined) return link.close(`this member's epoch ${roster.epoch} lost a link`);
+    const replaced = this.links.get(id);
     this.links.set(id, link);
+    replaced?.close('replaced by a new link from the same member');
     link.socket.setTimeout(0);
     link.limit(this.maxFrameBytes);
-    if (this.complete && !this.reported) this.sendReport();
+    if (this.complete) this.sendReport();
   }
 
   /**

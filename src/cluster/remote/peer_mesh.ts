@@ -5,10 +5,11 @@
  * At each sharded admission every member is sent the state; when every one announced a peer listener
  * (hello.peerAddress), each state also carries the roster of a new epoch — the members' ids and addresses,
  * and the run's peer secret, random and never the token, from which each pair derives its key. The members
- * link and report (peerLinks). A step goes between peers (`direct`) only while every member reported a link
- * to every other in this epoch and none broke since; otherwise its rows and slices go through here, as they
- * always could (the relay). A report that a link broke after steps went between peers makes the mesh
- * `broken`: the members are sent the state again (ReplicaPlan.stale), from which a new epoch links anew.
+ * link and report (peerLinks). A step goes between peers (`direct`) only while every member's last report
+ * of this epoch holds a link to every other; otherwise its rows and slices go through here, as they always
+ * could (the relay). A report that a link broke after steps went between peers makes the mesh `broken`: the
+ * members are sent the state again (ReplicaPlan.stale), from which a new epoch links anew. Before any step
+ * went between peers a missing link tears nothing: when a dial tried again brings it, the route comes back.
  */
 import { newPeerSecret } from './auth.js';
 import type { PeerLinksReport, PeerRoster } from './messages.js';
@@ -22,8 +23,14 @@ export class PeerMesh {
   private readonly reports = new Map<RemotePeer, number[]>();
   /** Steps of this epoch went between peers: a link lost now tears the step under way. */
   private used = false;
-  /** A link of this epoch broke (or a member gave up a step for it): relay until the next admission. */
-  private lost = false;
+  /**
+   * A member gave up a step for a lost link, or reported one missing after steps went between peers: relay
+   * until the members are sent the state again (broken). A link missing before any step went between peers
+   * tears nothing: the route comes back once every member reports every link (a dial tried again).
+   */
+  private torn = false;
+  /** The route was last announced as through the coordinator (one line per change, not per report). */
+  private relaying = false;
 
   constructor(
     /** Whether peer links are allowed at all (no: --verify keeps every row on the coordinator's path). */
@@ -37,7 +44,8 @@ export class PeerMesh {
   admit(members: RemotePeer[]): ((peer: RemotePeer) => PeerRoster) | undefined {
     this.reports.clear();
     this.used = false;
-    this.lost = false;
+    this.torn = false;
+    this.relaying = false;
     this.members = members;
     if (!this.capable(members)) {
       this.members = [];
@@ -63,22 +71,25 @@ export class PeerMesh {
     const wasWhole = this.whole;
     this.reports.set(peer, report.linked);
     const missing = this.members.filter((p) => p !== peer && !report.linked.includes(p.id));
-    const wasLost = this.lost;
     // A member reports once every link is up, or once the wait for them is over, or when one broke.
-    if (missing.length > 0 || abandoned) this.lost = true;
+    if (abandoned || (missing.length > 0 && this.used)) this.torn = true;
     const epoch = `epoch ${this.epoch}, ${this.members.length} members`;
-    if (this.lost && !wasLost) {
+    if ((missing.length > 0 || abandoned) && !this.relaying) {
+      this.relaying = true;
       const what = missing.length > 0 ? `holds no link to ${missing.map((p) => `worker ${p.id}`).join(', ')}` : 'lost a peer link in the middle of a step';
       return { abandoned, news: `peer links (${epoch}): ${peer.name} ${what}: steps go through the coordinator${this.used ? ', from the state sent again' : ''}` };
     }
-    if (!wasWhole && this.whole) return { abandoned, news: `peer links (${epoch}): every member linked to every other: rows and slices go between them` };
+    if (!wasWhole && this.whole) {
+      this.relaying = false;
+      return { abandoned, news: `peer links (${epoch}): every member linked to every other: rows and slices go between them` };
+    }
     return { abandoned };
   }
 
-  /** Every member of this epoch reported a link to every other, and none was lost. */
+  /** Every member's last report of this epoch holds a link to every other, and no step was torn. */
   private get whole(): boolean {
     return (
-      !this.lost &&
+      !this.torn &&
       this.members.length >= 2 &&
       this.members.every((p) => {
         const linked = this.reports.get(p);
@@ -99,6 +110,6 @@ export class PeerMesh {
 
   /** A link broke after steps went between peers: the members must be sent the state again. */
   get broken(): boolean {
-    return this.lost && this.used;
+    return this.torn;
   }
 }

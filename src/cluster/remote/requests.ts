@@ -32,6 +32,13 @@ interface Open<K extends RequestKind> {
   timer: NodeJS.Timeout;
 }
 
+/**
+ * A deadline that fires this much after it fell due fired after the coordinator itself was held up (SIGSTOP, a
+ * long pause of its loop): the answers that came meanwhile wait in its sockets, unread, since its timers run
+ * before its reads. Such a deadline starts once more instead of counting the coordinator's pause against the peer.
+ */
+export const HELD_UP_MS = 500;
+
 /** The requests one peer has open, at most one of each kind. */
 export class Pending {
   private readonly open = new Map<RequestKind, Open<RequestKind>>();
@@ -42,17 +49,26 @@ export class Pending {
    * Registers a request (a new one of a kind supersedes the open one, which is rejected) and resolves
    * with its answer. After `timeoutMs`, `onTimeout` runs with the request still open: the hub drops the
    * peer there, which rejects it with the reason. A request still open after that is rejected as timed
-   * out, and the peer stays.
+   * out, and the peer stays. A deadline that fires HELD_UP_MS late or more starts once more (see HELD_UP_MS).
    */
   expect<K extends RequestKind>(kind: K, key: RequestKey<K>, timeoutMs: number, onTimeout?: () => void): Promise<RequestAnswer<K>> {
     if (this.closed) return Promise.reject(this.closed);
     this.take(kind)?.reject(new Error(`superseded by a new ${kind} request`));
     return new Promise<RequestAnswer<K>>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      // Wall time (Date.now), which runs on while the process is stopped, as the peer's time does.
+      let due = Date.now() + timeoutMs;
+      let restarted = false;
+      const expire = () => {
+        if (!restarted && Date.now() - due >= HELD_UP_MS) {
+          restarted = true;
+          due = Date.now() + timeoutMs;
+          request.timer = setTimeout(expire, timeoutMs);
+          return;
+        }
         onTimeout?.();
         this.take(kind, request)?.reject(new Error(`no ${kind} answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const request: Open<K> = { key, resolve, reject, timer };
+      };
+      const request: Open<K> = { key, resolve, reject, timer: setTimeout(expire, timeoutMs) };
       this.open.set(kind, request as unknown as Open<RequestKind>);
     });
   }
