@@ -14,8 +14,8 @@ import { train, type TrainConfig, type TrainEvent } from '../src/index.js';
 import { listCheckpoints } from '../src/train/checkpoint.js';
 import { readMetrics, type EpochRecord, type StepRecord } from '../src/report/metrics.js';
 import { crc32c, maskedCrc32c } from '../src/report/tensorboard/crc32c.js';
-import { frameRecord, readRecords } from '../src/report/tensorboard/tfrecord.js';
-import { decodeEventHeading, encodeFileVersionEvent, encodeScalarEvent } from '../src/report/tensorboard/event.js';
+import { frameRecord, readRecords, RECORD_DATA_AT, RECORD_FRAMING, sealRecord } from '../src/report/tensorboard/tfrecord.js';
+import { decodeEventHeading, encodeFileVersionEvent, encodeScalarEvent, scalarEventSize, scalarPrefix, writeScalarEvent, type ScalarEvent } from '../src/report/tensorboard/event.js';
 import { participantFolder, TAGS, TensorBoardLog, tensorboardDir } from '../src/report/tensorboard/run_log.js';
 import type { ParticipantsRecord } from '../src/cluster/participant_stats.js';
 import { runWorker } from '../src/cluster/remote/client.js';
@@ -59,6 +59,25 @@ describe('CRC-32C and TFRecord framing', () => {
     const event = encodeScalarEvent({ wallTime: 1.5, step: 2 ** 40 + 3, scalars: [{ tag: 'train/loss', value: 0.25 }, { tag: 'ü/ms', value: 3 }] });
     expect(decodeEventHeading(event)).toEqual({ step: 2 ** 40 + 3, tags: ['train/loss', 'ü/ms'] });
     expect(decodeEventHeading(encodeFileVersionEvent(1))).toEqual({ step: 0, tags: [] });
+  });
+
+  it('writes, from tags encoded once, the very bytes of the generic encoder, framed as frameRecord frames them', () => {
+    const events: ScalarEvent[] = [
+      { wallTime: 1.5, step: 2 ** 40 + 3, scalars: [{ tag: 'train/loss', value: 0.25 }, { tag: 'ü/ms', value: 3 }] },
+      { wallTime: 1765432100.123456, step: 0, scalars: [{ tag: TAGS.share, value: 1 / 3 }, { tag: TAGS.rows, value: 48 }, { tag: TAGS.waitMs, value: NaN }] },
+      { wallTime: 2, step: 127, scalars: [{ tag: 'x'.repeat(200), value: -1e-7 }] },
+      { wallTime: 3, step: 128, scalars: [] },
+      { wallTime: 4, step: 2 ** 53 - 1, scalars: Array.from({ length: 30 }, (_, i) => ({ tag: `participant/t${i}`, value: i * 1e30 })) },
+    ];
+    for (const event of events) {
+      const prefixes = event.scalars.map((s) => scalarPrefix(s.tag));
+      const values = event.scalars.map((s) => s.value);
+      const generic = encodeScalarEvent(event);
+      expect(scalarEventSize(event.step, prefixes)).toBe(generic.length);
+      const record = Buffer.alloc(generic.length + RECORD_FRAMING, 0xee);
+      writeScalarEvent(record, RECORD_DATA_AT, event.wallTime, event.step, prefixes, values);
+      expect(sealRecord(record).equals(frameRecord(generic))).toBe(true);
+    }
   });
 
   it('names participant folders by their id, and never as a path that leaves the folder', () => {

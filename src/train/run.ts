@@ -48,7 +48,7 @@ export async function train(userConfig: Partial<TrainConfig> = {}, options: Trai
     } catch (e) {
       failure ??= e as Error;
     }
-    tensorboard?.flush();
+    tensorboard?.close();
     await metrics.close();
   }
   const plotted = session.epochs.length > 0 && readMetrics(session.outDir).some((r) => r.type === 'epoch');

@@ -13,14 +13,15 @@ const TABLE = (() => {
   return table;
 })();
 
-export function crc32c(bytes: Uint8Array): number {
+/** Of bytes [start, end) (all by default: a record's parts are checksummed where they lie, no copy). */
+export function crc32c(bytes: Uint8Array, start = 0, end = bytes.length): number {
   let crc = 0xffffffff;
-  for (let i = 0; i < bytes.length; i++) crc = TABLE[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
+  for (let i = start; i < end; i++) crc = TABLE[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
   return (crc ^ 0xffffffff) >>> 0;
 }
 
 /** TFRecord's masked CRC: rotated and offset, so that a CRC stored inside checksummed data does not cancel out. */
-export function maskedCrc32c(bytes: Uint8Array): number {
-  const crc = crc32c(bytes);
+export function maskedCrc32c(bytes: Uint8Array, start = 0, end = bytes.length): number {
+  const crc = crc32c(bytes, start, end);
   return ((((crc >>> 15) | (crc << 17)) >>> 0) + 0xa282ead8) >>> 0;
 }

@@ -25,6 +25,24 @@ const FIXED64 = 1;
 const LENGTH_DELIMITED = 2;
 const FIXED32 = 5;
 
+/** The bytes of a varint of a non-negative integer up to 2^53 (steps, lengths). */
+function varintSize(value: number): number {
+  let size = 1;
+  for (let v = value; v >= 0x80; v = Math.floor(v / 0x80)) size++;
+  return size;
+}
+
+/** Writes a varint at `at`; returns where it ends. Arithmetic, since bit operators stop at 32 bits. */
+function writeVarint(target: Uint8Array, at: number, value: number): number {
+  let v = value;
+  while (v >= 0x80) {
+    target[at++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  target[at++] = v;
+  return at;
+}
+
 /** Appends protobuf fields to a growing list of byte chunks. */
 class Encoder {
   private readonly chunks: Uint8Array[] = [];
@@ -36,16 +54,10 @@ class Encoder {
     return this;
   }
 
-  /** Non-negative integers up to 2^53 (steps, lengths): arithmetic, since bit operators stop at 32 bits. */
   private varint(value: number): this {
-    const bytes: number[] = [];
-    let v = value;
-    while (v >= 0x80) {
-      bytes.push((v % 0x80) | 0x80);
-      v = Math.floor(v / 0x80);
-    }
-    bytes.push(v);
-    return this.push(Uint8Array.from(bytes));
+    const bytes = Buffer.allocUnsafe(varintSize(value));
+    writeVarint(bytes, 0, value);
+    return this.push(bytes);
   }
 
   private key(field: number, wireType: number): this {
@@ -89,6 +101,48 @@ export function encodeScalarEvent({ wallTime, step, scalars }: ScalarEvent): Buf
   const summary = new Encoder();
   for (const { tag, value } of scalars) summary.bytes(1, new Encoder().string(1, tag).float(2, value).finish());
   return new Encoder().double(1, wallTime).uint(2, step).bytes(5, summary.finish()).finish();
+}
+
+/**
+ * A scalar's Summary.value field up to its float (the field's key and length, the tag, simple_value's key):
+ * the same for every event of a tag, so a log encodes its tags once (writeScalarEvent).
+ */
+export function scalarPrefix(tag: string): Buffer {
+  const field = new Encoder().bytes(1, new Encoder().string(1, tag).float(2, 0).finish()).finish();
+  return Buffer.from(field.subarray(0, field.length - 4));
+}
+
+const WALL_TIME_KEY = 1 * 8 + FIXED64;
+const STEP_KEY = 2 * 8 + VARINT;
+const SUMMARY_KEY = 5 * 8 + LENGTH_DELIMITED;
+
+function summarySize(prefixes: readonly Buffer[]): number {
+  let size = 0;
+  for (const prefix of prefixes) size += prefix.length + 4;
+  return size;
+}
+
+/** The size of encodeScalarEvent's bytes for a step and tags encoded by scalarPrefix. */
+export function scalarEventSize(step: number, prefixes: readonly Buffer[]): number {
+  const summary = summarySize(prefixes);
+  return 1 + 8 + 1 + varintSize(step) + 1 + varintSize(summary) + summary;
+}
+
+/**
+ * encodeScalarEvent's bytes written at `at` of `target` (scalarEventSize of them), from tags encoded once and
+ * their values (`values[i]` of `prefixes[i]`), with no allocation: the training step's hot path.
+ */
+export function writeScalarEvent(target: Buffer, at: number, wallTime: number, step: number, prefixes: readonly Buffer[], values: ArrayLike<number>): void {
+  target[at++] = WALL_TIME_KEY;
+  at = target.writeDoubleLE(wallTime, at);
+  target[at++] = STEP_KEY;
+  at = writeVarint(target, at, step);
+  target[at++] = SUMMARY_KEY;
+  at = writeVarint(target, at, summarySize(prefixes));
+  for (let i = 0; i < prefixes.length; i++) {
+    at += prefixes[i].copy(target, at);
+    at = target.writeFloatLE(values[i], at);
+  }
 }
 
 /** The fields of a message, each with its wire type and its value (a number, or the bytes it holds). */

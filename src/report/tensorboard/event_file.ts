@@ -3,11 +3,11 @@
  * held in memory; the file is written only when flushed (by the run's log, every few seconds at most; or
  * here, when a megabyte is waiting), so that a training step rarely does file I/O for it.
  */
-import { appendFileSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeFileSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { decodeEventHeading, encodeFileVersionEvent, encodeScalarEvent, type ScalarEvent } from './event.js';
-import { frameRecord, readRecords } from './tfrecord.js';
+import { decodeEventHeading, encodeFileVersionEvent, encodeScalarEvent, scalarEventSize, writeScalarEvent, type ScalarEvent } from './event.js';
+import { frameRecord, readRecords, RECORD_DATA_AT, RECORD_FRAMING, sealRecord } from './tfrecord.js';
 
 const FLUSH_BYTES = 1 << 20;
 
@@ -25,6 +25,8 @@ export class EventFileWriter {
   private pending: Buffer[];
   private pendingBytes = 0;
   private created = false;
+  /** Opened at the first flush, kept until close(). */
+  private fd?: number;
 
   constructor(readonly dir: string) {
     this.file = join(dir, eventFileName());
@@ -32,7 +34,20 @@ export class EventFileWriter {
   }
 
   add(event: ScalarEvent): void {
-    const record = frameRecord(encodeScalarEvent(event));
+    this.hold(frameRecord(encodeScalarEvent(event)));
+  }
+
+  /**
+   * add()'s record for scalars whose tags were encoded once (scalarPrefix; `values[i]` is `prefixes[i]`'s),
+   * encoded and framed in one buffer of its exact size.
+   */
+  addScalars(wallTime: number, step: number, prefixes: readonly Buffer[], values: ArrayLike<number>): void {
+    const record = Buffer.allocUnsafe(scalarEventSize(step, prefixes) + RECORD_FRAMING);
+    writeScalarEvent(record, RECORD_DATA_AT, wallTime, step, prefixes, values);
+    this.hold(sealRecord(record));
+  }
+
+  private hold(record: Buffer): void {
     this.pending.push(record);
     this.pendingBytes += record.length;
     if (this.pendingBytes >= FLUSH_BYTES) this.flush();
@@ -40,15 +55,22 @@ export class EventFileWriter {
 
   flush(): void {
     if (this.pending.length === 0) return;
-    const bytes = Buffer.concat(this.pending);
-    if (this.created) appendFileSync(this.file, bytes);
-    else {
-      mkdirSync(this.dir, { recursive: true });
-      writeFileSync(this.file, bytes);
+    const bytes = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending);
+    if (this.fd === undefined) {
+      if (!this.created) mkdirSync(this.dir, { recursive: true });
+      this.fd = openSync(this.file, this.created ? 'a' : 'w');
       this.created = true;
     }
+    for (let at = 0; at < bytes.length; ) at += writeSync(this.fd, bytes, at);
     this.pending = [];
     this.pendingBytes = 0;
+  }
+
+  /** Flushes and closes the file (a later add opens it again, to append). */
+  close(): void {
+    this.flush();
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
   }
 }
 

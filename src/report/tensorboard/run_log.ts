@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { ParticipantsRecord } from '../../cluster/participant_stats.js';
 import type { EpochResult } from '../summary.js';
 import { EventFileWriter, filterEventFiles } from './event_file.js';
-import type { Scalar } from './event.js';
+import { scalarPrefix } from './event.js';
 
 /** A TensorBoard watching a long epoch sees its steps this often (one write a folder each time). */
 const FLUSH_INTERVAL_MS = 10_000;
@@ -34,6 +34,12 @@ export const TAGS = {
   waitMs: 'participant/wait_ms',
 } as const;
 
+/** The tags of every step, encoded once: a step's events are written straight into their record (EventFileWriter.addScalars). */
+const STEP_TAGS = [TAGS.loss, TAGS.stepMs, TAGS.stepSamplesPerSecond].map(scalarPrefix);
+/** A participant's, in this order; the rate last, only for one that computed rows. */
+const PARTICIPANT_TAGS = [TAGS.share, TAGS.rows, TAGS.computeMs, TAGS.applyMs, TAGS.wireMs, TAGS.waitMs, TAGS.rowsPerSecond].map(scalarPrefix);
+const PARTICIPANT_TAGS_NO_RATE = PARTICIPANT_TAGS.slice(0, -1);
+
 /** Written once an epoch, at its last step; a resume keeps them by the epochs it keeps, not by the step. */
 const EPOCH_TAGS: ReadonlySet<string> = new Set([TAGS.testAccuracy, TAGS.testLoss, TAGS.epochTrainLoss, TAGS.epochSamplesPerSecond, TAGS.epochSeconds]);
 
@@ -54,7 +60,11 @@ export interface StepScalars {
 export class TensorBoardLog {
   readonly dir: string;
   private readonly run: EventFileWriter;
+  /** Each participant's writer by its id, and by its folder (two ids could share one: participantFolder). */
   private readonly byParticipant = new Map<string, EventFileWriter>();
+  private readonly byFolder = new Map<string, EventFileWriter>();
+  /** A step's values, in the order of the tags (reused: nothing allocated a scalar). */
+  private readonly values = new Float64Array(PARTICIPANT_TAGS.length);
   private lastFlush = performance.now();
 
   /**
@@ -70,15 +80,11 @@ export class TensorBoardLog {
   }
 
   step({ step, loss, ms, samples }: StepScalars): void {
-    this.run.add({
-      wallTime: Date.now() / 1000,
-      step,
-      scalars: [
-        { tag: TAGS.loss, value: loss },
-        { tag: TAGS.stepMs, value: ms },
-        { tag: TAGS.stepSamplesPerSecond, value: (1000 * samples) / ms },
-      ],
-    });
+    const values = this.values;
+    values[0] = loss;
+    values[1] = ms;
+    values[2] = (1000 * samples) / ms;
+    this.run.addScalars(Date.now() / 1000, step, STEP_TAGS, values);
     if (performance.now() - this.lastFlush >= FLUSH_INTERVAL_MS) this.flush();
   }
 
@@ -100,25 +106,28 @@ export class TensorBoardLog {
   participants(record: ParticipantsRecord): void {
     const wallTime = Date.now() / 1000;
     const rows = record.participants.reduce((sum, p) => sum + p.rows, 0);
+    const values = this.values;
     for (const p of record.participants) {
       if (p.state === 'dropped') continue;
-      const scalars: Scalar[] = [
-        { tag: TAGS.share, value: rows > 0 ? p.rows / rows : 0 },
-        { tag: TAGS.rows, value: p.rows },
-        { tag: TAGS.computeMs, value: p.computeMs },
-        { tag: TAGS.applyMs, value: p.applyMs },
-        { tag: TAGS.wireMs, value: p.wireMs },
-        { tag: TAGS.waitMs, value: p.waitMs },
-      ];
-      if (p.rows > 0 && p.computeMs > 0) scalars.push({ tag: TAGS.rowsPerSecond, value: (1000 * p.rows) / p.computeMs });
-      this.writerOf(p.id).add({ wallTime, step: record.step, scalars });
+      values[0] = rows > 0 ? p.rows / rows : 0;
+      values[1] = p.rows;
+      values[2] = p.computeMs;
+      values[3] = p.applyMs;
+      values[4] = p.wireMs;
+      values[5] = p.waitMs;
+      const rated = p.rows > 0 && p.computeMs > 0;
+      if (rated) values[6] = (1000 * p.rows) / p.computeMs;
+      this.writerOf(p.id).addScalars(wallTime, record.step, rated ? PARTICIPANT_TAGS : PARTICIPANT_TAGS_NO_RATE, values);
     }
   }
 
   private writerOf(id: string): EventFileWriter {
+    let writer = this.byParticipant.get(id);
+    if (writer) return writer;
     const folder = participantFolder(id);
-    let writer = this.byParticipant.get(folder);
-    if (!writer) this.byParticipant.set(folder, (writer = new EventFileWriter(join(this.dir, 'participants', folder))));
+    writer = this.byFolder.get(folder);
+    if (!writer) this.byFolder.set(folder, (writer = new EventFileWriter(join(this.dir, 'participants', folder))));
+    this.byParticipant.set(id, writer);
     return writer;
   }
 
@@ -129,6 +138,13 @@ export class TensorBoardLog {
   flush(): void {
     this.lastFlush = performance.now();
     this.run.flush();
-    for (const writer of this.byParticipant.values()) writer.flush();
+    for (const writer of this.byFolder.values()) writer.flush();
+  }
+
+  /** Flushes and closes every file (the run's end). */
+  close(): void {
+    this.lastFlush = performance.now();
+    this.run.close();
+    for (const writer of this.byFolder.values()) writer.close();
   }
 }

@@ -4,12 +4,26 @@
  */
 import { maskedCrc32c } from './crc32c.js';
 
+/** Where a record's data starts, and the bytes the framing adds around it. */
+export const RECORD_DATA_AT = 12;
+export const RECORD_FRAMING = 16;
+
 export function frameRecord(data: Uint8Array): Buffer {
-  const record = Buffer.alloc(8 + 4 + data.length + 4);
-  record.writeBigUInt64LE(BigInt(data.length), 0);
-  record.writeUInt32LE(maskedCrc32c(record.subarray(0, 8)), 8);
-  record.set(data, 12);
-  record.writeUInt32LE(maskedCrc32c(data), 12 + data.length);
+  const record = Buffer.allocUnsafe(data.length + RECORD_FRAMING);
+  record.set(data, RECORD_DATA_AT);
+  return sealRecord(record);
+}
+
+/**
+ * Frames, in place, a record whose data was written at RECORD_DATA_AT (the rest of `record`, less the last 4
+ * bytes): its length (as two 32-bit halves: no BigInt a record) and both checksums.
+ */
+export function sealRecord(record: Buffer): Buffer {
+  const length = record.length - RECORD_FRAMING;
+  record.writeUInt32LE(length % 0x1_0000_0000, 0);
+  record.writeUInt32LE(Math.floor(length / 0x1_0000_0000), 4);
+  record.writeUInt32LE(maskedCrc32c(record, 0, 8), 8);
+  record.writeUInt32LE(maskedCrc32c(record, RECORD_DATA_AT, RECORD_DATA_AT + length), RECORD_DATA_AT + length);
   return record;
 }
 
