@@ -99,19 +99,19 @@ function exchangedBytes(size: StepSizes, batch: number, plan: RemotePlan, compac
 }
 
 /**
- * Each member's compute (ms) and bytes under `plan`; members share rows and units by speed. The server
- * plan's compute holds the coordinator's weight pass too: it follows every member's rows.
- */
-/**
  * Sharded between peers: what a member of `members` with `share` of the rows and units moves a step — its
  * rows and units out to each of the others, everyone else's in.
  */
 function meshBytes(size: StepSizes, batch: number, share: number, members: number): number {
-  const own = share * (batch * size.fullRowBytes + 4 * size.parameters);
-  const everyone = batch * size.fullRowBytes + 4 * size.parameters;
+  const everyone = exchangedBytes(size, batch, 'sharded', false);
+  const own = share * everyone;
   return (members - 1) * own + (everyone - own);
 }
 
+/**
+ * Each member's compute (ms) and bytes under `plan`; members share rows and units by speed. The server
+ * plan's compute holds the coordinator's weight pass too: it follows every member's rows.
+ */
 function perMember(size: StepSizes, batch: number, members: MemberCost[], plan: RemotePlan, { compact = true, coordinator, direct = false }: PlanContext) {
   const total = members.reduce((a, m) => a + m.rowsPerMs, 0);
   // Replicated rows travel compact (and the others' inner deltas are rebuilt) when the engine can rebuild them.
