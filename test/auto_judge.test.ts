@@ -28,7 +28,7 @@ import { makeSpec } from '../src/model/spec.js';
  */
 const spec = makeSpec(4, [64], 2, 'sigmoid');
 const BATCH = 8;
-const context = { compact: false };
+const context = () => ({ compact: false });
 const two: JudgedMember[] = [
   { id: 1, speed: 1 },
   { id: 2, speed: 1 },

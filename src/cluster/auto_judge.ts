@@ -12,7 +12,7 @@
  * - members change: the timing, the trial and the measurements start over.
  *
  * Everything it decides from is passed in (the step, the plan run now, every member's id and speed, the cost
- * model's context) and the clock is injected, so the rule is unit-tested with a fake clock
+ * model's context: a thunk, built only when a judgment needs it) and the clock is injected, so the rule is unit-tested with a fake clock
  * (test/auto_judge.test.ts), no run needed.
  */
 import type { RemotePlan, StepPlan } from '../config.js';
@@ -100,7 +100,7 @@ export function rowsOnOneWins(onOneMs: number, sharedMs: number): boolean {
 }
 
 /** Who a plan was timed with, whatever their order (a member on standby comes back in another place). */
-export function idsOf(members: readonly { id: number }[]): string {
+function idsOf(members: readonly { id: number }[]): string {
   return members
     .map((p) => p.id)
     .sort((a, b) => a - b)
@@ -144,7 +144,7 @@ export class AutoJudge {
    * the last admission have been timed, the cost model estimates every plan, and `auto` asks for another
    * when it is cheaper, or tries the rows on one member, or ends that trial.
    */
-  beginStep(step: number, plan: RemotePlan, members: readonly JudgedMember[], context: PlanContext): Verdict {
+  beginStep(step: number, plan: RemotePlan, members: readonly JudgedMember[], contextOf: () => PlanContext): Verdict {
     const timedWith = idsOf(members);
     const changed = timedWith !== this.timedWith;
     if (changed) this.retime(timedWith);
@@ -157,6 +157,7 @@ export class AutoJudge {
     const measured = medianStep(this.starts);
     if (this.trial) return this.endTrial(step, plan, measured);
     this.measured.set(plan, measured);
+    const context = contextOf();
     this.msPerByte = byteCost(this.spec, this.batchSize, members.map((p) => ({ rowsPerMs: p.speed })), plan, measured, context);
     const estimates = this.estimate(members, context);
     if (this.asked !== 'auto') {
@@ -176,12 +177,25 @@ export class AutoJudge {
   }
 
   /**
+   * The plan for these members (ready and joining), about to be admitted under `plan`: as asked (--plan), or
+   * the cheaper by the cost model once they are measured; with the choice to record, if any (a change, or the
+   * run's first admission: `first`).
+   */
+  atAdmission(step: number, plan: RemotePlan, members: readonly JudgedMember[], contextOf: () => PlanContext, first: boolean): { plan: RemotePlan; choice?: PlanChoice } {
+    if (this.asked !== 'auto') return { plan: this.asked, choice: first ? { step, plan: this.asked, reason: 'as asked (--plan)', estimates: [] } : undefined };
+    const cheaper = this.cheaperAtAdmission(step, plan, members, contextOf);
+    if (cheaper) return { plan: cheaper.plan, choice: cheaper };
+    const unmeasured = members.length < 2 || !this.calibrated;
+    return { plan, choice: first && unmeasured ? { step, plan, reason: 'auto: until the workers are measured', estimates: [] } : undefined };
+  }
+
+  /**
    * At an admission of these members (ready and joining) under `plan`: the cheaper plan by the cost model, if
    * one promises a gain above REPLAN_GAIN; undefined when none does or the members are not measured yet.
    */
-  cheaperAtAdmission(step: number, plan: RemotePlan, members: readonly JudgedMember[], context: PlanContext): PlanChoice | undefined {
+  cheaperAtAdmission(step: number, plan: RemotePlan, members: readonly JudgedMember[], contextOf: () => PlanContext): PlanChoice | undefined {
     if (members.length < 2 || !this.calibrated) return undefined;
-    const estimates = this.estimate(members, context);
+    const estimates = this.estimate(members, contextOf());
     const best = bestOther(estimates, plan, this.measured);
     if (!worthChanging(best.ratio)) return undefined;
     return { step, plan: best.plan, reason: 'the cost model, as the workers changed', estimates };

@@ -87,7 +87,7 @@ export class ReplicaPlan {
     private readonly hub: PlanMembers,
     private readonly spec: ModelSpec,
     batchSize: number,
-    private readonly asked: StepPlan,
+    asked: StepPlan,
     private readonly onChoice: (choice: PlanChoice) => void,
     /** Whether replicated rows travel compact (Scheduler.compactRows): what they cost depends on it. */
     private readonly compactRows: boolean,
@@ -159,7 +159,8 @@ export class ReplicaPlan {
    * changes plan when another is cheaper (AutoJudge decides; this does it).
    */
   beginStep(step: number): void {
-    this.act(this.judge.beginStep(step, this.plan, this.members(), this.context));
+    // The cost model's context only when the judge judges (it reads the members' peer listeners).
+    this.act(this.judge.beginStep(step, this.plan, this.members(), this.contextOf));
   }
 
   private act(verdict: Verdict): void {
@@ -191,18 +192,21 @@ export class ReplicaPlan {
   async admit(snapshot: Snapshot): Promise<void> {
     // Every slice of the last step has come, or its owner was dropped: none reaches a member after its new state.
     await this.settle();
+    const onStandby = this.hub.standby().length > 0;
+    // Any admission but a return from a trial brings every member back, to be judged together (a return has
+    // no one on standby: this then changes nothing).
+    this.wakeStandby();
+    const admitted = [...this.hub.ready(), ...this.hub.joining()];
     // Members coming back from a trial that ended (lost: no one stands by) with no one else (the one that
     // computed may be sent the state too: Scheduler.admit): the same members, timed and judged already.
-    const returning = this.hub.standby().length === 0 && this.judge.returningFromTrial([...this.hub.ready(), ...this.hub.joining()]);
+    const returning = !onStandby && this.judge.returningFromTrial(admitted);
     if (returning && this.due === undefined && !this.ownersChanged) {
       this.hub.admit(snapshot, this.plan);
       return;
     }
-    // Any other admission brings every member back, to be judged together.
-    this.wakeStandby();
     // Measurements hold for these members only: a change of plan alone keeps them.
     if (this.due === undefined || this.ownersChanged || this.hub.joining().length > 0) this.judge.forgetMeasurements();
-    const plan = this.due ?? this.decide(snapshot.step);
+    const plan = this.due ?? this.decide(snapshot.step, admitted);
     // Every member is told a new plan with the state; sharded, units move too. (A server plan's replicas
     // hold stale moments: the state they leave it with is the coordinator's.)
     if (plan === 'sharded' || plan !== this.plan) for (const peer of this.hub.ready()) this.hub.resync(peer);
@@ -219,22 +223,11 @@ export class ReplicaPlan {
     this.judge.restart(members);
   }
 
-  /** The plan for the members about to be admitted: as asked, or by the cost model once they are measured. */
-  private decide(step: number): RemotePlan {
-    const first = this.choices.length === 0;
-    if (this.asked !== 'auto') {
-      if (first) this.choose({ step, plan: this.asked, reason: 'as asked (--plan)', estimates: [] });
-      return this.asked;
-    }
-    const members = [...this.hub.ready(), ...this.hub.joining()];
-    if (members.length < 2 || !this.judge.calibrated) {
-      if (first) this.choose({ step, plan: this.plan, reason: 'auto: until the workers are measured', estimates: [] });
-      return this.plan;
-    }
-    const cheaper = this.judge.cheaperAtAdmission(step, this.plan, members, this.context);
-    if (!cheaper) return this.plan;
-    this.choose(cheaper);
-    return cheaper.plan;
+  /** The plan for the members about to be admitted (AutoJudge.atAdmission), its choice recorded. */
+  private decide(step: number, members: readonly RemotePeer[]): RemotePlan {
+    const { plan, choice } = this.judge.atAdmission(step, this.plan, members, this.contextOf, this.choices.length === 0);
+    if (choice) this.choose(choice);
+    return plan;
   }
 
   /**
@@ -242,9 +235,7 @@ export class ReplicaPlan {
    * whether sharded steps would go between peers (every member announced a listener; whether the links
    * then come up is known only once they are tried).
    */
-  private get context(): PlanContext {
-    return { compact: this.compactRows, coordinator: this.coordinator, direct: this.hub.peersCapable() };
-  }
+  private readonly contextOf = (): PlanContext => ({ compact: this.compactRows, coordinator: this.coordinator, direct: this.hub.peersCapable() });
 
   private choose(choice: PlanChoice): void {
     this.choices.push(choice);
