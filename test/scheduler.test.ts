@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { Scheduler } from '../src/cluster/scheduler.js';
 import { createTrainingMemory } from '../src/cluster/training_memory.js';
-import { makeSpec } from '../src/model/spec.js';
+import { makeSpec, paramLayout } from '../src/model/spec.js';
 import type { RowsForm } from '../src/cluster/remote/messages.js';
+import { paramsSha256 } from '../src/model/checksum.js';
 import { idleTeam, membersWith, syntheticDataset, loopbackPeers } from './helpers.js';
 
 /**
@@ -42,6 +43,38 @@ describe('Scheduler, a sole remote worker', () => {
     const { scheduler, close } = await soleWorker(true);
     // A weight pass here must not read rows this process never received (Trainer.afterRows computes them).
     expect(await scheduler.computeRows(0, 0, index, 16, true)).toEqual({ done: true, replicated: false, rowsHere: false });
+    await close();
+  });
+});
+
+describe('Scheduler, replicas at an epoch\'s end', () => {
+  it("asks the replicas' checksums once when the state just taken is the one verified, and names as diverged those confirm resynced", async () => {
+    const dataset = syntheticDataset(64, 8);
+    const memory = createTrainingMemory(makeSpec(dataset.features, [8], dataset.classes, 'sigmoid'), dataset, 64, 1);
+    const { peers, close } = await loopbackPeers(3);
+    const total = paramLayout(memory.spec).total;
+    const state = { params: new Float32Array(total).fill(0.25), m: new Float32Array(total), v: new Float32Array(total) };
+    const sha = paramsSha256(state.params);
+    let asked = 0;
+    const hub = membersWith({
+      ready: () => peers.filter((p) => p.status === 'ready'),
+      fetchState: async () => state,
+      // The third replica differs from the other two.
+      checksumsAt: async () => (asked++, new Map(peers.filter((p) => p.status === 'ready').map((p, i) => [p, i === 2 ? 'f'.repeat(64) : sha]))),
+      resync: (peer) => void (peer.status = 'joining'),
+    });
+    const scheduler = new Scheduler(memory, idleTeam(), 'replicated', hub, () => {});
+    expect(await scheduler.replicaState(5)).toBe(state);
+    expect(peers.map((p) => p.status)).toEqual(['ready', 'ready', 'joining']);
+    expect(await scheduler.verifyReplicas(5, sha)).toEqual([peers[2].name]);
+    expect(asked).toBe(1);
+    // Once only: the next verification asks again (the resynced replica is no longer ready, and not named).
+    expect(await scheduler.verifyReplicas(5, sha)).toEqual([]);
+    expect(asked).toBe(2);
+    // Another state than the one taken: asked again, every differing replica named.
+    expect(await scheduler.replicaState(6)).toBe(state);
+    expect(await scheduler.verifyReplicas(6, 'e'.repeat(64))).toEqual([peers[0].name, peers[1].name]);
+    expect(asked).toBe(4);
     await close();
   });
 });

@@ -119,6 +119,12 @@ export class Scheduler {
   private readonly remotePlan?: ReplicaPlan;
   /** The generation the last row pass read: with --verify, a sharded step's slices are checked against it. */
   private rowsGeneration = 0;
+  /**
+   * What confirm() asked when it last confirmed a replica's state: the step, every replica's checksum of it,
+   * the SHA-256 of the state taken (when more than one replica was compared) and who was resynced for a
+   * differing checksum. verifyReplicas of that step and state reuses it (the epoch's end: one round trip).
+   */
+  private confirmed?: { step: number; sums: Map<RemotePeer, string>; sha?: string; resynced: string[] };
 
   constructor(
     private readonly memory: TrainingMemory,
@@ -397,13 +403,23 @@ export class Scheduler {
    */
   private async confirm(from: RemotePeer, step: number, params: Float32Array): Promise<'confirmed' | 'contradicted' | 'undecided'> {
     const sums = await this.hub!.checksumsAt(step);
-    if (sums.size <= 1) return 'confirmed';
+    this.confirmed = undefined;
+    if (sums.size <= 1) {
+      this.confirmed = { step, sums, resynced: [] };
+      return 'confirmed';
+    }
     const sha = paramsSha256(params);
     const counts = new Map<string, number>();
     for (const s of sums.values()) counts.set(s, (counts.get(s) ?? 0) + 1);
     const majority = [...counts].find(([, n]) => n * 2 > sums.size)?.[0];
     if (majority === sha) {
-      for (const [worker, s] of sums) if (s !== sha) this.hub!.resync(worker);
+      const resynced: string[] = [];
+      for (const [worker, s] of sums) {
+        if (s === sha) continue;
+        this.hub!.resync(worker);
+        resynced.push(worker.name);
+      }
+      this.confirmed = { step, sums, sha, resynced };
       return 'confirmed';
     }
     if (majority === undefined) return 'undecided';
@@ -611,17 +627,22 @@ export class Scheduler {
   }
 
   /**
-   * Compares every remote replica with the coordinator's parameters; a diverged one is resynchronised.
-   * A replica that has not answered by the step deadline (--step-timeout-ms) is not compared this time.
+   * Compares every remote replica with the coordinator's parameters (`sha256`, of step `step`); a diverged
+   * one is resynchronised. A replica that has not answered by the step deadline (--step-timeout-ms) is not
+   * compared this time. When this state is the replica state confirm() just took, its checksums are reused
+   * (not asked again), and those it resynced are named diverged too.
    */
   async verifyReplicas(step: number, sha256: string): Promise<string[]> {
     if (!this.hub) return [];
-    const diverged: string[] = [];
-    for (const [worker, sha] of await this.hub.checksumsAt(step)) {
-      if (sha !== sha256) {
-        diverged.push(worker.name);
-        this.hub.resync(worker);
-      }
+    const confirmed = this.confirmed;
+    this.confirmed = undefined;
+    const reuse = confirmed?.step === step && (confirmed.sha === undefined || confirmed.sha === sha256);
+    const diverged = reuse ? [...confirmed.resynced] : [];
+    for (const [worker, sha] of reuse ? confirmed.sums : await this.hub.checksumsAt(step)) {
+      // Reused: a replica resynced or gone since is no longer compared (as one asked again would not answer).
+      if (sha === sha256 || (reuse && worker.status !== 'ready')) continue;
+      diverged.push(worker.name);
+      this.hub.resync(worker);
     }
     return diverged;
   }

@@ -61,11 +61,11 @@ async function runEpochs(loop: Loop): Promise<void> {
   for (; cursor.epoch <= session.config.epochs; cursor.epoch++) {
     cursor.begin();
     const stopped = await runBatches(loop);
-    const samples = await endEpoch(loop);
+    const { samples, hashed } = await endEpoch(loop);
     // A run stopped mid-epoch was checkpointed before its evaluation, so that a resume continues the epoch.
     if (stopped && samples < count) break;
     await trainer.current();
-    saveCheckpoint(loop, cursor.nextEpochStart());
+    saveCheckpoint(loop, cursor.nextEpochStart(), hashed);
     if (stopped) break;
   }
 }
@@ -110,13 +110,16 @@ async function runBatches(loop: Loop): Promise<boolean> {
 }
 
 /** Every step up to the checkpoint's is in the TensorBoard files before the checkpoint is: a resume from it keeps them all. */
-function saveCheckpoint(loop: Loop, position: Parameters<RunSession['saveCheckpoint']>[0]): void {
+function saveCheckpoint(loop: Loop, ...args: Parameters<RunSession['saveCheckpoint']>): void {
   loop.tensorboard?.flush();
-  loop.session.saveCheckpoint(position);
+  loop.session.saveCheckpoint(...args);
 }
 
-/** Evaluates, checks the replicas and records the epoch; returns the samples it trained on. */
-async function endEpoch(loop: Loop): Promise<number> {
+/**
+ * Evaluates, checks the replicas and records the epoch; returns the samples it trained on, and the SHA-256
+ * of the parameters at their step (hashed once: the replicas are checked against it, the checkpoint holds it).
+ */
+async function endEpoch(loop: Loop): Promise<{ samples: number; hashed: { step: number; sha256: string } }> {
   const { session, trainer, cursor, metrics, tensorboard, emit } = loop;
   const { samples, lossSum, steps } = cursor.progress();
   // This epoch's time and samples include what it had done before a resume (the checkpoint's totals do not).
@@ -128,7 +131,8 @@ async function endEpoch(loop: Loop): Promise<number> {
   const current = performance.now();
   const { accuracy, avgLoss } = await trainer.evaluate();
   const evaluated = performance.now();
-  const diverged = await session.scheduler.verifyReplicas(session.state.step, paramsSha256(session.state.params));
+  const hashed = { step: session.state.step, sha256: paramsSha256(session.state.params) };
+  const diverged = await session.scheduler.verifyReplicas(hashed.step, hashed.sha256);
   const endSeconds = { state: (current - started) / 1000, evaluate: (evaluated - current) / 1000, verify: (performance.now() - evaluated) / 1000 };
   if (diverged.length > 0) emit({ type: 'cluster', event: { type: 'diverged', workers: diverged } });
   const result: EpochResult = {
@@ -146,5 +150,5 @@ async function endEpoch(loop: Loop): Promise<number> {
   tensorboard?.flush();
   emit({ type: 'epoch', result, shares });
   session.epochs.push(result);
-  return samples;
+  return { samples, hashed };
 }

@@ -165,8 +165,11 @@ export class RunSession {
     return (this.resumed?.epoch ?? 1) <= epochs;
   }
 
-  /** Writes a checkpoint of the committed state at a position (the state must be current). */
-  saveCheckpoint(position: Pick<CheckpointHeader, 'epoch' | 'batch' | 'epochRngState' | 'partial'>): void {
+  /**
+   * Writes a checkpoint of the committed state at a position (the state must be current). `hashed`: the
+   * parameters' SHA-256 when already computed (the epoch's end), taken if it is of the state's step.
+   */
+  saveCheckpoint(position: Pick<CheckpointHeader, 'epoch' | 'batch' | 'epochRngState' | 'partial'>, hashed?: { step: number; sha256: string }): void {
     const { config, state } = this;
     const file = writeCheckpoint(
       this.outDir,
@@ -179,7 +182,7 @@ export class RunSession {
         epochs: this.epochs,
         trainSeconds: this.trainSeconds,
         samplesSeen: this.samplesSeen,
-        paramsSha256: paramsSha256(state.params),
+        paramsSha256: hashed?.step === state.step ? hashed.sha256 : paramsSha256(state.params),
       },
       state.arrays(),
       config.keepCheckpoints,
