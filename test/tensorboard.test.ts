@@ -103,7 +103,7 @@ describe('TensorBoardLog without a run', () => {
     const runDir = dir();
     const log = new TensorBoardLog(runDir);
     for (let step = 1; step <= 3; step++) {
-      log.step({ step, loss: 1 / step, ms: 10, samples: 64 });
+      log.step({ step, loss: 1 / step, ms: 10 }, 64);
       log.participants(record(step));
     }
     expect(existsSync(tensorboardDir(runDir))).toBe(false);
@@ -116,7 +116,7 @@ describe('TensorBoardLog without a run', () => {
     const runDir = dir();
     const first = new TensorBoardLog(runDir);
     for (let step = 1; step <= 7; step++) {
-      first.step({ step, loss: 1, ms: 1, samples: 1 });
+      first.step({ step, loss: 1, ms: 1 }, 1);
       first.participants(record(step));
     }
     first.epoch({ epoch: 1, steps: 4, testAccuracy: 50, testAvgLoss: 1, trainLoss: 1, seconds: 1, samplesPerSecond: 1 });

@@ -5,7 +5,7 @@
  */
 import { type EpochResult, type RunSummary } from '../report/summary.js';
 import { paramsSha256 } from '../model/checksum.js';
-import { MetricsLog, readMetrics } from '../report/metrics.js';
+import { MetricsLog, readMetrics, type StepRecord } from '../report/metrics.js';
 import { TensorBoardLog } from '../report/tensorboard/run_log.js';
 import type { TrainConfig } from '../config.js';
 import { EpochCursor } from './cursor.js';
@@ -85,8 +85,9 @@ async function runBatches(loop: Loop): Promise<boolean> {
     const cpuMs = (cpu.user + cpu.system) / 1000;
     const ms = performance.now() - stepStart;
     session.stepTimed(ms);
-    metrics.write({ type: 'step', step: state.step, epoch: cursor.epoch, loss, ms, bytes: bytes - loop.bytesBefore, cpuMs, plan: scheduler.planName });
-    tensorboard?.step({ step: state.step, loss, ms, samples: index.length });
+    const record: StepRecord = { type: 'step', step: state.step, epoch: cursor.epoch, loss, ms, bytes: bytes - loop.bytesBefore, cpuMs, plan: scheduler.planName };
+    metrics.write(record);
+    tensorboard?.step(record, index.length);
     const participants = session.participants(cursor.epoch);
     metrics.write({ type: 'participants', ...participants });
     tensorboard?.participants(participants);
@@ -146,8 +147,8 @@ async function endEpoch(loop: Loop): Promise<{ samples: number; hashed: { step: 
   };
   const shares = session.scheduler.takeShares();
   metrics.write({ type: 'epoch', ...result, shares: shares.rows, networkWaitSeconds: shares.networkWaitSeconds, endSeconds });
+  // Its events reach the files with the checkpoint that follows (saveCheckpoint), or at train's end.
   tensorboard?.epoch(result);
-  tensorboard?.flush();
   emit({ type: 'epoch', result, shares });
   session.epochs.push(result);
   return { samples, hashed };

@@ -49,12 +49,11 @@ export function participantFolder(id: string): string {
   return /^\.*$/.test(safe) ? `_${safe}` : safe;
 }
 
+/** What a step's record says of it (metrics.jsonl's step record has these: the same object is passed). */
 export interface StepScalars {
   step: number;
   loss: number;
   ms: number;
-  /** Rows of the batch the step trained on. */
-  samples: number;
 }
 
 export class TensorBoardLog {
@@ -79,7 +78,8 @@ export class TensorBoardLog {
     this.run = new EventFileWriter(this.dir);
   }
 
-  step({ step, loss, ms, samples }: StepScalars): void {
+  /** A step's scalars; `samples`: the rows of the batch it trained on. */
+  step({ step, loss, ms }: StepScalars, samples: number): void {
     const values = this.values;
     values[0] = loss;
     values[1] = ms;
@@ -132,8 +132,8 @@ export class TensorBoardLog {
   }
 
   /**
-   * Writes what is held: at the end of each epoch, before each checkpoint (so that a resume finds every step
-   * it keeps), every 10 s of a long epoch, and at close.
+   * Writes what is held: before each checkpoint (so that a resume finds every step it keeps; an epoch's end
+   * writes one, or the run ends there), every 10 s of a long epoch, and at close.
    */
   flush(): void {
     this.lastFlush = performance.now();
