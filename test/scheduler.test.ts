@@ -78,3 +78,18 @@ describe('Scheduler, replicas at an epoch\'s end', () => {
     await close();
   });
 });
+
+describe('Scheduler, a replay', () => {
+  it("leaves a replay's weight passes out of the participants' record; the next step's own pass is in it", async () => {
+    const dataset = syntheticDataset(64, 8);
+    const memory = createTrainingMemory(makeSpec(dataset.features, [8], dataset.classes, 'sigmoid'), dataset, 64, 1);
+    const scheduler = new Scheduler(memory, idleTeam(), 'replicated', undefined, () => {});
+    const weights = (step: number) => [{ kind: 'weights' as const, step, generation: step % 2, batch: 64, units: [], slot: 0 }];
+    scheduler.replaying(3, 5);
+    await scheduler.applyWeights(weights(3));
+    await scheduler.applyWeights(weights(4));
+    expect(scheduler.participants()).toEqual([]);
+    await scheduler.applyWeights(weights(5));
+    expect(scheduler.participants()).toMatchObject([{ id: 'local', kind: 'local', rows: 0 }]);
+  });
+});

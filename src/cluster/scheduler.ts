@@ -125,6 +125,8 @@ export class Scheduler {
    * differing checksum. verifyReplicas of that step and state reuses it (the epoch's end: one round trip).
    */
   private confirmed?: { step: number; sums: Map<RemotePeer, string>; sha?: string; resynced: string[] };
+  /** Steps below this one are a replay's (replaying): their weight passes are no step's participants' work. */
+  private replayedBelow = 0;
 
   constructor(
     private readonly memory: TrainingMemory,
@@ -452,6 +454,7 @@ export class Scheduler {
 
   /** Reports that the local slots replay steps the replicas had applied (they are all gone). */
   replaying(from: number, to: number): void {
+    this.replayedBelow = to;
     this.onEvent({ type: 'replay', from, to });
   }
 
@@ -595,7 +598,9 @@ export class Scheduler {
     const started = performance.now();
     const results = await this.local.runPass(tasks);
     const ms = performance.now() - started;
-    this.tally.add(LOCAL, { applyMs: ms });
+    // A replay's weight passes would land in the next step's record, as local work with no rows.
+    const replay = tasks.some((t) => t.step < this.replayedBelow);
+    if (!replay) this.tally.add(LOCAL, { applyMs: ms });
     // The coordinator's rate for the server plan's estimate (its whole weight pass, here).
     const batch = tasks.find((t) => t.kind === 'weights')?.batch;
     if (batch && this.remotePlan) this.remotePlan.weighed(ms, batch);
