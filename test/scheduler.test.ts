@@ -88,8 +88,8 @@ describe('Scheduler, a replay', () => {
     scheduler.replaying(3, 5);
     await scheduler.applyWeights(weights(3));
     await scheduler.applyWeights(weights(4));
-    expect(scheduler.participants()).toEqual([]);
+    expect(scheduler.takeParticipants()).toEqual([]);
     await scheduler.applyWeights(weights(5));
-    expect(scheduler.participants()).toMatchObject([{ id: 'local', kind: 'local', rows: 0 }]);
+    expect(scheduler.takeParticipants()).toMatchObject([{ id: 'local', kind: 'local', rows: 0 }]);
   });
 });

@@ -103,7 +103,7 @@ export type ClusterEvent =
 
 export class Scheduler {
   private readonly ledger = new WorkLedger();
-  /** Each participant's rows and times in the step under way (participants(): the step's record). */
+  /** Each participant's rows and times in the step under way (takeParticipants(): the step's record). */
   private readonly tally = new ParticipantTally<RemotePeer | typeof LOCAL>();
   /** The remote members the last record named: one gone since is named once more, dropped. */
   private recorded: RemotePeer[] = [];
@@ -125,6 +125,8 @@ export class Scheduler {
    * differing checksum. verifyReplicas of that step and state reuses it (the epoch's end: one round trip).
    */
   private confirmed?: { step: number; sums: Map<RemotePeer, string>; sha?: string; resynced: string[] };
+  /** The local slots' engine and device, as the participants' record names them (describeLocal). */
+  private localKind?: Pick<ParticipantStep, 'engine' | 'device'>;
   /** Steps below this one are a replay's (replaying): their weight passes are no step's participants' work. */
   private replayedBelow = 0;
 
@@ -607,15 +609,20 @@ export class Scheduler {
     return results;
   }
 
+  /** The local slots' engine and device, named in every record of the participants from now on (a session's, once). */
+  describeLocal(kind: Pick<ParticipantStep, 'engine' | 'device'>): void {
+    this.localKind = kind;
+  }
+
   /**
    * Every participant's rows and times since the last call (one step): the local slots when they computed
    * or applied, every remote member in its state, and each member gone since, dropped with its reason.
    */
-  participants(): ParticipantStep[] {
+  takeParticipants(): ParticipantStep[] {
     const members = this.joinedWorkers();
     const gone = new Set([...this.recorded, ...this.tally.who()].filter((w): w is RemotePeer => w !== LOCAL && w.status === 'closed'));
     const steps: ParticipantStep[] = [];
-    if (this.localComputes || this.tally.has(LOCAL)) steps.push({ id: LOCAL, kind: 'local', state: 'computing', ...this.tally.shareOf(LOCAL) });
+    if (this.localComputes || this.tally.has(LOCAL)) steps.push({ id: LOCAL, kind: 'local', state: 'computing', ...this.tally.shareOf(LOCAL), ...this.localKind });
     for (const peer of [...members, ...gone]) steps.push(remoteStep(peer, this.tally.shareOf(peer)));
     this.recorded = members;
     this.tally.clear();

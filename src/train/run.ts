@@ -88,7 +88,7 @@ async function runBatches(loop: Loop): Promise<boolean> {
     const record: StepRecord = { type: 'step', step: state.step, epoch: cursor.epoch, loss, ms, bytes: bytes - loop.bytesBefore, cpuMs, plan: scheduler.planName };
     metrics.write(record);
     tensorboard?.step(record, index.length);
-    const participants = session.participants(cursor.epoch);
+    const participants = session.takeParticipants(cursor.epoch);
     metrics.write({ type: 'participants', ...participants });
     tensorboard?.participants(participants);
     loop.bytesBefore = bytes;

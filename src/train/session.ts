@@ -139,6 +139,7 @@ export class RunSession {
     }
     const adam: AdamOptions = { ...ADAM_DEFAULTS, lr: config.lr };
     const { scheduler, listening } = await createScheduler(config, dataset, memory, adam, options);
+    scheduler.describeLocal({ engine: config.engine, device: config.device });
     const session = new RunSession(config, dataset, spec, memory, state, scheduler, checkpoint?.header, emit, adam);
     emit({
       type: 'start',
@@ -200,10 +201,8 @@ export class RunSession {
   }
 
   /** Every participant's rows and times in the step just taken (the local slots with this run's engine and device). */
-  participants(epoch: number): ParticipantsRecord {
-    const participants = this.scheduler.participants();
-    for (const p of participants) if (p.kind === 'local') Object.assign(p, { engine: this.config.engine, device: this.config.device });
-    return { step: this.state.step, epoch, participants };
+  takeParticipants(epoch: number): ParticipantsRecord {
+    return { step: this.state.step, epoch, participants: this.scheduler.takeParticipants() };
   }
 
   /** The summary of the run as it stands (failure: the error that stopped it). */
