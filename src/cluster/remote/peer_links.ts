@@ -24,6 +24,7 @@ import { decodeRaw, encode } from './codec.js';
 import { ProtocolError, type PeerHello, type PeerLinksReport, type PeerRoster, type RowsDone, type SliceMessage, type ToPeer } from './messages.js';
 import { PeerLink } from './peer_link.js';
 import { validateFromPeer, type PeerView } from './validation.js';
+import { joinHostPort, splitHostPort } from '../../config.js';
 import type { Range } from '../plan.js';
 
 /** How long a new epoch's links may take before the coordinator is told which came up (the rest: relay). */
@@ -270,7 +271,7 @@ export class PeerLinks {
 
   /** Dials member `id` (`tries`: the dials of this link before this one, which ended in their handshake). */
   private dial(roster: PeerRoster, id: number, address: string, tries = 0): void {
-    const { host, port } = splitHostPort(address);
+    const [host, port] = splitHostPort(address);
     const socket = connect({ host, port });
     let nonce: Uint8Array | undefined;
     /** Linked, or already ended: a later close is a lost link's (broken) or nothing, never a failed dial. */
@@ -431,28 +432,22 @@ export class PeerLinks {
   }
 }
 
-/** --peer-listen's [HOST:]PORT, or `localHost` and an ephemeral port when it is empty. */
+/** --peer-listen's [HOST:]PORT (checked by config.ts), or `localHost` and an ephemeral port when it is empty. */
 function parseListen(spec: string, localHost: string): { host: string; port: number } {
   if (spec === '') return { host: localHost, port: 0 };
-  const at = spec.lastIndexOf(':');
-  const host = at < 0 ? localHost : spec.slice(0, at).replace(/^\[|\]$/g, '');
-  const port = Number(at < 0 ? spec : spec.slice(at + 1));
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--peer-listen: expected [HOST:]PORT with a port in 0–65535, got "${spec}"`);
+  if (/^\d+$/.test(spec)) return { host: localHost, port: Number(spec) };
+  const [host, port] = splitHostPort(spec);
   return { host, port };
 }
 
 /** The address to announce: --advertise's HOST[:PORT] (its port defaults to the bound one), else the bound one. */
 function advertised(advertise: string | undefined, host: string, port: number): string {
   if (!advertise) return joinHostPort(host, port);
-  const { host: h, port: p } = /:\d+$/.test(advertise) && !/^[^[]*:.*:/.test(advertise) ? splitHostPort(advertise) : { host: advertise.replace(/^\[|\]$/g, ''), port };
-  return joinHostPort(h, p);
-}
-
-function joinHostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
-function splitHostPort(address: string): { host: string; port: number } {
-  const at = address.lastIndexOf(':');
-  return { host: address.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(address.slice(at + 1)) };
+  let target: [string, number];
+  try {
+    target = splitHostPort(advertise);
+  } catch {
+    target = [advertise.replace(/^\[|\]$/g, ''), port];
+  }
+  return joinHostPort(...target);
 }
