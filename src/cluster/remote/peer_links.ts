@@ -39,7 +39,7 @@ export const REDIAL_BACKOFF_MS: readonly number[] = [100, 300, 900];
 /** After those, the wait between dials for the rest of the epoch (a connect attempt: nearly free). */
 export const REDIAL_EVERY_MS = 5000;
 /** The largest frame before a link's handshake is done (a handshake message is ~150 bytes). */
-const HANDSHAKE_FRAME_BYTES = 4096;
+const PEER_HANDSHAKE_FRAME_BYTES = 4096;
 /** Connections waiting for their handshake at once: more are refused (a stranger cannot pile them up). */
 const MAX_PENDING = 64;
 
@@ -284,7 +284,7 @@ export class PeerLinks {
       settled = true;
       this.dialFailed(roster, id, address, tries, reason);
     };
-    const link: PeerLink = new PeerLink(socket, HANDSHAKE_FRAME_BYTES, {
+    const link: PeerLink = new PeerLink(socket, PEER_HANDSHAKE_FRAME_BYTES, {
       frame: (frame) => {
         try {
           const message = validateFromPeer(decodeRaw(frame), { linked: this.links.get(id) === link, ...this.view() });
@@ -338,7 +338,7 @@ export class PeerLinks {
       return;
     }
     const pending = { nonce: newNonce() } as Inbound;
-    pending.link = new PeerLink(socket, HANDSHAKE_FRAME_BYTES, {
+    pending.link = new PeerLink(socket, PEER_HANDSHAKE_FRAME_BYTES, {
       frame: (frame) => {
         try {
           const known = [...this.links.entries()].find(([, l]) => l === pending.link);
