@@ -49,7 +49,7 @@ export class PeerLost extends Error {
 }
 
 export interface PeerLinksOptions {
-  /** [HOST:]PORT to listen on ('' or absent: an ephemeral port on the address the coordinator is reached from); 'off': none. */
+  /** [HOST:]PORT to listen on ('' or absent: an ephemeral port on the address the coordinator is reached from); for --peer-listen off no PeerLinks is made. */
   listen?: string;
   /** HOST[:PORT] the others should dial (default: the listening address). */
   advertise?: string;
@@ -121,8 +121,7 @@ export class PeerLinks {
    * Starts the listener (once: a reconnection keeps it) on --peer-listen, or an ephemeral port on `localHost`,
    * the address this worker reaches the coordinator from; resolves with the address to announce.
    */
-  async listen(localHost: string): Promise<string | undefined> {
-    if (this.options.listen === 'off') return undefined;
+  async listen(localHost: string): Promise<string> {
     if (this.address) return this.address;
     const { host, port } = parseListen(this.options.listen ?? '', localHost);
     const server = createServer((socket) => this.accepted(socket));
@@ -376,8 +375,8 @@ export class PeerLinks {
     this.inbound.delete(pending);
     clearTimeout(pending.timer);
     const member = roster.members.find((m) => m.id === hello.from);
-    const key = member && pairKey(roster.secret, roster.epoch, roster.self, hello.from);
-    if (hello.epoch !== roster.epoch || !member || hello.from <= roster.self || !key || !proofMatches(key, 'dialer', pending.nonce, hello.mac)) {
+    const key = pairKey(roster.secret, roster.epoch, roster.self, hello.from);
+    if (hello.epoch !== roster.epoch || !member || hello.from <= roster.self || !proofMatches(key, 'dialer', pending.nonce, hello.mac)) {
       pending.link.send(encode({ t: 'error', message: 'peer link refused: not a member of this epoch holding the pair\'s key' }));
       pending.link.close('refused');
       this.sink.note(`refused a peer link from ${pending.link.socket.remoteAddress ?? 'unknown'}: not a member of epoch ${roster.epoch} holding the pair's key`);
