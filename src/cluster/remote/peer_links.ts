@@ -72,6 +72,8 @@ interface Inbound {
   nonce: Uint8Array;
   hello?: PeerHello;
   timer: NodeJS.Timeout;
+  /** The member it proved to be: its frames are a link's while this.links holds it under that id. */
+  id?: number;
 }
 
 export class PeerLinks {
@@ -286,7 +288,8 @@ export class PeerLinks {
     const link: PeerLink = new PeerLink(socket, PEER_HANDSHAKE_FRAME_BYTES, {
       frame: (frame) => {
         try {
-          const message = validateFromPeer(decodeRaw(frame), { linked: this.links.get(id) === link, ...this.view() });
+          const view = this.view();
+          const message = validateFromPeer(decodeRaw(frame), { linked: this.links.get(id) === link, ...view });
           if (message.t === 'peerChallenge' && !nonce) {
             nonce = newNonce();
             link.send(encode({ t: 'peerHello', epoch: roster.epoch, from: roster.self, nonce, mac: proof(key, 'dialer', message.nonce) }));
@@ -295,7 +298,7 @@ export class PeerLinks {
             settled = true;
             if (tries > 0) this.sink.note(`peer link to worker ${id} up after ${tries + 1} dials`);
             this.linked(roster, id, link);
-          } else this.received(message);
+          } else this.received(message, view);
         } catch (e) {
           ended(`peer ${id} (${address}): ${(e as Error).message}`);
         }
@@ -340,9 +343,10 @@ export class PeerLinks {
     pending.link = new PeerLink(socket, PEER_HANDSHAKE_FRAME_BYTES, {
       frame: (frame) => {
         try {
-          const known = [...this.links.entries()].find(([, l]) => l === pending.link);
-          const message = validateFromPeer(decodeRaw(frame), { linked: !!known, ...this.view() });
-          if (known) return this.received(message);
+          const known = pending.id !== undefined && this.links.get(pending.id) === pending.link;
+          const view = this.view();
+          const message = validateFromPeer(decodeRaw(frame), { linked: known, ...view });
+          if (known) return this.received(message, view);
           if (message.t !== 'peerHello' || pending.hello) throw new ProtocolError(`expected peerHello, got ${message.t}`);
           pending.hello = message;
           // A dialer that learnt of this epoch before this member did waits here until its state comes.
@@ -356,8 +360,7 @@ export class PeerLinks {
       closed: () => {
         this.inbound.delete(pending);
         clearTimeout(pending.timer);
-        const id = [...this.links.entries()].find(([, l]) => l === pending.link)?.[0];
-        if (id !== undefined) this.broken(id, pending.link, `peer ${id}: link closed`);
+        if (pending.id !== undefined) this.broken(pending.id, pending.link, `peer ${pending.id}: link closed`);
       },
     });
     pending.timer = setTimeout(() => {
@@ -383,6 +386,7 @@ export class PeerLinks {
       return;
     }
     pending.link.send(encode({ t: 'peerWelcome', proof: proof(key, 'listener', hello.nonce) }));
+    pending.id = hello.from;
     this.linked(roster, hello.from, pending.link);
   }
 
@@ -409,9 +413,9 @@ export class PeerLinks {
    * (each other member's rows and a slice a layer, for this step and the next, twice over): a member that
    * sends more is cut off, so that it cannot grow this process.
    */
-  private received(message: ToPeer): void {
+  private received(message: ToPeer, view: Omit<PeerView, 'linked'>): void {
     const roster = this.roster;
-    const layers = this.view().spec?.sizes.length ?? 2;
+    const layers = view.spec?.sizes.length ?? 2;
     if (roster && this.rows.length + this.slices.length >= 4 * roster.members.length * layers) throw new ProtocolError('more rows and slices than two steps bring');
     if (message.t === 'rowsDone') this.rows.push(message);
     else if (message.t === 'slice') this.slices.push(message);
