@@ -15,6 +15,7 @@ import { closeReason } from './codec.js';
 import type { HubContext } from './hub_context.js';
 import { MAX_FRAME_BYTES, PROTOCOL_VERSION, RefusedError, type Hello } from './messages.js';
 import type { RemotePeer } from './peer.js';
+import { stallTolerantTimeout } from './stall_timer.js';
 import type { Device, EngineName } from '../../engine/engine.js';
 
 /** The admission control's settings (admission.ts) are optional: ADMISSION_DEFAULTS fill what is not given. */
@@ -79,7 +80,8 @@ export class Gate {
     });
     socket.on('data', limitInput);
     const ms = this.options.authTimeoutMs;
-    peer.authTimer = setTimeout(this.hub.guarded(peer, 'authentication timer', () => this.hub.reject(peer, `did not authenticate within ${ms} ms`)), ms);
+    // By stall_timer.ts's rule: a hello that came by the deadline but is not read yet (the coordinator was held up) counts.
+    peer.authTimer = stallTolerantTimeout(ms, this.hub.guarded(peer, 'authentication timer', () => this.hub.reject(peer, `did not authenticate within ${ms} ms`)));
     this.hub.send(peer, { t: 'challenge', protocol: PROTOCOL_VERSION, nonce: peer.challenge, engine: this.options.engine, device: this.options.device });
   }
 
@@ -95,7 +97,7 @@ export class Gate {
     this.release(peer, true);
     const [ours, theirs] = [`${this.options.engine}/${this.options.device}`, `${hello.engine}/${hello.device}`];
     if (theirs !== ours && !this.options.allowMixedDevices) throw new RefusedError(mixedDevices(ours, theirs).message);
-    clearTimeout(peer.authTimer);
+    peer.authTimer?.clear();
     peer.hello = hello;
     peer.status = 'joining';
     this.hub.send(peer, {

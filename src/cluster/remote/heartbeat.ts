@@ -6,22 +6,30 @@
  */
 import type { HubContext } from './hub_context.js';
 import type { RemotePeer } from './peer.js';
+import { stallTolerantTimeout, type StallTimer } from './stall_timer.js';
 
 export class Heartbeat {
-  private timer?: NodeJS.Timeout;
+  private timer?: StallTimer;
 
   constructor(
     private readonly periodMs: number,
     private readonly hub: Pick<HubContext, 'peers' | 'drop' | 'guarded'>,
   ) {}
 
+  /** Beats every period; a beat decides by stall_timer.ts's rule (pongs that came by it but are unread count). */
   start(): void {
-    this.timer = setInterval(() => this.beat(), this.periodMs);
-    this.timer.unref();
+    this.timer = stallTolerantTimeout(
+      this.periodMs,
+      () => {
+        this.start();
+        this.beat();
+      },
+      true,
+    );
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.timer?.clear();
   }
 
   /** A pong from the peer: it is alive. */
@@ -30,18 +38,13 @@ export class Heartbeat {
   }
 
   private beat(): void {
-    // Timers run before the event loop reads sockets: after a long synchronous pass on this thread, pongs
-    // may be waiting unread. Decide only once the frames that arrived meanwhile have been handled (as the
-    // worker's watchdog does).
-    setImmediate(() => {
-      for (const peer of this.hub.peers()) {
-        this.hub.guarded(peer, 'heartbeat', () => {
-          // A pong is not late while a state may still be on its way ahead of the ping (peer.stateArrivesBy).
-          if (!peer.isAlive && performance.now() >= peer.stateArrivesBy) return this.hub.drop(peer, `no heartbeat for ${this.periodMs} ms`);
-          peer.isAlive = false;
-          peer.ws.ping();
-        })();
-      }
-    });
+    for (const peer of this.hub.peers()) {
+      this.hub.guarded(peer, 'heartbeat', () => {
+        // A pong is not late while a state may still be on its way ahead of the ping (peer.stateArrivesBy).
+        if (!peer.isAlive && performance.now() >= peer.stateArrivesBy) return this.hub.drop(peer, `no heartbeat for ${this.periodMs} ms`);
+        peer.isAlive = false;
+        peer.ws.ping();
+      })();
+    }
   }
 }

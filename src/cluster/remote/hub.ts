@@ -280,7 +280,7 @@ export class RemoteHub implements RemoteMembers {
     const wasMember = peer.status !== 'authenticating';
     peer.status = 'closed';
     peer.leftReason = reason;
-    clearTimeout(peer.authTimer);
+    peer.authTimer?.clear();
     this.gate.release(peer, false);
     this.peers.delete(peer.id);
     peer.requests.close(new Error(`${peer.name} left: ${reason}`));

@@ -56,7 +56,6 @@
  * Encoding: codec.ts; what each side accepts: validation.ts; the token handshake: auth.ts.
  */
 import type { RemotePlan } from '../../config.js';
-export { WORKER_NAME } from '../../config.js';
 import type { Device, EngineName } from '../../engine/engine.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';

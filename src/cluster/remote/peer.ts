@@ -9,6 +9,7 @@ import type { Range } from '../plan.js';
 import { newNonce } from './auth.js';
 import type { Hello } from './messages.js';
 import { Pending } from './requests.js';
+import type { StallTimer } from './stall_timer.js';
 
 /**
  * standby: a member set aside while every row goes to another (ReplicaPlan): sent nothing, its replica left
@@ -40,7 +41,7 @@ export class RemotePeer {
    */
   rowsStep = -1;
   holds: Range[] = [];
-  authTimer?: NodeJS.Timeout;
+  authTimer?: StallTimer;
   /**
    * Until when (performance.now()) the state last sent to it may still be on its way at the slowest link
    * allowed for (peer_work.ts TRANSFER_BYTES_PER_MS): requests asked before then get that much longer.

@@ -23,9 +23,6 @@ export class PeerLink {
   /** The frame being read: its length once the prefix is in. */
   private expected = -1;
   private ended = false;
-  /** Bytes written and read on this link (the frames and their prefixes). */
-  bytesOut = 0;
-  bytesIn = 0;
 
   constructor(
     readonly socket: Socket,
@@ -48,11 +45,6 @@ export class PeerLink {
     return !this.ended && !this.socket.destroyed;
   }
 
-  /** Bytes queued to go out and not yet handed to the kernel. */
-  get backlog(): number {
-    return this.socket.writableLength;
-  }
-
   /** Queues a frame; false when the link is no longer open (nothing is sent). */
   send(frame: Buffer): boolean {
     if (!this.open) return false;
@@ -62,7 +54,6 @@ export class PeerLink {
     this.socket.write(prefix);
     this.socket.write(frame);
     this.socket.uncork();
-    this.bytesOut += PREFIX + frame.length;
     return true;
   }
 
@@ -81,7 +72,6 @@ export class PeerLink {
 
   private take(chunk: Buffer): void {
     if (this.ended) return;
-    this.bytesIn += chunk.length;
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     for (;;) {

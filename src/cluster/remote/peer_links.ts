@@ -24,6 +24,7 @@ import { decodeRaw, encode } from './codec.js';
 import { ProtocolError, type PeerHello, type PeerLinksReport, type PeerRoster, type RowsDone, type SliceMessage, type ToPeer } from './messages.js';
 import { PeerLink } from './peer_link.js';
 import { validateFromPeer, type PeerView } from './validation.js';
+import { joinHostPort, splitHostPort } from '../../config.js';
 import type { Range } from '../plan.js';
 
 /** How long a new epoch's links may take before the coordinator is told which came up (the rest: relay). */
@@ -38,7 +39,7 @@ export const REDIAL_BACKOFF_MS: readonly number[] = [100, 300, 900];
 /** After those, the wait between dials for the rest of the epoch (a connect attempt: nearly free). */
 export const REDIAL_EVERY_MS = 5000;
 /** The largest frame before a link's handshake is done (a handshake message is ~150 bytes). */
-const HANDSHAKE_FRAME_BYTES = 4096;
+const PEER_HANDSHAKE_FRAME_BYTES = 4096;
 /** Connections waiting for their handshake at once: more are refused (a stranger cannot pile them up). */
 const MAX_PENDING = 64;
 
@@ -48,7 +49,7 @@ export class PeerLost extends Error {
 }
 
 export interface PeerLinksOptions {
-  /** [HOST:]PORT to listen on ('' or absent: an ephemeral port on the address the coordinator is reached from); 'off': none. */
+  /** [HOST:]PORT to listen on ('' or absent: an ephemeral port on the address the coordinator is reached from); for --peer-listen off no PeerLinks is made. */
   listen?: string;
   /** HOST[:PORT] the others should dial (default: the listening address). */
   advertise?: string;
@@ -71,6 +72,8 @@ interface Inbound {
   nonce: Uint8Array;
   hello?: PeerHello;
   timer: NodeJS.Timeout;
+  /** The member it proved to be: its frames are a link's while this.links holds it under that id. */
+  id?: number;
 }
 
 export class PeerLinks {
@@ -120,8 +123,7 @@ export class PeerLinks {
    * Starts the listener (once: a reconnection keeps it) on --peer-listen, or an ephemeral port on `localHost`,
    * the address this worker reaches the coordinator from; resolves with the address to announce.
    */
-  async listen(localHost: string): Promise<string | undefined> {
-    if (this.options.listen === 'off') return undefined;
+  async listen(localHost: string): Promise<string> {
     if (this.address) return this.address;
     const { host, port } = parseListen(this.options.listen ?? '', localHost);
     const server = createServer((socket) => this.accepted(socket));
@@ -270,7 +272,7 @@ export class PeerLinks {
 
   /** Dials member `id` (`tries`: the dials of this link before this one, which ended in their handshake). */
   private dial(roster: PeerRoster, id: number, address: string, tries = 0): void {
-    const { host, port } = splitHostPort(address);
+    const [host, port] = splitHostPort(address);
     const socket = connect({ host, port });
     let nonce: Uint8Array | undefined;
     /** Linked, or already ended: a later close is a lost link's (broken) or nothing, never a failed dial. */
@@ -283,10 +285,11 @@ export class PeerLinks {
       settled = true;
       this.dialFailed(roster, id, address, tries, reason);
     };
-    const link: PeerLink = new PeerLink(socket, HANDSHAKE_FRAME_BYTES, {
+    const link: PeerLink = new PeerLink(socket, PEER_HANDSHAKE_FRAME_BYTES, {
       frame: (frame) => {
         try {
-          const message = validateFromPeer(decodeRaw(frame), { linked: this.links.get(id) === link, ...this.view() });
+          const view = this.view();
+          const message = validateFromPeer(decodeRaw(frame), { linked: this.links.get(id) === link, ...view });
           if (message.t === 'peerChallenge' && !nonce) {
             nonce = newNonce();
             link.send(encode({ t: 'peerHello', epoch: roster.epoch, from: roster.self, nonce, mac: proof(key, 'dialer', message.nonce) }));
@@ -295,7 +298,7 @@ export class PeerLinks {
             settled = true;
             if (tries > 0) this.sink.note(`peer link to worker ${id} up after ${tries + 1} dials`);
             this.linked(roster, id, link);
-          } else this.received(message);
+          } else this.received(message, view);
         } catch (e) {
           ended(`peer ${id} (${address}): ${(e as Error).message}`);
         }
@@ -337,12 +340,13 @@ export class PeerLinks {
       return;
     }
     const pending = { nonce: newNonce() } as Inbound;
-    pending.link = new PeerLink(socket, HANDSHAKE_FRAME_BYTES, {
+    pending.link = new PeerLink(socket, PEER_HANDSHAKE_FRAME_BYTES, {
       frame: (frame) => {
         try {
-          const known = [...this.links.entries()].find(([, l]) => l === pending.link);
-          const message = validateFromPeer(decodeRaw(frame), { linked: !!known, ...this.view() });
-          if (known) return this.received(message);
+          const known = pending.id !== undefined && this.links.get(pending.id) === pending.link;
+          const view = this.view();
+          const message = validateFromPeer(decodeRaw(frame), { linked: known, ...view });
+          if (known) return this.received(message, view);
           if (message.t !== 'peerHello' || pending.hello) throw new ProtocolError(`expected peerHello, got ${message.t}`);
           pending.hello = message;
           // A dialer that learnt of this epoch before this member did waits here until its state comes.
@@ -356,8 +360,7 @@ export class PeerLinks {
       closed: () => {
         this.inbound.delete(pending);
         clearTimeout(pending.timer);
-        const id = [...this.links.entries()].find(([, l]) => l === pending.link)?.[0];
-        if (id !== undefined) this.broken(id, pending.link, `peer ${id}: link closed`);
+        if (pending.id !== undefined) this.broken(pending.id, pending.link, `peer ${pending.id}: link closed`);
       },
     });
     pending.timer = setTimeout(() => {
@@ -375,14 +378,15 @@ export class PeerLinks {
     this.inbound.delete(pending);
     clearTimeout(pending.timer);
     const member = roster.members.find((m) => m.id === hello.from);
-    const key = member && pairKey(roster.secret, roster.epoch, roster.self, hello.from);
-    if (hello.epoch !== roster.epoch || !member || hello.from <= roster.self || !key || !proofMatches(key, 'dialer', pending.nonce, hello.mac)) {
+    const key = pairKey(roster.secret, roster.epoch, roster.self, hello.from);
+    if (hello.epoch !== roster.epoch || !member || hello.from <= roster.self || !proofMatches(key, 'dialer', pending.nonce, hello.mac)) {
       pending.link.send(encode({ t: 'error', message: 'peer link refused: not a member of this epoch holding the pair\'s key' }));
       pending.link.close('refused');
       this.sink.note(`refused a peer link from ${pending.link.socket.remoteAddress ?? 'unknown'}: not a member of epoch ${roster.epoch} holding the pair's key`);
       return;
     }
     pending.link.send(encode({ t: 'peerWelcome', proof: proof(key, 'listener', hello.nonce) }));
+    pending.id = hello.from;
     this.linked(roster, hello.from, pending.link);
   }
 
@@ -409,9 +413,9 @@ export class PeerLinks {
    * (each other member's rows and a slice a layer, for this step and the next, twice over): a member that
    * sends more is cut off, so that it cannot grow this process.
    */
-  private received(message: ToPeer): void {
+  private received(message: ToPeer, view: Omit<PeerView, 'linked'>): void {
     const roster = this.roster;
-    const layers = this.view().spec?.sizes.length ?? 2;
+    const layers = view.spec?.sizes.length ?? 2;
     if (roster && this.rows.length + this.slices.length >= 4 * roster.members.length * layers) throw new ProtocolError('more rows and slices than two steps bring');
     if (message.t === 'rowsDone') this.rows.push(message);
     else if (message.t === 'slice') this.slices.push(message);
@@ -431,28 +435,22 @@ export class PeerLinks {
   }
 }
 
-/** --peer-listen's [HOST:]PORT, or `localHost` and an ephemeral port when it is empty. */
+/** --peer-listen's [HOST:]PORT (checked by config.ts), or `localHost` and an ephemeral port when it is empty. */
 function parseListen(spec: string, localHost: string): { host: string; port: number } {
   if (spec === '') return { host: localHost, port: 0 };
-  const at = spec.lastIndexOf(':');
-  const host = at < 0 ? localHost : spec.slice(0, at).replace(/^\[|\]$/g, '');
-  const port = Number(at < 0 ? spec : spec.slice(at + 1));
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--peer-listen: expected [HOST:]PORT with a port in 0–65535, got "${spec}"`);
+  if (/^\d+$/.test(spec)) return { host: localHost, port: Number(spec) };
+  const [host, port] = splitHostPort(spec);
   return { host, port };
 }
 
 /** The address to announce: --advertise's HOST[:PORT] (its port defaults to the bound one), else the bound one. */
 function advertised(advertise: string | undefined, host: string, port: number): string {
   if (!advertise) return joinHostPort(host, port);
-  const { host: h, port: p } = /:\d+$/.test(advertise) && !/^[^[]*:.*:/.test(advertise) ? splitHostPort(advertise) : { host: advertise.replace(/^\[|\]$/g, ''), port };
-  return joinHostPort(h, p);
-}
-
-function joinHostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
-function splitHostPort(address: string): { host: string; port: number } {
-  const at = address.lastIndexOf(':');
-  return { host: address.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(address.slice(at + 1)) };
+  let target: [string, number];
+  try {
+    target = splitHostPort(advertise);
+  } catch {
+    target = [advertise.replace(/^\[|\]$/g, ''), port];
+  }
+  return joinHostPort(...target);
 }

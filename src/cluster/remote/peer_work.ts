@@ -109,8 +109,8 @@ export class PeerWork {
       worker.holds = [];
     }
     const ms = this.options.stepTimeoutMs;
-    const message: ToWorker = { t: 'rows', step, batch, range, labels, ...form, ...(x ? { x } : { index }) };
-    if (!form.peers) delete message.peers;
+    const { peers, ...shape } = form;
+    const message: ToWorker = { t: 'rows', step, batch, range, labels, ...shape, ...(peers ? { peers } : {}), ...(x ? { x } : { index }) };
     return this.ask(worker, 'rows', { step, range, ...form }, message, ms, this.dropAtDeadline(worker, `did not answer step ${step} within ${ms} ms`));
   }
 

@@ -186,7 +186,7 @@ export class Replica {
   private async placeLacking(message: UpdateMessage): Promise<void> {
     // The coordinator sends what it believes this replica lacks; rows forwarded to it but lost on the way
     // would leave the last step's rows in the buffers, and the replica would diverge without a word.
-    const lacking = missingRanges(message.batch, [...this.held, ...message.parts.map((p) => p.range)]);
+    const lacking = this.lacking(message);
     if (lacking.length > 0) throw new ProtocolError(`update: rows ${lacking[0][0]}–${lacking[0][1] - 1} of step ${message.step} never arrived`);
     const { batch: b, spec } = this.memory;
     for (const part of message.parts) {

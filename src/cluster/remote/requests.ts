@@ -11,6 +11,7 @@
  */
 import type { Range } from '../plan.js';
 import type { ReplicaState, RowsDone, RowsForm, SliceDone, SliceMessage } from './messages.js';
+import { stallTolerantTimeout, type StallTimer } from './stall_timer.js';
 
 /** Each kind of request: what it asked for (its key) and what it resolves with. */
 export interface RequestKinds {
@@ -29,15 +30,8 @@ interface Open<K extends RequestKind> {
   key: RequestKey<K>;
   resolve(answer: RequestAnswer<K>): void;
   reject(error: Error): void;
-  timer: NodeJS.Timeout;
+  timer: StallTimer;
 }
-
-/**
- * A deadline that fires this much after it fell due fired after the coordinator itself was held up (SIGSTOP, a
- * long pause of its loop): the answers that came meanwhile wait in its sockets, unread, since its timers run
- * before its reads. Such a deadline starts once more instead of counting the coordinator's pause against the peer.
- */
-export const HELD_UP_MS = 500;
 
 /** The requests one peer has open, at most one of each kind. */
 export class Pending {
@@ -49,26 +43,18 @@ export class Pending {
    * Registers a request (a new one of a kind supersedes the open one, which is rejected) and resolves
    * with its answer. After `timeoutMs`, `onTimeout` runs with the request still open: the hub drops the
    * peer there, which rejects it with the reason. A request still open after that is rejected as timed
-   * out, and the peer stays. A deadline that fires HELD_UP_MS late or more starts once more (see HELD_UP_MS).
+   * out, and the peer stays. The deadline follows stall_timer.ts: an answer that came by it but is not read yet
+   * (the coordinator was held up) still counts.
    */
   expect<K extends RequestKind>(kind: K, key: RequestKey<K>, timeoutMs: number, onTimeout?: () => void): Promise<RequestAnswer<K>> {
     if (this.closed) return Promise.reject(this.closed);
     this.take(kind)?.reject(new Error(`superseded by a new ${kind} request`));
     return new Promise<RequestAnswer<K>>((resolve, reject) => {
-      // Wall time (Date.now), which runs on while the process is stopped, as the peer's time does.
-      let due = Date.now() + timeoutMs;
-      let restarted = false;
       const expire = () => {
-        if (!restarted && Date.now() - due >= HELD_UP_MS) {
-          restarted = true;
-          due = Date.now() + timeoutMs;
-          request.timer = setTimeout(expire, timeoutMs);
-          return;
-        }
         onTimeout?.();
         this.take(kind, request)?.reject(new Error(`no ${kind} answer within ${timeoutMs} ms`));
       };
-      const request: Open<K> = { key, resolve, reject, timer: setTimeout(expire, timeoutMs) };
+      const request: Open<K> = { key, resolve, reject, timer: stallTolerantTimeout(timeoutMs, expire) };
       this.open.set(kind, request as unknown as Open<RequestKind>);
     });
   }
@@ -103,7 +89,7 @@ export class Pending {
     const request = this.open.get(kind) as Open<K> | undefined;
     if (!request || (only && request !== only)) return undefined;
     this.open.delete(kind);
-    clearTimeout(request.timer);
+    request.timer.clear();
     return request;
   }
 }

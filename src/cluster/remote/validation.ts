@@ -14,7 +14,7 @@ import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
 import type { Range } from '../plan.js';
 import { sliceLength } from '../unit_slices.js';
-import { ABANDONED_KINDS, HANDSHAKE_FRAME_BYTES, MAX_FRAME_BYTES, NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type PeerLinksReport, type PeerRoster, type RowsMessage, type SnapshotRequest, type ToCoordinator, type ToPeer, type ToWorker, type UpdateMessage } from './messages.js';
+import { ABANDONED_KINDS, HANDSHAKE_FRAME_BYTES, MAX_FRAME_BYTES, NonFiniteError, PROTOCOL_VERSION, ProtocolError, RefusedError, type PeerLinksReport, type PeerRoster, type RowsDone, type RowsMessage, type SliceMessage, type SnapshotRequest, type ToCoordinator, type ToPeer, type ToWorker, type UpdateMessage } from './messages.js';
 
 /** A decoded message before validation (codec.ts guarantees a map with a string "t"). */
 type Raw = Record<string, unknown>;
@@ -319,9 +319,7 @@ const FROM_WORKER: Schemas<ToCoordinator, CoordinatorView | undefined> = {
     if (!view) throw new ProtocolError('peerLinks: sent before the worker was set up');
     const report: PeerLinksReport = { t: 'peerLinks', epoch: int(raw, 'epoch'), linked: intList(raw, 'linked', MAX_PEERS) };
     if (raw.abandoned !== undefined) {
-      const a = raw.abandoned;
-      if (!a || typeof a !== 'object' || Array.isArray(a) || ArrayBuffer.isView(a)) throw new ProtocolError('peerLinks: field "abandoned" must be a map');
-      const given = { ...(a as Raw), t: 'peerLinks abandoned' };
+      const given = subMap(raw.abandoned, 'peerLinks abandoned', 'peerLinks: field "abandoned"');
       report.abandoned = { kind: oneOf(given, 'kind', ABANDONED_KINDS), step: int(given, 'step') };
     }
     return report;
@@ -359,14 +357,11 @@ function specOf(raw: Raw): ModelSpec {
 
 /** state.peers: the members to link with, each once, this worker among them. */
 function rosterOf(raw: Raw): PeerRoster {
-  const r = raw.peers;
-  if (!r || typeof r !== 'object' || Array.isArray(r) || ArrayBuffer.isView(r)) throw new ProtocolError('state: field "peers" must be a map');
-  const roster = { ...(r as Raw), t: 'state peers' };
+  const roster = subMap(raw.peers, 'state peers', 'state: field "peers"');
   const members = field(roster, 'members');
   if (!Array.isArray(members) || members.length < 2 || members.length > MAX_PEERS) throw new ProtocolError(`state: field "peers.members" must list 2 to ${MAX_PEERS} members`);
   const list = members.map((m: unknown) => {
-    if (!m || typeof m !== 'object' || Array.isArray(m) || ArrayBuffer.isView(m)) throw new ProtocolError('state: each peer member must be a map');
-    const member = { ...(m as Raw), t: 'state peer' };
+    const member = subMap(m, 'state peer', 'state: each peer member');
     return { id: int(member, 'id'), address: peerAddress(member, 'address') };
   });
   const self = int(roster, 'self');
@@ -383,16 +378,50 @@ function adamOf(raw: Raw): AdamOptions {
 }
 
 /** The spec a message needs the worker to have received already (in a state message). */
-function specNeeded(view: WorkerView, t: string): ModelSpec {
-  if (!view.spec) throw new ProtocolError(`${t}: sent before the state`);
-  return view.spec;
+function specNeeded(spec: ModelSpec | undefined, t: string): ModelSpec {
+  if (!spec) throw new ProtocolError(`${t}: sent before the state`);
+  return spec;
+}
+
+/**
+ * A map inside a message (`what`: how an error names it), as a Raw whose fields' errors name it `label`.
+ * Checked before the spread: a binary value would become one property per byte.
+ */
+function subMap(v: unknown, label: string, what: string): Raw {
+  if (!v || typeof v !== 'object' || Array.isArray(v) || ArrayBuffer.isView(v)) throw new ProtocolError(`${what} must be a map`);
+  return { ...(v as Raw), t: label };
+}
+
+/**
+ * Another member's rows of step `step` (forwarded by the coordinator, or from a peer link) with the model's
+ * sizes; `finite`: scanned for non-finite values (a peer's). Its times are not this worker's to read.
+ */
+function rowsBody(raw: Raw, sizes: number[], batch: number, { step, compact, finite }: { step: number; compact: boolean; finite: boolean }): RowsDone {
+  const r = range(raw, 'range', batch);
+  const rows = r[1] - r[0];
+  return {
+    t: 'rowsDone',
+    step,
+    range: r,
+    rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows, finite),
+    hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows), finite),
+    deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, compact), finite),
+    ms: 0,
+    applyMs: 0,
+    waitMs: 0,
+    queuedMs: 0,
+  };
+}
+
+/** Another owner's units of a sharded step: their parameters, sized by the spec; `finite`: scanned (a peer's). */
+function sliceBody(raw: Raw, spec: ModelSpec, { step, finite }: { step: number; finite: boolean }): SliceMessage {
+  const units = unitRanges(raw, 'units', spec.sizes.slice(1));
+  return { t: 'slice', step, units, params: floats('slice: params', field(raw, 'params'), sliceLength(spec, units), finite) };
 }
 
 /** One part of an update: rows the worker lacks, with their samples (not scanned: see floats). */
 function updatePart(p: unknown, batch: number, sizes: number[]) {
-  // Spread below: a binary "part" would become one property per byte.
-  if (!p || typeof p !== 'object' || Array.isArray(p) || ArrayBuffer.isView(p)) throw new ProtocolError('update: each part must be a map');
-  const part = { ...(p as Raw), t: 'update part' };
+  const part = subMap(p, 'update part', 'update: each part');
   const r = range(part, 'range', batch);
   const rows = r[1] - r[0];
   return {
@@ -442,7 +471,7 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
   },
 
   rows(raw, view) {
-    const spec = specNeeded(view, 'rows');
+    const spec = specNeeded(view.spec, 'rows');
     const batch = int(raw, 'batch', 1, view.batchSize);
     const r = range(raw, 'range', batch);
     // The samples of the whole batch: the rows others compute are forwarded without them.
@@ -460,26 +489,12 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
 
   /** Another worker's rows, forwarded as the coordinator received (and validated) them. */
   rowsDone(raw, view) {
-    const sizes = specNeeded(view, 'rowsDone').sizes;
-    const r = range(raw, 'range', view.batchSize);
-    const rows = r[1] - r[0];
-    return {
-      t: 'rowsDone',
-      step: int(raw, 'step'),
-      range: r,
-      rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows, false),
-      hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows), false),
-      deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, isCompact(raw)), false),
-      // Another worker's times are the coordinator's to read, not this worker's.
-      ms: 0,
-      applyMs: 0,
-      waitMs: 0,
-      queuedMs: 0,
-    };
+    const sizes = specNeeded(view.spec, 'rowsDone').sizes;
+    return rowsBody(raw, sizes, view.batchSize, { step: int(raw, 'step'), compact: isCompact(raw), finite: false });
   },
 
   update(raw, view) {
-    const sizes = specNeeded(view, 'update').sizes;
+    const sizes = specNeeded(view.spec, 'update').sizes;
     const batch = int(raw, 'batch', 1, view.batchSize);
     const parts = field(raw, 'parts');
     if (!Array.isArray(parts) || parts.length > batch) throw new ProtocolError('update: field "parts" must be a list');
@@ -490,17 +505,13 @@ const FROM_COORDINATOR: Schemas<ToWorker, WorkerView> = {
   },
 
   /** Another owner's units of a sharded step, forwarded as the coordinator received (and validated) them. */
-  slice(raw, view) {
-    const spec = specNeeded(view, 'slice');
-    const units = unitRanges(raw, 'units', spec.sizes.slice(1));
-    return { t: 'slice', step: int(raw, 'step'), units, params: floats('slice: params', field(raw, 'params'), sliceLength(spec, units), false) };
-  },
+  slice: (raw, view) => sliceBody(raw, specNeeded(view.spec, 'slice'), { step: int(raw, 'step'), finite: false }),
 
   check: (raw) => ({ t: 'check', step: int(raw, 'step') }),
 
   snapshot(raw, view) {
     const request: SnapshotRequest = { t: 'snapshot', step: int(raw, 'step') };
-    if (raw.units !== undefined) request.units = unitRanges(raw, 'units', specNeeded(view, 'snapshot').sizes.slice(1));
+    if (raw.units !== undefined) request.units = unitRanges(raw, 'units', specNeeded(view.spec, 'snapshot').sizes.slice(1));
     return request;
   },
 
@@ -549,30 +560,12 @@ const FROM_PEER: Schemas<ToPeer, PeerView> = {
 
   /** A member's rows in full (every layer's delta), finite. */
   rowsDone(raw, view) {
-    const sizes = specNeeded({ welcomed: true, spec: view.spec, batchSize: view.batchSize }, 'rowsDone').sizes;
-    const step = peerStep(raw, view);
-    const r = range(raw, 'range', view.batchSize);
-    const rows = r[1] - r[0];
-    return {
-      t: 'rowsDone',
-      step,
-      range: r,
-      rowLoss: floats('rowsDone: rowLoss', field(raw, 'rowLoss'), rows),
-      hidden: floatList(raw, 'hidden', hiddenCounts(sizes, rows)),
-      deltas: floatList(raw, 'deltas', deltaCounts(sizes, rows, false)),
-      ms: 0,
-      applyMs: 0,
-      waitMs: 0,
-      queuedMs: 0,
-    };
+    const sizes = specNeeded(view.spec, 'rowsDone').sizes;
+    return rowsBody(raw, sizes, view.batchSize, { step: peerStep(raw, view), compact: false, finite: true });
   },
 
   /** A member's units of a sharded step, finite. */
-  slice(raw, view) {
-    const spec = specNeeded({ welcomed: true, spec: view.spec, batchSize: view.batchSize }, 'slice');
-    const units = unitRanges(raw, 'units', spec.sizes.slice(1));
-    return { t: 'slice', step: peerStep(raw, view), units, params: floats('slice: params', field(raw, 'params'), sliceLength(spec, units)) };
-  },
+  slice: (raw, view) => sliceBody(raw, specNeeded(view.spec, 'slice'), { step: peerStep(raw, view), finite: true }),
 
   error: (raw) => ({ t: 'error', message: str(raw, 'message', 2000) }),
 };

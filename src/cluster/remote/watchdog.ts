@@ -4,11 +4,13 @@
  * coordinator for dead or cut off, says so and reconnects. Without it, a coordinator that vanished without
  * closing its sockets (power loss, a partition, SIGSTOP) left its workers waiting forever.
  */
+import { stallTolerantTimeout, type StallTimer } from './stall_timer.js';
+
 export const MISSED_BEATS = 3;
 
 export class Watchdog {
   private last = performance.now();
-  private timer?: NodeJS.Timeout;
+  private timer?: StallTimer;
 
   constructor(
     private periodMs: number,
@@ -25,13 +27,17 @@ export class Watchdog {
     this.periodMs = periodMs;
     this.stop();
     this.heard();
-    this.timer = setInterval(() => this.check(), Math.max(10, periodMs / 2));
-    this.timer.unref();
+    this.arm();
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.timer?.clear();
     this.timer = undefined;
+  }
+
+  /** The next check, by stall_timer.ts's rule: a ping that came by it but is not read yet counts. */
+  private arm(): void {
+    this.timer = stallTolerantTimeout(Math.max(10, this.periodMs / 2), () => this.check(), true);
   }
 
   private get limitMs(): number {
@@ -39,15 +45,9 @@ export class Watchdog {
   }
 
   private check(): void {
-    if (performance.now() - this.last <= this.limitMs) return;
-    // Timers run before the event loop reads sockets: after a long synchronous computation a ping may be
-    // waiting unread. Decide only once the frames that arrived meanwhile have been handled.
-    setImmediate(() => {
-      const silent = performance.now() - this.last;
-      if (this.timer && silent > this.limitMs) {
-        this.stop();
-        this.onSilent(silent);
-      }
-    });
+    const silent = performance.now() - this.last;
+    if (silent <= this.limitMs) return this.arm();
+    this.stop();
+    this.onSilent(silent);
   }
 }

@@ -175,11 +175,7 @@ const HANDLERS: Handlers = {
   async rows(s, message) {
     await s.commitUpTo(message.step);
     if (message.peers) return s.peerRows(message);
-    const computed = await s.replica.rows(message);
-    const delay = (s.options.rowDelayMs ?? 0) * (message.range[1] - message.range[0]);
-    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
-    const rows: RowsDone = { ...computed, ms: computed.ms + delay, ...s.times.take() };
-    s.send(s.options.tamperRows ? s.options.tamperRows(rows) : rows);
+    s.sendRows(await s.computeRows(message));
     await s.times.applying(() => s.applyIfComplete(message.step));
   },
 
@@ -260,7 +256,6 @@ class WorkerSession {
       ca: options.ca ? readFileSync(options.ca) : undefined,
       handshakeTimeout: 10_000,
     });
-    this.ws.on('upgrade', (response) => (this.localAddress = response.socket.localAddress));
     this.watchdog = new Watchdog(DEFAULT_HEARTBEAT_MS, (ms) => {
       this.silence = `no heartbeat from the coordinator for ${Math.round(ms)} ms`;
       this.ws.terminate();
@@ -275,7 +270,10 @@ class WorkerSession {
       // watchdog's periods, and the pings queued behind it come only after it. (Listened to once ws reads
       // the socket: a listener added at 'upgrade' would start the stream before ws takes its first bytes.)
       let socket: Socket | undefined;
-      ws.on('upgrade', (response) => (socket = response.socket));
+      ws.on('upgrade', (response) => {
+        socket = response.socket;
+        this.localAddress = socket.localAddress;
+      });
       ws.on('open', () => {
         watchdog.watch();
         socket?.on('data', () => watchdog.heard());
@@ -446,7 +444,7 @@ class WorkerSession {
     }
     const links = this.slot.links;
     links.attach(
-      () => ({ spec: this.synced ? this.slot.replica?.memory.spec : undefined, batchSize: this.slot.replica?.memory.batchSize ?? 0, step: this.slot.replica?.step ?? 0 }),
+      () => ({ ...this.view(), step: this.slot.replica?.step ?? 0 }),
       { report: (report) => this.send(report), note: (message) => this.emit({ type: 'error', message }) },
     );
     try {
@@ -473,13 +471,24 @@ class WorkerSession {
 
   /** Rows asked for between peers: in full to every other member, their losses to the coordinator. */
   async peerRows(message: RowsMessage): Promise<void> {
-    const computed = await this.replica.rows({ ...message, lossOnly: false, compact: false });
-    const rows: RowsDone = { ...computed, ms: computed.ms, ...this.times.take() };
+    const rows = await this.computeRows({ ...message, lossOnly: false, compact: false });
     // Non-finite rows are the coordinator's to judge (it asks for the state and computes them itself): they
     // reach no peer, whose wait the new state then ends.
-    if (computed.rowLoss.every(Number.isFinite)) this.slot.links!.broadcast(rows);
-    const losses: RowsDone = { ...rows, hidden: [], deltas: [] };
-    this.send(this.options.tamperRows ? this.options.tamperRows(losses) : losses);
+    if (rows.rowLoss.every(Number.isFinite)) this.slot.links!.broadcast(rows);
+    this.sendRows({ ...rows, hidden: [], deltas: [] });
+  }
+
+  /** The rows asked for, computed (slowed by rowDelayMs, a test's slower machine), with this worker's times. */
+  async computeRows(message: RowsMessage): Promise<RowsDone> {
+    const computed = await this.replica.rows(message);
+    const delay = (this.options.rowDelayMs ?? 0) * (message.range[1] - message.range[0]);
+    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+    return { ...computed, ms: computed.ms + delay, ...this.times.take() };
+  }
+
+  /** Rows to the coordinator (or what a test's tamperRows makes of them). */
+  sendRows(rows: RowsDone): void {
+    this.send(this.options.tamperRows ? this.options.tamperRows(rows) : rows);
   }
 
   /** A sharded step between peers: the rows the update lacks from the links, its slice to them, the coordinator told. */
