@@ -22,7 +22,7 @@ type Record = MetricsRecord | ({ type: 'participants' } & ParticipantsRecord);
 export function loadHistory(store: RunStore, runDir: string, batchSize: number, throughStep = Infinity): void {
   if (!existsSync(metricsFile(runDir))) return;
   for (const record of readMetrics(runDir) as Record[]) {
-    if (record.type === 'step' && record.step <= throughStep) store.addStep(record.step, record.loss, record.ms, batchSize);
+    if (record.type === 'step' && record.step <= throughStep) store.addStep(record.step, record.loss, record.ms, batchSize, false);
     else if (record.type === 'epoch' && record.steps <= throughStep) {
       const { type: _, networkWaitSeconds: _wait, ...epoch } = record;
       store.addEpoch(epoch);

@@ -186,6 +186,10 @@ export class RunStore {
       case 'cluster':
         this.addClusterEvent(event.event);
         return;
+      case 'checkpoint':
+        // Resumed: the run goes on from here (its history comes with its first step); cluster events before that are dated so.
+        if (event.action === 'resumed') this.progress.step = Math.max(this.progress.step, event.step);
+        return;
       case 'done':
         this.finish(event.summary);
         return;
@@ -194,8 +198,11 @@ export class RunStore {
     }
   }
 
-  /** A step record (live, or read from metrics.jsonl). */
-  addStep(step: number, loss: number, ms: number, samples: number): void {
+  /**
+   * A step record (live, or read from metrics.jsonl). `underPlan`: it counts toward the plan in force (not a
+   * resumed run's history: those steps were taken before this session's plans).
+   */
+  addStep(step: number, loss: number, ms: number, samples: number, underPlan = true): void {
     this.progress.step = Math.max(this.progress.step, step);
     this.recentMs.push(ms);
     this.recentSamples.push(samples);
@@ -203,7 +210,7 @@ export class RunStore {
       this.recentMs.shift();
       this.recentSamples.shift();
     }
-    const plan = this.planTotals[this.plans.length - 1];
+    const plan = underPlan ? this.planTotals[this.plans.length - 1] : undefined;
     if (plan) {
       plan.ms += ms;
       plan.steps++;
