@@ -586,9 +586,12 @@ function checkToken(token: string | null | undefined, option = 'token'): void {
   if (token !== null && token !== undefined && Buffer.byteLength(token) < MIN_TOKEN_BYTES) throw tokenTooShort(Buffer.byteLength(token), option);
 }
 
-/** Whether --listen's host is this machine only (then no token is required, and TLS adds nothing). */
-export function isLoopback(listen: string): boolean {
-  const host = listen.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+/**
+ * Whether an address's host (HOST, HOST:PORT or [IPv6]:PORT: --listen, --dashboard, a Host header) is this
+ * machine only (then no token is required, and TLS adds nothing). Host names are case-insensitive.
+ */
+export function isLoopback(address: string): boolean {
+  const host = address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '').toLowerCase();
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 

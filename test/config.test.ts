@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   DEFAULTS,
+  isLoopback,
   parseOptionValue,
   readConfigFile,
   resolveConfig,
@@ -254,5 +255,10 @@ describe('listen addresses', () => {
   it('takes HOST:PORT and [IPv6]:PORT, and names a malformed one', () => {
     expect(() => resolveConfig({ listen: 'localhost' })).toThrow(new TypeError('option "listen" must be HOST:PORT, got "localhost"'));
     expect(resolveConfig({ listen: 'localhost:7070' }).listen).toBe('localhost:7070');
+  });
+
+  it('knows loopback by its host, whatever its case, with or without a port', () => {
+    for (const address of ['127.0.0.1:7070', '127.1.2.3', 'LocalHost:8080', 'localhost', '[::1]:8080', '[::1]']) expect(isLoopback(address)).toBe(true);
+    for (const address of ['0.0.0.0:7070', '[::]:7070', 'rebound.example:8080', '10.0.0.1', '128.0.0.1:80']) expect(isLoopback(address)).toBe(false);
   });
 });
