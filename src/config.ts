@@ -518,7 +518,7 @@ export interface DashboardSettings {
  * options it names, so it can be checked before a resumed run's configuration is merged.
  */
 export function dashboardSettings(config: Pick<Partial<TrainConfig>, 'dashboard' | 'dashboardToken' | 'token' | 'tlsCert' | 'tlsKey'>): DashboardSettings {
-  const { host, port } = dashboardAddress(config.dashboard ?? '');
+  const [host, port] = splitHostPort(config.dashboard ?? '', 'dashboard');
   const address = joinHostPort(host, port);
   const token = config.dashboardToken ?? undefined;
   if (token !== undefined) checkToken(token, 'dashboardToken');
@@ -531,14 +531,6 @@ export function dashboardSettings(config: Pick<Partial<TrainConfig>, 'dashboard'
   return { host, port, tls, token };
 }
 
-/** --dashboard's [HOST:]PORT (a port alone: 127.0.0.1; port 0: any free port). */
-export function dashboardAddress(value: string): { host: string; port: number } {
-  const match = /^(?:(?:\[([^\]]+)\]|([^:]+)):)?(\d+)$/.exec(value.trim());
-  const port = match ? Number(match[3]) : NaN;
-  if (!match || port > 65535) throw invalidOption('dashboard', '[HOST:]PORT with a port from 0 to 65535', value);
-  return { host: match[1] ?? match[2] ?? '127.0.0.1', port };
-}
-
 /** Validates dtrain worker's options (parsed flags, or code) and spreads the defaults under them. */
 export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerConfig {
   validate(user, WORKER_OPTION_BY_KEY);
@@ -548,10 +540,10 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
   checkWorkerName(given.name);
   checkToken(given.token);
-  if (given.peerListen !== undefined && given.peerListen !== 'off' && !/^((\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}$/.test(given.peerListen)) {
+  if (given.peerListen !== undefined && given.peerListen !== 'off' && !new RegExp(`^((${HOST}):)?\\d{1,5}$`).test(given.peerListen)) {
     throw invalidOption('peerListen', '[HOST:]PORT, or off', given.peerListen);
   }
-  if (given.advertise !== undefined && !/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(given.advertise)) {
+  if (given.advertise !== undefined && !new RegExp(`^(${HOST})(:\\d{1,5})?$`).test(given.advertise)) {
     throw invalidOption('advertise', 'HOST or HOST:PORT', given.advertise);
   }
   return { ...WORKER_DEFAULTS, ...given, connect: given.connect };
@@ -571,11 +563,27 @@ export function joinHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-/** HOST:PORT (or [IPv6]:PORT) of --listen. */
-export function splitHostPort(listen: string): [string, number] {
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
-  if (!match) throw invalidOption('listen', 'HOST:PORT', listen);
-  return [match[1] ?? match[2], Number(match[3])];
+/**
+ * A host a peer is told to dial (--peer-listen, --advertise): a name or IPv4 address, or an IPv6 address in
+ * brackets. A regular expression's source, to be placed in a group.
+ */
+export const HOST = String.raw`\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+`;
+
+/** [HOST:]PORT, the host a name or address (an IPv6 one in brackets), the port a number. */
+const HOST_PORT = /^(?:(?:\[([^\]]+)\]|([^:]+)):)?(\d+)$/;
+
+/**
+ * HOST:PORT (or [IPv6]:PORT) of --listen, or [HOST:]PORT of --dashboard (a port alone: 127.0.0.1; port 0: any
+ * free port). Anything else, or a port above 65535, is a one-line error naming `option`.
+ */
+export function splitHostPort(address: string, option: 'listen' | 'dashboard' = 'listen'): [string, number] {
+  // Workers must reach --listen, so its host is said; the dashboard is loopback's unless told.
+  const hostOptional = option === 'dashboard';
+  const match = HOST_PORT.exec(hostOptional ? address.trim() : address);
+  const host = match?.[1] ?? match?.[2] ?? (match && hostOptional ? '127.0.0.1' : undefined);
+  const port = Number(match?.[3]);
+  if (host === undefined || !(port <= 65535)) throw invalidOption(option, hostOptional ? '[HOST:]PORT with a port from 0 to 65535' : 'HOST:PORT', address);
+  return [host, port];
 }
 
 /**
