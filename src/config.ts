@@ -398,6 +398,19 @@ export const RUN_OPTION_TABLE: OptionTable<RunConfig> = {
 
 export const RUN_OPTIONS = rowsOf(RUN_OPTION_TABLE);
 
+/** A command's options and their defaults (shown by --help, never set: the resolvers spread them). */
+export interface CommandTable {
+  options: readonly OptionSpec[];
+  defaults: object;
+}
+
+/** The commands whose options are a table here: the CLI's flags and docs/options.md are built from these. */
+export const COMMAND_TABLES = {
+  coordinator: { options: TRAIN_OPTIONS, defaults: DEFAULTS },
+  worker: { options: WORKER_OPTIONS, defaults: WORKER_DEFAULTS },
+  run: { options: RUN_OPTIONS, defaults: RUN_DEFAULTS },
+} as const satisfies Record<string, CommandTable>;
+
 const OPTION_BY_KEY = new Map<string, OptionSpec>(TRAIN_OPTIONS.map((o) => [o.key, o]));
 const WORKER_OPTION_BY_KEY = new Map<string, OptionSpec>(WORKER_OPTIONS.map((o) => [o.key, o]));
 const RUN_OPTION_BY_KEY = new Map<string, OptionSpec>(RUN_OPTIONS.map((o) => [o.key, o]));
