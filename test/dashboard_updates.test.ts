@@ -6,6 +6,10 @@
 import { describe, expect, it } from 'vitest';
 import type { ToDashboard } from '../src/dashboard/dashboard_thread.js';
 import { dashboardFeed } from '../src/dashboard/live.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadHistory } from '../src/dashboard/run_folder.js';
 import { RunStore } from '../src/dashboard/run_store.js';
 import { DashboardServer } from '../src/dashboard/server.js';
 import type { TrainEvent } from '../src/train/events.js';
@@ -45,6 +49,21 @@ describe('a resumed run on the dashboard', () => {
     expect(plans.map((p) => p.measuredMs)).toEqual([5]);
     expect(events[0].step).toBe(4);
     expect(steps.step).toEqual([1, 2, 3, 4, 5]);
+  });
+});
+
+describe('an epoch on the page', () => {
+  it('is the same from metrics.jsonl as live: its result and shares, not the record\'s waits', () => {
+    const result = { epoch: 1, steps: 4, testAccuracy: 50, testAvgLoss: 1, trainLoss: 2, seconds: 1, samplesPerSecond: 256 };
+    const live = new RunStore();
+    live.apply({ type: 'epoch', result, shares: { rows: { w: 256 }, networkWaitSeconds: 0.5 } });
+    const run = mkdtempSync(join(tmpdir(), 'dtrain-dashboard-updates-'));
+    const record = { type: 'epoch', ...result, shares: { w: 256 }, networkWaitSeconds: 0.5, endSeconds: { state: 0.1, evaluate: 0.2, verify: 0 } };
+    writeFileSync(join(run, 'metrics.jsonl'), `${JSON.stringify(record)}\n`);
+    const history = new RunStore();
+    loadHistory(history, run, 64);
+    expect(history.snapshot().epochs).toEqual(live.snapshot().epochs);
+    expect(Object.keys(history.snapshot().epochs[0]).sort()).toEqual([...Object.keys(result), 'shares'].sort());
   });
 });
 

@@ -96,6 +96,14 @@ export interface EpochView extends EpochResult {
   shares?: Record<string, number>;
 }
 
+/** An epoch as the page shows it, live or from metrics.jsonl alike: its result and the rows each participant computed. */
+export function epochView(
+  { epoch, steps, testAccuracy, testAvgLoss, trainLoss, seconds, samplesPerSecond }: EpochResult,
+  shares: Record<string, number> | undefined,
+): EpochView {
+  return { epoch, steps, testAccuracy, testAvgLoss, trainLoss, seconds, samplesPerSecond, shares };
+}
+
 export interface Snapshot {
   /** true: a finished run's folder, nothing more will come. */
   finished: boolean;
@@ -190,7 +198,7 @@ export class RunStore {
         this.addParticipants(event.record);
         return;
       case 'epoch':
-        this.addEpoch({ ...event.result, shares: event.shares.rows });
+        this.addEpoch(epochView(event.result, event.shares.rows));
         return;
       case 'cluster':
         this.addClusterEvent(event.event);
