@@ -243,14 +243,17 @@ export const OPTIONS_NOT_FROM_CHECKPOINT: readonly (keyof TrainConfig)[] = [
 ];
 
 /**
- * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
- * the checkpoint (or be left out, and are then taken from it).
+ * Options a resumed run may change: how and where it runs, not what it computes — the session's own among
+ * them, which no checkpoint holds. The rest must match the checkpoint (or be left out, and are then taken from it).
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
-  'threads', 'plan', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
-  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'tensorboard', 'device', 'allowSoftwareGpu',
-  'allowMixedDevices', 'dashboard', 'dashboardToken',
+  ...OPTIONS_NOT_FROM_CHECKPOINT,
+  'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'heartbeatMs', 'stepTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints',
+  'export', 'tensorboard', 'device', 'allowSoftwareGpu', 'allowMixedDevices',
 ];
+
+/** Secrets: never written to a checkpoint or summary.json, shown only as whether they are set. */
+export const SECRET_OPTIONS = ['token', 'dashboardToken'] as const satisfies readonly (keyof TrainConfig)[];
 
 /**
  * A worker's name (dtrain worker --name, hello.name): the coordinator shows it and its records use it as a
