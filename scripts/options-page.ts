@@ -11,26 +11,16 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command, Option } from 'commander';
 import { buildProgram } from '../src/cli.js';
-import {
-  DEFAULTS,
-  describeKind,
-  MACHINE_DEPENDENT_DEFAULTS,
-  RUN_DEFAULTS,
-  RUN_OPTIONS,
-  TRAIN_OPTIONS,
-  WORKER_DEFAULTS,
-  WORKER_OPTIONS,
-  type OptionSpec,
-} from '../src/config.js';
+import { COMMAND_TABLES, describeKind, MACHINE_DEPENDENT_DEFAULTS } from '../src/config.js';
 import { packageRoot } from '../src/paths.js';
 
 export const OPTIONS_PAGE = join(packageRoot, 'docs', 'options.md');
 
-/** The commands whose options come from a table of config.ts, with the table, its defaults and what its keys are. */
-const TABLES: Record<string, { options: readonly OptionSpec[]; defaults: object; keys: string; inWords?: Partial<Record<string, string>> }> = {
-  coordinator: { options: TRAIN_OPTIONS, defaults: DEFAULTS, keys: '`cluster.config.json` (`--config`) and `train()`', inWords: MACHINE_DEPENDENT_DEFAULTS },
-  worker: { options: WORKER_OPTIONS, defaults: WORKER_DEFAULTS, keys: '`WorkerConfig` (src/config.ts), what `runWorker()` takes' },
-  run: { options: RUN_OPTIONS, defaults: RUN_DEFAULTS, keys: 'none: flags only' },
+/** What the keys of each command's table (config.ts's COMMAND_TABLES) are, and defaults said in words. */
+const KEYS: Record<keyof typeof COMMAND_TABLES, { keys: string; inWords?: Partial<Record<string, string>> }> = {
+  coordinator: { keys: '`cluster.config.json` (`--config`) and `train()`', inWords: MACHINE_DEPENDENT_DEFAULTS },
+  worker: { keys: '`WorkerConfig` (src/config.ts), what `runWorker()` takes' },
+  run: { keys: 'none: flags only' },
 };
 
 /** Text for a table cell: a pipe would end the cell, and <dir> would be read as an HTML tag. */
@@ -45,7 +35,8 @@ function shownDefault(key: string, defaults: object, inWords: Partial<Record<str
 }
 
 function tableOf(command: Command): string[] {
-  const table = TABLES[command.name()];
+  const name = command.name();
+  const table = Object.hasOwn(COMMAND_TABLES, name) ? { ...COMMAND_TABLES[name as keyof typeof COMMAND_TABLES], ...KEYS[name as keyof typeof KEYS] } : undefined;
   const options = command.options as readonly Option[];
   if (!table) {
     return ['| flag | what it does |', '|---|---|', ...options.map((o) => `| ${code(o.flags)} | ${cell(o.description)}${o.mandatory ? ' (required)' : ''} |`)];

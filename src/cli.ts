@@ -8,26 +8,13 @@ import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { hostname } from 'node:os';
 import type { WorkerEvent } from './cluster/remote/client.js';
-import {
-  DEFAULTS,
-  parseOptionValue,
-  resolveWorkerConfig,
-  RUN_DEFAULTS,
-  RUN_OPTIONS,
-  TRAIN_OPTIONS,
-  WORKER_DEFAULTS,
-  WORKER_OPTIONS,
-  type OptionSpec,
-  type RunConfig,
-  type TrainConfig,
-  type WorkerConfig,
-} from './config.js';
+import { COMMAND_TABLES, parseOptionValue, type CommandTable, resolveWorkerConfig, TRAIN_OPTIONS, type RunConfig, type TrainConfig, type WorkerConfig } from './config.js';
 import { show } from './errors.js';
 import { packageRoot } from './paths.js';
 import type { WorkerPlan } from './launch/run.js';
 import type { TrainOptions } from './train/events.js';
 
-function addOptions(command: Command, options: readonly OptionSpec[], defaults: object): Command {
+function addOptions(command: Command, { options, defaults }: CommandTable): Command {
   for (const spec of options) {
     // Defaults are shown, not set: the config file and the resolvers must see which flags were given.
     const d = (defaults as Record<string, unknown>)[spec.key];
@@ -98,6 +85,44 @@ async function untilSignalled(work: (signal: AbortSignal) => Promise<unknown>, o
   }
 }
 
+/** `dtrain eval`: the model's accuracy and loss, and the confusion matrix, on the console. */
+async function evaluate(flags: { model: string; data?: string }): Promise<void> {
+  const { evaluateSavedModel } = await import('./inference.js');
+  const report = await evaluateSavedModel(flags.model, flags.data);
+  console.log(`Test result: Accuracy: ${report.accuracy.toFixed(2)}%, Avg loss: ${report.avgLoss.toFixed(6)}  (${report.samples} samples)`);
+  console.log('confusion matrix (rows: label, columns: predicted):');
+  const width = Math.max(5, String(report.samples).length + 1);
+  console.log(`${' '.repeat(6)}${report.confusion.map((_, k) => String(k).padStart(width)).join('')}`);
+  report.confusion.forEach((row, label) => console.log(`${String(label).padStart(5)} ${row.map((n) => String(n).padStart(width)).join('')}`));
+}
+
+/** `dtrain predict`: the digit in a PNG, and every class's probability. */
+async function predict(file: string, flags: { model: string; invert?: boolean }): Promise<void> {
+  const { predictImage } = await import('./inference.js');
+  const { predicted, probabilities } = await predictImage(flags.model, file, flags.invert);
+  console.log(`${file}: ${predicted}  (p = ${probabilities[predicted].toFixed(4)})`);
+  console.log(probabilities.map((p, k) => `${k}: ${p.toFixed(4)}`).join('  '));
+}
+
+/** `dtrain plot`: the run's plot.svg; with --serve, also its dashboard page until a signal stops it. */
+async function plot(runDir: string, flags: { serve?: string; dashboardToken?: string; tlsCert?: string; tlsKey?: string }): Promise<void> {
+  const { plotRun } = await import('./report/plot.js');
+  if (flags.serve === undefined) return void console.log(plotRun(runDir));
+  const { dashboardSettings } = await import('./config.js');
+  const { serveRunFolder } = await import('./index.js');
+  const settings = dashboardSettings(withDashboardToken({ dashboard: flags.serve, dashboardToken: flags.dashboardToken, tlsCert: flags.tlsCert, tlsKey: flags.tlsKey }));
+  const served = await serveRunFolder(runDir, settings);
+  // The SVG too, for those who read files; a run stopped before its first epoch has none to draw.
+  try {
+    console.log(plotRun(runDir));
+  } catch (e) {
+    console.log(`no plot.svg: ${(e as Error).message}`);
+  }
+  console.log(`dashboard: ${served.url}${settings.token ? '?token=… (the --dashboard-token)' : ''} (Ctrl-C to stop)`);
+  await untilSignalled((signal) => new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true })));
+  await served.close();
+}
+
 async function worker(flags: Partial<WorkerConfig>): Promise<void> {
   // A token in the environment keeps it out of the process list.
   await workOnConsole(resolveWorkerConfig({ ...flags, token: flags.token ?? (process.env.DTRAIN_TOKEN || undefined) }));
@@ -149,33 +174,20 @@ export function buildProgram(): Command {
     .command('coordinator')
     .description('train (by default: the tutorial MLP on the embedded MNIST, on all cores)')
     .option('--config <file>', 'read options from a JSON file such as cluster.config.json (flags override it)');
-  addOptions(coord, TRAIN_OPTIONS, DEFAULTS).action((flags) => coordinator(flags));
+  addOptions(coord, COMMAND_TABLES.coordinator).action((flags) => coordinator(flags));
   program
     .command('eval')
     .description('accuracy, average loss and confusion matrix of an exported model (RUN_DIR/model) on a test set')
     .requiredOption('--model <dir>', 'the model directory a run exported (RUN_DIR/model)')
     .option('--data <dir>', 'IDX dataset directory whose t10k files to use (default: the embedded MNIST)')
-    .action(async (flags: { model: string; data?: string }) => {
-      const { evaluateSavedModel } = await import('./inference.js');
-      const report = await evaluateSavedModel(flags.model, flags.data);
-      console.log(`Test result: Accuracy: ${report.accuracy.toFixed(2)}%, Avg loss: ${report.avgLoss.toFixed(6)}  (${report.samples} samples)`);
-      console.log('confusion matrix (rows: label, columns: predicted):');
-      const width = Math.max(5, String(report.samples).length + 1);
-      console.log(`${' '.repeat(6)}${report.confusion.map((_, k) => String(k).padStart(width)).join('')}`);
-      report.confusion.forEach((row, label) => console.log(`${String(label).padStart(5)} ${row.map((n) => String(n).padStart(width)).join('')}`));
-    });
+    .action((flags: { model: string; data?: string }) => evaluate(flags));
   program
     .command('predict')
     .description('classify a 28×28 PNG (light digit on a dark background, like MNIST) with an exported model')
     .requiredOption('--model <dir>', 'the model directory a run exported (RUN_DIR/model)')
     .option('--invert', 'the image is dark on light: invert it first')
     .argument('<file>', 'a PNG with as many pixels as the model has inputs')
-    .action(async (file: string, flags: { model: string; invert?: boolean }) => {
-      const { predictImage } = await import('./inference.js');
-      const { predicted, probabilities } = await predictImage(flags.model, file, flags.invert);
-      console.log(`${file}: ${predicted}  (p = ${probabilities[predicted].toFixed(4)})`);
-      console.log(probabilities.map((p, k) => `${k}: ${p.toFixed(4)}`).join('  '));
-    });
+    .action((file: string, flags: { model: string; invert?: boolean }) => predict(file, flags));
   program
     .command('plot')
     .description('write RUN_DIR/plot.svg (loss and accuracy per epoch) from RUN_DIR/metrics.jsonl; with --serve, also show the run\'s dashboard page')
@@ -184,29 +196,13 @@ export function buildProgram(): Command {
     .option('--dashboard-token <secret>', 'the viewers\' secret, required with --serve beyond loopback (or env DTRAIN_DASHBOARD_TOKEN)')
     .option('--tls-cert <file>', 'PEM certificate: serve https (required with --serve beyond loopback)')
     .option('--tls-key <file>', 'PEM private key of --tls-cert')
-    .action(async (runDir: string, flags: { serve?: string; dashboardToken?: string; tlsCert?: string; tlsKey?: string }) => {
-      const { plotRun } = await import('./report/plot.js');
-      if (flags.serve === undefined) return void console.log(plotRun(runDir));
-      const { dashboardSettings } = await import('./config.js');
-      const { serveRunFolder } = await import('./index.js');
-      const settings = dashboardSettings(withDashboardToken({ dashboard: flags.serve, dashboardToken: flags.dashboardToken, tlsCert: flags.tlsCert, tlsKey: flags.tlsKey }));
-      const served = await serveRunFolder(runDir, settings);
-      // The SVG too, for those who read files; a run stopped before its first epoch has none to draw.
-      try {
-        console.log(plotRun(runDir));
-      } catch (e) {
-        console.log(`no plot.svg: ${(e as Error).message}`);
-      }
-      console.log(`dashboard: ${served.url}${settings.token ? '?token=… (the --dashboard-token)' : ''} (Ctrl-C to stop)`);
-      await untilSignalled((signal) => new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true })));
-      await served.close();
-    });
+    .action((runDir: string, flags: Parameters<typeof plot>[1]) => plot(runDir, flags));
   const work = program.command('worker').description('join a coordinator\'s run as a remote worker');
-  addOptions(work, WORKER_OPTIONS, WORKER_DEFAULTS).action((flags) => worker(flags));
+  addOptions(work, COMMAND_TABLES.worker).action((flags) => worker(flags));
   const run = program
     .command('run')
     .description('one command for every rank under mpirun, srun, torchrun or a Kubernetes Indexed Job: rank 0 trains, the others join it');
-  addOptions(run, RUN_OPTIONS, RUN_DEFAULTS).action((flags) => launched(flags));
+  addOptions(run, COMMAND_TABLES.run).action((flags) => launched(flags));
   return program;
 }
 

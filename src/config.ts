@@ -243,14 +243,17 @@ export const OPTIONS_NOT_FROM_CHECKPOINT: readonly (keyof TrainConfig)[] = [
 ];
 
 /**
- * Options a resumed run may change: how and where it runs, not what it computes. The rest must match
- * the checkpoint (or be left out, and are then taken from it).
+ * Options a resumed run may change: how and where it runs, not what it computes — the session's own among
+ * them, which no checkpoint holds. The rest must match the checkpoint (or be left out, and are then taken from it).
  */
 export const RESUMABLE_OPTIONS: readonly (keyof TrainConfig)[] = [
-  'threads', 'plan', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'listen', 'token', 'tlsCert', 'tlsKey',
-  'heartbeatMs', 'stepTimeoutMs', 'minWorkers', 'joinTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints', 'resume', 'export', 'tensorboard', 'device', 'allowSoftwareGpu',
-  'allowMixedDevices', 'dashboard', 'dashboardToken',
+  ...OPTIONS_NOT_FROM_CHECKPOINT,
+  'threads', 'epochs', 'steps', 'microBatch', 'logEvery', 'out', 'heartbeatMs', 'stepTimeoutMs', 'verify', 'checkpointEvery', 'keepCheckpoints',
+  'export', 'tensorboard', 'device', 'allowSoftwareGpu', 'allowMixedDevices',
 ];
+
+/** Secrets: never written to a checkpoint or summary.json, shown only as whether they are set. */
+export const SECRET_OPTIONS = ['token', 'dashboardToken'] as const satisfies readonly (keyof TrainConfig)[];
 
 /**
  * A worker's name (dtrain worker --name, hello.name): the coordinator shows it and its records use it as a
@@ -398,6 +401,19 @@ export const RUN_OPTION_TABLE: OptionTable<RunConfig> = {
 
 export const RUN_OPTIONS = rowsOf(RUN_OPTION_TABLE);
 
+/** A command's options and their defaults (shown by --help, never set: the resolvers spread them). */
+export interface CommandTable {
+  options: readonly OptionSpec[];
+  defaults: object;
+}
+
+/** The commands whose options are a table here: the CLI's flags and docs/options.md are built from these. */
+export const COMMAND_TABLES = {
+  coordinator: { options: TRAIN_OPTIONS, defaults: DEFAULTS },
+  worker: { options: WORKER_OPTIONS, defaults: WORKER_DEFAULTS },
+  run: { options: RUN_OPTIONS, defaults: RUN_DEFAULTS },
+} as const satisfies Record<string, CommandTable>;
+
 const OPTION_BY_KEY = new Map<string, OptionSpec>(TRAIN_OPTIONS.map((o) => [o.key, o]));
 const WORKER_OPTION_BY_KEY = new Map<string, OptionSpec>(WORKER_OPTIONS.map((o) => [o.key, o]));
 const RUN_OPTION_BY_KEY = new Map<string, OptionSpec>(RUN_OPTIONS.map((o) => [o.key, o]));
@@ -518,7 +534,7 @@ export interface DashboardSettings {
  * options it names, so it can be checked before a resumed run's configuration is merged.
  */
 export function dashboardSettings(config: Pick<Partial<TrainConfig>, 'dashboard' | 'dashboardToken' | 'token' | 'tlsCert' | 'tlsKey'>): DashboardSettings {
-  const { host, port } = dashboardAddress(config.dashboard ?? '');
+  const [host, port] = splitHostPort(config.dashboard ?? '', 'dashboard');
   const address = joinHostPort(host, port);
   const token = config.dashboardToken ?? undefined;
   if (token !== undefined) checkToken(token, 'dashboardToken');
@@ -531,14 +547,6 @@ export function dashboardSettings(config: Pick<Partial<TrainConfig>, 'dashboard'
   return { host, port, tls, token };
 }
 
-/** --dashboard's [HOST:]PORT (a port alone: 127.0.0.1; port 0: any free port). */
-export function dashboardAddress(value: string): { host: string; port: number } {
-  const match = /^(?:(?:\[([^\]]+)\]|([^:]+)):)?(\d+)$/.exec(value.trim());
-  const port = match ? Number(match[3]) : NaN;
-  if (!match || port > 65535) throw invalidOption('dashboard', '[HOST:]PORT with a port from 0 to 65535', value);
-  return { host: match[1] ?? match[2] ?? '127.0.0.1', port };
-}
-
 /** Validates dtrain worker's options (parsed flags, or code) and spreads the defaults under them. */
 export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerConfig {
   validate(user, WORKER_OPTION_BY_KEY);
@@ -548,10 +556,10 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
   checkWorkerName(given.name);
   checkToken(given.token);
-  if (given.peerListen !== undefined && given.peerListen !== 'off' && !/^((\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}$/.test(given.peerListen)) {
+  if (given.peerListen !== undefined && given.peerListen !== 'off' && !new RegExp(`^((${HOST}):)?\\d{1,5}$`).test(given.peerListen)) {
     throw invalidOption('peerListen', '[HOST:]PORT, or off', given.peerListen);
   }
-  if (given.advertise !== undefined && !/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(given.advertise)) {
+  if (given.advertise !== undefined && !new RegExp(`^(${HOST})(:\\d{1,5})?$`).test(given.advertise)) {
     throw invalidOption('advertise', 'HOST or HOST:PORT', given.advertise);
   }
   return { ...WORKER_DEFAULTS, ...given, connect: given.connect };
@@ -571,11 +579,27 @@ export function joinHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
-/** HOST:PORT (or [IPv6]:PORT) of --listen. */
-export function splitHostPort(listen: string): [string, number] {
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
-  if (!match) throw invalidOption('listen', 'HOST:PORT', listen);
-  return [match[1] ?? match[2], Number(match[3])];
+/**
+ * A host a peer is told to dial (--peer-listen, --advertise): a name or IPv4 address, or an IPv6 address in
+ * brackets. A regular expression's source, to be placed in a group.
+ */
+export const HOST = String.raw`\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+`;
+
+/** [HOST:]PORT, the host a name or address (an IPv6 one in brackets), the port a number. */
+const HOST_PORT = /^(?:(?:\[([^\]]+)\]|([^:]+)):)?(\d+)$/;
+
+/**
+ * HOST:PORT (or [IPv6]:PORT) of --listen, or [HOST:]PORT of --dashboard (a port alone: 127.0.0.1; port 0: any
+ * free port). Anything else, or a port above 65535, is a one-line error naming `option`.
+ */
+export function splitHostPort(address: string, option: 'listen' | 'dashboard' = 'listen'): [string, number] {
+  // Workers must reach --listen, so its host is said; the dashboard is loopback's unless told.
+  const hostOptional = option === 'dashboard';
+  const match = HOST_PORT.exec(hostOptional ? address.trim() : address);
+  const host = match?.[1] ?? match?.[2] ?? (match && hostOptional ? '127.0.0.1' : undefined);
+  const port = Number(match?.[3]);
+  if (host === undefined || !(port <= 65535)) throw invalidOption(option, hostOptional ? '[HOST:]PORT with a port from 0 to 65535' : 'HOST:PORT', address);
+  return [host, port];
 }
 
 /**
@@ -586,9 +610,12 @@ function checkToken(token: string | null | undefined, option = 'token'): void {
   if (token !== null && token !== undefined && Buffer.byteLength(token) < MIN_TOKEN_BYTES) throw tokenTooShort(Buffer.byteLength(token), option);
 }
 
-/** Whether --listen's host is this machine only (then no token is required, and TLS adds nothing). */
-export function isLoopback(listen: string): boolean {
-  const host = listen.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+/**
+ * Whether an address's host (HOST, HOST:PORT or [IPv6]:PORT: --listen, --dashboard, a Host header) is this
+ * machine only (then no token is required, and TLS adds nothing). Host names are case-insensitive.
+ */
+export function isLoopback(address: string): boolean {
+  const host = address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '').toLowerCase();
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 

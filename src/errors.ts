@@ -57,10 +57,7 @@ export function tokenTooShort(bytes: number, option = 'token'): TypeError {
 }
 
 /** A dashboard beyond loopback lacks TLS or its viewer token; the simple way to look from afar is a tunnel. */
-export function dashboardBeyondLoopback(address: string, missing: 'tls' | 'token' | 'launch'): TypeError {
-  if (missing === 'launch') {
-    return new TypeError(`option "dashboard" (${address}) reaches beyond loopback, which dtrain run does not serve (it takes no TLS files): keep it on 127.0.0.1 and look through an SSH tunnel to rank 0's host (ssh -L PORT:127.0.0.1:PORT HOST)`);
-  }
+export function dashboardBeyondLoopback(address: string, missing: 'tls' | 'token'): TypeError {
   const need = missing === 'tls' ? 'TLS: give --tls-cert and --tls-key' : 'a viewer token: give --dashboard-token or DTRAIN_DASHBOARD_TOKEN';
   return new TypeError(`option "dashboard" (${address}) reaches beyond loopback, so it needs ${need}, or keep it on 127.0.0.1 and look through an SSH tunnel (ssh -L PORT:127.0.0.1:PORT HOST)`);
 }

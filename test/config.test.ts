@@ -4,10 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   DEFAULTS,
+  isLoopback,
   parseOptionValue,
   readConfigFile,
   resolveConfig,
   resolveWorkerConfig,
+  splitHostPort,
   TRAIN_OPTIONS,
   WORKER_DEFAULTS,
   WORKER_OPTIONS,
@@ -254,5 +256,19 @@ describe('listen addresses', () => {
   it('takes HOST:PORT and [IPv6]:PORT, and names a malformed one', () => {
     expect(() => resolveConfig({ listen: 'localhost' })).toThrow(new TypeError('option "listen" must be HOST:PORT, got "localhost"'));
     expect(resolveConfig({ listen: 'localhost:7070' }).listen).toBe('localhost:7070');
+    expect(() => resolveConfig({ listen: '7070' })).toThrow(new TypeError('option "listen" must be HOST:PORT, got "7070"'));
+    expect(() => resolveConfig({ listen: '127.0.0.1:65536' })).toThrow(new TypeError('option "listen" must be HOST:PORT, got "127.0.0.1:65536"'));
+    expect(splitHostPort('[::1]:7070')).toEqual(['::1', 7070]);
+  });
+
+  it('takes --dashboard as [HOST:]PORT, a port alone on 127.0.0.1', () => {
+    expect(splitHostPort(' 8080 ', 'dashboard')).toEqual(['127.0.0.1', 8080]);
+    expect(splitHostPort('[::1]:0', 'dashboard')).toEqual(['::1', 0]);
+    expect(() => splitHostPort('0.0.0.0:65536', 'dashboard')).toThrow(new TypeError('option "dashboard" must be [HOST:]PORT with a port from 0 to 65535, got "0.0.0.0:65536"'));
+  });
+
+  it('knows loopback by its host, whatever its case, with or without a port', () => {
+    for (const address of ['127.0.0.1:7070', '127.1.2.3', 'LocalHost:8080', 'localhost', '[::1]:8080', '[::1]']) expect(isLoopback(address)).toBe(true);
+    for (const address of ['0.0.0.0:7070', '[::]:7070', 'rebound.example:8080', '10.0.0.1', '128.0.0.1:80']) expect(isLoopback(address)).toBe(false);
   });
 });

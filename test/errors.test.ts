@@ -113,11 +113,6 @@ const cases: [string, Error, string, string?][] = [
     'option "dashboard" (0.0.0.0:8080) reaches beyond loopback, so it needs a viewer token: give --dashboard-token or DTRAIN_DASHBOARD_TOKEN, or keep it on 127.0.0.1 and look through an SSH tunnel (ssh -L PORT:127.0.0.1:PORT HOST)',
   ],
   [
-    'dashboardBeyondLoopback launch',
-    errors.dashboardBeyondLoopback('0.0.0.0:8080', 'launch'),
-    'option "dashboard" (0.0.0.0:8080) reaches beyond loopback, which dtrain run does not serve (it takes no TLS files): keep it on 127.0.0.1 and look through an SSH tunnel to rank 0\'s host (ssh -L PORT:127.0.0.1:PORT HOST)',
-  ],
-  [
     'dashboardTokenReused',
     errors.dashboardTokenReused(),
     'option "dashboardToken" must differ from "token": a browser sends the viewer token as it is, and the workers\' token must never cross the wire',

@@ -66,10 +66,18 @@ describe('dtrain run: what each rank does', () => {
     expect(planLaunch({ resume: '/runs/a', microBatch: 128 }, TORCHRUN(1), noToken).role).toBe('worker');
   });
 
-  it('gives rank 0 the --dashboard, on loopback only (dtrain run takes no TLS files)', () => {
+  it('gives rank 0 the --dashboard; beyond loopback only with TLS and a viewer token, checked on every rank', () => {
     const plan = planLaunch({ dashboard: '8080' }, TORCHRUN(0), noToken);
     expect(plan.role === 'coordinator' && plan.train.dashboard).toBe('8080');
-    expect(() => planLaunch({ dashboard: '0.0.0.0:8080' }, TORCHRUN(1), noToken)).toThrow(/^option "dashboard" \(0\.0\.0\.0:8080\) reaches beyond loopback, which dtrain run does not serve/);
+    const beyond = /^option "dashboard" \(0\.0\.0\.0:8080\) reaches beyond loopback, so it needs TLS: give --tls-cert and --tls-key/;
+    expect(() => planLaunch({ dashboard: '0.0.0.0:8080' }, TORCHRUN(1), noToken)).toThrow(beyond);
+    // Resumed, the other options are rank 0's to check; the dashboard's are this session's, so every rank checks them.
+    expect(() => planLaunch({ resume: '/runs/a', dashboard: '0.0.0.0:8080' }, TORCHRUN(1), noToken)).toThrow(beyond);
+    const tls = { tlsCert: '/tls/cert.pem', tlsKey: '/tls/key.pem' };
+    expect(() => planLaunch({ dashboard: '0.0.0.0:8080', ...tls }, TORCHRUN(1), noToken)).toThrow(/so it needs a viewer token: give --dashboard-token/);
+    const served = planLaunch({ dashboard: '0.0.0.0:8080', dashboardToken: 'viewers, 16+ bytes', ...tls }, TORCHRUN(0), noToken);
+    expect(served).toMatchObject({ role: 'coordinator', train: { dashboard: '0.0.0.0:8080', dashboardToken: 'viewers, 16+ bytes', ...tls } });
+    expect(planLaunch({ resume: '/runs/a', dashboard: '0.0.0.0:8080', dashboardToken: 'viewers, 16+ bytes', ...tls }, TORCHRUN(2), noToken).role).toBe('worker');
   });
 
   it('passes on only the options given, so that a resumed run sees no defaults as choices', () => {

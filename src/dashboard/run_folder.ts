@@ -3,16 +3,12 @@
  * resumed run's page continues, or a finished run's page shows), and summary.json (a finished run's identity,
  * plans and end).
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import type { ParticipantsRecord } from '../cluster/participant_stats.js';
+import { existsSync } from 'node:fs';
 import { runDirUnreadable } from '../errors.js';
 import { describeSpec, type ModelSpec } from '../model/spec.js';
-import { metricsFile, readMetrics, type MetricsRecord } from '../report/metrics.js';
-import type { RunSummary } from '../report/summary.js';
-import { RunStore } from './run_store.js';
-
-type Record = MetricsRecord | ({ type: 'participants' } & ParticipantsRecord);
+import { metricsFile, readMetrics } from '../report/metrics.js';
+import { readSummary, summaryFile, type RunSummary } from '../report/summary.js';
+import { epochView, RunStore } from './run_store.js';
 
 /**
  * Adds metrics.jsonl's records to the store, those up to `throughStep` only when given (a resumed run drops
@@ -21,22 +17,19 @@ type Record = MetricsRecord | ({ type: 'participants' } & ParticipantsRecord);
  */
 export function loadHistory(store: RunStore, runDir: string, batchSize: number, throughStep = Infinity): void {
   if (!existsSync(metricsFile(runDir))) return;
-  for (const record of readMetrics(runDir) as Record[]) {
-    if (record.type === 'step' && record.step <= throughStep) store.addStep(record.step, record.loss, record.ms, batchSize);
-    else if (record.type === 'epoch' && record.steps <= throughStep) {
-      const { type: _, networkWaitSeconds: _wait, ...epoch } = record;
-      store.addEpoch(epoch);
-    } else if (record.type === 'participants' && record.step <= throughStep) store.addParticipants(record);
+  for (const record of readMetrics(runDir)) {
+    if (record.type === 'step' && record.step <= throughStep) store.addStep(record.step, record.loss, record.ms, batchSize, false);
+    else if (record.type === 'epoch' && record.steps <= throughStep) store.addEpoch(epochView(record, record.shares));
+    else if (record.type === 'participants' && record.step <= throughStep) store.addParticipants(record);
   }
 }
 
 /** A finished run's folder as a store: summary.json (required) and metrics.jsonl. */
 export function openRunFolder(runDir: string): RunStore {
-  const file = join(runDir, 'summary.json');
-  if (!existsSync(file)) throw runDirUnreadable(runDir, 'no summary.json');
+  if (!existsSync(summaryFile(runDir))) throw runDirUnreadable(runDir, 'no summary.json');
   let summary: RunSummary;
   try {
-    summary = JSON.parse(readFileSync(file, 'utf8')) as RunSummary;
+    summary = readSummary(runDir);
   } catch (e) {
     throw runDirUnreadable(runDir, `summary.json: ${(e as Error).message}`);
   }

@@ -96,6 +96,14 @@ export interface EpochView extends EpochResult {
   shares?: Record<string, number>;
 }
 
+/** An epoch as the page shows it, live or from metrics.jsonl alike: its result and the rows each participant computed. */
+export function epochView(
+  { epoch, steps, testAccuracy, testAvgLoss, trainLoss, seconds, samplesPerSecond }: EpochResult,
+  shares: Record<string, number> | undefined,
+): EpochView {
+  return { epoch, steps, testAccuracy, testAvgLoss, trainLoss, seconds, samplesPerSecond, shares };
+}
+
 export interface Snapshot {
   /** true: a finished run's folder, nothing more will come. */
   finished: boolean;
@@ -111,13 +119,20 @@ export interface Snapshot {
   done: { paramsSha256: string; steps: number; msPerStep: number; samplesPerSecond: number; error?: string } | null;
 }
 
-/** What changed since the last update: new step points, and each other part whole when it changed. */
-export type Update = Partial<Omit<Snapshot, 'steps'>> & { steps?: StepColumns };
+/**
+ * What changed since the last update: new step points, and each other part whole when it changed; when only
+ * the plan in force was measured over more steps, its measuredMs alone.
+ */
+export type Update = Partial<Omit<Snapshot, 'steps'>> & { steps?: StepColumns; measuredMs?: number };
 
-type Part = Exclude<keyof Snapshot, 'steps' | 'stepStats' | 'progress'>;
+/** The parts sent whole when they change (the slowest goes with the participants it is one of). */
+type Part = Exclude<keyof Snapshot, 'steps' | 'stepStats' | 'progress' | 'slowest'>;
 
+const PARTS: readonly Part[] = ['finished', 'identity', 'epochs', 'participants', 'plans', 'events', 'done'];
+
+/** A participant as its records left it: its latest state, and its recent records, summed only when read. */
 interface ParticipantTotals {
-  view: ParticipantView;
+  latest: ParticipantStep;
   /** Its recent records' rows and times, oldest first, and the step of each. */
   recent: ParticipantStep[];
   steps: number[];
@@ -143,6 +158,8 @@ export class RunStore {
   private readonly recentSamples: number[] = [];
   private readonly epochs: EpochView[] = [];
   private readonly participants = new Map<string, ParticipantTotals>();
+  /** The step of the last participants record: shares are over the RECENT_RECORDS steps up to it. */
+  private participantsStep = 0;
   private readonly plans: PlanView[] = [];
   private readonly planTotals: { ms: number; steps: number }[] = [];
   private readonly events: { step: number; line: string }[] = [];
@@ -152,7 +169,7 @@ export class RunStore {
   /** Points added since the last update, and whether the curves were halved (then pages take a snapshot). */
   private fresh = emptyColumns();
   private halved = false;
-  private readonly changed = new Set<Part | 'progress'>();
+  private readonly changed = new Set<Part | 'progress' | 'measured'>();
 
   /** A live run's event. */
   apply(event: TrainEvent): void {
@@ -181,10 +198,14 @@ export class RunStore {
         this.addParticipants(event.record);
         return;
       case 'epoch':
-        this.addEpoch({ ...event.result, shares: event.shares.rows });
+        this.addEpoch(epochView(event.result, event.shares.rows));
         return;
       case 'cluster':
         this.addClusterEvent(event.event);
+        return;
+      case 'checkpoint':
+        // Resumed: the run goes on from here (its history comes with its first step); cluster events before that are dated so.
+        if (event.action === 'resumed') this.progress.step = Math.max(this.progress.step, event.step);
         return;
       case 'done':
         this.finish(event.summary);
@@ -194,8 +215,11 @@ export class RunStore {
     }
   }
 
-  /** A step record (live, or read from metrics.jsonl). */
-  addStep(step: number, loss: number, ms: number, samples: number): void {
+  /**
+   * A step record (live, or read from metrics.jsonl). `underPlan`: it counts toward the plan in force (not a
+   * resumed run's history: those steps were taken before this session's plans).
+   */
+  addStep(step: number, loss: number, ms: number, samples: number, underPlan = true): void {
     this.progress.step = Math.max(this.progress.step, step);
     this.recentMs.push(ms);
     this.recentSamples.push(samples);
@@ -203,12 +227,11 @@ export class RunStore {
       this.recentMs.shift();
       this.recentSamples.shift();
     }
-    const plan = this.planTotals[this.plans.length - 1];
+    const plan = underPlan ? this.planTotals.at(-1) : undefined;
     if (plan) {
       plan.ms += ms;
       plan.steps++;
-      this.plans[this.plans.length - 1].measuredMs = plan.ms / plan.steps;
-      this.changed.add('plans');
+      this.changed.add('measured');
     }
     const p = this.pending;
     p.count++;
@@ -261,13 +284,12 @@ export class RunStore {
     this.changed.add('epochs');
   }
 
+  /** A participants record: kept as it comes, summed into views only when a page is sent them. */
   addParticipants(record: ParticipantsRecord): void {
     for (const p of record.participants) {
       let totals = this.participants.get(p.id);
-      if (!totals) {
-        totals = { view: { ...p, share: 0, rowsPerSecond: 0, computeMs: 0, applyMs: 0, wireMs: 0, waitMs: 0, lastStep: record.step }, recent: [], steps: [], seen: record.step };
-        this.participants.set(p.id, totals);
-      }
+      if (!totals) this.participants.set(p.id, (totals = { latest: p, recent: [], steps: [], seen: record.step }));
+      totals.latest = p;
       totals.recent.push(p);
       totals.steps.push(record.step);
       if (totals.recent.length > RECENT_RECORDS) {
@@ -275,37 +297,56 @@ export class RunStore {
         totals.steps.shift();
       }
       totals.seen = record.step;
-      const { recent } = totals;
-      const sum = (key: 'rows' | 'computeMs' | 'applyMs' | 'wireMs' | 'waitMs') => recent.reduce((a, r) => a + r[key], 0);
-      const computeMs = sum('computeMs');
-      Object.assign(totals.view, {
-        kind: p.kind,
-        address: p.address,
-        state: p.state,
-        reason: p.reason,
-        engine: p.engine,
-        device: p.device,
-        rowsPerSecond: computeMs > 0 ? (1000 * sum('rows')) / computeMs : 0,
-        computeMs: computeMs / recent.length,
-        applyMs: sum('applyMs') / recent.length,
-        wireMs: sum('wireMs') / recent.length,
-        waitMs: sum('waitMs') / recent.length,
-        lastStep: record.step,
-      });
     }
-    // Shares over the same recent steps for everyone, so that they add up to one and a participant gone
-    // (or on standby) loses its share as the others take its rows.
-    const since = record.step - RECENT_RECORDS;
-    const rows = [...this.participants.values()].map((t) => t.recent.reduce((a, r, i) => a + (t.steps[i] > since ? r.rows : 0), 0));
-    const all = rows.reduce((a, b) => a + b, 0);
-    [...this.participants.values()].forEach((t, i) => (t.view.share = all > 0 ? rows[i] / all : 0));
+    this.participantsStep = record.step;
     this.forgetParticipants();
     this.changed.add('participants');
   }
 
+  /** Every participant's view (means over its recent records, its share) and the slowest among them. */
+  private participantParts(): Pick<Snapshot, 'participants' | 'slowest'> {
+    // Shares over the same recent steps for everyone, so that they add up to one and a participant gone
+    // (or on standby) loses its share as the others take its rows.
+    const since = this.participantsStep - RECENT_RECORDS;
+    const sums = [...this.participants.values()].map(({ latest, recent, steps, seen }) => {
+      const sum = { rows: 0, rowsSince: 0, computeMs: 0, applyMs: 0, wireMs: 0, waitMs: 0 };
+      recent.forEach((r, i) => {
+        sum.rows += r.rows;
+        if (steps[i] > since) sum.rowsSince += r.rows;
+        sum.computeMs += r.computeMs;
+        sum.applyMs += r.applyMs;
+        sum.wireMs += r.wireMs;
+        sum.waitMs += r.waitMs;
+      });
+      return { latest, sum, n: recent.length, seen };
+    });
+    const all = sums.reduce((a, { sum }) => a + sum.rowsSince, 0);
+    const participants = sums.map(({ latest, sum, n, seen }): ParticipantView => ({
+      id: latest.id,
+      kind: latest.kind,
+      address: latest.address,
+      state: latest.state,
+      reason: latest.reason,
+      engine: latest.engine,
+      device: latest.device,
+      share: all > 0 ? sum.rowsSince / all : 0,
+      rowsPerSecond: sum.computeMs > 0 ? (1000 * sum.rows) / sum.computeMs : 0,
+      computeMs: sum.computeMs / n,
+      applyMs: sum.applyMs / n,
+      wireMs: sum.wireMs / n,
+      waitMs: sum.waitMs / n,
+      lastStep: seen,
+    }));
+    // The slowest by its recent rate (cluster/participant_stats.ts's rule); one computing alone is nobody's straggler.
+    const recent = sums.map(({ latest, sum }) => ({ ...latest, rows: sum.rows, computeMs: sum.computeMs }));
+    const computing = recent.filter((p) => p.state === 'computing' && p.rows > 0).length;
+    const slowest = computing < 2 ? null : (slowestParticipant({ step: this.progress.step, epoch: this.progress.epoch, participants: recent }) ?? null);
+    return { participants, slowest };
+  }
+
   private forgetParticipants(): void {
     if (this.participants.size <= MAX_PARTICIPANTS) return;
-    const order = [...this.participants.entries()].sort(([, a], [, b]) => Number(b.view.state === 'dropped') - Number(a.view.state === 'dropped') || a.seen - b.seen);
+    const order = [...this.participants.entries()].sort(([, a], [, b]) => Number(b.latest.state === 'dropped') - Number(a.latest.state === 'dropped') || a.seen - b.seen);
     for (const [id] of order.slice(0, this.participants.size - MAX_PARTICIPANTS)) this.participants.delete(id);
   }
 
@@ -362,59 +403,49 @@ export class RunStore {
     return { medianMs: quantile(sorted, 0.5), p90Ms: quantile(sorted, 0.9), p99Ms: quantile(sorted, 0.99), samplesPerSecond: ms > 0 ? (1000 * samples) / ms : 0, steps: sorted.length };
   }
 
-  private progressNow(): Progress {
-    const stats = this.done ? null : this.stepStats();
+  /** The progress with its ETA, from the step stats of this flush. */
+  private progressNow(stats: StepStats | null): Progress {
     const left = this.progress.totalSteps - this.progress.step;
     const etaSeconds = this.done || this.finished ? 0 : stats && this.progress.totalSteps > 0 ? (Math.max(0, left) * stats.medianMs) / 1000 : null;
     return { ...this.progress, etaSeconds };
   }
 
-  private participantViews(): ParticipantView[] {
-    return [...this.participants.values()].map((t) => ({ ...t.view }));
+  /** Mean step time of a plan: measured here while it was in force, else as summary.json says (or null). */
+  private measuredMs(i: number): number | null {
+    const totals = this.planTotals[i];
+    return totals && totals.steps > 0 ? totals.ms / totals.steps : this.plans[i].measuredMs;
   }
 
-  /** The slowest computing participant by its recent rate (cluster/participant_stats.ts's rule), when two or more compute. */
-  private slowest(): string | null {
-    const participants = [...this.participants.values()].map((t) => ({
-      ...t.view,
-      rows: t.recent.reduce((a, r) => a + r.rows, 0),
-      computeMs: t.recent.reduce((a, r) => a + r.computeMs, 0),
-    }));
-    // One computing alone is nobody's straggler.
-    if (participants.filter((p) => p.state === 'computing' && p.rows > 0).length < 2) return null;
-    return slowestParticipant({ step: this.progress.step, epoch: this.progress.epoch, participants }) ?? null;
-  }
-
-  /** One part of the snapshot as it stands. */
-  private part<P extends Part>(part: P): Snapshot[P] {
-    const parts: { [K in Part]: () => Snapshot[K] } = {
-      finished: () => this.finished,
-      identity: () => this.identity,
-      epochs: () => [...this.epochs],
-      participants: () => this.participantViews(),
-      slowest: () => this.slowest(),
-      plans: () => this.plans.map((p) => ({ ...p })),
-      events: () => [...this.events],
-      done: () => this.done,
-    };
-    return parts[part]();
+  /** One part of the snapshot as it stands (the participants with the slowest of them). */
+  private part(part: Part): Partial<Snapshot> {
+    switch (part) {
+      case 'finished':
+        return { finished: this.finished };
+      case 'identity':
+        return { identity: this.identity };
+      case 'epochs':
+        return { epochs: [...this.epochs] };
+      case 'participants':
+        return this.participantParts();
+      case 'plans':
+        return { plans: this.plans.map((p, i) => ({ ...p, measuredMs: this.measuredMs(i) })) };
+      case 'events':
+        return { events: [...this.events] };
+      case 'done':
+        return { done: this.done };
+    }
   }
 
   /** Everything, for a page that opens now. */
   snapshot(): Snapshot {
     const c = this.columns;
+    const stepStats = this.stepStats();
+    const parts = Object.assign({}, ...PARTS.map((part) => this.part(part))) as Pick<Snapshot, Part | 'slowest'>;
     return {
-      finished: this.part('finished'),
-      identity: this.part('identity'),
-      progress: this.progressNow(),
+      ...parts,
+      progress: this.progressNow(this.done ? null : stepStats),
       steps: { step: [...c.step], loss: [...c.loss], ms: [...c.ms], samplesPerSecond: [...c.samplesPerSecond] },
-      stepStats: this.stepStats(),
-      epochs: this.part('epochs'),
-      participants: this.part('participants'),
-      slowest: this.part('slowest'),
-      plans: this.part('plans'),
-      events: this.part('events'),
-      done: this.part('done'),
+      stepStats,
     };
   }
 
@@ -424,24 +455,31 @@ export class RunStore {
    */
   takeUpdate(): { kind: 'update'; update: Update } | { kind: 'reset'; snapshot: Snapshot } | undefined {
     if (this.halved) {
-      this.halved = false;
-      this.fresh = emptyColumns();
-      this.changed.clear();
+      this.discardUpdate();
       return { kind: 'reset', snapshot: this.snapshot() };
     }
     if (this.changed.size === 0 && this.fresh.step.length === 0) return undefined;
+    const stepStats = this.stepStats();
     const update: Update = {};
     if (this.fresh.step.length > 0) {
       update.steps = this.fresh;
-      update.stepStats = this.stepStats();
+      update.stepStats = stepStats;
       this.fresh = emptyColumns();
     }
     for (const part of this.changed) {
-      if (part !== 'progress') (update as Record<string, unknown>)[part] = this.part(part);
+      if (part !== 'progress' && part !== 'measured') Object.assign(update, this.part(part));
     }
-    if (this.changed.has('participants')) update.slowest = this.part('slowest');
-    update.progress = this.progressNow();
+    // Steps measure the plan in force: its time alone, unless the plans are sent whole anyway.
+    if (this.changed.has('measured') && !this.changed.has('plans')) update.measuredMs = this.measuredMs(this.plans.length - 1) ?? undefined;
+    update.progress = this.progressNow(this.done ? null : stepStats);
     this.changed.clear();
     return { kind: 'update', update };
+  }
+
+  /** Forgets what changed unsent (no page is open: one that opens takes a snapshot). */
+  discardUpdate(): void {
+    this.halved = false;
+    this.fresh = emptyColumns();
+    this.changed.clear();
   }
 }

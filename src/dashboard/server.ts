@@ -105,8 +105,10 @@ export class DashboardServer {
 
   /** Sends the open pages what changed since the last flush. */
   flush(): void {
+    // With no page open, nothing is built: a page that opens takes a snapshot.
+    if (this.streams.open === 0) return this.store.discardUpdate();
     const change = this.store.takeUpdate();
-    if (!change || this.streams.open === 0) return;
+    if (!change) return;
     this.streams.broadcast(change.kind === 'reset' ? sseMessage('snapshot', change.snapshot) : sseMessage('update', change.update));
   }
 

@@ -7,6 +7,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import { isLoopback } from '../config.js';
 
 export const VIEWER_COOKIE = 'dtrain_viewer';
 
@@ -15,13 +16,6 @@ export type Verdict =
   | { allowed: false; status: number; message: string };
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
-
-/** Whether a Host header names this machine only (IPv4 127/8, localhost, [::1]), with or without a port. */
-export function isLoopbackHost(host: string | undefined): boolean {
-  if (!host) return false;
-  const name = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '').toLowerCase();
-  return name === 'localhost' || name === '::1' || /^127\.\d+\.\d+\.\d+$/.test(name);
-}
 
 function cookieToken(header: string | undefined): string | undefined {
   for (const part of (header ?? '').split(';')) {
@@ -48,7 +42,8 @@ export class ViewerGate {
   }
 
   check(request: IncomingMessage): Verdict {
-    if (this.loopback && !isLoopbackHost(request.headers.host)) {
+    // The Host header names this machine only (IPv4 127/8, localhost, [::1]), with or without a port.
+    if (this.loopback && !(request.headers.host && isLoopback(request.headers.host))) {
       return { allowed: false, status: 421, message: 'this dashboard answers only to a loopback host name (127.0.0.1, localhost)' };
     }
     if (!this.expected) return { allowed: true };

@@ -9,9 +9,9 @@
  * them to join as one participant with several threads (see docs/launchers.md, "Locality").
  */
 import { readFileSync } from 'node:fs';
-import { DEFAULTS, dashboardAddress, isLoopback, joinHostPort, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
+import { dashboardSettings, DEFAULTS, isLoopback, joinHostPort, resolveConfig, validateRunConfig, type RunConfig, type TrainConfig } from '../config.js';
 import type { WorkerOptions } from '../cluster/remote/client.js';
-import { dashboardBeyondLoopback, incompatibleOptions, launchNeedsToken, tokenFileUnreadable } from '../errors.js';
+import { incompatibleOptions, launchNeedsToken, tokenFileUnreadable } from '../errors.js';
 import { COORDINATOR_VARIABLE, detectLaunch, SERVICE_VARIABLE, WORLD_SIZE_VARIABLE, type Env, type Launch } from './environment.js';
 
 /**
@@ -41,10 +41,6 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
     ...(service !== undefined && { [SERVICE_VARIABLE]: service }),
     ...(worldSize !== undefined && { [WORLD_SIZE_VARIABLE]: String(worldSize) }),
   });
-  if (shared.dashboard) {
-    const { host, port } = dashboardAddress(shared.dashboard);
-    if (!isLoopback(joinHostPort(host, port))) throw dashboardBeyondLoopback(joinHostPort(host, port), 'launch');
-  }
   const token = tokenFile !== undefined ? readToken(tokenFile) : env.DTRAIN_TOKEN || undefined;
   const listenPort = port ?? (launch.launcherPort !== undefined ? launch.launcherPort + 1 : DEFAULT_PORT);
   const loopback = isLoopback(joinHostPort(launch.coordinatorHost, 0));
@@ -56,7 +52,9 @@ export function planLaunch(flags: Partial<RunConfig>, env: Env, readToken: (file
   if (!token && !isLoopback(listen)) throw launchNeedsToken(listen);
   const tls = tlsCert !== undefined ? { tlsCert, tlsKey } : {};
   const train: Partial<TrainConfig> = { threads: 1, ...shared, listen, token: token ?? null, minWorkers: launch.worldSize - 1, ...tls };
-  // A resumed run takes options from rank 0's checkpoint, which the other ranks cannot read: only rank 0 checks them.
+  // A resumed run takes options from rank 0's checkpoint, which the other ranks cannot read: only rank 0 checks
+  // them. The dashboard's are session options, not the checkpoint's: every rank checks them, to fail alike.
+  if (shared.resume && train.dashboard) dashboardSettings(train);
   const config = shared.resume ? { ...DEFAULTS, ...train } : resolveConfig(train);
   const where = `rank ${launch.rank} of ${launch.worldSize}${localRank(launch)}`;
   const said = `dtrain run: ${launch.launcher} (${launch.evidence.join(', ')}): ${where}`;

@@ -1,5 +1,5 @@
 /** summary.json, the record of a run. */
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PlanChoice } from '../cluster/replica_plan.js';
 
@@ -37,11 +37,19 @@ export interface RunSummary {
   error?: string;
 }
 
+/** A run folder's summary.json. */
+export const summaryFile = (dir: string) => join(dir, 'summary.json');
+
 /** Writes summary.json atomically (temporary file, then rename). */
 export function writeSummary(dir: string, summary: RunSummary): string {
   mkdirSync(dir, { recursive: true });
-  const file = join(dir, 'summary.json');
+  const file = summaryFile(dir);
   writeFileSync(`${file}.tmp`, `${JSON.stringify(summary, null, 2)}\n`);
   renameSync(`${file}.tmp`, file);
   return file;
+}
+
+/** Reads a run folder's summary.json (throws as readFileSync and JSON.parse do). */
+export function readSummary(dir: string): RunSummary {
+  return JSON.parse(readFileSync(summaryFile(dir), 'utf8')) as RunSummary;
 }

@@ -307,7 +307,11 @@ function queueDraw() {
 
 function applyUpdate(update) {
   for (const [key, value] of Object.entries(update)) {
-    if (key !== 'steps') run[key] = value;
+    // measuredMs: the plan in force's, measured over more steps (the plans are sent whole only when they change).
+    if (key === 'measuredMs') {
+      const inForce = run.plans[run.plans.length - 1];
+      if (inForce) inForce.measuredMs = value;
+    } else if (key !== 'steps') run[key] = value;
   }
   // A page that opened between two updates has some of the next one's points in its snapshot already.
   const fresh = update.steps;
