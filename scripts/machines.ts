@@ -13,8 +13,9 @@
  *          workers: N × C, no extra core (DDP's count).
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import type { RunSummary } from '../src/index.js';
 import { readMetrics, type StepRecord } from '../src/report/metrics.js';
 import { CpuGroup, groupName } from './emulation.js';
@@ -50,6 +51,38 @@ function ended(child: ChildProcess, name: string): Promise<void> {
       code === 0 ? resolve() : reject(new Error(`${name} ended with ${signal ?? `code ${code}`}: ${stderr.trim().split('\n').pop() ?? ''}`)),
     );
   });
+}
+
+/**
+ * How many step records a growing metrics.jsonl holds, each call reading only the bytes appended since the
+ * last (the sampler asks every few tens of ms: re-reading the whole file would load the host it measures).
+ */
+function stepCounter(file: string): () => number {
+  const decoder = new StringDecoder('utf8');
+  let offset = 0;
+  let steps = 0;
+  let partial = '';
+  return () => {
+    let fd: number;
+    try {
+      fd = openSync(file, 'r');
+    } catch {
+      return steps; // not written yet
+    }
+    try {
+      const size = fstatSync(fd).size;
+      if (size > offset) {
+        const bytes = Buffer.alloc(size - offset);
+        offset += readSync(fd, bytes, 0, bytes.length, offset);
+        const lines = (partial + decoder.write(bytes)).split('\n');
+        partial = lines.pop()!;
+        steps += lines.filter((line) => line.includes('"type":"step"')).length;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return steps;
+  };
 }
 
 /**
@@ -108,18 +141,14 @@ export async function runDtrainMachines(machines: number, layout: Layout, s: Mac
     }
     const run = starter(net);
     children = run.children;
-    const metrics = join(out, 'metrics.jsonl');
-    const stepsLogged = () => {
-      try {
-        return readFileSync(metrics, 'utf8').split('"type":"step"').length - 1;
-      } catch {
-        return 0;
-      }
-    };
-    sampler = new FidelitySampler(groups, () => stepsLogged() >= steps);
+    // Fidelity is of the groups: an unconstrained run (no groups) samples nothing.
+    if (groups.length) {
+      const stepsLogged = stepCounter(join(out, 'metrics.jsonl'));
+      sampler = new FidelitySampler(groups, () => stepsLogged() >= steps);
+    }
     const env = { ...process.env, ...(net ? { DTRAIN_TOKEN: TOKEN } : {}) };
     const listen = workers === 0 ? [] : ['--listen', `${net ? net.links[workers].address : '127.0.0.1'}:0`, '--min-workers', String(workers), '--join-timeout-ms', '60000'];
-    sampler.start();
+    sampler?.start();
     const coordinator = run.start(
       groups[0],
       net ? workers : undefined,
@@ -146,12 +175,12 @@ export async function runDtrainMachines(machines: number, layout: Layout, s: Mac
       coordinator.stdout!.resume();
     }
     await done;
-    sampler.stop();
+    sampler?.stop();
     const records = readMetrics(out).flatMap((r) => (r.type === 'step' ? [r] : []));
     const timed = records.slice(warmup);
     const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8')) as RunSummary;
     const windowMs = timed.reduce((a, r) => a + r.ms, 0);
-    return { summary, steps: records, fidelity: groups.length ? sampler.fidelity(windowMs, timed.length) : undefined };
+    return { summary, steps: records, fidelity: sampler?.fidelity(windowMs, timed.length) };
   } finally {
     sampler?.stop();
     for (const child of children) child.kill('SIGKILL');
