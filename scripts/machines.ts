@@ -38,8 +38,9 @@ export interface MachineSettings {
 }
 
 /** Beyond loopback the coordinator requires a token; the workers read it from DTRAIN_TOKEN. */
-const TOKEN = 'dtrain-scaling-link-token';
-const cli = join(projectRoot, 'dist/src/cli.js');
+export const TOKEN = 'dtrain-scaling-link-token';
+/** The built CLI the emulated machines run. */
+export const cli = join(projectRoot, 'dist/src/cli.js');
 
 /** A child's end: resolves on exit 0, rejects with the last line of its stderr otherwise. */
 function ended(child: ChildProcess, name: string): Promise<void> {
@@ -90,12 +91,12 @@ function stepCounter(file: string): () => number {
  * mounts a /sys of the namespace's own, without the cgroup hierarchies, so the process joins its group
  * first (the sh of CpuGroup.wrap), then execs into the namespace, its pid the same throughout.
  */
-function starter(net: TestNetwork | undefined) {
+export function starter(net: TestNetwork | undefined) {
   const children: ChildProcess[] = [];
   return {
     children,
     start(group: CpuGroup | undefined, ns: number | undefined, command: string, args: string[], options: SpawnOptions): ChildProcess {
-      const [inNs, nsArgs] = net && ns !== undefined ? ['ip', ['netns', 'exec', net.links[ns].ns, command, ...args]] : [command, args];
+      const [inNs, nsArgs] = net && ns !== undefined ? net.wrap(ns, command, args) : [command, args];
       const [c, a] = group ? group.wrap(inNs, nsArgs) : [inNs, nsArgs];
       const child = spawn(c, a, options);
       children.push(child);

@@ -195,9 +195,14 @@ export class TestNetwork {
     return reset;
   }
 
-  /** Starts `command` inside worker i's namespace (`ip netns exec` execs it: the child's pid is its own). */
+  /** `command args` run inside worker i's namespace (`ip netns exec` execs it: the pid is the same throughout); CpuGroup.wrap's twin. */
+  wrap(i: number, command: string, args: string[]): [string, string[]] {
+    return ['ip', ['netns', 'exec', this.links[i].ns, command, ...args]];
+  }
+
+  /** Starts `command` inside worker i's namespace (wrap); remove() kills it. */
   spawnIn(i: number, command: string, args: string[], options: SpawnOptions = {}): ChildProcess {
-    const child = spawn('ip', ['netns', 'exec', this.links[i].ns, command, ...args], options);
+    const child = spawn(...this.wrap(i, command, args), options);
     this.children.add(child);
     child.once('exit', () => this.children.delete(child));
     return child;

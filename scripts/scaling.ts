@@ -50,10 +50,10 @@ import { scriptArgs, type ScriptArgs } from './args.js';
 import { calibrateCompute, calibrateExchange, type CalibrationRow } from './calibration.js';
 import { CpuGroup, DEFAULT_PERIOD_US } from './emulation.js';
 import { MAX_QUOTA_SHARE, quotaLoad, type Fidelity } from './fidelity.js';
-import { LAYOUTS, runDdpMachines, runDtrainMachines, type Layout, type MachineSettings } from './machines.js';
+import { cli, LAYOUTS, runDdpMachines, runDtrainMachines, TOKEN, type Layout, type MachineSettings } from './machines.js';
 import { TestNetwork } from './netns.js';
 import { parseRate } from './rates.js';
-import { median, projectRoot, referenceDir, torchAvailable, torchStepTimes } from './reference.js';
+import { median, referenceDir, torchAvailable, torchStepTimes } from './reference.js';
 
 export { parseRate };
 
@@ -139,11 +139,8 @@ const DEFAULTS: ScalingOptions = {
   cpus: null, coordinatorCpus: null, periodUs: DEFAULT_PERIOD_US, layouts: ['apart'], allowOversubscribed: false, calibrationRounds: 30, json: null,
 };
 const TUTORIAL = '784-512-256-128-64-10';
-/** Beyond loopback the coordinator requires a token; the workers read it from DTRAIN_TOKEN. */
-const TOKEN = 'dtrain-scaling-link-token';
 /** The test set each run evaluates at its end: small, it is not what is measured. */
 const TEST_SAMPLES = 200;
-const cli = join(projectRoot, 'dist/src/cli.js');
 
 const modelLabel = (hidden: number[]) => ['784', ...hidden, '10'].join('-');
 const globalBatch = (o: ScalingOptions, participants: number) => (o.weak ? participants : 1) * o.batchSize;
