@@ -521,6 +521,8 @@ class ChaosRound {
     private readonly dir: string,
     private readonly say: (line: string) => void,
     loopback: boolean,
+    /** The damage's own seed: the run's seed and the round's index, so that a replay damages the same frames. */
+    private readonly damageSeed: number,
   ) {
     this.runDir = join(dir, 'run');
     if (!loopback) {
@@ -583,7 +585,7 @@ class ChaosRound {
     process.on('SIGTERM', this.onSignal);
     try {
       this.port = await freePortOn(this.address);
-      const { policy } = randomDamage(CORRUPT_RATE, this.round.ms, true);
+      const { policy } = randomDamage(CORRUPT_RATE, this.damageSeed, true);
       this.proxy = await proxy(this.url, (frame, toWorker) => (this.corrupting > 0 ? policy(frame, toWorker) : frame), this.address);
       this.startCoordinator(false);
       for (let i = 0; i < this.workerCount; i++) this.startWorker(i);
@@ -847,7 +849,7 @@ export async function runChaos({ schedule, logDir, keepLogs = false, loopback = 
     say(`round ${i + 1}/${schedule.rounds.length}: --plan ${round.plan}`);
     let result: RoundResult;
     try {
-      result = await new ChaosRound(round, schedule.workers, roundDir, say, !!unavailable).run();
+      result = await new ChaosRound(round, schedule.workers, roundDir, say, !!unavailable, schedule.seed * 1000 + i).run();
     } catch (e) {
       result = { plan: round.plan, network: unavailable ? 'loopback' : 'network namespaces', steps: 0, stepMs: 0, liesCaught: 0, refused: 0, faults: [], lives: [], failures: [`round ${i + 1}: ${(e as Error).message}`], logDir: roundDir };
     }
