@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CpuGroup } from './emulation.js';
 import { runDtrainMachines, starter, type MachineSettings } from './machines.js';
-import { median, projectRoot } from './reference.js';
+import { mean, median, projectRoot } from './reference.js';
 
 export interface CalibrationRow {
   run: 'calibration: compute' | 'calibration: exchange';
@@ -27,7 +27,6 @@ export interface CalibrationRow {
 }
 
 const exchangeScript = join(projectRoot, 'dist/scripts/exchange.js');
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 /** The rounds of one exchange of `bytes` each way, both ends in groups of `cpus` cores (null: in none). */
 async function exchangeRounds(cpus: number | null, periodUs: number, rounds: number, bytes: number): Promise<number[]> {

@@ -17,7 +17,7 @@ import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs'
 import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { RunSummary } from '../src/index.js';
-import { readMetrics, type StepRecord } from '../src/report/metrics.js';
+import { readMetrics, type MetricsRecord, type StepRecord } from '../src/report/metrics.js';
 import { CpuGroup, groupName } from './emulation.js';
 import { FidelitySampler, type Fidelity } from './fidelity.js';
 import { TestNetwork } from './netns.js';
@@ -107,6 +107,8 @@ export function starter(net: TestNetwork | undefined) {
 
 export interface MachinesRun {
   summary: RunSummary;
+  /** Every record of the run's metrics.jsonl, and its steps among them. */
+  metrics: MetricsRecord[];
   steps: StepRecord[];
   /** Over the timed steps (those after `warmup`); undefined for an unconstrained run. */
   fidelity: Fidelity | undefined;
@@ -177,11 +179,12 @@ export async function runDtrainMachines(machines: number, layout: Layout, s: Mac
     }
     await done;
     sampler?.stop();
-    const records = readMetrics(out).flatMap((r) => (r.type === 'step' ? [r] : []));
+    const metrics = readMetrics(out);
+    const records = metrics.flatMap((r) => (r.type === 'step' ? [r] : []));
     const timed = records.slice(warmup);
     const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8')) as RunSummary;
     const windowMs = timed.reduce((a, r) => a + r.ms, 0);
-    return { summary, steps: records, fidelity: sampler?.fidelity(windowMs, timed.length) };
+    return { summary, metrics, steps: records, fidelity: sampler?.fidelity(windowMs, timed.length) };
   } finally {
     sampler?.stop();
     for (const child of children) child.kill('SIGKILL');
