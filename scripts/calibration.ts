@@ -6,12 +6,11 @@
  * its rounds. Under CFS bandwidth control the loopback's copies are charged to the machines' quotas, so
  * bytes and compute share one budget.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CpuGroup } from './emulation.js';
-import { runDtrainMachines, type MachineSettings } from './machines.js';
-import { median, projectRoot } from './reference.js';
+import { runDtrainMachines, starter, type MachineSettings } from './machines.js';
+import { mean, median, projectRoot } from './reference.js';
 
 export interface CalibrationRow {
   run: 'calibration: compute' | 'calibration: exchange';
@@ -28,20 +27,14 @@ export interface CalibrationRow {
 }
 
 const exchangeScript = join(projectRoot, 'dist/scripts/exchange.js');
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-
-function spawnIn(group: CpuGroup | undefined, args: string[]): ChildProcess {
-  const [command, argv] = group ? group.wrap(process.execPath, args) : [process.execPath, args];
-  return spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'] });
-}
 
 /** The rounds of one exchange of `bytes` each way, both ends in groups of `cpus` cores (null: in none). */
 async function exchangeRounds(cpus: number | null, periodUs: number, rounds: number, bytes: number): Promise<number[]> {
   const groups = cpus === null ? [] : [new CpuGroup('exchange server', cpus, periodUs), new CpuGroup('exchange client', cpus, periodUs)];
-  const children: ChildProcess[] = [];
+  const run = starter(undefined);
+  const spawnIn = (group: CpuGroup | undefined, args: string[]) => run.start(group, undefined, process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   try {
     const server = spawnIn(groups[0], [exchangeScript, 'serve']);
-    children.push(server);
     const port = await new Promise<string>((resolve, reject) => {
       server.stdout!.on('data', (d: Buffer) => {
         const m = /port (\d+)/.exec(String(d));
@@ -50,13 +43,12 @@ async function exchangeRounds(cpus: number | null, periodUs: number, rounds: num
       server.once('exit', () => reject(new Error('the exchange server ended before it listened')));
     });
     const client = spawnIn(groups[1], [exchangeScript, 'connect', `ws://127.0.0.1:${port}`, String(rounds), String(bytes)]);
-    children.push(client);
     let out = '';
     client.stdout!.on('data', (d: Buffer) => (out += String(d)));
     await new Promise<void>((resolve, reject) => client.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`the exchange client ended with code ${code}`)))));
     return (JSON.parse(out.trim().split('\n').pop()!) as { roundsMs: number[] }).roundsMs;
   } finally {
-    children.forEach((c) => c.kill('SIGKILL'));
+    run.children.forEach((c) => c.kill('SIGKILL'));
     groups.forEach((g) => g.remove());
   }
 }

@@ -21,13 +21,13 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { train } from '../src/index.js';
 import { packageRoot } from '../src/paths.js';
+import { scriptArgsOrExit } from './args.js';
 import { TestNetwork } from './netns.js';
 import { proxy, random, randomDamage, type Proxy } from './hostile_network.js';
-import { PROBE_PREFIX, type ProbeSample } from './chaos_probe.js';
+import { heldCounts, PROBE_PREFIX, stamp, type ProbeSample } from './chaos_probe.js';
 
 /**
  * The rounds' plans. `sharded-peers` is `--plan sharded` without `--verify`, so that the coordinator hands out
@@ -36,11 +36,11 @@ import { PROBE_PREFIX, type ProbeSample } from './chaos_probe.js';
 export const PLANS = ['replicated', 'sharded', 'server', 'auto', 'sharded-peers'] as const;
 export type Plan = (typeof PLANS)[number];
 /** Whether a round's coordinator checks rows (--verify 1): every plan but sharded-peers. */
-export const verifies = (plan: Plan): boolean => plan !== 'sharded-peers';
+const verifies = (plan: Plan): boolean => plan !== 'sharded-peers';
 /** The coordinator's --plan for a round's plan. */
 const coordinatorPlan = (plan: Plan): string => (plan === 'sharded-peers' ? 'sharded' : plan);
 
-export const FAULT_KINDS = [
+const FAULT_KINDS = [
   'worker-kill',
   'worker-stop',
   'coordinator-stop',
@@ -69,7 +69,7 @@ export function kindsFor(plan: Plan): FaultKind[] {
   return FAULT_KINDS.filter((kind) => (verifies(plan) ? !PEER_FAULTS.includes(kind) : kind !== 'liar'));
 }
 /** The other end of a peer fault's link: the next worker. */
-export const peerOf = (worker: number, workers: number): number => (worker + 1) % workers;
+const peerOf = (worker: number, workers: number): number => (worker + 1) % workers;
 
 /** One fault: `at` ms after the round's first step, on worker `worker` (where it applies), lasting `ms`. */
 export interface Fault {
@@ -95,7 +95,7 @@ export interface Schedule {
  * round stops it). The step deadline sits between the short and the long cuts; the heartbeat outlasts a
  * short cut, so that only a long one drops the worker.
  */
-export const SETTINGS = {
+const SETTINGS = {
   trainSamples: 1920,
   testSamples: 200,
   hidden: [32, 16],
@@ -130,8 +130,8 @@ const PROBE_MS = 1000;
  * Memory may grow this much over a life: the median RSS of its last third against the highest of its first
  * half, ×RSS_BOUND but at least RSS_FLOOR more (a worker's RSS swings by ±15 MB from one second to the next).
  */
-export const RSS_BOUND = 1.1;
-export const RSS_FLOOR = 16 * 2 ** 20;
+const RSS_BOUND = 1.1;
+const RSS_FLOOR = 16 * 2 ** 20;
 
 const cli = join(packageRoot, 'dist', 'src', 'cli.js');
 const probe = join(packageRoot, 'dist', 'scripts', 'chaos_probe.js');
@@ -204,6 +204,29 @@ export function makeSchedule(seed: number, minutes: number, plans: readonly Plan
   return { seed, workers, rounds };
 }
 
+/**
+ * Holds `key` for `ms` among overlapping holders counted in `counts`: `on` when the first begins, `off` when
+ * the last ends (overlapping stops, cuts or damage of one thing heal once, when the last of them does).
+ */
+async function nested<K>(counts: Map<K, number>, key: K, ms: number, on: () => void, off: () => void): Promise<void> {
+  const before = counts.get(key) ?? 0;
+  counts.set(key, before + 1);
+  if (before === 0) on();
+  await sleep(ms);
+  const left = counts.get(key)! - 1;
+  counts.set(key, left);
+  if (left === 0) off();
+}
+
+/** Faults on one worker (its process or its own link); the peer faults name a pair, the others no worker. */
+const WORKER_FAULTS: readonly FaultKind[] = ['worker-kill', 'worker-stop', 'cut-short', 'cut-long', 'rate-limit', 'corrupt'];
+
+/** What a fault hits, as the logs and the printed schedule name it: a worker, two linked workers, or '' (the coordinator, newcomers). */
+function faultTarget(f: Fault, workers: number): string {
+  if (PEER_FAULTS.includes(f.kind)) return `workers ${f.worker}⇆${peerOf(f.worker, workers)}`;
+  return WORKER_FAULTS.includes(f.kind) ? `worker ${f.worker}` : '';
+}
+
 /** A TCP port free on `host` now (the coordinator is restarted on it after a SIGKILL). */
 function freePortOn(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -243,11 +266,11 @@ class Proc {
           if (line.startsWith(PROBE_PREFIX)) {
             const sample = JSON.parse(line.slice(PROBE_PREFIX.length)) as ProbeSample;
             this.samples.push({ t: performance.now(), sample });
-            const r = sample.resources;
-            this.log.write(`${new Date().toISOString().slice(11, 23)} [probe] rss ${(sample.rss / 2 ** 20).toFixed(1)} MB, heap ${(sample.heap / 2 ** 20).toFixed(1)} MB, fds ${sample.fds}, timers ${r.Timeout ?? 0}, sockets ${(r.TCPSocketWrap ?? 0) + (r.TCPServerWrap ?? 0)}\n`);
+            const { timers, sockets } = heldCounts(sample);
+            this.log.write(`${stamp()} [probe] rss ${(sample.rss / 2 ** 20).toFixed(1)} MB, heap ${(sample.heap / 2 ** 20).toFixed(1)} MB, fds ${sample.fds}, timers ${timers}, sockets ${sockets}\n`);
             continue;
           }
-          this.log.write(`${new Date().toISOString().slice(11, 23)} ${line}\n`);
+          this.log.write(`${stamp()} ${line}\n`);
           if (/connected to .* as worker|liar connected|^\+ .* joined/.test(line)) this.reconnections++;
           onLine(line);
         }
@@ -264,7 +287,7 @@ class Proc {
     // Its output may still come after it exited: the log ends once its pipes are closed.
     child.once('close', (code, signal) => {
       this.logOpen = false;
-      this.log.end(`${new Date().toISOString().slice(11, 23)} [chaos] exited: ${signal ?? code}\n`);
+      this.log.end(`${stamp()} [chaos] exited: ${signal ?? code}\n`);
     });
   }
 
@@ -297,7 +320,7 @@ class Proc {
   }
 
   note(text: string): void {
-    if (this.logOpen) this.log.write(`${new Date().toISOString().slice(11, 23)} [chaos] ${text}\n`);
+    if (this.logOpen) this.log.write(`${stamp()} [chaos] ${text}\n`);
   }
 }
 
@@ -462,7 +485,7 @@ export function checkLife(
   if (rssLate > Math.max(RSS_BOUND * rssBase, rssBase + RSS_FLOOR)) {
     failures.push(`${name}: RSS grew from ${mb(rssBase)} MB (highest of the first half) to ${mb(rssLate)} MB (median of the last third) (bound ×${RSS_BOUND}, at least +${mb(RSS_FLOOR)} MB)`);
   }
-  const counts = (s: ProbeSample) => ({ fds: s.fds, timers: s.resources.Timeout ?? 0, sockets: (s.resources.TCPSocketWrap ?? 0) + (s.resources.TCPServerWrap ?? 0) });
+  const counts = (s: ProbeSample) => ({ fds: s.fds, ...heldCounts(s) });
   const parts = [`RSS ${mb(rssBase)}→${mb(rssLate)} MB (first half's highest → last third's median; peak ${mb(rssPeak)})`];
   for (const key of ['fds', 'timers', 'sockets'] as const) {
     const before = Math.min(...early.map((s) => counts(s)[key]));
@@ -501,7 +524,9 @@ class ChaosRound {
   private readonly workers: (Proc | undefined)[] = [];
   private readonly lives: { proc: Proc; slack: number }[] = [];
   private proxy?: Proxy;
-  private corrupting = 0;
+  /** Whether the proxy in front of worker 0 damages frames now (while a `corrupt` fault lasts). */
+  private damaging = false;
+  private readonly corruptions = new Map<number, number>();
   private readonly cuts = new Map<number, number>();
   private readonly shaped = new Map<number, number>();
   /** Peer cuts in force, by pair (the lower worker × 1000 + the higher). */
@@ -521,6 +546,8 @@ class ChaosRound {
     private readonly dir: string,
     private readonly say: (line: string) => void,
     loopback: boolean,
+    /** The damage's own seed: the run's seed and the round's index, so that a replay damages the same frames. */
+    private readonly damageSeed: number,
   ) {
     this.runDir = join(dir, 'run');
     if (!loopback) {
@@ -583,8 +610,8 @@ class ChaosRound {
     process.on('SIGTERM', this.onSignal);
     try {
       this.port = await freePortOn(this.address);
-      const { policy } = randomDamage(CORRUPT_RATE, this.round.ms, true);
-      this.proxy = await proxy(this.url, (frame, toWorker) => (this.corrupting > 0 ? policy(frame, toWorker) : frame), this.address);
+      const { policy } = randomDamage(CORRUPT_RATE, this.damageSeed, true);
+      this.proxy = await proxy(this.url, (frame, toWorker) => (this.damaging ? policy(frame, toWorker) : frame), this.address);
       this.startCoordinator(false);
       for (let i = 0; i < this.workerCount; i++) this.startWorker(i);
       await this.firstStep();
@@ -617,23 +644,14 @@ class ChaosRound {
   /** Stops `proc` for `ms` (nested stops of one process: it continues when the last ends). */
   private async pause(proc: Proc | undefined, ms: number): Promise<string | undefined> {
     if (!proc || !proc.signal('SIGSTOP')) return 'not running';
-    this.stops.set(proc, (this.stops.get(proc) ?? 0) + 1);
-    await sleep(ms);
-    const n = this.stops.get(proc)! - 1;
-    this.stops.set(proc, n);
-    if (n === 0) proc.signal('SIGCONT');
+    await nested(this.stops, proc, ms, () => {}, () => proc.signal('SIGCONT'));
     return undefined;
   }
 
   /** Applies a link fault for `ms`: `on` once the first of overlapping ones begins, `off` when the last ends. */
   private async linkFault(counts: Map<number, number>, i: number, ms: number, on: () => void, off: () => void): Promise<string | undefined> {
     if (!this.net) return 'needs network namespaces';
-    const n = counts.get(i) ?? 0;
-    counts.set(i, n + 1);
-    if (n === 0) on();
-    await sleep(ms);
-    counts.set(i, counts.get(i)! - 1);
-    if (counts.get(i) === 0) off();
+    await nested(counts, i, ms, on, off);
     return undefined;
   }
 
@@ -705,9 +723,7 @@ class ChaosRound {
         return undefined;
       }
       case 'corrupt':
-        this.corrupting++;
-        await sleep(f.ms);
-        this.corrupting--;
+        await nested(this.corruptions, f.worker, f.ms, () => (this.damaging = true), () => (this.damaging = false));
         return undefined;
       case 'liar': {
         const liar = this.spawn('liar', this.ns('liar'), [peerScript, 'liar', '--connect', this.url]);
@@ -722,8 +738,8 @@ class ChaosRound {
     const from = performance.now();
     const window: [number, number] = [from, Infinity];
     this.windows.push(window);
-    const target = PEER_FAULTS.includes(f.kind) ? ` workers ${f.worker}⇆${peerOf(f.worker, this.workerCount)}` : ['worker-kill', 'worker-stop', 'cut-short', 'cut-long', 'rate-limit', 'corrupt'].includes(f.kind) ? ` worker ${f.worker}` : '';
-    const describe = `${f.kind}${target} for ${f.ms} ms`;
+    const target = faultTarget(f, this.workerCount);
+    const describe = `${f.kind}${target ? ` ${target}` : ''} for ${f.ms} ms`;
     this.coordinator?.note(`fault: ${describe}`);
     let skipped: string | undefined;
     try {
@@ -748,14 +764,7 @@ class ChaosRound {
     await Promise.all(this.workers.map((w) => w?.stop(5000)));
     const quiet = (t: number) => this.windows.every(([from, to]) => t < from || t > to + QUIET_AFTER_MS);
     const stepMs = this.log.medianStepMs(quiet);
-    // Healed, the run must go on: a hang (a step that waits for ever on a peer) ends on the right hash too.
-    const calmFrom = this.t0 + this.round.ms - CALM_MS + QUIET_AFTER_MS;
-    const calmSteps = this.log.stepAt(this.t0 + this.round.ms) - this.log.stepAt(calmFrom);
-    // Without --verify the round is there for the links between workers: it must have used them.
-    if (!verifies(this.round.plan) && this.log.stepsBetweenPeers < MIN_CALM_STEPS) {
-      this.failures.push(`only ${this.log.stepsBetweenPeers} steps went between peers (at least ${MIN_CALM_STEPS} expected): the peer links were not exercised`);
-    }
-    if (calmSteps < MIN_CALM_STEPS) this.failures.push(`only ${calmSteps} steps in the ${(CALM_MS - QUIET_AFTER_MS) / 1000} s of calm before the end (at least ${MIN_CALM_STEPS} expected): the run stalled`);
+    this.checkProgress();
     const faults = applied.map(({ fault, skipped, from, to }) => this.outcome(fault, skipped, from, to, stepMs));
     const lives = this.lives.map(({ proc, slack }) => checkLife(proc.name, proc.samples, proc.started, proc.reconnections, slack, quiet));
     for (const life of lives) this.failures.push(...life.failures);
@@ -774,15 +783,27 @@ class ChaosRound {
       logDir: this.dir,
     };
     if (!summary) this.failures.push(`no summary.json in ${this.runDir}`);
-    else {
-      // The same configuration on one local thread, for as many steps.
-      const reference = await train({ ...SETTINGS, verify: 0, threads: 1, steps: summary.steps, export: false, out: join(this.dir, 'reference') });
-      result.reference = reference.paramsSha256;
-      if (reference.paramsSha256 !== summary.paramsSha256) {
-        this.failures.push(`step ${summary.steps}: paramsSha256 ${summary.paramsSha256} differs from the threads-only ${reference.paramsSha256}`);
-      }
-    }
+    else result.reference = await this.compareWithReference(summary);
     return result;
+  }
+
+  /** Healed, the run must go on (a hang, a step waiting for ever on a peer, ends on the right hash too); without --verify it must have used the peer links. */
+  private checkProgress(): void {
+    const calmFrom = this.t0 + this.round.ms - CALM_MS + QUIET_AFTER_MS;
+    const calmSteps = this.log.stepAt(this.t0 + this.round.ms) - this.log.stepAt(calmFrom);
+    if (!verifies(this.round.plan) && this.log.stepsBetweenPeers < MIN_CALM_STEPS) {
+      this.failures.push(`only ${this.log.stepsBetweenPeers} steps went between peers (at least ${MIN_CALM_STEPS} expected): the peer links were not exercised`);
+    }
+    if (calmSteps < MIN_CALM_STEPS) this.failures.push(`only ${calmSteps} steps in the ${(CALM_MS - QUIET_AFTER_MS) / 1000} s of calm before the end (at least ${MIN_CALM_STEPS} expected): the run stalled`);
+  }
+
+  /** The same configuration on one local thread, for as many steps: its paramsSha256, which the round's must equal. */
+  private async compareWithReference(summary: { paramsSha256: string; steps: number }): Promise<string> {
+    const reference = await train({ ...SETTINGS, verify: 0, threads: 1, steps: summary.steps, export: false, out: join(this.dir, 'reference') });
+    if (reference.paramsSha256 !== summary.paramsSha256) {
+      this.failures.push(`step ${summary.steps}: paramsSha256 ${summary.paramsSha256} differs from the threads-only ${reference.paramsSha256}`);
+    }
+    return reference.paramsSha256;
   }
 
   /** What a fault cost: what the coordinator reported in its window (and RECOVERY_MS after), and the time lost. */
@@ -804,7 +825,7 @@ class ChaosRound {
 }
 
 /** The report: per kind of fault, how many, and what they cost. */
-export function faultTable(rounds: RoundResult[]): string {
+function faultTable(rounds: RoundResult[]): string {
   const rows = FAULT_KINDS.map((kind) => {
     const all = rounds.flatMap((r) => r.faults.filter((f) => f.kind === kind));
     const done = all.filter((f) => !f.skipped);
@@ -818,14 +839,13 @@ export function faultTable(rounds: RoundResult[]): string {
 }
 
 /** One line per fault, for the printed schedule. */
-export function describeSchedule(schedule: Schedule): string {
+function describeSchedule(schedule: Schedule): string {
   return schedule.rounds
     .map((r, i) => {
       const head = verifies(r.plan)
         ? `round ${i + 1}: --plan ${r.plan} --verify 1, ${(r.ms / 1000).toFixed(0)} s (no peer faults: under --verify workers hold no links to each other)`
         : `round ${i + 1}: --plan ${coordinatorPlan(r.plan)} without --verify (peer links), ${(r.ms / 1000).toFixed(0)} s (no liar: nothing would check its rows)`;
-      const target = (f: Fault) => (PEER_FAULTS.includes(f.kind) ? `workers ${f.worker}⇆${peerOf(f.worker, schedule.workers)}` : `worker ${f.worker}`);
-      return [head, ...r.faults.map((f) => `  +${(f.at / 1000).toFixed(1).padStart(6)} s  ${f.kind.padEnd(16)} ${target(f)}  ${f.ms} ms`)].join('\n');
+      return [head, ...r.faults.map((f) => `  +${(f.at / 1000).toFixed(1).padStart(6)} s  ${f.kind.padEnd(16)} ${faultTarget(f, schedule.workers).padEnd(14)}  ${f.ms} ms`)].join('\n');
     })
     .join('\n');
 }
@@ -847,7 +867,7 @@ export async function runChaos({ schedule, logDir, keepLogs = false, loopback = 
     say(`round ${i + 1}/${schedule.rounds.length}: --plan ${round.plan}`);
     let result: RoundResult;
     try {
-      result = await new ChaosRound(round, schedule.workers, roundDir, say, !!unavailable).run();
+      result = await new ChaosRound(round, schedule.workers, roundDir, say, !!unavailable, schedule.seed * 1000 + i).run();
     } catch (e) {
       result = { plan: round.plan, network: unavailable ? 'loopback' : 'network namespaces', steps: 0, stepMs: 0, liesCaught: 0, refused: 0, faults: [], lives: [], failures: [`round ${i + 1}: ${(e as Error).message}`], logDir: roundDir };
     }
@@ -885,35 +905,29 @@ function readSchedule(file: string): Schedule {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      seed: { type: 'string', default: String(Date.now() % 100_000) },
-      minutes: { type: 'string', default: '4' },
-      plans: { type: 'string', default: PLANS.join(',') },
-      workers: { type: 'string', default: '3' },
-      replay: { type: 'string' },
-      logs: { type: 'string' },
-      'keep-logs': { type: 'boolean', default: false },
-      loopback: { type: 'boolean', default: false },
-    },
+  const args = scriptArgsOrExit('chaos', {
+    seed: 'value', minutes: 'value', plans: 'value', workers: 'value', replay: 'value', logs: 'value', 'keep-logs': 'switch', loopback: 'switch',
   });
+  const replay = args.has('replay') ? args.value('replay', '') : undefined;
   let schedule: Schedule;
-  if (values.replay) {
-    schedule = readSchedule(values.replay);
-    console.log(`chaos: replaying ${values.replay} (--seed, --minutes, --plans and --workers are the file's)`);
+  if (replay !== undefined) {
+    schedule = readSchedule(replay);
+    console.log(`chaos: replaying ${replay} (--seed, --minutes, --plans and --workers are the file's)`);
   } else {
-    const plans = values.plans.split(',');
+    const plans = args.value('plans', PLANS.join(',')).split(',');
     const bad = plans.find((p) => !(PLANS as readonly string[]).includes(p));
     if (bad) throw new Error(`--plans: "${bad}" is not a plan (expected some of ${PLANS.join(', ')})`);
-    const minutes = Number(values.minutes);
-    if (!(minutes > 0)) throw new Error(`--minutes: expected a positive number, got ${values.minutes}`);
-    const seed = Number(values.seed);
-    if (!Number.isInteger(seed)) throw new Error(`--seed: expected an integer, got ${values.seed}`);
-    const workers = Number(values.workers);
-    if (!(workers >= 1 && workers <= 8)) throw new Error(`--workers: expected 1 to 8, got ${values.workers}`);
+    const [minutesGiven, seedGiven, workersGiven] = [args.value('minutes', '4'), args.value('seed', String(Date.now() % 100_000)), args.value('workers', '3')];
+    const minutes = Number(minutesGiven);
+    if (!(minutes > 0)) throw new Error(`--minutes: expected a positive number, got ${minutesGiven}`);
+    const seed = Number(seedGiven);
+    if (!Number.isInteger(seed)) throw new Error(`--seed: expected an integer, got ${seedGiven}`);
+    const workers = Number(workersGiven);
+    if (!(workers >= 1 && workers <= 8)) throw new Error(`--workers: expected 1 to 8, got ${workersGiven}`);
     schedule = makeSchedule(seed, minutes, plans as Plan[], workers);
   }
-  const { failures } = await runChaos({ schedule, logDir: values.logs, keepLogs: values['keep-logs'], loopback: values.loopback });
+  const logDir = args.has('logs') ? args.value('logs', '') : undefined;
+  const { failures } = await runChaos({ schedule, logDir, keepLogs: args.has('keep-logs'), loopback: args.has('loopback') });
   process.exit(failures.length === 0 ? 0 : 1);
 }
 

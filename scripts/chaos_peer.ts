@@ -13,12 +13,13 @@ import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
 import { runWorker } from '../src/cluster/remote/client.js';
 import type { RowsDone } from '../src/cluster/remote/messages.js';
+import { stamp } from './chaos_probe.js';
 import { junkSenders } from './hostile_network.js';
 
 /** Rows a little wrong but finite: the first activation of the first hidden layer moved by 1e-3. */
 const tamper = (rows: RowsDone): RowsDone => ({ ...rows, hidden: rows.hidden.map((h, l) => (l === 0 ? h.map((v, i) => (i === 0 ? v + 1e-3 : v)) : h)) });
 
-const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 23)}] ${text}`);
+const log = (text: string) => console.log(`[${stamp()}] ${text}`);
 
 async function liar(connect: string): Promise<void> {
   await runWorker({

@@ -21,6 +21,14 @@ export interface ProbeSample {
   resources: Record<string, number>;
 }
 
+/** The timers and TCP sockets (connections and listeners) a sample holds. */
+export function heldCounts(s: ProbeSample): { timers: number; sockets: number } {
+  return { timers: s.resources.Timeout ?? 0, sockets: (s.resources.TCPSocketWrap ?? 0) + (s.resources.TCPServerWrap ?? 0) };
+}
+
+/** The time of day to the millisecond (HH:MM:SS.mmm, UTC), as the chaos run's logs stamp their lines. */
+export const stamp = (): string => new Date().toISOString().slice(11, 23);
+
 export function sample(): ProbeSample {
   const resources: Record<string, number> = {};
   for (const kind of process.getActiveResourcesInfo()) resources[kind] = (resources[kind] ?? 0) + 1;

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { train, type TrainEvent } from '../src/index.js';
 import { scriptArgsOrExit } from './args.js';
-import { median } from './reference.js';
+import { mean, median } from './reference.js';
 
 const args = scriptArgsOrExit('dashboard-overhead', { pages: 'value', blocks: 'value', 'block-steps': 'value', threads: 'value', hidden: 'value' });
 const pages = Number(args.value('pages', '10'));
@@ -105,7 +105,6 @@ async function main(): Promise<void> {
   } finally {
     reader?.end();
   }
-  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const row = (name: string, xs: number[], c: { ms: number; steps: number }) =>
     `${name.padEnd(16)} ${String(xs.length).padStart(6)} ${median(xs).toFixed(3).padStart(10)} ${mean(xs).toFixed(3).padStart(10)} ${(c.ms / Math.max(1, c.steps)).toFixed(3).padStart(12)}`;
   console.log(`dashboard overhead: ${blocks} blocks of ${blockSteps} steps, alternately 0 and ${pages} open pages; ${threads} thread(s), hidden ${hidden.join(',')}`);

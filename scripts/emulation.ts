@@ -14,6 +14,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { forget, removeOnExit } from './cleanup.js';
 
 export const DEFAULT_PERIOD_US = 10_000;
 /** The kernel's least quota (1 ms). */
@@ -53,31 +54,6 @@ export function findHierarchy(mountinfo: string = readFileSync('/proc/self/mount
   const enabled = (file: string) => existsSync(join(v2, file)) && readFileSync(join(v2, file), 'utf8').split(/\s+/).includes('cpu');
   if (!enabled('cgroup.controllers') || !enabled('cgroup.subtree_control')) return `the cgroup v2 hierarchy at ${v2} does not hand the cpu controller to its children`;
   return { version: 2, root: v2 };
-}
-
-const standing = new Set<CpuGroup>();
-let hooked = false;
-
-/** Removes every group still standing when the process ends, by exit or by a signal. */
-function hookExit(): void {
-  if (hooked) return;
-  hooked = true;
-  const removeAll = () =>
-    [...standing].forEach((g) => {
-      try {
-        g.remove();
-      } catch (e) {
-        console.error(`emulation: ${(e as Error).message}`);
-      }
-    });
-  process.on('exit', removeAll);
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      removeAll();
-      // The listener is gone now: the signal again does what it would have done without it.
-      process.kill(process.pid, signal);
-    });
-  }
 }
 
 const sleepSync = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
@@ -126,8 +102,7 @@ export class CpuGroup {
     this.hierarchy = hierarchy;
     this.dirs =
       hierarchy.version === 2 ? [join(hierarchy.root, name)] : [...new Set([join(hierarchy.cpu, name), join(hierarchy.cpuacct, name)])];
-    standing.add(this);
-    hookExit();
+    removeOnExit(this);
     try {
       for (const dir of this.dirs) mkdirSync(dir);
       if (hierarchy.version === 2) {
@@ -219,7 +194,7 @@ export class CpuGroup {
         }
       }
     }
-    standing.delete(this);
+    forget(this);
   }
 
   private readProcs(dir: string): number[] {

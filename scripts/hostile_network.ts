@@ -36,7 +36,7 @@ export interface Damage {
 const noDamage = (): Damage => ({ flipped: 0, cut: 0, dropped: 0, nonFinite: 0 });
 
 /** The message type a frame names (after the u32 header length, msgpackr writes the header as a map16 with "t" first). */
-export const typeOf = (frame: Buffer) => frame.subarray(10, 10 + (frame[9] & 0x1f)).toString();
+const typeOf = (frame: Buffer) => frame.subarray(10, 10 + (frame[9] & 0x1f)).toString();
 
 const NON_FINITE = [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY];
 
@@ -45,9 +45,11 @@ const NON_FINITE = [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINI
  * false if the frame carries no arrays.
  */
 function spoilFloat(frame: Buffer, next: () => number): boolean {
+  // Too short to hold the head's length: nothing to spoil (and readUInt32LE would throw).
+  if (frame.length < 4) return false;
   const arraysStart = (4 + frame.readUInt32LE(0) + 3) & ~3;
   const floats = Math.floor((frame.length - arraysStart) / 4);
-  if (frame.length < 4 || floats <= 0) return false;
+  if (floats <= 0) return false;
   frame.writeFloatLE(NON_FINITE[Math.floor(next() * 3)], arraysStart + 4 * Math.floor(next() * floats));
   return true;
 }

@@ -13,10 +13,11 @@
  *          workers: N × C, no extra core (DDP's count).
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import type { RunSummary } from '../src/index.js';
-import { readMetrics, type StepRecord } from '../src/report/metrics.js';
+import { readMetrics, type MetricsRecord, type StepRecord } from '../src/report/metrics.js';
 import { CpuGroup, groupName } from './emulation.js';
 import { FidelitySampler, type Fidelity } from './fidelity.js';
 import { TestNetwork } from './netns.js';
@@ -37,8 +38,9 @@ export interface MachineSettings {
 }
 
 /** Beyond loopback the coordinator requires a token; the workers read it from DTRAIN_TOKEN. */
-const TOKEN = 'dtrain-scaling-link-token';
-const cli = join(projectRoot, 'dist/src/cli.js');
+export const TOKEN = 'dtrain-scaling-link-token';
+/** The built CLI the emulated machines run. */
+export const cli = join(projectRoot, 'dist/src/cli.js');
 
 /** A child's end: resolves on exit 0, rejects with the last line of its stderr otherwise. */
 function ended(child: ChildProcess, name: string): Promise<void> {
@@ -53,16 +55,48 @@ function ended(child: ChildProcess, name: string): Promise<void> {
 }
 
 /**
+ * How many step records a growing metrics.jsonl holds, each call reading only the bytes appended since the
+ * last (the sampler asks every few tens of ms: re-reading the whole file would load the host it measures).
+ */
+function stepCounter(file: string): () => number {
+  const decoder = new StringDecoder('utf8');
+  let offset = 0;
+  let steps = 0;
+  let partial = '';
+  return () => {
+    let fd: number;
+    try {
+      fd = openSync(file, 'r');
+    } catch {
+      return steps; // not written yet
+    }
+    try {
+      const size = fstatSync(fd).size;
+      if (size > offset) {
+        const bytes = Buffer.alloc(size - offset);
+        offset += readSync(fd, bytes, 0, bytes.length, offset);
+        const lines = (partial + decoder.write(bytes)).split('\n');
+        partial = lines.pop()!;
+        steps += lines.filter((line) => line.includes('"type":"step"')).length;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return steps;
+  };
+}
+
+/**
  * Where a machine's process starts: in its group, then in its namespace. In that order: `ip netns exec`
  * mounts a /sys of the namespace's own, without the cgroup hierarchies, so the process joins its group
  * first (the sh of CpuGroup.wrap), then execs into the namespace, its pid the same throughout.
  */
-function starter(net: TestNetwork | undefined) {
+export function starter(net: TestNetwork | undefined) {
   const children: ChildProcess[] = [];
   return {
     children,
     start(group: CpuGroup | undefined, ns: number | undefined, command: string, args: string[], options: SpawnOptions): ChildProcess {
-      const [inNs, nsArgs] = net && ns !== undefined ? ['ip', ['netns', 'exec', net.links[ns].ns, command, ...args]] : [command, args];
+      const [inNs, nsArgs] = net && ns !== undefined ? net.wrap(ns, command, args) : [command, args];
       const [c, a] = group ? group.wrap(inNs, nsArgs) : [inNs, nsArgs];
       const child = spawn(c, a, options);
       children.push(child);
@@ -73,6 +107,8 @@ function starter(net: TestNetwork | undefined) {
 
 export interface MachinesRun {
   summary: RunSummary;
+  /** Every record of the run's metrics.jsonl, and its steps among them. */
+  metrics: MetricsRecord[];
   steps: StepRecord[];
   /** Over the timed steps (those after `warmup`); undefined for an unconstrained run. */
   fidelity: Fidelity | undefined;
@@ -108,18 +144,14 @@ export async function runDtrainMachines(machines: number, layout: Layout, s: Mac
     }
     const run = starter(net);
     children = run.children;
-    const metrics = join(out, 'metrics.jsonl');
-    const stepsLogged = () => {
-      try {
-        return readFileSync(metrics, 'utf8').split('"type":"step"').length - 1;
-      } catch {
-        return 0;
-      }
-    };
-    sampler = new FidelitySampler(groups, () => stepsLogged() >= steps);
+    // Fidelity is of the groups: an unconstrained run (no groups) samples nothing.
+    if (groups.length) {
+      const stepsLogged = stepCounter(join(out, 'metrics.jsonl'));
+      sampler = new FidelitySampler(groups, () => stepsLogged() >= steps);
+    }
     const env = { ...process.env, ...(net ? { DTRAIN_TOKEN: TOKEN } : {}) };
     const listen = workers === 0 ? [] : ['--listen', `${net ? net.links[workers].address : '127.0.0.1'}:0`, '--min-workers', String(workers), '--join-timeout-ms', '60000'];
-    sampler.start();
+    sampler?.start();
     const coordinator = run.start(
       groups[0],
       net ? workers : undefined,
@@ -146,12 +178,13 @@ export async function runDtrainMachines(machines: number, layout: Layout, s: Mac
       coordinator.stdout!.resume();
     }
     await done;
-    sampler.stop();
-    const records = readMetrics(out).flatMap((r) => (r.type === 'step' ? [r] : []));
+    sampler?.stop();
+    const metrics = readMetrics(out);
+    const records = metrics.flatMap((r) => (r.type === 'step' ? [r] : []));
     const timed = records.slice(warmup);
     const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8')) as RunSummary;
     const windowMs = timed.reduce((a, r) => a + r.ms, 0);
-    return { summary, steps: records, fidelity: groups.length ? sampler.fidelity(windowMs, timed.length) : undefined };
+    return { summary, metrics, steps: records, fidelity: sampler?.fidelity(windowMs, timed.length) };
   } finally {
     sampler?.stop();
     for (const child of children) child.kill('SIGKILL');

@@ -19,6 +19,7 @@
  *   net.shape(1, 100e6);  net.cut(0);  net.restore(0);  net.remove();
  */
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { forget, removeOnExit } from './cleanup.js';
 
 export interface WorkerLink {
   /** The worker's network namespace. */
@@ -60,24 +61,6 @@ function freeSubnet(): number {
   throw new Error('no free 10.77.X.0/24 subnet');
 }
 
-const standing = new Set<TestNetwork>();
-let hooked = false;
-
-/** Removes every network still standing when the process ends, by exit or by a signal. */
-function hookExit(): void {
-  if (hooked) return;
-  hooked = true;
-  const removeAll = () => [...standing].forEach((net) => net.remove());
-  process.on('exit', removeAll);
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      removeAll();
-      // The listener is gone now: the signal again does what it would have done without it.
-      process.kill(process.pid, signal);
-    });
-  }
-}
-
 export class TestNetwork {
   /** The coordinator's address, on the bridge: listen on it, and workers connect to it. */
   readonly address: string;
@@ -104,8 +87,7 @@ export class TestNetwork {
     const subnet = `10.77.${freeSubnet()}`;
     this.bridge = `${name}br`;
     this.address = `${subnet}.1`;
-    standing.add(this);
-    hookExit();
+    removeOnExit(this);
     try {
       run('ip', ['link', 'add', this.bridge, 'type', 'bridge']);
       run('ip', ['addr', 'add', `${this.address}/24`, 'dev', this.bridge]);
@@ -213,9 +195,14 @@ export class TestNetwork {
     return reset;
   }
 
-  /** Starts `command` inside worker i's namespace (`ip netns exec` execs it: the child's pid is its own). */
+  /** `command args` run inside worker i's namespace (`ip netns exec` execs it: the pid is the same throughout); CpuGroup.wrap's twin. */
+  wrap(i: number, command: string, args: string[]): [string, string[]] {
+    return ['ip', ['netns', 'exec', this.links[i].ns, command, ...args]];
+  }
+
+  /** Starts `command` inside worker i's namespace (wrap); remove() kills it. */
   spawnIn(i: number, command: string, args: string[], options: SpawnOptions = {}): ChildProcess {
-    const child = spawn('ip', ['netns', 'exec', this.links[i].ns, command, ...args], options);
+    const child = spawn(...this.wrap(i, command, args), options);
     this.children.add(child);
     child.once('exit', () => this.children.delete(child));
     return child;
@@ -232,6 +219,6 @@ export class TestNetwork {
       tryRun('ip', ['netns', 'del', link.ns]);
     }
     tryRun('ip', ['link', 'del', this.bridge]);
-    standing.delete(this);
+    forget(this);
   }
 }

@@ -85,4 +85,5 @@ export function torchDdpRun(r: DdpRun): Promise<{ msPerStep: number; timedSteps:
   });
 }
 
+export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

@@ -44,18 +44,16 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train, type RunSummary, type TrainConfig } from '../src/index.js';
 import { DEFAULTS as TRAIN_DEFAULTS, PLANS, type StepPlan } from '../src/config.js';
-import { readMetrics } from '../src/report/metrics.js';
+import { readMetrics, type MetricsRecord } from '../src/report/metrics.js';
 import { panel, svgDocument } from '../src/report/plot.js';
 import { scriptArgs, type ScriptArgs } from './args.js';
 import { calibrateCompute, calibrateExchange, type CalibrationRow } from './calibration.js';
 import { CpuGroup, DEFAULT_PERIOD_US } from './emulation.js';
 import { MAX_QUOTA_SHARE, quotaLoad, type Fidelity } from './fidelity.js';
-import { LAYOUTS, runDdpMachines, runDtrainMachines, type Layout, type MachineSettings } from './machines.js';
+import { cli, LAYOUTS, runDdpMachines, runDtrainMachines, TOKEN, type Layout, type MachineSettings } from './machines.js';
 import { TestNetwork } from './netns.js';
 import { parseRate } from './rates.js';
-import { median, projectRoot, referenceDir, torchAvailable, torchStepTimes } from './reference.js';
-
-export { parseRate };
+import { mean, median, referenceDir, torchAvailable, torchStepTimes } from './reference.js';
 
 export interface ScalingOptions {
   threads: number[];
@@ -139,16 +137,12 @@ const DEFAULTS: ScalingOptions = {
   cpus: null, coordinatorCpus: null, periodUs: DEFAULT_PERIOD_US, layouts: ['apart'], allowOversubscribed: false, calibrationRounds: 30, json: null,
 };
 const TUTORIAL = '784-512-256-128-64-10';
-/** Beyond loopback the coordinator requires a token; the workers read it from DTRAIN_TOKEN. */
-const TOKEN = 'dtrain-scaling-link-token';
 /** The test set each run evaluates at its end: small, it is not what is measured. */
 const TEST_SAMPLES = 200;
-const cli = join(projectRoot, 'dist/src/cli.js');
 
 const modelLabel = (hidden: number[]) => ['784', ...hidden, '10'].join('-');
 const globalBatch = (o: ScalingOptions, participants: number) => (o.weak ? participants : 1) * o.batchSize;
 const warmupOf = (o: ScalingOptions) => Math.min(o.warmup, Math.max(0, o.steps - 1));
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 /**
  * Where remote workers run: forked on loopback, or each in a namespace behind its shaped veth. Returns the
@@ -216,7 +210,7 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
   };
   try {
     const summary = await train(config, { onListening: ({ port }) => remote?.start(port) });
-    return rowOf(kind, n, microBatch, o, remote ? plan : undefined, summary, out);
+    return rowOf(kind, n, microBatch, o, remote ? plan : undefined, summary, readMetrics(out));
   } finally {
     remote?.stop();
     // The run's checkpoint of the big model is ~70 MB; what the table needs was read above.
@@ -224,20 +218,19 @@ async function runDtrain(kind: 'local threads' | 'remote workers', n: number, mi
   }
 }
 
-/** A dtrain row from its run's summary and metrics.jsonl: times are the per-step ms after the warm-up. */
-function rowOf(kind: RunKind, n: number, microBatch: number, o: ScalingOptions, plan: StepPlan | undefined, summary: RunSummary, out: string): ScalingRow {
+/** A dtrain row from its run's summary and metrics.jsonl's records: times are the per-step ms after the warm-up. */
+function rowOf(kind: RunKind, n: number, microBatch: number, o: ScalingOptions, plan: StepPlan | undefined, summary: RunSummary, metrics: MetricsRecord[]): ScalingRow {
   const batch = globalBatch(o, n);
-  const metrics = readMetrics(out);
-  const steps = metrics.flatMap((r) => (r.type === 'step' ? [r] : []));
+  const timedSteps = metrics.flatMap((r) => (r.type === 'step' ? [r] : [])).slice(warmupOf(o));
   const epochs = metrics.flatMap((r) => (r.type === 'epoch' ? [r] : []));
-  const timed = steps.slice(warmupOf(o)).map((r) => r.ms);
+  const timed = timedSteps.map((r) => r.ms);
   const seconds = epochs.reduce((s, r) => s + r.seconds, 0);
   const msPerStep = mean(timed);
   return {
     kind, participants: n, model: modelLabel(o.hidden), globalBatch: batch, link: plan ? (o.link ?? 'loopback') : '–', plan: planLabel(plan, summary.plans, o.serverThreads), planAsked: plan ?? '–', microBatch,
     msPerStep, medianStepMs: median(timed), samplesPerSecond: (1000 * batch) / msPerStep, efficiency: 0,
-    bytesPerStep: mean(steps.slice(warmupOf(o)).map((r) => r.bytes)),
-    coordinatorCpuMs: mean(steps.slice(warmupOf(o)).map((r) => r.cpuMs)),
+    bytesPerStep: mean(timedSteps.map((r) => r.bytes)),
+    coordinatorCpuMs: mean(timedSteps.map((r) => r.cpuMs)),
     estimatedMs: estimateOf(summary.plan, summary.plans),
     networkWaitShare: seconds > 0 ? epochs.reduce((s, r) => s + r.networkWaitSeconds, 0) / seconds : 0,
     paramsSha256: summary.paramsSha256,
@@ -265,7 +258,7 @@ async function runEmulated(layout: Layout, n: number, microBatch: number, o: Sca
     const threads = layout === 'rank0' ? 1 : plan === 'server' ? o.serverThreads : 0;
     const flags = [...coordinatorFlags(o, globalBatch(o, n), microBatch, plan), '--threads', String(threads)];
     const run = await runDtrainMachines(n, layout, machineSettings(o), { coordinatorArgs: flags, workerArgs: workerFlags(o), out, steps: o.steps, warmup: warmupOf(o) });
-    const row = rowOf(EMULATED[layout], n, microBatch, o, plan, run.summary, out);
+    const row = rowOf(EMULATED[layout], n, microBatch, o, plan, run.summary, run.metrics);
     return { ...row, cpus: o.cpus, fidelity: run.fidelity };
   } finally {
     rmSync(out, { recursive: true, force: true });

@@ -8,10 +8,7 @@ import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { addressOf, Admission, ADMISSION_DEFAULTS } from '../src/cluster/remote/admission.js';
 import { runWorker, type WorkerEvent } from '../src/cluster/remote/client.js';
-import { RemoteHub } from '../src/cluster/remote/hub.js';
-import { createTrainingMemory } from '../src/cluster/training_memory.js';
-import { makeSpec } from '../src/model/spec.js';
-import { syntheticDataset } from './helpers.js';
+import { smallHub } from './helpers.js';
 
 /** Waits until `condition` holds (polling), or fails after `ms`. */
 async function until(condition: () => boolean, ms = 10_000): Promise<void> {
@@ -52,9 +49,6 @@ describe('admission per address', () => {
 });
 
 describe('a hub admitting connections', () => {
-  const memory = () => createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), syntheticDataset(8, 8, 4, 3), 4, 1);
-  const base = { host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', datasetSha256: '', heartbeatMs: 1000, stepTimeoutMs: 1000 };
-
   /** A WebSocket client from `from` that never says hello: it holds an admission slot until its deadline. */
   function silent(port: number, from: string): Promise<[number, string]> {
     return new Promise((resolve) => {
@@ -66,8 +60,7 @@ describe('a hub admitting connections', () => {
   }
 
   it('spares an honest worker sharing an address with strangers: turned away with the reason, it gets in on a later try', async () => {
-    const hub = new RemoteHub({ ...base, authTimeoutMs: 1500, maxPendingAuthPerAddress: 2 }, memory(), () => {});
-    const { port } = await hub.start();
+    const { hub, port } = await smallHub({ authTimeoutMs: 1500, maxPendingAuthPerAddress: 2 });
     const events: WorkerEvent[] = [];
     const stop = new AbortController();
     try {
@@ -103,8 +96,7 @@ describe('a hub admitting connections', () => {
   }
 
   it('closes a connection whose upgrade request is not complete within the deadline (slowloris)', async () => {
-    const hub = new RemoteHub({ ...base, authTimeoutMs: 500 }, memory(), () => {});
-    const { port } = await hub.start();
+    const { hub, port } = await smallHub({ authTimeoutMs: 500 });
     try {
       const [half, nothing] = await Promise.all([
         slowloris(port, 'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n', 5000),
@@ -120,8 +112,7 @@ describe('a hub admitting connections', () => {
   }, 20_000);
 
   it('answers a refused connection with HTTP 429 before any upgrade', async () => {
-    const hub = new RemoteHub({ ...base, authTimeoutMs: 5000, maxPendingAuth: 1 }, memory(), () => {});
-    const { port } = await hub.start();
+    const { hub, port } = await smallHub({ authTimeoutMs: 5000, maxPendingAuth: 1 });
     try {
       const held = silent(port, '127.0.0.1');
       await until(() => hub.connections.authenticating === 1);

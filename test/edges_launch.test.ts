@@ -6,21 +6,15 @@ import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { runWorker, type WorkerEvent } from '../src/cluster/remote/client.js';
 import { decodeRaw } from '../src/cluster/remote/codec.js';
-import { RemoteHub } from '../src/cluster/remote/hub.js';
-import { createTrainingMemory } from '../src/cluster/training_memory.js';
 import type { Env } from '../src/launch/environment.js';
 import { planLaunch } from '../src/launch/run.js';
-import { makeSpec } from '../src/model/spec.js';
-import { syntheticDataset } from './helpers.js';
+import { freePort, selfSignedCert, smallHub } from './helpers.js';
 import { createServer } from 'node:net';
 
 const SLURM = (rank: number): Env => ({ SLURM_JOB_ID: '7', SLURM_STEP_ID: '0', SLURM_PROCID: String(rank), SLURM_NTASKS: '4', SLURM_JOB_NODELIST: 'cn[07-08]', SLURM_STEP_NUM_NODES: '2', DTRAIN_TOKEN: 'a token of 16+ bytes' });
 const noToken = () => {
   throw new Error('no token file was given');
 };
-const hubOptions = (host: string, engine: 'onnx' | 'tfjs' = 'onnx') =>
-  ({ host, port: 0, engine, device: 'cpu', datasetSha256: '', heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 3000 }) as const;
-const memory = () => createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), syntheticDataset(8, 8, 4, 3), 4, 1);
 
 /** Whether this host has IPv6 loopback. */
 function hasIpv6(): Promise<boolean> {
@@ -47,8 +41,7 @@ describe('dtrain run', () => {
 
   it('a hub listening on :: takes IPv4 and IPv6 connections', async () => {
     if (!(await hasIpv6())) return void console.warn('skipped: this host has no IPv6 loopback (::1)');
-    const hub = new RemoteHub(hubOptions('::'), memory(), () => {});
-    const { port } = await hub.start();
+    const { hub, port } = await smallHub({ host: '::', authTimeoutMs: 3000 });
     try {
       expect(await challenged(`ws://127.0.0.1:${port}`)).toBe('challenge');
       expect(await challenged(`ws://[::1]:${port}`)).toBe('challenge');
@@ -64,8 +57,7 @@ describe('dtrain run', () => {
   });
 
   it('a worker told to take the engine from the coordinator joins a tfjs run started with the defaults (onnx)', async () => {
-    const hub = new RemoteHub(hubOptions('127.0.0.1', 'tfjs'), memory(), () => {});
-    const { port } = await hub.start();
+    const { hub, port } = await smallHub({ engine: 'tfjs', authTimeoutMs: 3000 });
     const events: WorkerEvent[] = [];
     const stop = new AbortController();
     try {
@@ -99,22 +91,11 @@ describe('dtrain run with TLS', () => {
   });
 
   it('runs a launched job over wss:// end to end', async () => {
-    const { execFileSync } = await import('node:child_process');
-    const { mkdtempSync } = await import('node:fs');
-    const { tmpdir } = await import('node:os');
     const { join } = await import('node:path');
     const { train } = await import('../src/index.js');
     const { BASE, out } = await import('./remote_helpers.js');
-    const dir = mkdtempSync(join(tmpdir(), 'dtrain-edges-launch-tls-'));
-    const [tlsCert, tlsKey] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', tlsKey, '-out', tlsCert,
-      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
-    const port = await new Promise<number>((resolve) => {
-      const server = createServer().listen(0, '127.0.0.1', () => {
-        const { port } = server.address() as { port: number };
-        server.close(() => resolve(port));
-      });
-    });
+    const { cert: tlsCert, key: tlsKey } = selfSignedCert('dtrain-edges-launch-tls-');
+    const port = await freePort();
     const flags = { tlsCert, tlsKey, epochs: 1, trainSamples: 145, testSamples: 100 };
     const rank0 = planLaunch(flags, TORCHRUN(0, port), noToken);
     const rank1 = planLaunch(flags, TORCHRUN(1, port), noToken);

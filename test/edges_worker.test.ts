@@ -8,14 +8,11 @@ import { runWorker, type WorkerEvent } from '../src/cluster/remote/client.js';
 import { encode } from '../src/cluster/remote/codec.js';
 import { MAX_QUEUED_MESSAGES } from '../src/cluster/remote/worker_session.js';
 import { decodeRaw, maxFrameBytes } from '../src/cluster/remote/codec.js';
-import { RemoteHub } from '../src/cluster/remote/hub.js';
 import { PROTOCOL_VERSION } from '../src/cluster/remote/messages.js';
 import { newNonce } from '../src/cluster/remote/auth.js';
-import { createTrainingMemory } from '../src/cluster/training_memory.js';
-import { makeSpec } from '../src/model/spec.js';
 import { frameTooLarge, tlsUntrusted } from '../src/errors.js';
 import WebSocket from 'ws';
-import { syntheticDataset } from './helpers.js';
+import { selfSignedCert, smallHub } from './helpers.js';
 import { fakeCoordinator, smallState } from './fake_coordinator.js';
 
 /** Runs a worker against `url` until it reports a disconnection (or `ms` pass); returns its events. */
@@ -105,10 +102,7 @@ describe("a worker's frame limit", () => {
   }, 20_000);
 
   it("a hub's welcome says the largest frame of its run (its model and batch)", async () => {
-    const spec = makeSpec(4, [5], 3, 'sigmoid');
-    const memory = createTrainingMemory(spec, syntheticDataset(8, 8, 4, 3), 4, 1);
-    const hub = new RemoteHub({ host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', datasetSha256: '', heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 2000 }, memory, () => {});
-    const { port } = await hub.start();
+    const { hub, port, memory } = await smallHub({ authTimeoutMs: 2000 });
     try {
       const welcome = await new Promise<Record<string, unknown>>((resolve) => {
         const ws = new WebSocket(`ws://127.0.0.1:${port}`);
@@ -123,7 +117,7 @@ describe("a worker's frame limit", () => {
         });
         ws.on('error', () => {});
       });
-      expect(welcome.maxFrameBytes).toBe(maxFrameBytes(spec, 4));
+      expect(welcome.maxFrameBytes).toBe(maxFrameBytes(memory.spec, 4));
     } finally {
       await hub.close();
     }
@@ -132,17 +126,8 @@ describe("a worker's frame limit", () => {
 
 describe('a worker that cannot verify the coordinator\'s TLS certificate', () => {
   it('stops at once with the reason and the option that fixes it, instead of reconnecting for ever', async () => {
-    const { execFileSync } = await import('node:child_process');
-    const { mkdtempSync } = await import('node:fs');
-    const { tmpdir } = await import('node:os');
-    const { join } = await import('node:path');
-    const dir = mkdtempSync(join(tmpdir(), 'dtrain-edges-tls-'));
-    const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
-      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
-    const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), syntheticDataset(8, 8, 4, 3), 4, 1);
-    const hub = new RemoteHub({ host: '127.0.0.1', port: 0, tlsCert: cert, tlsKey: key, engine: 'onnx', device: 'cpu', datasetSha256: '', heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 2000 }, memory, () => {});
-    const { port } = await hub.start();
+    const { cert, key } = selfSignedCert('dtrain-edges-tls-');
+    const { hub, port } = await smallHub({ tlsCert: cert, tlsKey: key, authTimeoutMs: 2000 });
     const url = `wss://127.0.0.1:${port}`;
     const events: WorkerEvent[] = [];
     const stop = new AbortController();

@@ -8,6 +8,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { decodeRaw, encode } from '../src/cluster/remote/codec.js';
 import { PROTOCOL_VERSION, type StateMessage, type ToWorker } from '../src/cluster/remote/messages.js';
 import { makeSpec, paramLayout } from '../src/model/spec.js';
+import { ADAM_DEFAULTS } from '../src/optim/adam.js';
 
 export interface FakeCoordinator {
   url: string;
@@ -52,7 +53,7 @@ export function smallState(): StateMessage {
     t: 'state',
     spec,
     batchSize: 6,
-    adam: { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8 },
+    adam: ADAM_DEFAULTS,
     step: 0,
     generation: 1,
     params: new Float32Array(total).fill(0.25),

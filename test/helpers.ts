@@ -1,9 +1,12 @@
 /** Shared test helpers: whole-batch gradients through an engine, and an independent float64 reference. */
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { Engine } from '../src/engine/engine.js';
-import { RemoteHub, RemotePeer, type HubEvent } from '../src/cluster/remote/hub.js';
+import { RemoteHub, RemotePeer, type HubEvent, type HubOptions } from '../src/cluster/remote/hub.js';
 import type { RemoteMembers } from '../src/cluster/remote/members.js';
 import type { Snapshot } from '../src/cluster/remote/peer_work.js';
 import type { Team } from '../src/cluster/team.js';
@@ -98,29 +101,48 @@ export function killAtCheckpoint(child: ChildProcess, runDir: string, step: numb
   });
 }
 
-/** A hub on a free loopback port over a tiny model, for tests of its connection handling. */
-export async function smallHub(options: { stepTimeoutMs?: number; heartbeatMs?: number } = {}, onEvent: (e: HubEvent) => void = () => {}) {
+/**
+ * A hub on a free loopback port over a tiny model, for tests of its connection handling; `options` replace
+ * its defaults (a host, timeouts, TLS files, the engine).
+ */
+export async function smallHub(options: Partial<HubOptions> = {}, onEvent: (e: HubEvent) => void = () => {}) {
   const dataset = syntheticDataset(8, 8, 4, 3);
   const memory = createTrainingMemory(makeSpec(4, [5], 3, 'sigmoid'), dataset, 4, 1);
-  const hubOptions = {
+  const hubOptions: HubOptions = {
     host: '127.0.0.1', port: 0, engine: 'onnx', device: 'cpu', allowMixedDevices: false, datasetSha256: dataset.sha256,
-    heartbeatMs: options.heartbeatMs ?? 1000, stepTimeoutMs: options.stepTimeoutMs ?? 1000, authTimeoutMs: 1000,
+    heartbeatMs: 1000, stepTimeoutMs: 1000, authTimeoutMs: 1000,
+    ...options,
   };
   const hub = new RemoteHub(hubOptions, memory, onEvent);
   const { port } = await hub.start();
   return { hub, port, memory };
 }
 
+/** `count` TCP ports free on `host` now (bound together, then released: for listeners that must know their ports ahead). */
+export async function freePorts(count: number, host = '127.0.0.1'): Promise<number[]> {
+  const servers = Array.from({ length: count }, () => createServer());
+  const ports = await Promise.all(
+    servers.map((s) => new Promise<number>((resolve, reject) => {
+      s.once('error', reject);
+      s.listen(0, host, () => resolve((s.address() as { port: number }).port));
+    })),
+  );
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
 /** A TCP port free on loopback now (for a server a test starts on a known port). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
+export async function freePort(): Promise<number> {
+  return (await freePorts(1))[0];
+}
+
+/** A self-signed certificate for 127.0.0.1 (EC P-256, two days) and its key, in a fresh temp dir named by `prefix`. */
+export function selfSignedCert(prefix: string): { cert: string; key: string } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
+    '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+  return { cert, key };
 }
 
 /**

@@ -5,7 +5,7 @@
  * dies is recorded dropped with the reason. Every run still ends on the threads-only parameters.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,13 +13,9 @@ import { train, type TrainEvent } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
 import { ParticipantTally, slowestParticipant, type ParticipantsRecord } from '../src/cluster/participant_stats.js';
 import { MetricsLog, readMetrics, type ParticipantsMetrics } from '../src/report/metrics.js';
-import { BASE, coordinator, out, referenceHash } from './remote_helpers.js';
+import { BASE, coordinator, killChildren, out, referenceHash, workerProcess } from './remote_helpers.js';
 
-const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) c.kill('SIGKILL');
-});
+afterEach(killChildren);
 
 const reference = referenceHash({ threads: 2 }, 'participants-reference');
 /** Rows of each step of BASE: 145 samples in batches of 64, two epochs. */
@@ -95,9 +91,7 @@ describe('participants of each step', () => {
       { threads: 0, plan: 'replicated', minWorkers: 2 },
       (url) => {
         for (let i = 0; i < 2; i++) {
-          const child = fork(cli, ['worker', '--connect', url, '--max-retries', '3', '--name', 'twin'], { stdio: 'ignore' });
-          children.push(child);
-          workers.push(child);
+          workers.push(workerProcess(url, '--name', 'twin'));
         }
       },
       (e) => events.push(e),

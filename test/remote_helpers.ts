@@ -124,13 +124,3 @@ export async function resettingProxy(target: string, resets: number): Promise<{ 
   };
   return { address: `127.0.0.1:${typeof bound === 'object' && bound ? bound.port : 0}`, connections: () => connections, close };
 }
-
-/** `count` TCP ports free on 127.0.0.1 now (bound and released: for a listener that must know its port ahead). */
-export async function freePorts(count: number): Promise<number[]> {
-  const servers = Array.from({ length: count }, () => createServer());
-  const ports = await Promise.all(
-    servers.map((s) => new Promise<number>((resolve) => s.listen(0, '127.0.0.1', () => resolve((s.address() as { port: number }).port)))),
-  );
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
-}

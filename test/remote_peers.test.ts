@@ -3,31 +3,23 @@
  * slices directly, the coordinator only orchestrating; every run ends on the threads-only hash.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { runWorker, type WorkerOptions } from '../src/cluster/remote/client.js';
 import type { TrainEvent } from '../src/index.js';
 import type { PeerLinks } from '../src/cluster/remote/peer_links.js';
 import { REDIAL_BACKOFF_MS } from '../src/cluster/remote/peer_links.js';
-import { coordinator, freePorts, referenceHash, resettingProxy } from './remote_helpers.js';
+import { freePorts, selfSignedCert } from './helpers.js';
+import { coordinator, killChildren, referenceHash, resettingProxy, workerProcess } from './remote_helpers.js';
 
 const reference = referenceHash({ threads: 2 }, 'peers-reference');
 
 const reference3 = referenceHash({ threads: 2, epochs: 3 }, 'peers-reference3');
-const cli = new URL('../dist/src/cli.js', import.meta.url).pathname;
 
 const aborts: AbortController[] = [];
-const children: ChildProcess[] = [];
 afterEach(() => {
   for (const a of aborts.splice(0)) a.abort();
-  for (const c of children.splice(0)) c.kill('SIGKILL');
+  killChildren();
 });
-
-/** A worker process (dist/: the suite's pretest builds it). */
-function workerProcess(url: string): ChildProcess {
-  const child = fork(cli, ['worker', '--connect', url, '--max-retries', '3'], { stdio: 'ignore' });
-  children.push(child);
-  return child;
-}
 
 /** An in-process worker; its log lines are kept. */
 function worker(url: string, extra: Partial<WorkerOptions> = {}, log: string[] = []): AbortController {
@@ -224,14 +216,7 @@ describe('when links fail', () => {
 
 describe('under TLS', () => {
   it('hands out no peer links (they are plain TCP): the sharded steps go through the coordinator, inside TLS', async () => {
-    const { execFileSync } = await import('node:child_process');
-    const { mkdtempSync } = await import('node:fs');
-    const { tmpdir } = await import('node:os');
-    const { join } = await import('node:path');
-    const dir = mkdtempSync(join(tmpdir(), 'dtrain-peers-tls-'));
-    const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
-      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const { cert, key } = selfSignedCert('dtrain-peers-tls-');
     const linked = linkedSignal();
     const token = 'a token of 16+ bytes';
     const summary = await coordinator(

@@ -1,10 +1,9 @@
 /** TLS: the warning when listening beyond loopback in clear, and wss:// with a certificate workers trust. */
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { train } from '../src/index.js';
 import { runWorker } from '../src/cluster/remote/client.js';
+import { selfSignedCert } from './helpers.js';
 import { BASE, out, referenceHash } from './remote_helpers.js';
 
 const reference = referenceHash({ threads: 2 }, 'reference');
@@ -19,12 +18,7 @@ describe('TLS', () => {
   });
 
   it('serves wss:// that a worker trusting the certificate joins, and a worker without it cannot', async () => {
-    const { execFileSync } = await import('node:child_process');
-    const dir = mkdtempSync(join(tmpdir(), 'dtrain-tls-'));
-    const cert = join(dir, 'cert.pem');
-    const key = join(dir, 'key.pem');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
-      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const { cert, key } = selfSignedCert('dtrain-tls-');
     const abort = new AbortController();
     const untrusted: string[] = [];
     const summary = await train(

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseRate, runScaling } from '../scripts/scaling.js';
+import { runScaling } from '../scripts/scaling.js';
+import { parseRate } from '../scripts/rates.js';
 import { TestNetwork } from '../scripts/netns.js';
 
 const tiny = { hidden: [32, 16], trainSamples: 256, steps: 4, warmup: 1 };
