@@ -556,10 +556,10 @@ export function resolveWorkerConfig(user: Partial<WorkerConfig> = {}): WorkerCon
   if (!/^wss?:\/\/[^/]/.test(given.connect)) throw invalidOption('connect', 'a ws://HOST:PORT or wss://HOST:PORT URL', given.connect);
   checkWorkerName(given.name);
   checkToken(given.token);
-  if (given.peerListen !== undefined && given.peerListen !== 'off' && !new RegExp(`^((${HOST}):)?\\d{1,5}$`).test(given.peerListen)) {
+  if (given.peerListen !== undefined && given.peerListen !== 'off' && !(new RegExp(`^((${HOST}):)?\\d{1,5}$`).test(given.peerListen) && portOf(given.peerListen) <= 65535)) {
     throw invalidOption('peerListen', '[HOST:]PORT, or off', given.peerListen);
   }
-  if (given.advertise !== undefined && !new RegExp(`^(${HOST})(:\\d{1,5})?$`).test(given.advertise)) {
+  if (given.advertise !== undefined && !(new RegExp(`^(${HOST})(:\\d{1,5})?$`).test(given.advertise) && portOf(given.advertise) <= 65535)) {
     throw invalidOption('advertise', 'HOST or HOST:PORT', given.advertise);
   }
   return { ...WORKER_DEFAULTS, ...given, connect: given.connect };
@@ -583,6 +583,9 @@ export function joinHostPort(host: string, port: number): string {
  * A host a peer is told to dial (--peer-listen, --advertise): a name or IPv4 address, or an IPv6 address in
  * brackets. A regular expression's source, to be placed in a group.
  */
+/** The port at the end of [HOST:]PORT or HOST[:PORT] (0 when there is none). */
+const portOf = (v: string): number => Number(/:(\d+)$/.exec(v)?.[1] ?? (/^\d+$/.test(v) ? v : 0));
+
 export const HOST = String.raw`\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+`;
 
 /** [HOST:]PORT, the host a name or address (an IPv6 one in brackets), the port a number. */

@@ -166,6 +166,8 @@ describe('worker options', () => {
     [{ maxRetries: -1 }, 'option "maxRetries" must be a non-negative integer, got -1'],
     [{ name: 'my box' }, 'option "name" must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, got "my box"'],
     [{ name: 'x'.repeat(65) }, `option "name" must be 1 to 64 of the characters A-Z a-z 0-9 . _ -, got "${'x'.repeat(65)}"`],
+    [{ peerListen: '127.0.0.1:70000' }, 'option "peerListen" must be [HOST:]PORT, or off, got "127.0.0.1:70000"'],
+    [{ advertise: 'node3:99999' }, 'option "advertise" must be HOST or HOST:PORT, got "node3:99999"'],
     [{ threds: 2 }, 'unknown option "threds" (known options: connect, name, token, ca, threads, engine, device, allowSoftwareGpu, data, maxRetries, maxFrameBytes, peerListen, advertise)'],
   ])('refuse %j with one line naming the option and what it takes', (given, message) => {
     const run = () => resolveWorkerConfig({ connect: 'ws://127.0.0.1:7000', ...given } as never);

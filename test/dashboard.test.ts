@@ -3,7 +3,6 @@
  * history), the viewer gate, the pages' streams (a cap, and a page that stops reading dropped with the
  * coordinator's buffers bounded), a port in use, and a finished run's folder served by dtrain plot --serve.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import type { IncomingMessage } from 'node:http';
@@ -11,6 +10,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { selfSignedCert } from './helpers.js';
 import type { ParticipantsRecord } from '../src/cluster/participant_stats.js';
 import { dashboardSettings } from '../src/config.js';
 import { DashboardThread } from '../src/dashboard/dashboard_thread.js';
@@ -172,10 +172,7 @@ describe('the dashboard server', () => {
   });
 
   it('refuses a request without the viewer token before it reaches the run (https)', async () => {
-    const cert = join(dir, 'cert.pem');
-    const key = join(dir, 'key.pem');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
-      '-days', '2', '-subj', '/CN=dtrain test', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const { cert, key } = selfSignedCert('dtrain-dashboard-tls-');
     let reads = 0;
     const store = new (class extends RunStore {
       override snapshot() {

@@ -4,7 +4,7 @@
  * scheduler) and what is written after the last (checkpoints along the way; summary, plot and export).
  */
 import { join } from 'node:path';
-import { isLoopback, joinHostPort, resolveConfig, RESUMABLE_OPTIONS, OPTIONS_NOT_FROM_CHECKPOINT, splitHostPort, type TrainConfig } from '../config.js';
+import { isLoopback, joinHostPort, resolveConfig, RESUMABLE_OPTIONS, OPTIONS_NOT_FROM_CHECKPOINT, SECRET_OPTIONS, splitHostPort, type TrainConfig } from '../config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
 import { checkpointMismatch, outHoldsCheckpoints, plaintextListen, resumeConflict } from '../errors.js';
 import { initParams } from '../model/init.js';
@@ -177,7 +177,7 @@ export class RunSession {
       {
         step: state.step,
         ...position,
-        config: { ...config, token: null, dashboardToken: null, resume: null },
+        config: { ...config, ...Object.fromEntries(SECRET_OPTIONS.map((k) => [k, null])), resume: null },
         spec: this.spec,
         datasetSha256: this.dataset.sha256,
         epochs: this.epochs,
@@ -230,7 +230,7 @@ export class RunSession {
   /** The configuration as summary.json and the dashboard show it: whether a secret is set, never the secret. */
   shownConfig(): Record<string, unknown> {
     const { config } = this;
-    return { ...config, token: config.token ? '(set)' : null, dashboardToken: config.dashboardToken ? '(set)' : null };
+    return { ...config, ...Object.fromEntries(SECRET_OPTIONS.map((k) => [k, config[k] ? '(set)' : null])) };
   }
 
   /** Every engine/device that computed in the run: more than one only with --allow-mixed-devices. */

@@ -8,7 +8,7 @@
  * returns that type's message, so a new message cannot be sent without saying what the receiver accepts.
  * The schemas read what a side knows (its view: the model, what it asked for) to check sizes and steps.
  */
-import { REMOTE_PLANS, WORKER_NAME } from '../../config.js';
+import { HOST, REMOTE_PLANS, WORKER_NAME } from '../../config.js';
 import { DEVICES, ENGINES } from '../../engine/engine.js';
 import { ACTIVATIONS, paramLayout, type ModelSpec } from '../../model/spec.js';
 import type { AdamOptions } from '../../optim/adam.js';
@@ -70,10 +70,12 @@ function workerName(m: Raw): string {
   return v;
 }
 
+const PEER_ADDRESS = new RegExp(`^(${HOST}):(\\d{1,5})$`);
+
 /** A peer listener's host:port as announced (hello.peerAddress, a roster's members): a dialable address, no more. */
 function peerAddress(m: Raw, name: string): string {
   const v = field(m, name);
-  const match = typeof v === 'string' && v.length <= 255 ? /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(v) : null;
+  const match = typeof v === 'string' && v.length <= 255 ? PEER_ADDRESS.exec(v) : null;
   if (!match || Number(match[2]) < 1 || Number(match[2]) > 65535) throw new ProtocolError(`${m.t}: field "${name}" must be HOST:PORT (a port in 1–65535), got ${quote(v)}`);
   return v as string;
 }
